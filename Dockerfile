@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# dhanman-stream: one binary, `dhanman`, whose subcommands are the services
+# (`dhanman api`, `dhanman relay`, `dhanman process ledger`, `dhanman migrate`, ...).
+
+FROM rust:1.95-bookworm AS builder
+WORKDIR /src
+# sqlx's compile-time checked queries, if any, build from the committed .sqlx/ data (no database here).
+ENV SQLX_OFFLINE=true \
+    CARGO_TERM_COLOR=never
+COPY . .
+# Cache mounts keep the registry and target dir between builds; the binary is copied out of them.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin dhanman \
+    && install -m 0755 target/release/dhanman /usr/local/bin/dhanman
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin dhanman
+COPY --from=builder /usr/local/bin/dhanman /usr/local/bin/dhanman
+WORKDIR /app
+COPY --chown=dhanman migrations ./migrations
+USER dhanman
+ENV RUST_LOG=info \
+    DHANMAN_HTTP_ADDR=0.0.0.0:8080
+EXPOSE 8080
+CMD ["dhanman", "--help"]

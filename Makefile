@@ -1,0 +1,35 @@
+# dhanman-stream developer commands. Services (Postgres, a Kafka-protocol broker) come from
+# scripts/dev-services.sh, which prints `export KEY=value` lines; make runs each recipe line in
+# its own shell, so every line that needs them evaluates that output on the same line.
+# (Captured first, then eval'd: a bare `eval "$(scripts/dev-services.sh)"` would hide the
+# script's failure, since eval of an empty string succeeds.)
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+DEV_ENV := dev_env="$$(scripts/dev-services.sh)" && eval "$$dev_env"
+BENCH_ARGS ?=
+
+.PHONY: help demo test lint bench services stop
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-9s %s\n", $$1, $$2}'
+
+demo: ## start the services and run the in-process demo (society, residents, invoices, payments)
+	$(DEV_ENV) && cargo run --release --bin dhanman -- demo
+
+test: ## start the services and run every test of the workspace
+	$(DEV_ENV) && cargo test --workspace
+
+lint: ## rustfmt check and clippy with warnings as errors
+	cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
+
+bench: ## start the services and run the benchmark (extra arguments: BENCH_ARGS="...")
+	$(DEV_ENV) && cargo run --release --bin dhanman -- bench $(BENCH_ARGS)
+
+services: ## start Postgres and the broker; prints the exports: eval "$(make -s services)"
+	@scripts/dev-services.sh
+
+stop: ## stop the broker started by `make services` (Postgres is left running)
+	@scripts/stop-dev-services.sh

@@ -1,0 +1,42 @@
+//! Read-your-writes: a command returns its event id as a consistency token; a query given
+//! `?consistent_with=<token>` waits, bounded, until the ledger has applied that event.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{ApiError, AppState};
+
+pub async fn wait_for_ledger(state: &AppState, token: Option<&str>) -> Result<(), ApiError> {
+    let Some(token) = token else { return Ok(()) };
+    let event_id: Uuid = token.parse().map_err(|_| {
+        ApiError::validation(
+            "consistent_with",
+            "must be a consistency token returned by a command",
+        )
+    })?;
+    let deadline = Instant::now() + state.consistency_wait;
+    loop {
+        if applied(&state.pool, event_id).await? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::NotYetConsistent(format!(
+                "the ledger has not applied event {event_id} within {} ms; retry later",
+                state.consistency_wait.as_millis()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn applied(pool: &PgPool, event_id: Uuid) -> Result<bool, ApiError> {
+    let found: Option<(Uuid,)> = sqlx::query_as(
+        "select event_id from processed_events where processor = 'ledger' and event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.is_some())
+}

@@ -1,0 +1,131 @@
+//! Extractors that turn bad input into errors naming the field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Query, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use dhanman_producers::Caller;
+use serde::de::DeserializeOwned;
+
+use crate::middleware::CorrelationId;
+use crate::{ApiError, AppState, MAX_BODY_BYTES};
+
+/// The caller, from `Authorization: Bearer <api key>`.
+pub struct Auth(pub Caller);
+
+impl<S> FromRequestParts<S> for Auth
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let key = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let (organization_id, role) = dhanman_producers::orgs::authenticate(&state.pool, key)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let correlation_id = parts
+            .extensions
+            .get::<CorrelationId>()
+            .map(|c| c.0.clone())
+            .unwrap_or_default();
+        Ok(Auth(Caller {
+            organization_id,
+            role,
+            correlation_id,
+        }))
+    }
+}
+
+/// A JSON body, kept as bytes too (the idempotency hash is over the exact body).
+pub struct JsonBody<T> {
+    pub value: T,
+    pub bytes: Bytes,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json_type {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
+        let value = parse_json(&bytes)?;
+        Ok(JsonBody { value, bytes })
+    }
+}
+
+/// Parses JSON and reports which field was wrong: 400 for malformed JSON, 422 for a
+/// well-formed body with a wrong or unknown field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would take `[...]` for a struct's fields in order; commands are objects.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+            return Err(ApiError::validation("body", "must be a JSON object"));
+        }
+        Some(_) => return Err(ApiError::bad_request("body", "malformed JSON")),
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request("body", format!("malformed JSON: {message}"));
+        }
+        // serde names unknown fields in the message, not in the path.
+        let field = match message.split('`').nth(1) {
+            Some(name) if message.starts_with("unknown field") => name.to_string(),
+            _ if path == "." => "body".to_string(),
+            _ => path,
+        };
+        ApiError::validation(&field, message)
+    })
+}
+
+/// Query parameters, with the field named on error.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(e) => {
+                let text = e.body_text();
+                let field = text
+                    .split('`')
+                    .nth(1)
+                    .or_else(|| text.split(": ").nth(1).and_then(|s| s.split(':').next()))
+                    .unwrap_or("query")
+                    .to_string();
+                Err(ApiError::validation(&field, text))
+            }
+        }
+    }
+}
+
+/// A path id that must be a UUID; anything else is a 404, as it names nothing.
+pub fn path_uuid(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(what.to_string()))
+}

@@ -1,0 +1,24 @@
+//! Routes, one module per resource.
+
+mod health;
+mod ledger;
+mod sales;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/v1/customers", post(sales::create_customer))
+        .route("/v1/customers/{id}/balance", get(ledger::customer_balance))
+        .route("/v1/invoices", post(sales::create_invoice))
+        .route("/v1/payments/manual", post(sales::record_manual_payment))
+        .route("/v1/accounts/{code}/balance", get(ledger::account_balance))
+        .route("/v1/trial-balance", get(ledger::trial_balance))
+        .route("/v1/ledger/entries", get(ledger::entries))
+        .fallback(health::not_found)
+}

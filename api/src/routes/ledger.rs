@@ -1,0 +1,222 @@
+//! Read side of the ledger: balances materialized by the ledger processor, the trial
+//! balance and journal entries. Every query is scoped to the caller's organization.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::consistency::wait_for_ledger;
+use crate::extract::{Auth, Params, path_uuid};
+use crate::{ApiError, AppState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consistent {
+    pub consistent_with: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct BalanceRow {
+    currency: String,
+    debit_total: Decimal,
+    credit_total: Decimal,
+}
+
+/// Net balance on the account's normal side.
+fn normal_balance(account_type: &str, debit: Decimal, credit: Decimal) -> Decimal {
+    match account_type {
+        "asset" | "expense" => debit - credit,
+        _ => credit - debit,
+    }
+}
+
+pub async fn customer_balance(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Params(q): Params<Consistent>,
+) -> Result<Json<Value>, ApiError> {
+    let customer_id = path_uuid(&id, "customer")?;
+    let found: Option<(String,)> =
+        sqlx::query_as("select name from customers where id = $1 and organization_id = $2")
+            .bind(customer_id)
+            .bind(caller.organization_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let Some((name,)) = found else {
+        return Err(ApiError::NotFound("customer".into()));
+    };
+    wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
+    let rows: Vec<BalanceRow> = sqlx::query_as(
+        "select currency::text as currency, debit_total, credit_total from party_balances
+          where organization_id = $1 and account_code = '1200' and party_type = 'customer'
+            and party_id = $2 order by currency",
+    )
+    .bind(caller.organization_id)
+    .bind(customer_id)
+    .fetch_all(&state.pool)
+    .await?;
+    let balances: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "currency": r.currency,
+                "invoiced": r.debit_total,
+                "settled": r.credit_total,
+                "balance": r.debit_total - r.credit_total,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "customer_id": customer_id,
+        "name": name,
+        "account_code": "1200",
+        "balances": balances,
+    })))
+}
+
+pub async fn account_balance(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(code): Path<String>,
+    Params(q): Params<Consistent>,
+) -> Result<Json<Value>, ApiError> {
+    let account: Option<(String, String)> =
+        sqlx::query_as("select name, type from accounts where code = $1")
+            .bind(&code)
+            .fetch_optional(&state.pool)
+            .await?;
+    let Some((name, account_type)) = account else {
+        return Err(ApiError::NotFound("account".into()));
+    };
+    wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
+    let rows: Vec<BalanceRow> = sqlx::query_as(
+        "select currency::text as currency, debit_total, credit_total from account_balances
+          where organization_id = $1 and account_code = $2 order by currency",
+    )
+    .bind(caller.organization_id)
+    .bind(&code)
+    .fetch_all(&state.pool)
+    .await?;
+    let balances: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "currency": r.currency,
+                "debit_total": r.debit_total,
+                "credit_total": r.credit_total,
+                "balance": normal_balance(&account_type, r.debit_total, r.credit_total),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "account_code": code,
+        "name": name,
+        "type": account_type,
+        "balances": balances,
+    })))
+}
+
+pub async fn trial_balance(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(q): Params<Consistent>,
+) -> Result<Json<Value>, ApiError> {
+    wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
+    let rows: Vec<(String, String, String, String, Decimal, Decimal)> = sqlx::query_as(
+        "select a.code, a.name, a.type, b.currency::text, b.debit_total, b.credit_total
+           from account_balances b join accounts a on a.code = b.account_code
+          where b.organization_id = $1 order by b.currency, a.code",
+    )
+    .bind(caller.organization_id)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut by_currency: std::collections::BTreeMap<String, (Vec<Value>, Decimal, Decimal)> =
+        Default::default();
+    for (code, name, account_type, currency, debit, credit) in rows {
+        let net = debit - credit;
+        let (dr, cr) = if net >= Decimal::ZERO {
+            (net, Decimal::ZERO)
+        } else {
+            (Decimal::ZERO, -net)
+        };
+        let slot = by_currency.entry(currency).or_default();
+        slot.1 += dr;
+        slot.2 += cr;
+        slot.0.push(json!({
+            "account_code": code, "name": name, "type": account_type,
+            "debit": dr, "credit": cr,
+        }));
+    }
+    let currencies: Vec<Value> = by_currency
+        .into_iter()
+        .map(|(currency, (accounts, debits, credits))| {
+            json!({
+                "currency": currency,
+                "accounts": accounts,
+                "total_debit": debits,
+                "total_credit": credits,
+                "balanced": debits == credits,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "organization_id": caller.organization_id, "currencies": currencies }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    pub reference_id: Option<String>,
+    pub consistent_with: Option<String>,
+}
+
+pub async fn entries(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(q): Params<EntriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let reference_id: Uuid = q
+        .reference_id
+        .as_deref()
+        .ok_or_else(|| ApiError::validation("reference_id", "is required"))?
+        .parse()
+        .map_err(|_| ApiError::validation("reference_id", "must be a UUID"))?;
+    wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
+    let rows: Vec<(Uuid, Uuid, String, String, String, chrono::DateTime<chrono::Utc>, String, Option<String>, Option<Uuid>, Decimal, Decimal)> =
+        sqlx::query_as(
+            "select e.id, e.source_event_id, e.reference_type, e.description, e.currency::text, e.occurred_at,
+                    p.account_code, p.party_type, p.party_id, p.debit, p.credit
+               from journal_entries e join postings p on p.entry_id = e.id
+              where e.organization_id = $1 and e.reference_id = $2
+              order by e.occurred_at, e.id, p.id",
+        )
+        .bind(caller.organization_id)
+        .bind(reference_id)
+        .fetch_all(&state.pool)
+        .await?;
+    let mut entries: Vec<Value> = Vec::new();
+    for (id, source, rtype, desc, currency, at, account, ptype, pid, debit, credit) in rows {
+        let line = json!({
+            "account_code": account, "party_type": ptype, "party_id": pid,
+            "debit": debit, "credit": credit,
+        });
+        match entries.last_mut() {
+            Some(last) if last["entry_id"] == json!(id) => {
+                if let Some(lines) = last["lines"].as_array_mut() {
+                    lines.push(line);
+                }
+            }
+            _ => entries.push(json!({
+                "entry_id": id, "source_event_id": source, "reference_type": rtype,
+                "reference_id": reference_id, "description": desc, "currency": currency,
+                "occurred_at": at, "lines": [line],
+            })),
+        }
+    }
+    Ok(Json(json!({ "entries": entries })))
+}

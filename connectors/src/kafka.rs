@@ -1,0 +1,161 @@
+//! Kafka client settings shared by every part that talks to the broker.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::Result;
+
+/// Base client configuration for a bootstrap list.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("client.id", "dhanman")
+        // The embedded broker listens on IPv4 only.
+        .set("broker.address.family", "v4");
+    config
+}
+
+/// An idempotent producer: retries never duplicate or reorder records of a partition.
+pub fn idempotent_producer(bootstrap: &str) -> Result<FutureProducer> {
+    Ok(client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "none")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure_topics(bootstrap: &str, topics: &[String], partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::error!(%topic, ?code, "creating topic failed");
+                return Err(rdkafka::error::KafkaError::AdminOp(code).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a time falls in a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLookup {
+    /// The first record with a timestamp at or after the time.
+    Offset(i64),
+    /// Every record is older: the answer is the end of the partition.
+    End,
+}
+
+/// The broker's offsets-for-times answer, checked against the records themselves. Some
+/// Kafka-protocol brokers answer wrongly (e.g. offset 0 for a time past the end); a
+/// wrong answer is reported as [`crate::Error::BrokerAnswer`], never used.
+pub async fn offset_for_time(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    timestamp_ms: i64,
+) -> Result<TimeLookup> {
+    let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        lookup_blocking(&bootstrap, &topic, partition, timestamp_ms)
+    })
+    .await
+    .map_err(|e| crate::Error::BrokerAnswer(format!("lookup task failed: {e}")))?
+}
+
+fn lookup_blocking(bootstrap: &str, topic: &str, partition: i32, ts: i64) -> Result<TimeLookup> {
+    use rdkafka::Message;
+    use rdkafka::Offset;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", "dhanman-time-lookup")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let mut query = rdkafka::TopicPartitionList::new();
+    query.add_partition_offset(topic, partition, Offset::Offset(ts))?;
+    let answer = consumer.offsets_for_times(query, timeout)?;
+    let answered = answer
+        .find_partition(topic, partition)
+        .map(|e| e.offset())
+        .unwrap_or(Offset::Invalid);
+    let timestamp_at = |offset: i64| -> Result<Option<i64>> {
+        let mut at = rdkafka::TopicPartitionList::new();
+        at.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        consumer.assign(&at)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m?;
+                return Ok(m.timestamp().to_millis());
+            }
+        }
+        Ok(None)
+    };
+    let wrong = |why: String| -> Result<TimeLookup> {
+        Err(crate::Error::BrokerAnswer(format!(
+            "offsets-for-times on {topic}/{partition} for {ts}: {why}"
+        )))
+    };
+    match answered {
+        Offset::End | Offset::Invalid => {
+            // Correct only if the newest record is older than the time.
+            if high > low
+                && let Some(last) = timestamp_at(high - 1)?
+                && last >= ts
+            {
+                return wrong(format!(
+                    "broker answered end, but record {} has timestamp {last}",
+                    high - 1
+                ));
+            }
+            Ok(TimeLookup::End)
+        }
+        Offset::Offset(o) if o >= high => Ok(TimeLookup::End),
+        Offset::Offset(o) => {
+            if o < low {
+                return wrong(format!(
+                    "broker answered {o}, below the low watermark {low}"
+                ));
+            }
+            match timestamp_at(o)? {
+                Some(t) if t >= ts => {}
+                Some(t) => {
+                    return wrong(format!(
+                        "broker answered {o}, but record {o} has the older timestamp {t}"
+                    ));
+                }
+                None => return wrong(format!("broker answered {o}, which cannot be read")),
+            }
+            if o > low
+                && let Some(before) = timestamp_at(o - 1)?
+                && before >= ts
+            {
+                return wrong(format!(
+                    "broker answered {o}, but the earlier record {} already has timestamp {before}",
+                    o - 1
+                ));
+            }
+            Ok(TimeLookup::Offset(o))
+        }
+        other => wrong(format!("unexpected answer {other:?}")),
+    }
+}

@@ -1,0 +1,20 @@
+//! Edges of the pipeline. Today: the outbox relay, which publishes what commands and
+//! processors wrote to the outbox.
+
+pub mod kafka;
+pub mod relay;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Codec(#[from] dhanman_schemas::Error),
+    /// The broker answered something its own records contradict.
+    #[error("broker answered wrongly: {0}")]
+    BrokerAnswer(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

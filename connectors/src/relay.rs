@@ -1,0 +1,240 @@
+//! The outbox relay: publishes outbox rows in id order with an idempotent producer, then
+//! marks them published. Woken by `NOTIFY dhanman_outbox` (a trigger on insert) and, as a
+//! safety net, by a timer.
+//!
+//! One relay publishes at a time (a Postgres advisory lock), so records of one key leave
+//! in the order their transactions wrote them; more relays are hot standbys. A crash
+//! between publishing and marking republishes a few records: consumers deduplicate by
+//! event id, so that is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dhanman_schemas::Codec;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value as Json;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::Result;
+
+/// Advisory lock key held by the active relay.
+const LEADER_LOCK: i64 = 0x6468_6d6e_7265_6c61; // "dhmnrela"
+
+pub struct Relay {
+    pool: PgPool,
+    producer: FutureProducer,
+    codec: Arc<Codec>,
+    batch_size: i64,
+    poll_interval: Duration,
+    topic_prefix: String,
+}
+
+struct Pending {
+    id: i64,
+    event_id: Uuid,
+    topic: String,
+    key: Option<String>,
+    value: Vec<u8>,
+    headers: OwnedHeaders,
+    correlation_id: Option<String>,
+}
+
+fn kafka_headers(headers: &Json) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new();
+    if let Some(map) = headers.as_object() {
+        for (k, v) in map {
+            let value = match v {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out = out.insert(Header {
+                key: k,
+                value: Some(value.as_bytes()),
+            });
+        }
+    }
+    out
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, producer: FutureProducer, codec: Arc<Codec>) -> Self {
+        Relay {
+            pool,
+            producer,
+            codec,
+            batch_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            topic_prefix: String::new(),
+        }
+    }
+
+    /// Publishes outbox topic `t` as `<prefix>t` (outbox rows hold logical names).
+    pub fn with_topic_prefix(mut self, prefix: &str) -> Self {
+        self.topic_prefix = prefix.to_string();
+        self
+    }
+
+    /// Runs until the task is dropped. Errors (database or broker down) are logged and
+    /// retried with backoff; nothing is marked published that was not acknowledged.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.lead().await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay interrupted");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Waits to become the leader, then publishes until an error.
+    async fn lead(&self) -> Result<()> {
+        let mut lock_conn = self.pool.acquire().await?;
+        loop {
+            let (got,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut *lock_conn)
+                .await?;
+            if got {
+                break;
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+        tracing::info!("outbox relay is the active publisher");
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen("dhanman_outbox").await?;
+        let result = async {
+            loop {
+                let published = self.publish_batch().await?;
+                if published < self.batch_size as usize {
+                    // Keep the lock connection alive and detect its loss while idle.
+                    sqlx::query("select 1").execute(&mut *lock_conn).await?;
+                    let _ = tokio::time::timeout(self.poll_interval, listener.recv()).await;
+                }
+            }
+        }
+        .await;
+        // The lock is released when the connection closes; make sure it does.
+        let _ = lock_conn.close().await;
+        result
+    }
+
+    /// Publishes up to one batch; returns how many rows it published.
+    pub async fn publish_batch(&self) -> Result<usize> {
+        let rows = sqlx::query(
+            "select id, event_id, topic, message_key, record_name, schema_version, payload, raw_value, headers
+               from outbox where published_at is null order by id limit $1",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in rows {
+            let headers: Json = row.try_get("headers")?;
+            let raw: Option<Vec<u8>> = row.try_get("raw_value")?;
+            let value = match raw {
+                Some(bytes) => bytes,
+                None => {
+                    let name: String = row.try_get("record_name")?;
+                    let version: i32 = row.try_get("schema_version")?;
+                    let payload: Json = row.try_get("payload")?;
+                    self.codec
+                        .encode_json(&name, version as u32, &payload)
+                        .await?
+                }
+            };
+            pending.push(Pending {
+                id: row.try_get("id")?,
+                event_id: row.try_get("event_id")?,
+                topic: format!(
+                    "{}{}",
+                    self.topic_prefix,
+                    row.try_get::<String, _>("topic")?
+                ),
+                key: row.try_get("message_key")?,
+                value,
+                correlation_id: headers
+                    .get("correlation_id")
+                    .and_then(Json::as_str)
+                    .map(str::to_string),
+                headers: kafka_headers(&headers),
+            });
+        }
+
+        // Enqueue all, then await in order: the producer pipelines them, and idempotence
+        // keeps per-partition order across its internal retries.
+        let mut deliveries = Vec::with_capacity(pending.len());
+        for p in &pending {
+            let mut record = FutureRecord::to(&p.topic)
+                .payload(&p.value)
+                .headers(p.headers.clone());
+            if let Some(key) = &p.key {
+                record = record.key(key);
+            }
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break delivery,
+                    Err((e, returned)) => {
+                        // Local queue full: let it drain, then retry the same record.
+                        tracing::debug!(error = %e, "producer queue full");
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            };
+            deliveries.push(delivery);
+        }
+        let mut ids = Vec::with_capacity(pending.len());
+        for (p, delivery) in pending.iter().zip(deliveries) {
+            let span = tracing::info_span!(
+                "publish",
+                topic = %p.topic,
+                event_id = %p.event_id,
+                correlation_id = p.correlation_id.as_deref().unwrap_or("")
+            );
+            match delivery.instrument(span.clone()).await {
+                Ok(Ok(delivery)) => {
+                    span.in_scope(|| {
+                        tracing::debug!(
+                            partition = delivery.partition,
+                            offset = delivery.offset,
+                            "published"
+                        )
+                    });
+                    ids.push(p.id);
+                }
+                Ok(Err((e, _))) => {
+                    self.mark(&ids).await?;
+                    return Err(e.into());
+                }
+                Err(_canceled) => {
+                    self.mark(&ids).await?;
+                    return Err(rdkafka::error::KafkaError::Canceled.into());
+                }
+            }
+        }
+        self.mark(&ids).await?;
+        Ok(ids.len())
+    }
+
+    async fn mark(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("update outbox set published_at = now() where id = any($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

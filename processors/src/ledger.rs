@@ -1,0 +1,427 @@
+//! The ledger poster: turns sales events into balanced journal entries, materializes
+//! account and party balances in the same transaction, and announces each entry as
+//! `LedgerEntryPosted` for downstream readers.
+//!
+//! | event           | debit                         | credit                        |
+//! |-----------------|-------------------------------|-------------------------------|
+//! | InvoiceCreated  | 1200 AR (party: customer)     | 4000 Maintenance Revenue      |
+//! | PaymentReceived | 1000 Bank                     | 1200 AR (party: customer)     |
+//! | InvoiceVoided   | 4000 Maintenance Revenue      | 1200 AR (party: customer)     |
+
+use std::collections::BTreeMap;
+
+use dhanman_schemas::Event;
+use dhanman_schemas::events::{Envelope, LedgerEntryPosted, PostingLine, Record};
+use dhanman_schemas::topics;
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::runtime::Processor;
+
+pub const AR: &str = "1200";
+pub const BANK: &str = "1000";
+pub const REVENUE: &str = "4000";
+
+/// The ledger processor. Reads the sales topics unless told otherwise (benchmarks and
+/// replays point it at other topics).
+pub struct Ledger {
+    topics: Vec<String>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            topics: vec![topics::INVOICES.to_string(), topics::PAYMENTS.to_string()],
+        }
+    }
+}
+
+impl Ledger {
+    pub fn with_topics(topics: Vec<String>) -> Self {
+        Ledger { topics }
+    }
+}
+
+/// A journal entry before it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: Uuid,
+    pub source: Envelope,
+    pub reference_type: &'static str,
+    pub reference_id: Uuid,
+    pub description: String,
+    pub currency: String,
+    pub lines: Vec<PostingLine>,
+}
+
+fn line(account: &str, party: Option<Uuid>, debit: Decimal, credit: Decimal) -> PostingLine {
+    PostingLine {
+        account_code: account.to_string(),
+        party_type: party.map(|_| "customer".to_string()),
+        party_id: party,
+        debit,
+        credit,
+    }
+}
+
+/// The entry an event posts, if any. Pure: the table above, in code.
+pub fn entry_for(event: &Event) -> Option<Entry> {
+    let (reference_type, reference_id, description, currency, lines) = match event {
+        Event::InvoiceCreated(e) => (
+            "invoice",
+            e.invoice_id,
+            format!("Invoice {}", e.invoice_number),
+            &e.currency,
+            vec![
+                line(AR, Some(e.customer_id), e.amount, Decimal::ZERO),
+                line(REVENUE, None, Decimal::ZERO, e.amount),
+            ],
+        ),
+        Event::PaymentReceived(e) => (
+            "payment",
+            e.payment_id,
+            format!("Payment {} ({})", e.payment_id, e.method),
+            &e.currency,
+            vec![
+                line(BANK, None, e.amount, Decimal::ZERO),
+                line(AR, Some(e.customer_id), Decimal::ZERO, e.amount),
+            ],
+        ),
+        Event::InvoiceVoided(e) => (
+            "invoice_void",
+            e.invoice_id,
+            format!("Void of invoice {}: {}", e.invoice_id, e.reason),
+            &e.currency,
+            vec![
+                line(REVENUE, None, e.amount, Decimal::ZERO),
+                line(AR, Some(e.customer_id), Decimal::ZERO, e.amount),
+            ],
+        ),
+        Event::LedgerEntryPosted(_) | Event::Other { .. } => return None,
+    };
+    let source = event.envelope().clone();
+    Some(Entry {
+        // Derived from the source event: the same event can only ever make this entry.
+        id: Uuid::new_v5(&Uuid::NAMESPACE_OID, source.event_id.as_bytes()),
+        source,
+        reference_type,
+        reference_id,
+        description,
+        currency: currency.clone(),
+        lines,
+    })
+}
+
+impl Processor for Ledger {
+    fn name(&self) -> &str {
+        "ledger"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.topics.clone()
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+        let entries: Vec<Entry> = events.iter().filter_map(|e| entry_for(e)).collect();
+        post(conn, &entries).await?;
+        for entry in &entries {
+            tracing::info!(
+                correlation_id = %entry.source.correlation_id,
+                event_id = %entry.source.event_id,
+                entry_id = %entry.id,
+                reference = %entry.reference_id,
+                "posted journal entry"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Writes entries, their postings, the balances and the announcements, in bulk: one
+/// statement per table whatever the number of entries.
+pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut e_id = Vec::with_capacity(entries.len());
+    let mut e_org = Vec::with_capacity(entries.len());
+    let mut e_source = Vec::with_capacity(entries.len());
+    let mut e_rtype = Vec::with_capacity(entries.len());
+    let mut e_rid = Vec::with_capacity(entries.len());
+    let mut e_desc = Vec::with_capacity(entries.len());
+    let mut e_cur = Vec::with_capacity(entries.len());
+    let mut e_at = Vec::with_capacity(entries.len());
+    let mut e_corr = Vec::with_capacity(entries.len());
+    let mut p_entry = Vec::new();
+    let mut p_org = Vec::new();
+    let mut p_account = Vec::new();
+    let mut p_ptype: Vec<Option<String>> = Vec::new();
+    let mut p_pid: Vec<Option<Uuid>> = Vec::new();
+    let mut p_debit = Vec::new();
+    let mut p_credit = Vec::new();
+    let mut accounts: BTreeMap<(Uuid, String, String), (Decimal, Decimal)> = BTreeMap::new();
+    let mut parties: BTreeMap<(Uuid, String, String, Uuid, String), (Decimal, Decimal)> =
+        BTreeMap::new();
+    for entry in entries {
+        let org = entry.source.organization_id;
+        e_id.push(entry.id);
+        e_org.push(org);
+        e_source.push(entry.source.event_id);
+        e_rtype.push(entry.reference_type);
+        e_rid.push(entry.reference_id);
+        e_desc.push(entry.description.as_str());
+        e_cur.push(entry.currency.as_str());
+        e_at.push(entry.source.occurred_at);
+        e_corr.push(entry.source.correlation_id.as_str());
+        for l in &entry.lines {
+            p_entry.push(entry.id);
+            p_org.push(org);
+            p_account.push(l.account_code.as_str());
+            p_ptype.push(l.party_type.clone());
+            p_pid.push(l.party_id);
+            p_debit.push(l.debit);
+            p_credit.push(l.credit);
+            let a = accounts
+                .entry((org, l.account_code.clone(), entry.currency.clone()))
+                .or_default();
+            a.0 += l.debit;
+            a.1 += l.credit;
+            if let (Some(ptype), Some(pid)) = (&l.party_type, l.party_id) {
+                let p = parties
+                    .entry((
+                        org,
+                        l.account_code.clone(),
+                        ptype.clone(),
+                        pid,
+                        entry.currency.clone(),
+                    ))
+                    .or_default();
+                p.0 += l.debit;
+                p.1 += l.credit;
+            }
+        }
+    }
+
+    sqlx::query(
+        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id,
+                                      description, currency, occurred_at, correlation_id)
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
+                              $7::text[], $8::timestamptz[], $9::text[])",
+    )
+    .bind(&e_id)
+    .bind(&e_org)
+    .bind(&e_source)
+    .bind(&e_rtype)
+    .bind(&e_rid)
+    .bind(&e_desc)
+    .bind(&e_cur)
+    .bind(&e_at)
+    .bind(&e_corr)
+    .execute(&mut *conn)
+    .await?;
+
+    // One statement for all postings: the balance trigger checks each entry after it.
+    sqlx::query(
+        "insert into postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)
+         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
+                              $6::numeric[], $7::numeric[])",
+    )
+    .bind(&p_entry)
+    .bind(&p_org)
+    .bind(&p_account)
+    .bind(&p_ptype)
+    .bind(&p_pid)
+    .bind(&p_debit)
+    .bind(&p_credit)
+    .execute(&mut *conn)
+    .await?;
+
+    let (a_org, a_acc, a_cur, a_d, a_c) = unzip5(
+        accounts
+            .into_iter()
+            .map(|((o, a, c), (d, cr))| (o, a, c, d, cr)),
+    );
+    sqlx::query(
+        "insert into account_balances (organization_id, account_code, currency, debit_total, credit_total)
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
+         on conflict (organization_id, account_code, currency) do update
+            set debit_total = account_balances.debit_total + excluded.debit_total,
+                credit_total = account_balances.credit_total + excluded.credit_total,
+                updated_at = now()",
+    )
+    .bind(&a_org)
+    .bind(&a_acc)
+    .bind(&a_cur)
+    .bind(&a_d)
+    .bind(&a_c)
+    .execute(&mut *conn)
+    .await?;
+
+    if !parties.is_empty() {
+        let mut q_org = Vec::new();
+        let mut q_acc = Vec::new();
+        let mut q_type = Vec::new();
+        let mut q_id = Vec::new();
+        let mut q_cur = Vec::new();
+        let mut q_d = Vec::new();
+        let mut q_c = Vec::new();
+        for ((o, a, t, i, c), (d, cr)) in parties {
+            q_org.push(o);
+            q_acc.push(a);
+            q_type.push(t);
+            q_id.push(i);
+            q_cur.push(c);
+            q_d.push(d);
+            q_c.push(cr);
+        }
+        sqlx::query(
+            "insert into party_balances (organization_id, account_code, party_type, party_id, currency,
+                                         debit_total, credit_total)
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[],
+                                  $6::numeric[], $7::numeric[])
+             on conflict (organization_id, account_code, party_type, party_id, currency) do update
+                set debit_total = party_balances.debit_total + excluded.debit_total,
+                    credit_total = party_balances.credit_total + excluded.credit_total,
+                    updated_at = now()",
+        )
+        .bind(&q_org)
+        .bind(&q_acc)
+        .bind(&q_type)
+        .bind(&q_id)
+        .bind(&q_cur)
+        .bind(&q_d)
+        .bind(&q_c)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    announce(conn, entries).await
+}
+
+/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction.
+async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut keys = Vec::with_capacity(entries.len());
+    let mut payloads = Vec::with_capacity(entries.len());
+    let mut headers = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut envelope = Envelope::new(
+            entry.source.organization_id,
+            &entry.source.correlation_id,
+            Some(entry.source.event_id.to_string()),
+        );
+        // Deterministic, like the entry id: a re-post could never announce twice.
+        envelope.event_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, entry.id.as_bytes());
+        let record = LedgerEntryPosted {
+            envelope,
+            entry_id: entry.id,
+            source_event_id: entry.source.event_id,
+            reference_type: entry.reference_type.to_string(),
+            reference_id: entry.reference_id,
+            description: entry.description.clone(),
+            currency: entry.currency.clone(),
+            lines: entry.lines.clone(),
+        };
+        ids.push(record.envelope.event_id);
+        keys.push(record.key());
+        headers.push(dhanman_producers::outbox::headers(
+            LedgerEntryPosted::NAME,
+            record.envelope.event_id,
+            &record.envelope.correlation_id,
+        ));
+        payloads.push(serde_json::to_value(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    sqlx::query(
+        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
+         select id, $2, k, $3, $4, p, h from unnest($1::uuid[], $5::text[], $6::jsonb[], $7::jsonb[]) as u(id, k, p, h)",
+    )
+    .bind(&ids)
+    .bind(LedgerEntryPosted::TOPIC)
+    .bind(LedgerEntryPosted::NAME)
+    .bind(LedgerEntryPosted::WRITE_VERSION as i32)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&headers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+type Columns5<A, B, C, D, E> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>);
+
+fn unzip5<A, B, C, D, E>(rows: impl Iterator<Item = (A, B, C, D, E)>) -> Columns5<A, B, C, D, E> {
+    let mut out: Columns5<A, B, C, D, E> =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c, d, e) in rows {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+        out.3.push(d);
+        out.4.push(e);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhanman_schemas::events::{InvoiceCreated, PaymentReceived};
+
+    fn envelope() -> Envelope {
+        Envelope::new(Uuid::now_v7(), "c", None)
+    }
+
+    #[test]
+    fn every_entry_balances_and_follows_the_table() {
+        let customer = Uuid::now_v7();
+        let invoice = Event::InvoiceCreated(InvoiceCreated {
+            envelope: envelope(),
+            invoice_id: Uuid::now_v7(),
+            customer_id: customer,
+            invoice_number: "INV-9".into(),
+            amount: "2500.00".parse().unwrap(),
+            currency: "INR".into(),
+            issue_date: "2026-12-01".parse().unwrap(),
+            due_date: "2026-12-10".parse().unwrap(),
+            description: None,
+            period: None,
+            tax_amount: None,
+        });
+        let payment = Event::PaymentReceived(PaymentReceived {
+            envelope: envelope(),
+            payment_id: Uuid::now_v7(),
+            invoice_id: None,
+            customer_id: customer,
+            amount: "1000.10".parse().unwrap(),
+            currency: "INR".into(),
+            method: "manual".into(),
+            reference: None,
+        });
+        for (event, debit, credit) in [(&invoice, AR, REVENUE), (&payment, BANK, AR)] {
+            let entry = entry_for(event).unwrap();
+            let debits: Decimal = entry.lines.iter().map(|l| l.debit).sum();
+            let credits: Decimal = entry.lines.iter().map(|l| l.credit).sum();
+            assert_eq!(debits, credits);
+            assert!(debits > Decimal::ZERO);
+            let dr = entry
+                .lines
+                .iter()
+                .find(|l| l.debit > Decimal::ZERO)
+                .unwrap();
+            let cr = entry
+                .lines
+                .iter()
+                .find(|l| l.credit > Decimal::ZERO)
+                .unwrap();
+            assert_eq!(
+                (dr.account_code.as_str(), cr.account_code.as_str()),
+                (debit, credit)
+            );
+            let ar = entry.lines.iter().find(|l| l.account_code == AR).unwrap();
+            assert_eq!(ar.party_id, Some(customer));
+            // Same event, same entry id: the basis of idempotent posting.
+            assert_eq!(entry_for(event).unwrap().id, entry.id);
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Consumers of the pipeline: the runtime that every processor plugs into, and the
+//! processors themselves (one module each).
+
+pub mod ledger;
+pub mod runtime;
+
+pub use runtime::{Incoming, Processor, Runtime, RuntimeConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Codec(#[from] dhanman_schemas::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

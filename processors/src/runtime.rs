@@ -1,0 +1,741 @@
+//! The consumer runtime, written once for every processor.
+//!
+//! For each batch it opens one Postgres transaction holding: the processor's effects
+//! (applied only for events it has never applied: `processed_events` is the gate), any
+//! outbox rows (emitted events, dead letters) and the group's next offsets. On assignment
+//! it seeks to the stored offsets. After the commit it commits the same offsets to Kafka,
+//! only so that lag tools see progress.
+//!
+//! Failures are classified in one place ([`classify_db`], [`dhanman_schemas::Error::is_transient`]):
+//! transient ones (database or registry down) retry the whole batch with backoff and never
+//! advance; poison records (undecodable, invalid, refused by a constraint) go to
+//! `<topic>.dlq` through the outbox with headers naming the error and their origin, and
+//! the partition keeps flowing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dhanman_schemas::{Codec, Event, topics};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext};
+use serde_json::{Value as Json, json};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// One record as read from Kafka, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Incoming {
+    fn from_message<M: Message>(m: &M) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Incoming {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// A processor: what it reads and what it does with new events, inside the batch's
+/// transaction. Everything else (batching, offsets, retries, DLQ) is the runtime's.
+pub trait Processor: Send + Sync + 'static {
+    /// Stable name: the consumer group is `dhanman.<name>` and `processed_events` rows
+    /// carry it.
+    fn name(&self) -> &str;
+    fn topics(&self) -> Vec<String>;
+    /// Applies events this processor has never applied, in offset order per partition.
+    /// Must write only through `conn`. A database error that is not transient marks the
+    /// batch's events for one-by-one isolation; the one that fails alone is dead-lettered.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> impl Future<Output = std::result::Result<(), sqlx::Error>> + Send;
+}
+
+/// Transient (retry the batch, never advance) or poison (dead-letter the record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Transient,
+    Poison,
+}
+
+/// The one place that decides whether a database failure is worth retrying.
+pub fn classify_db(e: &sqlx::Error) -> Class {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Class::Transient,
+        sqlx::Error::Database(db) => match db.code().as_deref().map(|c| &c[..2]) {
+            // connection, serialization/deadlock, resources, operator intervention,
+            // system errors: the same transaction may succeed later.
+            Some("08" | "40" | "53" | "57" | "58") => Class::Transient,
+            _ => Class::Poison,
+        },
+        _ => Class::Poison,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub bootstrap_servers: String,
+    /// Consumer group; defaults to `<topic prefix>dhanman.<processor name>`.
+    pub group_id: Option<String>,
+    pub max_batch: usize,
+    /// How long to wait for more records once a batch has its first one.
+    pub linger: Duration,
+    pub max_backoff: Duration,
+    /// Physical topics are `<prefix><logical name>`; processors and the outbox speak
+    /// logical names.
+    pub topic_prefix: String,
+}
+
+impl RuntimeConfig {
+    pub fn new(bootstrap_servers: &str) -> Self {
+        RuntimeConfig {
+            bootstrap_servers: bootstrap_servers.to_string(),
+            group_id: None,
+            max_batch: 1000,
+            linger: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(5),
+            topic_prefix: String::new(),
+        }
+    }
+}
+
+/// Seeks to the offsets stored in Postgres whenever partitions are assigned.
+struct StoredOffsets {
+    pool: PgPool,
+    group: String,
+    runtime: tokio::runtime::Handle,
+    assigned: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ClientContext for StoredOffsets {}
+
+impl StoredOffsets {
+    fn load(
+        &self,
+        tpl: &TopicPartitionList,
+    ) -> std::result::Result<HashMap<(String, i32), i64>, sqlx::Error> {
+        let topics: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.topic().to_string())
+            .collect();
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        // The callback is synchronous and runs inside the consumer's poll on a runtime
+        // worker: block_in_place lets the query run there without stalling the runtime.
+        let rows: Vec<(String, i32, i64)> = tokio::task::block_in_place(|| {
+            self.runtime.block_on(
+                sqlx::query_as(
+                    "select o.topic, o.partition, o.next_offset
+                       from consumer_offsets o
+                       join unnest($2::text[], $3::int[]) as a(topic, partition)
+                         on a.topic = o.topic and a.partition = o.partition
+                      where o.group_id = $1",
+                )
+                .bind(&self.group)
+                .bind(&topics)
+                .bind(&partitions)
+                .fetch_all(&self.pool),
+            )
+        })?;
+        Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+    }
+}
+
+impl ConsumerContext for StoredOffsets {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                match self.load(tpl) {
+                    Ok(stored) => {
+                        for ((topic, partition), offset) in &stored {
+                            if let Err(e) =
+                                tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset))
+                            {
+                                tracing::error!(%topic, partition, error = %e, "setting stored offset");
+                            }
+                        }
+                        tracing::info!(group = %self.group, partitions = tpl.count(), from_postgres = stored.len(), "partitions assigned");
+                    }
+                    // Kafka's committed offsets trail Postgres' (they are committed after
+                    // it), so starting there only re-reads events the gate will skip.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stored offsets unavailable, starting from Kafka's committed offsets")
+                    }
+                }
+                let mut assigned = self.assigned.lock().expect("assignment lock");
+                assigned.clear();
+                for e in tpl.elements() {
+                    assigned.insert((e.topic().to_string(), e.partition()));
+                }
+                if let Err(e) = base_consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+                self.assigned.lock().expect("assignment lock").clear();
+                if let Err(e) = base_consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                self.assigned.lock().expect("assignment lock").clear();
+                let _ = base_consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Outcome of one batch, for logs, tests and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub records: usize,
+    pub applied: usize,
+    pub duplicates: usize,
+    pub dead_lettered: usize,
+}
+
+pub struct Runtime<P> {
+    processor: Arc<P>,
+    pool: PgPool,
+    codec: Arc<Codec>,
+    config: RuntimeConfig,
+}
+
+/// A record after decoding: an event to apply, or the reason it is poison.
+enum Decoded {
+    Event(Box<Event>),
+    Poison { class: &'static str, reason: String },
+}
+
+impl<P: Processor> Runtime<P> {
+    pub fn new(processor: P, pool: PgPool, codec: Arc<Codec>, config: RuntimeConfig) -> Self {
+        Runtime {
+            processor: Arc::new(processor),
+            pool,
+            codec,
+            config,
+        }
+    }
+
+    pub fn group_id(&self) -> String {
+        self.config.group_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}dhanman.{}",
+                self.config.topic_prefix,
+                self.processor.name()
+            )
+        })
+    }
+
+    fn consumer(&self) -> Result<StreamConsumer<StoredOffsets>> {
+        let group = self.group_id();
+        let context = StoredOffsets {
+            pool: self.pool.clone(),
+            group: group.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            assigned: Mutex::new(HashSet::new()),
+        };
+        let mut config: ClientConfig = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.config.bootstrap_servers)
+            .set("broker.address.family", "v4")
+            .set("group.id", &group)
+            .set("client.id", format!("dhanman-{}", self.processor.name()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false");
+        Ok(config.create_with_context(context)?)
+    }
+
+    /// Consumes until the task is dropped or the consumer fails for good.
+    pub async fn run(self) -> Result<()> {
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread
+        {
+            return Err(Error::Config(
+                "the consumer runtime needs tokio's multi-thread runtime".into(),
+            ));
+        }
+        let consumer = self.consumer()?;
+        let topics: Vec<String> = self
+            .processor
+            .topics()
+            .iter()
+            .map(|t| format!("{}{t}", self.config.topic_prefix))
+            .collect();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs)?;
+        tracing::info!(group = %self.group_id(), topics = ?topics, "consumer started");
+        loop {
+            let batch = self.collect(&consumer).await;
+            if batch.is_empty() {
+                continue;
+            }
+            let report = self.process_with_retry(&batch).await;
+            tracing::debug!(?report, "batch committed");
+            self.commit_to_kafka(&consumer, &batch);
+        }
+    }
+
+    /// Waits for one record, then gathers more until the batch is full or the linger
+    /// time has passed.
+    async fn collect(&self, consumer: &StreamConsumer<StoredOffsets>) -> Vec<Incoming> {
+        let mut batch = Vec::new();
+        match consumer.recv().await {
+            Ok(m) => batch.push(Incoming::from_message(&m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                return batch;
+            }
+        }
+        let deadline = Instant::now() + self.config.linger;
+        while batch.len() < self.config.max_batch {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(remaining, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(Incoming::from_message(&m)),
+                Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Err(_) => break,
+            }
+        }
+        // Records of partitions revoked while gathering belong to their new owner now;
+        // applying them would be harmless (the gate), but pointless.
+        let assigned = consumer.context().assigned.lock().expect("assignment lock");
+        batch.retain(|r| assigned.contains(&(r.topic.clone(), r.partition)));
+        batch
+    }
+
+    fn commit_to_kafka(&self, consumer: &StreamConsumer<StoredOffsets>, batch: &[Incoming]) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in next_offsets(batch) {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                tracing::warn!(error = %e, "building commit");
+            }
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            // Postgres holds the truth; Kafka's copy only feeds lag tools.
+            tracing::debug!(error = %e, "offset commit to Kafka failed");
+        }
+    }
+
+    /// Processes a batch until it commits, backing off on transient failures.
+    pub async fn process_with_retry(&self, batch: &[Incoming]) -> BatchReport {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        loop {
+            match self.process(batch, attempt).await {
+                Ok(report) => return report,
+                Err(e) => {
+                    let jitter = Duration::from_millis(rand::random_range(
+                        0..=backoff.as_millis() as u64 / 4,
+                    ));
+                    tracing::warn!(error = %e, attempt, retry_in = ?(backoff + jitter), records = batch.len(), "transient failure, batch will be retried");
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn decode(&self, record: &Incoming) -> Result<Decoded> {
+        let Some(payload) = record.payload.as_deref() else {
+            return Ok(Decoded::Poison {
+                class: "undecodable",
+                reason: "record has no value".into(),
+            });
+        };
+        let decoded = match self.codec.decode(payload).await {
+            Ok(d) => d,
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) => {
+                return Ok(Decoded::Poison {
+                    class: "undecodable",
+                    reason: e.to_string(),
+                });
+            }
+        };
+        match Event::from_json(&decoded.name, decoded.json) {
+            Ok(event) => Ok(Decoded::Event(Box::new(event))),
+            Err(e) => Ok(Decoded::Poison {
+                class: "invalid",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// One attempt at a batch: one transaction, or an error that is transient.
+    pub async fn process(&self, batch: &[Incoming], attempt: u32) -> Result<BatchReport> {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for record in batch {
+            decoded.push(self.decode(record).await?);
+        }
+        let mut tx = self.pool.begin().await.map_err(Error::Database)?;
+        let mut report = BatchReport {
+            records: batch.len(),
+            ..BatchReport::default()
+        };
+        let name = self.processor.name().to_string();
+
+        // Events in this batch, first occurrence of each id only.
+        let mut seen = HashSet::new();
+        let mut candidates: Vec<(usize, &Event)> = Vec::new();
+        for (i, d) in decoded.iter().enumerate() {
+            if let Decoded::Event(event) = d
+                && seen.insert(event.envelope().event_id)
+            {
+                candidates.push((i, event));
+            }
+        }
+        let mut poison: BTreeMap<usize, (&'static str, String)> = decoded
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match d {
+                Decoded::Poison { class, reason } => Some((i, (*class, reason.clone()))),
+                Decoded::Event(_) => None,
+            })
+            .collect();
+
+        let fresh = mark_processed(&mut tx, &name, batch, &candidates).await?;
+        report.duplicates = decoded.len() - poison.len() - fresh.len();
+        let events: Vec<&Event> = fresh.iter().map(|(_, e)| *e).collect();
+        match self.apply_in_savepoint(&mut tx, &events).await {
+            Ok(()) => report.applied = fresh.len(),
+            Err(e) if classify_db(&e) == Class::Transient => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, events = fresh.len(), "batch refused by the database, isolating the poison record");
+                // The savepoint rolled back the effects; the gate rows stay. Undo them and
+                // go one event at a time, each with its own gate row and savepoint.
+                unmark(&mut tx, &name, &events).await?;
+                for (i, event) in &fresh {
+                    let one = [*event];
+                    let single: [(usize, &Event); 1] = [(*i, *event)];
+                    let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+                    mark_processed(&mut sp, &name, batch, &single).await?;
+                    match self.processor.apply(&mut sp, &one).await {
+                        Ok(()) => {
+                            sp.commit().await?;
+                            report.applied += 1;
+                        }
+                        Err(e) if classify_db(&e) == Class::Transient => return Err(e.into()),
+                        Err(e) => {
+                            sp.rollback().await?;
+                            poison.insert(*i, ("rejected", e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+
+        for (i, (class, reason)) in &poison {
+            let record = &batch[*i];
+            let correlation_id = record.header("correlation_id").unwrap_or_default();
+            tracing::warn!(
+                topic = %record.topic, partition = record.partition, offset = record.offset,
+                correlation_id = %correlation_id, class, reason = %reason, "dead-lettering record"
+            );
+            let logical = record
+                .topic
+                .strip_prefix(&self.config.topic_prefix)
+                .unwrap_or(&record.topic);
+            let letter = DeadLetter {
+                record,
+                logical_topic: logical,
+                class,
+                reason,
+                attempts: attempt,
+            };
+            dead_letter(&mut tx, &self.group_id(), &name, letter).await?;
+        }
+        report.dead_lettered = poison.len();
+
+        store_offsets(&mut tx, &self.group_id(), batch).await?;
+        tx.commit().await.map_err(Error::Database)?;
+        Ok(report)
+    }
+
+    async fn apply_in_savepoint(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        events: &[&Event],
+    ) -> std::result::Result<(), sqlx::Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+        self.processor.apply(&mut sp, events).await?;
+        sp.commit().await
+    }
+}
+
+/// Inserts gate rows; returns the candidates this processor had not applied before.
+async fn mark_processed<'e>(
+    conn: &mut PgConnection,
+    processor: &str,
+    batch: &[Incoming],
+    candidates: &[(usize, &'e Event)],
+) -> Result<Vec<(usize, &'e Event)>> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = candidates
+        .iter()
+        .map(|(_, e)| e.envelope().event_id)
+        .collect();
+    let topics: Vec<&str> = candidates
+        .iter()
+        .map(|(i, _)| batch[*i].topic.as_str())
+        .collect();
+    let partitions: Vec<i32> = candidates
+        .iter()
+        .map(|(i, _)| batch[*i].partition)
+        .collect();
+    let offsets: Vec<i64> = candidates.iter().map(|(i, _)| batch[*i].offset).collect();
+    let new: Vec<(Uuid,)> = sqlx::query_as(
+        "insert into processed_events (processor, event_id, topic, partition, \"offset\")
+         select $1, * from unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])
+         on conflict do nothing returning event_id",
+    )
+    .bind(processor)
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(Error::Database)?;
+    let new: HashSet<Uuid> = new.into_iter().map(|(id,)| id).collect();
+    Ok(candidates
+        .iter()
+        .filter(|(_, e)| new.contains(&e.envelope().event_id))
+        .copied()
+        .collect())
+}
+
+async fn unmark(conn: &mut PgConnection, processor: &str, events: &[&Event]) -> Result<()> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.envelope().event_id).collect();
+    sqlx::query("delete from processed_events where processor = $1 and event_id = any($2)")
+        .bind(processor)
+        .bind(&ids)
+        .execute(conn)
+        .await
+        .map_err(Error::Database)?;
+    Ok(())
+}
+
+/// Next offset per partition: one past the highest offset in the batch.
+fn next_offsets(batch: &[Incoming]) -> BTreeMap<(String, i32), i64> {
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for r in batch {
+        let slot = next.entry((r.topic.clone(), r.partition)).or_insert(0);
+        *slot = (*slot).max(r.offset + 1);
+    }
+    next
+}
+
+/// Upserts the group's offsets. They only move forward here, so a member that lost its
+/// partitions mid-batch cannot drag the new owner back (that would only re-read, but
+/// still); rewinding is the offsets tool's job, and it refuses while members are live.
+async fn store_offsets(conn: &mut PgConnection, group: &str, batch: &[Incoming]) -> Result<()> {
+    let next = next_offsets(batch);
+    let topics: Vec<&str> = next.keys().map(|(t, _)| t.as_str()).collect();
+    let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
+    let offsets: Vec<i64> = next.values().copied().collect();
+    sqlx::query(
+        "insert into consumer_offsets (group_id, topic, partition, next_offset)
+         select $1, * from unnest($2::text[], $3::int[], $4::bigint[])
+         on conflict (group_id, topic, partition) do update
+            set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset),
+                updated_at = now()",
+    )
+    .bind(group)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(conn)
+    .await
+    .map_err(Error::Database)?;
+    Ok(())
+}
+
+/// Header names on dead letters.
+pub mod dlq_headers {
+    pub const ERROR: &str = "dlq.error";
+    pub const ERROR_CLASS: &str = "dlq.error.class";
+    pub const SOURCE_TOPIC: &str = "dlq.source.topic";
+    pub const SOURCE_PARTITION: &str = "dlq.source.partition";
+    pub const SOURCE_OFFSET: &str = "dlq.source.offset";
+    pub const PROCESSOR: &str = "dlq.processor";
+    pub const FAILED_AT: &str = "dlq.failed.at";
+    pub const ATTEMPTS: &str = "dlq.attempts";
+}
+
+struct DeadLetter<'a> {
+    record: &'a Incoming,
+    logical_topic: &'a str,
+    class: &'a str,
+    reason: &'a str,
+    attempts: u32,
+}
+
+async fn dead_letter(
+    conn: &mut PgConnection,
+    group: &str,
+    processor: &str,
+    letter: DeadLetter<'_>,
+) -> Result<()> {
+    use dlq_headers::*;
+    let DeadLetter {
+        record,
+        logical_topic,
+        class,
+        reason,
+        attempts,
+    } = letter;
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &record.headers {
+        headers.insert(
+            k.clone(),
+            Json::String(String::from_utf8_lossy(v).into_owned()),
+        );
+    }
+    let context = json!({
+        ERROR: reason,
+        ERROR_CLASS: class,
+        SOURCE_TOPIC: record.topic,
+        SOURCE_PARTITION: record.partition.to_string(),
+        SOURCE_OFFSET: record.offset.to_string(),
+        PROCESSOR: processor,
+        FAILED_AT: Utc::now().to_rfc3339(),
+        ATTEMPTS: attempts.to_string(),
+    });
+    if let Json::Object(context) = context {
+        headers.extend(context);
+    }
+    // The same source record always yields the same dead letter id, so a re-read after a
+    // crash cannot dead-letter it twice.
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!(
+            "{group}/{}/{}/{}",
+            record.topic, record.partition, record.offset
+        )
+        .as_bytes(),
+    );
+    let exists: Option<(i64,)> = sqlx::query_as("select id from outbox where event_id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::Database)?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    dhanman_producers::outbox::enqueue_raw(
+        conn,
+        dhanman_producers::outbox::RawRecord {
+            id,
+            topic: &topics::dlq(logical_topic),
+            key: record.key.as_deref(),
+            value: record.payload.as_deref().unwrap_or_default(),
+            headers: Json::Object(headers),
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        dhanman_producers::Error::Database(db) => Error::Database(db),
+        other => Error::Config(other.to_string()),
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, partition: i32, offset: i64) -> Incoming {
+        Incoming {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            payload: None,
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn next_offsets_are_one_past_the_highest_per_partition() {
+        let batch = [
+            record("a", 0, 5),
+            record("a", 0, 3),
+            record("a", 1, 9),
+            record("b", 0, 0),
+        ];
+        let next = next_offsets(&batch);
+        assert_eq!(next[&("a".to_string(), 0)], 6);
+        assert_eq!(next[&("a".to_string(), 1)], 10);
+        assert_eq!(next[&("b".to_string(), 0)], 1);
+    }
+
+    #[test]
+    fn connection_failures_are_transient_and_constraint_failures_poison() {
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "down",
+        ));
+        assert_eq!(classify_db(&io), Class::Transient);
+        assert_eq!(classify_db(&sqlx::Error::PoolTimedOut), Class::Transient);
+        assert_eq!(classify_db(&sqlx::Error::RowNotFound), Class::Poison);
+    }
+}

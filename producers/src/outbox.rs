@@ -1,0 +1,62 @@
+//! Writes to the outbox table, inside the caller's transaction.
+
+use dhanman_schemas::events::Record;
+use serde_json::{Value as Json, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::Result;
+
+/// Headers every published record carries, so that consumers and operators can follow a
+/// piece of work without decoding the payload.
+pub fn headers(record_name: &str, event_id: Uuid, correlation_id: &str) -> Json {
+    json!({
+        "event_id": event_id.to_string(),
+        "record_name": record_name,
+        "correlation_id": correlation_id,
+    })
+}
+
+/// Queues a record for the relay. The outbox row's id orders publication.
+pub async fn enqueue<R: Record>(conn: &mut PgConnection, record: &R) -> Result<Uuid> {
+    let envelope = record.envelope();
+    let payload = serde_json::to_value(record)?;
+    sqlx::query(
+        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(envelope.event_id)
+    .bind(R::TOPIC)
+    .bind(record.key())
+    .bind(R::NAME)
+    .bind(R::WRITE_VERSION as i32)
+    .bind(&payload)
+    .bind(headers(R::NAME, envelope.event_id, &envelope.correlation_id))
+    .execute(conn)
+    .await?;
+    Ok(envelope.event_id)
+}
+
+/// A record forwarded byte for byte (a dead letter), with its own headers.
+pub struct RawRecord<'a> {
+    pub id: Uuid,
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: Json,
+}
+
+pub async fn enqueue_raw(conn: &mut PgConnection, record: RawRecord<'_>) -> Result<()> {
+    sqlx::query(
+        "insert into outbox (event_id, topic, message_key, raw_value, headers)
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(record.id)
+    .bind(record.topic)
+    .bind(record.key.map(|k| String::from_utf8_lossy(k).into_owned()))
+    .bind(record.value)
+    .bind(record.headers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! Sales commands: customers (residents), invoices and payments.
+
+use chrono::{NaiveDate, Utc};
+use dhanman_schemas::events::{
+    Envelope, FieldError, InvoiceCreated, PaymentReceived, check_currency, check_money,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{Caller, Error, Result, outbox};
+
+fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, FieldError> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(FieldError::new(field, "is required")),
+    }
+}
+
+fn limited(field: &str, value: Option<&str>, max: usize) -> Result<(), FieldError> {
+    match value {
+        Some(v) if v.chars().count() > max => Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCustomer {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Customer {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    pub unit: Option<String>,
+    pub active: bool,
+}
+
+pub async fn create_customer(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewCustomer,
+) -> Result<Customer> {
+    let name = required("name", &input.name)?;
+    limited("name", Some(name), 200)?;
+    limited("unit", input.unit.as_deref(), 50)?;
+    if let Some(email) = input.email.as_deref()
+        && (!email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace))
+    {
+        return Err(FieldError::new("email", "must be an email address").into());
+    }
+    let customer = sqlx::query_as(
+        "insert into customers (id, organization_id, name, email, unit) values ($1, $2, $3, $4, $5)
+         returning id, organization_id, name, email, unit, active",
+    )
+    .bind(Uuid::now_v7())
+    .bind(caller.organization_id)
+    .bind(name)
+    .bind(&input.email)
+    .bind(&input.unit)
+    .fetch_one(conn)
+    .await?;
+    Ok(customer)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvoice {
+    pub customer_id: Option<Uuid>,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    pub due_date: Option<NaiveDate>,
+    pub issue_date: Option<NaiveDate>,
+    pub invoice_number: Option<String>,
+    pub description: Option<String>,
+    pub period: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedInvoice {
+    pub invoice_id: Uuid,
+    pub invoice_number: String,
+    pub customer_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub issue_date: NaiveDate,
+    pub due_date: NaiveDate,
+    pub status: &'static str,
+    /// Pass as `?consistent_with=` to a query to read after the ledger has posted it.
+    pub consistency_token: Uuid,
+}
+
+/// The customer must exist in the caller's organization and be active.
+async fn active_customer(conn: &mut PgConnection, caller: &Caller, id: Uuid) -> Result<()> {
+    let active: Option<(bool,)> =
+        sqlx::query_as("select active from customers where id = $1 and organization_id = $2")
+            .bind(id)
+            .bind(caller.organization_id)
+            .fetch_optional(conn)
+            .await?;
+    match active {
+        Some((true,)) => Ok(()),
+        Some((false,)) => Err(FieldError::new("customer_id", "customer is inactive").into()),
+        None => Err(FieldError::new("customer_id", "no such customer in this organization").into()),
+    }
+}
+
+pub async fn create_invoice(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewInvoice,
+) -> Result<CreatedInvoice> {
+    let customer_id = input
+        .customer_id
+        .ok_or_else(|| FieldError::new("customer_id", "is required"))?;
+    let amount = input
+        .amount
+        .ok_or_else(|| FieldError::new("amount", "is required"))?;
+    let currency = input.currency.unwrap_or_else(|| "INR".to_string());
+    check_money("amount", amount, &currency)?;
+    let due_date = input
+        .due_date
+        .ok_or_else(|| FieldError::new("due_date", "is required"))?;
+    let issue_date = input.issue_date.unwrap_or_else(|| Utc::now().date_naive());
+    if due_date < issue_date {
+        return Err(FieldError::new("due_date", "must not be before issue_date").into());
+    }
+    limited("invoice_number", input.invoice_number.as_deref(), 64)?;
+    limited("description", input.description.as_deref(), 500)?;
+    if let Some(period) = input.period.as_deref()
+        && NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_err()
+    {
+        return Err(FieldError::new("period", "must be a month as YYYY-MM").into());
+    }
+    active_customer(conn, caller, customer_id).await?;
+
+    let invoice_id = Uuid::now_v7();
+    let invoice_number = match input.invoice_number {
+        Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+        _ => format!("INV-{}", invoice_id.simple()),
+    };
+    let amount = amount.round_dp(2);
+    let inserted = sqlx::query(
+        "insert into invoices (id, organization_id, customer_id, invoice_number, amount, currency,
+                               issue_date, due_date, description, period)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(invoice_id)
+    .bind(caller.organization_id)
+    .bind(customer_id)
+    .bind(&invoice_number)
+    .bind(amount)
+    .bind(&currency)
+    .bind(issue_date)
+    .bind(due_date)
+    .bind(&input.description)
+    .bind(&input.period)
+    .execute(&mut *conn)
+    .await;
+    if let Err(sqlx::Error::Database(db)) = &inserted
+        && db.is_unique_violation()
+    {
+        return Err(Error::Conflict(format!(
+            "invoice_number {invoice_number} already exists in this organization"
+        )));
+    }
+    inserted?;
+
+    let event = InvoiceCreated {
+        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
+        invoice_id,
+        customer_id,
+        invoice_number: invoice_number.clone(),
+        amount,
+        currency: currency.clone(),
+        issue_date,
+        due_date,
+        description: input.description,
+        period: input.period,
+        tax_amount: None,
+    };
+    let consistency_token = outbox::enqueue(conn, &event).await?;
+    tracing::info!(%invoice_id, %customer_id, %amount, event_id = %consistency_token, "invoice created");
+    Ok(CreatedInvoice {
+        invoice_id,
+        invoice_number,
+        customer_id,
+        amount,
+        currency,
+        issue_date,
+        due_date,
+        status: "open",
+        consistency_token,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewManualPayment {
+    pub customer_id: Option<Uuid>,
+    pub invoice_id: Option<Uuid>,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    pub method: Option<String>,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecordedPayment {
+    pub payment_id: Uuid,
+    pub customer_id: Uuid,
+    pub invoice_id: Option<Uuid>,
+    pub amount: Decimal,
+    pub currency: String,
+    pub invoice_status: Option<&'static str>,
+    pub consistency_token: Uuid,
+}
+
+/// A payment recorded by hand (cash, cheque, a transfer seen on the statement).
+pub async fn record_manual_payment(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewManualPayment,
+) -> Result<RecordedPayment> {
+    let amount = input
+        .amount
+        .ok_or_else(|| FieldError::new("amount", "is required"))?;
+    let currency = input.currency.unwrap_or_else(|| "INR".to_string());
+    check_currency(&currency)?;
+    check_money("amount", amount, &currency)?;
+    let method = input.method.unwrap_or_else(|| "manual".to_string());
+    limited("method", Some(&method), 32)?;
+    limited("reference", input.reference.as_deref(), 200)?;
+
+    let (customer_id, invoice_status) = match input.invoice_id {
+        Some(invoice_id) => {
+            // Lock the invoice: two payments racing for the same invoice are ordered here.
+            let invoice: Option<(Uuid, Decimal, String, String)> = sqlx::query_as(
+                "select customer_id, amount, currency, status from invoices
+                  where id = $1 and organization_id = $2 for update",
+            )
+            .bind(invoice_id)
+            .bind(caller.organization_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let (customer_id, invoice_amount, invoice_currency, status) =
+                invoice.ok_or_else(|| {
+                    FieldError::new("invoice_id", "no such invoice in this organization")
+                })?;
+            if input.customer_id.is_some_and(|c| c != customer_id) {
+                return Err(FieldError::new(
+                    "customer_id",
+                    "does not match the invoice's customer",
+                )
+                .into());
+            }
+            if invoice_currency.trim() != currency {
+                return Err(FieldError::new(
+                    "currency",
+                    format!("must match the invoice currency {invoice_currency}"),
+                )
+                .into());
+            }
+            match status.as_str() {
+                "paid" => {
+                    return Err(Error::Conflict(format!(
+                        "invoice {invoice_id} is already paid"
+                    )));
+                }
+                "void" => return Err(Error::Conflict(format!("invoice {invoice_id} is void"))),
+                _ => {}
+            }
+            let (paid,): (Decimal,) = sqlx::query_as(
+                "select coalesce(sum(amount), 0) from payments where invoice_id = $1",
+            )
+            .bind(invoice_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            let outstanding = invoice_amount - paid;
+            if amount > outstanding {
+                return Err(FieldError::new(
+                    "amount",
+                    format!("exceeds the invoice's outstanding amount {outstanding}"),
+                )
+                .into());
+            }
+            let status = if amount == outstanding {
+                "paid"
+            } else {
+                "open"
+            };
+            if status == "paid" {
+                sqlx::query("update invoices set status = 'paid' where id = $1")
+                    .bind(invoice_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            (customer_id, Some(status))
+        }
+        None => {
+            let customer_id = input
+                .customer_id
+                .ok_or_else(|| FieldError::new("customer_id", "is required without invoice_id"))?;
+            let found: Option<(Uuid,)> =
+                sqlx::query_as("select id from customers where id = $1 and organization_id = $2")
+                    .bind(customer_id)
+                    .bind(caller.organization_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if found.is_none() {
+                return Err(FieldError::new(
+                    "customer_id",
+                    "no such customer in this organization",
+                )
+                .into());
+            }
+            (customer_id, None)
+        }
+    };
+
+    let payment_id = Uuid::now_v7();
+    let amount = amount.round_dp(2);
+    sqlx::query(
+        "insert into payments (id, organization_id, customer_id, invoice_id, amount, currency, method, reference)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(payment_id)
+    .bind(caller.organization_id)
+    .bind(customer_id)
+    .bind(input.invoice_id)
+    .bind(amount)
+    .bind(&currency)
+    .bind(&method)
+    .bind(&input.reference)
+    .execute(&mut *conn)
+    .await?;
+
+    let event = PaymentReceived {
+        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
+        payment_id,
+        invoice_id: input.invoice_id,
+        customer_id,
+        amount,
+        currency: currency.clone(),
+        method,
+        reference: input.reference,
+    };
+    let consistency_token = outbox::enqueue(conn, &event).await?;
+    tracing::info!(%payment_id, %customer_id, %amount, event_id = %consistency_token, "payment recorded");
+    Ok(RecordedPayment {
+        payment_id,
+        customer_id,
+        invoice_id: input.invoice_id,
+        amount,
+        currency,
+        invoice_status,
+        consistency_token,
+    })
+}

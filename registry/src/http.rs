@@ -1,0 +1,393 @@
+//! Confluent Schema Registry REST API over [`Registry`].
+
+mod extract;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::avro::ParsedSchema;
+use crate::compatibility::CompatibilityLevel;
+use crate::error::{Error, Result};
+use crate::registry::{Registry, SubjectVersion, VersionSelector};
+use extract::{Params, SrJson, SrPath};
+
+pub(crate) const CONTENT_TYPE_V1: &str = "application/vnd.schemaregistry.v1+json";
+
+/// The registry's REST API, meant to be nested (e.g. at `/schema-registry`).
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/subjects", get(list_subjects))
+        .route(
+            "/subjects/{subject}",
+            post(lookup_schema).delete(delete_subject),
+        )
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register_schema),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
+        .route("/schemas/types", get(schema_types))
+        .route("/schemas/ids/{id}", get(get_schema_by_id))
+        .route("/schemas/ids/{id}/schema", get(get_raw_schema_by_id))
+        .route("/schemas/ids/{id}/versions", get(get_id_versions))
+        .route("/schemas/ids/{id}/subjects", get(get_id_subjects))
+        .route(
+            "/config",
+            get(get_global_config)
+                .put(put_global_config)
+                .delete(delete_global_config),
+        )
+        .route(
+            "/config/{subject}",
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
+        )
+        .fallback(|| async { Error::RouteNotFound })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .with_state(Registry::new(pool))
+}
+
+/// A JSON response with the Confluent media type.
+pub(crate) fn reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => raw_reply(status, bytes),
+        // Our bodies are plain structs, strings and numbers; this cannot happen, but a response
+        // must still be produced without panicking.
+        Err(e) => {
+            tracing::error!(error = %e, "failed to serialize schema registry response");
+            raw_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"error_code":50001,"message":"Error serializing response"}"#.to_vec(),
+            )
+        }
+    }
+}
+
+fn raw_reply(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_V1));
+    response
+}
+
+fn ok<T: Serialize>(body: &T) -> Result<Response> {
+    Ok(reply(StatusCode::OK, body))
+}
+
+type State = axum::extract::State<Registry>;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SchemaRequest {
+    schema: Option<String>,
+    schema_type: Option<String>,
+    references: Option<Vec<serde_json::Value>>,
+}
+
+impl SchemaRequest {
+    fn parse(&self) -> Result<ParsedSchema> {
+        if let Some(schema_type) = &self.schema_type
+            && !schema_type.eq_ignore_ascii_case("AVRO")
+        {
+            return Err(Error::InvalidSchema(format!(
+                "schemaType {schema_type} is not supported, only AVRO is supported"
+            )));
+        }
+        if self
+            .references
+            .as_ref()
+            .is_some_and(|refs| !refs.is_empty())
+        {
+            return Err(Error::InvalidSchema(
+                "schema references are not supported".to_owned(),
+            ));
+        }
+        match self.schema.as_deref() {
+            None | Some("") => Err(Error::InvalidSchema("Empty schema".to_owned())),
+            Some(text) => ParsedSchema::parse(text),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfigRequest {
+    #[serde(alias = "compatibilityLevel")]
+    compatibility: Option<String>,
+}
+
+impl ConfigRequest {
+    fn level(&self) -> Result<CompatibilityLevel> {
+        CompatibilityLevel::parse(self.compatibility.as_deref().unwrap_or_default())
+    }
+}
+
+#[derive(Serialize)]
+struct IdResponse {
+    id: i32,
+}
+
+#[derive(Serialize)]
+struct SchemaResponse<'a> {
+    schema: &'a str,
+}
+
+/// Confluent omits `schemaType` for AVRO, the only type stored here.
+#[derive(Serialize)]
+struct VersionResponse<'a> {
+    subject: &'a str,
+    version: i32,
+    id: i32,
+    schema: &'a str,
+}
+
+impl<'a> From<&'a SubjectVersion> for VersionResponse<'a> {
+    fn from(found: &'a SubjectVersion) -> Self {
+        Self {
+            subject: &found.subject,
+            version: found.version,
+            id: found.id,
+            schema: &found.schema,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SubjectVersionRef<'a> {
+    subject: &'a str,
+    version: i32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigResponse {
+    compatibility_level: &'static str,
+}
+
+#[derive(Serialize)]
+struct ConfigUpdateResponse {
+    compatibility: &'static str,
+}
+
+/// A non-numeric id names nothing, which JAX-RS (hence Confluent) reports as a plain 404.
+fn parse_id(raw: &str) -> Result<i32> {
+    raw.parse().map_err(|_| Error::RouteNotFound)
+}
+
+async fn root() -> Result<Response> {
+    ok(&serde_json::json!({}))
+}
+
+async fn list_subjects(state: State, params: Params) -> Result<Response> {
+    let prefix = params.get("subjectPrefix").unwrap_or_default();
+    ok(&state.subjects(params.flag("deleted"), prefix).await?)
+}
+
+async fn list_versions(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    params: Params,
+) -> Result<Response> {
+    ok(&state.versions(&subject, params.flag("deleted")).await?)
+}
+
+async fn register_schema(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    SrJson(request): SrJson<SchemaRequest>,
+) -> Result<Response> {
+    let parsed = request.parse()?;
+    let (id, _version) = state.register_parsed(&subject, &parsed).await?;
+    ok(&IdResponse { id })
+}
+
+async fn lookup_schema(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    params: Params,
+    SrJson(request): SrJson<SchemaRequest>,
+) -> Result<Response> {
+    let parsed = request.parse()?;
+    let found = state
+        .lookup(&subject, &parsed, params.flag("deleted"))
+        .await?;
+    ok(&VersionResponse::from(&found))
+}
+
+async fn get_version(
+    state: State,
+    SrPath((subject, version)): SrPath<(String, String)>,
+    params: Params,
+) -> Result<Response> {
+    let selector = VersionSelector::parse(&version)?;
+    let found = state
+        .subject_version(&subject, selector, params.flag("deleted"))
+        .await?;
+    ok(&VersionResponse::from(&found))
+}
+
+/// The schema itself as the body (it is JSON already), not wrapped in a string.
+async fn get_version_schema(
+    state: State,
+    SrPath((subject, version)): SrPath<(String, String)>,
+    params: Params,
+) -> Result<Response> {
+    let selector = VersionSelector::parse(&version)?;
+    let found = state
+        .subject_version(&subject, selector, params.flag("deleted"))
+        .await?;
+    Ok(raw_reply(StatusCode::OK, found.schema.into_bytes()))
+}
+
+async fn delete_subject(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    params: Params,
+) -> Result<Response> {
+    ok(&state
+        .delete_subject(&subject, params.flag("permanent"))
+        .await?)
+}
+
+async fn delete_version(
+    state: State,
+    SrPath((subject, version)): SrPath<(String, String)>,
+    params: Params,
+) -> Result<Response> {
+    let selector = VersionSelector::parse(&version)?;
+    ok(&state
+        .delete_version(&subject, selector, params.flag("permanent"))
+        .await?)
+}
+
+async fn schema_types() -> Result<Response> {
+    ok(&["AVRO"])
+}
+
+async fn get_schema_by_id(state: State, SrPath(id): SrPath<String>) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let schema = state
+        .schema_by_id(id)
+        .await?
+        .ok_or(Error::SchemaIdNotFound(id))?;
+    ok(&SchemaResponse { schema: &schema })
+}
+
+async fn get_raw_schema_by_id(state: State, SrPath(id): SrPath<String>) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let schema = state
+        .schema_by_id(id)
+        .await?
+        .ok_or(Error::SchemaIdNotFound(id))?;
+    Ok(raw_reply(StatusCode::OK, schema.into_bytes()))
+}
+
+async fn get_id_versions(
+    state: State,
+    SrPath(id): SrPath<String>,
+    params: Params,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let pairs = state.id_versions(id, params.flag("deleted")).await?;
+    let body: Vec<SubjectVersionRef<'_>> = pairs
+        .iter()
+        .map(|(subject, version)| SubjectVersionRef {
+            subject,
+            version: *version,
+        })
+        .collect();
+    ok(&body)
+}
+
+async fn get_id_subjects(
+    state: State,
+    SrPath(id): SrPath<String>,
+    params: Params,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let pairs = state.id_versions(id, params.flag("deleted")).await?;
+    // Pairs come ordered by subject, so dropping adjacent repeats leaves each subject once.
+    let mut subjects: Vec<&str> = pairs.iter().map(|(subject, _)| subject.as_str()).collect();
+    subjects.dedup();
+    ok(&subjects)
+}
+
+async fn get_global_config(state: State) -> Result<Response> {
+    let level = state.global_compatibility().await?;
+    ok(&ConfigResponse {
+        compatibility_level: level.as_str(),
+    })
+}
+
+async fn put_global_config(
+    state: State,
+    SrJson(request): SrJson<ConfigRequest>,
+) -> Result<Response> {
+    let level = request.level()?;
+    state.set_compatibility(None, level).await?;
+    ok(&ConfigUpdateResponse {
+        compatibility: level.as_str(),
+    })
+}
+
+/// Resets the global level to the default and returns the level it replaced.
+async fn delete_global_config(state: State) -> Result<Response> {
+    let removed = state
+        .delete_compatibility(None)
+        .await?
+        .unwrap_or(CompatibilityLevel::DEFAULT);
+    ok(&ConfigResponse {
+        compatibility_level: removed.as_str(),
+    })
+}
+
+async fn get_subject_config(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    params: Params,
+) -> Result<Response> {
+    let level = match state.subject_compatibility(&subject).await? {
+        Some(level) => level,
+        None if params.flag("defaultToGlobal") => state.global_compatibility().await?,
+        None => return Err(Error::SubjectConfigNotFound(subject)),
+    };
+    ok(&ConfigResponse {
+        compatibility_level: level.as_str(),
+    })
+}
+
+async fn put_subject_config(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    SrJson(request): SrJson<ConfigRequest>,
+) -> Result<Response> {
+    let level = request.level()?;
+    state.set_compatibility(Some(&subject), level).await?;
+    ok(&ConfigUpdateResponse {
+        compatibility: level.as_str(),
+    })
+}
+
+async fn delete_subject_config(state: State, SrPath(subject): SrPath<String>) -> Result<Response> {
+    let removed = state
+        .delete_compatibility(Some(&subject))
+        .await?
+        .ok_or(Error::SubjectNotFound(subject))?;
+    ok(&ConfigResponse {
+        compatibility_level: removed.as_str(),
+    })
+}

@@ -1,0 +1,101 @@
+//! Extractors whose rejections are registry [`Error`]s, so that clients always get a
+//! Confluent-shaped JSON error instead of axum's plain-text rejections.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+/// Media types a Confluent client may send; `application/json` and a missing header are
+/// accepted too because curl and hand-written clients use them.
+const ACCEPTED_CONTENT_TYPES: [&str; 3] = [
+    "application/vnd.schemaregistry.v1+json",
+    "application/vnd.schemaregistry+json",
+    "application/json",
+];
+
+/// Path parameters; a segment that cannot be extracted is a route that doesn't exist.
+pub struct SrPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for SrPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Self(value))
+            .map_err(|_| Error::RouteNotFound)
+    }
+}
+
+/// Query string flags. Booleans are parsed the lenient JAX-RS way Confluent inherits:
+/// `true` in any case is true, anything else false.
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn flag(&self, name: &str) -> bool {
+        self.0
+            .get(name)
+            .is_some_and(|value| value.eq_ignore_ascii_case("true"))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|Query(params)| Self(params))
+            .map_err(|rejection| Error::MalformedRequest(rejection.body_text()))
+    }
+}
+
+/// A JSON request body. Like Confluent (Jackson behind JAX-RS), text that isn't JSON is a
+/// 400 and JSON of the wrong shape is a 422.
+pub struct SrJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for SrJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
+            let essence = content_type
+                .to_str()
+                .ok()
+                .and_then(|value| value.split(';').next())
+                .map(str::trim)
+                .unwrap_or_default();
+            if !ACCEPTED_CONTENT_TYPES
+                .iter()
+                .any(|accepted| accepted.eq_ignore_ascii_case(essence))
+            {
+                return Err(Error::UnsupportedMediaType(essence.to_owned()));
+            }
+        }
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| Error::MalformedRequest(rejection.body_text()))?;
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::MalformedRequest(format!("Unexpected request body: {e}")))?;
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| Error::UnprocessableEntity(format!("Unprocessable entity: {e}")))
+    }
+}

@@ -1,0 +1,275 @@
+//! Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro binary) through
+//! `schema_registry_converter`: it talks to the registry (registration, schema by id, its
+//! caches) and decodes with the writer's schema; this module adds what it does not do:
+//! several versions of one record written by one process (its encoder caches one schema per
+//! subject), resolution of every writer version to our newest reader schema, and the JSON
+//! bridge to our Rust types.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::sync::Mutex;
+
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use serde_json::Value as Json;
+
+use crate::events::Record;
+use crate::{Catalog, Error, RecordSchema, Result, json};
+
+/// A record read off a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Full Avro name of the record.
+    pub name: String,
+    /// The registry id of the writer's schema.
+    pub schema_id: u32,
+    /// The record as our newest local schema sees it.
+    pub json: Json,
+}
+
+pub struct Codec {
+    settings: SrSettings,
+    decoder: AvroDecoder,
+    ids: Mutex<HashMap<(String, u32), u32>>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").finish_non_exhaustive()
+    }
+}
+
+fn registry_error(e: SRCError) -> Error {
+    let text = e.to_string();
+    let network = e
+        .source()
+        .and_then(|s| s.downcast_ref::<reqwest::Error>())
+        .is_some_and(|r| r.is_connect() || r.is_timeout() || r.is_request());
+    if e.retriable || network || text.contains("status 5") {
+        Error::RegistryUnavailable(text)
+    } else {
+        Error::Undecodable(text)
+    }
+}
+
+impl Codec {
+    /// `url` is the registry's base URL (for the embedded one,
+    /// `http://<api address>/schema-registry`).
+    pub fn new(url: &str) -> Result<Self> {
+        let settings = SrSettings::new_builder(url.trim_end_matches('/').to_string())
+            .no_proxy()
+            .set_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::RegistryUnavailable(e.to_string()))?;
+        Ok(Codec {
+            decoder: AvroDecoder::new(settings.clone()),
+            settings,
+            ids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The registry id of one local schema version, registering it on first use.
+    pub async fn schema_id(&self, record: &RecordSchema) -> Result<u32> {
+        let key = (record.name.clone(), record.version);
+        if let Some(id) = self.ids.lock().expect("id cache lock").get(&key) {
+            return Ok(*id);
+        }
+        let supplied = SuppliedSchema::new(
+            Some(record.name.clone()),
+            SchemaType::Avro,
+            record.text.to_string(),
+        );
+        let registered = post_schema(&self.settings, record.subject(), supplied)
+            .await
+            .map_err(|e| match registry_error(e) {
+                Error::Undecodable(m) => Error::Schema {
+                    name: record.name.clone(),
+                    reason: format!("registry refused version {}: {m}", record.version),
+                },
+                other => other,
+            })?;
+        self.ids
+            .lock()
+            .expect("id cache lock")
+            .insert(key, registered.id);
+        Ok(registered.id)
+    }
+
+    /// Registers every local schema (all versions), oldest first.
+    pub async fn register_all(&self) -> Result<()> {
+        let mut records: Vec<&RecordSchema> = Catalog::global().all().collect();
+        records.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        for record in records {
+            self.schema_id(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the JSON form of a record with one local schema version.
+    pub async fn encode_json(&self, name: &str, version: u32, value: &Json) -> Result<Vec<u8>> {
+        let record = Catalog::global()
+            .get(name, version)
+            .ok_or_else(|| Error::Invalid(format!("no local schema {name} v{version}")))?;
+        let id = self.schema_id(record).await?;
+        encode_with_id(record, id, value)
+    }
+
+    pub async fn encode<R: Record>(&self, record: &R) -> Result<Vec<u8>> {
+        let value = serde_json::to_value(record).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.encode_json(R::NAME, R::WRITE_VERSION, &value).await
+    }
+
+    /// Decodes a Confluent-framed Avro record and resolves it to our newest schema of its
+    /// name, so v1 and v2 writers read alike.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded> {
+        let schema_id = wire_schema_id(bytes)?;
+        let decoded = self
+            .decoder
+            .decode_with_schema(Some(bytes))
+            .await
+            .map_err(|e| {
+                let e = registry_error(e);
+                if e.is_transient() {
+                    // The converter caches failed lookups; a registry that was down must
+                    // be asked again next time.
+                    self.decoder.remove_errors_from_cache();
+                }
+                e
+            })?
+            .ok_or_else(|| Error::Undecodable("empty payload".into()))?;
+        let name = decoded
+            .name
+            .map(|n| n.fullname(None))
+            .ok_or_else(|| Error::Undecodable("writer schema is not a named record".into()))?;
+        let reader = Catalog::global()
+            .latest(&name)
+            .ok_or_else(|| Error::Undecodable(format!("no local schema for record {name}")))?;
+        let json =
+            resolve(&decoded.value, &decoded.schema.parsed, &reader.schema).map_err(|e| {
+                Error::Undecodable(format!("{name} cannot be read as v{}: {e}", reader.version))
+            })?;
+        Ok(Decoded {
+            name,
+            schema_id,
+            json,
+        })
+    }
+}
+
+/// Reads a value written with `writer` as the `reader` schema sees it: fields matched by
+/// name, reader fields the writer lacks take their defaults, writer fields the reader
+/// lacks are dropped. Done through the JSON form rather than `Value::resolve`, which in
+/// apache-avro 0.22 refuses bytes-backed decimals shorter than their precision's maximum
+/// width, i.e. the minimal encoding every Avro writer (ours, Java's, Python's) produces.
+pub fn resolve(
+    value: &apache_avro::types::Value,
+    writer: &apache_avro::Schema,
+    reader: &apache_avro::Schema,
+) -> Result<Json> {
+    let as_written = json::from_avro(value, writer, "")?;
+    let as_read = json::to_avro(&as_written, reader, "")?;
+    json::from_avro(&as_read, reader, "")
+}
+
+/// Frames an Avro datum in the Confluent wire format.
+pub fn encode_with_id(record: &RecordSchema, id: u32, value: &Json) -> Result<Vec<u8>> {
+    let avro = json::to_avro(value, &record.schema, "")?;
+    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&record.schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(avro))
+        .map_err(|e| Error::Invalid(format!("{}: {e}", record.name)))?;
+    let mut framed = Vec::with_capacity(datum.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&id.to_be_bytes());
+    framed.extend_from_slice(&datum);
+    Ok(framed)
+}
+
+/// The schema id of a framed record, or why the bytes are not one.
+pub fn wire_schema_id(bytes: &[u8]) -> Result<u32> {
+    match bytes {
+        [0, a, b, c, d, ..] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        [] => Err(Error::Undecodable("empty payload".into())),
+        [magic, ..] if *magic != 0 => Err(Error::Undecodable(format!(
+            "unknown magic byte {magic}, expected 0 (Confluent wire format)"
+        ))),
+        _ => Err(Error::Undecodable(
+            "payload shorter than the 5-byte header".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Envelope, InvoiceCreated};
+
+    fn invoice() -> InvoiceCreated {
+        InvoiceCreated {
+            envelope: Envelope::new(uuid::Uuid::now_v7(), "corr-1", None),
+            invoice_id: uuid::Uuid::now_v7(),
+            customer_id: uuid::Uuid::now_v7(),
+            invoice_number: "INV-1".into(),
+            amount: "1234.50".parse().unwrap(),
+            currency: "INR".into(),
+            issue_date: "2026-12-01".parse().unwrap(),
+            due_date: "2026-12-15".parse().unwrap(),
+            description: Some("December maintenance".into()),
+            period: Some("2026-12".into()),
+            tax_amount: None,
+        }
+    }
+
+    fn read_datum(schema: &apache_avro::Schema, mut bytes: &[u8]) -> apache_avro::types::Value {
+        apache_avro::reader::datum::GenericDatumReader::builder(schema)
+            .build()
+            .unwrap()
+            .read_value(&mut bytes)
+            .unwrap()
+    }
+
+    #[test]
+    fn frames_start_with_magic_and_id_and_decode_back_through_json() {
+        let catalog = Catalog::global();
+        let v2 = catalog.get(InvoiceCreated::NAME, 2).unwrap();
+        let event = invoice();
+        let json = serde_json::to_value(&event).unwrap();
+        let framed = encode_with_id(v2, 42, &json).unwrap();
+        assert_eq!(&framed[..5], &[0, 0, 0, 0, 42]);
+        assert_eq!(wire_schema_id(&framed).unwrap(), 42);
+
+        let value = read_datum(&v2.schema, &framed[5..]);
+        let back = json::from_avro(&value, &v2.schema, "").unwrap();
+        let decoded: InvoiceCreated = serde_json::from_value(back).unwrap();
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn v1_records_resolve_to_v2_with_defaults() {
+        let catalog = Catalog::global();
+        let v1 = catalog.get(InvoiceCreated::NAME, 1).unwrap();
+        let v2 = catalog.get(InvoiceCreated::NAME, 2).unwrap();
+        let mut event = invoice();
+        let json = serde_json::to_value(&event).unwrap();
+        let framed = encode_with_id(v1, 7, &json).unwrap();
+        let value = read_datum(&v1.schema, &framed[5..]);
+        // The bug this path avoids: apache-avro's own resolution refuses the decimal.
+        assert!(value.clone().resolve(&v2.schema).is_err());
+        let resolved = resolve(&value, &v1.schema, &v2.schema).unwrap();
+        let decoded: InvoiceCreated = serde_json::from_value(resolved).unwrap();
+        event.description = None;
+        event.period = None;
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn garbage_is_undecodable_not_transient() {
+        for bytes in [&b""[..], b"\x01\x00\x00\x00\x01abc", b"\x00\x00"] {
+            let err = wire_schema_id(bytes).unwrap_err();
+            assert!(!err.is_transient());
+            assert!(matches!(err, Error::Undecodable(_)));
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Rust types of the records the pipeline reads and writes. Their JSON form (serde) is
+//! the bridge to Avro (see [`crate::json`]); field names equal the `.avsc` field names.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use crate::{Error, Result, topics};
+
+/// Fields every record carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub occurred_at: DateTime<Utc>,
+    pub organization_id: Uuid,
+    pub correlation_id: String,
+    #[serde(default)]
+    pub causation_id: Option<String>,
+}
+
+impl Envelope {
+    /// A new envelope for an event caused by a request or by another event.
+    pub fn new(organization_id: Uuid, correlation_id: &str, causation_id: Option<String>) -> Self {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            // Millisecond precision is what the wire carries; truncate now so the value
+            // written to the outbox equals the value a consumer reads back.
+            occurred_at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+                .unwrap_or_else(Utc::now),
+            organization_id,
+            correlation_id: correlation_id.to_string(),
+            causation_id,
+        }
+    }
+}
+
+/// A record type: its Avro full name, topic and the version this binary writes.
+pub trait Record: Serialize {
+    const NAME: &'static str;
+    const TOPIC: &'static str;
+    const WRITE_VERSION: u32 = 1;
+    fn envelope(&self) -> &Envelope;
+    /// Kafka key: the aggregate whose events must stay in order.
+    fn key(&self) -> String;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceCreated {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub invoice_id: Uuid,
+    pub customer_id: Uuid,
+    pub invoice_number: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub issue_date: NaiveDate,
+    pub due_date: NaiveDate,
+    // v2 fields: absent in v1 records, read as their defaults.
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub period: Option<String>,
+    #[serde(default)]
+    pub tax_amount: Option<Decimal>,
+}
+
+impl Record for InvoiceCreated {
+    const NAME: &'static str = "dhanman.sales.InvoiceCreated";
+    const TOPIC: &'static str = topics::INVOICES;
+    const WRITE_VERSION: u32 = 2;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.customer_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceVoided {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub invoice_id: Uuid,
+    pub customer_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub reason: String,
+}
+
+impl Record for InvoiceVoided {
+    const NAME: &'static str = "dhanman.sales.InvoiceVoided";
+    const TOPIC: &'static str = topics::INVOICES;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.customer_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentReceived {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub payment_id: Uuid,
+    #[serde(default)]
+    pub invoice_id: Option<Uuid>,
+    pub customer_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub method: String,
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+impl Record for PaymentReceived {
+    const NAME: &'static str = "dhanman.sales.PaymentReceived";
+    const TOPIC: &'static str = topics::PAYMENTS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.customer_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostingLine {
+    pub account_code: String,
+    pub party_type: Option<String>,
+    pub party_id: Option<Uuid>,
+    pub debit: Decimal,
+    pub credit: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntryPosted {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub entry_id: Uuid,
+    pub source_event_id: Uuid,
+    pub reference_type: String,
+    pub reference_id: Uuid,
+    pub description: String,
+    pub currency: String,
+    pub lines: Vec<PostingLine>,
+}
+
+impl Record for LedgerEntryPosted {
+    const NAME: &'static str = "dhanman.ledger.LedgerEntryPosted";
+    const TOPIC: &'static str = topics::LEDGER_ENTRIES;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.envelope.organization_id.to_string()
+    }
+}
+
+/// A decoded record of any known type. Types no processor reads yet keep their JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    InvoiceCreated(InvoiceCreated),
+    InvoiceVoided(InvoiceVoided),
+    PaymentReceived(PaymentReceived),
+    LedgerEntryPosted(LedgerEntryPosted),
+    Other {
+        name: String,
+        envelope: Envelope,
+        json: Json,
+    },
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: Json) -> Result<T> {
+    serde_json::from_value(json).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+impl Event {
+    /// Typed view of a record's JSON form, validated.
+    pub fn from_json(name: &str, json: Json) -> Result<Event> {
+        let event = match name {
+            InvoiceCreated::NAME => Event::InvoiceCreated(parse(json)?),
+            InvoiceVoided::NAME => Event::InvoiceVoided(parse(json)?),
+            PaymentReceived::NAME => Event::PaymentReceived(parse(json)?),
+            LedgerEntryPosted::NAME => Event::LedgerEntryPosted(parse(json)?),
+            _ => Event::Other {
+                name: name.to_string(),
+                envelope: parse(json.clone())?,
+                json,
+            },
+        };
+        event.validate()?;
+        Ok(event)
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        match self {
+            Event::InvoiceCreated(e) => &e.envelope,
+            Event::InvoiceVoided(e) => &e.envelope,
+            Event::PaymentReceived(e) => &e.envelope,
+            Event::LedgerEntryPosted(e) => &e.envelope,
+            Event::Other { envelope, .. } => envelope,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Event::InvoiceCreated(_) => InvoiceCreated::NAME,
+            Event::InvoiceVoided(_) => InvoiceVoided::NAME,
+            Event::PaymentReceived(_) => PaymentReceived::NAME,
+            Event::LedgerEntryPosted(_) => LedgerEntryPosted::NAME,
+            Event::Other { name, .. } => name,
+        }
+    }
+
+    /// Business rules a record must meet before any processor acts on it; a record that
+    /// fails them is poison, whatever its schema says.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Event::InvoiceCreated(e) => {
+                check_money("amount", e.amount, &e.currency)?;
+                if e.due_date < e.issue_date {
+                    return Err(Error::Invalid("due_date: is before issue_date".into()));
+                }
+            }
+            Event::InvoiceVoided(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::PaymentReceived(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// A rule broken by one field: the API reports it as-is, processors dead-letter on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FieldError> for Error {
+    fn from(e: FieldError) -> Self {
+        Error::Invalid(e.to_string())
+    }
+}
+
+/// The shared rule for every amount: positive, at most two decimal places, at most 18
+/// digits, with a three-letter currency code.
+pub fn check_money(field: &str, amount: Decimal, currency: &str) -> Result<(), FieldError> {
+    if amount <= Decimal::ZERO {
+        return Err(FieldError::new(field, "must be greater than zero"));
+    }
+    if amount.normalize().scale() > 2 {
+        return Err(FieldError::new(field, "must have at most 2 decimal places"));
+    }
+    if amount >= Decimal::from(10_000_000_000_000_000i64) {
+        return Err(FieldError::new(field, "must have at most 18 digits"));
+    }
+    check_currency(currency)
+}
+
+pub fn check_currency(currency: &str) -> Result<(), FieldError> {
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(FieldError::new(
+            "currency",
+            "must be a three-letter ISO 4217 code",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! `dhanman demo`: the whole pipeline in one process, driven over HTTP like any client
+//! would, for a small society. Prints what the books say at the end.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::Config;
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .header("x-correlation-id", format!("demo-{}", uuid::Uuid::now_v7()))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("POST {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("GET {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+const RESIDENTS: &[(&str, &str, &str)] = &[
+    ("Asha Kulkarni", "A-101", "3500.00"),
+    ("Rahul Mehta", "A-102", "3500.00"),
+    ("Fatima Shaikh", "B-201", "4200.50"),
+    ("Joseph D'Souza", "B-202", "4200.50"),
+    ("Meera Iyer", "C-301", "5100.75"),
+];
+
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    let pool = config.pool().await?;
+    crate::migrate(&pool).await?;
+    crate::ensure_topics(&config).await?;
+    // An ephemeral port: the demo must not collide with a running `dhanman up`.
+    config.http_addr.set_port(0);
+    let listener = crate::bind_api(&config).await?;
+    config.http_addr = listener.local_addr()?;
+    let base = format!("http://{}", config.http_addr);
+    {
+        let (config, pool) = (config.clone(), pool.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::run_all(&config, listener, pool).await {
+                tracing::error!(error = %e, "pipeline stopped");
+            }
+        });
+    }
+
+    let org = dhanman_producers::orgs::create_organization(
+        &pool,
+        "Green Meadows Co-operative Housing Society",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("society  {} ({})", org.name, org.organization_id);
+    let client = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        base,
+        key: org.api_key,
+    };
+
+    let mut last_token = String::new();
+    let mut residents = Vec::new();
+    for (i, (name, unit, charge)) in RESIDENTS.iter().enumerate() {
+        let email = format!(
+            "{}@example.org",
+            name.split(' ').next().unwrap_or("resident").to_lowercase()
+        );
+        let customer = client
+            .post(
+                "/v1/customers",
+                json!({"name": name, "unit": unit, "email": email}),
+            )
+            .await?;
+        let id = customer["id"].as_str().context("customer id")?.to_string();
+        let invoice = client
+            .post(
+                "/v1/invoices",
+                json!({
+                    "customer_id": id, "amount": charge, "currency": "INR",
+                    "due_date": "2026-12-10", "issue_date": "2026-12-01",
+                    "period": "2026-12", "description": "Maintenance, December 2026",
+                }),
+            )
+            .await?;
+        last_token = invoice["consistency_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // Three of five pay: two in full, one in part.
+        let paid = match i {
+            0 | 2 => Some(charge.to_string()),
+            4 => Some("2000.00".to_string()),
+            _ => None,
+        };
+        if let Some(amount) = &paid {
+            let payment = client
+                .post(
+                    "/v1/payments/manual",
+                    json!({"invoice_id": invoice["invoice_id"], "amount": amount, "currency": "INR", "method": "upi"}),
+                )
+                .await?;
+            last_token = payment["consistency_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+        residents.push((name, unit, id, charge, paid));
+    }
+
+    // Read after the ledger has applied the last event we caused.
+    let trial = client
+        .get(&format!("/v1/trial-balance?consistent_with={last_token}"))
+        .await?;
+    println!();
+    println!(
+        "{:<18} {:<6} {:>10} {:>10} {:>10}",
+        "resident", "unit", "invoiced", "paid", "owes"
+    );
+    for (name, unit, id, _, _) in &residents {
+        let balance = client.get(&format!("/v1/customers/{id}/balance")).await?;
+        let b = &balance["balances"][0];
+        let num = |v: &Value| {
+            v.as_str()
+                .and_then(|s| s.parse::<Decimal>().ok())
+                .unwrap_or_default()
+        };
+        println!(
+            "{:<18} {:<6} {:>10} {:>10} {:>10}",
+            name,
+            unit,
+            num(&b["invoiced"]),
+            num(&b["settled"]),
+            num(&b["balance"])
+        );
+    }
+    println!();
+    println!("trial balance");
+    for currency in trial["currencies"].as_array().into_iter().flatten() {
+        for account in currency["accounts"].as_array().into_iter().flatten() {
+            println!(
+                "  {} {:<22} {:>10} {:>10}",
+                account["account_code"].as_str().unwrap_or(""),
+                account["name"].as_str().unwrap_or(""),
+                account["debit"].as_str().unwrap_or(""),
+                account["credit"].as_str().unwrap_or(""),
+            );
+        }
+        println!(
+            "  {:<27} {:>10} {:>10}  balanced: {}",
+            format!("total {}", currency["currency"].as_str().unwrap_or("")),
+            currency["total_debit"].as_str().unwrap_or(""),
+            currency["total_credit"].as_str().unwrap_or(""),
+            currency["balanced"]
+        );
+    }
+    println!();
+    println!(
+        "API key for this society (try it against `dhanman up`): {}",
+        client.key
+    );
+    Ok(())
+}

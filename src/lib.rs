@@ -1,0 +1,231 @@
+//! The `dhanman` binary's library: configuration, start-up of each part, and the demo and
+//! benchmark commands. `main.rs` only parses arguments and calls in here.
+
+pub mod bench;
+pub mod demo;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dhanman_connectors::relay::Relay;
+use dhanman_processors::ledger::Ledger;
+use dhanman_processors::{Runtime, RuntimeConfig};
+use dhanman_schemas::{Codec, topics};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The migrations of every part, applied by `dhanman migrate` and by tests.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Processors `dhanman process <name>` can run.
+pub const PROCESSORS: &[&str] = &["ledger"];
+
+/// Settings, all from the environment (see the README's table).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Postgres connection string.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    pub kafka_bootstrap_servers: String,
+    /// Confluent-compatible schema registry; unset means the embedded one, served by the
+    /// API at `http://<DHANMAN_HTTP_ADDR>/schema-registry`.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+    /// Address the API listens on.
+    #[arg(long, env = "DHANMAN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Partitions of the topics the pipeline creates.
+    #[arg(long, env = "DHANMAN_TOPIC_PARTITIONS", default_value_t = 4)]
+    pub topic_partitions: i32,
+    /// How long a query with `?consistent_with=` waits for the ledger, in milliseconds.
+    #[arg(long, env = "DHANMAN_CONSISTENCY_WAIT_MS", default_value_t = 5000)]
+    pub consistency_wait_ms: u64,
+    /// Largest batch a processor applies in one transaction.
+    #[arg(long, env = "DHANMAN_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Prefix of every topic name, to share a cluster between installations or tests.
+    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Postgres connections per process.
+    #[arg(long, env = "DHANMAN_DB_POOL", default_value_t = 10)]
+    pub db_pool: u32,
+}
+
+impl Config {
+    pub fn registry_url(&self) -> String {
+        match &self.schema_registry_url {
+            Some(url) if !url.is_empty() => url.clone(),
+            _ => {
+                let mut addr = self.http_addr;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}/schema-registry")
+            }
+        }
+    }
+
+    pub fn embedded_registry(&self) -> bool {
+        self.schema_registry_url
+            .as_deref()
+            .is_none_or(str::is_empty)
+    }
+
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(self.db_pool)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&self.database_url)
+            .await
+            .with_context(|| "connecting to Postgres (DATABASE_URL)".to_string())
+    }
+
+    pub fn codec(&self) -> anyhow::Result<Arc<Codec>> {
+        Ok(Arc::new(Codec::new(&self.registry_url())?))
+    }
+
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        let mut config = RuntimeConfig::new(&self.kafka_bootstrap_servers);
+        config.max_batch = self.batch_size;
+        config.topic_prefix = self.topic_prefix.clone();
+        config
+    }
+
+    pub fn app_state(&self, pool: PgPool) -> dhanman_api::AppState {
+        dhanman_api::AppState {
+            pool,
+            consistency_wait: Duration::from_millis(self.consistency_wait_ms),
+        }
+    }
+}
+
+/// Logs to stderr, `RUST_LOG` filtered; JSON lines when `DHANMAN_LOG_FORMAT=json`.
+pub fn init_telemetry() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let json = std::env::var("DHANMAN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")?;
+    Ok(())
+}
+
+/// Every topic the pipeline owns, with its dead-letter topic.
+pub fn all_topics(prefix: &str) -> Vec<String> {
+    topics::ALL
+        .iter()
+        .flat_map(|t| {
+            [
+                format!("{prefix}{t}"),
+                format!("{prefix}{}", topics::dlq(t)),
+            ]
+        })
+        .collect()
+}
+
+pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
+    dhanman_connectors::kafka::ensure_topics(
+        &config.kafka_bootstrap_servers,
+        &all_topics(&config.topic_prefix),
+        config.topic_partitions,
+    )
+    .await
+    .context("creating topics (KAFKA_BOOTSTRAP_SERVERS)")
+}
+
+pub async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the API to {} (DHANMAN_HTTP_ADDR)",
+                config.http_addr
+            )
+        })
+}
+
+pub async fn run_api(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url(), "API listening");
+    dhanman_api::serve(listener, config.app_state(pool))
+        .await
+        .context("serving the API")
+}
+
+pub async fn run_relay(config: &Config, pool: PgPool) -> anyhow::Result<()> {
+    let producer = dhanman_connectors::kafka::idempotent_producer(&config.kafka_bootstrap_servers)?;
+    Relay::new(pool, producer, config.codec()?)
+        .with_topic_prefix(&config.topic_prefix)
+        .run()
+        .await;
+    Ok(())
+}
+
+pub async fn run_processor(config: &Config, name: &str, pool: PgPool) -> anyhow::Result<()> {
+    match name {
+        "ledger" => {
+            Runtime::new(
+                Ledger::default(),
+                pool,
+                config.codec()?,
+                config.runtime_config(),
+            )
+            .run()
+            .await?
+        }
+        other => anyhow::bail!(
+            "unknown processor {other:?}; known: {}",
+            PROCESSORS.join(", ")
+        ),
+    }
+    Ok(())
+}
+
+/// API, relay and every processor in one process. Returns when any part stops.
+pub async fn run_all(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let mut parts = tokio::task::JoinSet::new();
+    {
+        let (config, pool) = (config.clone(), pool.clone());
+        parts.spawn(async move { run_api(&config, listener, pool).await });
+    }
+    {
+        let (config, pool) = (config.clone(), pool.clone());
+        parts.spawn(async move { run_relay(&config, pool).await });
+    }
+    for name in PROCESSORS {
+        let (config, pool) = (config.clone(), pool.clone());
+        parts.spawn(async move { run_processor(&config, name, pool).await });
+    }
+    match parts.join_next().await {
+        Some(Ok(result)) => result.and(Err(anyhow::anyhow!("a part of the pipeline stopped"))),
+        Some(Err(e)) => Err(e.into()),
+        None => Ok(()),
+    }
+}

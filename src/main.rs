@@ -1,0 +1,123 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dhanman::{Config, bench, demo};
+
+/// dhanman-stream: the event backbone of a housing-society ERP.
+#[derive(Debug, Parser)]
+#[command(name = "dhanman", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// API, outbox relay and every processor in one process.
+    Up(Config),
+    /// Only the HTTP API (and the embedded schema registry).
+    Api(Config),
+    /// Only the outbox relay.
+    Relay(Config),
+    /// One processor; run several for more throughput (same consumer group).
+    Process {
+        /// Processor name: ledger.
+        name: String,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Apply database migrations.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Organizations (housing societies).
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// Runs the pipeline with a small society: residents, invoices, payments, balances.
+    Demo(Config),
+    /// Measures raw limits and the pipeline's throughput.
+    Bench(bench::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgsCommand {
+    /// Creates an organization; prints JSON with its id and an admin API key.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    dhanman::init_telemetry();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::PgPool::connect(database_url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(config) => {
+            let pool = config.pool().await?;
+            dhanman::migrate(&pool).await?;
+            dhanman::ensure_topics(&config).await?;
+            let listener = dhanman::bind_api(&config).await?;
+            dhanman::run_all(&config, listener, pool).await
+        }
+        Command::Api(config) => {
+            let pool = config.pool().await?;
+            let listener = dhanman::bind_api(&config).await?;
+            dhanman::run_api(&config, listener, pool).await
+        }
+        Command::Relay(config) => {
+            let pool = config.pool().await?;
+            dhanman::ensure_topics(&config).await?;
+            dhanman::run_relay(&config, pool).await
+        }
+        Command::Process { name, config } => {
+            if !dhanman::PROCESSORS.contains(&name.as_str()) {
+                anyhow::bail!(
+                    "unknown processor {name:?}; known: {}",
+                    dhanman::PROCESSORS.join(", ")
+                );
+            }
+            let pool = config.pool().await?;
+            dhanman::ensure_topics(&config).await?;
+            dhanman::run_processor(&config, &name, pool).await
+        }
+        Command::Migrate { database_url } => {
+            let pool = connect(&database_url).await?;
+            dhanman::migrate(&pool).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Orgs {
+            command: OrgsCommand::Create { name, database_url },
+        } => {
+            let pool = connect(&database_url).await?;
+            let created = dhanman_producers::orgs::create_organization(&pool, &name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string_pretty(&created)?);
+            Ok(())
+        }
+        Command::Demo(config) => demo::run(&config).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

@@ -1,0 +1,241 @@
+//! Bad input: every refusal is a 4xx with a JSON body naming the field, and nothing is
+//! written. The API runs in-process, served on a real socket.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+async fn serve(db: &TestDb) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = dhanman_api::AppState {
+        pool: db.pool.clone(),
+        consistency_wait: Duration::from_millis(300),
+    };
+    tokio::spawn(dhanman_api::serve(listener, state));
+    format!("http://{addr}")
+}
+
+async fn org(db: &TestDb, name: &str) -> String {
+    dhanman_producers::orgs::create_organization(&db.pool, name)
+        .await
+        .unwrap()
+        .api_key
+}
+
+fn assert_refused(reply: &Reply, status: u16, field: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.body["field"], field, "{}", reply.body);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body["error"].is_string(), "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
+    let db = TestDb::new().await;
+    let base = serve(&db).await;
+    let api = Api::new(&base, &org(&db, "Input Society").await);
+    let other = Api::new(&base, &org(&db, "Other Society").await);
+    let customer = api.customer("Nisha").await;
+    let foreign = other.customer("Someone Else").await;
+    let valid = json!({"customer_id": customer, "amount": "100.00", "due_date": "2026-12-10", "issue_date": "2026-12-01"});
+    let with = |key: &str, value: Value| {
+        let mut body = valid.clone();
+        body[key] = value;
+        body
+    };
+    let without = |key: &str| {
+        let mut body = valid.clone();
+        body.as_object_mut().unwrap().remove(key);
+        body
+    };
+
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("missing amount", without("amount"), 422, "amount"),
+        (
+            "missing customer",
+            without("customer_id"),
+            422,
+            "customer_id",
+        ),
+        ("missing due date", without("due_date"), 422, "due_date"),
+        (
+            "customer id not a uuid",
+            with("customer_id", json!("nope")),
+            422,
+            "customer_id",
+        ),
+        (
+            "amount not a number",
+            with("amount", json!("lots")),
+            422,
+            "amount",
+        ),
+        (
+            "negative amount",
+            with("amount", json!("-10.00")),
+            422,
+            "amount",
+        ),
+        ("zero amount", with("amount", json!("0")), 422, "amount"),
+        (
+            "over-precise amount",
+            with("amount", json!("10.005")),
+            422,
+            "amount",
+        ),
+        (
+            "too many digits",
+            with("amount", json!("12345678901234567.00")),
+            422,
+            "amount",
+        ),
+        (
+            "bad currency",
+            with("currency", json!("rupees")),
+            422,
+            "currency",
+        ),
+        (
+            "bad date",
+            with("due_date", json!("10/12/2026")),
+            422,
+            "due_date",
+        ),
+        (
+            "due before issue",
+            with("due_date", json!("2026-11-01")),
+            422,
+            "due_date",
+        ),
+        (
+            "bad period",
+            with("period", json!("December")),
+            422,
+            "period",
+        ),
+        (
+            "unknown customer",
+            with("customer_id", json!(Uuid::now_v7())),
+            422,
+            "customer_id",
+        ),
+        (
+            "another organization's customer",
+            with("customer_id", json!(foreign)),
+            422,
+            "customer_id",
+        ),
+        ("unknown field", with("amout", json!("1.00")), 422, "amout"),
+    ];
+    for (what, body, status, field) in cases {
+        let reply = api.post("/v1/invoices", body).await;
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert_refused(&reply, status, field);
+    }
+
+    // Malformed JSON, a body that is not an object, a wrong content type, a huge body.
+    let raw = |body: &'static str| {
+        api.http
+            .post(format!("{base}/v1/invoices"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    assert_refused(&api.send(raw("{\"amount\": ")).await, 400, "body");
+    assert_refused(&api.send(raw("[1, 2]")).await, 422, "body");
+    let text = api
+        .http
+        .post(format!("{base}/v1/invoices"))
+        .body("amount=5");
+    assert_refused(&api.send(text).await, 415, "Content-Type");
+    let huge = format!("{{\"description\": \"{}\"}}", "x".repeat(200_000));
+    let big = api
+        .http
+        .post(format!("{base}/v1/invoices"))
+        .header("content-type", "application/json")
+        .body(huge);
+    assert_refused(&api.send(big).await, 413, "body");
+
+    // Payments: over-precise and unknown invoice.
+    assert_refused(
+        &api.post(
+            "/v1/payments/manual",
+            json!({"customer_id": customer, "amount": "1.001"}),
+        )
+        .await,
+        422,
+        "amount",
+    );
+    assert_refused(
+        &api.post(
+            "/v1/payments/manual",
+            json!({"invoice_id": Uuid::now_v7(), "amount": "1.00"}),
+        )
+        .await,
+        422,
+        "invoice_id",
+    );
+    assert_refused(
+        &api.post("/v1/customers", json!({"email": "x@example.org"}))
+            .await,
+        422,
+        "name",
+    );
+
+    // Authentication and tenancy.
+    let anonymous = Api::new(&base, "not-a-key");
+    assert_refused(
+        &anonymous.post("/v1/invoices", valid.clone()).await,
+        401,
+        "Authorization",
+    );
+    let none = reqwest::Client::new()
+        .get(format!("{base}/v1/trial-balance"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    let theirs = api.get(&format!("/v1/customers/{foreign}/balance")).await;
+    assert_eq!(theirs.status, 404, "{}", theirs.body);
+    assert_eq!(
+        api.get("/v1/customers/not-a-uuid/balance").await.status,
+        404
+    );
+    assert_eq!(api.get("/v1/accounts/9999/balance").await.status, 404);
+    assert_refused(&api.get("/v1/ledger/entries").await, 422, "reference_id");
+    assert_refused(
+        &api.get("/v1/ledger/entries?reference_id=x").await,
+        422,
+        "reference_id",
+    );
+    assert_refused(
+        &api.get(&format!(
+            "/v1/trial-balance?consistent_with={}",
+            Uuid::now_v7()
+        ))
+        .await,
+        409,
+        "consistent_with",
+    );
+
+    // Nothing of the refused requests was written.
+    assert_eq!(db.count("select count(*) from invoices").await, 0);
+    assert_eq!(db.count("select count(*) from payments").await, 0);
+    assert_eq!(db.count("select count(*) from outbox").await, 0);
+
+    // And the valid request still works, with a correlation id created when absent.
+    let ok = api.post("/v1/invoices", valid).await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    assert!(ok.headers.contains_key("x-correlation-id"));
+    assert_eq!(db.count("select count(*) from outbox").await, 1);
+    db.drop_db().await;
+}

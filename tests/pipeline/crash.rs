@@ -1,0 +1,190 @@
+//! Two processor processes in one consumer group; one is SIGKILLed mid-stream and
+//! restarted. The books must come out exactly as sent: no lost, no doubled postings.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived, Record};
+use dhanman_schemas::topics;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const EVENTS: usize = 12_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    // The API serves the embedded registry the processors decode with.
+    let api = setup.spawn(&["api"]);
+    setup.wait_ready(&api).await;
+    let (org, _) = create_org(&setup, "Crash Test Society").await;
+
+    // Encode everything first: 200 residents, invoices and payments interleaved.
+    let codec = setup.codec();
+    let customers: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+    let mut expected_ar: HashMap<Uuid, Decimal> = HashMap::new();
+    let mut expected_total = Decimal::ZERO;
+    let mut records = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        let customer = customers[i % customers.len()];
+        let amount = Decimal::new(10_000 + i as i64, 2);
+        let envelope = Envelope::new(org, &format!("crash-{i}"), None);
+        if i % 3 == 2 {
+            let e = PaymentReceived {
+                envelope,
+                payment_id: Uuid::now_v7(),
+                invoice_id: None,
+                customer_id: customer,
+                amount,
+                currency: "INR".into(),
+                method: "upi".into(),
+                reference: None,
+            };
+            *expected_ar.entry(customer).or_default() -= amount;
+            records.push((topics::PAYMENTS, e.key(), codec.encode(&e).await.unwrap()));
+        } else {
+            let e = InvoiceCreated {
+                envelope,
+                invoice_id: Uuid::now_v7(),
+                customer_id: customer,
+                invoice_number: format!("C-{i}"),
+                amount,
+                currency: "INR".into(),
+                issue_date: "2026-12-01".parse().unwrap(),
+                due_date: "2026-12-10".parse().unwrap(),
+                description: None,
+                period: None,
+                tax_amount: None,
+            };
+            *expected_ar.entry(customer).or_default() += amount;
+            records.push((topics::INVOICES, e.key(), codec.encode(&e).await.unwrap()));
+        }
+        expected_total += amount;
+    }
+
+    // Small batches so the kill lands mid-stream.
+    let spawn_processor =
+        || setup.spawn_with_env(&["process", "ledger"], &[("DHANMAN_BATCH_SIZE", "50")]);
+    let mut a = spawn_processor();
+    let b = spawn_processor();
+
+    // Produce while both run.
+    let producer = producer();
+    let first_half = EVENTS / 2;
+    produce_all(
+        &producer,
+        records[..first_half]
+            .iter()
+            .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice())),
+    )
+    .await;
+
+    // Both members must own partitions before the kill.
+    eventually(
+        "both processors to be assigned partitions",
+        Duration::from_secs(90),
+        || {
+            let (la, lb) = (a.log_text(), b.log_text());
+            async move {
+                (la.contains("partitions assigned") && lb.contains("partitions assigned"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    eventually(
+        "processing to be under way",
+        Duration::from_secs(90),
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n > 1000).then_some(())
+            }
+        },
+    )
+    .await;
+    a.kill().await;
+    produce_all(
+        &producer,
+        records[first_half..]
+            .iter()
+            .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice())),
+    )
+    .await;
+    let a2 = spawn_processor();
+
+    eventually(
+        "every event to be applied",
+        Duration::from_secs(240),
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n as usize >= EVENTS).then_some(())
+            }
+        },
+    )
+    .await;
+
+    assert_eq!(
+        db.count("select count(*) from processed_events").await as usize,
+        EVENTS
+    );
+    assert_eq!(
+        db.count("select count(*) from journal_entries").await as usize,
+        EVENTS
+    );
+    assert_eq!(
+        db.count("select count(*) from postings").await as usize,
+        2 * EVENTS
+    );
+    let (debits, credits): (Decimal, Decimal) =
+        sqlx::query_as("select sum(debit), sum(credit) from postings")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(debits, expected_total);
+    assert_eq!(credits, expected_total);
+    let balances: Vec<(Uuid, Decimal)> = sqlx::query_as(
+        "select party_id, debit_total - credit_total from party_balances where account_code = '1200'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(balances.len(), customers.len());
+    for (customer, balance) in balances {
+        assert_eq!(balance, expected_ar[&customer], "AR of {customer}");
+    }
+    // Materialized balances agree with the postings they summarize.
+    let (from_postings,): (Decimal,) = sqlx::query_as(
+        "select coalesce(sum(debit - credit), 0) from postings where account_code = '1200'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let (from_balances,): (Decimal,) = sqlx::query_as(
+        "select coalesce(sum(debit_total - credit_total), 0) from account_balances where account_code = '1200'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(from_postings, from_balances);
+    assert_eq!(
+        db.count("select count(*) from outbox where raw_value is not null")
+            .await,
+        0,
+        "nothing dead-lettered"
+    );
+    drop((a2, b, api));
+    db.drop_db().await;
+}

@@ -1,0 +1,507 @@
+//! Test fixtures: a fresh database and topic namespace per test, the real `dhanman`
+//! binary as child processes, typed HTTP helpers, and a TCP proxy that can cut Postgres
+//! off. Everything talks over real sockets to the real Postgres and broker that
+//! `scripts/dev-services.sh` starts.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dhanman_schemas::Codec;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sqlx::{Executor, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info,rdkafka=warn,sqlx=warn")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with `make test` (it starts Postgres and the broker)"
+        )
+    })
+}
+
+pub fn bootstrap() -> String {
+    env("KAFKA_BOOTSTRAP_SERVERS")
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A database of its own, migrated, dropped by [`TestDb::drop_db`].
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        init_tracing();
+        let admin_url = env("DATABASE_URL");
+        let name = format!(
+            "dhanman_test_{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        let admin = PgPool::connect(&admin_url)
+            .await
+            .expect("connect to Postgres");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = with_database(&admin_url, &name);
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("connect to test database");
+        dhanman::MIGRATOR.run(&pool).await.expect("migrate");
+        TestDb {
+            name,
+            url,
+            pool,
+            admin_url,
+        }
+    }
+
+    /// Drops the database (after closing the pool); call at the end of a passing test.
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&self.admin_url).await {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {} with (force)",
+                    self.name
+                )))
+                .await;
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .expect(sql);
+        n
+    }
+}
+
+pub fn with_database(url: &str, name: &str) -> String {
+    let mut url = reqwest::Url::parse(url).expect("DATABASE_URL is a URL");
+    url.set_path(name);
+    url.to_string()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A unique topic namespace for one test.
+pub fn topic_prefix() -> String {
+    format!("t{}.", &Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// A `dhanman` child process with its stderr captured to a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill child");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// How a test runs the binary: the database, the topic namespace, the API address.
+#[derive(Clone)]
+pub struct Setup {
+    pub database_url: String,
+    pub topic_prefix: String,
+    pub http_port: u16,
+}
+
+impl Setup {
+    pub fn new(db: &TestDb) -> Setup {
+        Setup {
+            database_url: db.url.clone(),
+            topic_prefix: topic_prefix(),
+            http_port: free_port(),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn registry_url(&self) -> String {
+        format!("{}/schema-registry", self.base_url())
+    }
+
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
+
+    /// Starts `dhanman <args>` against the test's database, broker and topics.
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        self.spawn_with_env(args, &[])
+    }
+
+    /// Like [`Setup::spawn`], with variables added or overridden (e.g. `DATABASE_URL`).
+    pub fn spawn_with_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
+        let log = std::env::temp_dir().join(format!(
+            "dhanman-{}-{}.log",
+            args.join("-"),
+            Uuid::new_v4().simple()
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dhanman"))
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
+            .env("DHANMAN_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
+            .env("DHANMAN_TOPIC_PREFIX", &self.topic_prefix)
+            .env("DHANMAN_TOPIC_PARTITIONS", "4")
+            .env_remove("SCHEMA_REGISTRY_URL")
+            .env("RUST_LOG", "info,rdkafka=warn,sqlx=warn")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn dhanman");
+        Proc { child, log }
+    }
+
+    /// Waits until the API of a spawned process answers.
+    pub async fn wait_ready(&self, proc: &Proc) {
+        let url = format!("{}/readyz", self.base_url());
+        let client = reqwest::Client::new();
+        eventually(
+            &format!("API at {url} (log: {})", proc.log.display()),
+            Duration::from_secs(60),
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    client
+                        .get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn codec(&self) -> Codec {
+        Codec::new(&self.registry_url()).expect("codec")
+    }
+}
+
+/// Runs `dhanman orgs create` and returns (organization id, admin key).
+pub async fn create_org(setup: &Setup, name: &str) -> (Uuid, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))
+        .args(["orgs", "create", "--name", name])
+        .env("DATABASE_URL", &setup.database_url)
+        .output()
+        .await
+        .expect("run dhanman orgs create");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    (
+        created["organization_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        created["api_key"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A typed HTTP client for one organization.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: String,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Api {
+    pub fn new(base: &str, key: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn customer(&self, name: &str) -> Uuid {
+        let r = self
+            .post(
+                "/v1/customers",
+                json!({"name": name, "email": "r@example.org"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    dhanman_connectors::kafka::idempotent_producer(&bootstrap()).expect("producer")
+}
+
+pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+}
+
+/// Produces many records pipelined, then waits for every acknowledgement.
+pub async fn produce_all<'a>(
+    producer: &FutureProducer,
+    records: impl IntoIterator<Item = (String, &'a str, &'a [u8])>,
+) {
+    let mut pending = Vec::new();
+    for (topic, key, value) in records {
+        let mut record = FutureRecord::to(&topic).key(key).payload(value);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break pending.push(delivery),
+                Err((_, returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for delivery in pending {
+        delivery
+            .await
+            .expect("delivery not canceled")
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+}
+
+/// A record read back from a topic.
+pub struct Read {
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Read {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `n` records of a topic from the beginning (a throwaway group).
+pub async fn read_topic(topic: &str, n: usize) -> Vec<Read> {
+    let consumer: StreamConsumer = dhanman_connectors::kafka::client_config(&bootstrap())
+        .set("group.id", format!("test-reader-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} records arrived on {topic}", out.len()))
+            .expect("consume");
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Read {
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    out
+}
+
+/// A TCP proxy in front of Postgres that the test can cut (close every connection and
+/// refuse new ones) and restore.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let target = target.to_string();
+        {
+            let (up, generation) = (up.clone(), generation.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    let mut cut = generation.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            });
+        }
+        Proxy {
+            port,
+            up,
+            generation,
+        }
+    }
+
+    /// Closes every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// A DATABASE_URL that goes through the proxy.
+    pub fn url(&self, database_url: &str) -> String {
+        let mut url = reqwest::Url::parse(database_url).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+}
+
+/// The Postgres host:port of a DATABASE_URL.
+pub fn pg_addr(database_url: &str) -> String {
+    let url = reqwest::Url::parse(database_url).unwrap();
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432)
+    )
+}

@@ -1,0 +1,10 @@
+//! Integration tests of dhanman-stream over real Postgres, a real Kafka-protocol broker
+//! and the real binary. Run with `make test`.
+
+mod api;
+mod broker;
+mod crash;
+mod dlq;
+mod e2e;
+mod helpers;
+mod outage;

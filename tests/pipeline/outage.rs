@@ -1,0 +1,127 @@
+//! Postgres briefly unavailable under a running processor: nothing dead-lettered,
+//! nothing lost once it returns.
+
+use std::time::Duration;
+
+use dhanman_schemas::events::{Envelope, PaymentReceived, Record};
+use dhanman_schemas::topics;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api = setup.spawn(&["api"]);
+    setup.wait_ready(&api).await;
+    let (org, _) = create_org(&setup, "Outage Society").await;
+    let codec = setup.codec();
+
+    // The processor reaches Postgres only through a proxy the test can cut.
+    let proxy = Proxy::start(&pg_addr(&db.url)).await;
+    let proxied = proxy.url(&db.url);
+    let processor = setup.spawn_with_env(
+        &["process", "ledger"],
+        &[
+            ("DATABASE_URL", proxied.as_str()),
+            ("DHANMAN_BATCH_SIZE", "20"),
+        ],
+    );
+
+    let customer = Uuid::now_v7();
+    let mut records = Vec::new();
+    for i in 0..600 {
+        let e = PaymentReceived {
+            envelope: Envelope::new(org, &format!("outage-{i}"), None),
+            payment_id: Uuid::now_v7(),
+            invoice_id: None,
+            customer_id: customer,
+            amount: Decimal::new(100 + i, 2),
+            currency: "INR".into(),
+            method: "upi".into(),
+            reference: None,
+        };
+        records.push((e.key(), codec.encode(&e).await.unwrap()));
+    }
+    let expected: Decimal = (0..600).map(|i| Decimal::new(100 + i, 2)).sum();
+    let topic = setup.topic(topics::PAYMENTS);
+    let producer = producer();
+    produce_all(
+        &producer,
+        records[..200]
+            .iter()
+            .map(|(k, v)| (topic.clone(), k.as_str(), v.as_slice())),
+    )
+    .await;
+    eventually(
+        "the first events to be applied",
+        Duration::from_secs(60),
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n > 0).then_some(())
+            }
+        },
+    )
+    .await;
+
+    proxy.cut();
+    produce_all(
+        &producer,
+        records[200..]
+            .iter()
+            .map(|(k, v)| (topic.clone(), k.as_str(), v.as_slice())),
+    )
+    .await;
+    // The processor must notice: it logs the transient failure and retries.
+    eventually(
+        "the processor to hit the outage",
+        Duration::from_secs(60),
+        || {
+            let log = processor.log_text();
+            async move { log.contains("transient failure").then_some(()) }
+        },
+    )
+    .await;
+    let during = db.count("select count(*) from processed_events").await;
+    assert!(during < 600, "the outage must hold processing back");
+    proxy.restore();
+
+    eventually(
+        "every event to be applied after the outage",
+        Duration::from_secs(120),
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n == 600).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(db.count("select count(*) from journal_entries").await, 600);
+    let (bank,): (Decimal,) = sqlx::query_as(
+        "select debit_total - credit_total from account_balances where account_code = '1000'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(bank, expected);
+    assert_eq!(
+        db.count("select count(*) from outbox where raw_value is not null")
+            .await,
+        0
+    );
+    assert!(!processor.log_text().contains("dead-lettering"));
+    drop((processor, api));
+    db.drop_db().await;
+}
