@@ -120,6 +120,9 @@ pub struct RuntimeConfig {
     /// How long to wait for more records once a batch has its first one.
     pub linger: Duration,
     pub max_backoff: Duration,
+    /// Records that wait this long on a partition nobody progresses make a member that does
+    /// not own it rejoin the group (see [`Runtime::run`]).
+    pub orphan_check_after: Duration,
     /// Physical topics are `<prefix><logical name>`; processors and the outbox speak
     /// logical names.
     pub topic_prefix: String,
@@ -134,7 +137,34 @@ impl RuntimeConfig {
             linger: Duration::from_millis(20),
             max_backoff: Duration::from_secs(5),
             topic_prefix: String::new(),
+            orphan_check_after: Duration::from_secs(30),
         }
+    }
+}
+
+/// Paces the check for stalled partitions: one look per interval, none during the
+/// interval after a rejoin (the group needs it to settle).
+struct Watchdog {
+    next: Instant,
+}
+
+impl Watchdog {
+    fn new(interval: Duration) -> Self {
+        Watchdog {
+            next: Instant::now() + interval,
+        }
+    }
+
+    fn due(&mut self, interval: Duration) -> bool {
+        if Instant::now() < self.next {
+            return false;
+        }
+        self.next = Instant::now() + interval / 3;
+        true
+    }
+
+    fn rejoined(&mut self, interval: Duration) {
+        self.next = Instant::now() + interval;
     }
 }
 
@@ -297,6 +327,12 @@ impl<P: Processor> Runtime<P> {
     }
 
     /// Consumes until the task is dropped or the consumer fails for good.
+    ///
+    /// Every third of `orphan_check_after` the member looks for partitions it does not own
+    /// where records wait and the stored offset has not moved for `orphan_check_after`; if
+    /// there are any, it says so and rejoins the group, which makes the coordinator assign
+    /// them again. A correct coordinator reassigns a dead member's partitions by itself; the
+    /// test broker sometimes does not (see the README).
     pub async fn run(self) -> Result<()> {
         if tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::CurrentThread
@@ -315,8 +351,25 @@ impl<P: Processor> Runtime<P> {
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
         tracing::info!(group = %self.group_id(), topics = ?topics, "consumer started");
+        let mut watchdog = Watchdog::new(self.config.orphan_check_after);
         loop {
             let batch = self.collect(&consumer).await;
+            if watchdog.due(self.config.orphan_check_after) {
+                let stalled = self.stalled_elsewhere(&consumer, &topics).await;
+                if !stalled.is_empty() {
+                    tracing::warn!(
+                        group = %self.group_id(),
+                        partitions = ?stalled,
+                        stalled_for = ?self.config.orphan_check_after,
+                        "records wait on partitions this member does not own and nobody has \
+                         made progress on them: their owner is gone or stuck, or the \
+                         coordinator lost the assignment; rejoining the group"
+                    );
+                    consumer.unsubscribe();
+                    consumer.subscribe(&refs)?;
+                    watchdog.rejoined(self.config.orphan_check_after);
+                }
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -330,12 +383,14 @@ impl<P: Processor> Runtime<P> {
     /// time has passed.
     async fn collect(&self, consumer: &StreamConsumer<StoredOffsets>) -> Vec<Incoming> {
         let mut batch = Vec::new();
-        match consumer.recv().await {
-            Ok(m) => batch.push(Incoming::from_message(&m)),
-            Err(e) => {
+        // Bounded, so the loop gets to look at its assignment now and then.
+        match tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(Incoming::from_message(&m)),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error");
                 return batch;
             }
+            Err(_) => return batch,
         }
         let deadline = Instant::now() + self.config.linger;
         while batch.len() < self.config.max_batch {
@@ -354,6 +409,63 @@ impl<P: Processor> Runtime<P> {
         let assigned = consumer.context().assigned.lock().expect("assignment lock");
         batch.retain(|r| assigned.contains(&(r.topic.clone(), r.partition)));
         batch
+    }
+
+    /// Partitions of our topics that this member does not own, where records wait beyond
+    /// the offset stored in Postgres and that offset has not moved for the check interval.
+    async fn stalled_elsewhere(
+        &self,
+        consumer: &StreamConsumer<StoredOffsets>,
+        topics: &[String],
+    ) -> Vec<(String, i32)> {
+        let ends = tokio::task::block_in_place(|| {
+            let mut ends = Vec::new();
+            for topic in topics {
+                let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+                else {
+                    continue;
+                };
+                for t in metadata.topics() {
+                    for p in t.partitions() {
+                        if let Ok((_, high)) =
+                            consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                        {
+                            ends.push((topic.clone(), p.id(), high));
+                        }
+                    }
+                }
+            }
+            ends
+        });
+        let Ok(stored) = sqlx::query_as::<_, (String, i32, i64, f64)>(
+            "select topic, partition, next_offset, extract(epoch from now() - updated_at)::float8
+               from consumer_offsets where group_id = $1",
+        )
+        .bind(self.group_id())
+        .fetch_all(&self.pool)
+        .await
+        else {
+            return Vec::new();
+        };
+        let owned = consumer
+            .context()
+            .assigned
+            .lock()
+            .expect("assignment lock")
+            .clone();
+        let limit = self.config.orphan_check_after.as_secs_f64();
+        ends.into_iter()
+            .filter(|(topic, partition, high)| {
+                if owned.contains(&(topic.clone(), *partition)) {
+                    return false;
+                }
+                match stored.iter().find(|r| &r.0 == topic && r.1 == *partition) {
+                    Some((_, _, next, quiet)) => high > next && *quiet >= limit,
+                    None => *high > 0,
+                }
+            })
+            .map(|(topic, partition, _)| (topic, partition))
+            .collect()
     }
 
     fn commit_to_kafka(&self, consumer: &StreamConsumer<StoredOffsets>, batch: &[Incoming]) {

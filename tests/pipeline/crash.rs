@@ -122,7 +122,7 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
 
     eventually(
         "every event to be applied",
-        Duration::from_secs(240),
+        Duration::from_secs(300),
         || {
             let pool = db.pool.clone();
             async move {
