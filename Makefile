@@ -17,7 +17,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-9s %s\n", $$1, $$2}'
 
 demo: ## start the services and run the in-process demo (society, residents, invoices, payments)
-	$(DEV_ENV) && cargo run --release --bin dhanman -- demo
+	$(DEV_ENV) && cargo run --bin dhanman -- demo
 
 test: ## start the services and run every test of the workspace
 	$(DEV_ENV) && cargo test --workspace

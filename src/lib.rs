@@ -107,11 +107,12 @@ impl Config {
     }
 }
 
-/// Logs to stderr, `RUST_LOG` filtered; JSON lines when `DHANMAN_LOG_FORMAT=json`.
-pub fn init_telemetry() {
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`); JSON lines when
+/// `DHANMAN_LOG_FORMAT=json`.
+pub fn init_telemetry(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

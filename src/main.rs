@@ -54,8 +54,14 @@ enum OrgsCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    dhanman::init_telemetry();
     let cli = Cli::parse();
+    // The demo and the benchmark print tables; their logs stay quiet unless asked for.
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
+    dhanman::init_telemetry(if quiet {
+        "warn"
+    } else {
+        "info,rdkafka=warn,sqlx=warn"
+    });
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

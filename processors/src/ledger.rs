@@ -138,6 +138,9 @@ impl Processor for Ledger {
     }
 }
 
+/// (organization, account, party type, party id, currency)
+type PartyKey = (Uuid, String, String, Uuid, String);
+
 /// Writes entries, their postings, the balances and the announcements, in bulk: one
 /// statement per table whatever the number of entries.
 pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
@@ -161,8 +164,7 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     let mut p_debit = Vec::new();
     let mut p_credit = Vec::new();
     let mut accounts: BTreeMap<(Uuid, String, String), (Decimal, Decimal)> = BTreeMap::new();
-    let mut parties: BTreeMap<(Uuid, String, String, Uuid, String), (Decimal, Decimal)> =
-        BTreeMap::new();
+    let mut parties: BTreeMap<PartyKey, (Decimal, Decimal)> = BTreeMap::new();
     for entry in entries {
         let org = entry.source.organization_id;
         e_id.push(entry.id);
@@ -325,16 +327,22 @@ async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
         };
         ids.push(record.envelope.event_id);
         keys.push(record.key());
-        headers.push(dhanman_producers::outbox::headers(
-            LedgerEntryPosted::NAME,
-            record.envelope.event_id,
-            &record.envelope.correlation_id,
-        ));
-        payloads.push(serde_json::to_value(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        headers.push(
+            dhanman_producers::outbox::headers(
+                LedgerEntryPosted::NAME,
+                record.envelope.event_id,
+                &record.envelope.correlation_id,
+            )
+            .to_string(),
+        );
+        // Text, cast to jsonb in the statement: building a JSON tree per record first
+        // costs more than the insert.
+        payloads
+            .push(serde_json::to_string(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
     }
     sqlx::query(
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
-         select id, $2, k, $3, $4, p, h from unnest($1::uuid[], $5::text[], $6::jsonb[], $7::jsonb[]) as u(id, k, p, h)",
+         select id, $2, k, $3, $4, p::jsonb, h::jsonb from unnest($1::uuid[], $5::text[], $6::text[], $7::text[]) as u(id, k, p, h)",
     )
     .bind(&ids)
     .bind(LedgerEntryPosted::TOPIC)

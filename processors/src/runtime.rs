@@ -529,10 +529,12 @@ impl<P: Processor> Runtime<P> {
 
     /// One attempt at a batch: one transaction, or an error that is transient.
     pub async fn process(&self, batch: &[Incoming], attempt: u32) -> Result<BatchReport> {
+        let started = Instant::now();
         let mut decoded = Vec::with_capacity(batch.len());
         for record in batch {
             decoded.push(self.decode(record).await?);
         }
+        let decoded_at = Instant::now();
         let mut tx = self.pool.begin().await.map_err(Error::Database)?;
         let mut report = BatchReport {
             records: batch.len(),
@@ -614,6 +616,12 @@ impl<P: Processor> Runtime<P> {
 
         store_offsets(&mut tx, &self.group_id(), batch).await?;
         tx.commit().await.map_err(Error::Database)?;
+        tracing::debug!(
+            records = batch.len(),
+            decode_ms = (decoded_at - started).as_secs_f64() * 1000.0,
+            transaction_ms = decoded_at.elapsed().as_secs_f64() * 1000.0,
+            "batch timings"
+        );
         Ok(report)
     }
 

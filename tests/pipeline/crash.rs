@@ -83,31 +83,25 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     .await;
 
     // Both members must own partitions before the kill.
+    let owns_partitions = |log: String| {
+        log.lines()
+            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=0 "))
+    };
     eventually(
-        "both processors to be assigned partitions",
+        "both processors to own partitions",
         Duration::from_secs(90),
         || {
-            let (la, lb) = (a.log_text(), b.log_text());
-            async move {
-                (la.contains("partitions assigned") && lb.contains("partitions assigned"))
-                    .then_some(())
-            }
+            let both = owns_partitions(a.log_text()) && owns_partitions(b.log_text());
+            async move { both.then_some(()) }
         },
     )
     .await;
-    eventually(
+    let processed = "select count(*) from processed_events";
+    db.wait_count(
         "processing to be under way",
+        processed,
+        1000,
         Duration::from_secs(90),
-        || {
-            let pool = db.pool.clone();
-            async move {
-                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n > 1000).then_some(())
-            }
-        },
     )
     .await;
     a.kill().await;
@@ -120,22 +114,22 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     .await;
     let a2 = spawn_processor();
 
-    eventually(
+    db.wait_count(
         "every event to be applied",
+        processed,
+        EVENTS as i64,
         Duration::from_secs(300),
-        || {
-            let pool = db.pool.clone();
-            async move {
-                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n as usize >= EVENTS).then_some(())
-            }
-        },
     )
     .await;
 
+    // Both survivors did part of the work.
+    for p in [&b, &a2] {
+        assert!(
+            p.log_text().contains("posted journal entry"),
+            "{} posted nothing",
+            p.log.display()
+        );
+    }
     assert_eq!(
         db.count("select count(*) from processed_events").await as usize,
         EVENTS

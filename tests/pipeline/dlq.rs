@@ -105,22 +105,15 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     );
 
     // Both good records were posted; nothing else was.
-    eventually(
+    let posted_after = format!(
+        "select count(*) from journal_entries where reference_id = '{}'",
+        good_after.invoice_id
+    );
+    db.wait_count(
         "the record after the poison to be posted",
+        &posted_after,
+        1,
         Duration::from_secs(30),
-        || {
-            let pool = db.pool.clone();
-            let id = good_after.invoice_id;
-            async move {
-                let (n,): (i64,) =
-                    sqlx::query_as("select count(*) from journal_entries where reference_id = $1")
-                        .bind(id)
-                        .fetch_one(&pool)
-                        .await
-                        .ok()?;
-                (n == 1).then_some(())
-            }
-        },
     )
     .await;
     assert_eq!(db.count("select count(*) from journal_entries").await, 2);

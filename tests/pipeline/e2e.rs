@@ -248,5 +248,45 @@ async fn the_database_rejects_unbalanced_entries() {
     .await;
     assert!(single.is_err());
     tx.rollback().await.unwrap();
+
+    // Balanced lines for an entry that does not exist, or on an account not in the chart.
+    let orphan = sqlx::query(
+        "insert into postings (entry_id, organization_id, account_code, debit, credit)
+         values ($1, $2, '1000', 10, 0), ($1, $2, '4000', 0, 10)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(org)
+    .execute(&db.pool)
+    .await
+    .expect_err("postings of an unknown entry must be refused");
+    assert!(
+        orphan.to_string().contains("unknown journal entry"),
+        "{orphan}"
+    );
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
+         values ($1, $2, $3, 'invoice', $3, 'x', 'INR', now())",
+    )
+    .bind(entry)
+    .bind(org)
+    .bind(Uuid::now_v7())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let unknown_account = sqlx::query(
+        "insert into postings (entry_id, organization_id, account_code, debit, credit)
+         values ($1, $2, '1000', 10, 0), ($1, $2, '9999', 0, 10)",
+    )
+    .bind(entry)
+    .bind(org)
+    .execute(&mut *tx)
+    .await
+    .expect_err("an unknown account must be refused");
+    assert!(
+        unknown_account.to_string().contains("unknown account"),
+        "{unknown_account}"
+    );
+    tx.rollback().await.unwrap();
     db.drop_db().await;
 }

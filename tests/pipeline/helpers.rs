@@ -112,6 +112,22 @@ impl TestDb {
         }
     }
 
+    /// Polls `sql` (a `select count(*)`) until it reaches `at_least`.
+    pub async fn wait_count(&self, what: &str, sql: &str, at_least: i64, timeout: Duration) {
+        eventually(what, timeout, || {
+            let pool = self.pool.clone();
+            let sql = sql.to_string();
+            async move {
+                let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n >= at_least).then_some(())
+            }
+        })
+        .await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_one(&self.pool)

@@ -55,19 +55,12 @@ async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
             .map(|(k, v)| (topic.clone(), k.as_str(), v.as_slice())),
     )
     .await;
-    eventually(
+    let processed = "select count(*) from processed_events";
+    db.wait_count(
         "the first events to be applied",
+        processed,
+        1,
         Duration::from_secs(60),
-        || {
-            let pool = db.pool.clone();
-            async move {
-                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n > 0).then_some(())
-            }
-        },
     )
     .await;
 
@@ -89,25 +82,18 @@ async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
         },
     )
     .await;
-    let during = db.count("select count(*) from processed_events").await;
+    let during = db.count(processed).await;
     assert!(during < 600, "the outage must hold processing back");
     proxy.restore();
 
-    eventually(
+    db.wait_count(
         "every event to be applied after the outage",
+        processed,
+        600,
         Duration::from_secs(120),
-        || {
-            let pool = db.pool.clone();
-            async move {
-                let (n,): (i64,) = sqlx::query_as("select count(*) from processed_events")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n == 600).then_some(())
-            }
-        },
     )
     .await;
+    assert_eq!(db.count(processed).await, 600);
     assert_eq!(db.count("select count(*) from journal_entries").await, 600);
     let (bank,): (Decimal,) = sqlx::query_as(
         "select debit_total - credit_total from account_balances where account_code = '1000'",

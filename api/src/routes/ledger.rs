@@ -25,6 +25,13 @@ struct BalanceRow {
     credit_total: Decimal,
 }
 
+/// Money as the API shows it: always two decimal places (Postgres hands back a zero
+/// without them).
+fn money(mut d: Decimal) -> Decimal {
+    d.rescale(2);
+    d
+}
+
 /// Net balance on the account's normal side.
 fn normal_balance(account_type: &str, debit: Decimal, credit: Decimal) -> Decimal {
     match account_type {
@@ -64,9 +71,9 @@ pub async fn customer_balance(
         .map(|r| {
             json!({
                 "currency": r.currency,
-                "invoiced": r.debit_total,
-                "settled": r.credit_total,
-                "balance": r.debit_total - r.credit_total,
+                "invoiced": money(r.debit_total),
+                "settled": money(r.credit_total),
+                "balance": money(r.debit_total - r.credit_total),
             })
         })
         .collect();
@@ -106,9 +113,9 @@ pub async fn account_balance(
         .map(|r| {
             json!({
                 "currency": r.currency,
-                "debit_total": r.debit_total,
-                "credit_total": r.credit_total,
-                "balance": normal_balance(&account_type, r.debit_total, r.credit_total),
+                "debit_total": money(r.debit_total),
+                "credit_total": money(r.credit_total),
+                "balance": money(normal_balance(&account_type, r.debit_total, r.credit_total)),
             })
         })
         .collect();
@@ -148,7 +155,7 @@ pub async fn trial_balance(
         slot.2 += cr;
         slot.0.push(json!({
             "account_code": code, "name": name, "type": account_type,
-            "debit": dr, "credit": cr,
+            "debit": money(dr), "credit": money(cr),
         }));
     }
     let currencies: Vec<Value> = by_currency
@@ -157,8 +164,8 @@ pub async fn trial_balance(
             json!({
                 "currency": currency,
                 "accounts": accounts,
-                "total_debit": debits,
-                "total_credit": credits,
+                "total_debit": money(debits),
+                "total_credit": money(credits),
                 "balanced": debits == credits,
             })
         })
@@ -166,6 +173,22 @@ pub async fn trial_balance(
     Ok(Json(
         json!({ "organization_id": caller.organization_id, "currencies": currencies }),
     ))
+}
+
+/// One posting line with its entry, as the entries query returns them.
+#[derive(sqlx::FromRow)]
+struct EntryLine {
+    id: Uuid,
+    source_event_id: Uuid,
+    reference_type: String,
+    description: String,
+    currency: String,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    account_code: String,
+    party_type: Option<String>,
+    party_id: Option<Uuid>,
+    debit: Decimal,
+    credit: Decimal,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,34 +210,34 @@ pub async fn entries(
         .parse()
         .map_err(|_| ApiError::validation("reference_id", "must be a UUID"))?;
     wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
-    let rows: Vec<(Uuid, Uuid, String, String, String, chrono::DateTime<chrono::Utc>, String, Option<String>, Option<Uuid>, Decimal, Decimal)> =
-        sqlx::query_as(
-            "select e.id, e.source_event_id, e.reference_type, e.description, e.currency::text, e.occurred_at,
-                    p.account_code, p.party_type, p.party_id, p.debit, p.credit
-               from journal_entries e join postings p on p.entry_id = e.id
-              where e.organization_id = $1 and e.reference_id = $2
-              order by e.occurred_at, e.id, p.id",
-        )
-        .bind(caller.organization_id)
-        .bind(reference_id)
-        .fetch_all(&state.pool)
-        .await?;
+    let rows: Vec<EntryLine> = sqlx::query_as(
+        "select e.id, e.source_event_id, e.reference_type, e.description, e.currency::text as currency,
+                e.occurred_at, p.account_code, p.party_type, p.party_id, p.debit, p.credit
+           from journal_entries e join postings p on p.entry_id = e.id
+          where e.organization_id = $1 and e.reference_id = $2
+          order by e.occurred_at, e.id, p.id",
+    )
+    .bind(caller.organization_id)
+    .bind(reference_id)
+    .fetch_all(&state.pool)
+    .await?;
     let mut entries: Vec<Value> = Vec::new();
-    for (id, source, rtype, desc, currency, at, account, ptype, pid, debit, credit) in rows {
+    for r in rows {
         let line = json!({
-            "account_code": account, "party_type": ptype, "party_id": pid,
-            "debit": debit, "credit": credit,
+            "account_code": r.account_code, "party_type": r.party_type, "party_id": r.party_id,
+            "debit": money(r.debit), "credit": money(r.credit),
         });
         match entries.last_mut() {
-            Some(last) if last["entry_id"] == json!(id) => {
+            Some(last) if last["entry_id"] == json!(r.id) => {
                 if let Some(lines) = last["lines"].as_array_mut() {
                     lines.push(line);
                 }
             }
             _ => entries.push(json!({
-                "entry_id": id, "source_event_id": source, "reference_type": rtype,
-                "reference_id": reference_id, "description": desc, "currency": currency,
-                "occurred_at": at, "lines": [line],
+                "entry_id": r.id, "source_event_id": r.source_event_id,
+                "reference_type": r.reference_type, "reference_id": reference_id,
+                "description": r.description, "currency": r.currency,
+                "occurred_at": r.occurred_at, "lines": [line],
             })),
         }
     }
