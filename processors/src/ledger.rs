@@ -102,8 +102,9 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
     };
     let source = event.envelope().clone();
     Some(Entry {
-        // Derived from the source event: the same event can only ever make this entry.
-        id: Uuid::new_v5(&Uuid::NAMESPACE_OID, source.event_id.as_bytes()),
+        // The source event's id: the same event can only ever make this entry, and event
+        // ids are time-ordered (v7), which keeps the primary key's inserts at its right edge.
+        id: source.event_id,
         source,
         reference_type,
         reference_id,
@@ -239,27 +240,6 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     .execute(&mut *conn)
     .await?;
 
-    let (a_org, a_acc, a_cur, a_d, a_c) = unzip5(
-        accounts
-            .into_iter()
-            .map(|((o, a, c), (d, cr))| (o, a, c, d, cr)),
-    );
-    sqlx::query(
-        "insert into account_balances (organization_id, account_code, currency, debit_total, credit_total)
-         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
-         on conflict (organization_id, account_code, currency) do update
-            set debit_total = account_balances.debit_total + excluded.debit_total,
-                credit_total = account_balances.credit_total + excluded.credit_total,
-                updated_at = now()",
-    )
-    .bind(&a_org)
-    .bind(&a_acc)
-    .bind(&a_cur)
-    .bind(&a_d)
-    .bind(&a_c)
-    .execute(&mut *conn)
-    .await?;
-
     if !parties.is_empty() {
         let mut q_org = Vec::new();
         let mut q_acc = Vec::new();
@@ -298,7 +278,31 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
         .await?;
     }
 
-    announce(conn, entries).await
+    announce(conn, entries).await?;
+
+    // Last: the organization's account rows are the only ones concurrent batches share,
+    // so their row locks are held for the shortest time (and taken in key order).
+    let (a_org, a_acc, a_cur, a_d, a_c) = unzip5(
+        accounts
+            .into_iter()
+            .map(|((o, a, c), (d, cr))| (o, a, c, d, cr)),
+    );
+    sqlx::query(
+        "insert into account_balances (organization_id, account_code, currency, debit_total, credit_total)
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
+         on conflict (organization_id, account_code, currency) do update
+            set debit_total = account_balances.debit_total + excluded.debit_total,
+                credit_total = account_balances.credit_total + excluded.credit_total,
+                updated_at = now()",
+    )
+    .bind(&a_org)
+    .bind(&a_acc)
+    .bind(&a_cur)
+    .bind(&a_d)
+    .bind(&a_c)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// `LedgerEntryPosted` for each entry, into the outbox of the same transaction.
@@ -313,8 +317,8 @@ async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
             &entry.source.correlation_id,
             Some(entry.source.event_id.to_string()),
         );
-        // Deterministic, like the entry id: a re-post could never announce twice.
-        envelope.event_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, entry.id.as_bytes());
+        // Deterministic, like the entry id, so a re-post could never announce twice.
+        envelope.event_id = announcement_id(entry.id);
         let record = LedgerEntryPosted {
             envelope,
             entry_id: entry.id,
@@ -354,6 +358,15 @@ async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The id of an entry's announcement: the entry id's 48-bit timestamp (so outbox ids stay
+/// time-ordered) followed by bytes of a name-based hash of the entry id, as a v8 UUID.
+pub fn announcement_id(entry_id: Uuid) -> Uuid {
+    let hashed = Uuid::new_v5(&Uuid::NAMESPACE_OID, entry_id.as_bytes());
+    let mut bytes = *hashed.as_bytes();
+    bytes[..6].copy_from_slice(&entry_id.as_bytes()[..6]);
+    Uuid::new_v8(bytes)
 }
 
 type Columns5<A, B, C, D, E> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>);
@@ -430,6 +443,10 @@ mod tests {
             assert_eq!(ar.party_id, Some(customer));
             // Same event, same entry id: the basis of idempotent posting.
             assert_eq!(entry_for(event).unwrap().id, entry.id);
+            let announced = announcement_id(entry.id);
+            assert_eq!(announced, announcement_id(entry.id));
+            assert_ne!(announced, entry.id);
+            assert_eq!(announced.as_bytes()[..6], entry.id.as_bytes()[..6]);
         }
     }
 }
