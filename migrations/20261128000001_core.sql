@@ -132,10 +132,12 @@ insert into accounts (code, name, type) values
     ('5100', 'Salary Expense', 'expense'),
     ('5900', 'Budget Commitments', 'expense');
 
+-- One entry per source event, under the event's own id: the primary key is the
+-- idempotency guarantee, and time-ordered event ids keep its inserts at the right edge.
 create table journal_entries (
-    id uuid primary key,
+    id uuid primary key check (id = source_event_id),
     organization_id uuid not null references organizations (id),
-    source_event_id uuid not null unique,
+    source_event_id uuid not null,
     reference_type text not null,
     reference_id uuid not null,
     description text not null,

@@ -207,11 +207,10 @@ async fn the_database_rejects_unbalanced_entries() {
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query(
         "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
-         values ($1, $2, $3, 'invoice', $3, 'x', 'INR', now())",
+         values ($1, $2, $1, 'invoice', $1, 'x', 'INR', now())",
     )
     .bind(entry)
     .bind(org)
-    .bind(Uuid::now_v7())
     .execute(&mut *tx)
     .await
     .unwrap();
@@ -231,11 +230,10 @@ async fn the_database_rejects_unbalanced_entries() {
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query(
         "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
-         values ($1, $2, $3, 'invoice', $3, 'x', 'INR', now())",
+         values ($1, $2, $1, 'invoice', $1, 'x', 'INR', now())",
     )
     .bind(entry)
     .bind(org)
-    .bind(Uuid::now_v7())
     .execute(&mut *tx)
     .await
     .unwrap();
@@ -266,11 +264,10 @@ async fn the_database_rejects_unbalanced_entries() {
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query(
         "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
-         values ($1, $2, $3, 'invoice', $3, 'x', 'INR', now())",
+         values ($1, $2, $1, 'invoice', $1, 'x', 'INR', now())",
     )
     .bind(entry)
     .bind(org)
-    .bind(Uuid::now_v7())
     .execute(&mut *tx)
     .await
     .unwrap();
