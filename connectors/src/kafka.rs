@@ -101,7 +101,8 @@ fn lookup_blocking(bootstrap: &str, topic: &str, partition: i32, ts: i64) -> Res
         let mut at = rdkafka::TopicPartitionList::new();
         at.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         consumer.assign(&at)?;
-        let deadline = std::time::Instant::now() + timeout;
+        // A loaded broker can take a while to serve the first fetch.
+        let deadline = std::time::Instant::now() + 3 * timeout;
         while std::time::Instant::now() < deadline {
             if let Some(m) = consumer.poll(Duration::from_millis(200)) {
                 let m = m?;

@@ -67,7 +67,9 @@ async fn watermarks_and_offsets_for_times_inside_the_log_are_right_and_wrong_ans
     match past_end {
         Ok(TimeLookup::End) => {}
         Ok(other) => panic!("a time past the end was answered with {other:?}"),
-        Err(e) => assert!(e.to_string().contains("older timestamp"), "{e}"),
+        // The answer was checked against the records and refused (on the test broker:
+        // "broker answered 0, but record 0 has the older timestamp ...").
+        Err(e) => assert!(e.to_string().contains("broker answered"), "{e}"),
     }
 }
 

@@ -7,4 +7,5 @@ mod crash;
 mod dlq;
 mod e2e;
 mod helpers;
+mod offsets;
 mod outage;

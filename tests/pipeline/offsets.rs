@@ -1,0 +1,106 @@
+//! On assignment the consumer seeks to the offsets stored in Postgres, not to Kafka's
+//! committed offsets (which trail them after a crash between the two commits).
+
+use std::time::Duration;
+
+use dhanman_schemas::events::{Envelope, PaymentReceived, Record};
+use dhanman_schemas::topics;
+use rdkafka::producer::FutureRecord;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api = setup.spawn(&["api"]);
+    setup.wait_ready(&api).await;
+    let (org, _) = create_org(&setup, "Offsets Society").await;
+    let codec = setup.codec();
+    let topic = setup.topic(topics::PAYMENTS);
+    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 4)
+        .await
+        .unwrap();
+
+    // Ten payments of one customer: one partition, offsets in order.
+    let customer = Uuid::now_v7();
+    let producer = producer();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let e = PaymentReceived {
+            envelope: Envelope::new(org, &format!("offsets-{i}"), None),
+            payment_id: Uuid::now_v7(),
+            invoice_id: None,
+            customer_id: customer,
+            amount: Decimal::new(1000 + i, 2),
+            currency: "INR".into(),
+            method: "upi".into(),
+            reference: None,
+        };
+        let value = codec.encode(&e).await.unwrap();
+        let delivery = producer
+            .send(
+                FutureRecord::to(&topic).key(&e.key()).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        sent.push((delivery.partition, delivery.offset, e.envelope.event_id));
+    }
+    let partition = sent[0].0;
+    assert!(sent.iter().all(|(p, _, _)| *p == partition));
+
+    // As if the processor had applied the first six and crashed before telling Kafka.
+    let group = format!("{}dhanman.ledger", setup.topic_prefix);
+    sqlx::query(
+        "insert into consumer_offsets (group_id, topic, partition, next_offset) values ($1, $2, $3, $4)",
+    )
+    .bind(&group)
+    .bind(&topic)
+    .bind(partition)
+    .bind(sent[6].1)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let processor = setup.spawn(&["process", "ledger"]);
+    let processed = "select count(*) from processed_events";
+    db.wait_count(
+        "the last four payments to be applied",
+        processed,
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Give it the chance to apply more than it should, then check it did not: the stored
+    // offset must move to the end and nothing before offset 6 may be applied.
+    db.wait_count(
+        "the stored offset to reach the end",
+        &format!(
+            "select count(*) from consumer_offsets where group_id = '{group}' and next_offset = {}",
+            sent[9].1 + 1
+        ),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let applied: Vec<(Uuid,)> = sqlx::query_as("select event_id from processed_events")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let mut applied: Vec<Uuid> = applied.into_iter().map(|(id,)| id).collect();
+    applied.sort();
+    let mut expected: Vec<Uuid> = sent[6..].iter().map(|(_, _, id)| *id).collect();
+    expected.sort();
+    assert_eq!(applied, expected);
+    assert!(
+        processor.log_text().contains("from_postgres=1"),
+        "{}",
+        processor.log_text()
+    );
+    drop((processor, api));
+    db.drop_db().await;
+}
