@@ -194,6 +194,19 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
     db.drop_db().await;
 }
 
+/// A journal entry without lines, inside `tx`.
+async fn open_entry(tx: &mut sqlx::PgConnection, entry: Uuid, org: Uuid) {
+    sqlx::query(
+        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
+         values ($1, $2, $1, 'invoice', $1, 'x', 'INR', now())",
+    )
+    .bind(entry)
+    .bind(org)
+    .execute(tx)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_rejects_unbalanced_entries() {
     let db = TestDb::new().await;
@@ -205,15 +218,7 @@ async fn the_database_rejects_unbalanced_entries() {
         .unwrap();
     let entry = Uuid::now_v7();
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query(
-        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
-         values ($1, $2, $1, 'invoice', $1, 'x', 'INR', now())",
-    )
-    .bind(entry)
-    .bind(org)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    open_entry(&mut tx, entry, org).await;
     let unbalanced = sqlx::query(
         "insert into postings (entry_id, organization_id, account_code, debit, credit)
          values ($1, $2, '1000', 10, 0), ($1, $2, '4000', 0, 9.99)",
@@ -228,15 +233,7 @@ async fn the_database_rejects_unbalanced_entries() {
 
     // A single line is unbalanced too, even if it is the only statement.
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query(
-        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
-         values ($1, $2, $1, 'invoice', $1, 'x', 'INR', now())",
-    )
-    .bind(entry)
-    .bind(org)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    open_entry(&mut tx, entry, org).await;
     let single = sqlx::query(
         "insert into postings (entry_id, organization_id, account_code, debit, credit) values ($1, $2, '1000', 10, 0)",
     )
@@ -262,15 +259,7 @@ async fn the_database_rejects_unbalanced_entries() {
         "{orphan}"
     );
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query(
-        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
-         values ($1, $2, $1, 'invoice', $1, 'x', 'INR', now())",
-    )
-    .bind(entry)
-    .bind(org)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    open_entry(&mut tx, entry, org).await;
     let unknown_account = sqlx::query(
         "insert into postings (entry_id, organization_id, account_code, debit, credit)
          values ($1, $2, '1000', 10, 0), ($1, $2, '9999', 0, 10)",
