@@ -164,7 +164,7 @@ create table postings (
     check ((party_type is null) = (party_id is null))
 );
 create index postings_entry on postings (entry_id);
-create index postings_party on postings (organization_id, party_id) where party_id is not null;
+-- No index by party yet: balances per party are materialized in party_balances.
 
 -- Double entry, enforced by the database: after every statement that inserts postings,
 -- each entry it touched exists, has at least two lines, and its debits equal its credits;
