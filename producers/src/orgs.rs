@@ -8,8 +8,6 @@ use uuid::Uuid;
 use crate::Result;
 use dhanman_schemas::events::FieldError;
 
-pub const ROLES: &[&str] = &["admin", "accountant", "approver", "manager", "cfo"];
-
 #[derive(Debug, Serialize)]
 pub struct CreatedOrganization {
     pub organization_id: Uuid,
@@ -52,15 +50,6 @@ pub async fn create_organization(pool: &PgPool, name: &str) -> Result<CreatedOrg
     })
 }
 
-/// A new key for an organization with the given role.
-pub async fn create_key(pool: &PgPool, organization_id: Uuid, role: &str) -> Result<String> {
-    if !ROLES.contains(&role) {
-        return Err(FieldError::new("role", format!("must be one of {}", ROLES.join(", "))).into());
-    }
-    let mut conn = pool.acquire().await?;
-    insert_key(&mut conn, organization_id, role).await
-}
-
 async fn insert_key(
     conn: &mut sqlx::PgConnection,
     organization_id: Uuid,
@@ -84,13 +73,4 @@ pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<(Uuid, Stri
             .fetch_optional(pool)
             .await?;
     Ok(row)
-}
-
-/// Used by `dhanman orgs` to refuse keys for a missing organization with a clear message.
-pub async fn exists(pool: &PgPool, organization_id: Uuid) -> Result<bool> {
-    let found: Option<(Uuid,)> = sqlx::query_as("select id from organizations where id = $1")
-        .bind(organization_id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(found.is_some())
 }

@@ -1,9 +1,7 @@
 //! Sales commands: customers (residents), invoices and payments.
 
 use chrono::{NaiveDate, Utc};
-use dhanman_schemas::events::{
-    Envelope, FieldError, InvoiceCreated, PaymentReceived, check_currency, check_money,
-};
+use dhanman_schemas::events::{Envelope, FieldError, InvoiceCreated, PaymentReceived, check_money};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -236,7 +234,6 @@ pub async fn record_manual_payment(
         .amount
         .ok_or_else(|| FieldError::new("amount", "is required"))?;
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
-    check_currency(&currency)?;
     check_money("amount", amount, &currency)?;
     let method = input.method.unwrap_or_else(|| "manual".to_string());
     limited("method", Some(&method), 32)?;

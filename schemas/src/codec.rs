@@ -97,16 +97,6 @@ impl Codec {
         Ok(registered.id)
     }
 
-    /// Registers every local schema (all versions), oldest first.
-    pub async fn register_all(&self) -> Result<()> {
-        let mut records: Vec<&RecordSchema> = Catalog::global().all().collect();
-        records.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-        for record in records {
-            self.schema_id(record).await?;
-        }
-        Ok(())
-    }
-
     /// Encodes the JSON form of a record with one local schema version.
     pub async fn encode_json(&self, name: &str, version: u32, value: &Json) -> Result<Vec<u8>> {
         let record = Catalog::global()

@@ -18,9 +18,7 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
     // The API serves the embedded registry the processors decode with.
-    let api = setup.spawn(&["api"]);
-    setup.wait_ready(&api).await;
-    let (org, _) = create_org(&setup, "Crash Test Society").await;
+    let (api, org) = api_with_org(&setup, "Crash Test Society").await;
 
     // Encode everything first: 200 residents, invoices and payments interleaved.
     let codec = setup.codec();

@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dhanman_schemas::Codec;
+use dhanman_schemas::events::{Envelope, PaymentReceived};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::{Executor, PgPool};
 use tokio::net::{TcpListener, TcpStream};
@@ -264,6 +266,29 @@ impl Setup {
 
     pub fn codec(&self) -> Codec {
         Codec::new(&self.registry_url()).expect("codec")
+    }
+}
+
+/// `dhanman api` running (it serves the embedded registry processors decode with) and an
+/// organization created through the CLI.
+pub async fn api_with_org(setup: &Setup, name: &str) -> (Proc, Uuid) {
+    let api = setup.spawn(&["api"]);
+    setup.wait_ready(&api).await;
+    let (org, _) = create_org(setup, name).await;
+    (api, org)
+}
+
+/// A manual UPI payment of `cents` by `customer`.
+pub fn payment(org: Uuid, customer: Uuid, cents: i64, correlation_id: &str) -> PaymentReceived {
+    PaymentReceived {
+        envelope: Envelope::new(org, correlation_id, None),
+        payment_id: Uuid::now_v7(),
+        invoice_id: None,
+        customer_id: customer,
+        amount: Decimal::new(cents, 2),
+        currency: "INR".into(),
+        method: "upi".into(),
+        reference: None,
     }
 }
 

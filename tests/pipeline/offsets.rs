@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use dhanman_schemas::events::{Envelope, PaymentReceived, Record};
+use dhanman_schemas::events::Record;
 use dhanman_schemas::topics;
 use rdkafka::producer::FutureRecord;
-use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -15,9 +14,7 @@ use crate::helpers::*;
 async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api = setup.spawn(&["api"]);
-    setup.wait_ready(&api).await;
-    let (org, _) = create_org(&setup, "Offsets Society").await;
+    let (api, org) = api_with_org(&setup, "Offsets Society").await;
     let codec = setup.codec();
     let topic = setup.topic(topics::PAYMENTS);
     dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 4)
@@ -29,16 +26,7 @@ async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
     let producer = producer();
     let mut sent = Vec::new();
     for i in 0..10 {
-        let e = PaymentReceived {
-            envelope: Envelope::new(org, &format!("offsets-{i}"), None),
-            payment_id: Uuid::now_v7(),
-            invoice_id: None,
-            customer_id: customer,
-            amount: Decimal::new(1000 + i, 2),
-            currency: "INR".into(),
-            method: "upi".into(),
-            reference: None,
-        };
+        let e = payment(org, customer, 1000 + i, &format!("offsets-{i}"));
         let value = codec.encode(&e).await.unwrap();
         let delivery = producer
             .send(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dhanman_schemas::events::{Envelope, PaymentReceived, Record};
+use dhanman_schemas::events::Record;
 use dhanman_schemas::topics;
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -14,9 +14,7 @@ use crate::helpers::*;
 async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api = setup.spawn(&["api"]);
-    setup.wait_ready(&api).await;
-    let (org, _) = create_org(&setup, "Outage Society").await;
+    let (api, org) = api_with_org(&setup, "Outage Society").await;
     let codec = setup.codec();
 
     // The processor reaches Postgres only through a proxy the test can cut.
@@ -33,16 +31,7 @@ async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
     let customer = Uuid::now_v7();
     let mut records = Vec::new();
     for i in 0..600 {
-        let e = PaymentReceived {
-            envelope: Envelope::new(org, &format!("outage-{i}"), None),
-            payment_id: Uuid::now_v7(),
-            invoice_id: None,
-            customer_id: customer,
-            amount: Decimal::new(100 + i, 2),
-            currency: "INR".into(),
-            method: "upi".into(),
-            reference: None,
-        };
+        let e = payment(org, customer, 100 + i, &format!("outage-{i}"));
         records.push((e.key(), codec.encode(&e).await.unwrap()));
     }
     let expected: Decimal = (0..600).map(|i| Decimal::new(100 + i, 2)).sum();
