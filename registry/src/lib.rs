@@ -3,8 +3,8 @@
 //!
 //! Only AVRO schemas without references are supported. Registration deduplicates on the Avro
 //! parsing canonical form: the same schema gets the same global id in every subject.
-//! Compatibility levels are stored and served, but not enforced yet (see
-//! `compatibility::check_compatibility`).
+//! Registration enforces the subject's compatibility level (see
+//! `compatibility::incompatibilities`).
 
 mod avro;
 mod compatibility;
@@ -13,7 +13,7 @@ mod http;
 mod registry;
 
 pub use avro::ParsedSchema;
-pub use compatibility::CompatibilityLevel;
+pub use compatibility::{CompatibilityLevel, incompatibilities};
 pub use error::{Error, Result};
 pub use http::router;
 pub use registry::{Registry, SubjectVersion, VersionSelector};

@@ -3,7 +3,7 @@ use std::fmt;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 use crate::avro::ParsedSchema;
-use crate::compatibility::{CompatibilityLevel, check_compatibility};
+use crate::compatibility::{CompatibilityLevel, incompatibilities};
 use crate::error::{Error, Result};
 
 /// Key of the global row in `schema_registry_config`.
@@ -145,7 +145,13 @@ impl Registry {
         .bind(subject)
         .fetch_all(&mut *tx)
         .await?;
-        check_compatibility(subject, level, schema, &previous)?;
+        let reasons = incompatibilities(level, schema, &previous)?;
+        if !reasons.is_empty() {
+            return Err(Error::IncompatibleSchema {
+                subject: subject.to_owned(),
+                reasons,
+            });
+        }
 
         // The schema table is shared by all subjects, whose locks don't exclude each other.
         // Taking this lock (always after the subject's, so they cannot deadlock) makes the NOT
