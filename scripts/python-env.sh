@@ -11,6 +11,10 @@ venv="${DHANMAN_VENV:-$HOME/.cache/dhanman/venv}"
 requirements=scripts/python-requirements.txt
 stamp="$venv/.requirements"
 
+mkdir -p "$(dirname "$venv")"
+# Tests call this concurrently: one creates the venv, the others wait for it.
+exec 9>"$venv.lock"
+flock 9
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
 	command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
 	if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then

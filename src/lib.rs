@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod schemas_cli;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,7 +90,9 @@ impl Config {
     }
 
     pub fn codec(&self) -> anyhow::Result<Arc<Codec>> {
-        Ok(Arc::new(Codec::new(&self.registry_url())?))
+        Ok(Arc::new(
+            Codec::new(&self.registry_url())?.with_topic_prefix(&self.topic_prefix),
+        ))
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

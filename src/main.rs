@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dhanman::{Config, bench, demo};
+use dhanman::{Config, bench, demo, schemas_cli};
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
 #[derive(Debug, Parser)]
@@ -39,6 +39,9 @@ enum Command {
     Demo(Config),
     /// Measures raw limits and the pipeline's throughput.
     Bench(bench::Args),
+    /// The local Avro schemas against a schema registry: check, register, list. Exit code 0
+    /// compatible, 1 a break, 2 an error.
+    Schemas(schemas_cli::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,14 +58,22 @@ enum OrgsCommand {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The demo and the benchmark print tables; their logs stay quiet unless asked for.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
+    // The demo, the benchmark and `schemas` print results; their logs stay quiet unless asked for.
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(_) | Command::Schemas(_)
+    );
     dhanman::init_telemetry(if quiet {
         "warn"
     } else {
         "info,rdkafka=warn,sqlx=warn"
     });
-    match run(cli).await {
+    // Its own exit codes: CI tells a breaking schema (1) from a failed check (2).
+    let command = match cli.command {
+        Command::Schemas(args) => return schemas_cli::run(args).await,
+        command => command,
+    };
+    match run(Cli { command }).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -125,5 +136,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(config) => demo::run(&config).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Schemas(_) => unreachable!("handled in main"),
     }
 }

@@ -1,6 +1,7 @@
 //! Edges of the pipeline. Today: the outbox relay, which publishes what commands and
 //! processors wrote to the outbox.
 
+mod derived;
 pub mod kafka;
 pub mod relay;
 
@@ -12,6 +13,9 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Codec(#[from] dhanman_schemas::Error),
+    /// An outbox row the relay cannot turn into a record (a defect, not a transient state).
+    #[error("outbox row cannot be published: {0}")]
+    Outbox(String),
     /// The broker answered something its own records contradict.
     #[error("broker answered wrongly: {0}")]
     BrokerAnswer(String),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dhanman_schemas::Codec;
+use dhanman_schemas::events::record_headers;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Result;
+use crate::derived::{self, Derived};
 
 /// Advisory lock key held by the active relay.
 const LEADER_LOCK: i64 = 0x6468_6d6e_7265_6c61; // "dhmnrela"
@@ -129,7 +131,8 @@ impl Relay {
     /// Publishes up to one batch; returns how many rows it published.
     pub async fn publish_batch(&self) -> Result<usize> {
         let rows = sqlx::query(
-            "select id, event_id, topic, message_key, record_name, schema_version, payload, raw_value, headers
+            "select id, event_id, topic, message_key, record_name, schema_version, payload, raw_value,
+                    derived_from, headers
                from outbox where published_at is null order by id limit $1",
         )
         .bind(self.batch_size)
@@ -138,16 +141,38 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
+        let mut derived_rows = Vec::new();
+        for row in &rows {
+            if let Some(source) = row.try_get::<Option<Uuid>, _>("derived_from")? {
+                derived_rows.push(Derived {
+                    event_id: row.try_get("event_id")?,
+                    record_name: row.try_get("record_name")?,
+                    source,
+                });
+            }
+        }
+        let mut derived = derived::build(&self.pool, &derived_rows).await?;
         let mut pending = Vec::with_capacity(rows.len());
-        for row in rows {
-            let headers: Json = row.try_get("headers")?;
+        for row in &rows {
+            let event_id: Uuid = row.try_get("event_id")?;
+            let mut headers: Json = row.try_get("headers")?;
             let raw: Option<Vec<u8>> = row.try_get("raw_value")?;
             let value = match raw {
                 Some(bytes) => bytes,
                 None => {
                     let name: String = row.try_get("record_name")?;
                     let version: i32 = row.try_get("schema_version")?;
-                    let payload: Json = row.try_get("payload")?;
+                    let payload: Json = match derived.remove(&event_id) {
+                        Some(built) => {
+                            let correlation_id = built
+                                .get("correlation_id")
+                                .and_then(Json::as_str)
+                                .unwrap_or_default();
+                            headers = record_headers(&name, event_id, correlation_id);
+                            built
+                        }
+                        None => row.try_get("payload")?,
+                    };
                     self.codec
                         .encode_json(&name, version as u32, &payload)
                         .await?
@@ -155,7 +180,7 @@ impl Relay {
             };
             pending.push(Pending {
                 id: row.try_get("id")?,
-                event_id: row.try_get("event_id")?,
+                event_id,
                 topic: format!(
                     "{}{}",
                     self.topic_prefix,

@@ -305,56 +305,26 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     Ok(())
 }
 
-/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction.
+/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction. The row
+/// names its entry instead of carrying a copy of it: the relay builds the record from the
+/// (immutable) entry and postings when it publishes, which keeps this transaction short.
 async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
-    let mut ids = Vec::with_capacity(entries.len());
-    let mut keys = Vec::with_capacity(entries.len());
-    let mut payloads = Vec::with_capacity(entries.len());
-    let mut headers = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let mut envelope = Envelope::new(
-            entry.source.organization_id,
-            &entry.source.correlation_id,
-            Some(entry.source.event_id.to_string()),
-        );
-        // Deterministic, like the entry id, so a re-post could never announce twice.
-        envelope.event_id = announcement_id(entry.id);
-        let record = LedgerEntryPosted {
-            envelope,
-            entry_id: entry.id,
-            source_event_id: entry.source.event_id,
-            reference_type: entry.reference_type.to_string(),
-            reference_id: entry.reference_id,
-            description: entry.description.clone(),
-            currency: entry.currency.clone(),
-            lines: entry.lines.clone(),
-        };
-        ids.push(record.envelope.event_id);
-        keys.push(record.key());
-        headers.push(
-            dhanman_producers::outbox::headers(
-                LedgerEntryPosted::NAME,
-                record.envelope.event_id,
-                &record.envelope.correlation_id,
-            )
-            .to_string(),
-        );
-        // Text, cast to jsonb in the statement: building a JSON tree per record first
-        // costs more than the insert.
-        payloads
-            .push(serde_json::to_string(&record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
-    }
+    let entry_ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+    let ids: Vec<Uuid> = entry_ids.iter().map(|id| announcement_id(*id)).collect();
+    let keys: Vec<String> = entries
+        .iter()
+        .map(|e| e.source.organization_id.to_string())
+        .collect();
     sqlx::query(
-        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
-         select id, $2, k, $3, $4, p::jsonb, h::jsonb from unnest($1::uuid[], $5::text[], $6::text[], $7::text[]) as u(id, k, p, h)",
+        "insert into outbox (event_id, topic, message_key, record_name, schema_version, derived_from)
+         select id, $2, k, $3, $4, e from unnest($1::uuid[], $5::text[], $6::uuid[]) as u(id, k, e)",
     )
     .bind(&ids)
     .bind(LedgerEntryPosted::TOPIC)
     .bind(LedgerEntryPosted::NAME)
     .bind(LedgerEntryPosted::WRITE_VERSION as i32)
     .bind(&keys)
-    .bind(&payloads)
-    .bind(&headers)
+    .bind(&entry_ids)
     .execute(conn)
     .await?;
     Ok(())

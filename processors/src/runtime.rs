@@ -283,6 +283,11 @@ enum Decoded {
     Poison { class: &'static str, reason: String },
 }
 
+struct Gathered {
+    batch: Vec<Incoming>,
+    decoded: Option<Vec<Decoded>>,
+}
+
 impl<P: Processor> Runtime<P> {
     pub fn new(processor: P, pool: PgPool, codec: Arc<Codec>, config: RuntimeConfig) -> Self {
         Runtime {
@@ -352,8 +357,8 @@ impl<P: Processor> Runtime<P> {
         consumer.subscribe(&refs)?;
         tracing::info!(group = %self.group_id(), topics = ?topics, "consumer started");
         let mut watchdog = Watchdog::new(self.config.orphan_check_after);
+        let mut gathered = self.gather(&consumer).await;
         loop {
-            let batch = self.collect(&consumer).await;
             if watchdog.due(self.config.orphan_check_after) {
                 let stalled = self.stalled_elsewhere(&consumer, &topics).await;
                 if !stalled.is_empty() {
@@ -370,13 +375,38 @@ impl<P: Processor> Runtime<P> {
                     watchdog.rejoined(self.config.orphan_check_after);
                 }
             }
+            let Gathered { batch, decoded } = gathered;
             if batch.is_empty() {
+                gathered = self.gather(&consumer).await;
                 continue;
             }
-            let report = self.process_with_retry(&batch).await;
-            tracing::debug!(?report, "batch committed");
-            self.commit_to_kafka(&consumer, &batch);
+            // The next batch is read and decoded while this one's transaction runs. Should
+            // a rebalance move a partition meanwhile, its records may be applied by two
+            // members: the gate keeps that harmless, as it does for any redelivery.
+            let work = async {
+                let report = self.process_with_retry(&batch, decoded).await;
+                tracing::debug!(?report, "batch committed");
+                self.commit_to_kafka(&consumer, &batch);
+            };
+            let ((), next) = tokio::join!(work, self.gather(&consumer));
+            gathered = next;
         }
+    }
+
+    /// The next batch, decoded ahead of its transaction. A transient failure (registry
+    /// down) leaves it undecoded; the transaction's retry loop decodes it again.
+    async fn gather(&self, consumer: &StreamConsumer<StoredOffsets>) -> Gathered {
+        let batch = self.collect(consumer).await;
+        let decoded = self.decode_all(&batch).await.ok();
+        Gathered { batch, decoded }
+    }
+
+    async fn decode_all(&self, batch: &[Incoming]) -> Result<Vec<Decoded>> {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for record in batch {
+            decoded.push(self.decode(record).await?);
+        }
+        Ok(decoded)
     }
 
     /// Waits for one record, then gathers more until the batch is full or the linger
@@ -482,11 +512,15 @@ impl<P: Processor> Runtime<P> {
     }
 
     /// Processes a batch until it commits, backing off on transient failures.
-    pub async fn process_with_retry(&self, batch: &[Incoming]) -> BatchReport {
+    async fn process_with_retry(
+        &self,
+        batch: &[Incoming],
+        mut decoded: Option<Vec<Decoded>>,
+    ) -> BatchReport {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1u32;
         loop {
-            match self.process(batch, attempt).await {
+            match self.process(batch, decoded.take(), attempt).await {
                 Ok(report) => return report,
                 Err(e) => {
                     let jitter = Duration::from_millis(rand::random_range(
@@ -528,12 +562,17 @@ impl<P: Processor> Runtime<P> {
     }
 
     /// One attempt at a batch: one transaction, or an error that is transient.
-    pub async fn process(&self, batch: &[Incoming], attempt: u32) -> Result<BatchReport> {
+    async fn process(
+        &self,
+        batch: &[Incoming],
+        decoded: Option<Vec<Decoded>>,
+        attempt: u32,
+    ) -> Result<BatchReport> {
         let started = Instant::now();
-        let mut decoded = Vec::with_capacity(batch.len());
-        for record in batch {
-            decoded.push(self.decode(record).await?);
-        }
+        let decoded = match decoded {
+            Some(decoded) => decoded,
+            None => self.decode_all(batch).await?,
+        };
         let decoded_at = Instant::now();
         let mut tx = self.pool.begin().await.map_err(Error::Database)?;
         let mut report = BatchReport {

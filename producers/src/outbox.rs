@@ -1,21 +1,11 @@
 //! Writes to the outbox table, inside the caller's transaction.
 
-use dhanman_schemas::events::Record;
-use serde_json::{Value as Json, json};
+use dhanman_schemas::events::{Record, record_headers};
+use serde_json::Value as Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::Result;
-
-/// Headers every published record carries, so that consumers and operators can follow a
-/// piece of work without decoding the payload.
-pub fn headers(record_name: &str, event_id: Uuid, correlation_id: &str) -> Json {
-    json!({
-        "event_id": event_id.to_string(),
-        "record_name": record_name,
-        "correlation_id": correlation_id,
-    })
-}
 
 /// Queues a record for the relay. The outbox row's id orders publication.
 pub async fn enqueue<R: Record>(conn: &mut PgConnection, record: &R) -> Result<Uuid> {
@@ -31,7 +21,7 @@ pub async fn enqueue<R: Record>(conn: &mut PgConnection, record: &R) -> Result<U
     .bind(R::NAME)
     .bind(R::WRITE_VERSION as i32)
     .bind(&payload)
-    .bind(headers(R::NAME, envelope.event_id, &envelope.correlation_id))
+    .bind(record_headers(R::NAME, envelope.event_id, &envelope.correlation_id))
     .execute(conn)
     .await?;
     Ok(envelope.event_id)

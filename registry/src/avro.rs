@@ -1,4 +1,21 @@
+//! What makes two Avro schema texts "the same schema" for the registry.
+//!
+//! Two forms are derived from a schema's JSON, both written without whitespace, with full names
+//! (no `namespace` attributes), primitives in their short form (`"int"`, not `{"type":"int"}`)
+//! and attributes in a fixed order:
+//!
+//! * the **identity form** keeps every attribute: docs, defaults, aliases, logical types,
+//!   `order`, custom properties. Registration without `normalize` deduplicates on it, so texts
+//!   that differ only in whitespace, attribute order or how names are qualified are one schema,
+//!   while texts that differ in a default or a doc are two, as in Confluent (which compares
+//!   Avro's `Schema.toString()`).
+//! * the **normalized form** (`?normalize=true`) is the identity form without `doc` and with
+//!   aliases sorted: the Avro parsing canonical form plus what that form drops but changes how
+//!   data is read (defaults, aliases, logical types, non-default `order`, enum defaults, custom
+//!   properties such as `connect.name`).
+
 use apache_avro::Schema;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -8,22 +25,388 @@ use crate::error::{Error, Result};
 pub struct ParsedSchema {
     /// Exactly as supplied; this is what clients get back.
     pub text: String,
-    /// Avro parsing canonical form: two schemas that differ only in whitespace, field
-    /// attribute order, docs or defaults are the same schema here.
+    /// Avro parsing canonical form (drops docs, defaults, aliases, logical types).
     pub canonical: String,
-    /// sha256 of `canonical`, the unique key of a stored schema.
+    /// sha256 of the identity form (see the module docs): the unique key of a stored schema.
     pub fingerprint: Vec<u8>,
+    /// The normalized form; what `?normalize=true` registers.
+    pub normalized: String,
+    /// sha256 of `normalized`; what `?normalize=true` matches a subject's versions on.
+    pub normalized_fingerprint: Vec<u8>,
 }
 
 impl ParsedSchema {
     pub fn parse(text: &str) -> Result<Self> {
         let schema = Schema::parse_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
-        let canonical = schema.canonical_form();
-        let fingerprint = Sha256::digest(canonical.as_bytes()).to_vec();
+        // Valid Avro is valid JSON; parsing it again gives the attributes apache-avro's own
+        // model doesn't keep (custom properties on any schema, for one).
+        let json: Value =
+            serde_json::from_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        let identity = Form::Identity.render(&json);
+        let normalized = Form::Normalized.render(&json);
         Ok(Self {
             text: text.to_owned(),
-            canonical,
-            fingerprint,
+            canonical: schema.canonical_form(),
+            fingerprint: Sha256::digest(identity.as_bytes()).to_vec(),
+            normalized_fingerprint: Sha256::digest(normalized.as_bytes()).to_vec(),
+            normalized,
         })
+    }
+
+    /// The schema as `?normalize=true` stores it: its normalized form as the text.
+    pub fn into_normalized(self) -> Result<Self> {
+        Self::parse(&self.normalized)
+    }
+}
+
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+/// Attribute order of both forms: the parsing canonical form's order, then the attributes it
+/// drops, then anything else alphabetically.
+const ATTRIBUTE_ORDER: [&str; 14] = [
+    "name",
+    "type",
+    "fields",
+    "symbols",
+    "items",
+    "values",
+    "size",
+    "logicalType",
+    "precision",
+    "scale",
+    "default",
+    "order",
+    "aliases",
+    "doc",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Identity,
+    Normalized,
+}
+
+/// A JSON tree whose objects keep the order they were built in (serde_json's map may or may not,
+/// depending on features other crates turn on).
+enum Node {
+    /// Emitted with object keys sorted: defaults and custom properties.
+    Json(Value),
+    Text(String),
+    List(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+impl Node {
+    fn object(mut entries: Vec<(String, Node)>) -> Self {
+        entries.sort_by(|(a, _), (b, _)| attribute_rank(a).cmp(&attribute_rank(b)).then(a.cmp(b)));
+        Self::Object(entries)
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Self::Json(value) => write_json(value, out),
+            Self::Text(text) => write_string(text, out),
+            Self::List(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Self::Object(entries) => {
+                out.push('{');
+                for (i, (key, value)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_string(key, out);
+                    out.push(':');
+                    value.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+fn attribute_rank(key: &str) -> usize {
+    ATTRIBUTE_ORDER
+        .iter()
+        .position(|known| *known == key)
+        .unwrap_or(ATTRIBUTE_ORDER.len())
+}
+
+fn write_string(text: &str, out: &mut String) {
+    // Serializing a str cannot fail.
+    out.push_str(&serde_json::to_string(text).unwrap_or_default());
+}
+
+fn write_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(key, out);
+                out.push(':');
+                write_json(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::String(text) => write_string(text, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// `name` qualified by `namespace` unless it is a primitive or already a full name.
+fn full_name(name: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(space) if !space.is_empty() && !name.contains('.') && !PRIMITIVES.contains(&name) => {
+            format!("{space}.{name}")
+        }
+        _ => name.to_owned(),
+    }
+}
+
+fn namespace_of(full: &str) -> Option<&str> {
+    full.rsplit_once('.').map(|(space, _)| space)
+}
+
+impl Form {
+    fn render(self, schema: &Value) -> String {
+        let mut out = String::new();
+        self.schema(schema, None).write(&mut out);
+        out
+    }
+
+    /// A schema in the context of the enclosing `namespace`.
+    fn schema(self, schema: &Value, namespace: Option<&str>) -> Node {
+        match schema {
+            Value::String(name) => Node::Text(full_name(name, namespace)),
+            Value::Array(branches) => Node::List(
+                branches
+                    .iter()
+                    .map(|branch| self.schema(branch, namespace))
+                    .collect(),
+            ),
+            Value::Object(map) => {
+                let kind = map.get("type");
+                // `{"type": X}` with nothing else is X itself.
+                if map.len() == 1
+                    && let Some(inner) = kind
+                {
+                    return self.schema(inner, namespace);
+                }
+                match kind.and_then(Value::as_str) {
+                    Some("record" | "error" | "enum" | "fixed") => self.named(map, namespace),
+                    Some("array" | "map") => {
+                        self.attributes(map, Kind::Other, |form, key, value| {
+                            matches!(key, "items" | "values").then(|| form.schema(value, namespace))
+                        })
+                    }
+                    // A primitive or a reference with attributes, e.g. a logical type.
+                    _ => self.attributes(map, Kind::Other, |form, key, value| {
+                        (key == "type").then(|| form.schema(value, namespace))
+                    }),
+                }
+            }
+            other => Node::Json(other.clone()),
+        }
+    }
+
+    /// A record, enum or fixed: a full `name` replaces `name` + `namespace`.
+    fn named(self, map: &serde_json::Map<String, Value>, namespace: Option<&str>) -> Node {
+        let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
+        let full = match map.get("namespace").and_then(Value::as_str) {
+            Some(space) if !name.contains('.') => full_name(name, Some(space)),
+            _ => full_name(name, namespace),
+        };
+        let inner = namespace_of(&full);
+        let mut node = self.attributes(map, Kind::Named, |form, key, value| match key {
+            "name" => Some(Node::Text(full.clone())),
+            "aliases" => Some(form.aliases(value, |alias| full_name(alias, inner))),
+            "fields" => Some(Node::List(
+                value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|field| form.field(field, inner))
+                    .collect(),
+            )),
+            _ => None,
+        });
+        // A type in the null namespace nested in a namespaced one must say so, or reading the
+        // form back would put it in the enclosing namespace.
+        if inner.is_none()
+            && namespace.is_some_and(|space| !space.is_empty())
+            && let Node::Object(entries) = &mut node
+        {
+            entries.push(("namespace".to_owned(), Node::Text(String::new())));
+        }
+        node
+    }
+
+    fn field(self, field: &Value, namespace: Option<&str>) -> Node {
+        let Some(map) = field.as_object() else {
+            return Node::Json(field.clone());
+        };
+        self.attributes(map, Kind::Field, |form, key, value| match key {
+            "type" => Some(form.schema(value, namespace)),
+            "aliases" => Some(form.aliases(value, str::to_owned)),
+            _ => None,
+        })
+    }
+
+    fn aliases(self, aliases: &Value, qualify: impl Fn(&str) -> String) -> Node {
+        let Some(list) = aliases.as_array() else {
+            return Node::Json(aliases.clone());
+        };
+        let mut names: Vec<String> = list
+            .iter()
+            .map(|alias| alias.as_str().map_or_else(|| alias.to_string(), &qualify))
+            .collect();
+        if self == Self::Normalized {
+            names.sort();
+        }
+        Node::List(names.into_iter().map(Node::Text).collect())
+    }
+
+    /// Every attribute of `map` in the form's order; `special` renders the attributes that hold
+    /// schemas or names, the rest are copied (minus what the form drops).
+    fn attributes(
+        self,
+        map: &serde_json::Map<String, Value>,
+        kind: Kind,
+        special: impl Fn(Self, &str, &Value) -> Option<Node>,
+    ) -> Node {
+        let entries = map
+            .iter()
+            .filter(|(key, value)| match key.as_str() {
+                "doc" => self == Self::Identity,
+                // Folded into the full name.
+                "namespace" => kind != Kind::Named,
+                // Ascending is what a field without `order` gets anyway.
+                "order" => !(kind == Kind::Field && value.as_str() == Some("ascending")),
+                _ => true,
+            })
+            .map(|(key, value)| {
+                let node = special(self, key, value).unwrap_or_else(|| Node::Json(value.clone()));
+                (key.clone(), node)
+            })
+            .collect();
+        Node::object(entries)
+    }
+}
+
+/// What a JSON object in a schema is, for the attributes that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Named,
+    Field,
+    Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> ParsedSchema {
+        ParsedSchema::parse(text).unwrap()
+    }
+
+    const USER: &str = r#"{"type":"record","name":"User","namespace":"a.b","fields":[{"name":"id","type":"long"}]}"#;
+
+    #[test]
+    fn whitespace_attribute_order_and_qualification_are_one_schema() {
+        let variants = [
+            r#"{ "fields": [ {"type": {"type": "long"}, "name": "id"} ], "name": "User", "namespace": "a.b", "type": "record" }"#,
+            r#"{"type":"record","name":"a.b.User","fields":[{"name":"id","type":"long","order":"ascending"}]}"#,
+        ];
+        for variant in variants {
+            assert_eq!(
+                parsed(variant).fingerprint,
+                parsed(USER).fingerprint,
+                "{variant}"
+            );
+        }
+        assert_eq!(
+            parsed(USER).normalized,
+            r#"{"name":"a.b.User","type":"record","fields":[{"name":"id","type":"long"}]}"#
+        );
+    }
+
+    #[test]
+    fn defaults_docs_aliases_and_logical_types_make_different_schemas() {
+        let base =
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","default":1}]}"#;
+        let variants = [
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","default":2}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","default":1,"aliases":["g"]}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":{"type":"int","logicalType":"date"},"default":1}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","default":1,"order":"descending"}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","default":1,"connect.name":"x"}]}"#,
+        ];
+        for variant in variants {
+            assert_ne!(
+                parsed(variant).fingerprint,
+                parsed(base).fingerprint,
+                "{variant}"
+            );
+            assert_ne!(
+                parsed(variant).normalized_fingerprint,
+                parsed(base).normalized_fingerprint,
+                "{variant}"
+            );
+        }
+
+        let documented = r#"{"type":"record","name":"R","doc":"a record","fields":[{"name":"f","type":"int","default":1,"doc":"a field"}]}"#;
+        assert_ne!(parsed(documented).fingerprint, parsed(base).fingerprint);
+        assert_eq!(
+            parsed(documented).normalized_fingerprint,
+            parsed(base).normalized_fingerprint
+        );
+    }
+
+    #[test]
+    fn normalized_form_is_a_fixed_point() {
+        let texts = [
+            USER,
+            r#"{"type":"record","name":"Outer","namespace":"n","doc":"d","aliases":["Z","A"],"fields":[
+                {"name":"inner","type":{"type":"record","name":"Inner","namespace":"","fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["X","Y"],"default":"X"}}]}},
+                {"name":"fixed","type":{"type":"fixed","name":"F","size":4}},
+                {"name":"again","type":["null","F"],"default":null},
+                {"name":"list","type":{"type":"array","items":"n.F"}},
+                {"name":"map","type":{"type":"map","values":{"type":"string","avro.java.string":"String"}}}
+            ]}"#,
+        ];
+        for text in texts {
+            let once = parsed(text).into_normalized().unwrap();
+            assert_eq!(once.text, once.normalized);
+            let twice = parsed(&once.text).into_normalized().unwrap();
+            assert_eq!(twice.text, once.text);
+            // Stored normalized text is found again by the identity fingerprint.
+            assert_eq!(parsed(&once.text).fingerprint, once.fingerprint);
+            // Avro still reads it as the same schema.
+            assert_eq!(parsed(text).canonical, once.canonical, "{text}");
+        }
     }
 }

@@ -23,15 +23,17 @@ pub enum Error {
     #[error("Subject '{0}' was not deleted first before being permanently deleted")]
     SubjectNotSoftDeleted(String),
     #[error(
-        "Version {version} of subject '{subject}' was soft deleted.Set permanent=true to delete permanently"
+        "Subject '{subject}' Version {version} was soft deleted.Set permanent=true to delete permanently"
     )]
     VersionSoftDeleted { subject: String, version: i32 },
     #[error(
-        "Version {version} of subject '{subject}' was not deleted first before being permanently deleted"
+        "Subject '{subject}' Version {version} was not deleted first before being permanently deleted"
     )]
     VersionNotSoftDeleted { subject: String, version: i32 },
     #[error("Subject '{0}' does not have subject-level compatibility configured")]
     SubjectConfigNotFound(String),
+    #[error("Subject '{0}' does not have subject-level mode configured")]
+    SubjectModeNotFound(String),
     #[error("Invalid schema: {0}")]
     InvalidSchema(String),
     #[error(
@@ -42,11 +44,23 @@ pub enum Error {
         "Invalid compatibility level. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive"
     )]
     InvalidCompatibilityLevel(String),
+    #[error("Invalid mode. Valid values are READWRITE, READONLY and IMPORT")]
+    InvalidMode(String),
+    /// Refused by the subject's mode, or an import that would overwrite a stored id or version.
+    #[error("{0}")]
+    OperationNotPermitted(String),
+    /// An import names an id, but the schema is already stored under another one; a schema has
+    /// exactly one id here.
+    #[error("Schema already registered with id {existing} instead of input id {requested}")]
+    IdDoesNotMatch { existing: i32, requested: i32 },
     #[error(
         "Schema being registered is incompatible with an earlier schema for subject '{subject}', details: [{}]",
         reasons.join(", ")
     )]
-    IncompatibleSchema { subject: String, reasons: Vec<String> },
+    IncompatibleSchema {
+        subject: String,
+        reasons: Vec<String>,
+    },
     #[error("{0}")]
     MalformedRequest(String),
     #[error("{0}")]
@@ -72,9 +86,13 @@ impl Error {
             Self::VersionSoftDeleted { .. } => (StatusCode::NOT_FOUND, 40406),
             Self::VersionNotSoftDeleted { .. } => (StatusCode::NOT_FOUND, 40407),
             Self::SubjectConfigNotFound(_) => (StatusCode::NOT_FOUND, 40408),
+            Self::SubjectModeNotFound(_) => (StatusCode::NOT_FOUND, 40409),
             Self::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             Self::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             Self::InvalidCompatibilityLevel(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
+            Self::InvalidMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42204),
+            Self::OperationNotPermitted(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
+            Self::IdDoesNotMatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42207),
             Self::IncompatibleSchema { .. } => (StatusCode::CONFLICT, 409),
             Self::MalformedRequest(_) => (StatusCode::BAD_REQUEST, 400),
             Self::UnprocessableEntity(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),

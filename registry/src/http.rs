@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use crate::avro::ParsedSchema;
 use crate::compatibility::CompatibilityLevel;
 use crate::error::{Error, Result};
-use crate::registry::{Registry, SubjectVersion, VersionSelector};
+use crate::registry::{Mode, RegisterOptions, Registry, SubjectVersion, VersionSelector};
 use extract::{Params, SrJson, SrPath};
 
 pub(crate) const CONTENT_TYPE_V1: &str = "application/vnd.schemaregistry.v1+json";
@@ -39,6 +39,10 @@ pub fn router(pool: PgPool) -> Router {
             "/subjects/{subject}/versions/{version}/schema",
             get(get_version_schema),
         )
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(get_referenced_by),
+        )
         .route("/schemas/types", get(schema_types))
         .route("/schemas/ids/{id}", get(get_schema_by_id))
         .route("/schemas/ids/{id}/schema", get(get_raw_schema_by_id))
@@ -55,6 +59,21 @@ pub fn router(pool: PgPool) -> Router {
             get(get_subject_config)
                 .put(put_subject_config)
                 .delete(delete_subject_config),
+        )
+        .route("/mode", get(get_global_mode).put(put_global_mode))
+        .route(
+            "/mode/{subject}",
+            get(get_subject_mode)
+                .put(put_subject_mode)
+                .delete(delete_subject_mode),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_against_subject),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_against_version),
         )
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
@@ -97,6 +116,10 @@ struct SchemaRequest {
     schema: Option<String>,
     schema_type: Option<String>,
     references: Option<Vec<serde_json::Value>>,
+    /// IMPORT mode: the global id to store the schema under (Confluent: any value >= 0).
+    id: Option<i32>,
+    /// IMPORT mode: the version to store the schema under (Confluent: any value >= 1).
+    version: Option<i32>,
 }
 
 impl SchemaRequest {
@@ -114,12 +137,27 @@ impl SchemaRequest {
             .is_some_and(|refs| !refs.is_empty())
         {
             return Err(Error::InvalidSchema(
-                "schema references are not supported".to_owned(),
+                "schema references are not supported: send the schema with every referenced \
+                 type defined inline"
+                    .to_owned(),
             ));
         }
         match self.schema.as_deref() {
-            None | Some("") => Err(Error::InvalidSchema("Empty schema".to_owned())),
+            None => Err(Error::InvalidSchema("Empty schema".to_owned())),
+            Some(text) if text.trim().is_empty() => {
+                Err(Error::InvalidSchema("Empty schema".to_owned()))
+            }
             Some(text) => ParsedSchema::parse(text),
+        }
+    }
+
+    /// Confluent's "not given" values (id -1, version 0 or -1) are the same as leaving them
+    /// out.
+    fn options(&self, normalize: bool) -> RegisterOptions {
+        RegisterOptions {
+            normalize,
+            id: self.id.filter(|id| *id >= 0),
+            version: self.version.filter(|version| *version >= 1),
         }
     }
 }
@@ -133,6 +171,47 @@ struct ConfigRequest {
 impl ConfigRequest {
     fn level(&self) -> Result<CompatibilityLevel> {
         CompatibilityLevel::parse(self.compatibility.as_deref().unwrap_or_default())
+    }
+}
+
+#[derive(Deserialize)]
+struct ModeRequest {
+    mode: Option<String>,
+}
+
+impl ModeRequest {
+    fn mode(&self) -> Result<Mode> {
+        Mode::parse(self.mode.as_deref().unwrap_or_default())
+    }
+}
+
+#[derive(Serialize)]
+struct ModeResponse {
+    mode: &'static str,
+}
+
+impl From<Mode> for ModeResponse {
+    fn from(mode: Mode) -> Self {
+        Self {
+            mode: mode.as_str(),
+        }
+    }
+}
+
+/// `messages` only with `?verbose=true`, as Confluent.
+#[derive(Serialize)]
+struct CompatibilityResponse {
+    is_compatible: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<String>>,
+}
+
+impl CompatibilityResponse {
+    fn new(reasons: Vec<String>, verbose: bool) -> Self {
+        Self {
+            is_compatible: reasons.is_empty(),
+            messages: verbose.then_some(reasons),
+        }
     }
 }
 
@@ -208,10 +287,12 @@ async fn list_versions(
 async fn register_schema(
     state: State,
     SrPath(subject): SrPath<String>,
+    params: Params,
     SrJson(request): SrJson<SchemaRequest>,
 ) -> Result<Response> {
     let parsed = request.parse()?;
-    let (id, _version) = state.register_parsed(&subject, &parsed).await?;
+    let options = request.options(params.flag("normalize"));
+    let (id, _version) = state.register_schema(&subject, &parsed, options).await?;
     ok(&IdResponse { id })
 }
 
@@ -223,7 +304,12 @@ async fn lookup_schema(
 ) -> Result<Response> {
     let parsed = request.parse()?;
     let found = state
-        .lookup(&subject, &parsed, params.flag("deleted"))
+        .lookup(
+            &subject,
+            &parsed,
+            params.flag("deleted"),
+            params.flag("normalize"),
+        )
         .await?;
     ok(&VersionResponse::from(&found))
 }
@@ -251,6 +337,16 @@ async fn get_version_schema(
         .subject_version(&subject, selector, params.flag("deleted"))
         .await?;
     Ok(raw_reply(StatusCode::OK, found.schema.into_bytes()))
+}
+
+/// References aren't supported, so nothing ever refers to a version; the version must exist.
+async fn get_referenced_by(
+    state: State,
+    SrPath((subject, version)): SrPath<(String, String)>,
+) -> Result<Response> {
+    let selector = VersionSelector::parse(&version)?;
+    state.subject_version(&subject, selector, false).await?;
+    ok(&[0_i32; 0])
 }
 
 async fn delete_subject(
@@ -390,4 +486,87 @@ async fn delete_subject_config(state: State, SrPath(subject): SrPath<String>) ->
     ok(&ConfigResponse {
         compatibility_level: removed.as_str(),
     })
+}
+
+async fn get_global_mode(state: State) -> Result<Response> {
+    ok(&ModeResponse::from(state.mode(None).await?))
+}
+
+async fn put_global_mode(
+    state: State,
+    params: Params,
+    SrJson(request): SrJson<ModeRequest>,
+) -> Result<Response> {
+    let mode = request.mode()?;
+    state.set_mode(None, mode, params.flag("force")).await?;
+    ok(&ModeResponse::from(mode))
+}
+
+async fn get_subject_mode(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    params: Params,
+) -> Result<Response> {
+    let mode = match state.stored_mode(Some(&subject)).await? {
+        Some(mode) => mode,
+        None if params.flag("defaultToGlobal") => state.mode(None).await?,
+        None => return Err(Error::SubjectModeNotFound(subject)),
+    };
+    ok(&ModeResponse::from(mode))
+}
+
+async fn put_subject_mode(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    params: Params,
+    SrJson(request): SrJson<ModeRequest>,
+) -> Result<Response> {
+    let mode = request.mode()?;
+    state
+        .set_mode(Some(&subject), mode, params.flag("force"))
+        .await?;
+    ok(&ModeResponse::from(mode))
+}
+
+/// Returns the mode it removed; the subject falls back to the global mode.
+async fn delete_subject_mode(state: State, SrPath(subject): SrPath<String>) -> Result<Response> {
+    let removed = state
+        .delete_mode(&subject)
+        .await?
+        .ok_or(Error::SubjectNotFound(subject))?;
+    ok(&ModeResponse::from(removed))
+}
+
+/// Checks against one version only, in the direction of the subject's level (transitivity
+/// means nothing against a single version).
+async fn check_against_version(
+    state: State,
+    SrPath((subject, version)): SrPath<(String, String)>,
+    params: Params,
+    SrJson(request): SrJson<SchemaRequest>,
+) -> Result<Response> {
+    let selector = VersionSelector::parse(&version)?;
+    // The version is resolved first, so an unknown subject or version wins over a bad schema,
+    // as in Confluent. Soft-deleted versions can't be chosen.
+    let chosen = state.subject_version(&subject, selector, false).await?;
+    let parsed = request.parse()?;
+    let reasons = state
+        .incompatibilities_with_version(&chosen, &parsed)
+        .await?;
+    ok(&CompatibilityResponse::new(reasons, params.flag("verbose")))
+}
+
+/// Checks as registration would: against the latest version, or all of them for a transitive
+/// level; a subject without versions accepts anything.
+async fn check_against_subject(
+    state: State,
+    SrPath(subject): SrPath<String>,
+    params: Params,
+    SrJson(request): SrJson<SchemaRequest>,
+) -> Result<Response> {
+    let parsed = request.parse()?;
+    let reasons = state
+        .incompatibilities_with_subject(&subject, &parsed)
+        .await?;
+    ok(&CompatibilityResponse::new(reasons, params.flag("verbose")))
 }

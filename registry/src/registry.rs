@@ -1,4 +1,6 @@
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
@@ -6,13 +8,16 @@ use crate::avro::ParsedSchema;
 use crate::compatibility::{CompatibilityLevel, incompatibilities};
 use crate::error::{Error, Result};
 
-/// Key of the global row in `schema_registry_config`.
+/// Key of the global rows in `schema_registry_config` and `schema_registry_mode`.
 const GLOBAL: &str = "";
 
 /// Handle on the Postgres-backed registry; cheap to clone (it is a pool).
 #[derive(Debug, Clone)]
 pub struct Registry {
     pool: PgPool,
+    /// Set once this process has rewritten the fingerprints of schemas stored before the
+    /// identity form existed (see [`Registry::upgrade_fingerprints`]).
+    fingerprints_upgraded: Arc<AtomicBool>,
 }
 
 /// One version of a subject, as `GET /subjects/{subject}/versions/{version}` returns it.
@@ -54,17 +59,89 @@ impl fmt::Display for VersionSelector {
     }
 }
 
+/// What a subject (or the whole registry) accepts, as Confluent's `/mode` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ReadWrite,
+    /// Registrations of new schemas and deletions are refused.
+    ReadOnly,
+    /// Registrations must carry the id (and may carry the version) they are stored under, as a
+    /// migration from another registry does; compatibility is not checked.
+    Import,
+}
+
+impl Mode {
+    pub const DEFAULT: Self = Self::ReadWrite;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadWrite => "READWRITE",
+            Self::ReadOnly => "READONLY",
+            Self::Import => "IMPORT",
+        }
+    }
+
+    /// Case-insensitive, as Confluent.
+    pub fn parse(mode: &str) -> Result<Self> {
+        [Self::ReadWrite, Self::ReadOnly, Self::Import]
+            .into_iter()
+            .find(|candidate| candidate.as_str().eq_ignore_ascii_case(mode))
+            .ok_or_else(|| Error::InvalidMode(mode.to_owned()))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How `POST /subjects/{subject}/versions` registers a schema beyond its text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegisterOptions {
+    /// Register the normalized form and match the subject's versions on it
+    /// (see [`ParsedSchema`]).
+    pub normalize: bool,
+    /// IMPORT mode only: the global id to store the schema under.
+    pub id: Option<i32>,
+    /// IMPORT mode only: the version to store the schema under.
+    pub version: Option<i32>,
+}
+
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
 struct VersionRow {
     version: i32,
     deleted: bool,
 }
 
+async fn advisory_lock(tx: &mut Transaction<'static, Postgres>, key: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('schema_registry:' || $1, 0))")
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Serializes every write to one subject for the rest of the transaction, so two concurrent
 /// registrations of a new schema cannot both decide it is missing and each add a version.
+/// Also holds the registry-wide lock shared, so that a global mode change waits for writes in
+/// flight and no write starts while it checks that the registry is empty.
 async fn lock_subject(tx: &mut Transaction<'static, Postgres>, subject: &str) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('schema_registry:' || $1, 0))")
-        .bind(subject)
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock_shared(hashtextextended('schema_registry:' || $1, 0))",
+    )
+    .bind(GLOBAL)
+    .execute(&mut **tx)
+    .await?;
+    advisory_lock(tx, subject).await
+}
+
+/// The schema table is shared by all subjects, whose locks don't exclude each other. Taking
+/// this lock (always after the subject's, so they cannot deadlock) makes "is this schema or id
+/// stored yet" reliable, so racing subjects don't each draw a sequence value and ids stay dense;
+/// only new versions get here, so serializing them costs nothing.
+async fn lock_schemas(tx: &mut Transaction<'static, Postgres>) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('schema_registry:schemas', 0))")
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -83,6 +160,20 @@ async fn version_rows(
     .await?)
 }
 
+/// The schema texts of a subject's live versions, oldest first.
+async fn live_schemas(executor: impl PgExecutor<'_>, subject: &str) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT s.schema
+         FROM schema_registry_subject_versions v
+         JOIN schema_registry_schemas s ON s.id = v.schema_id
+         WHERE v.subject = $1 AND NOT v.deleted
+         ORDER BY v.version",
+    )
+    .bind(subject)
+    .fetch_all(executor)
+    .await?)
+}
+
 async fn stored_level(
     executor: impl PgExecutor<'_>,
     subject: &str,
@@ -95,22 +186,111 @@ async fn stored_level(
     stored.as_deref().map(CompatibilityLevel::parse).transpose()
 }
 
+/// The subject's level, else the global one, else the default.
+async fn effective_level(
+    tx: &mut Transaction<'static, Postgres>,
+    subject: &str,
+) -> Result<CompatibilityLevel> {
+    Ok(match stored_level(&mut **tx, subject).await? {
+        Some(level) => level,
+        None => stored_level(&mut **tx, GLOBAL)
+            .await?
+            .unwrap_or(CompatibilityLevel::DEFAULT),
+    })
+}
+
+async fn stored_mode(executor: impl PgExecutor<'_>, subject: &str) -> Result<Option<Mode>> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT mode FROM schema_registry_mode WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(executor)
+            .await?;
+    stored.as_deref().map(Mode::parse).transpose()
+}
+
+/// The subject's mode, else the global one, else READWRITE.
+async fn effective_mode(tx: &mut Transaction<'static, Postgres>, subject: &str) -> Result<Mode> {
+    if subject != GLOBAL
+        && let Some(mode) = stored_mode(&mut **tx, subject).await?
+    {
+        return Ok(mode);
+    }
+    Ok(stored_mode(&mut **tx, GLOBAL)
+        .await?
+        .unwrap_or(Mode::DEFAULT))
+}
+
+async fn refuse_if_read_only(tx: &mut Transaction<'static, Postgres>, subject: &str) -> Result<()> {
+    if effective_mode(tx, subject).await? == Mode::ReadOnly {
+        return Err(Error::OperationNotPermitted(format!(
+            "Subject {subject} is in read-only mode"
+        )));
+    }
+    Ok(())
+}
+
+/// Confluent drops a subject's own level and mode once it has no live version, so a
+/// re-created subject starts from the global ones again.
+async fn forget_subject_settings(
+    tx: &mut Transaction<'static, Postgres>,
+    subject: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM schema_registry_config WHERE subject = $1")
+        .bind(subject)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM schema_registry_mode WHERE subject = $1")
+        .bind(subject)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Checking against one chosen version: transitivity means nothing there, only the direction.
+fn against_one_version(level: CompatibilityLevel) -> CompatibilityLevel {
+    match level {
+        CompatibilityLevel::BackwardTransitive => CompatibilityLevel::Backward,
+        CompatibilityLevel::ForwardTransitive => CompatibilityLevel::Forward,
+        CompatibilityLevel::FullTransitive => CompatibilityLevel::Full,
+        other => other,
+    }
+}
+
 impl Registry {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            fingerprints_upgraded: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Register (or find) an AVRO schema under a subject; returns (global id, version).
     pub async fn register(&self, subject: &str, schema: &str) -> Result<(i32, i32)> {
         let parsed = ParsedSchema::parse(schema)?;
-        self.register_parsed(subject, &parsed).await
+        self.register_schema(subject, &parsed, RegisterOptions::default())
+            .await
     }
 
-    pub(crate) async fn register_parsed(
+    /// `POST /subjects/{subject}/versions`; returns (global id, version).
+    ///
+    /// A schema already live in the subject is returned as it is, whatever the mode (as
+    /// Confluent). Otherwise READONLY refuses, an explicit id or version needs IMPORT, and
+    /// IMPORT needs one; outside IMPORT the subject's compatibility level must accept it.
+    pub async fn register_schema(
         &self,
         subject: &str,
         schema: &ParsedSchema,
+        options: RegisterOptions,
     ) -> Result<(i32, i32)> {
+        self.upgrade_fingerprints().await?;
+        let normalized;
+        let schema = if options.normalize {
+            normalized = schema.clone().into_normalized()?;
+            &normalized
+        } else {
+            schema
+        };
+
         let mut tx = self.pool.begin().await?;
         lock_subject(&mut tx, subject).await?;
 
@@ -118,81 +298,137 @@ impl Registry {
             "SELECT s.id, v.version
              FROM schema_registry_subject_versions v
              JOIN schema_registry_schemas s ON s.id = v.schema_id
-             WHERE v.subject = $1 AND s.fingerprint = $2 AND NOT v.deleted
+             WHERE v.subject = $1 AND NOT v.deleted
+               AND CASE WHEN $3 THEN s.normalized_fingerprint = $4 ELSE s.fingerprint = $2 END
              ORDER BY v.version DESC LIMIT 1",
         )
         .bind(subject)
         .bind(&schema.fingerprint)
+        .bind(options.normalize)
+        .bind(&schema.normalized_fingerprint)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(found) = existing {
-            return Ok(found);
+        if let Some((id, version)) = existing
+            && options.id.is_none_or(|requested| requested == id)
+        {
+            return Ok((id, version));
         }
 
-        let level = match stored_level(&mut *tx, subject).await? {
-            Some(level) => level,
-            None => stored_level(&mut *tx, GLOBAL)
-                .await?
-                .unwrap_or(CompatibilityLevel::DEFAULT),
+        let mode = effective_mode(&mut tx, subject).await?;
+        let explicit = options.id.is_some() || options.version.is_some();
+        let refusal = match mode {
+            Mode::ReadOnly => Some("is in read-only mode"),
+            Mode::ReadWrite if explicit => Some("is not in import mode"),
+            Mode::Import if !explicit => Some("is not in read-write mode"),
+            Mode::ReadWrite | Mode::Import => None,
         };
-        let previous: Vec<String> = sqlx::query_scalar(
-            "SELECT s.schema
-             FROM schema_registry_subject_versions v
-             JOIN schema_registry_schemas s ON s.id = v.schema_id
-             WHERE v.subject = $1 AND NOT v.deleted
-             ORDER BY v.version",
-        )
-        .bind(subject)
-        .fetch_all(&mut *tx)
-        .await?;
-        let reasons = incompatibilities(level, schema, &previous)?;
-        if !reasons.is_empty() {
-            return Err(Error::IncompatibleSchema {
-                subject: subject.to_owned(),
-                reasons,
-            });
+        if let Some(refusal) = refusal {
+            return Err(Error::OperationNotPermitted(format!(
+                "Subject {subject} {refusal}"
+            )));
         }
 
-        // The schema table is shared by all subjects, whose locks don't exclude each other.
-        // Taking this lock (always after the subject's, so they cannot deadlock) makes the NOT
-        // EXISTS reliable, so racing subjects don't each draw a sequence value and ids stay
-        // dense; only new versions get here, so serializing them costs nothing. The unique
-        // fingerprint stays the backstop.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('schema_registry:schemas', 0))")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO schema_registry_schemas (fingerprint, canonical, schema)
-             SELECT $1, $2, $3
-             WHERE NOT EXISTS (SELECT 1 FROM schema_registry_schemas WHERE fingerprint = $1)
-             ON CONFLICT (fingerprint) DO NOTHING",
-        )
-        .bind(&schema.fingerprint)
-        .bind(&schema.canonical)
-        .bind(&schema.text)
-        .execute(&mut *tx)
-        .await?;
-        let id: i32 =
-            sqlx::query_scalar("SELECT id FROM schema_registry_schemas WHERE fingerprint = $1")
-                .bind(&schema.fingerprint)
-                .fetch_one(&mut *tx)
-                .await?;
+        let rows = version_rows(&mut tx, subject).await?;
+        if mode != Mode::Import {
+            let level = effective_level(&mut tx, subject).await?;
+            let previous = live_schemas(&mut *tx, subject).await?;
+            let reasons = incompatibilities(level, schema, &previous)?;
+            if !reasons.is_empty() {
+                return Err(Error::IncompatibleSchema {
+                    subject: subject.to_owned(),
+                    reasons,
+                });
+            }
+        }
 
         // Soft-deleted versions still count, so a version number is never reused while its row
-        // exists (Confluent does the same).
-        let version: i32 = sqlx::query_scalar(
+        // exists (Confluent does the same). A requested version that is taken can't hold this
+        // schema (that was answered above), and Confluent's silent overwrite would change what
+        // an existing version means, so it is refused.
+        let version = match options.version {
+            Some(requested) if rows.iter().any(|row| row.version == requested) => {
+                return Err(Error::OperationNotPermitted(format!(
+                    "Overwrite new schema with version {requested} of subject {subject} is not permitted."
+                )));
+            }
+            Some(requested) => requested,
+            None => rows.last().map_or(1, |row| row.version + 1),
+        };
+
+        lock_schemas(&mut tx).await?;
+        let id = match options.id {
+            Some(requested) => store_schema_as(&mut tx, schema, requested).await?,
+            None => store_schema(&mut tx, schema).await?,
+        };
+        sqlx::query(
             "INSERT INTO schema_registry_subject_versions (subject, version, schema_id)
-             SELECT $1, COALESCE(MAX(version), 0) + 1, $2
-             FROM schema_registry_subject_versions WHERE subject = $1
-             RETURNING version",
+             VALUES ($1, $2, $3)",
         )
         .bind(subject)
+        .bind(version)
         .bind(id)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await?;
 
         tx.commit().await?;
         Ok((id, version))
+    }
+
+    /// Rows stored before the identity form existed carry a fingerprint of the parsing
+    /// canonical form and no normalized fingerprint; Postgres cannot compute the new ones, so
+    /// the first registration or lookup of each process does (an empty no-op afterwards).
+    ///
+    /// Different canonical forms always have different identity forms, so the rewritten
+    /// fingerprints stay unique.
+    async fn upgrade_fingerprints(&self) -> Result<()> {
+        if self.fingerprints_upgraded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        lock_schemas(&mut tx).await?;
+        let legacy: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT id, schema FROM schema_registry_schemas WHERE normalized_fingerprint IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if !legacy.is_empty() {
+            // Park the old values where no sha256 can be (33 bytes), so rewriting one row can't
+            // collide with another's not yet rewritten value.
+            sqlx::query(
+                "UPDATE schema_registry_schemas SET fingerprint = fingerprint || '\\x00'::bytea
+                 WHERE normalized_fingerprint IS NULL",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, text) in legacy {
+            let rewrite = match ParsedSchema::parse(&text) {
+                Ok(parsed) => sqlx::query(
+                    "UPDATE schema_registry_schemas
+                     SET fingerprint = $2, normalized_fingerprint = $3
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(parsed.fingerprint)
+                .bind(parsed.normalized_fingerprint),
+                // It parsed when it was stored, so only a change of Avro library gets here.
+                // The schema stays readable by id; it just won't be matched on registration.
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "stored schema no longer parses; fingerprint left as it was");
+                    sqlx::query(
+                        "UPDATE schema_registry_schemas
+                         SET fingerprint = substring(fingerprint FROM 1 FOR 32),
+                             normalized_fingerprint = substring(fingerprint FROM 1 FOR 32)
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                }
+            };
+            rewrite.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.fingerprints_upgraded.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The schema text for a global id. Deleting subjects never removes it, since messages
@@ -264,23 +500,29 @@ impl Registry {
         })
     }
 
-    /// `POST /subjects/{subject}`: which version of the subject holds this schema.
+    /// `POST /subjects/{subject}`: which version of the subject holds this schema. With
+    /// `normalize`, any version whose normalized form is the schema's matches.
     pub async fn lookup(
         &self,
         subject: &str,
         schema: &ParsedSchema,
         include_deleted: bool,
+        normalize: bool,
     ) -> Result<SubjectVersion> {
+        self.upgrade_fingerprints().await?;
         let found: Option<SubjectVersion> = sqlx::query_as(
             "SELECT v.subject, v.version, s.id, s.schema
              FROM schema_registry_subject_versions v
              JOIN schema_registry_schemas s ON s.id = v.schema_id
-             WHERE v.subject = $1 AND s.fingerprint = $2 AND (NOT v.deleted OR $3)
+             WHERE v.subject = $1 AND (NOT v.deleted OR $3)
+               AND CASE WHEN $4 THEN s.normalized_fingerprint = $5 ELSE s.fingerprint = $2 END
              ORDER BY v.version DESC LIMIT 1",
         )
         .bind(subject)
         .bind(&schema.fingerprint)
         .bind(include_deleted)
+        .bind(normalize)
+        .bind(&schema.normalized_fingerprint)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(found) = found {
@@ -312,6 +554,7 @@ impl Registry {
     pub async fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Vec<i32>> {
         let mut tx = self.pool.begin().await?;
         lock_subject(&mut tx, subject).await?;
+        refuse_if_read_only(&mut tx, subject).await?;
         let rows = version_rows(&mut tx, subject).await?;
         if rows.is_empty() {
             return Err(Error::SubjectNotFound(subject.to_owned()));
@@ -341,12 +584,7 @@ impl Registry {
             .bind(subject)
             .execute(&mut *tx)
             .await?;
-            // Confluent drops the subject's own compatibility level with the subject, so a
-            // re-created subject starts from the global level again.
-            sqlx::query("DELETE FROM schema_registry_config WHERE subject = $1")
-                .bind(subject)
-                .execute(&mut *tx)
-                .await?;
+            forget_subject_settings(&mut tx, subject).await?;
             live
         };
         tx.commit().await?;
@@ -362,6 +600,7 @@ impl Registry {
     ) -> Result<i32> {
         let mut tx = self.pool.begin().await?;
         lock_subject(&mut tx, subject).await?;
+        refuse_if_read_only(&mut tx, subject).await?;
         let all = version_rows(&mut tx, subject).await?;
         let live: Vec<VersionRow> = all.iter().filter(|row| !row.deleted).copied().collect();
         // A soft delete only sees a subject with live versions, and "latest" is the newest live
@@ -410,15 +649,57 @@ impl Registry {
             .bind(version)
             .execute(&mut *tx)
             .await?;
+            if live.len() == 1 {
+                forget_subject_settings(&mut tx, subject).await?;
+            }
         }
         tx.commit().await?;
         Ok(version)
+    }
+
+    /// Why `schema` may not follow `chosen` (a version from [`Registry::subject_version`]), at
+    /// its subject's level taken against that version alone
+    /// (`POST /compatibility/subjects/{s}/versions/{v}`).
+    pub async fn incompatibilities_with_version(
+        &self,
+        chosen: &SubjectVersion,
+        schema: &ParsedSchema,
+    ) -> Result<Vec<String>> {
+        let level = self.compatibility(&chosen.subject).await?;
+        incompatibilities(
+            against_one_version(level),
+            schema,
+            std::slice::from_ref(&chosen.schema),
+        )
+    }
+
+    /// Why `schema` may not join the subject, exactly as registration would judge it
+    /// (`POST /compatibility/subjects/{s}/versions`). A subject without live versions accepts
+    /// anything.
+    pub async fn incompatibilities_with_subject(
+        &self,
+        subject: &str,
+        schema: &ParsedSchema,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let level = effective_level(&mut tx, subject).await?;
+        let previous = live_schemas(&mut *tx, subject).await?;
+        tx.commit().await?;
+        incompatibilities(level, schema, &previous)
     }
 
     pub async fn global_compatibility(&self) -> Result<CompatibilityLevel> {
         Ok(stored_level(&self.pool, GLOBAL)
             .await?
             .unwrap_or(CompatibilityLevel::DEFAULT))
+    }
+
+    /// The level registration applies to `subject`: its own, else the global one.
+    pub async fn compatibility(&self, subject: &str) -> Result<CompatibilityLevel> {
+        let mut tx = self.pool.begin().await?;
+        let level = effective_level(&mut tx, subject).await?;
+        tx.commit().await?;
+        Ok(level)
     }
 
     /// The level configured on the subject itself, if any (no fallback to global).
@@ -459,4 +740,158 @@ impl Registry {
             .map(CompatibilityLevel::parse)
             .transpose()
     }
+
+    /// The mode configured on `subject` itself, or the global one for `None` (no defaults).
+    pub async fn stored_mode(&self, subject: Option<&str>) -> Result<Option<Mode>> {
+        stored_mode(&self.pool, subject.unwrap_or(GLOBAL)).await
+    }
+
+    /// The mode in force for `subject` (its own, else the global one, else READWRITE), or the
+    /// global mode for `None`.
+    pub async fn mode(&self, subject: Option<&str>) -> Result<Mode> {
+        let mut tx = self.pool.begin().await?;
+        let mode = effective_mode(&mut tx, subject.unwrap_or(GLOBAL)).await?;
+        tx.commit().await?;
+        Ok(mode)
+    }
+
+    /// Sets the mode of `subject`, or the global mode for `None`.
+    ///
+    /// Entering IMPORT needs the subject (the registry, for `None`) to have no live version,
+    /// unless `force`; its soft-deleted versions are then removed for good, so that imported
+    /// versions can take their numbers (Confluent clears them the same way).
+    pub async fn set_mode(&self, subject: Option<&str>, mode: Mode, force: bool) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let key = subject.unwrap_or(GLOBAL);
+        match subject {
+            Some(subject) => lock_subject(&mut tx, subject).await?,
+            None => advisory_lock(&mut tx, GLOBAL).await?,
+        }
+        if mode == Mode::Import && !force && effective_mode(&mut tx, key).await? != Mode::Import {
+            let occupied: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM schema_registry_subject_versions
+                                WHERE NOT deleted AND ($1 IS NULL OR subject = $1))",
+            )
+            .bind(subject)
+            .fetch_one(&mut *tx)
+            .await?;
+            if occupied {
+                return Err(Error::OperationNotPermitted(
+                    "Cannot import since found existing subjects".to_owned(),
+                ));
+            }
+            sqlx::query(
+                "DELETE FROM schema_registry_subject_versions WHERE $1 IS NULL OR subject = $1",
+            )
+            .bind(subject)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO schema_registry_mode (subject, mode) VALUES ($1, $2)
+             ON CONFLICT (subject) DO UPDATE SET mode = EXCLUDED.mode",
+        )
+        .bind(key)
+        .bind(mode.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes the mode of `subject` and returns it.
+    pub async fn delete_mode(&self, subject: &str) -> Result<Option<Mode>> {
+        let removed: Option<String> = sqlx::query_scalar(
+            "DELETE FROM schema_registry_mode WHERE subject = $1 RETURNING mode",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        removed.as_deref().map(Mode::parse).transpose()
+    }
+}
+
+/// The id of `schema`, inserting it under the next id of the sequence if it is new. Runs under
+/// [`lock_schemas`].
+async fn store_schema(
+    tx: &mut Transaction<'static, Postgres>,
+    schema: &ParsedSchema,
+) -> Result<i32> {
+    let stored: Option<i32> =
+        sqlx::query_scalar("SELECT id FROM schema_registry_schemas WHERE fingerprint = $1")
+            .bind(&schema.fingerprint)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(id) = stored {
+        return Ok(id);
+    }
+    Ok(sqlx::query_scalar(
+        "INSERT INTO schema_registry_schemas
+             (fingerprint, normalized_fingerprint, canonical, schema)
+         VALUES ($1, $2, $3, $4)
+         RETURNING id",
+    )
+    .bind(&schema.fingerprint)
+    .bind(&schema.normalized_fingerprint)
+    .bind(&schema.canonical)
+    .bind(&schema.text)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Stores `schema` under exactly `id` (an import). Refuses an id that holds another schema, and
+/// a schema already stored under another id: a schema has one id here. Moves the sequence past
+/// `id`, so later registrations don't draw it. Runs under [`lock_schemas`].
+async fn store_schema_as(
+    tx: &mut Transaction<'static, Postgres>,
+    schema: &ParsedSchema,
+    id: i32,
+) -> Result<i32> {
+    let holder: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT fingerprint FROM schema_registry_schemas WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match holder {
+        Some(fingerprint) if fingerprint == schema.fingerprint => return Ok(id),
+        Some(_) => {
+            return Err(Error::OperationNotPermitted(format!(
+                "Overwrite new schema with id {id} is not permitted."
+            )));
+        }
+        None => {}
+    }
+    let existing: Option<i32> =
+        sqlx::query_scalar("SELECT id FROM schema_registry_schemas WHERE fingerprint = $1")
+            .bind(&schema.fingerprint)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(existing) = existing {
+        return Err(Error::IdDoesNotMatch {
+            existing,
+            requested: id,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO schema_registry_schemas
+             (id, fingerprint, normalized_fingerprint, canonical, schema)
+         OVERRIDING SYSTEM VALUE
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(&schema.fingerprint)
+    .bind(&schema.normalized_fingerprint)
+    .bind(&schema.canonical)
+    .bind(&schema.text)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "SELECT setval(seq, $1)
+         FROM (SELECT pg_get_serial_sequence('schema_registry_schemas', 'id')::regclass AS seq) s
+         WHERE $1 > COALESCE(pg_sequence_last_value(seq), 0)",
+    )
+    .bind(i64::from(id))
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
 }

@@ -33,6 +33,7 @@ pub struct Codec {
     settings: SrSettings,
     decoder: AvroDecoder,
     ids: Mutex<HashMap<(String, u32), u32>>,
+    topic_prefix: String,
 }
 
 impl std::fmt::Debug for Codec {
@@ -67,7 +68,23 @@ impl Codec {
             decoder: AvroDecoder::new(settings.clone()),
             settings,
             ids: Mutex::new(HashMap::new()),
+            topic_prefix: String::new(),
         })
+    }
+
+    /// Topics are named `<prefix><logical name>`; subjects follow the real topic name
+    /// (TopicRecordNameStrategy), as every Confluent client names them.
+    pub fn with_topic_prefix(mut self, prefix: &str) -> Self {
+        self.topic_prefix = prefix.to_string();
+        self
+    }
+
+    /// The subject a local schema is registered under: `<real topic>-<record full name>`.
+    pub fn subject(&self, record: &RecordSchema) -> String {
+        crate::topics::subject(
+            &format!("{}{}", self.topic_prefix, record.topic),
+            &record.name,
+        )
     }
 
     /// The registry id of one local schema version, registering it on first use.
@@ -81,7 +98,7 @@ impl Codec {
             SchemaType::Avro,
             record.text.to_string(),
         );
-        let registered = post_schema(&self.settings, record.subject(), supplied)
+        let registered = post_schema(&self.settings, self.subject(record), supplied)
             .await
             .map_err(|e| match registry_error(e) {
                 Error::Undecodable(m) => Error::Schema {
@@ -114,6 +131,12 @@ impl Codec {
     /// Decodes a Confluent-framed Avro record and resolves it to our newest schema of its
     /// name, so v1 and v2 writers read alike.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded> {
+        self.decode_as(bytes, None).await
+    }
+
+    /// Like [`Codec::decode`], reading with local version `reader_version` of the record's
+    /// schema instead of the newest (`None`): what a consumer built against that version sees.
+    pub async fn decode_as(&self, bytes: &[u8], reader_version: Option<u32>) -> Result<Decoded> {
         let schema_id = wire_schema_id(bytes)?;
         let decoded = self
             .decoder
@@ -133,9 +156,12 @@ impl Codec {
             .name
             .map(|n| n.fullname(None))
             .ok_or_else(|| Error::Undecodable("writer schema is not a named record".into()))?;
-        let reader = Catalog::global()
-            .latest(&name)
-            .ok_or_else(|| Error::Undecodable(format!("no local schema for record {name}")))?;
+        let catalog = Catalog::global();
+        let reader = match reader_version {
+            Some(version) => catalog.get(&name, version),
+            None => catalog.latest(&name),
+        }
+        .ok_or_else(|| Error::Undecodable(format!("no local schema for record {name}")))?;
         let json =
             resolve(&decoded.value, &decoded.schema.parsed, &reader.schema).map_err(|e| {
                 Error::Undecodable(format!("{name} cannot be read as v{}: {e}", reader.version))

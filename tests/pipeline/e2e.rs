@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dhanman_schemas::events::{Envelope, InvoiceCreated, Record};
+use dhanman_schemas::events::{Envelope, InvoiceCreated, LedgerEntryPosted, Record};
 use dhanman_schemas::topics;
 use serde_json::json;
 use uuid::Uuid;
@@ -180,6 +180,46 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
             .any(|l| l.contains(&correlation) && l.contains("posted")),
         "no ledger log line carries {correlation}:\n{log}"
     );
+
+    // Each entry is announced once on the ledger topic, built from the journal by the relay:
+    // the same lines, debits equal to credits, caused by the source event.
+    let codec = setup.codec();
+    let announced = read_topic(&setup.topic(topics::LEDGER_ENTRIES), 4).await;
+    let mut entry_ids = Vec::new();
+    for record in &announced {
+        let decoded = codec.decode(&record.payload).await.unwrap();
+        assert_eq!(decoded.name, LedgerEntryPosted::NAME);
+        let posted: LedgerEntryPosted = serde_json::from_value(decoded.json).unwrap();
+        assert_eq!(posted.envelope.organization_id, org);
+        assert_eq!(
+            record.header("event_id"),
+            Some(posted.envelope.event_id.to_string().as_str())
+        );
+        assert_eq!(
+            posted.envelope.causation_id,
+            Some(posted.source_event_id.to_string())
+        );
+        let debits: rust_decimal::Decimal = posted.lines.iter().map(|l| l.debit).sum();
+        let credits: rust_decimal::Decimal = posted.lines.iter().map(|l| l.credit).sum();
+        assert_eq!(debits, credits, "{posted:?}");
+        let stored: Vec<(String, rust_decimal::Decimal, rust_decimal::Decimal)> = sqlx::query_as(
+            "select account_code, debit, credit from postings where entry_id = $1 order by id",
+        )
+        .bind(posted.entry_id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let sent: Vec<_> = posted
+            .lines
+            .iter()
+            .map(|l| (l.account_code.clone(), l.debit, l.credit))
+            .collect();
+        assert_eq!(sent, stored);
+        entry_ids.push(posted.entry_id);
+    }
+    entry_ids.sort();
+    entry_ids.dedup();
+    assert_eq!(entry_ids.len(), 4, "one announcement per entry");
 
     // Exactly one entry per event, each balanced, and postings are append-only.
     assert_eq!(db.count("select count(*) from journal_entries").await, 4);

@@ -265,7 +265,9 @@ impl Setup {
     }
 
     pub fn codec(&self) -> Codec {
-        Codec::new(&self.registry_url()).expect("codec")
+        Codec::new(&self.registry_url())
+            .expect("codec")
+            .with_topic_prefix(&self.topic_prefix)
     }
 }
 

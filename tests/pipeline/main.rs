@@ -6,6 +6,8 @@ mod broker;
 mod crash;
 mod dlq;
 mod e2e;
+mod evolution;
 mod helpers;
+mod interop;
 mod offsets;
 mod outage;

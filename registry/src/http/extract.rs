@@ -11,12 +11,14 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 
-/// Media types a Confluent client may send; `application/json` and a missing header are
-/// accepted too because curl and hand-written clients use them.
-const ACCEPTED_CONTENT_TYPES: [&str; 3] = [
+/// Media types a Confluent client may send; `application/json`, `application/octet-stream`
+/// (Confluent's "generic request") and a missing header are accepted too because curl and
+/// hand-written clients use them.
+const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
     "application/vnd.schemaregistry.v1+json",
     "application/vnd.schemaregistry+json",
     "application/json",
+    "application/octet-stream",
 ];
 
 /// Path parameters; a segment that cannot be extracted is a route that doesn't exist.

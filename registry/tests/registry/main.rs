@@ -3,7 +3,12 @@
 
 mod api;
 mod client;
+mod compatibility;
+mod conformance;
+mod dedup;
+mod modes;
 mod registry;
+mod server;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,12 +22,11 @@ pub fn user_schema() -> String {
     r#"{"type":"record","name":"User","namespace":"dhanman.test","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}"#.to_owned()
 }
 
-/// `user_schema` with other whitespace, attribute order and a doc: the same canonical form.
+/// `user_schema` with other whitespace and attribute order: the same schema.
 pub fn user_schema_reformatted() -> String {
     r#"{
         "namespace": "dhanman.test",
         "type": "record",
-        "doc": "a user",
         "name": "User",
         "fields": [
             {"type": "long", "name": "id"},
@@ -30,6 +34,16 @@ pub fn user_schema_reformatted() -> String {
         ]
     }"#
     .to_owned()
+}
+
+/// `user_schema` with docs: another schema, unless registered with `normalize=true`.
+pub fn user_schema_documented() -> String {
+    r#"{"type":"record","name":"User","namespace":"dhanman.test","doc":"a user","fields":[{"name":"id","type":"long","doc":"the key"},{"name":"name","type":"string"}]}"#.to_owned()
+}
+
+/// `user_schema` with `name` turned into an int: incompatible in every direction.
+pub fn user_schema_broken() -> String {
+    r#"{"type":"record","name":"User","namespace":"dhanman.test","fields":[{"name":"id","type":"long"},{"name":"name","type":"int"}]}"#.to_owned()
 }
 
 pub fn user_schema_v2() -> String {
