@@ -35,6 +35,18 @@ BIN=${1:-${CARGO_TARGET_DIR:-$REPO/target}/debug/dhanman}
 BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 cd "$REPO"
 
+# A released version is immutable: its file in schemas/avro/ must still be byte for byte the
+# released one (a registry would see any change, even to a doc, as a new schema).
+changed=0
+while IFS= read -r released; do
+	current="schemas/avro/${released#schemas/released/}"
+	if ! cmp -s "$released" "$current"; then
+		log "BREAKS $current: released version changed or removed (compare with $released)"
+		changed=1
+	fi
+done < <(find schemas/released -name '*.avsc' | sort)
+[ "$changed" = 0 ] || exit 1
+
 [ -n "${DATABASE_URL:-}" ] || die 'DATABASE_URL is not set (eval "$(scripts/dev-services.sh)")'
 command -v psql >/dev/null 2>&1 || die "psql is needed (apt-get install postgresql-client)"
 command -v python3 >/dev/null 2>&1 || die "python3 is needed"

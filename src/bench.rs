@@ -47,9 +47,12 @@ pub struct Args {
         default_value = "127.0.0.1:19092"
     )]
     pub kafka_bootstrap_servers: String,
-    /// Batch size of the ledger processor.
-    #[arg(long, default_value_t = 1000)]
+    /// Batch size of the ledger processor (the pipeline's default).
+    #[arg(long, default_value_t = dhanman_processors::runtime::DEFAULT_MAX_BATCH)]
     pub batch_size: usize,
+    /// Concurrent transactions per batch (the pipeline's default).
+    #[arg(long, default_value_t = dhanman_processors::runtime::DEFAULT_LANES)]
+    pub lanes: usize,
 }
 
 struct Measure {
@@ -120,24 +123,35 @@ async fn bench_in(args: &Args, db_name: &str, suffix: &str) -> anyhow::Result<()
         args.partitions,
     )
     .await?;
+    let topics = [invoices.clone(), payments.clone()];
+    let measured = measure(args, &pool, &codec, &topics, suffix).await;
+    api.abort();
+    // The broker keeps what it is given: a run leaves nothing behind, so the next one meets
+    // a broker in the same state.
+    let deleted = dhanman_connectors::kafka::delete_topics(&args.kafka_bootstrap_servers, &topics)
+        .await
+        .context("deleting the benchmark's topics");
+    measured.and(deleted)
+}
 
-    let org = dhanman_producers::orgs::create_organization(&pool, "Benchmark Society")
+async fn measure(
+    args: &Args,
+    pool: &PgPool,
+    codec: &Arc<Codec>,
+    topics: &[String; 2],
+    suffix: &str,
+) -> anyhow::Result<()> {
+    let [invoices, payments] = topics;
+    let org = dhanman_producers::orgs::create_organization(pool, "Benchmark Society")
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let records = make_records(&codec, org.organization_id, args.events).await?;
+    let records = make_records(codec, org.organization_id, args.events).await?;
     eprintln!(
         "producing {} events to {invoices} and {payments} ...",
         records.len()
     );
-    let produce_secs = produce(
-        &args.kafka_bootstrap_servers,
-        &invoices,
-        &payments,
-        &records,
-    )
-    .await?;
+    let produce_secs = produce(&args.kafka_bootstrap_servers, invoices, payments, &records).await?;
 
-    let topics = [invoices.clone(), payments.clone()];
     let mut consume = Measure {
         name: "raw consume (records)",
         count: records.len(),
@@ -146,7 +160,7 @@ async fn bench_in(args: &Args, db_name: &str, suffix: &str) -> anyhow::Result<()
     for _ in 0..args.runs.max(1) {
         consume
             .seconds
-            .push(raw_consume(&args.kafka_bootstrap_servers, &topics, records.len()).await?);
+            .push(raw_consume(&args.kafka_bootstrap_servers, topics, records.len()).await?);
     }
     let mut copy = Measure {
         name: "raw COPY (posting rows)",
@@ -154,20 +168,20 @@ async fn bench_in(args: &Args, db_name: &str, suffix: &str) -> anyhow::Result<()
         seconds: Vec::new(),
     };
     for _ in 0..args.runs.max(1) {
-        copy.seconds.push(raw_copy(&pool, records.len()).await?);
+        copy.seconds.push(raw_copy(pool, records.len()).await?);
     }
 
     eprintln!(
         "running the ledger processor over {} events ...",
         records.len()
     );
-    let (counted, secs) = run_pipeline(args, &pool, &codec, &topics, suffix, records.len()).await?;
+    let (counted, secs) = run_pipeline(args, pool, codec, topics, suffix, records.len()).await?;
     let pipeline = Measure {
         name: "pipeline (postings + balances)",
         count: counted,
         seconds: vec![secs],
     };
-    check_books(&pool, org.organization_id, records.len()).await?;
+    check_books(pool, org.organization_id, records.len()).await?;
 
     let sample = args.baseline_events.min(records.len());
     eprintln!("running the per-event seed pattern over {sample} events ...");
@@ -175,25 +189,18 @@ async fn bench_in(args: &Args, db_name: &str, suffix: &str) -> anyhow::Result<()
         name: "seed pattern (per event)",
         count: sample,
         seconds: vec![
-            seed_pattern(
-                &args.kafka_bootstrap_servers,
-                &pool,
-                &codec,
-                &topics,
-                sample,
-            )
-            .await?,
+            seed_pattern(&args.kafka_bootstrap_servers, pool, codec, topics, sample).await?,
         ],
     };
-    api.abort();
 
     let lower = consume.rate().min(copy.rate());
     println!();
     println!(
-        "dhanman bench: {} events, {} partitions, batch {}, produce {:.0} events/s",
+        "dhanman bench: {} events, {} partitions, batch {}, {} lanes, produce {:.0} events/s",
         records.len(),
         args.partitions,
         args.batch_size,
+        args.lanes,
         records.len() as f64 / produce_secs
     );
     println!(
@@ -379,6 +386,7 @@ async fn run_pipeline(
     let mut config = RuntimeConfig::new(&args.kafka_bootstrap_servers);
     config.group_id = Some(format!("bench-ledger-{suffix}"));
     config.max_batch = args.batch_size;
+    config.lanes = args.lanes;
     let runtime = Runtime::new(
         Ledger::with_topics(topics.to_vec()),
         pool.clone(),

@@ -50,11 +50,14 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_CONSISTENCY_WAIT_MS", default_value_t = 5000)]
     pub consistency_wait_ms: u64,
     /// Largest batch a processor applies in one transaction.
-    #[arg(long, env = "DHANMAN_BATCH_SIZE", default_value_t = 1000)]
+    #[arg(long, env = "DHANMAN_BATCH_SIZE", default_value_t = dhanman_processors::runtime::DEFAULT_MAX_BATCH)]
     pub batch_size: usize,
     /// Prefix of every topic name, to share a cluster between installations or tests.
     #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
+    /// Concurrent transactions a processor splits each batch into, by partition.
+    #[arg(long, env = "DHANMAN_LANES", default_value_t = dhanman_processors::runtime::DEFAULT_LANES)]
+    pub lanes: usize,
     /// Postgres connections per process.
     #[arg(long, env = "DHANMAN_DB_POOL", default_value_t = 10)]
     pub db_pool: u32,
@@ -98,6 +101,7 @@ impl Config {
     pub fn runtime_config(&self) -> RuntimeConfig {
         let mut config = RuntimeConfig::new(&self.kafka_bootstrap_servers);
         config.max_batch = self.batch_size;
+        config.lanes = self.lanes;
         config.topic_prefix = self.topic_prefix.clone();
         config
     }

@@ -52,6 +52,23 @@ pub async fn ensure_topics(bootstrap: &str, topics: &[String], partitions: i32) 
     Ok(())
 }
 
+/// Deletes topics; one that is already gone is not an error.
+pub async fn delete_topics(bootstrap: &str, topics: &[String]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&names, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                tracing::error!(%topic, ?code, "deleting topic failed");
+                return Err(rdkafka::error::KafkaError::AdminOp(code).into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where a time falls in a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeLookup {

@@ -12,7 +12,7 @@
 //! `<topic>.dlq` through the outbox with headers naming the error and their origin, and
 //! the partition keeps flowing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,14 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{Error, Result};
+
+/// Records per transaction unless configured: large enough that per-transaction costs
+/// (round trips, commit, the balance rows every batch updates) stay small per event, small
+/// enough that a batch commits in a few hundred milliseconds (`BENCHMARKS.md`).
+pub const DEFAULT_MAX_BATCH: usize = 2000;
+
+/// Concurrent transactions a batch is split into (by partition) unless configured.
+pub const DEFAULT_LANES: usize = 2;
 
 /// One record as read from Kafka, detached from the consumer.
 #[derive(Debug, Clone)]
@@ -117,6 +125,8 @@ pub struct RuntimeConfig {
     /// Consumer group; defaults to `<topic prefix>dhanman.<processor name>`.
     pub group_id: Option<String>,
     pub max_batch: usize,
+    /// Concurrent transactions per batch, by partition (see [`Runtime::run`]).
+    pub lanes: usize,
     /// How long to wait for more records once a batch has its first one.
     pub linger: Duration,
     pub max_backoff: Duration,
@@ -133,7 +143,8 @@ impl RuntimeConfig {
         RuntimeConfig {
             bootstrap_servers: bootstrap_servers.to_string(),
             group_id: None,
-            max_batch: 1000,
+            max_batch: DEFAULT_MAX_BATCH,
+            lanes: DEFAULT_LANES,
             linger: Duration::from_millis(20),
             max_backoff: Duration::from_secs(5),
             topic_prefix: String::new(),
@@ -384,13 +395,52 @@ impl<P: Processor> Runtime<P> {
             // a rebalance move a partition meanwhile, its records may be applied by two
             // members: the gate keeps that harmless, as it does for any redelivery.
             let work = async {
-                let report = self.process_with_retry(&batch, decoded).await;
-                tracing::debug!(?report, "batch committed");
+                let mut lanes = self.lanes(&batch, decoded);
+                let reports =
+                    futures_util::future::join_all(lanes.iter_mut().map(|(records, decoded)| {
+                        self.process_with_retry(records, decoded.take())
+                    }))
+                    .await;
+                tracing::debug!(?reports, "batch committed");
                 self.commit_to_kafka(&consumer, &batch);
             };
             let ((), next) = tokio::join!(work, self.gather(&consumer));
             gathered = next;
         }
+    }
+
+    /// A batch split by partition into at most `config.lanes` parts, each applied in its own
+    /// transaction, concurrently: a partition's records stay in one part and in order, and
+    /// each part stores the offsets of its own partitions. Postgres then works on more than
+    /// one core. The balance rows the parts share are updated last and in key order, so
+    /// the parts wait on each other only briefly and never deadlock.
+    fn lanes(
+        &self,
+        batch: &[Incoming],
+        decoded: Option<Vec<Decoded>>,
+    ) -> Vec<(Vec<Incoming>, Option<Vec<Decoded>>)> {
+        let partitions: BTreeSet<(&str, i32)> = batch
+            .iter()
+            .map(|r| (r.topic.as_str(), r.partition))
+            .collect();
+        let lane_of: HashMap<(&str, i32), usize> = partitions
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (p, i % self.config.lanes.max(1)))
+            .collect();
+        let count = lane_of.values().max().map_or(0, |m| m + 1);
+        let mut lanes: Vec<(Vec<Incoming>, Option<Vec<Decoded>>)> = (0..count)
+            .map(|_| (Vec::new(), decoded.as_ref().map(|_| Vec::new())))
+            .collect();
+        let mut decoded = decoded.map(Vec::into_iter);
+        for record in batch {
+            let lane = &mut lanes[lane_of[&(record.topic.as_str(), record.partition)]];
+            if let (Some(all), Some(mine)) = (decoded.as_mut(), lane.1.as_mut()) {
+                mine.extend(all.next());
+            }
+            lane.0.push(record.clone());
+        }
+        lanes
     }
 
     /// The next batch, decoded ahead of its transaction. A transient failure (registry

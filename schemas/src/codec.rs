@@ -34,6 +34,8 @@ pub struct Codec {
     decoder: AvroDecoder,
     ids: Mutex<HashMap<(String, u32), u32>>,
     topic_prefix: String,
+    /// Records read with an older local version than the newest (see [`Codec::pin_reader`]).
+    pinned: HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -69,7 +71,18 @@ impl Codec {
             settings,
             ids: Mutex::new(HashMap::new()),
             topic_prefix: String::new(),
+            pinned: HashMap::new(),
         })
+    }
+
+    /// Reads record `name` with local version `version` instead of the newest: a consumer
+    /// built against that version of the contract.
+    pub fn pin_reader(mut self, name: &str, version: u32) -> Result<Self> {
+        if Catalog::global().get(name, version).is_none() {
+            return Err(Error::Invalid(format!("no local schema {name} v{version}")));
+        }
+        self.pinned.insert(name.to_string(), version);
+        Ok(self)
     }
 
     /// Topics are named `<prefix><logical name>`; subjects follow the real topic name
@@ -129,13 +142,14 @@ impl Codec {
     }
 
     /// Decodes a Confluent-framed Avro record and resolves it to our newest schema of its
-    /// name, so v1 and v2 writers read alike.
+    /// name (or the pinned one), so v1 and v2 writers read alike.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded> {
         self.decode_as(bytes, None).await
     }
 
     /// Like [`Codec::decode`], reading with local version `reader_version` of the record's
-    /// schema instead of the newest (`None`): what a consumer built against that version sees.
+    /// schema instead of the newest or pinned one (`None`): what a consumer built against
+    /// that version sees.
     pub async fn decode_as(&self, bytes: &[u8], reader_version: Option<u32>) -> Result<Decoded> {
         let schema_id = wire_schema_id(bytes)?;
         let decoded = self
@@ -157,7 +171,7 @@ impl Codec {
             .map(|n| n.fullname(None))
             .ok_or_else(|| Error::Undecodable("writer schema is not a named record".into()))?;
         let catalog = Catalog::global();
-        let reader = match reader_version {
+        let reader = match reader_version.or_else(|| self.pinned.get(&name).copied()) {
             Some(version) => catalog.get(&name, version),
             None => catalog.latest(&name),
         }

@@ -1,16 +1,54 @@
 //! Schema evolution in the running pipeline: writers on v1 and v2 of `InvoiceCreated` share
-//! one topic; the ledger (built against v2) posts both; consumers built against v1 and v2
-//! each read every record through their own reader schema.
+//! one topic; the ledger (built against v2, in `dhanman up`) posts both; a processor built
+//! against v1 (the consumer runtime with its reader pinned to v1) and plain consumers of
+//! either version each read every record through their own reader schema.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use dhanman_processors::{Processor, Runtime, RuntimeConfig};
 use dhanman_schemas::events::{Envelope, InvoiceCreated, Record};
-use dhanman_schemas::topics;
+use dhanman_schemas::{Event, topics};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::helpers::*;
+
+/// A processor built against v1 of `InvoiceCreated`: records what it read.
+struct V1Reader {
+    topic: String,
+}
+
+impl Processor for V1Reader {
+    fn name(&self) -> &str {
+        "v1-reader"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![self.topic.clone()]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+        for event in events {
+            if let Event::InvoiceCreated(invoice) = event {
+                sqlx::query(
+                    "insert into v1_reads (invoice_id, amount, description, period, tax_amount)
+                     values ($1, $2, $3, $4, $5)",
+                )
+                .bind(invoice.invoice_id)
+                .bind(invoice.amount)
+                .bind(&invoice.description)
+                .bind(&invoice.period)
+                .bind(invoice.tax_amount)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_and_v2_writers_and_readers_coexist_on_one_topic() {
@@ -21,6 +59,32 @@ async fn v1_and_v2_writers_and_readers_coexist_on_one_topic() {
     let (org, key) = create_org(&setup, "Evolving Enclave").await;
     let api = Api::new(&setup.base_url(), &key);
     let customer = api.customer("Kiran").await;
+
+    // The v1 processor, in this process, in its own group.
+    sqlx::query(
+        "create table v1_reads (invoice_id uuid primary key, amount numeric, description text,
+                                period text, tax_amount numeric)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let pinned = setup
+        .codec()
+        .pin_reader(InvoiceCreated::NAME, 1)
+        .expect("v1 is a local schema");
+    let mut config = RuntimeConfig::new(&bootstrap());
+    config.group_id = Some(format!("{}v1-reader", setup.topic_prefix));
+    let v1_processor = tokio::spawn(
+        Runtime::new(
+            V1Reader {
+                topic: setup.topic(topics::INVOICES),
+            },
+            db.pool.clone(),
+            Arc::new(pinned),
+            config,
+        )
+        .run(),
+    );
 
     // Alternating writers: even invoices from a v1 service, odd ones from a v2 service.
     let codec = setup.codec();
@@ -92,7 +156,30 @@ async fn v1_and_v2_writers_and_readers_coexist_on_one_topic() {
     .unwrap();
     assert_eq!(posted, total);
 
-    // Each reader sees every record through its own schema.
+    // The v1 processor read every invoice, and none with a v2 field, whoever wrote it.
+    db.wait_count(
+        "the v1 processor reading all ten invoices",
+        "select count(*) from v1_reads",
+        10,
+        Duration::from_secs(60),
+    )
+    .await;
+    let v1_total: Decimal = sqlx::query_scalar("select sum(amount) from v1_reads")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(v1_total, total);
+    assert_eq!(
+        db.count(
+            "select count(*) from v1_reads
+              where description is not null or period is not null or tax_amount is not null"
+        )
+        .await,
+        0
+    );
+    v1_processor.abort();
+
+    // Plain consumers of either version see every record through their own schema.
     let read = read_topic(&topic, sent.len()).await;
     assert_eq!(read.len(), sent.len());
     for record in &read {
