@@ -42,6 +42,9 @@ enum Command {
     /// The local Avro schemas against a schema registry: check, register, list. Exit code 0
     /// compatible, 1 a break, 2 an error.
     Schemas(schemas_cli::Args),
+    /// A payment gateway for development and tests: charges, refunds and fault switches
+    /// (latency, errors, hangs, lost responses). State is in memory; a restart forgets it.
+    Gateway(dhanman_gateway::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +139,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(config) => demo::run(&config).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Gateway(args) => dhanman_gateway::run(args)
+            .await
+            .context("running the payment gateway"),
         Command::Schemas(_) => unreachable!("handled in main"),
     }
 }
