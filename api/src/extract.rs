@@ -56,12 +56,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !json_type {
+        if !is_json(&req) {
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = Bytes::from_request(req, state)
@@ -69,6 +64,39 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
         let value = parse_json(&bytes)?;
         Ok(JsonBody { value, bytes })
+    }
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// The body of a command whose fields are all optional: no body at all (or only
+/// whitespace) is the default value; anything else must be JSON, as for [`JsonBody`].
+pub struct OptionalJsonBody<T>(pub JsonBody<T>);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = is_json(&req);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(JsonBody {
+                value: T::default(),
+                bytes,
+            }));
+        }
+        if !json_type {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let value = parse_json(&bytes)?;
+        Ok(OptionalJsonBody(JsonBody { value, bytes }))
     }
 }
 

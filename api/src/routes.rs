@@ -16,6 +16,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/customers", post(sales::create_customer))
         .route("/v1/customers/{id}/balance", get(ledger::customer_balance))
         .route("/v1/invoices", post(sales::create_invoice))
+        .route("/v1/invoices/{id}", get(sales::invoice))
+        .route("/v1/invoices/{id}/void", post(sales::void_invoice))
         .route("/v1/payments/manual", post(sales::record_manual_payment))
         .route("/v1/accounts/{code}/balance", get(ledger::account_balance))
         .route("/v1/trial-balance", get(ledger::trial_balance))

@@ -91,7 +91,10 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
         Event::InvoiceVoided(e) => (
             "invoice_void",
             e.invoice_id,
-            format!("Void of invoice {}: {}", e.invoice_id, e.reason),
+            match e.reason.as_str() {
+                "" => format!("Void of invoice {}", e.invoice_id),
+                reason => format!("Void of invoice {}: {reason}", e.invoice_id),
+            },
             &e.currency,
             vec![
                 line(REVENUE, None, e.amount, Decimal::ZERO),

@@ -1,7 +1,9 @@
 //! Sales commands: customers (residents), invoices and payments.
 
-use chrono::{NaiveDate, Utc};
-use dhanman_schemas::events::{Envelope, FieldError, InvoiceCreated, PaymentReceived, check_money};
+use chrono::{DateTime, NaiveDate, Utc};
+use dhanman_schemas::events::{
+    Envelope, FieldError, InvoiceCreated, InvoiceVoided, PaymentReceived, check_money,
+};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -361,6 +363,136 @@ pub async fn record_manual_payment(
         amount,
         currency,
         invoice_status,
+        consistency_token,
+    })
+}
+
+/// An invoice as it stands: the command side's own row, with what has been paid on it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Invoice {
+    pub invoice_id: Uuid,
+    pub invoice_number: String,
+    pub customer_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub issue_date: NaiveDate,
+    pub due_date: NaiveDate,
+    pub description: Option<String>,
+    pub period: Option<String>,
+    /// `open`, `paid` or `void`.
+    pub status: String,
+    pub amount_paid: Decimal,
+    pub void_reason: Option<String>,
+    pub voided_at: Option<DateTime<Utc>>,
+}
+
+/// The invoice `id` of the caller's organization, if there is one.
+pub async fn find_invoice(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Option<Invoice>> {
+    let mut invoice: Option<Invoice> = sqlx::query_as(
+        "select i.id as invoice_id, i.invoice_number, i.customer_id, i.amount,
+                i.currency::text as currency, i.issue_date, i.due_date, i.description, i.period,
+                i.status, coalesce(p.paid, 0) as amount_paid, i.void_reason, i.voided_at
+           from invoices i
+           left join lateral (select sum(amount) as paid from payments
+                               where invoice_id = i.id) p on true
+          where i.id = $1 and i.organization_id = $2",
+    )
+    .bind(id)
+    .bind(caller.organization_id)
+    .fetch_optional(conn)
+    .await?;
+    if let Some(invoice) = &mut invoice {
+        // Postgres hands back a zero sum without decimal places.
+        invoice.amount_paid.rescale(2);
+    }
+    Ok(invoice)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoidInvoice {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VoidedInvoice {
+    #[serde(flatten)]
+    pub invoice: Invoice,
+    pub consistency_token: Uuid,
+}
+
+/// Voids an open invoice on which nothing has been paid; the ledger reverses its posting
+/// when it reads the `InvoiceVoided`. Money already received is not undone here: a paid or
+/// partly paid invoice is a conflict.
+pub async fn void_invoice(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    invoice_id: Uuid,
+    input: VoidInvoice,
+) -> Result<VoidedInvoice> {
+    let reason = input
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    limited("reason", reason, 500)?;
+
+    // The same row lock a manual payment takes: of a payment and a void racing for one
+    // invoice, the second to get the lock sees what the first did and is refused.
+    let invoice: Option<(Uuid, Decimal, String, String)> = sqlx::query_as(
+        "select customer_id, amount, currency::text, status from invoices
+          where id = $1 and organization_id = $2 for update",
+    )
+    .bind(invoice_id)
+    .bind(caller.organization_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (customer_id, amount, currency, status) = invoice.ok_or(Error::NotFound("invoice"))?;
+    if status != "open" {
+        return Err(Error::Conflict(format!(
+            "invoice {invoice_id} has status {status}: only an open invoice can be voided"
+        )));
+    }
+    let (payments, paid): (i64, Decimal) = sqlx::query_as(
+        "select count(*), coalesce(sum(amount), 0) from payments where invoice_id = $1",
+    )
+    .bind(invoice_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if payments > 0 {
+        return Err(Error::Conflict(format!(
+            "invoice {invoice_id} has amount_paid {paid} ({payments} payment(s)): \
+             a partly paid invoice cannot be voided"
+        )));
+    }
+
+    sqlx::query(
+        "update invoices set status = 'void', void_reason = $2, voided_at = now() where id = $1",
+    )
+    .bind(invoice_id)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    let event = InvoiceVoided {
+        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
+        invoice_id,
+        customer_id,
+        // The whole amount: nothing was paid, so all of it leaves the receivable.
+        amount,
+        currency: currency.trim().to_string(),
+        reason: reason.unwrap_or_default().to_string(),
+    };
+    let consistency_token = outbox::enqueue(conn, &event).await?;
+    tracing::info!(%invoice_id, %customer_id, %amount, event_id = %consistency_token, "invoice voided");
+    let invoice = find_invoice(conn, caller, invoice_id)
+        .await?
+        .ok_or(Error::NotFound("invoice"))?;
+    Ok(VoidedInvoice {
+        invoice,
         consistency_token,
     })
 }

@@ -103,6 +103,18 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     )
     .await;
     a.kill().await;
+    // The restarted member joins before the rest is produced, so that both survivors have
+    // work left to share (a fast survivor could otherwise drain everything alone).
+    let a2 = spawn_processor();
+    eventually(
+        "the restarted processor to own partitions",
+        Duration::from_secs(90),
+        || {
+            let owns = owns_partitions(a2.log_text());
+            async move { owns.then_some(()) }
+        },
+    )
+    .await;
     produce_all(
         &producer,
         records[first_half..]
@@ -110,7 +122,6 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
             .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice())),
     )
     .await;
-    let a2 = spawn_processor();
 
     db.wait_count(
         "every event to be applied",

@@ -11,3 +11,4 @@ mod helpers;
 mod interop;
 mod offsets;
 mod outage;
+mod void;

@@ -1,21 +1,25 @@
-//! Sales commands. Each runs in one transaction with its outbox rows; `Idempotency-Key`
-//! makes retries safe.
+//! Sales commands and the invoice they act on. Each command runs in one transaction with
+//! its outbox rows; `Idempotency-Key` makes retries safe.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use dhanman_producers::idempotency::{self, Claim};
-use dhanman_producers::sales::{self, NewCustomer, NewInvoice, NewManualPayment};
+use dhanman_producers::sales::{
+    self, Invoice, NewCustomer, NewInvoice, NewManualPayment, VoidInvoice,
+};
 use dhanman_producers::{Caller, Result as CommandResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crate::extract::{Auth, JsonBody};
+use super::ledger::Consistent;
+use crate::consistency::wait_for_ledger;
+use crate::extract::{Auth, JsonBody, OptionalJsonBody, Params, path_uuid};
 use crate::{ApiError, AppState};
 
-type Created = (StatusCode, Json<Value>);
+type CommandReply = (StatusCode, Json<Value>);
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
@@ -34,16 +38,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-/// Runs a command in one transaction, replaying the stored response for a retried
-/// `Idempotency-Key`.
+/// Runs a command in one transaction, answering `success` with its output, or replaying
+/// the stored response for a retried `Idempotency-Key`.
 async fn run_command<I, O, F>(
     state: &AppState,
     headers: &HeaderMap,
     caller: &Caller,
     path: &str,
     body: JsonBody<I>,
+    success: StatusCode,
     command: F,
-) -> Result<Created, ApiError>
+) -> Result<CommandReply, ApiError>
 where
     I: DeserializeOwned,
     O: Serialize,
@@ -63,10 +68,17 @@ where
     let output = command(&mut tx, caller, body.value).await?;
     let response = serde_json::to_value(&output).map_err(ApiError::internal)?;
     if let Some(key) = &key {
-        idempotency::store(&mut tx, caller.organization_id, key, 201, &response).await?;
+        idempotency::store(
+            &mut tx,
+            caller.organization_id,
+            key,
+            success.as_u16(),
+            &response,
+        )
+        .await?;
     }
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(response)))
+    Ok((success, Json(response)))
 }
 
 pub async fn create_customer(
@@ -74,13 +86,14 @@ pub async fn create_customer(
     Auth(caller): Auth,
     headers: HeaderMap,
     body: JsonBody<NewCustomer>,
-) -> Result<Created, ApiError> {
+) -> Result<CommandReply, ApiError> {
     run_command(
         &state,
         &headers,
         &caller,
         "/v1/customers",
         body,
+        StatusCode::CREATED,
         sales::create_customer,
     )
     .await
@@ -91,13 +104,14 @@ pub async fn create_invoice(
     Auth(caller): Auth,
     headers: HeaderMap,
     body: JsonBody<NewInvoice>,
-) -> Result<Created, ApiError> {
+) -> Result<CommandReply, ApiError> {
     run_command(
         &state,
         &headers,
         &caller,
         "/v1/invoices",
         body,
+        StatusCode::CREATED,
         sales::create_invoice,
     )
     .await
@@ -108,14 +122,66 @@ pub async fn record_manual_payment(
     Auth(caller): Auth,
     headers: HeaderMap,
     body: JsonBody<NewManualPayment>,
-) -> Result<Created, ApiError> {
+) -> Result<CommandReply, ApiError> {
     run_command(
         &state,
         &headers,
         &caller,
         "/v1/payments/manual",
         body,
+        StatusCode::CREATED,
         sales::record_manual_payment,
     )
     .await
+}
+
+pub async fn void_invoice(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    OptionalJsonBody(body): OptionalJsonBody<VoidInvoice>,
+) -> Result<CommandReply, ApiError> {
+    let invoice_id = path_uuid(&id, "invoice")?;
+    run_command(
+        &state,
+        &headers,
+        &caller,
+        &format!("/v1/invoices/{invoice_id}/void"),
+        body,
+        StatusCode::OK,
+        async |conn: &mut PgConnection, caller: &Caller, input| {
+            sales::void_invoice(conn, caller, invoice_id, input).await
+        },
+    )
+    .await
+}
+
+pub async fn invoice(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Params(q): Params<Consistent>,
+) -> Result<Json<Invoice>, ApiError> {
+    let invoice_id = path_uuid(&id, "invoice")?;
+    let invoice = read_invoice(&state, &caller, invoice_id).await?;
+    if q.consistent_with.is_none() {
+        return Ok(invoice);
+    }
+    // The command writes the invoice row itself, so it is current already; waiting serves a
+    // caller who reads it alongside ledger figures as of the same event.
+    wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
+    read_invoice(&state, &caller, invoice_id).await
+}
+
+async fn read_invoice(
+    state: &AppState,
+    caller: &Caller,
+    invoice_id: uuid::Uuid,
+) -> Result<Json<Invoice>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    sales::find_invoice(&mut conn, caller, invoice_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("invoice".into()))
 }

@@ -1,0 +1,378 @@
+//! Voiding invoices over real sockets against `dhanman up`: the void reverses the
+//! invoice's posting, a paid, partly paid, already void or foreign invoice is refused
+//! with nothing written, and a void and a payment racing for one invoice never both win.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// Command events in the outbox (the ledger's own announcements are left out: the
+/// processor writes them in the background whenever it posts).
+async fn command_events(db: &TestDb) -> i64 {
+    db.count("select count(*) from outbox where derived_from is null")
+        .await
+}
+
+async fn invoice(api: &Api, customer: Uuid, amount: &str) -> (String, String) {
+    let r = api
+        .post(
+            "/v1/invoices",
+            json!({"customer_id": customer, "amount": amount, "due_date": "2026-12-10",
+                   "issue_date": "2026-12-01"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    (
+        r.body["invoice_id"].as_str().unwrap().to_string(),
+        r.body["consistency_token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn pay(api: &Api, invoice_id: &str, amount: &str) -> Reply {
+    api.post(
+        "/v1/payments/manual",
+        json!({"invoice_id": invoice_id, "amount": amount, "method": "cash"}),
+    )
+    .await
+}
+
+async fn void(api: &Api, invoice_id: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+    let mut request = api
+        .http
+        .post(format!("{}/v1/invoices/{invoice_id}/void", api.base));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    api.send(request).await
+}
+
+fn assert_conflict(reply: &Reply, names: &str) {
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert_eq!(reply.body["error"], "conflict", "{}", reply.body);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(names)),
+        "the message should name {names}: {}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_reverses_the_invoice_and_paid_void_or_foreign_invoices_are_refused() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Lakeview Residency").await;
+    let (_, other_key) = create_org(&setup, "Hillside Towers").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let other = Api::new(&setup.base_url(), &other_key);
+
+    // Asha: one invoice paid in full, one to void, one left open.
+    let asha = api.customer("Asha").await;
+    let (paid, _) = invoice(&api, asha, "1000.00").await;
+    let (voided, _) = invoice(&api, asha, "600.00").await;
+    let (open, _) = invoice(&api, asha, "250.00").await;
+    let payment = pay(&api, &paid, "1000.00").await;
+    assert_eq!(payment.status, 201, "{}", payment.body);
+    assert_eq!(payment.body["invoice_status"], "paid");
+    let payment_token = payment.body["consistency_token"].as_str().unwrap();
+    // Ravi: an invoice with part of it paid.
+    let ravi = api.customer("Ravi").await;
+    let (partial, partial_token) = invoice(&api, ravi, "500.00").await;
+    let part = pay(&api, &partial, "200.00").await;
+    assert_eq!(part.status, 201, "{}", part.body);
+    assert_eq!(part.body["invoice_status"], "open");
+    let part_token = part.body["consistency_token"].as_str().unwrap();
+
+    // Refused, each with nothing written: paid, partly paid, another organization's
+    // invoice, an unknown id, a path that is no id.
+    let before = command_events(&db).await;
+    assert_conflict(&void(&api, &paid, None, None).await, "status paid");
+    assert_conflict(
+        &void(&api, &partial, Some("void-partial"), None).await,
+        "amount_paid 200.00",
+    );
+    let foreign = void(&other, &voided, None, Some(json!({"reason": "not yours"}))).await;
+    assert_eq!(foreign.status, 404, "{}", foreign.body);
+    assert_eq!(
+        other.get(&format!("/v1/invoices/{voided}")).await.status,
+        404
+    );
+    let unknown = void(&api, &Uuid::now_v7().to_string(), None, None).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(void(&api, "not-an-id", None, None).await.status, 404);
+    let unknown_field = void(&api, &voided, None, Some(json!({"why": "x"}))).await;
+    assert_eq!(unknown_field.status, 422, "{}", unknown_field.body);
+    assert_eq!(unknown_field.body["field"], "why");
+    let long = void(
+        &api,
+        &voided,
+        None,
+        Some(json!({"reason": "x".repeat(501)})),
+    )
+    .await;
+    assert_eq!(long.status, 422, "{}", long.body);
+    assert_eq!(long.body["field"], "reason");
+    assert_eq!(command_events(&db).await, before);
+    assert_eq!(
+        db.count("select count(*) from invoices where status = 'void'")
+            .await,
+        0
+    );
+
+    // The void: 200 with the invoice's new state and the event's id as the token.
+    let first = void(
+        &api,
+        &voided,
+        Some("void-asha-600"),
+        Some(json!({"reason": "raised twice"})),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["invoice_id"], voided.as_str());
+    assert_eq!(first.body["status"], "void");
+    assert_eq!(first.body["void_reason"], "raised twice");
+    assert_eq!(first.body["amount"], "600.00");
+    assert_eq!(first.body["amount_paid"], "0.00");
+    assert!(first.body["voided_at"].is_string(), "{}", first.body);
+    let token = first.body["consistency_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(command_events(&db).await, before + 1);
+    let (record, payload): (String, Value) =
+        sqlx::query_as("select record_name, payload from outbox where event_id = $1::uuid")
+            .bind(&token)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(record, "dhanman.sales.InvoiceVoided");
+    assert_eq!(payload["amount"], "600.00", "{payload}");
+    assert_eq!(payload["customer_id"], asha.to_string());
+
+    // The same key and body: the first response again, nothing new. Anything else: 409.
+    let replay = void(
+        &api,
+        &voided,
+        Some("void-asha-600"),
+        Some(json!({"reason": "raised twice"})),
+    )
+    .await;
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.body, first.body);
+    assert_conflict(&void(&api, &voided, None, None).await, "status void");
+    assert_conflict(
+        &void(&api, &voided, Some("another-key"), None).await,
+        "status void",
+    );
+    assert_conflict(
+        &void(
+            &api,
+            &voided,
+            Some("void-asha-600"),
+            Some(json!({"reason": "changed my mind"})),
+        )
+        .await,
+        "Idempotency-Key",
+    );
+    // A payment against the void invoice is refused too.
+    assert_conflict(&pay(&api, &voided, "600.00").await, "void");
+    assert_eq!(command_events(&db).await, before + 1);
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from payments where invoice_id = '{voided}'"
+        ))
+        .await,
+        0
+    );
+
+    // The ledger: Asha owes invoices - payments - voids = 1850 - 1000 - 600. The void's
+    // event follows her invoices on their partition; Ravi's invoice may sit on another one
+    // and the payments are on another topic, so those are waited for by their own tokens.
+    for t in [payment_token, part_token, &partial_token] {
+        let r = api
+            .get(&format!("/v1/customers/{ravi}/balance?consistent_with={t}"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let balance = api
+        .get(&format!(
+            "/v1/customers/{asha}/balance?consistent_with={token}"
+        ))
+        .await;
+    assert_eq!(balance.status, 200, "{}", balance.body);
+    let inr = &balance.body["balances"][0];
+    assert_eq!(inr["currency"], "INR", "{}", balance.body);
+    assert_eq!(inr["invoiced"], "1850.00", "{}", balance.body);
+    assert_eq!(inr["settled"], "1600.00", "{}", balance.body);
+    assert_eq!(inr["balance"], "250.00", "{}", balance.body);
+
+    let trial = api
+        .get(&format!("/v1/trial-balance?consistent_with={token}"))
+        .await;
+    let inr = &trial.body["currencies"][0];
+    assert_eq!(inr["balanced"], true, "{}", trial.body);
+    // Bank 1200 + receivables 250 (Asha) + 300 (Ravi) = revenue 2350 - 600 voided.
+    assert_eq!(inr["total_debit"], "1750.00", "{}", trial.body);
+    let revenue = api.get("/v1/accounts/4000/balance").await;
+    assert_eq!(revenue.body["balances"][0]["balance"], "1750.00");
+
+    // The invoice's two entries: the posting and its reversal, under the void's event id.
+    let entries = api
+        .get(&format!(
+            "/v1/ledger/entries?reference_id={voided}&consistent_with={token}"
+        ))
+        .await;
+    assert_eq!(entries.status, 200, "{}", entries.body);
+    let list = entries.body["entries"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{}", entries.body);
+    let reversal = list
+        .iter()
+        .find(|e| e["reference_type"] == "invoice_void")
+        .unwrap_or_else(|| panic!("no reversing entry: {}", entries.body));
+    assert_eq!(reversal["source_event_id"], token.as_str());
+    let lines: Vec<(String, String, String, Value)> = reversal["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["account_code"].as_str().unwrap().to_string(),
+                l["debit"].as_str().unwrap().to_string(),
+                l["credit"].as_str().unwrap().to_string(),
+                l["party_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("4000".into(), "600.00".into(), "0.00".into(), Value::Null),
+            ("1200".into(), "0.00".into(), "600.00".into(), json!(asha)),
+        ]
+    );
+
+    // Each invoice as it stands.
+    let show = |id: String| {
+        let api = api.clone();
+        let token = token.clone();
+        async move {
+            let r = api
+                .get(&format!("/v1/invoices/{id}?consistent_with={token}"))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.body
+        }
+    };
+    let shown = show(paid.clone()).await;
+    assert_eq!(
+        (
+            &shown["status"],
+            &shown["amount_paid"],
+            &shown["void_reason"]
+        ),
+        (&json!("paid"), &json!("1000.00"), &Value::Null)
+    );
+    let shown = show(voided.clone()).await;
+    assert_eq!(
+        (
+            &shown["status"],
+            &shown["amount_paid"],
+            &shown["void_reason"]
+        ),
+        (&json!("void"), &json!("0.00"), &json!("raised twice"))
+    );
+    assert_eq!(shown["customer_id"], asha.to_string());
+    assert_eq!(shown["currency"], "INR");
+    assert_eq!(shown["due_date"], "2026-12-10");
+    let shown = show(partial.clone()).await;
+    assert_eq!(
+        (&shown["status"], &shown["amount_paid"]),
+        (&json!("open"), &json!("200.00"))
+    );
+    let shown = show(open.clone()).await;
+    assert_eq!(shown["status"], "open");
+    assert_eq!(
+        api.get(&format!("/v1/invoices/{}", Uuid::now_v7()))
+            .await
+            .status,
+        404
+    );
+
+    // No body at all is a void without a reason.
+    let (bare, _) = invoice(&api, ravi, "75.00").await;
+    let r = void(&api, &bare, None, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["void_reason"], Value::Null);
+
+    // An inactive resident gets no new invoices.
+    sqlx::query("update customers set active = false where id = $1")
+        .bind(ravi)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let invoices = db.count("select count(*) from invoices").await;
+    let refused = api
+        .post(
+            "/v1/invoices",
+            json!({"customer_id": ravi, "amount": "10.00", "due_date": "2026-12-10"}),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.body["field"], "customer_id", "{}", refused.body);
+    assert_eq!(db.count("select count(*) from invoices").await, invoices);
+
+    drop(up);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_and_a_payment_racing_for_one_invoice_never_both_succeed() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Race Court").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let customer = api.customer("Meera").await;
+
+    for round in 0..8 {
+        let (id, _) = invoice(&api, customer, "300.00").await;
+        let (voiding, paying) = tokio::join!(
+            void(&api, &id, None, Some(json!({"reason": "race"}))),
+            pay(&api, &id, "300.00"),
+        );
+        let won = [voiding.status, paying.status];
+        assert!(
+            won == [200, 409] || won == [409, 201],
+            "round {round}: void {} {}, payment {} {}",
+            voiding.status,
+            voiding.body,
+            paying.status,
+            paying.body
+        );
+        let (status, payments): (String, i64) = sqlx::query_as(
+            "select status, (select count(*) from payments where invoice_id = $1)
+               from invoices where id = $1",
+        )
+        .bind(id.parse::<Uuid>().unwrap())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let expected = if voiding.status == 200 {
+            ("void", 0)
+        } else {
+            ("paid", 1)
+        };
+        assert_eq!((status.as_str(), payments), expected, "round {round}");
+    }
+
+    drop(up);
+    db.drop_db().await;
+}
