@@ -2,6 +2,7 @@
 
 mod health;
 mod ledger;
+mod payroll;
 mod sales;
 
 use axum::Router;
@@ -19,6 +20,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/invoices/{id}", get(sales::invoice))
         .route("/v1/invoices/{id}/void", post(sales::void_invoice))
         .route("/v1/payments/manual", post(sales::record_manual_payment))
+        .route("/v1/salaries", post(payroll::post_salary))
+        .route("/v1/salaries/{id}", get(payroll::salary))
         .route("/v1/accounts/{code}/balance", get(ledger::account_balance))
         .route("/v1/trial-balance", get(ledger::trial_balance))
         .route("/v1/ledger/entries", get(ledger::entries))

@@ -1,12 +1,13 @@
-//! The ledger poster: turns sales events into balanced journal entries, materializes
-//! account and party balances in the same transaction, and announces each entry as
-//! `LedgerEntryPosted` for downstream readers.
+//! The ledger poster: turns sales and payroll events into balanced journal entries,
+//! materializes account and party balances in the same transaction, and announces each
+//! entry as `LedgerEntryPosted` for downstream readers.
 //!
 //! | event           | debit                         | credit                        |
 //! |-----------------|-------------------------------|-------------------------------|
 //! | InvoiceCreated  | 1200 AR (party: customer)     | 4000 Maintenance Revenue      |
 //! | PaymentReceived | 1000 Bank                     | 1200 AR (party: customer)     |
 //! | InvoiceVoided   | 4000 Maintenance Revenue      | 1200 AR (party: customer)     |
+//! | SalaryPosted    | 5100 Salary Expense           | 2200 Salaries Payable (party: employee) |
 
 use std::collections::BTreeMap;
 
@@ -22,9 +23,11 @@ use crate::runtime::Processor;
 pub const AR: &str = "1200";
 pub const BANK: &str = "1000";
 pub const REVENUE: &str = "4000";
+pub const SALARIES_PAYABLE: &str = "2200";
+pub const SALARY_EXPENSE: &str = "5100";
 
-/// The ledger processor. Reads the sales topics unless told otherwise (benchmarks and
-/// replays point it at other topics).
+/// The ledger processor. Reads the sales and payroll topics unless told otherwise
+/// (benchmarks and replays point it at other topics).
 pub struct Ledger {
     topics: Vec<String>,
 }
@@ -32,7 +35,11 @@ pub struct Ledger {
 impl Default for Ledger {
     fn default() -> Self {
         Ledger {
-            topics: vec![topics::INVOICES.to_string(), topics::PAYMENTS.to_string()],
+            topics: vec![
+                topics::INVOICES.to_string(),
+                topics::PAYMENTS.to_string(),
+                topics::SALARIES.to_string(),
+            ],
         }
     }
 }
@@ -55,11 +62,22 @@ pub struct Entry {
     pub lines: Vec<PostingLine>,
 }
 
-fn line(account: &str, party: Option<Uuid>, debit: Decimal, credit: Decimal) -> PostingLine {
+/// Whom a line is owed by or to: (party type, party id).
+type Party = Option<(&'static str, Uuid)>;
+
+fn customer(id: Uuid) -> Party {
+    Some(("customer", id))
+}
+
+fn employee(id: Uuid) -> Party {
+    Some(("employee", id))
+}
+
+fn line(account: &str, party: Party, debit: Decimal, credit: Decimal) -> PostingLine {
     PostingLine {
         account_code: account.to_string(),
-        party_type: party.map(|_| "customer".to_string()),
-        party_id: party,
+        party_type: party.map(|(t, _)| t.to_string()),
+        party_id: party.map(|(_, id)| id),
         debit,
         credit,
     }
@@ -74,7 +92,7 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             format!("Invoice {}", e.invoice_number),
             &e.currency,
             vec![
-                line(AR, Some(e.customer_id), e.amount, Decimal::ZERO),
+                line(AR, customer(e.customer_id), e.amount, Decimal::ZERO),
                 line(REVENUE, None, Decimal::ZERO, e.amount),
             ],
         ),
@@ -85,7 +103,7 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             &e.currency,
             vec![
                 line(BANK, None, e.amount, Decimal::ZERO),
-                line(AR, Some(e.customer_id), Decimal::ZERO, e.amount),
+                line(AR, customer(e.customer_id), Decimal::ZERO, e.amount),
             ],
         ),
         Event::InvoiceVoided(e) => (
@@ -98,7 +116,22 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             &e.currency,
             vec![
                 line(REVENUE, None, e.amount, Decimal::ZERO),
-                line(AR, Some(e.customer_id), Decimal::ZERO, e.amount),
+                line(AR, customer(e.customer_id), Decimal::ZERO, e.amount),
+            ],
+        ),
+        Event::SalaryPosted(e) => (
+            "salary",
+            e.salary_id,
+            format!("Salary {} of employee {}", e.period, e.employee_id),
+            &e.currency,
+            vec![
+                line(SALARY_EXPENSE, None, e.amount, Decimal::ZERO),
+                line(
+                    SALARIES_PAYABLE,
+                    employee(e.employee_id),
+                    Decimal::ZERO,
+                    e.amount,
+                ),
             ],
         ),
         Event::LedgerEntryPosted(_) | Event::Other { .. } => return None,
@@ -360,7 +393,7 @@ fn unzip5<A, B, C, D, E>(rows: impl Iterator<Item = (A, B, C, D, E)>) -> Columns
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dhanman_schemas::events::{InvoiceCreated, PaymentReceived};
+    use dhanman_schemas::events::{InvoiceCreated, PaymentReceived, SalaryPosted};
 
     fn envelope() -> Envelope {
         Envelope::new(Uuid::now_v7(), "c", None)
@@ -392,7 +425,20 @@ mod tests {
             method: "manual".into(),
             reference: None,
         });
-        for (event, debit, credit) in [(&invoice, AR, REVENUE), (&payment, BANK, AR)] {
+        let employee = Uuid::now_v7();
+        let salary = Event::SalaryPosted(SalaryPosted {
+            envelope: envelope(),
+            salary_id: Uuid::now_v7(),
+            employee_id: employee,
+            period: "2026-11".into(),
+            amount: "25000.00".parse().unwrap(),
+            currency: "INR".into(),
+        });
+        for (event, debit, credit) in [
+            (&invoice, AR, REVENUE),
+            (&payment, BANK, AR),
+            (&salary, SALARY_EXPENSE, SALARIES_PAYABLE),
+        ] {
             let entry = entry_for(event).unwrap();
             let debits: Decimal = entry.lines.iter().map(|l| l.debit).sum();
             let credits: Decimal = entry.lines.iter().map(|l| l.credit).sum();
@@ -412,8 +458,15 @@ mod tests {
                 (dr.account_code.as_str(), cr.account_code.as_str()),
                 (debit, credit)
             );
-            let ar = entry.lines.iter().find(|l| l.account_code == AR).unwrap();
-            assert_eq!(ar.party_id, Some(customer));
+            // Only the receivable and the payable carry a party, as in the table.
+            for l in &entry.lines {
+                let party = match l.account_code.as_str() {
+                    AR => Some(("customer", customer)),
+                    SALARIES_PAYABLE => Some(("employee", employee)),
+                    _ => None,
+                };
+                assert_eq!((l.party_type.as_deref(), l.party_id), party.unzip());
+            }
             // Same event, same entry id: the basis of idempotent posting.
             assert_eq!(entry_for(event).unwrap().id, entry.id);
             let announced = announcement_id(entry.id);

@@ -5,6 +5,7 @@
 pub mod idempotency;
 pub mod orgs;
 pub mod outbox;
+pub mod payroll;
 pub mod sales;
 
 use dhanman_schemas::events::FieldError;

@@ -138,6 +138,29 @@ impl Record for PaymentReceived {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SalaryPosted {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub salary_id: Uuid,
+    pub employee_id: Uuid,
+    /// Pay period as YYYY-MM.
+    pub period: String,
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+impl Record for SalaryPosted {
+    const NAME: &'static str = "dhanman.payroll.SalaryPosted";
+    const TOPIC: &'static str = topics::SALARIES;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.employee_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostingLine {
     pub account_code: String,
     pub party_type: Option<String>,
@@ -176,6 +199,7 @@ pub enum Event {
     InvoiceCreated(InvoiceCreated),
     InvoiceVoided(InvoiceVoided),
     PaymentReceived(PaymentReceived),
+    SalaryPosted(SalaryPosted),
     LedgerEntryPosted(LedgerEntryPosted),
     Other {
         name: String,
@@ -195,6 +219,7 @@ impl Event {
             InvoiceCreated::NAME => Event::InvoiceCreated(parse(json)?),
             InvoiceVoided::NAME => Event::InvoiceVoided(parse(json)?),
             PaymentReceived::NAME => Event::PaymentReceived(parse(json)?),
+            SalaryPosted::NAME => Event::SalaryPosted(parse(json)?),
             LedgerEntryPosted::NAME => Event::LedgerEntryPosted(parse(json)?),
             _ => Event::Other {
                 name: name.to_string(),
@@ -211,6 +236,7 @@ impl Event {
             Event::InvoiceCreated(e) => &e.envelope,
             Event::InvoiceVoided(e) => &e.envelope,
             Event::PaymentReceived(e) => &e.envelope,
+            Event::SalaryPosted(e) => &e.envelope,
             Event::LedgerEntryPosted(e) => &e.envelope,
             Event::Other { envelope, .. } => envelope,
         }
@@ -221,6 +247,7 @@ impl Event {
             Event::InvoiceCreated(_) => InvoiceCreated::NAME,
             Event::InvoiceVoided(_) => InvoiceVoided::NAME,
             Event::PaymentReceived(_) => PaymentReceived::NAME,
+            Event::SalaryPosted(_) => SalaryPosted::NAME,
             Event::LedgerEntryPosted(_) => LedgerEntryPosted::NAME,
             Event::Other { name, .. } => name,
         }
@@ -238,6 +265,10 @@ impl Event {
             }
             Event::InvoiceVoided(e) => check_money("amount", e.amount, &e.currency)?,
             Event::PaymentReceived(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::SalaryPosted(e) => {
+                check_money("amount", e.amount, &e.currency)?;
+                check_period("period", &e.period)?;
+            }
             Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
         }
         Ok(())
@@ -280,6 +311,24 @@ pub fn check_money(field: &str, amount: Decimal, currency: &str) -> Result<(), F
         return Err(FieldError::new(field, "must have at most 18 digits"));
     }
     check_currency(currency)
+}
+
+/// A pay or billing period: a month written as YYYY-MM.
+pub fn check_period(field: &str, period: &str) -> Result<(), FieldError> {
+    // chrono alone would take `2026-1` or `+2026-01`; the shape is checked first.
+    let shaped = period.len() == 7
+        && period.bytes().enumerate().all(|(i, b)| {
+            if i == 4 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if shaped && NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_ok() {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be a month as YYYY-MM"))
+    }
 }
 
 pub fn check_currency(currency: &str) -> Result<(), FieldError> {

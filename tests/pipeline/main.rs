@@ -11,4 +11,5 @@ mod helpers;
 mod interop;
 mod offsets;
 mod outage;
+mod salaries;
 mod void;

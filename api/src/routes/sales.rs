@@ -19,7 +19,7 @@ use crate::consistency::wait_for_ledger;
 use crate::extract::{Auth, JsonBody, OptionalJsonBody, Params, path_uuid};
 use crate::{ApiError, AppState};
 
-type CommandReply = (StatusCode, Json<Value>);
+pub(super) type CommandReply = (StatusCode, Json<Value>);
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
@@ -40,7 +40,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Runs a command in one transaction, answering `success` with its output, or replaying
 /// the stored response for a retried `Idempotency-Key`.
-async fn run_command<I, O, F>(
+pub(super) async fn run_command<I, O, F>(
     state: &AppState,
     headers: &HeaderMap,
     caller: &Caller,

@@ -1,0 +1,126 @@
+//! Payroll commands: salaries posted for a pay period.
+
+use chrono::{DateTime, Utc};
+use dhanman_schemas::events::{Envelope, FieldError, SalaryPosted, check_money, check_period};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{Caller, Error, Result, outbox};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSalary {
+    pub employee_id: Option<Uuid>,
+    pub employee_name: Option<String>,
+    pub period: Option<String>,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+}
+
+/// A salary as the command side stores it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Salary {
+    pub salary_id: Uuid,
+    pub employee_id: Uuid,
+    pub employee_name: String,
+    pub period: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PostedSalary {
+    #[serde(flatten)]
+    pub salary: Salary,
+    /// Pass as `?consistent_with=` to a query to read after the ledger has posted it.
+    pub consistency_token: Uuid,
+}
+
+/// Posts an employee's salary for a period: the row and its `SalaryPosted`, together.
+pub async fn post_salary(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewSalary,
+) -> Result<PostedSalary> {
+    let employee_id = input
+        .employee_id
+        .ok_or_else(|| FieldError::new("employee_id", "is required"))?;
+    let employee_name = match input.employee_name.as_deref().map(str::trim) {
+        Some(n) if !n.is_empty() => n,
+        _ => return Err(FieldError::new("employee_name", "is required").into()),
+    };
+    if employee_name.chars().count() > 200 {
+        return Err(FieldError::new("employee_name", "must be at most 200 characters").into());
+    }
+    let period = input
+        .period
+        .ok_or_else(|| FieldError::new("period", "is required"))?;
+    check_period("period", &period)?;
+    let amount = input
+        .amount
+        .ok_or_else(|| FieldError::new("amount", "is required"))?;
+    let currency = input.currency.unwrap_or_else(|| "INR".to_string());
+    check_money("amount", amount, &currency)?;
+
+    let salary_id = Uuid::now_v7();
+    let amount = amount.round_dp(2);
+    let inserted: Result<Salary, sqlx::Error> = sqlx::query_as(
+        "insert into salaries (id, organization_id, employee_id, employee_name, period, amount, currency)
+         values ($1, $2, $3, $4, $5, $6, $7)
+         returning id as salary_id, employee_id, employee_name, period, amount,
+                   currency::text as currency, created_at",
+    )
+    .bind(salary_id)
+    .bind(caller.organization_id)
+    .bind(employee_id)
+    .bind(employee_name)
+    .bind(&period)
+    .bind(amount)
+    .bind(&currency)
+    .fetch_one(&mut *conn)
+    .await;
+    let salary = match inserted {
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("salaries_employee_period") => {
+            return Err(Error::Conflict(format!(
+                "period {period}: a salary for employee {employee_id} is already posted"
+            )));
+        }
+        other => other?,
+    };
+
+    let event = SalaryPosted {
+        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
+        salary_id,
+        employee_id,
+        period,
+        amount,
+        currency,
+    };
+    let consistency_token = outbox::enqueue(conn, &event).await?;
+    tracing::info!(%salary_id, %employee_id, %amount, event_id = %consistency_token, "salary posted");
+    Ok(PostedSalary {
+        salary,
+        consistency_token,
+    })
+}
+
+/// The salary `id` of the caller's organization, if there is one.
+pub async fn find_salary(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Option<Salary>> {
+    let salary = sqlx::query_as(
+        "select id as salary_id, employee_id, employee_name, period, amount,
+                currency::text as currency, created_at
+           from salaries where id = $1 and organization_id = $2",
+    )
+    .bind(id)
+    .bind(caller.organization_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(salary)
+}
