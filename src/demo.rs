@@ -91,7 +91,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         key: org.api_key,
     };
 
-    let mut last_token = String::new();
+    // Every command's token: each covers its own event, and events of different
+    // partitions may be applied in any order.
+    let mut tokens = Vec::new();
     let mut residents = Vec::new();
     for (i, (name, unit, charge)) in RESIDENTS.iter().enumerate() {
         let email = format!(
@@ -115,10 +117,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                 }),
             )
             .await?;
-        last_token = invoice["consistency_token"]
+        let mut token = invoice["consistency_token"]
             .as_str()
             .unwrap_or_default()
             .to_string();
+        tokens.push(token.clone());
         // Three of five pay: two in full, one in part.
         let paid = match i {
             0 | 2 => Some(charge.to_string()),
@@ -132,25 +135,33 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                     json!({"invoice_id": invoice["invoice_id"], "amount": amount, "currency": "INR", "method": "upi"}),
                 )
                 .await?;
-            last_token = payment["consistency_token"]
+            token = payment["consistency_token"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            tokens.push(token.clone());
         }
-        residents.push((name, unit, id, charge, paid));
+        residents.push((name, unit, id, token, paid));
     }
 
-    // Read after the ledger has applied the last event we caused.
-    let trial = client
-        .get(&format!("/v1/trial-balance?consistent_with={last_token}"))
-        .await?;
+    // Read after the ledger has applied every event we caused.
+    for token in &tokens {
+        client
+            .get(&format!("/v1/trial-balance?consistent_with={token}"))
+            .await?;
+    }
+    let trial = client.get("/v1/trial-balance").await?;
     println!();
     println!(
         "{:<18} {:<6} {:>10} {:>10} {:>10}",
         "resident", "unit", "invoiced", "paid", "owes"
     );
-    for (name, unit, id, _, _) in &residents {
-        let balance = client.get(&format!("/v1/customers/{id}/balance")).await?;
+    for (name, unit, id, token, _) in &residents {
+        let balance = client
+            .get(&format!(
+                "/v1/customers/{id}/balance?consistent_with={token}"
+            ))
+            .await?;
         let b = &balance["balances"][0];
         let num = |v: &Value| {
             v.as_str()
