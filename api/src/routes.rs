@@ -16,6 +16,10 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(health::ready))
         .route("/v1/customers", post(sales::create_customer))
         .route("/v1/customers/{id}/balance", get(ledger::customer_balance))
+        .route(
+            "/v1/customers/{id}/statement",
+            get(ledger::customer_statement),
+        )
         .route("/v1/invoices", post(sales::create_invoice))
         .route("/v1/invoices/{id}", get(sales::invoice))
         .route("/v1/invoices/{id}/void", post(sales::void_invoice))

@@ -12,4 +12,5 @@ mod interop;
 mod offsets;
 mod outage;
 mod salaries;
+mod statement;
 mod void;

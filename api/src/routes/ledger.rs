@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -127,6 +128,28 @@ pub async fn account_balance(
     })))
 }
 
+/// One currency's column of the trial balance.
+#[derive(Default)]
+struct CurrencyTrial {
+    accounts: Vec<Value>,
+    debits: Decimal,
+    credits: Decimal,
+    /// (type, debit, credit) per account type, keyed in chart order.
+    by_type: std::collections::BTreeMap<u8, (String, Decimal, Decimal)>,
+}
+
+/// Account types in the order a chart of accounts lists them.
+fn type_rank(account_type: &str) -> u8 {
+    match account_type {
+        "asset" => 0,
+        "liability" => 1,
+        "equity" => 2,
+        "revenue" => 3,
+        "expense" => 4,
+        _ => u8::MAX,
+    }
+}
+
 pub async fn trial_balance(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -141,8 +164,7 @@ pub async fn trial_balance(
     .bind(caller.organization_id)
     .fetch_all(&state.pool)
     .await?;
-    let mut by_currency: std::collections::BTreeMap<String, (Vec<Value>, Decimal, Decimal)> =
-        Default::default();
+    let mut by_currency: std::collections::BTreeMap<String, CurrencyTrial> = Default::default();
     for (code, name, account_type, currency, debit, credit) in rows {
         let net = debit - credit;
         let (dr, cr) = if net >= Decimal::ZERO {
@@ -151,28 +173,183 @@ pub async fn trial_balance(
             (Decimal::ZERO, -net)
         };
         let slot = by_currency.entry(currency).or_default();
-        slot.1 += dr;
-        slot.2 += cr;
-        slot.0.push(json!({
+        slot.debits += dr;
+        slot.credits += cr;
+        slot.accounts.push(json!({
             "account_code": code, "name": name, "type": account_type,
             "debit": money(dr), "credit": money(cr),
         }));
+        let totals = slot.by_type.entry(type_rank(&account_type)).or_insert((
+            account_type,
+            Decimal::ZERO,
+            Decimal::ZERO,
+        ));
+        totals.1 += dr;
+        totals.2 += cr;
     }
     let currencies: Vec<Value> = by_currency
         .into_iter()
-        .map(|(currency, (accounts, debits, credits))| {
+        .map(|(currency, t)| {
+            let by_type: Vec<Value> = t
+                .by_type
+                .into_values()
+                .map(|(account_type, dr, cr)| {
+                    json!({
+                        "type": account_type, "debit": money(dr), "credit": money(cr),
+                        "balance": money(normal_balance(&account_type, dr, cr)),
+                    })
+                })
+                .collect();
             json!({
                 "currency": currency,
-                "accounts": accounts,
-                "total_debit": money(debits),
-                "total_credit": money(credits),
-                "balanced": debits == credits,
+                "accounts": t.accounts,
+                "total_debit": money(t.debits),
+                "total_credit": money(t.credits),
+                "balanced": t.debits == t.credits,
+                "by_type": by_type,
             })
         })
         .collect();
     Ok(Json(
         json!({ "organization_id": caller.organization_id, "currencies": currencies }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub consistent_with: Option<String>,
+}
+
+fn statement_date(raw: Option<&str>, field: &str) -> Result<Option<NaiveDate>, ApiError> {
+    raw.map(|s| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map_err(|_| ApiError::validation(field, "must be a date as YYYY-MM-DD"))
+    })
+    .transpose()
+}
+
+/// Start of a UTC day: statement dates are days of `occurred_at` in UTC.
+fn day_start(d: NaiveDate) -> DateTime<Utc> {
+    d.and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
+#[derive(sqlx::FromRow)]
+struct StatementLine {
+    id: i64,
+    currency: String,
+    occurred_at: DateTime<Utc>,
+    entry_id: Uuid,
+    description: String,
+    reference_type: String,
+    reference_id: Uuid,
+    debit: Decimal,
+    credit: Decimal,
+}
+
+/// The customer's receivable (account 1200) lines between two days, with running balance,
+/// per currency.
+pub async fn customer_statement(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Params(q): Params<StatementQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let customer_id = path_uuid(&id, "customer")?;
+    let from = statement_date(q.from.as_deref(), "from")?;
+    let to = statement_date(q.to.as_deref(), "to")?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(ApiError::validation("from", "must not be after to"));
+    }
+    let found: Option<(Uuid,)> =
+        sqlx::query_as("select id from customers where id = $1 and organization_id = $2")
+            .bind(customer_id)
+            .bind(caller.organization_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    if found.is_none() {
+        return Err(ApiError::NotFound("customer".into()));
+    }
+    wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
+    let from_at = from.map(day_start);
+    // `to` is inclusive: everything before the start of the next day.
+    let to_end = to.and_then(|d| d.succ_opt()).map(day_start);
+    let opening: Vec<(String, Decimal)> = match from_at {
+        Some(from_at) => {
+            sqlx::query_as(
+                "select e.currency::text, sum(p.debit - p.credit)
+                   from postings p join journal_entries e on e.id = p.entry_id
+                  where p.party_id = $2 and p.party_type = 'customer'
+                    and p.account_code = '1200' and p.organization_id = $1
+                    and e.occurred_at < $3
+                  group by e.currency",
+            )
+            .bind(caller.organization_id)
+            .bind(customer_id)
+            .bind(from_at)
+            .fetch_all(&state.pool)
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let lines: Vec<StatementLine> = sqlx::query_as(
+        "select p.id, e.currency::text as currency, e.occurred_at, e.id as entry_id,
+                e.description, e.reference_type, e.reference_id, p.debit, p.credit
+           from postings p join journal_entries e on e.id = p.entry_id
+          where p.party_id = $2 and p.party_type = 'customer' and p.account_code = '1200'
+            and p.organization_id = $1
+            and ($3::timestamptz is null or e.occurred_at >= $3)
+            and ($4::timestamptz is null or e.occurred_at < $4)
+          order by e.occurred_at, p.id",
+    )
+    .bind(caller.organization_id)
+    .bind(customer_id)
+    .bind(from_at)
+    .bind(to_end)
+    .fetch_all(&state.pool)
+    .await?;
+
+    // currency -> (opening, running balance, lines)
+    let mut by_currency: std::collections::BTreeMap<String, (Decimal, Decimal, Vec<Value>)> =
+        opening
+            .into_iter()
+            .map(|(c, o)| (c, (o, o, Vec::new())))
+            .collect();
+    for l in lines {
+        let slot = by_currency.entry(l.currency.clone()).or_insert((
+            Decimal::ZERO,
+            Decimal::ZERO,
+            Vec::new(),
+        ));
+        slot.1 += l.debit - l.credit;
+        slot.2.push(json!({
+            "posting_id": l.id, "entry_id": l.entry_id, "date": l.occurred_at,
+            "description": l.description, "reference_type": l.reference_type,
+            "reference_id": l.reference_id, "currency": l.currency,
+            "debit": money(l.debit), "credit": money(l.credit), "balance": money(slot.1),
+        }));
+    }
+    let currencies: Vec<Value> = by_currency
+        .into_iter()
+        .map(|(currency, (opening, closing, lines))| {
+            json!({
+                "currency": currency,
+                "opening_balance": money(opening),
+                "lines": lines,
+                "closing_balance": money(closing),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "customer_id": customer_id,
+        "from": from,
+        "to": to,
+        "currencies": currencies,
+    })))
 }
 
 /// One posting line with its entry, as the entries query returns them.
