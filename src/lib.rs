@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod jobs_cli;
 pub mod schemas_cli;
 
 use std::net::SocketAddr;
@@ -61,6 +62,13 @@ pub struct Config {
     /// Postgres connections per process.
     #[arg(long, env = "DHANMAN_DB_POOL", default_value_t = 10)]
     pub db_pool: u32,
+    /// When `dhanman up` runs the monthly-invoices job for the current month (UTC), as a
+    /// cron expression with seconds (`0 0 6 1 * *`: 06:00 on the first); unset: never.
+    #[arg(long, env = "DHANMAN_MONTHLY_INVOICES_CRON")]
+    pub monthly_invoices_cron: Option<String>,
+    /// Days from a monthly invoice's issue date to its due date.
+    #[arg(long, env = "DHANMAN_MONTHLY_DUE_DAYS", default_value_t = 10)]
+    pub monthly_due_days: u32,
 }
 
 impl Config {
@@ -104,6 +112,17 @@ impl Config {
         config.lanes = self.lanes;
         config.topic_prefix = self.topic_prefix.clone();
         config
+    }
+
+    /// The monthly-invoices schedule, if one is set; a bad expression is an error naming
+    /// the variable.
+    pub fn monthly_schedule(&self) -> anyhow::Result<Option<cron::Schedule>> {
+        match self.monthly_invoices_cron.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(expr) => expr.parse().map(Some).with_context(|| {
+                format!("DHANMAN_MONTHLY_INVOICES_CRON {expr:?} is not a cron expression")
+            }),
+        }
     }
 
     pub fn app_state(&self, pool: PgPool) -> dhanman_api::AppState {
@@ -212,13 +231,46 @@ pub async fn run_processor(config: &Config, name: &str, pool: PgPool) -> anyhow:
     Ok(())
 }
 
-/// API, relay and every processor in one process. Returns when any part stops.
+/// Runs the monthly-invoices job for the current month at each time of `schedule`. Every
+/// `dhanman up` with a schedule runs it; the job's claims make the invoices exactly once
+/// however many run at the same time.
+pub async fn run_monthly_schedule(
+    schedule: cron::Schedule,
+    pool: PgPool,
+    due_days: u32,
+) -> anyhow::Result<()> {
+    use dhanman_producers::monthly;
+    loop {
+        let Some(next) = schedule.upcoming(chrono::Utc).next() else {
+            tracing::info!("the monthly-invoices schedule has no further times");
+            return std::future::pending().await;
+        };
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        let period = next.format("%Y-%m").to_string();
+        match monthly::run(&pool, &period, None, due_days).await {
+            Ok(summary) => {
+                let summary = serde_json::to_string(&summary).unwrap_or_default();
+                tracing::info!(job = monthly::JOB, %summary, "scheduled job finished");
+            }
+            // The next time tries again; what was created stays, what failed is retried.
+            Err(e) => tracing::error!(job = monthly::JOB, error = %e, "scheduled job failed"),
+        }
+    }
+}
+
+/// API, relay, every processor and the job schedule in one process. Returns when any part
+/// stops.
 pub async fn run_all(
     config: &Config,
     listener: tokio::net::TcpListener,
     pool: PgPool,
 ) -> anyhow::Result<()> {
     let mut parts = tokio::task::JoinSet::new();
+    if let Some(schedule) = config.monthly_schedule()? {
+        let (pool, due_days) = (pool.clone(), config.monthly_due_days);
+        parts.spawn(async move { run_monthly_schedule(schedule, pool, due_days).await });
+    }
     {
         let (config, pool) = (config.clone(), pool.clone());
         parts.spawn(async move { run_api(&config, listener, pool).await });

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dhanman::{Config, bench, demo, schemas_cli};
+use dhanman::{Config, bench, demo, jobs_cli, schemas_cli};
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
 #[derive(Debug, Parser)]
@@ -45,6 +45,9 @@ enum Command {
     /// A payment gateway for development and tests: charges, refunds and fault switches
     /// (latency, errors, hangs, lost responses). State is in memory; a restart forgets it.
     Gateway(dhanman_gateway::Args),
+    /// Scheduled jobs, run now: `jobs run monthly-invoices --period YYYY-MM`. Exit code 0
+    /// done (see `failures`), 1 every customer failed or the run could not finish.
+    Jobs(jobs_cli::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +77,7 @@ async fn main() -> std::process::ExitCode {
     // Its own exit codes: CI tells a breaking schema (1) from a failed check (2).
     let command = match cli.command {
         Command::Schemas(args) => return schemas_cli::run(args).await,
+        Command::Jobs(args) => return jobs_cli::run(args).await,
         command => command,
     };
     match run(Cli { command }).await {
@@ -94,6 +98,7 @@ async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(config) => {
+            config.monthly_schedule()?;
             let pool = config.pool().await?;
             dhanman::migrate(&pool).await?;
             dhanman::ensure_topics(&config).await?;
@@ -142,6 +147,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => dhanman_gateway::run(args)
             .await
             .context("running the payment gateway"),
-        Command::Schemas(_) => unreachable!("handled in main"),
+        Command::Schemas(_) | Command::Jobs(_) => unreachable!("handled in main"),
     }
 }

@@ -1,6 +1,7 @@
 //! Routes, one module per resource.
 
 mod health;
+mod jobs;
 mod ledger;
 mod payroll;
 mod sales;
@@ -29,5 +30,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/accounts/{code}/balance", get(ledger::account_balance))
         .route("/v1/trial-balance", get(ledger::trial_balance))
         .route("/v1/ledger/entries", get(ledger::entries))
+        .route("/v1/jobs/runs", get(jobs::runs))
         .fallback(health::not_found)
 }

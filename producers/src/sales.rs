@@ -34,6 +34,8 @@ pub struct NewCustomer {
     pub name: Option<String>,
     pub email: Option<String>,
     pub unit: Option<String>,
+    /// Billed every month by the monthly-invoices job; absent means not billed monthly.
+    pub monthly_charge: Option<Decimal>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -44,6 +46,8 @@ pub struct Customer {
     pub email: Option<String>,
     pub unit: Option<String>,
     pub active: bool,
+    pub monthly_charge: Option<Decimal>,
+    pub monthly_currency: String,
 }
 
 pub async fn create_customer(
@@ -59,15 +63,21 @@ pub async fn create_customer(
     {
         return Err(FieldError::new("email", "must be an email address").into());
     }
+    if let Some(charge) = input.monthly_charge {
+        check_money("monthly_charge", charge, "INR")?;
+    }
     let customer = sqlx::query_as(
-        "insert into customers (id, organization_id, name, email, unit) values ($1, $2, $3, $4, $5)
-         returning id, organization_id, name, email, unit, active",
+        "insert into customers (id, organization_id, name, email, unit, monthly_charge)
+         values ($1, $2, $3, $4, $5, $6)
+         returning id, organization_id, name, email, unit, active, monthly_charge,
+                   monthly_currency::text as monthly_currency",
     )
     .bind(Uuid::now_v7())
     .bind(caller.organization_id)
     .bind(name)
     .bind(&input.email)
     .bind(&input.unit)
+    .bind(input.monthly_charge.map(|c| c.round_dp(2)))
     .fetch_one(conn)
     .await?;
     Ok(customer)
@@ -120,6 +130,17 @@ pub async fn create_invoice(
     caller: &Caller,
     input: NewInvoice,
 ) -> Result<CreatedInvoice> {
+    create_invoice_with_id(conn, caller, input, Uuid::now_v7()).await
+}
+
+/// [`create_invoice`] under an id the caller chose (the monthly job claims its row with
+/// it before the invoice exists).
+pub async fn create_invoice_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewInvoice,
+    invoice_id: Uuid,
+) -> Result<CreatedInvoice> {
     let customer_id = input
         .customer_id
         .ok_or_else(|| FieldError::new("customer_id", "is required"))?;
@@ -144,7 +165,6 @@ pub async fn create_invoice(
     }
     active_customer(conn, caller, customer_id).await?;
 
-    let invoice_id = Uuid::now_v7();
     let invoice_number = match input.invoice_number {
         Some(n) if !n.trim().is_empty() => n.trim().to_string(),
         _ => format!("INV-{}", invoice_id.simple()),

@@ -9,6 +9,7 @@ mod e2e;
 mod evolution;
 mod helpers;
 mod interop;
+mod monthly;
 mod offsets;
 mod outage;
 mod salaries;
