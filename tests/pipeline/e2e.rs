@@ -115,7 +115,15 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
     assert_eq!(payment.body["invoice_status"], "paid");
     let token = payment.body["consistency_token"].as_str().unwrap();
 
-    // Read-your-writes: the balance waits for the ledger.
+    // Read-your-writes: the balance waits for the ledger. A token covers its own event, and
+    // the invoice and the payment travel on different topics, so each is waited for.
+    let invoice_token = first.body["consistency_token"].as_str().unwrap();
+    let after_invoice = api
+        .get(&format!(
+            "/v1/customers/{asha}/balance?consistent_with={invoice_token}"
+        ))
+        .await;
+    assert_eq!(after_invoice.status, 200, "{}", after_invoice.body);
     let balance = api
         .get(&format!(
             "/v1/customers/{asha}/balance?consistent_with={token}"
