@@ -75,13 +75,7 @@ impl Config {
     pub fn registry_url(&self) -> String {
         match &self.schema_registry_url {
             Some(url) if !url.is_empty() => url.clone(),
-            _ => {
-                let mut addr = self.http_addr;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("http://{addr}/schema-registry")
-            }
+            _ => schemas_cli::embedded_registry_url(self.http_addr),
         }
     }
 

@@ -956,8 +956,9 @@ impl Reply {
     }
 }
 
-/// Where the API serves its embedded registry; the same rule as [`crate::Config::registry_url`].
-fn embedded_registry_url(mut http_addr: SocketAddr) -> String {
+/// Where the API serves its embedded registry (an unspecified bind address is reached on
+/// localhost). [`crate::Config::registry_url`] uses it too.
+pub fn embedded_registry_url(mut http_addr: SocketAddr) -> String {
     if http_addr.ip().is_unspecified() {
         http_addr.set_ip(Ipv4Addr::LOCALHOST.into());
     }

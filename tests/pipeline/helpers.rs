@@ -294,6 +294,29 @@ pub fn payment(org: Uuid, customer: Uuid, cents: i64, correlation_id: &str) -> P
     }
 }
 
+/// Creates an invoice through the API; returns (invoice id, consistency token).
+pub async fn invoice(api: &Api, customer: Uuid, amount: &str) -> (String, String) {
+    let r = api
+        .post(
+            "/v1/invoices",
+            json!({"customer_id": customer, "amount": amount, "due_date": "2026-12-10",
+                   "issue_date": "2026-12-01"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    (
+        r.body["invoice_id"].as_str().unwrap().to_string(),
+        r.body["consistency_token"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Command events in the outbox; the ledger's own announcements (which it writes in the
+/// background whenever it posts) are left out.
+pub async fn command_events(db: &TestDb) -> i64 {
+    db.count("select count(*) from outbox where derived_from is null")
+        .await
+}
+
 /// Runs `dhanman orgs create` and returns (organization id, admin key).
 pub async fn create_org(setup: &Setup, name: &str) -> (Uuid, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))

@@ -7,12 +7,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// Command events in the outbox (the ledger's own announcements are left out).
-async fn command_events(db: &TestDb) -> i64 {
-    db.count("select count(*) from outbox where derived_from is null")
-        .await
-}
-
 async fn post_salary(api: &Api, key: Option<&str>, body: Value) -> Reply {
     let mut request = api
         .http

@@ -11,21 +11,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-async fn invoice(api: &Api, customer: Uuid, amount: &str) -> (String, String) {
-    let r = api
-        .post(
-            "/v1/invoices",
-            json!({"customer_id": customer, "amount": amount, "due_date": "2026-12-10",
-                   "issue_date": "2026-12-01"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    (
-        r.body["invoice_id"].as_str().unwrap().to_string(),
-        r.body["consistency_token"].as_str().unwrap().to_string(),
-    )
-}
-
 fn token(reply: &Reply) -> String {
     reply.body["consistency_token"]
         .as_str()

@@ -7,28 +7,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// Command events in the outbox (the ledger's own announcements are left out: the
-/// processor writes them in the background whenever it posts).
-async fn command_events(db: &TestDb) -> i64 {
-    db.count("select count(*) from outbox where derived_from is null")
-        .await
-}
-
-async fn invoice(api: &Api, customer: Uuid, amount: &str) -> (String, String) {
-    let r = api
-        .post(
-            "/v1/invoices",
-            json!({"customer_id": customer, "amount": amount, "due_date": "2026-12-10",
-                   "issue_date": "2026-12-01"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    (
-        r.body["invoice_id"].as_str().unwrap().to_string(),
-        r.body["consistency_token"].as_str().unwrap().to_string(),
-    )
-}
-
 async fn pay(api: &Api, invoice_id: &str, amount: &str) -> Reply {
     api.post(
         "/v1/payments/manual",
