@@ -398,15 +398,16 @@ impl<P: Processor> Runtime<P> {
             // The next batch is read and decoded while this one's transaction runs. Should
             // a rebalance move a partition meanwhile, its records may be applied by two
             // members: the gate keeps that harmless, as it does for any redelivery.
+            let offsets = next_offsets(&batch);
             let work = async {
-                let mut lanes = self.lanes(&batch, decoded);
+                let mut lanes = self.lanes(batch, decoded);
                 let reports =
                     futures_util::future::join_all(lanes.iter_mut().map(|(records, decoded)| {
                         self.process_with_retry(records, decoded.take())
                     }))
                     .await;
                 tracing::debug!(?reports, "batch committed");
-                self.commit_to_kafka(&consumer, &batch);
+                self.commit_to_kafka(&consumer, offsets);
             };
             let ((), next) = tokio::join!(work, self.gather(&consumer));
             gathered = next;
@@ -420,9 +421,12 @@ impl<P: Processor> Runtime<P> {
     /// the parts wait on each other only briefly and never deadlock.
     fn lanes(
         &self,
-        batch: &[Incoming],
+        batch: Vec<Incoming>,
         decoded: Option<Vec<Decoded>>,
     ) -> Vec<(Vec<Incoming>, Option<Vec<Decoded>>)> {
+        if self.config.lanes <= 1 {
+            return vec![(batch, decoded)];
+        }
         let partitions: BTreeSet<(&str, i32)> = batch
             .iter()
             .map(|r| (r.topic.as_str(), r.partition))
@@ -436,13 +440,17 @@ impl<P: Processor> Runtime<P> {
         let mut lanes: Vec<(Vec<Incoming>, Option<Vec<Decoded>>)> = (0..count)
             .map(|_| (Vec::new(), decoded.as_ref().map(|_| Vec::new())))
             .collect();
+        let assigned: Vec<usize> = batch
+            .iter()
+            .map(|r| lane_of[&(r.topic.as_str(), r.partition)])
+            .collect();
         let mut decoded = decoded.map(Vec::into_iter);
-        for record in batch {
-            let lane = &mut lanes[lane_of[&(record.topic.as_str(), record.partition)]];
+        for (record, lane) in batch.into_iter().zip(assigned) {
+            let lane = &mut lanes[lane];
             if let (Some(all), Some(mine)) = (decoded.as_mut(), lane.1.as_mut()) {
                 mine.extend(all.next());
             }
-            lane.0.push(record.clone());
+            lane.0.push(record);
         }
         lanes
     }
@@ -552,9 +560,13 @@ impl<P: Processor> Runtime<P> {
             .collect()
     }
 
-    fn commit_to_kafka(&self, consumer: &StreamConsumer<StoredOffsets>, batch: &[Incoming]) {
+    fn commit_to_kafka(
+        &self,
+        consumer: &StreamConsumer<StoredOffsets>,
+        offsets: BTreeMap<(String, i32), i64>,
+    ) {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in next_offsets(batch) {
+        for ((topic, partition), next) in offsets {
             if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(next)) {
                 tracing::warn!(error = %e, "building commit");
             }
