@@ -108,10 +108,7 @@ async fn bench_in(args: &Args, db_name: &str, suffix: &str) -> anyhow::Result<()
     // The embedded registry, served on an ephemeral port for the codec.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let registry = format!("http://{}/schema-registry", listener.local_addr()?);
-    let state = dhanman_api::AppState {
-        pool: pool.clone(),
-        consistency_wait: Duration::from_secs(1),
-    };
+    let state = dhanman_api::AppState::new(pool.clone(), Duration::from_secs(1));
     let api = tokio::spawn(dhanman_api::serve(listener, state));
     let codec = Arc::new(Codec::new(&registry)?);
 
@@ -142,7 +139,7 @@ async fn measure(
     suffix: &str,
 ) -> anyhow::Result<()> {
     let [invoices, payments] = topics;
-    let org = dhanman_producers::orgs::create_organization(pool, "Benchmark Society")
+    let org = dhanman_producers::orgs::create_organization(pool, "Benchmark Society", None)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let records = make_records(codec, org.organization_id, args.events).await?;

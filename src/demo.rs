@@ -33,6 +33,18 @@ impl Client {
         Ok(body)
     }
 
+    /// The same API as another user.
+    fn as_user(&self, created: &Value) -> anyhow::Result<Client> {
+        Ok(Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            key: created["api_key"]
+                .as_str()
+                .context("the new user's key")?
+                .to_string(),
+        })
+    }
+
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let response = self
             .http
@@ -79,6 +91,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let org = dhanman_producers::orgs::create_organization(
         &pool,
         "Green Meadows Co-operative Housing Society",
+        Some("secretary@greenmeadows.example"),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -143,6 +156,75 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         }
         residents.push((name, unit, id, token, paid));
     }
+
+    // A purchase: the lift's annual service, above the CFO threshold, so the committee's
+    // manager and the CFO both approve; then the vendor's bill releases the reservation.
+    let mut approvers = Vec::new();
+    for (email, name, role) in [
+        ("manager@greenmeadows.example", "Kavita Rao", "manager"),
+        ("treasurer@greenmeadows.example", "Vikram Shah", "cfo"),
+    ] {
+        let user = client
+            .post(
+                "/v1/users",
+                json!({"email": email, "name": name, "role": role}),
+            )
+            .await?;
+        // Approval requests go to the users the projection knows: wait until it does.
+        let token = user["consistency_token"].as_str().unwrap_or_default();
+        client
+            .get(&format!("/v1/users?consistent_with={token}"))
+            .await?;
+        approvers.push(client.as_user(&user)?);
+    }
+    let [manager, cfo] = <[Client; 2]>::try_from(approvers)
+        .map_err(|_| anyhow::anyhow!("two approvers expected"))?;
+    let vendor = uuid::Uuid::now_v7();
+    let po = client
+        .post(
+            "/v1/purchase-orders",
+            json!({"vendor_id": vendor, "vendor_name": "Shree Lifts", "items": [
+                {"description": "Lift annual service", "quantity": 2, "unit_price": "28000.00"},
+                {"description": "Emergency call-outs", "quantity": 4, "unit_price": "1500.00"}
+            ]}),
+        )
+        .await?;
+    let po_id = po["po_id"]
+        .as_str()
+        .context("purchase order id")?
+        .to_string();
+    manager
+        .post(&format!("/v1/purchase-orders/{po_id}/approve"), json!({}))
+        .await?;
+    let approved = cfo
+        .post(
+            &format!("/v1/purchase-orders/{po_id}/approve"),
+            json!({"comment": "within budget"}),
+        )
+        .await?;
+    tokens.extend(approved["consistency_token"].as_str().map(str::to_string));
+    let bill = client
+        .post(
+            "/v1/bills",
+            json!({"vendor_id": vendor, "po_id": po_id, "amount": "59000.00",
+                   "description": "Lift service, 2026", "due_date": "2026-12-31"}),
+        )
+        .await?;
+    tokens.extend(bill["consistency_token"].as_str().map(str::to_string));
+    println!(
+        "purchase order {} for {} INR: {} by {}; billed {}",
+        po_id,
+        approved["amount"].as_str().unwrap_or(""),
+        approved["status"].as_str().unwrap_or(""),
+        approved["approval_trail"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["role"].as_str())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        bill["amount"].as_str().unwrap_or(""),
+    );
 
     // Read after the ledger has applied every event we caused.
     for token in &tokens {

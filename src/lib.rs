@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dhanman_connectors::relay::Relay;
+use dhanman_processors::approvals::ApprovalRequests;
 use dhanman_processors::ledger::Ledger;
+use dhanman_processors::users::UserSync;
 use dhanman_processors::{Runtime, RuntimeConfig};
 use dhanman_schemas::{Codec, topics};
 use sqlx::PgPool;
@@ -22,7 +24,7 @@ use sqlx::postgres::PgPoolOptions;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Processors `dhanman process <name>` can run.
-pub const PROCESSORS: &[&str] = &["ledger"];
+pub const PROCESSORS: &[&str] = &["ledger", "users", "approvals"];
 
 /// Settings, all from the environment (see the README's table).
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +71,48 @@ pub struct Config {
     /// Days from a monthly invoice's issue date to its due date.
     #[arg(long, env = "DHANMAN_MONTHLY_DUE_DAYS", default_value_t = 10)]
     pub monthly_due_days: u32,
+    /// Base URL of the payment gateway the payment saga charges (`dhanman gateway`
+    /// listens here by default).
+    #[arg(
+        long,
+        env = "DHANMAN_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub gateway_url: String,
+    /// Limit of one gateway request, connect to last byte, in milliseconds.
+    #[arg(long, env = "DHANMAN_GATEWAY_TIMEOUT_MS", default_value_t = 5000)]
+    pub gateway_timeout_ms: u64,
+    /// Retries of a gateway request after a transient failure (timeout, 5xx, connection
+    /// lost), with exponential backoff and jitter.
+    #[arg(long, env = "DHANMAN_GATEWAY_RETRIES", default_value_t = 3)]
+    pub gateway_retries: usize,
+    /// Delay before the first retry, in milliseconds; doubles each retry.
+    #[arg(long, env = "DHANMAN_GATEWAY_BACKOFF_MS", default_value_t = 200)]
+    pub gateway_backoff_ms: u64,
+    /// Consecutive transient gateway failures that open the circuit breaker.
+    #[arg(long, env = "DHANMAN_GATEWAY_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub gateway_breaker_threshold: u32,
+    /// How long the open breaker fails calls fast before it lets a trial through, in ms.
+    #[arg(
+        long,
+        env = "DHANMAN_GATEWAY_BREAKER_COOL_DOWN_MS",
+        default_value_t = 30_000
+    )]
+    pub gateway_breaker_cool_down_ms: u64,
+    /// How often unfinished payment sagas are resumed (besides at start-up), in ms.
+    #[arg(
+        long,
+        env = "DHANMAN_PAYMENT_RECOVERY_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub payment_recovery_interval_ms: u64,
+    /// Testing switch: abort the process at a payment saga crash point (`after-start`,
+    /// `after-charge`, `after-complete`, `before-refund`, `after-refund`).
+    #[arg(long, env = "DHANMAN_FAULT_CRASH_AT", hide = true, value_parser = dhanman_payments::CrashPoint::parse)]
+    pub fault_crash_at: Option<dhanman_payments::CrashPoint>,
+    /// Purchase orders above this amount need the CFO's approval as well as a manager's.
+    #[arg(long, env = "DHANMAN_PO_CFO_THRESHOLD", default_value = "50000")]
+    pub po_cfo_threshold: rust_decimal::Decimal,
 }
 
 impl Config {
@@ -123,7 +167,30 @@ impl Config {
         dhanman_api::AppState {
             pool,
             consistency_wait: Duration::from_millis(self.consistency_wait_ms),
+            approval_policy: dhanman_producers::purchase::ApprovalPolicy {
+                cfo_threshold: self.po_cfo_threshold,
+            },
+            payments: None,
         }
+    }
+
+    /// The payment saga with its gateway client (not yet recovering; see [`run_api`]).
+    pub fn payments(&self, pool: PgPool) -> anyhow::Result<dhanman_payments::Payments> {
+        let gateway = dhanman_payments::GatewayClient::new(dhanman_payments::GatewaySettings {
+            url: self.gateway_url.clone(),
+            timeout: Duration::from_millis(self.gateway_timeout_ms),
+            retries: self.gateway_retries,
+            backoff: Duration::from_millis(self.gateway_backoff_ms),
+            breaker_threshold: self.gateway_breaker_threshold,
+            breaker_cool_down: Duration::from_millis(self.gateway_breaker_cool_down_ms),
+        })
+        .context("building the payment gateway client (DHANMAN_GATEWAY_URL)")?;
+        Ok(dhanman_payments::Payments::new(
+            pool,
+            gateway,
+            self.fault_crash_at,
+            Duration::from_millis(self.payment_recovery_interval_ms),
+        ))
     }
 }
 
@@ -190,8 +257,20 @@ pub async fn run_api(
     listener: tokio::net::TcpListener,
     pool: PgPool,
 ) -> anyhow::Result<()> {
+    dhanman_api::prometheus::install();
+    let payments = config.payments(pool.clone())?;
+    // Unfinished payment sagas are finished or compensated before new payments are taken.
+    let resumed = payments
+        .recover(None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("recovering unfinished payment sagas")?;
+    tracing::info!(resumed, "payment saga recovery done");
+    tokio::spawn(payments.clone().run_recovery());
+    let mut state = config.app_state(pool);
+    state.payments = Some(payments);
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url(), "API listening");
-    dhanman_api::serve(listener, config.app_state(pool))
+    dhanman_api::serve(listener, state)
         .await
         .context("serving the API")
 }
@@ -206,17 +285,20 @@ pub async fn run_relay(config: &Config, pool: PgPool) -> anyhow::Result<()> {
 }
 
 pub async fn run_processor(config: &Config, name: &str, pool: PgPool) -> anyhow::Result<()> {
-    match name {
-        "ledger" => {
-            Runtime::new(
-                Ledger::default(),
-                pool,
-                config.codec()?,
-                config.runtime_config(),
-            )
+    async fn run<P: dhanman_processors::Processor>(
+        processor: P,
+        config: &Config,
+        pool: PgPool,
+    ) -> anyhow::Result<()> {
+        Runtime::new(processor, pool, config.codec()?, config.runtime_config())
             .run()
-            .await?
-        }
+            .await?;
+        Ok(())
+    }
+    match name {
+        "ledger" => run(Ledger::default(), config, pool).await?,
+        "users" => run(UserSync, config, pool).await?,
+        "approvals" => run(ApprovalRequests, config, pool).await?,
         other => anyhow::bail!(
             "unknown processor {other:?}; known: {}",
             PROCESSORS.join(", ")

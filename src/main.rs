@@ -56,6 +56,9 @@ enum OrgsCommand {
     Create {
         #[arg(long)]
         name: String,
+        /// Email of the organization's first administrator, who owns the key.
+        #[arg(long)]
+        admin_email: Option<String>,
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
@@ -133,12 +136,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Orgs {
-            command: OrgsCommand::Create { name, database_url },
+            command:
+                OrgsCommand::Create {
+                    name,
+                    admin_email,
+                    database_url,
+                },
         } => {
             let pool = connect(&database_url).await?;
-            let created = dhanman_producers::orgs::create_organization(&pool, &name)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let created =
+                dhanman_producers::orgs::create_organization(&pool, &name, admin_email.as_deref())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", serde_json::to_string_pretty(&created)?);
             Ok(())
         }

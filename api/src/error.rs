@@ -14,6 +14,8 @@ pub enum ApiError {
     BadRequest { field: String, message: String },
     #[error("missing or unknown API key")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -70,6 +72,7 @@ impl From<dhanman_producers::Error> for ApiError {
             },
             E::NotFound(what) => ApiError::NotFound(what.to_string()),
             E::Conflict(m) => ApiError::Conflict(m),
+            E::Forbidden(m) => ApiError::Forbidden(m),
             E::Database(db) => db.into(),
             E::Encode(e) => ApiError::internal(e),
         }
@@ -92,6 +95,7 @@ impl IntoResponse for ApiError {
                 "unauthorized",
                 Some("Authorization"),
             ),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Some("Authorization")),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::NotYetConsistent(_) => (

@@ -30,7 +30,7 @@ where
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        let (organization_id, role) = dhanman_producers::orgs::authenticate(&state.pool, key)
+        let key = dhanman_producers::orgs::authenticate(&state.pool, key)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         let correlation_id = parts
@@ -39,8 +39,9 @@ where
             .map(|c| c.0.clone())
             .unwrap_or_default();
         Ok(Auth(Caller {
-            organization_id,
-            role,
+            organization_id: key.organization_id,
+            role: key.role,
+            user_id: Some(key.user_id),
             correlation_id,
         }))
     }

@@ -5,6 +5,7 @@ mod consistency;
 mod error;
 mod extract;
 mod middleware;
+pub mod prometheus;
 mod routes;
 
 use std::time::Duration;
@@ -21,6 +22,23 @@ pub struct AppState {
     pub pool: PgPool,
     /// How long a query with `?consistent_with=` waits for the ledger.
     pub consistency_wait: Duration,
+    /// Which approvals a purchase order needs.
+    pub approval_policy: dhanman_producers::purchase::ApprovalPolicy,
+    /// The payment saga; `None` where the API runs without one (benchmark, in-process
+    /// tests), and `/v1/payments` then fails with 500 (not configured).
+    pub payments: Option<dhanman_payments::Payments>,
+}
+
+impl AppState {
+    /// State with the default policies; callers set fields to change them.
+    pub fn new(pool: PgPool, consistency_wait: Duration) -> Self {
+        AppState {
+            pool,
+            consistency_wait,
+            approval_policy: Default::default(),
+            payments: None,
+        }
+    }
 }
 
 /// Request bodies above this are refused with 413 before they are read whole.

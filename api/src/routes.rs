@@ -3,8 +3,11 @@
 mod health;
 mod jobs;
 mod ledger;
+mod payments;
 mod payroll;
+mod purchase;
 mod sales;
+mod users;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -25,11 +28,28 @@ pub fn router() -> Router<AppState> {
         .route("/v1/invoices/{id}", get(sales::invoice))
         .route("/v1/invoices/{id}/void", post(sales::void_invoice))
         .route("/v1/payments/manual", post(sales::record_manual_payment))
+        .route("/v1/payments", post(payments::create_payment))
+        .route("/v1/payments/{id}", get(payments::payment))
+        .route("/metrics", get(crate::prometheus::render))
         .route("/v1/salaries", post(payroll::post_salary))
         .route("/v1/salaries/{id}", get(payroll::salary))
         .route("/v1/accounts/{code}/balance", get(ledger::account_balance))
         .route("/v1/trial-balance", get(ledger::trial_balance))
         .route("/v1/ledger/entries", get(ledger::entries))
         .route("/v1/jobs/runs", get(jobs::runs))
+        .route("/v1/users", post(users::create_user).get(users::directory))
+        .route("/v1/users/{id}", get(users::user))
+        .route("/v1/purchase-orders", post(purchase::submit_order))
+        .route("/v1/purchase-orders/{id}", get(purchase::order))
+        .route(
+            "/v1/purchase-orders/{id}/approve",
+            post(purchase::approve_order),
+        )
+        .route(
+            "/v1/purchase-orders/{id}/reject",
+            post(purchase::reject_order),
+        )
+        .route("/v1/bills", post(purchase::create_bill))
+        .route("/v1/bills/{id}", get(purchase::bill))
         .fallback(health::not_found)
 }

@@ -8,6 +8,12 @@
 //! | PaymentReceived | 1000 Bank                     | 1200 AR (party: customer)     |
 //! | InvoiceVoided   | 4000 Maintenance Revenue      | 1200 AR (party: customer)     |
 //! | SalaryPosted    | 5100 Salary Expense           | 2200 Salaries Payable (party: employee) |
+//! | POApproved      | 5900 Budget Commitments       | 2100 Reserved Budget          |
+//! | BillCreated     | 5000 Expenses                 | 2000 Accounts Payable (party: vendor) |
+//! | … against a PO  | also 2100 Reserved Budget     | also 5900 Budget Commitments (the release) |
+//!
+//! A bill never exceeds its order (the command side refuses it), so a bill's release is
+//! its own amount and the reservation never goes below zero.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +31,10 @@ pub const BANK: &str = "1000";
 pub const REVENUE: &str = "4000";
 pub const SALARIES_PAYABLE: &str = "2200";
 pub const SALARY_EXPENSE: &str = "5100";
+pub const EXPENSES: &str = "5000";
+pub const PAYABLE: &str = "2000";
+pub const RESERVED_BUDGET: &str = "2100";
+pub const COMMITMENTS: &str = "5900";
 
 /// The ledger processor. Reads the sales and payroll topics unless told otherwise
 /// (benchmarks and replays point it at other topics).
@@ -39,6 +49,8 @@ impl Default for Ledger {
                 topics::INVOICES.to_string(),
                 topics::PAYMENTS.to_string(),
                 topics::SALARIES.to_string(),
+                topics::PURCHASE_ORDERS.to_string(),
+                topics::BILLS.to_string(),
             ],
         }
     }
@@ -71,6 +83,10 @@ fn customer(id: Uuid) -> Party {
 
 fn employee(id: Uuid) -> Party {
     Some(("employee", id))
+}
+
+fn vendor(id: Uuid) -> Party {
+    Some(("vendor", id))
 }
 
 fn line(account: &str, party: Party, debit: Decimal, credit: Decimal) -> PostingLine {
@@ -134,7 +150,37 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
                 ),
             ],
         ),
-        Event::LedgerEntryPosted(_) | Event::Other { .. } => return None,
+        Event::POApproved(e) => (
+            "purchase_order",
+            e.po_id,
+            format!("Budget reserved for purchase order {}", e.po_id),
+            &e.currency,
+            vec![
+                line(COMMITMENTS, None, e.amount, Decimal::ZERO),
+                line(RESERVED_BUDGET, None, Decimal::ZERO, e.amount),
+            ],
+        ),
+        Event::BillCreated(e) => {
+            let mut lines = vec![
+                line(EXPENSES, None, e.amount, Decimal::ZERO),
+                line(PAYABLE, vendor(e.vendor_id), Decimal::ZERO, e.amount),
+            ];
+            if e.po_id.is_some() {
+                lines.push(line(RESERVED_BUDGET, None, e.amount, Decimal::ZERO));
+                lines.push(line(COMMITMENTS, None, Decimal::ZERO, e.amount));
+            }
+            let description = match e.po_id {
+                Some(po) => format!("Bill {} against purchase order {po}", e.bill_id),
+                None => format!("Bill {}", e.bill_id),
+            };
+            ("bill", e.bill_id, description, &e.currency, lines)
+        }
+        Event::PaymentFailed(_)
+        | Event::POSubmitted(_)
+        | Event::PORejected(_)
+        | Event::UserCreated(_)
+        | Event::LedgerEntryPosted(_)
+        | Event::Other { .. } => return None,
     };
     let source = event.envelope().clone();
     Some(Entry {
@@ -474,5 +520,66 @@ mod tests {
             assert_ne!(announced, entry.id);
             assert_eq!(announced.as_bytes()[..6], entry.id.as_bytes()[..6]);
         }
+    }
+
+    #[test]
+    fn a_bill_against_an_order_releases_what_the_approval_reserved() {
+        let vendor_id = Uuid::now_v7();
+        let po_id = Uuid::now_v7();
+        let amount: Decimal = "60000.00".parse().unwrap();
+        let approved = Event::POApproved(dhanman_schemas::events::POApproved {
+            envelope: envelope(),
+            po_id,
+            vendor_id,
+            requester_id: Uuid::now_v7(),
+            amount,
+            currency: "INR".into(),
+            approved_by: vec![Uuid::now_v7()],
+        });
+        let bill = |po_id| {
+            Event::BillCreated(dhanman_schemas::events::BillCreated {
+                envelope: envelope(),
+                bill_id: Uuid::now_v7(),
+                vendor_id,
+                po_id,
+                amount: "45000.50".parse().unwrap(),
+                currency: "INR".into(),
+                description: "Lift repair".into(),
+                due_date: "2026-12-31".parse().unwrap(),
+            })
+        };
+        // Net movement per account over the approval and the bill.
+        let net = |events: &[&Event]| {
+            let mut net: BTreeMap<String, Decimal> = BTreeMap::new();
+            for e in events {
+                let entry = entry_for(e).unwrap();
+                let debits: Decimal = entry.lines.iter().map(|l| l.debit).sum();
+                let credits: Decimal = entry.lines.iter().map(|l| l.credit).sum();
+                assert_eq!(debits, credits, "{}", entry.description);
+                for l in entry.lines {
+                    *net.entry(l.account_code).or_default() += l.debit - l.credit;
+                }
+            }
+            net
+        };
+        let with_po = net(&[&approved, &bill(Some(po_id))]);
+        let remaining: Decimal = "14999.50".parse().unwrap();
+        assert_eq!(with_po[COMMITMENTS], remaining);
+        assert_eq!(with_po[RESERVED_BUDGET], -remaining);
+        assert_eq!(with_po[EXPENSES], "45000.50".parse::<Decimal>().unwrap());
+        assert_eq!(with_po[PAYABLE], "-45000.50".parse::<Decimal>().unwrap());
+        // Without an order, nothing is released.
+        let without = net(&[&bill(None)]);
+        assert!(!without.contains_key(RESERVED_BUDGET) && !without.contains_key(COMMITMENTS));
+        let payable = entry_for(&bill(None)).unwrap();
+        let party = payable
+            .lines
+            .iter()
+            .find(|l| l.account_code == PAYABLE)
+            .unwrap();
+        assert_eq!(
+            (party.party_type.as_deref(), party.party_id),
+            (Some("vendor"), Some(vendor_id))
+        );
     }
 }

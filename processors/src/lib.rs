@@ -1,8 +1,10 @@
 //! Consumers of the pipeline: the runtime that every processor plugs into, and the
 //! processors themselves (one module each).
 
+pub mod approvals;
 pub mod ledger;
 pub mod runtime;
+pub mod users;
 
 pub use runtime::{Incoming, Processor, Runtime, RuntimeConfig};
 

@@ -7,7 +7,9 @@ pub mod monthly;
 pub mod orgs;
 pub mod outbox;
 pub mod payroll;
+pub mod purchase;
 pub mod sales;
+pub mod users;
 
 use dhanman_schemas::events::FieldError;
 
@@ -23,6 +25,9 @@ pub enum Error {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The caller's role may not do this (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("encoding the event: {0}")]
@@ -36,5 +41,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Caller {
     pub organization_id: uuid::Uuid,
     pub role: String,
+    /// The user the API key belongs to; `None` for the pipeline's own jobs.
+    pub user_id: Option<uuid::Uuid>,
     pub correlation_id: String,
+}
+
+/// Roles that keep the books: customers, invoices, payments, bills, salaries.
+pub const BOOKKEEPERS: &[&str] = &["admin", "accountant"];
+
+impl Caller {
+    /// Refuses the command unless the caller has one of `roles`.
+    pub fn require(&self, roles: &[&str], what: &str) -> Result<()> {
+        if roles.contains(&self.role.as_str()) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "{what} needs the role {}; this key has the role {}",
+            roles.join(" or "),
+            self.role
+        )))
+    }
+
+    /// The user behind the key; a job running without one may not do this.
+    pub fn user(&self, what: &str) -> Result<uuid::Uuid> {
+        self.user_id
+            .ok_or_else(|| Error::Forbidden(format!("{what} needs a user's API key")))
+    }
 }

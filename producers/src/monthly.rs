@@ -98,6 +98,7 @@ pub async fn run(
         let caller = Caller {
             organization_id,
             role: "system".into(),
+            user_id: None,
             correlation_id: format!("{JOB}-{run_id}"),
         };
         let customers: Vec<(Uuid, Option<String>, Decimal, String)> = sqlx::query_as(
@@ -151,12 +152,28 @@ pub async fn run(
         .bind(serde_json::Value::Array(recorded))
         .execute(pool)
         .await?;
+        record_metrics(created, skipped, failures.len());
         summary.created += created;
         summary.skipped += skipped;
         summary.failed += u32::try_from(failures.len()).unwrap_or(u32::MAX);
         summary.failures.extend(failures);
     }
     Ok(summary)
+}
+
+/// The job's outcome counters, per customer: `dhanman_job_invoices_total{job, outcome}`
+/// (`created`, `skipped`, `failed`), and when the job last finished an organization.
+fn record_metrics(created: u32, skipped: u32, failed: usize) {
+    for (outcome, n) in [
+        ("created", u64::from(created)),
+        ("skipped", u64::from(skipped)),
+        ("failed", failed as u64),
+    ] {
+        metrics::counter!("dhanman_job_invoices_total", "job" => JOB, "outcome" => outcome)
+            .increment(n);
+    }
+    metrics::gauge!("dhanman_job_last_finished_timestamp_seconds", "job" => JOB)
+        .set(chrono::Utc::now().timestamp() as f64);
 }
 
 /// `<period>-<unit>`, or `<period>-<last 8 hex digits of the customer id>` without a unit

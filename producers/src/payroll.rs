@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +45,7 @@ pub async fn post_salary(
     caller: &Caller,
     input: NewSalary,
 ) -> Result<PostedSalary> {
+    caller.require(BOOKKEEPERS, "posting a salary")?;
     let employee_id = input
         .employee_id
         .ok_or_else(|| FieldError::new("employee_id", "is required"))?;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
 
 fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, FieldError> {
     match value.as_deref().map(str::trim) {
@@ -55,6 +55,7 @@ pub async fn create_customer(
     caller: &Caller,
     input: NewCustomer,
 ) -> Result<Customer> {
+    caller.require(BOOKKEEPERS, "creating a customer")?;
     let name = required("name", &input.name)?;
     limited("name", Some(name), 200)?;
     limited("unit", input.unit.as_deref(), 50)?;
@@ -130,6 +131,7 @@ pub async fn create_invoice(
     caller: &Caller,
     input: NewInvoice,
 ) -> Result<CreatedInvoice> {
+    caller.require(BOOKKEEPERS, "creating an invoice")?;
     create_invoice_with_id(conn, caller, input, Uuid::now_v7()).await
 }
 
@@ -252,6 +254,7 @@ pub async fn record_manual_payment(
     caller: &Caller,
     input: NewManualPayment,
 ) -> Result<RecordedPayment> {
+    caller.require(BOOKKEEPERS, "recording a payment")?;
     let amount = input
         .amount
         .ok_or_else(|| FieldError::new("amount", "is required"))?;
@@ -349,33 +352,21 @@ pub async fn record_manual_payment(
 
     let payment_id = Uuid::now_v7();
     let amount = amount.round_dp(2);
-    sqlx::query(
-        "insert into payments (id, organization_id, customer_id, invoice_id, amount, currency, method, reference)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    let consistency_token = insert_payment(
+        conn,
+        caller.organization_id,
+        &caller.correlation_id,
+        PaymentRow {
+            payment_id,
+            customer_id,
+            invoice_id: input.invoice_id,
+            amount,
+            currency: &currency,
+            method: &method,
+            reference: input.reference.as_deref(),
+        },
     )
-    .bind(payment_id)
-    .bind(caller.organization_id)
-    .bind(customer_id)
-    .bind(input.invoice_id)
-    .bind(amount)
-    .bind(&currency)
-    .bind(&method)
-    .bind(&input.reference)
-    .execute(&mut *conn)
     .await?;
-
-    let event = PaymentReceived {
-        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
-        payment_id,
-        invoice_id: input.invoice_id,
-        customer_id,
-        amount,
-        currency: currency.clone(),
-        method,
-        reference: input.reference,
-    };
-    let consistency_token = outbox::enqueue(conn, &event).await?;
-    tracing::info!(%payment_id, %customer_id, %amount, event_id = %consistency_token, "payment recorded");
     Ok(RecordedPayment {
         payment_id,
         customer_id,
@@ -385,6 +376,66 @@ pub async fn record_manual_payment(
         invoice_status,
         consistency_token,
     })
+}
+
+/// A payment as [`insert_payment`] records it.
+pub struct PaymentRow<'a> {
+    pub payment_id: Uuid,
+    pub customer_id: Uuid,
+    pub invoice_id: Option<Uuid>,
+    /// Already rounded to two places and checked against the invoice, if any.
+    pub amount: Decimal,
+    pub currency: &'a str,
+    pub method: &'a str,
+    pub reference: Option<&'a str>,
+}
+
+/// Writes the payment row and its `PaymentReceived` in the caller's transaction; returns
+/// the event id (the consistency token). Every way money comes in (by hand, through the
+/// payment saga) records it here; marking the invoice paid is the caller's part.
+pub async fn insert_payment(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    correlation_id: &str,
+    payment: PaymentRow<'_>,
+) -> Result<Uuid> {
+    let PaymentRow {
+        payment_id,
+        customer_id,
+        invoice_id,
+        amount,
+        currency,
+        method,
+        reference,
+    } = payment;
+    sqlx::query(
+        "insert into payments (id, organization_id, customer_id, invoice_id, amount, currency, method, reference)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(payment_id)
+    .bind(organization_id)
+    .bind(customer_id)
+    .bind(invoice_id)
+    .bind(amount)
+    .bind(currency)
+    .bind(method)
+    .bind(reference)
+    .execute(&mut *conn)
+    .await?;
+
+    let event = PaymentReceived {
+        envelope: Envelope::new(organization_id, correlation_id, None),
+        payment_id,
+        invoice_id,
+        customer_id,
+        amount,
+        currency: currency.to_string(),
+        method: method.to_string(),
+        reference: reference.map(str::to_string),
+    };
+    let consistency_token = outbox::enqueue(conn, &event).await?;
+    tracing::info!(%payment_id, %customer_id, %amount, event_id = %consistency_token, "payment recorded");
+    Ok(consistency_token)
 }
 
 /// An invoice as it stands: the command side's own row, with what has been paid on it.
@@ -454,6 +505,7 @@ pub async fn void_invoice(
     invoice_id: Uuid,
     input: VoidInvoice,
 ) -> Result<VoidedInvoice> {
+    caller.require(BOOKKEEPERS, "voiding an invoice")?;
     let reason = input
         .reason
         .as_deref()

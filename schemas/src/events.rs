@@ -161,6 +161,179 @@ impl Record for SalaryPosted {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub payment_id: Uuid,
+    pub invoice_id: Uuid,
+    pub customer_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub reason: String,
+}
+
+impl Record for PaymentFailed {
+    const NAME: &'static str = "dhanman.sales.PaymentFailed";
+    const TOPIC: &'static str = topics::PAYMENTS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.customer_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoItem {
+    pub description: String,
+    pub quantity: i32,
+    pub unit_price: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct POSubmitted {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub po_id: Uuid,
+    pub vendor_id: Uuid,
+    pub requester_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub items: Vec<PoItem>,
+    /// Roles whose approval the order needs, e.g. `["manager", "cfo"]`.
+    pub required_approvers: Vec<String>,
+}
+
+impl Record for POSubmitted {
+    const NAME: &'static str = "dhanman.purchase.POSubmitted";
+    const TOPIC: &'static str = topics::PURCHASE_ORDERS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.po_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct POApproved {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub po_id: Uuid,
+    pub vendor_id: Uuid,
+    pub requester_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub approved_by: Vec<Uuid>,
+}
+
+impl Record for POApproved {
+    const NAME: &'static str = "dhanman.purchase.POApproved";
+    const TOPIC: &'static str = topics::PURCHASE_ORDERS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.po_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PORejected {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub po_id: Uuid,
+    pub vendor_id: Uuid,
+    pub requester_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub rejected_by: Uuid,
+    pub reason: String,
+}
+
+impl Record for PORejected {
+    const NAME: &'static str = "dhanman.purchase.PORejected";
+    const TOPIC: &'static str = topics::PURCHASE_ORDERS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.po_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BillCreated {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub bill_id: Uuid,
+    pub vendor_id: Uuid,
+    #[serde(default)]
+    pub po_id: Option<Uuid>,
+    pub amount: Decimal,
+    pub currency: String,
+    pub description: String,
+    pub due_date: NaiveDate,
+}
+
+impl Record for BillCreated {
+    const NAME: &'static str = "dhanman.purchase.BillCreated";
+    const TOPIC: &'static str = topics::BILLS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.vendor_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserCreated {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub user_id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+}
+
+impl Record for UserCreated {
+    const NAME: &'static str = "dhanman.common.UserCreated";
+    const TOPIC: &'static str = topics::USERS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendApprovalRequest {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub po_id: Uuid,
+    pub approver_role: String,
+    #[serde(default)]
+    pub approver_id: Option<Uuid>,
+    /// Email address of the approver (or of the role's mailbox).
+    pub recipient: String,
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+impl Record for SendApprovalRequest {
+    const NAME: &'static str = "dhanman.notification.SendApprovalRequest";
+    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.recipient.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostingLine {
     pub account_code: String,
     pub party_type: Option<String>,
@@ -200,6 +373,12 @@ pub enum Event {
     InvoiceVoided(InvoiceVoided),
     PaymentReceived(PaymentReceived),
     SalaryPosted(SalaryPosted),
+    PaymentFailed(PaymentFailed),
+    POSubmitted(POSubmitted),
+    POApproved(POApproved),
+    PORejected(PORejected),
+    BillCreated(BillCreated),
+    UserCreated(UserCreated),
     LedgerEntryPosted(LedgerEntryPosted),
     Other {
         name: String,
@@ -220,6 +399,12 @@ impl Event {
             InvoiceVoided::NAME => Event::InvoiceVoided(parse(json)?),
             PaymentReceived::NAME => Event::PaymentReceived(parse(json)?),
             SalaryPosted::NAME => Event::SalaryPosted(parse(json)?),
+            PaymentFailed::NAME => Event::PaymentFailed(parse(json)?),
+            POSubmitted::NAME => Event::POSubmitted(parse(json)?),
+            POApproved::NAME => Event::POApproved(parse(json)?),
+            PORejected::NAME => Event::PORejected(parse(json)?),
+            BillCreated::NAME => Event::BillCreated(parse(json)?),
+            UserCreated::NAME => Event::UserCreated(parse(json)?),
             LedgerEntryPosted::NAME => Event::LedgerEntryPosted(parse(json)?),
             _ => Event::Other {
                 name: name.to_string(),
@@ -237,6 +422,12 @@ impl Event {
             Event::InvoiceVoided(e) => &e.envelope,
             Event::PaymentReceived(e) => &e.envelope,
             Event::SalaryPosted(e) => &e.envelope,
+            Event::PaymentFailed(e) => &e.envelope,
+            Event::POSubmitted(e) => &e.envelope,
+            Event::POApproved(e) => &e.envelope,
+            Event::PORejected(e) => &e.envelope,
+            Event::BillCreated(e) => &e.envelope,
+            Event::UserCreated(e) => &e.envelope,
             Event::LedgerEntryPosted(e) => &e.envelope,
             Event::Other { envelope, .. } => envelope,
         }
@@ -248,6 +439,12 @@ impl Event {
             Event::InvoiceVoided(_) => InvoiceVoided::NAME,
             Event::PaymentReceived(_) => PaymentReceived::NAME,
             Event::SalaryPosted(_) => SalaryPosted::NAME,
+            Event::PaymentFailed(_) => PaymentFailed::NAME,
+            Event::POSubmitted(_) => POSubmitted::NAME,
+            Event::POApproved(_) => POApproved::NAME,
+            Event::PORejected(_) => PORejected::NAME,
+            Event::BillCreated(_) => BillCreated::NAME,
+            Event::UserCreated(_) => UserCreated::NAME,
             Event::LedgerEntryPosted(_) => LedgerEntryPosted::NAME,
             Event::Other { name, .. } => name,
         }
@@ -269,7 +466,12 @@ impl Event {
                 check_money("amount", e.amount, &e.currency)?;
                 check_period("period", &e.period)?;
             }
-            Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
+            Event::PaymentFailed(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::POSubmitted(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::POApproved(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::PORejected(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::BillCreated(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::UserCreated(_) | Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
         }
         Ok(())
     }

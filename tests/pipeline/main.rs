@@ -12,6 +12,8 @@ mod interop;
 mod monthly;
 mod offsets;
 mod outage;
+mod payments;
+mod purchase;
 mod salaries;
 mod statement;
 mod void;

@@ -289,6 +289,27 @@ async fn the_schedule_in_up_bills_the_current_month_once() {
         "{}",
         runs.body
     );
+    // The scheduled runs are counted in the process's metrics: one invoice created, and
+    // skips from the later ticks.
+    let metrics = reqwest::get(format!("{}/metrics", setup.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |outcome: &str| {
+        let prefix = format!(
+            "dhanman_job_invoices_total{{job=\"monthly-invoices\",outcome=\"{outcome}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+    };
+    assert_eq!(counter("created"), 1.0);
+    assert!(counter("skipped") >= 2.0);
+    assert_eq!(counter("failed"), 0.0);
 
     drop(up);
     db.drop_db().await;

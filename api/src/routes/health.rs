@@ -10,16 +10,24 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match sqlx::query("select 1").execute(&state.pool).await {
-        Ok(_) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": "up"})),
-        ),
+    let (status, mut body) = match sqlx::query("select 1").execute(&state.pool).await {
+        Ok(_) => (StatusCode::OK, json!({"status": "ready", "database": "up"})),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "database": e.to_string()})),
+            json!({"status": "not ready", "database": e.to_string()}),
         ),
+    };
+    // An open breaker leaves the API ready: only payments through the gateway fail fast.
+    if let Some(payments) = &state.payments {
+        let breaker = payments.gateway().breaker_state();
+        body["payment_gateway"] = json!(breaker.as_str());
+        if breaker != dhanman_payments::BreakerState::Closed {
+            body["payments"] = json!(
+                "gateway payments fail fast until the breaker closes; everything else is served"
+            );
+        }
     }
+    (status, Json(body))
 }
 
 pub async fn not_found() -> ApiError {

@@ -21,7 +21,7 @@ use crate::{ApiError, AppState};
 
 pub(super) type CommandReply = (StatusCode, Json<Value>);
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

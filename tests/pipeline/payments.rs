@@ -1,0 +1,649 @@
+//! The payment saga over real sockets: `dhanman gateway` runs as a process of its own (its
+//! memory, the charge log, survives restarts of `dhanman up`), and every check compares
+//! what the gateway says it charged with the payments the pipeline recorded.
+
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// `dhanman gateway` on a free port.
+struct Gateway {
+    _proc: Proc,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    async fn start(setup: &Setup) -> Gateway {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let proc = setup.spawn_with_env(&["gateway"], &[("DHANMAN_GATEWAY_ADDR", &addr)]);
+        let gateway = Gateway {
+            _proc: proc,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        };
+        let url = format!("{}/healthz", gateway.base);
+        eventually("the gateway to listen", Duration::from_secs(30), || {
+            let request = gateway.http.get(&url);
+            async move {
+                request
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        gateway
+    }
+
+    async fn control(&self, patch: Value) {
+        let r = self
+            .http
+            .put(format!("{}/_control", self.base))
+            .json(&patch)
+            .send()
+            .await
+            .expect("PUT /_control");
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+
+    async fn log(&self) -> Vec<Value> {
+        let body: Value = self
+            .http
+            .get(format!("{}/v1/log", self.base))
+            .send()
+            .await
+            .expect("GET /v1/log")
+            .json()
+            .await
+            .expect("log JSON");
+        body["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Money the gateway holds: succeeded charges less refunds.
+    async fn net_charged(&self) -> (usize, Decimal) {
+        let mut count = 0i64;
+        let mut sum = Decimal::ZERO;
+        for e in self.log().await {
+            let amount: Decimal = e["amount"].as_str().unwrap().parse().unwrap();
+            match (e["kind"].as_str(), e["status"].as_str()) {
+                (Some("charge"), Some("succeeded")) => {
+                    count += 1;
+                    sum += amount;
+                }
+                (Some("refund"), _) => {
+                    count -= 1;
+                    sum -= amount;
+                }
+                _ => {}
+            }
+        }
+        (
+            usize::try_from(count).expect("never more refunds than charges"),
+            sum,
+        )
+    }
+}
+
+/// What the pipeline recorded: payments (count, sum).
+async fn recorded(db: &TestDb) -> (usize, Decimal) {
+    let (n, sum): (i64, Decimal) =
+        sqlx::query_as("select count(*), coalesce(sum(amount), 0) from payments")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    (n as usize, sum)
+}
+
+async fn assert_books_agree(db: &TestDb, gateway: &Gateway) {
+    let (charged, charged_sum) = gateway.net_charged().await;
+    let (paid, paid_sum) = recorded(db).await;
+    assert_eq!(charged, paid, "gateway log: {:#?}", gateway.log().await);
+    assert_eq!(charged_sum, paid_sum);
+    // Every paid invoice has exactly its payment, and every payment's invoice is paid.
+    let mismatched = db
+        .count(
+            "select count(*) from invoices i
+              where (i.status = 'paid') <> exists (select 1 from payments p where p.invoice_id = i.id)",
+        )
+        .await;
+    assert_eq!(mismatched, 0, "paid invoices and payments disagree");
+}
+
+/// `POST /v1/payments`, or `None` when the connection dropped before an answer.
+async fn try_pay(api: &Api, key: Option<&str>, body: Value) -> Option<Reply> {
+    let mut request = api
+        .http
+        .post(format!("{}/v1/payments", api.base))
+        .bearer_auth(&api.key)
+        .json(&body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.ok()?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.ok()?;
+    Some(Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    })
+}
+
+async fn pay(api: &Api, key: &str, invoice: &str, method: &str) -> Reply {
+    try_pay(
+        api,
+        Some(key),
+        json!({"invoice_id": invoice, "method": method}),
+    )
+    .await
+    .expect("an answer")
+}
+
+fn up_env(gateway: &Gateway) -> Vec<(&'static str, String)> {
+    vec![
+        ("DHANMAN_GATEWAY_URL", gateway.base.clone()),
+        ("DHANMAN_GATEWAY_TIMEOUT_MS", "5000".into()),
+        ("DHANMAN_GATEWAY_BACKOFF_MS", "20".into()),
+    ]
+}
+
+fn spawn_up(setup: &Setup, env: &[(&'static str, String)]) -> Proc {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    setup.spawn_with_env(&["up"], &env)
+}
+
+async fn metrics(api: &Api) -> String {
+    api.http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of one sample line (`name{labels} value`), or 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// HTTP attempts the API made at the gateway (fast failures of the open breaker left out).
+fn attempts(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("dhanman_gateway_requests_total{"))
+        .filter(|l| !l.contains("outcome=\"breaker_open\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn saga_state(api: &Api, payment_id: &str) -> String {
+    let r = api.get(&format!("/v1/payments/{payment_id}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["state"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let gateway = Gateway::start(&setup).await;
+    let up = spawn_up(&setup, &up_env(&gateway));
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Lakeview Residency").await;
+    let (_, other_key) = create_org(&setup, "Hillside Towers").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let other = Api::new(&setup.base_url(), &other_key);
+    let asha = api.customer("Asha").await;
+    let (invoice_id, _) = invoice(&api, asha, "1500.00").await;
+
+    // Refusals name the field and write nothing.
+    let no_key = try_pay(
+        &api,
+        None,
+        json!({"invoice_id": invoice_id, "method": "upi"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(no_key.status, 400, "{}", no_key.body);
+    assert_eq!(no_key.body["field"], "Idempotency-Key");
+    let bad_method = pay(&api, "k-bad", &invoice_id, "cash").await;
+    assert_eq!(bad_method.status, 422, "{}", bad_method.body);
+    assert_eq!(bad_method.body["field"], "method");
+    let unknown = pay(&api, "k-unknown", &uuid::Uuid::now_v7().to_string(), "upi").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let foreign = pay(&other, "k-foreign", &invoice_id, "upi").await;
+    assert_eq!(foreign.status, 404, "{}", foreign.body);
+    assert_eq!(
+        db.count("select count(*) from payment_sagas").await,
+        0,
+        "nothing recorded"
+    );
+
+    let paid = pay(&api, "asha-dec", &invoice_id, "upi").await;
+    assert_eq!(paid.status, 201, "{}", paid.body);
+    assert_eq!(paid.body["state"], "completed");
+    assert_eq!(paid.body["amount"], "1500.00");
+    let payment_id = paid.body["payment_id"].as_str().unwrap().to_string();
+    let token = paid.body["consistency_token"].as_str().unwrap().to_string();
+
+    let invoice_now = api.get(&format!("/v1/invoices/{invoice_id}")).await;
+    assert_eq!(invoice_now.body["status"], "paid", "{}", invoice_now.body);
+    let balance = api
+        .get(&format!(
+            "/v1/customers/{asha}/balance?consistent_with={token}"
+        ))
+        .await;
+    assert_eq!(balance.status, 200, "{}", balance.body);
+    assert_eq!(
+        balance.body["balances"][0]["balance"], "0.00",
+        "{}",
+        balance.body
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from journal_entries where reference_id = '{payment_id}'"
+        ))
+        .await,
+        1
+    );
+    let log = gateway.log().await;
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["kind"], "charge");
+    assert_eq!(log[0]["amount"], "1500.00");
+    assert_eq!(paid.body["charge_id"], log[0]["charge_id"]);
+
+    // The same key and body: the same payment, nothing charged again. Another body: 409.
+    let again = pay(&api, "asha-dec", &invoice_id, "upi").await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.body["payment_id"], payment_id.as_str());
+    assert_eq!(pay(&api, "asha-dec", &invoice_id, "card").await.status, 409);
+    // A second payment of the paid invoice: 409.
+    let second = pay(&api, "asha-dec-2", &invoice_id, "upi").await;
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert_eq!(gateway.log().await.len(), 1);
+    assert_books_agree(&db, &gateway).await;
+
+    // The saga's steps, to its own organization only.
+    let view = api.get(&format!("/v1/payments/{payment_id}")).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    let steps: Vec<&str> = view.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["started", "charging", "charged", "completed"]);
+    assert_eq!(
+        other
+            .get(&format!("/v1/payments/{payment_id}"))
+            .await
+            .status,
+        404
+    );
+
+    let text = metrics(&api).await;
+    assert!(
+        sample(
+            &text,
+            "dhanman_gateway_requests_total{op=\"charge\",outcome=\"ok\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("dhanman_gateway_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "dhanman_gateway_breaker_state"), 0.0);
+    let ready = api.get("/readyz").await;
+    assert_eq!(ready.body["payment_gateway"], "closed", "{}", ready.body);
+    drop(up);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_card_fails_the_payment_with_no_ledger_change() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let gateway = Gateway::start(&setup).await;
+    let up = spawn_up(&setup, &up_env(&gateway));
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Lakeview Residency").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let ravi = api.customer("Ravi").await;
+    let (invoice_id, _) = invoice(&api, ravi, "800.00").await;
+
+    // The gateway declines a card charge whose reference says so (its test card).
+    let declined = try_pay(
+        &api,
+        Some("ravi-card"),
+        json!({"invoice_id": invoice_id, "method": "card", "reference": "decline me"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(declined.status, 402, "{}", declined.body);
+    assert_eq!(declined.body["error"], "payment_failed");
+    assert_eq!(declined.body["state"], "failed");
+    let failed_id = declined.body["payment_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        api.get(&format!("/v1/invoices/{invoice_id}")).await.body["status"],
+        "open"
+    );
+    assert_eq!(recorded(&db).await.0, 0);
+
+    let records = read_topic(&setup.topic("dhanman.sales.payments"), 1).await;
+    assert_eq!(
+        records[0].header("record_name"),
+        Some("dhanman.sales.PaymentFailed")
+    );
+
+    // The invoice is free again: a UPI payment goes through. It shares the customer's
+    // partition with the PaymentFailed, so once the ledger applied it, it saw the failure.
+    let ok = pay(&api, "ravi-upi", &invoice_id, "upi").await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    let token = ok.body["consistency_token"].as_str().unwrap();
+    let balance = api
+        .get(&format!(
+            "/v1/customers/{ravi}/balance?consistent_with={token}"
+        ))
+        .await;
+    assert_eq!(balance.status, 200, "{}", balance.body);
+    assert_eq!(
+        balance.body["balances"][0]["balance"], "0.00",
+        "{}",
+        balance.body
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from journal_entries where reference_id = '{failed_id}'"
+        ))
+        .await,
+        0,
+        "a failed payment posts nothing"
+    );
+    let log = gateway.log().await;
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert_eq!(log[0]["status"], "declined");
+    assert_books_agree(&db, &gateway).await;
+    drop(up);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_saga_step_is_finished_on_restart_with_one_charge() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let gateway = Gateway::start(&setup).await;
+    let env = up_env(&gateway);
+    let mut up = spawn_up(&setup, &env);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Lakeview Residency").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let meera = api.customer("Meera").await;
+
+    for point in ["after-start", "after-charge", "after-complete"] {
+        let (invoice_id, _) = invoice(&api, meera, "1200.00").await;
+        // Restart with the crash switch on.
+        up.kill().await;
+        let mut crashing = env.clone();
+        crashing.push(("DHANMAN_FAULT_CRASH_AT", point.into()));
+        up = spawn_up(&setup, &crashing);
+        setup.wait_ready(&up).await;
+        let key = format!("meera-{point}");
+        let reply = try_pay(
+            &api,
+            Some(&key),
+            json!({"invoice_id": invoice_id, "method": "netbanking"}),
+        )
+        .await;
+        assert!(
+            reply.as_ref().is_none_or(|r| r.status >= 500),
+            "{point}: the process should die before answering"
+        );
+        let status = tokio::time::timeout(Duration::from_secs(30), up.child.wait())
+            .await
+            .expect("the process aborts")
+            .unwrap();
+        assert!(!status.success(), "{point}: {status}");
+
+        // Restart without it: recovery finishes the saga before the API serves.
+        up = spawn_up(&setup, &env);
+        setup.wait_ready(&up).await;
+        let (payment_id,): (uuid::Uuid,) =
+            sqlx::query_as("select id from payment_sagas where idempotency_key = $1")
+                .bind(&key)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let payment_id = payment_id.to_string();
+        eventually(
+            &format!("{point}: the saga to complete"),
+            Duration::from_secs(30),
+            || {
+                let (api, id) = (api.clone(), payment_id.clone());
+                async move { (saga_state(&api, &id).await == "completed").then_some(()) }
+            },
+        )
+        .await;
+        assert_eq!(
+            api.get(&format!("/v1/invoices/{invoice_id}")).await.body["status"],
+            "paid",
+            "{point}"
+        );
+        // The client's retry gets the same payment.
+        let retry = pay(&api, &key, &invoice_id, "netbanking").await;
+        assert_eq!(retry.status, 201, "{point}: {}", retry.body);
+        assert_eq!(retry.body["payment_id"], payment_id.as_str());
+        assert_books_agree(&db, &gateway).await;
+    }
+    assert_eq!(gateway.net_charged().await.0, 3);
+
+    // Charged, but the answer lost: the client's retry under the same gateway key replays
+    // the charge instead of making another.
+    let (invoice_id, _) = invoice(&api, meera, "300.00").await;
+    gateway.control(json!({"lose_next": 1})).await;
+    let paid = pay(&api, "meera-lost", &invoice_id, "upi").await;
+    assert_eq!(paid.status, 201, "{}", paid.body);
+    assert_eq!(gateway.net_charged().await.0, 4);
+    assert_books_agree(&db, &gateway).await;
+    drop(up);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_for_an_invoice_voided_meanwhile_is_refunded_even_across_crashes() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let gateway = Gateway::start(&setup).await;
+    let env = up_env(&gateway);
+    let mut up = spawn_up(&setup, &env);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Lakeview Residency").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let kiran = api.customer("Kiran").await;
+
+    for point in [None, Some("before-refund"), Some("after-refund")] {
+        let name = point.unwrap_or("no crash");
+        if let Some(point) = point {
+            up.kill().await;
+            let mut crashing = env.clone();
+            crashing.push(("DHANMAN_FAULT_CRASH_AT", point.into()));
+            up = spawn_up(&setup, &crashing);
+            setup.wait_ready(&up).await;
+        }
+        let (invoice_id, _) = invoice(&api, kiran, "450.00").await;
+        // A slow gateway: the void lands while the charge is under way.
+        gateway.control(json!({"latency_ms": 1500})).await;
+        let key = format!("kiran-{name}");
+        let paying = {
+            let (api, invoice_id, key) = (api.clone(), invoice_id.clone(), key.clone());
+            tokio::spawn(async move {
+                try_pay(
+                    &api,
+                    Some(&key),
+                    json!({"invoice_id": invoice_id, "method": "upi"}),
+                )
+                .await
+            })
+        };
+        db.wait_count(
+            "the saga to be charging",
+            &format!(
+                "select count(*) from payment_sagas where idempotency_key = '{key}' and state = 'charging'"
+            ),
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+        let void = api
+            .post(&format!("/v1/invoices/{invoice_id}/void"), json!({}))
+            .await;
+        assert_eq!(void.status, 200, "{name}: {}", void.body);
+        let reply = paying.await.unwrap();
+        gateway.control(json!({"latency_ms": 0})).await;
+        if point.is_some() {
+            assert!(
+                reply.is_none_or(|r| r.status >= 500),
+                "{name}: should crash"
+            );
+            let status = tokio::time::timeout(Duration::from_secs(30), up.child.wait())
+                .await
+                .expect("the process aborts")
+                .unwrap();
+            assert!(!status.success(), "{name}: {status}");
+            up = spawn_up(&setup, &env);
+            setup.wait_ready(&up).await;
+        } else {
+            let reply = reply.expect("an answer");
+            assert_eq!(reply.status, 409, "{}", reply.body);
+            assert_eq!(reply.body["state"], "compensated");
+            assert!(reply.body["refund_id"].is_string(), "{}", reply.body);
+        }
+        let retry = pay(&api, &key, &invoice_id, "upi").await;
+        assert_eq!(retry.status, 409, "{name}: {}", retry.body);
+        assert_eq!(retry.body["state"], "compensated", "{name}");
+        let steps: Vec<String> = retry.body["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            steps,
+            ["started", "charging", "charged", "compensated"],
+            "{name}"
+        );
+        assert_books_agree(&db, &gateway).await;
+    }
+    // Three charges, each refunded exactly once.
+    let log = gateway.log().await;
+    let kinds: Vec<&str> = log.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["charge", "refund", "charge", "refund", "charge", "refund"]
+    );
+    drop(up);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_when_the_gateway_is_down_fails_fast_then_closes() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let gateway = Gateway::start(&setup).await;
+    let mut env = up_env(&gateway);
+    env.extend([
+        ("DHANMAN_GATEWAY_RETRIES", "2".to_string()),
+        ("DHANMAN_GATEWAY_BREAKER_THRESHOLD", "3".into()),
+        ("DHANMAN_GATEWAY_BREAKER_COOL_DOWN_MS", "3000".into()),
+        ("DHANMAN_PAYMENT_RECOVERY_INTERVAL_MS", "1000".into()),
+    ]);
+    let up = spawn_up(&setup, &env);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Lakeview Residency").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let anil = api.customer("Anil").await;
+    let (first, _) = invoice(&api, anil, "100.00").await;
+    let (second, _) = invoice(&api, anil, "200.00").await;
+
+    gateway.control(json!({"down": true})).await;
+    // Three attempts, three 503s: the breaker opens. The saga stays resumable.
+    let failed = pay(&api, "anil-1", &first, "upi").await;
+    assert_eq!(failed.status, 503, "{}", failed.body);
+    assert!(failed.headers.contains_key("retry-after"));
+    assert_eq!(failed.body["state"], "charging", "{}", failed.body);
+    let text = metrics(&api).await;
+    assert_eq!(
+        sample(&text, "dhanman_gateway_breaker_state"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "dhanman_gateway_retries_total") >= 2.0,
+        "{text}"
+    );
+    let tried = attempts(&text);
+    assert_eq!(tried, 3.0, "{text}");
+    let ready = api.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["payment_gateway"], "open", "{}", ready.body);
+
+    // Open: the next call fails fast, records nothing and sends nothing.
+    let started = Instant::now();
+    let fast = pay(&api, "anil-2", &second, "upi").await;
+    assert_eq!(fast.status, 503, "{}", fast.body);
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert!(fast.headers.contains_key("retry-after"));
+    assert!(fast.body["payment_id"].is_null(), "{}", fast.body);
+    assert_eq!(attempts(&metrics(&api).await), tried);
+    assert_eq!(
+        db.count("select count(*) from payment_sagas").await,
+        1,
+        "nothing recorded for a fast failure"
+    );
+
+    // Back up: after the cool-down a trial closes the breaker and payments go through.
+    gateway.control(json!({"down": false})).await;
+    let ok =
+        eventually(
+            "a payment after the cool-down",
+            Duration::from_secs(30),
+            || {
+                let (api, second) = (api.clone(), second.clone());
+                async move {
+                    Some(pay(&api, "anil-2", &second, "upi").await).filter(|r| r.status == 201)
+                }
+            },
+        )
+        .await;
+    assert_eq!(ok.body["state"], "completed");
+    assert_eq!(
+        sample(&metrics(&api).await, "dhanman_gateway_breaker_state"),
+        0.0
+    );
+    assert_eq!(api.get("/readyz").await.body["payment_gateway"], "closed");
+    // The saga left charging is finished by the periodic recovery.
+    let first_id = failed.body["payment_id"].as_str().unwrap().to_string();
+    eventually(
+        "the first saga to complete",
+        Duration::from_secs(30),
+        || {
+            let (api, id) = (api.clone(), first_id.clone());
+            async move { (saga_state(&api, &id).await == "completed").then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(gateway.net_charged().await.0, 2);
+    assert_books_agree(&db, &gateway).await;
+    drop(up);
+    db.drop_db().await;
+}
