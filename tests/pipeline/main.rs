@@ -7,6 +7,7 @@ mod crash;
 mod dlq;
 mod e2e;
 mod evolution;
+mod flows;
 mod helpers;
 mod interop;
 mod monthly;

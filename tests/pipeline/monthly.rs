@@ -12,13 +12,13 @@ use crate::helpers::*;
 
 const PERIOD: &str = "2026-12";
 
-struct JobOutput {
-    code: Option<i32>,
-    summary: Value,
-    stderr: String,
+pub(crate) struct JobOutput {
+    pub(crate) code: Option<i32>,
+    pub(crate) summary: Value,
+    pub(crate) stderr: String,
 }
 
-async fn run_job(setup: &Setup, extra: &[&str]) -> JobOutput {
+pub(crate) async fn run_job(setup: &Setup, extra: &[&str]) -> JobOutput {
     let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))
         .args(["jobs", "run", "monthly-invoices"])
         .args(extra)
