@@ -17,9 +17,20 @@ struct Client {
 
 impl Client {
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
+        self.send_post(path, None, body).await
+    }
+
+    /// A command that needs an `Idempotency-Key` (a payment through the gateway).
+    async fn post_with_key(&self, path: &str, key: &str, body: Value) -> anyhow::Result<Value> {
+        self.send_post(path, Some(key), body).await
+    }
+
+    async fn send_post(&self, path: &str, key: Option<&str>, body: Value) -> anyhow::Result<Value> {
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request
             .bearer_auth(&self.key)
             .header("x-correlation-id", format!("demo-{}", uuid::Uuid::now_v7()))
             .json(&body)
@@ -74,6 +85,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let pool = config.pool().await?;
     crate::migrate(&pool).await?;
     crate::ensure_topics(&config).await?;
+    // The development payment gateway, in-process on an ephemeral port, for the saga.
+    let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    config.gateway_url = format!("http://{}", gateway.local_addr()?);
+    tokio::spawn(dhanman_gateway::serve(
+        gateway,
+        dhanman_gateway::Switches::default(),
+    ));
     // An ephemeral port: the demo must not collide with a running `dhanman up`.
     config.http_addr.set_port(0);
     let listener = crate::bind_api(&config).await?;
@@ -135,19 +153,33 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             .unwrap_or_default()
             .to_string();
         tokens.push(token.clone());
-        // Three of five pay: two in full, one in part.
+        // Three of five pay: two in full through the payment gateway (the saga), one in
+        // part by hand.
         let paid = match i {
             0 | 2 => Some(charge.to_string()),
             4 => Some("2000.00".to_string()),
             _ => None,
         };
         if let Some(amount) = &paid {
-            let payment = client
-                .post(
-                    "/v1/payments/manual",
-                    json!({"invoice_id": invoice["invoice_id"], "amount": amount, "currency": "INR", "method": "upi"}),
-                )
-                .await?;
+            let payment = if i == 4 {
+                client
+                    .post(
+                        "/v1/payments/manual",
+                        json!({"invoice_id": invoice["invoice_id"], "amount": amount, "currency": "INR", "method": "cash"}),
+                    )
+                    .await?
+            } else {
+                client
+                    .post_with_key(
+                        "/v1/payments",
+                        &format!(
+                            "demo-pay-{}",
+                            invoice["invoice_id"].as_str().unwrap_or_default()
+                        ),
+                        json!({"invoice_id": invoice["invoice_id"], "method": "upi"}),
+                    )
+                    .await?
+            };
             token = payment["consistency_token"]
                 .as_str()
                 .unwrap_or_default()
