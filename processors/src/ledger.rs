@@ -179,6 +179,10 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
         | Event::POSubmitted(_)
         | Event::PORejected(_)
         | Event::UserCreated(_)
+        | Event::SendApprovalRequest(_)
+        | Event::SendInvoiceEmail(_)
+        | Event::SendPaymentReceipt(_)
+        | Event::SendPaymentReminder(_)
         | Event::LedgerEntryPosted(_)
         | Event::Other { .. } => return None,
     };

@@ -392,14 +392,46 @@ mod tests {
             amount,
             currency: "INR".into(),
         };
-        // Commands no processor types yet decode as `Other`, with the same JSON.
-        match round_trip(&request) {
-            Event::Other { name, json, .. } => {
-                assert_eq!(name, SendApprovalRequest::NAME);
-                assert_eq!(json, serde_json::to_value(&request).unwrap());
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            round_trip(&request),
+            Event::SendApprovalRequest(request.clone())
+        );
+        let email = SendInvoiceEmail {
+            envelope: envelope(),
+            invoice_id: Uuid::now_v7(),
+            customer_id: Uuid::now_v7(),
+            recipient: "asha@example.org".into(),
+            amount,
+            currency: "INR".into(),
+            due_date: "2026-12-10".parse().unwrap(),
+        };
+        assert_eq!(round_trip(&email), Event::SendInvoiceEmail(email.clone()));
+        let reminder = SendPaymentReminder {
+            envelope: envelope(),
+            invoice_id: email.invoice_id,
+            customer_id: email.customer_id,
+            recipient: email.recipient.clone(),
+            amount,
+            currency: "INR".into(),
+            due_date: email.due_date,
+        };
+        assert_eq!(
+            round_trip(&reminder),
+            Event::SendPaymentReminder(reminder.clone())
+        );
+        let receipt = SendPaymentReceipt {
+            envelope: envelope(),
+            payment_id: Uuid::now_v7(),
+            invoice_id: None,
+            customer_id: email.customer_id,
+            recipient: email.recipient.clone(),
+            amount,
+            currency: "INR".into(),
+        };
+        assert_eq!(
+            round_trip(&receipt),
+            Event::SendPaymentReceipt(receipt.clone())
+        );
     }
 
     #[test]

@@ -334,6 +334,76 @@ impl Record for SendApprovalRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendInvoiceEmail {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub invoice_id: Uuid,
+    pub customer_id: Uuid,
+    pub recipient: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub due_date: NaiveDate,
+}
+
+impl Record for SendInvoiceEmail {
+    const NAME: &'static str = "dhanman.notification.SendInvoiceEmail";
+    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.recipient.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendPaymentReceipt {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub payment_id: Uuid,
+    #[serde(default)]
+    pub invoice_id: Option<Uuid>,
+    pub customer_id: Uuid,
+    pub recipient: String,
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+impl Record for SendPaymentReceipt {
+    const NAME: &'static str = "dhanman.notification.SendPaymentReceipt";
+    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.recipient.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendPaymentReminder {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    pub invoice_id: Uuid,
+    pub customer_id: Uuid,
+    pub recipient: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub due_date: NaiveDate,
+}
+
+impl Record for SendPaymentReminder {
+    const NAME: &'static str = "dhanman.notification.SendPaymentReminder";
+    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+    fn key(&self) -> String {
+        self.recipient.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostingLine {
     pub account_code: String,
     pub party_type: Option<String>,
@@ -379,6 +449,10 @@ pub enum Event {
     PORejected(PORejected),
     BillCreated(BillCreated),
     UserCreated(UserCreated),
+    SendApprovalRequest(SendApprovalRequest),
+    SendInvoiceEmail(SendInvoiceEmail),
+    SendPaymentReceipt(SendPaymentReceipt),
+    SendPaymentReminder(SendPaymentReminder),
     LedgerEntryPosted(LedgerEntryPosted),
     Other {
         name: String,
@@ -405,6 +479,10 @@ impl Event {
             PORejected::NAME => Event::PORejected(parse(json)?),
             BillCreated::NAME => Event::BillCreated(parse(json)?),
             UserCreated::NAME => Event::UserCreated(parse(json)?),
+            SendApprovalRequest::NAME => Event::SendApprovalRequest(parse(json)?),
+            SendInvoiceEmail::NAME => Event::SendInvoiceEmail(parse(json)?),
+            SendPaymentReceipt::NAME => Event::SendPaymentReceipt(parse(json)?),
+            SendPaymentReminder::NAME => Event::SendPaymentReminder(parse(json)?),
             LedgerEntryPosted::NAME => Event::LedgerEntryPosted(parse(json)?),
             _ => Event::Other {
                 name: name.to_string(),
@@ -428,6 +506,10 @@ impl Event {
             Event::PORejected(e) => &e.envelope,
             Event::BillCreated(e) => &e.envelope,
             Event::UserCreated(e) => &e.envelope,
+            Event::SendApprovalRequest(e) => &e.envelope,
+            Event::SendInvoiceEmail(e) => &e.envelope,
+            Event::SendPaymentReceipt(e) => &e.envelope,
+            Event::SendPaymentReminder(e) => &e.envelope,
             Event::LedgerEntryPosted(e) => &e.envelope,
             Event::Other { envelope, .. } => envelope,
         }
@@ -445,6 +527,10 @@ impl Event {
             Event::PORejected(_) => PORejected::NAME,
             Event::BillCreated(_) => BillCreated::NAME,
             Event::UserCreated(_) => UserCreated::NAME,
+            Event::SendApprovalRequest(_) => SendApprovalRequest::NAME,
+            Event::SendInvoiceEmail(_) => SendInvoiceEmail::NAME,
+            Event::SendPaymentReceipt(_) => SendPaymentReceipt::NAME,
+            Event::SendPaymentReminder(_) => SendPaymentReminder::NAME,
             Event::LedgerEntryPosted(_) => LedgerEntryPosted::NAME,
             Event::Other { name, .. } => name,
         }
@@ -471,6 +557,10 @@ impl Event {
             Event::POApproved(e) => check_money("amount", e.amount, &e.currency)?,
             Event::PORejected(e) => check_money("amount", e.amount, &e.currency)?,
             Event::BillCreated(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::SendApprovalRequest(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::SendInvoiceEmail(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::SendPaymentReceipt(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::SendPaymentReminder(e) => check_money("amount", e.amount, &e.currency)?,
             Event::UserCreated(_) | Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
         }
         Ok(())
