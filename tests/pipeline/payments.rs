@@ -209,7 +209,7 @@ async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
     let api = Api::new(&setup.base_url(), &key);
     let other = Api::new(&setup.base_url(), &other_key);
     let asha = api.customer("Asha").await;
-    let (invoice_id, _) = invoice(&api, asha, "1500.00").await;
+    let (invoice_id, invoice_token) = invoice(&api, asha, "1500.00").await;
 
     // Refusals name the field and write nothing.
     let no_key = try_pay(
@@ -243,6 +243,13 @@ async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
 
     let invoice_now = api.get(&format!("/v1/invoices/{invoice_id}")).await;
     assert_eq!(invoice_now.body["status"], "paid", "{}", invoice_now.body);
+    // Each token covers its own event: the invoice's (another topic) is waited for too.
+    let posted = api
+        .get(&format!(
+            "/v1/trial-balance?consistent_with={invoice_token}"
+        ))
+        .await;
+    assert_eq!(posted.status, 200, "{}", posted.body);
     let balance = api
         .get(&format!(
             "/v1/customers/{asha}/balance?consistent_with={token}"
@@ -325,7 +332,7 @@ async fn a_declined_card_fails_the_payment_with_no_ledger_change() {
     let (_, key) = create_org(&setup, "Lakeview Residency").await;
     let api = Api::new(&setup.base_url(), &key);
     let ravi = api.customer("Ravi").await;
-    let (invoice_id, _) = invoice(&api, ravi, "800.00").await;
+    let (invoice_id, invoice_token) = invoice(&api, ravi, "800.00").await;
 
     // The gateway declines a card charge whose reference says so (its test card).
     let declined = try_pay(
@@ -356,6 +363,12 @@ async fn a_declined_card_fails_the_payment_with_no_ledger_change() {
     let ok = pay(&api, "ravi-upi", &invoice_id, "upi").await;
     assert_eq!(ok.status, 201, "{}", ok.body);
     let token = ok.body["consistency_token"].as_str().unwrap();
+    let posted = api
+        .get(&format!(
+            "/v1/trial-balance?consistent_with={invoice_token}"
+        ))
+        .await;
+    assert_eq!(posted.status, 200, "{}", posted.body);
     let balance = api
         .get(&format!(
             "/v1/customers/{ravi}/balance?consistent_with={token}"
