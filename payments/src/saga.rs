@@ -418,11 +418,7 @@ impl Payments {
     /// recorded (`charged`) and then refunded.
     async fn complete(&self, saga: &Saga, charge_id: &str) -> Result<()> {
         let mut tx = self.inner.pool.begin().await?;
-        let (state,): (String,) =
-            sqlx::query_as("select state from payment_sagas where id = $1 for update")
-                .bind(saga.id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let state = locked_state(&mut tx, saga.id).await?;
         if is_final(&state) {
             return Ok(());
         }
@@ -527,70 +523,61 @@ impl Payments {
             }
         };
         self.crash_point(CrashPoint::AfterRefund);
-        let mut tx = self.inner.pool.begin().await?;
-        let (state,): (String,) =
-            sqlx::query_as("select state from payment_sagas where id = $1 for update")
-                .bind(saga.id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if state != "charged" {
-            return Ok(());
-        }
-        let token = payment_failed(&mut tx, saga, reason).await?;
-        sqlx::query(
-            "update payment_sagas set state = 'compensated', refund_id = $2,
-                    consistency_token = $3, updated_at = now() where id = $1",
-        )
-        .bind(saga.id)
-        .bind(&refund_id)
-        .bind(token)
-        .execute(&mut *tx)
-        .await?;
-        step(
-            &mut tx,
-            saga.id,
-            "compensated",
-            json!({"refund_id": refund_id, "reason": reason}),
-        )
-        .await?;
-        tx.commit().await?;
-        metrics::counter!(metric::SAGAS, "outcome" => "compensated").increment(1);
+        let ending = Ending {
+            state: "compensated",
+            reason,
+            charge_id: None,
+            refund_id: Some(&refund_id),
+        };
+        self.end_unpaid(saga, &["charged"], ending).await?;
         tracing::info!(%refund_id, "payment saga compensated: charge refunded");
         Ok(())
     }
 
     /// The saga failed with nothing charged: `PaymentFailed`, no ledger change.
     async fn fail(&self, saga: &Saga, reason: &str, charge_id: Option<&str>) -> Result<()> {
+        let ending = Ending {
+            state: "failed",
+            reason,
+            charge_id,
+            refund_id: None,
+        };
+        self.end_unpaid(saga, &["started", "charging"], ending)
+            .await?;
+        tracing::info!(%reason, "payment saga failed");
+        Ok(())
+    }
+
+    /// Ends a saga that recorded no payment (`failed`, `compensated`) in one transaction:
+    /// `PaymentFailed`, the final state and its step; unless the saga has left the states
+    /// `from` meanwhile (another process ended it), which changes nothing.
+    async fn end_unpaid(&self, saga: &Saga, from: &[&str], ending: Ending<'_>) -> Result<()> {
         let mut tx = self.inner.pool.begin().await?;
-        let (state,): (String,) =
-            sqlx::query_as("select state from payment_sagas where id = $1 for update")
-                .bind(saga.id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if state != "started" && state != "charging" {
+        let state = locked_state(&mut tx, saga.id).await?;
+        if !from.contains(&state.as_str()) {
             return Ok(());
         }
-        let token = payment_failed(&mut tx, saga, reason).await?;
+        let token = payment_failed(&mut tx, saga, ending.reason).await?;
         sqlx::query(
-            "update payment_sagas set state = 'failed', failure_reason = $2, charge_id = $3,
-                    consistency_token = $4, updated_at = now() where id = $1",
+            "update payment_sagas
+                set state = $2, failure_reason = $3, charge_id = coalesce($4, charge_id),
+                    refund_id = coalesce($5, refund_id), consistency_token = $6,
+                    updated_at = now()
+              where id = $1",
         )
         .bind(saga.id)
-        .bind(reason)
-        .bind(charge_id)
+        .bind(ending.state)
+        .bind(ending.reason)
+        .bind(ending.charge_id)
+        .bind(ending.refund_id)
         .bind(token)
         .execute(&mut *tx)
         .await?;
-        step(
-            &mut tx,
-            saga.id,
-            "failed",
-            json!({"reason": reason, "charge_id": charge_id}),
-        )
-        .await?;
+        let detail = json!({"reason": ending.reason, "charge_id": ending.charge_id,
+                            "refund_id": ending.refund_id});
+        step(&mut tx, saga.id, ending.state, detail).await?;
         tx.commit().await?;
-        metrics::counter!(metric::SAGAS, "outcome" => "failed").increment(1);
-        tracing::info!(%reason, "payment saga failed");
+        metrics::counter!(metric::SAGAS, "outcome" => ending.state).increment(1);
         Ok(())
     }
 
@@ -687,6 +674,24 @@ impl Payments {
             }
         }
     }
+}
+
+/// How a saga without a payment ends.
+struct Ending<'a> {
+    state: &'static str,
+    reason: &'a str,
+    charge_id: Option<&'a str>,
+    refund_id: Option<&'a str>,
+}
+
+/// The saga's state, its row locked until the transaction ends.
+async fn locked_state(conn: &mut PgConnection, id: Uuid) -> Result<String> {
+    let (state,): (String,) =
+        sqlx::query_as("select state from payment_sagas where id = $1 for update")
+            .bind(id)
+            .fetch_one(conn)
+            .await?;
+    Ok(state)
 }
 
 const KEY_CONSTRAINT: &str = "payment_sagas_organization_id_idempotency_key_key";

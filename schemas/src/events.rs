@@ -57,6 +57,24 @@ pub trait Record: Serialize {
     fn key(&self) -> String;
 }
 
+/// `impl Record` for a record type: Avro full name, topic, the field that is its Kafka key
+/// and, where it is not 1, the schema version this binary writes.
+macro_rules! record {
+    ($ty:ident, $name:literal, $topic:expr, key = $($key:ident).+ $(, version = $version:literal)?) => {
+        impl Record for $ty {
+            const NAME: &'static str = $name;
+            const TOPIC: &'static str = $topic;
+            $(const WRITE_VERSION: u32 = $version;)?
+            fn envelope(&self) -> &Envelope {
+                &self.envelope
+            }
+            fn key(&self) -> String {
+                self.$($key).+.to_string()
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvoiceCreated {
     #[serde(flatten)]
@@ -77,17 +95,13 @@ pub struct InvoiceCreated {
     pub tax_amount: Option<Decimal>,
 }
 
-impl Record for InvoiceCreated {
-    const NAME: &'static str = "dhanman.sales.InvoiceCreated";
-    const TOPIC: &'static str = topics::INVOICES;
-    const WRITE_VERSION: u32 = 2;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.customer_id.to_string()
-    }
-}
+record!(
+    InvoiceCreated,
+    "dhanman.sales.InvoiceCreated",
+    topics::INVOICES,
+    key = customer_id,
+    version = 2
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvoiceVoided {
@@ -100,16 +114,12 @@ pub struct InvoiceVoided {
     pub reason: String,
 }
 
-impl Record for InvoiceVoided {
-    const NAME: &'static str = "dhanman.sales.InvoiceVoided";
-    const TOPIC: &'static str = topics::INVOICES;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.customer_id.to_string()
-    }
-}
+record!(
+    InvoiceVoided,
+    "dhanman.sales.InvoiceVoided",
+    topics::INVOICES,
+    key = customer_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentReceived {
@@ -126,16 +136,12 @@ pub struct PaymentReceived {
     pub reference: Option<String>,
 }
 
-impl Record for PaymentReceived {
-    const NAME: &'static str = "dhanman.sales.PaymentReceived";
-    const TOPIC: &'static str = topics::PAYMENTS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.customer_id.to_string()
-    }
-}
+record!(
+    PaymentReceived,
+    "dhanman.sales.PaymentReceived",
+    topics::PAYMENTS,
+    key = customer_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SalaryPosted {
@@ -149,16 +155,12 @@ pub struct SalaryPosted {
     pub currency: String,
 }
 
-impl Record for SalaryPosted {
-    const NAME: &'static str = "dhanman.payroll.SalaryPosted";
-    const TOPIC: &'static str = topics::SALARIES;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.employee_id.to_string()
-    }
-}
+record!(
+    SalaryPosted,
+    "dhanman.payroll.SalaryPosted",
+    topics::SALARIES,
+    key = employee_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentFailed {
@@ -172,16 +174,12 @@ pub struct PaymentFailed {
     pub reason: String,
 }
 
-impl Record for PaymentFailed {
-    const NAME: &'static str = "dhanman.sales.PaymentFailed";
-    const TOPIC: &'static str = topics::PAYMENTS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.customer_id.to_string()
-    }
-}
+record!(
+    PaymentFailed,
+    "dhanman.sales.PaymentFailed",
+    topics::PAYMENTS,
+    key = customer_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoItem {
@@ -204,16 +202,12 @@ pub struct POSubmitted {
     pub required_approvers: Vec<String>,
 }
 
-impl Record for POSubmitted {
-    const NAME: &'static str = "dhanman.purchase.POSubmitted";
-    const TOPIC: &'static str = topics::PURCHASE_ORDERS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.po_id.to_string()
-    }
-}
+record!(
+    POSubmitted,
+    "dhanman.purchase.POSubmitted",
+    topics::PURCHASE_ORDERS,
+    key = po_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct POApproved {
@@ -227,16 +221,12 @@ pub struct POApproved {
     pub approved_by: Vec<Uuid>,
 }
 
-impl Record for POApproved {
-    const NAME: &'static str = "dhanman.purchase.POApproved";
-    const TOPIC: &'static str = topics::PURCHASE_ORDERS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.po_id.to_string()
-    }
-}
+record!(
+    POApproved,
+    "dhanman.purchase.POApproved",
+    topics::PURCHASE_ORDERS,
+    key = po_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PORejected {
@@ -251,16 +241,12 @@ pub struct PORejected {
     pub reason: String,
 }
 
-impl Record for PORejected {
-    const NAME: &'static str = "dhanman.purchase.PORejected";
-    const TOPIC: &'static str = topics::PURCHASE_ORDERS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.po_id.to_string()
-    }
-}
+record!(
+    PORejected,
+    "dhanman.purchase.PORejected",
+    topics::PURCHASE_ORDERS,
+    key = po_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BillCreated {
@@ -276,16 +262,12 @@ pub struct BillCreated {
     pub due_date: NaiveDate,
 }
 
-impl Record for BillCreated {
-    const NAME: &'static str = "dhanman.purchase.BillCreated";
-    const TOPIC: &'static str = topics::BILLS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.vendor_id.to_string()
-    }
-}
+record!(
+    BillCreated,
+    "dhanman.purchase.BillCreated",
+    topics::BILLS,
+    key = vendor_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserCreated {
@@ -297,16 +279,12 @@ pub struct UserCreated {
     pub role: String,
 }
 
-impl Record for UserCreated {
-    const NAME: &'static str = "dhanman.common.UserCreated";
-    const TOPIC: &'static str = topics::USERS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.user_id.to_string()
-    }
-}
+record!(
+    UserCreated,
+    "dhanman.common.UserCreated",
+    topics::USERS,
+    key = user_id
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendApprovalRequest {
@@ -322,16 +300,12 @@ pub struct SendApprovalRequest {
     pub currency: String,
 }
 
-impl Record for SendApprovalRequest {
-    const NAME: &'static str = "dhanman.notification.SendApprovalRequest";
-    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.recipient.clone()
-    }
-}
+record!(
+    SendApprovalRequest,
+    "dhanman.notification.SendApprovalRequest",
+    topics::NOTIFICATION_COMMANDS,
+    key = recipient
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendInvoiceEmail {
@@ -345,16 +319,12 @@ pub struct SendInvoiceEmail {
     pub due_date: NaiveDate,
 }
 
-impl Record for SendInvoiceEmail {
-    const NAME: &'static str = "dhanman.notification.SendInvoiceEmail";
-    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.recipient.clone()
-    }
-}
+record!(
+    SendInvoiceEmail,
+    "dhanman.notification.SendInvoiceEmail",
+    topics::NOTIFICATION_COMMANDS,
+    key = recipient
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendPaymentReceipt {
@@ -369,16 +339,12 @@ pub struct SendPaymentReceipt {
     pub currency: String,
 }
 
-impl Record for SendPaymentReceipt {
-    const NAME: &'static str = "dhanman.notification.SendPaymentReceipt";
-    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.recipient.clone()
-    }
-}
+record!(
+    SendPaymentReceipt,
+    "dhanman.notification.SendPaymentReceipt",
+    topics::NOTIFICATION_COMMANDS,
+    key = recipient
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendPaymentReminder {
@@ -392,16 +358,12 @@ pub struct SendPaymentReminder {
     pub due_date: NaiveDate,
 }
 
-impl Record for SendPaymentReminder {
-    const NAME: &'static str = "dhanman.notification.SendPaymentReminder";
-    const TOPIC: &'static str = topics::NOTIFICATION_COMMANDS;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.recipient.clone()
-    }
-}
+record!(
+    SendPaymentReminder,
+    "dhanman.notification.SendPaymentReminder",
+    topics::NOTIFICATION_COMMANDS,
+    key = recipient
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostingLine {
@@ -425,16 +387,12 @@ pub struct LedgerEntryPosted {
     pub lines: Vec<PostingLine>,
 }
 
-impl Record for LedgerEntryPosted {
-    const NAME: &'static str = "dhanman.ledger.LedgerEntryPosted";
-    const TOPIC: &'static str = topics::LEDGER_ENTRIES;
-    fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-    fn key(&self) -> String {
-        self.envelope.organization_id.to_string()
-    }
-}
+record!(
+    LedgerEntryPosted,
+    "dhanman.ledger.LedgerEntryPosted",
+    topics::LEDGER_ENTRIES,
+    key = envelope.organization_id
+);
 
 /// A decoded record of any known type. Types no processor reads yet keep their JSON.
 #[derive(Debug, Clone, PartialEq)]

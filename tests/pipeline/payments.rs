@@ -191,6 +191,24 @@ fn attempts(text: &str) -> f64 {
         .sum()
 }
 
+/// Once the ledger has applied every event named, the customer owes nothing. Each token
+/// covers its own event: the invoice's (another topic) is waited for as well.
+async fn assert_settled_to_zero(api: &Api, customer: uuid::Uuid, tokens: &[&str]) {
+    for token in tokens {
+        let posted = api
+            .get(&format!("/v1/trial-balance?consistent_with={token}"))
+            .await;
+        assert_eq!(posted.status, 200, "{}", posted.body);
+    }
+    let balance = api.get(&format!("/v1/customers/{customer}/balance")).await;
+    assert_eq!(balance.status, 200, "{}", balance.body);
+    assert_eq!(
+        balance.body["balances"][0]["balance"], "0.00",
+        "{}",
+        balance.body
+    );
+}
+
 async fn saga_state(api: &Api, payment_id: &str) -> String {
     let r = api.get(&format!("/v1/payments/{payment_id}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -243,24 +261,7 @@ async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
 
     let invoice_now = api.get(&format!("/v1/invoices/{invoice_id}")).await;
     assert_eq!(invoice_now.body["status"], "paid", "{}", invoice_now.body);
-    // Each token covers its own event: the invoice's (another topic) is waited for too.
-    let posted = api
-        .get(&format!(
-            "/v1/trial-balance?consistent_with={invoice_token}"
-        ))
-        .await;
-    assert_eq!(posted.status, 200, "{}", posted.body);
-    let balance = api
-        .get(&format!(
-            "/v1/customers/{asha}/balance?consistent_with={token}"
-        ))
-        .await;
-    assert_eq!(balance.status, 200, "{}", balance.body);
-    assert_eq!(
-        balance.body["balances"][0]["balance"], "0.00",
-        "{}",
-        balance.body
-    );
+    assert_settled_to_zero(&api, asha, &[&invoice_token, &token]).await;
     assert_eq!(
         db.count(&format!(
             "select count(*) from journal_entries where reference_id = '{payment_id}'"
@@ -363,23 +364,7 @@ async fn a_declined_card_fails_the_payment_with_no_ledger_change() {
     let ok = pay(&api, "ravi-upi", &invoice_id, "upi").await;
     assert_eq!(ok.status, 201, "{}", ok.body);
     let token = ok.body["consistency_token"].as_str().unwrap();
-    let posted = api
-        .get(&format!(
-            "/v1/trial-balance?consistent_with={invoice_token}"
-        ))
-        .await;
-    assert_eq!(posted.status, 200, "{}", posted.body);
-    let balance = api
-        .get(&format!(
-            "/v1/customers/{ravi}/balance?consistent_with={token}"
-        ))
-        .await;
-    assert_eq!(balance.status, 200, "{}", balance.body);
-    assert_eq!(
-        balance.body["balances"][0]["balance"], "0.00",
-        "{}",
-        balance.body
-    );
+    assert_settled_to_zero(&api, ravi, &[&invoice_token, token]).await;
     assert_eq!(
         db.count(&format!(
             "select count(*) from journal_entries where reference_id = '{failed_id}'"
