@@ -17,7 +17,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin dhanman
 COPY --from=builder /usr/local/bin/dhanman /usr/local/bin/dhanman
@@ -26,5 +26,7 @@ COPY --chown=dhanman migrations ./migrations
 USER dhanman
 ENV RUST_LOG=info \
     DHANMAN_HTTP_ADDR=0.0.0.0:8080
-EXPOSE 8080
+# 8080: the API (and its /metrics); 9464: /metrics and /healthz of the relay and the
+# processors when DHANMAN_METRICS_ADDR is set (docker-compose.yml sets it; curl probes it).
+EXPOSE 8080 9464
 CMD ["dhanman", "--help"]

@@ -3,8 +3,14 @@
 
 pub mod bench;
 pub mod demo;
+pub mod dlq_cli;
 pub mod jobs_cli;
+pub mod lag_cli;
+pub mod offsets_cli;
+pub mod rebuild_cli;
+pub mod replay_cli;
 pub mod schemas_cli;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +20,8 @@ use anyhow::Context;
 use dhanman_connectors::relay::Relay;
 use dhanman_processors::approvals::ApprovalRequests;
 use dhanman_processors::ledger::Ledger;
+use dhanman_processors::notifier;
+use dhanman_processors::reminders;
 use dhanman_processors::users::UserSync;
 use dhanman_processors::{Runtime, RuntimeConfig};
 use dhanman_schemas::{Codec, topics};
@@ -24,7 +32,7 @@ use sqlx::postgres::PgPoolOptions;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Processors `dhanman process <name>` can run.
-pub const PROCESSORS: &[&str] = &["ledger", "users", "approvals"];
+pub const PROCESSORS: &[&str] = &["ledger", "users", "approvals", "reminders", "notifier"];
 
 /// Settings, all from the environment (see the README's table).
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +54,10 @@ pub struct Config {
     /// Address the API listens on.
     #[arg(long, env = "DHANMAN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Where `dhanman relay` and `dhanman process <name>` serve `/metrics` and `/healthz`;
+    /// unset: nowhere. (The API serves its own; in `dhanman up` it covers every part.)
+    #[arg(long, env = "DHANMAN_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Partitions of the topics the pipeline creates.
     #[arg(long, env = "DHANMAN_TOPIC_PARTITIONS", default_value_t = 4)]
     pub topic_partitions: i32,
@@ -110,9 +122,52 @@ pub struct Config {
     /// `after-charge`, `after-complete`, `before-refund`, `after-refund`).
     #[arg(long, env = "DHANMAN_FAULT_CRASH_AT", hide = true, value_parser = dhanman_payments::CrashPoint::parse)]
     pub fault_crash_at: Option<dhanman_payments::CrashPoint>,
+    /// How often the API process samples consumer lag (for `/metrics` and `GET /v1/lag`), in ms.
+    #[arg(long, env = "DHANMAN_LAG_INTERVAL_MS", default_value_t = 5000)]
+    pub lag_interval_ms: u64,
     /// Purchase orders above this amount need the CFO's approval as well as a manager's.
     #[arg(long, env = "DHANMAN_PO_CFO_THRESHOLD", default_value = "50000")]
     pub po_cfo_threshold: rust_decimal::Decimal,
+    /// SMTP server the notifier sends through, `smtp://host[:port]` (plain SMTP, no TLS).
+    #[arg(long, env = "SMTP_URL", default_value = "smtp://127.0.0.1:2525")]
+    pub smtp_url: String,
+    /// From address of every notification email.
+    #[arg(
+        long,
+        env = "DHANMAN_MAIL_FROM",
+        default_value = "Dhanman <no-reply@dhanman.invalid>"
+    )]
+    pub mail_from: String,
+    /// Directory of per-organization template overrides,
+    /// `<dir>/<organization_id>/<template>.{subject,txt,html}`; unset: embedded defaults only.
+    #[arg(long, env = "DHANMAN_TEMPLATE_DIR")]
+    pub template_dir: Option<std::path::PathBuf>,
+    /// SMTP attempts of a notification before it is dead-lettered (transient failures).
+    #[arg(long, env = "DHANMAN_SMTP_MAX_ATTEMPTS", default_value_t = 5)]
+    pub smtp_max_attempts: u32,
+    /// Delay before a notification's first retry, in milliseconds; doubles each attempt.
+    #[arg(long, env = "DHANMAN_SMTP_BACKOFF_MS", default_value_t = 1000)]
+    pub smtp_backoff_ms: u64,
+    /// Longest delay between two attempts of a notification, in milliseconds.
+    #[arg(long, env = "DHANMAN_SMTP_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub smtp_backoff_max_ms: u64,
+    /// Limit of one SMTP conversation (connect to the reply to DATA), in milliseconds.
+    #[arg(long, env = "DHANMAN_SMTP_TIMEOUT_MS", default_value_t = 30_000)]
+    pub smtp_timeout_ms: u64,
+    /// How long a claimed notification is left to its sender before another takes it over
+    /// (after a crash), in milliseconds; longer than the SMTP timeout.
+    #[arg(long, env = "DHANMAN_SMTP_LEASE_MS", default_value_t = 120_000)]
+    pub smtp_lease_ms: u64,
+    /// Notifications in flight at once per process.
+    #[arg(long, env = "DHANMAN_SMTP_CONCURRENCY", default_value_t = 8)]
+    pub smtp_concurrency: usize,
+    /// Days before an invoice's due date its payment reminder goes out (at 00:00 UTC); a
+    /// time already past when the invoice is seen means the scheduler's next tick.
+    #[arg(long, env = "DHANMAN_REMINDER_DAYS_BEFORE", default_value_t = dhanman_processors::reminders::DEFAULT_DAYS_BEFORE)]
+    pub reminder_days_before: u32,
+    /// How often the reminder scheduler looks for due timers, in milliseconds.
+    #[arg(long, env = "DHANMAN_REMINDER_TICK_MS", default_value_t = 1000)]
+    pub reminder_tick_ms: u64,
 }
 
 impl Config {
@@ -267,6 +322,20 @@ pub async fn run_api(
         .context("recovering unfinished payment sagas")?;
     tracing::info!(resumed, "payment saga recovery done");
     tokio::spawn(payments.clone().run_recovery());
+    // Lag, sampled for `/metrics` and `GET /v1/lag`.
+    tokio::spawn(dhanman_connectors::lag::run_sampler(
+        pool.clone(),
+        config.kafka_bootstrap_servers.clone(),
+        Duration::from_millis(config.lag_interval_ms),
+    ));
+    // Outbox backlog and dead-letter topic sizes, at the same pace.
+    tokio::spawn(dhanman_connectors::gauges::run_sampler(
+        pool.clone(),
+        config.kafka_bootstrap_servers.clone(),
+        config.topic_prefix.clone(),
+        Duration::from_millis(config.lag_interval_ms),
+    ));
+    telemetry::register_api_metrics(&payments);
     let mut state = config.app_state(pool);
     state.payments = Some(payments);
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url(), "API listening");
@@ -284,27 +353,106 @@ pub async fn run_relay(config: &Config, pool: PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run_processor(config: &Config, name: &str, pool: PgPool) -> anyhow::Result<()> {
-    async fn run<P: dhanman_processors::Processor>(
+/// Something done with a processor, whatever its type: running it live, replaying it.
+pub trait ProcessorJob {
+    fn with<P: dhanman_processors::Processor>(
+        self,
         processor: P,
-        config: &Config,
-        pool: PgPool,
-    ) -> anyhow::Result<()> {
-        Runtime::new(processor, pool, config.codec()?, config.runtime_config())
-            .run()
-            .await?;
-        Ok(())
-    }
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Builds the processor `name` and hands it to `job`.
+pub async fn with_processor<J: ProcessorJob>(
+    name: &str,
+    config: &Config,
+    job: J,
+) -> anyhow::Result<()> {
     match name {
-        "ledger" => run(Ledger::default(), config, pool).await?,
-        "users" => run(UserSync, config, pool).await?,
-        "approvals" => run(ApprovalRequests, config, pool).await?,
+        "ledger" => job.with(Ledger::default()).await,
+        "users" => job.with(UserSync).await,
+        "approvals" => job.with(ApprovalRequests).await,
+        "notifier" => {
+            let templates = notifier::Templates::new(config.template_dir.clone());
+            job.with(notifier::Notifier::new(templates)).await
+        }
+        "reminders" => {
+            job.with(reminders::Reminders::new(config.reminder_days_before))
+                .await
+        }
         other => anyhow::bail!(
             "unknown processor {other:?}; known: {}",
             PROCESSORS.join(", ")
         ),
     }
-    Ok(())
+}
+
+/// The live consumer of a processor, in its group.
+struct Live<'a> {
+    config: &'a Config,
+    pool: PgPool,
+}
+
+impl ProcessorJob for Live<'_> {
+    async fn with<P: dhanman_processors::Processor>(self, processor: P) -> anyhow::Result<()> {
+        let codec = self.config.codec()?;
+        Runtime::new(processor, self.pool, codec, self.config.runtime_config())
+            .run()
+            .await?;
+        Ok(())
+    }
+}
+
+/// The work some processors do beside consuming: the notifier's sender sends outside the
+/// consumer's batches; the reminders' scheduler fires the timers the consumer keeps.
+fn companion(
+    config: &Config,
+    name: &str,
+    pool: &PgPool,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    Ok(match name {
+        "notifier" => {
+            let mut sender_config =
+                notifier::sender::SenderConfig::new(&config.smtp_url, &config.mail_from);
+            sender_config.max_attempts = config.smtp_max_attempts;
+            sender_config.backoff = Duration::from_millis(config.smtp_backoff_ms);
+            sender_config.max_backoff = Duration::from_millis(config.smtp_backoff_max_ms);
+            sender_config.timeout = Duration::from_millis(config.smtp_timeout_ms);
+            sender_config.lease = Duration::from_millis(config.smtp_lease_ms);
+            sender_config.concurrency = config.smtp_concurrency;
+            let sender = notifier::sender::Sender::new(pool.clone(), sender_config)
+                .context("configuring the notification sender (SMTP_URL, DHANMAN_MAIL_FROM)")?;
+            Some(tokio::spawn(async move {
+                sender.run().await.context("notification sender")
+            }))
+        }
+        "reminders" => {
+            let scheduler = reminders::Scheduler::new(
+                pool.clone(),
+                reminders::SchedulerSettings {
+                    tick: Duration::from_millis(config.reminder_tick_ms.max(1)),
+                },
+            );
+            Some(tokio::spawn(async move {
+                scheduler.run().await.context("reminder scheduler")
+            }))
+        }
+        _ => None,
+    })
+}
+
+/// Runs processor `name` live (with its companion, if it has one) until either stops.
+pub async fn run_processor(config: &Config, name: &str, pool: PgPool) -> anyhow::Result<()> {
+    let companion = companion(config, name, &pool)?;
+    let consumer = with_processor(name, config, Live { config, pool });
+    let Some(mut companion) = companion else {
+        return consumer.await;
+    };
+    let stopped = tokio::select! {
+        r = consumer => r,
+        r = &mut companion => r.unwrap_or_else(|e| Err(e.into())),
+    };
+    companion.abort();
+    stopped
 }
 
 /// Runs the monthly-invoices job for the current month at each time of `schedule`. Every

@@ -1,6 +1,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dhanman::{Config, bench, demo, jobs_cli, schemas_cli};
+use dhanman::{
+    Config, bench, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli, rebuild_cli, replay_cli,
+    schemas_cli,
+};
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
 #[derive(Debug, Parser)]
@@ -48,6 +51,21 @@ enum Command {
     /// Scheduled jobs, run now: `jobs run monthly-invoices --period YYYY-MM`. Exit code 0
     /// done (see `failures`), 1 every customer failed or the run could not finish.
     Jobs(jobs_cli::Args),
+    /// Consumer lag per group, topic and partition, in records and seconds, with trend and
+    /// time to drain; `--json`, `--watch`.
+    Lag(lag_cli::Args),
+    /// A processor group's offsets: `show`, or `reset` (plan, then `--execute`) like
+    /// `kafka-consumer-groups --reset-offsets`; refused while the group has live members.
+    Offsets(offsets_cli::Args),
+    /// Re-runs a processor over a range of a topic with its own consumer; a dry run (what
+    /// would change, per type) unless `--execute`. Idempotent: applied events are skipped.
+    Replay(Box<replay_cli::Args>),
+    /// Dead letters: `list` (counts by class), `show` (one, decoded, with headers),
+    /// `redrive` (back to the source topic, each once; `--execute`).
+    Dlq(Box<dlq_cli::Args>),
+    /// Recomputes a projection from its source into shadow tables and swaps it in:
+    /// `rebuild balances` (from the postings); a report unless `--execute`.
+    Rebuild(rebuild_cli::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,7 +88,14 @@ async fn main() -> std::process::ExitCode {
     // The demo, the benchmark and `schemas` print results; their logs stay quiet unless asked for.
     let quiet = matches!(
         cli.command,
-        Command::Demo(_) | Command::Bench(_) | Command::Schemas(_)
+        Command::Demo(_)
+            | Command::Bench(_)
+            | Command::Schemas(_)
+            | Command::Lag(_)
+            | Command::Offsets(_)
+            | Command::Replay(_)
+            | Command::Dlq(_)
+            | Command::Rebuild(_)
     );
     dhanman::init_telemetry(if quiet {
         "warn"
@@ -114,9 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dhanman::run_api(&config, listener, pool).await
         }
         Command::Relay(config) => {
+            let metrics = dhanman::telemetry::bind_metrics(&config).await?;
             let pool = config.pool().await?;
             dhanman::ensure_topics(&config).await?;
-            dhanman::run_relay(&config, pool).await
+            dhanman::telemetry::with_metrics(metrics, dhanman::run_relay(&config, pool)).await
         }
         Command::Process { name, config } => {
             if !dhanman::PROCESSORS.contains(&name.as_str()) {
@@ -125,9 +151,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dhanman::PROCESSORS.join(", ")
                 );
             }
+            let metrics = dhanman::telemetry::bind_metrics(&config).await?;
             let pool = config.pool().await?;
             dhanman::ensure_topics(&config).await?;
-            dhanman::run_processor(&config, &name, pool).await
+            let processor = dhanman::run_processor(&config, &name, pool);
+            dhanman::telemetry::with_metrics(metrics, processor).await
         }
         Command::Migrate { database_url } => {
             let pool = connect(&database_url).await?;
@@ -153,6 +181,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(config) => demo::run(&config).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Lag(args) => lag_cli::run(args).await,
+        Command::Offsets(args) => offsets_cli::run(args).await,
+        Command::Replay(args) => replay_cli::run(*args).await,
+        Command::Dlq(args) => dlq_cli::run(*args).await,
+        Command::Rebuild(args) => rebuild_cli::run(args).await,
         Command::Gateway(args) => dhanman_gateway::run(args)
             .await
             .context("running the payment gateway"),

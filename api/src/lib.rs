@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .nest("/schema-registry", registry)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(middleware::http_metrics))
         .layer(axum::middleware::from_fn(middleware::correlation))
 }
 

@@ -1,10 +1,16 @@
 //! Correlation ids: accepted from `X-Correlation-Id` or created, returned on the response,
-//! and a field of the span every log line of the request runs in.
+//! and a field of the span every log line of the request runs in. The W3C `traceparent`
+//! likewise: a well-formed one is continued (this request is a child span of it), a
+//! missing or malformed one starts a new trace; outbox rows the request writes carry it.
+//! And the HTTP server's metrics, by route template.
 
-use axum::extract::Request;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use dhanman_producers::trace::{self, TraceParent};
 use tracing::Instrument;
 
 pub const HEADER: &str = "x-correlation-id";
@@ -25,16 +31,53 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(CorrelationId(id.clone()));
+    let traceparent = req
+        .headers()
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map_or_else(TraceParent::new_root, |parent| parent.child());
     let span = tracing::info_span!(
         "http",
         method = %req.method(),
         path = %req.uri().path(),
-        correlation_id = %id
+        correlation_id = %id,
+        trace_id = %traceparent.trace_id(),
+        span_id = %traceparent.span_id(),
     );
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = trace::in_request(traceparent, next.run(req))
+        .instrument(span.clone())
+        .await;
     span.in_scope(|| tracing::info!(status = response.status().as_u16(), "request"));
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }
+    if let Ok(value) = HeaderValue::from_str(&traceparent.to_string()) {
+        response.headers_mut().insert(trace::HEADER, value);
+    }
+    response
+}
+
+/// Counter: requests served, labels `method`, `route` (the route template, or `unmatched`)
+/// and `status`.
+pub const HTTP_REQUESTS: &str = "dhanman_http_requests_total";
+/// Histogram: seconds from request to response head, labels `method` and `route`.
+pub const HTTP_REQUEST_DURATION: &str = "dhanman_http_request_duration_seconds";
+
+/// Records [`HTTP_REQUESTS`] and [`HTTP_REQUEST_DURATION`]. The route is the matched
+/// template (`/v1/invoices/{id}`), never the raw path, so the label set stays bounded.
+pub async fn http_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+        .increment(1);
     response
 }

@@ -43,3 +43,21 @@ pub async fn render() -> Response {
         .unwrap_or_default();
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
+
+/// The metrics-only listener of processes that serve no API (`dhanman relay`,
+/// `dhanman process <name>`): `GET /metrics` and `GET /healthz`, so Prometheus can scrape
+/// every process and an orchestrator can probe it.
+pub fn router() -> axum::Router {
+    async fn live() -> &'static str {
+        "ok"
+    }
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(render))
+        .route("/healthz", axum::routing::get(live))
+}
+
+/// Installs the recorder and serves [`router`] until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    install();
+    axum::serve(listener, router()).await
+}

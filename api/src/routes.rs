@@ -1,11 +1,15 @@
 //! Routes, one module per resource.
 
+mod dashboard;
 mod health;
 mod jobs;
+mod lag;
 mod ledger;
+mod notifications;
 mod payments;
 mod payroll;
 mod purchase;
+mod reminders;
 mod sales;
 mod users;
 
@@ -31,12 +35,19 @@ pub fn router() -> Router<AppState> {
         .route("/v1/payments", post(payments::create_payment))
         .route("/v1/payments/{id}", get(payments::payment))
         .route("/metrics", get(crate::prometheus::render))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/dashboard.js", get(dashboard::script))
+        .route("/dashboard/uplot.js", get(dashboard::uplot_js))
+        .route("/dashboard/uplot.css", get(dashboard::uplot_css))
         .route("/v1/salaries", post(payroll::post_salary))
         .route("/v1/salaries/{id}", get(payroll::salary))
         .route("/v1/accounts/{code}/balance", get(ledger::account_balance))
         .route("/v1/trial-balance", get(ledger::trial_balance))
         .route("/v1/ledger/entries", get(ledger::entries))
         .route("/v1/jobs/runs", get(jobs::runs))
+        .route("/v1/lag", get(lag::lag))
+        .route("/v1/notifications", get(notifications::list))
+        .route("/v1/reminders", get(reminders::reminder))
         .route("/v1/users", post(users::create_user).get(users::directory))
         .route("/v1/users/{id}", get(users::user))
         .route("/v1/purchase-orders", post(purchase::submit_order))

@@ -78,6 +78,30 @@ pub enum TimeLookup {
     End,
 }
 
+/// The timestamp (ms) of the record at `offset`, read with `consumer` (which this
+/// reassigns); `None` if it cannot be read within a few `timeout`s.
+pub fn record_timestamp(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> Result<Option<i64>> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Message, Offset};
+    let mut at = rdkafka::TopicPartitionList::new();
+    at.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&at)?;
+    // A loaded broker can take a while to serve the first fetch.
+    let deadline = std::time::Instant::now() + 3 * timeout;
+    while std::time::Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            return Ok(m?.timestamp().to_millis());
+        }
+    }
+    Ok(None)
+}
+
 /// The broker's offsets-for-times answer, checked against the records themselves. Some
 /// Kafka-protocol brokers answer wrongly (e.g. offset 0 for a time past the end); a
 /// wrong answer is reported as [`crate::Error::BrokerAnswer`], never used.
@@ -97,7 +121,6 @@ pub async fn offset_for_time(
 }
 
 fn lookup_blocking(bootstrap: &str, topic: &str, partition: i32, ts: i64) -> Result<TimeLookup> {
-    use rdkafka::Message;
     use rdkafka::Offset;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -115,18 +138,7 @@ fn lookup_blocking(bootstrap: &str, topic: &str, partition: i32, ts: i64) -> Res
         .map(|e| e.offset())
         .unwrap_or(Offset::Invalid);
     let timestamp_at = |offset: i64| -> Result<Option<i64>> {
-        let mut at = rdkafka::TopicPartitionList::new();
-        at.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-        consumer.assign(&at)?;
-        // A loaded broker can take a while to serve the first fetch.
-        let deadline = std::time::Instant::now() + 3 * timeout;
-        while std::time::Instant::now() < deadline {
-            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-                let m = m?;
-                return Ok(m.timestamp().to_millis());
-            }
-        }
-        Ok(None)
+        record_timestamp(&consumer, topic, partition, offset, timeout)
     };
     let wrong = |why: String| -> Result<TimeLookup> {
         Err(crate::Error::BrokerAnswer(format!(

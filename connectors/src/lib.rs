@@ -1,8 +1,13 @@
-//! Edges of the pipeline. Today: the outbox relay, which publishes what commands and
-//! processors wrote to the outbox.
+//! Edges of the pipeline: the outbox relay, which publishes what commands and processors
+//! wrote to the outbox, and the broker-facing tools (topics, offsets by time, lag,
+//! offsets, dead letters).
 
 mod derived;
+pub mod dlq;
+pub mod gauges;
 pub mod kafka;
+pub mod lag;
+pub mod offsets;
 pub mod relay;
 
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,12 @@ use uuid::Uuid;
 use crate::Result;
 use crate::derived::{self, Derived};
 
+/// Counter, label `topic` (physical name): records published and acknowledged.
+pub const PUBLISHED: &str = "dhanman_events_published_total";
+
+/// The W3C trace context header outbox rows carry (see `dhanman_producers::trace`).
+const TRACEPARENT: &str = "traceparent";
+
 /// Advisory lock key held by the active relay.
 const LEADER_LOCK: i64 = 0x6468_6d6e_7265_6c61; // "dhmnrela"
 
@@ -168,7 +174,11 @@ impl Relay {
                                 .get("correlation_id")
                                 .and_then(Json::as_str)
                                 .unwrap_or_default();
+                            let traceparent = headers.get(TRACEPARENT).cloned();
                             headers = record_headers(&name, event_id, correlation_id);
+                            if let (Some(tp), Some(map)) = (traceparent, headers.as_object_mut()) {
+                                map.insert(TRACEPARENT.to_string(), tp);
+                            }
                             built
                         }
                         None => row.try_get("payload")?,
@@ -236,6 +246,7 @@ impl Relay {
                             "published"
                         )
                     });
+                    metrics::counter!(PUBLISHED, "topic" => p.topic.clone()).increment(1);
                     ids.push(p.id);
                 }
                 Ok(Err((e, _))) => {

@@ -401,9 +401,15 @@ async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
         .iter()
         .map(|e| e.source.organization_id.to_string())
         .collect();
+    // The trace context of the event each entry posts; the relay keeps it.
+    let headers: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| dhanman_producers::trace::headers_for_source(e.source.event_id))
+        .collect();
     sqlx::query(
-        "insert into outbox (event_id, topic, message_key, record_name, schema_version, derived_from)
-         select id, $2, k, $3, $4, e from unnest($1::uuid[], $5::text[], $6::uuid[]) as u(id, k, e)",
+        "insert into outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers)
+         select id, $2, k, $3, $4, e, h
+           from unnest($1::uuid[], $5::text[], $6::uuid[], $7::jsonb[]) as u(id, k, e, h)",
     )
     .bind(&ids)
     .bind(LedgerEntryPosted::TOPIC)
@@ -411,6 +417,7 @@ async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     .bind(LedgerEntryPosted::WRITE_VERSION as i32)
     .bind(&keys)
     .bind(&entry_ids)
+    .bind(&headers)
     .execute(conn)
     .await?;
     Ok(())

@@ -2,7 +2,10 @@
 //! processors themselves (one module each).
 
 pub mod approvals;
+pub mod balances;
 pub mod ledger;
+pub mod notifier;
+pub mod reminders;
 pub mod runtime;
 pub mod users;
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use dhanman_producers::trace::{self, TraceParent};
 use dhanman_schemas::{Codec, Event, topics};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -41,6 +42,37 @@ pub const DEFAULT_MAX_BATCH: usize = 2000;
 /// partition is applied.
 pub const DEFAULT_LANES: usize = 1;
 
+/// Prometheus metrics of the runtime.
+pub mod metric {
+    /// Histogram, label `processor`: seconds from a batch (lane) being handed to the
+    /// runtime to its commit, retries included.
+    pub const BATCH_DURATION: &str = "dhanman_processor_batch_duration_seconds";
+    /// Counter, labels `processor` and `outcome` (`applied`, `skipped_duplicate`,
+    /// `dead_lettered`): records of committed batches.
+    pub const EVENTS: &str = "dhanman_processor_events_total";
+    /// Counter, labels `processor` and `class` (`transient`: a batch attempt failed and is
+    /// retried; `poison`: a record was dead-lettered).
+    pub const FAILURES: &str = "dhanman_processor_failures_total";
+    /// Counter, label `processor`: batch attempts retried after a transient failure.
+    pub const RETRIES: &str = "dhanman_processor_retries_total";
+    /// Counter, labels `topic` (the dead-letter topic, physical name), `processor` and
+    /// `class` (`undecodable`, `invalid`, `rejected`): records dead-lettered.
+    pub const DLQ_RECORDS: &str = "dhanman_dlq_records_total";
+
+    /// Makes a processor's series visible at zero before anything happens.
+    pub(super) fn register(processor: &str) {
+        for outcome in ["applied", "skipped_duplicate", "dead_lettered"] {
+            metrics::counter!(EVENTS, "processor" => processor.to_string(), "outcome" => outcome)
+                .increment(0);
+        }
+        for class in ["transient", "poison"] {
+            metrics::counter!(FAILURES, "processor" => processor.to_string(), "class" => class)
+                .increment(0);
+        }
+        metrics::counter!(RETRIES, "processor" => processor.to_string()).increment(0);
+    }
+}
+
 /// One record as read from Kafka, detached from the consumer.
 #[derive(Debug, Clone)]
 pub struct Incoming {
@@ -53,7 +85,7 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    fn from_message<M: Message>(m: &M) -> Self {
+    pub fn from_message<M: Message>(m: &M) -> Self {
         let headers = m
             .headers()
             .map(|h| {
@@ -290,6 +322,35 @@ pub struct Runtime<P> {
     pool: PgPool,
     codec: Arc<Codec>,
     config: RuntimeConfig,
+    /// Off for a replay: its batches must not move the live group's offsets.
+    store_group_offsets: bool,
+}
+
+/// What a replay finds for one record type in a range.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TypeCounts {
+    pub in_range: usize,
+    pub already_applied: usize,
+    pub would_apply: usize,
+}
+
+/// What a replay finds in a range: per record type, and the records no type reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Survey {
+    pub by_type: BTreeMap<String, TypeCounts>,
+    pub poison: usize,
+}
+
+impl Survey {
+    pub fn add(&mut self, other: &Survey) {
+        for (name, c) in &other.by_type {
+            let mine = self.by_type.entry(name.clone()).or_default();
+            mine.in_range += c.in_range;
+            mine.already_applied += c.already_applied;
+            mine.would_apply += c.would_apply;
+        }
+        self.poison += other.poison;
+    }
 }
 
 /// A record after decoding: an event to apply, or the reason it is poison.
@@ -310,6 +371,7 @@ impl<P: Processor> Runtime<P> {
             pool,
             codec,
             config,
+            store_group_offsets: true,
         }
     }
 
@@ -370,7 +432,9 @@ impl<P: Processor> Runtime<P> {
             .collect();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
+        metric::register(self.processor.name());
         tracing::info!(group = %self.group_id(), topics = ?topics, "consumer started");
+        let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(self.pool.clone(), self.group_id())));
         let mut watchdog = Watchdog::new(self.config.orphan_check_after);
         let mut gathered = self.gather(&consumer).await;
         loop {
@@ -585,10 +649,20 @@ impl<P: Processor> Runtime<P> {
     ) -> BatchReport {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1u32;
+        let started = Instant::now();
+        let processor = self.processor.name().to_string();
         loop {
             match self.process(batch, decoded.take(), attempt).await {
-                Ok(report) => return report,
+                Ok(report) => {
+                    metrics::histogram!(metric::BATCH_DURATION, "processor" => processor)
+                        .record(started.elapsed().as_secs_f64());
+                    return report;
+                }
                 Err(e) => {
+                    metrics::counter!(metric::FAILURES, "processor" => processor.clone(), "class" => "transient")
+                        .increment(1);
+                    metrics::counter!(metric::RETRIES, "processor" => processor.clone())
+                        .increment(1);
                     let jitter = Duration::from_millis(rand::random_range(
                         0..=backoff.as_millis() as u64 / 4,
                     ));
@@ -669,7 +743,24 @@ impl<P: Processor> Runtime<P> {
         let fresh = mark_processed(&mut tx, &name, batch, &candidates).await?;
         report.duplicates = decoded.len() - poison.len() - fresh.len();
         let events: Vec<&Event> = fresh.iter().map(|(_, e)| *e).collect();
-        match self.apply_in_savepoint(&mut tx, &events).await {
+        // Each event continues the trace its record carries (a new one if it carries none);
+        // what `apply` writes to the outbox for it is a child of that span.
+        let spans = consumer_spans(batch, &fresh);
+        for (i, event) in &fresh {
+            let record = &batch[*i];
+            let span = spans.get(&event.envelope().event_id);
+            tracing::debug!(
+                processor = %name, topic = %record.topic, partition = record.partition,
+                offset = record.offset, event_id = %event.envelope().event_id,
+                correlation_id = %event.envelope().correlation_id,
+                trace_id = %span.map(TraceParent::trace_id).unwrap_or_default(),
+                traceparent = %span.map(ToString::to_string).unwrap_or_default(),
+                "applying event"
+            );
+        }
+        let applied =
+            trace::in_batch(spans.clone(), self.apply_in_savepoint(&mut tx, &events)).await;
+        match applied {
             Ok(()) => report.applied = fresh.len(),
             Err(e) if classify_db(&e) == Class::Transient => return Err(e.into()),
             Err(e) => {
@@ -682,7 +773,9 @@ impl<P: Processor> Runtime<P> {
                     let single: [(usize, &Event); 1] = [(*i, *event)];
                     let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
                     mark_processed(&mut sp, &name, batch, &single).await?;
-                    match self.processor.apply(&mut sp, &one).await {
+                    let applied =
+                        trace::in_batch(spans.clone(), self.processor.apply(&mut sp, &one)).await;
+                    match applied {
                         Ok(()) => {
                             sp.commit().await?;
                             report.applied += 1;
@@ -697,12 +790,15 @@ impl<P: Processor> Runtime<P> {
             }
         }
 
+        let mut dead_lettered = Vec::with_capacity(poison.len());
         for (i, (class, reason)) in &poison {
             let record = &batch[*i];
             let correlation_id = record.header("correlation_id").unwrap_or_default();
+            let traceparent = record.header(trace::HEADER).unwrap_or_default();
             tracing::warn!(
                 topic = %record.topic, partition = record.partition, offset = record.offset,
-                correlation_id = %correlation_id, class, reason = %reason, "dead-lettering record"
+                correlation_id = %correlation_id, %traceparent, class, reason = %reason,
+                "dead-lettering record"
             );
             let logical = record
                 .topic
@@ -716,11 +812,15 @@ impl<P: Processor> Runtime<P> {
                 attempts: attempt,
             };
             dead_letter(&mut tx, &self.group_id(), &name, letter).await?;
+            dead_lettered.push((topics::dlq(&record.topic), *class));
         }
         report.dead_lettered = poison.len();
 
-        store_offsets(&mut tx, &self.group_id(), batch).await?;
+        if self.store_group_offsets {
+            store_offsets(&mut tx, &self.group_id(), batch).await?;
+        }
         tx.commit().await.map_err(Error::Database)?;
+        record_outcomes(&name, &report, &dead_lettered);
         tracing::debug!(
             records = batch.len(),
             decode_ms = (decoded_at - started).as_secs_f64() * 1000.0,
@@ -728,6 +828,57 @@ impl<P: Processor> Runtime<P> {
             "batch timings"
         );
         Ok(report)
+    }
+
+    /// For a replay, which reads with a consumer of its own: batches are applied exactly as
+    /// the live group applies them (gate, effects, dead letters), but the group's stored
+    /// offsets are left alone.
+    pub fn for_replay(mut self) -> Self {
+        self.store_group_offsets = false;
+        self
+    }
+
+    /// What applying `batch` would do, per record type, without doing it: each event is
+    /// already applied (its gate row exists) or would be.
+    pub async fn survey(&self, batch: &[Incoming]) -> Result<Survey> {
+        let decoded = self.decode_all(batch).await?;
+        let mut survey = Survey::default();
+        let mut events = Vec::new();
+        for d in &decoded {
+            match d {
+                Decoded::Event(e) => events.push(e.as_ref()),
+                Decoded::Poison { .. } => survey.poison += 1,
+            }
+        }
+        let ids: Vec<Uuid> = events.iter().map(|e| e.envelope().event_id).collect();
+        let applied: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
+            "select event_id from processed_events where processor = $1 and event_id = any($2)",
+        )
+        .bind(self.processor.name())
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::Database)?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+        let mut seen = HashSet::new();
+        for event in events {
+            let counts = survey.by_type.entry(event.name().to_string()).or_default();
+            counts.in_range += 1;
+            let id = event.envelope().event_id;
+            if applied.contains(&id) || !seen.insert(id) {
+                counts.already_applied += 1;
+            } else {
+                counts.would_apply += 1;
+            }
+        }
+        Ok(survey)
+    }
+
+    /// Applies a batch as the live group would, retrying transient failures.
+    pub async fn apply_batch(&self, batch: &[Incoming]) -> BatchReport {
+        self.process_with_retry(batch, None).await
     }
 
     async fn apply_in_savepoint(
@@ -741,6 +892,93 @@ impl<P: Processor> Runtime<P> {
         let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
         self.processor.apply(&mut sp, events).await?;
         sp.commit().await
+    }
+}
+
+/// How often a running member records that it is alive, and how long after its last beat
+/// it counts as gone.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A task stopped when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Records this member in `consumer_members` every [`HEARTBEAT_INTERVAL`] while the
+/// consumer runs, so that tools can tell a live group from an idle one.
+async fn heartbeat(pool: PgPool, group: String) {
+    let member = Uuid::now_v7();
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    // Members that died without a word (SIGKILL) are dropped once they are long gone.
+    let swept = sqlx::query(
+        "delete from consumer_members where group_id = $1 and last_seen < now() - interval '1 hour'",
+    )
+    .bind(&group)
+    .execute(&pool)
+    .await;
+    if let Err(e) = swept {
+        tracing::debug!(error = %e, "sweeping departed members failed");
+    }
+    loop {
+        let beat = sqlx::query(
+            "insert into consumer_members (group_id, member_id, host, pid) values ($1, $2, $3, $4)
+             on conflict (group_id, member_id) do update set last_seen = now()",
+        )
+        .bind(&group)
+        .bind(member)
+        .bind(&host)
+        .bind(std::process::id() as i32)
+        .execute(&pool)
+        .await;
+        if let Err(e) = beat {
+            tracing::debug!(error = %e, "member heartbeat failed");
+        }
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    }
+}
+
+/// The consumer span of each event about to be applied: a child of the `traceparent` its
+/// record carries, or a new trace when it carries none (or a malformed one).
+fn consumer_spans(batch: &[Incoming], fresh: &[(usize, &Event)]) -> HashMap<Uuid, TraceParent> {
+    fresh
+        .iter()
+        .map(|(i, event)| {
+            let span = batch[*i]
+                .header(trace::HEADER)
+                .and_then(|v| TraceParent::parse(&v))
+                .map_or_else(TraceParent::new_root, |parent| parent.child());
+            (event.envelope().event_id, span)
+        })
+        .collect()
+}
+
+/// Metrics of a committed batch.
+fn record_outcomes(processor: &str, report: &BatchReport, dead_lettered: &[(String, &str)]) {
+    for (outcome, n) in [
+        ("applied", report.applied),
+        ("skipped_duplicate", report.duplicates),
+        ("dead_lettered", report.dead_lettered),
+    ] {
+        if n > 0 {
+            metrics::counter!(metric::EVENTS, "processor" => processor.to_string(), "outcome" => outcome)
+                .increment(n as u64);
+        }
+    }
+    for (topic, class) in dead_lettered {
+        metrics::counter!(metric::FAILURES, "processor" => processor.to_string(), "class" => "poison")
+            .increment(1);
+        metrics::counter!(
+            metric::DLQ_RECORDS,
+            "topic" => topic.clone(),
+            "processor" => processor.to_string(),
+            "class" => class.to_string()
+        )
+        .increment(1);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod payroll;
 pub mod purchase;
 pub mod sales;
+pub mod trace;
 pub mod users;
 
 use dhanman_schemas::events::FieldError;

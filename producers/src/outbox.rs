@@ -11,6 +11,11 @@ use crate::Result;
 pub async fn enqueue<R: Record>(conn: &mut PgConnection, record: &R) -> Result<Uuid> {
     let envelope = record.envelope();
     let payload = serde_json::to_value(record)?;
+    let mut headers = record_headers(R::NAME, envelope.event_id, &envelope.correlation_id);
+    crate::trace::add_to_headers(
+        &mut headers,
+        crate::trace::for_outbox(envelope.causation_id.as_deref()),
+    );
     sqlx::query(
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
          values ($1, $2, $3, $4, $5, $6, $7)",
@@ -21,7 +26,7 @@ pub async fn enqueue<R: Record>(conn: &mut PgConnection, record: &R) -> Result<U
     .bind(R::NAME)
     .bind(R::WRITE_VERSION as i32)
     .bind(&payload)
-    .bind(record_headers(R::NAME, envelope.event_id, &envelope.correlation_id))
+    .bind(headers)
     .execute(conn)
     .await?;
     Ok(envelope.event_id)

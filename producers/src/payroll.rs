@@ -17,6 +17,8 @@ pub struct NewSalary {
     pub period: Option<String>,
     pub amount: Option<Decimal>,
     pub currency: Option<String>,
+    /// Where the payslip is emailed; absent means no payslip email.
+    pub employee_email: Option<String>,
 }
 
 /// A salary as the command side stores it.
@@ -28,6 +30,7 @@ pub struct Salary {
     pub period: String,
     pub amount: Decimal,
     pub currency: String,
+    pub employee_email: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -65,14 +68,22 @@ pub async fn post_salary(
         .ok_or_else(|| FieldError::new("amount", "is required"))?;
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     check_money("amount", amount, &currency)?;
+    let employee_email = match input.employee_email.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(email) => {
+            crate::users::check_email("employee_email", email)?;
+            Some(email)
+        }
+    };
 
     let salary_id = Uuid::now_v7();
     let amount = amount.round_dp(2);
     let inserted: Result<Salary, sqlx::Error> = sqlx::query_as(
-        "insert into salaries (id, organization_id, employee_id, employee_name, period, amount, currency)
-         values ($1, $2, $3, $4, $5, $6, $7)
+        "insert into salaries
+             (id, organization_id, employee_id, employee_name, period, amount, currency, employee_email)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
          returning id as salary_id, employee_id, employee_name, period, amount,
-                   currency::text as currency, created_at",
+                   currency::text as currency, employee_email, created_at",
     )
     .bind(salary_id)
     .bind(caller.organization_id)
@@ -81,6 +92,7 @@ pub async fn post_salary(
     .bind(&period)
     .bind(amount)
     .bind(&currency)
+    .bind(employee_email)
     .fetch_one(&mut *conn)
     .await;
     let salary = match inserted {
@@ -116,7 +128,7 @@ pub async fn find_salary(
 ) -> Result<Option<Salary>> {
     let salary = sqlx::query_as(
         "select id as salary_id, employee_id, employee_name, period, amount,
-                currency::text as currency, created_at
+                currency::text as currency, employee_email, created_at
            from salaries where id = $1 and organization_id = $2",
     )
     .bind(id)

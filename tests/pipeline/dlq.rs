@@ -29,8 +29,11 @@ fn invoice(org: Uuid, number: &str, amount: &str) -> InvoiceCreated {
 async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let up = setup.spawn(&["up"]);
-    setup.wait_ready(&up).await;
+    // Only the ledger consumes: every dead letter here is its own.
+    let api_proc = setup.spawn(&["api"]);
+    setup.wait_ready(&api_proc).await;
+    let _relay = setup.spawn(&["relay"]);
+    let _ledger = setup.spawn(&["process", "ledger"]);
     let (org, _) = create_org(&setup, "Poison Society").await;
     let codec = setup.codec();
     let topic = setup.topic(topics::INVOICES);
@@ -122,6 +125,5 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
             .await,
         4
     );
-    drop(up);
     db.drop_db().await;
 }

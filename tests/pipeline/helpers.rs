@@ -231,6 +231,10 @@ impl Setup {
             .env("DHANMAN_TOPIC_PARTITIONS", "4")
             .env_remove("SCHEMA_REGISTRY_URL")
             .env("RUST_LOG", "info,rdkafka=warn,sqlx=warn")
+            // No SMTP server is there unless a test starts one (and names it in `extra`):
+            // notifications wait in the delivery log instead of being dead-lettered.
+            .env("SMTP_URL", "smtp://127.0.0.1:9")
+            .env("DHANMAN_SMTP_MAX_ATTEMPTS", "1000000")
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -315,6 +319,43 @@ pub async fn invoice(api: &Api, customer: Uuid, amount: &str) -> (String, String
 pub async fn command_events(db: &TestDb) -> i64 {
     db.count("select count(*) from outbox where derived_from is null")
         .await
+}
+
+/// What a finished `dhanman` command printed.
+pub struct CliRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Stdout as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or(Value::Null)
+    }
+}
+
+/// Runs `dhanman <args>` to completion against the test's database, broker, topics and
+/// (for decoding) the registry of its API.
+pub async fn dhanman(setup: &Setup, args: &[&str]) -> CliRun {
+    let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))
+        .args(args)
+        .env("DATABASE_URL", &setup.database_url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
+        .env("DHANMAN_TOPIC_PREFIX", &setup.topic_prefix)
+        .env(
+            "DHANMAN_HTTP_ADDR",
+            format!("127.0.0.1:{}", setup.http_port),
+        )
+        .env_remove("SCHEMA_REGISTRY_URL")
+        .output()
+        .await
+        .expect("run dhanman");
+    CliRun {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 /// Runs `dhanman orgs create` and returns (organization id, admin key).

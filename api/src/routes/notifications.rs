@@ -1,0 +1,71 @@
+//! The notification delivery log (`notification_deliveries`): the caller's organization
+//! only, optionally one recipient or one status.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::extract::{Auth, Params};
+use crate::{ApiError, AppState};
+
+/// Statuses a delivery can have.
+pub const STATUSES: &[&str] = &["pending", "sending", "sent", "skipped", "dead_lettered"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationQuery {
+    pub recipient: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Delivery {
+    event_id: Uuid,
+    recipient: String,
+    template: String,
+    event_type: String,
+    status: String,
+    attempts: i32,
+    subject: String,
+    message_id: String,
+    reason: Option<String>,
+    last_error: Option<String>,
+    correlation_id: String,
+    created_at: DateTime<Utc>,
+    next_attempt_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+}
+
+/// The newest 500 deliveries matching the filters, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(q): Params<NotificationQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(status) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(ApiError::validation(
+            "status",
+            format!("{status:?} is not one of {}", STATUSES.join(", ")),
+        ));
+    }
+    let deliveries: Vec<Delivery> = sqlx::query_as(
+        "select event_id, recipient, template, event_type, status, attempts, subject,
+                message_id, reason, last_error, correlation_id, created_at, next_attempt_at,
+                sent_at
+           from notification_deliveries
+          where organization_id = $1
+            and ($2::text is null or lower(recipient) = lower($2))
+            and ($3::text is null or status = $3)
+          order by created_at desc, event_id, recipient, template
+          limit 500",
+    )
+    .bind(caller.organization_id)
+    .bind(q.recipient.as_deref().map(str::trim))
+    .bind(q.status.as_deref())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(json!({ "notifications": deliveries })))
+}

@@ -1,0 +1,249 @@
+//! Dead-letter topics as an operator sees them: the records with the headers the runtime
+//! wrote (error, class, source topic/partition/offset, processor, time, attempts), and
+//! their redrive to the source topic once the cause is fixed. A redrive goes through the
+//! outbox with a `dlq_redrives` row in the same transaction, so each dead letter is
+//! redriven once however often the command runs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::kafka::client_config;
+use crate::{Error, Result};
+
+/// A record of a dead-letter topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub dlq_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub key: Option<String>,
+    #[serde(skip)]
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    /// When it was redriven, if it was.
+    pub redriven_at: Option<DateTime<Utc>>,
+}
+
+impl DeadLetter {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn class(&self) -> &str {
+        self.header("dlq.error.class").unwrap_or("unknown")
+    }
+
+    pub fn source_topic(&self) -> Option<&str> {
+        self.header("dlq.source.topic")
+    }
+
+    pub fn source_partition(&self) -> Option<i32> {
+        self.header("dlq.source.partition")?.parse().ok()
+    }
+
+    pub fn source_offset(&self) -> Option<i64> {
+        self.header("dlq.source.offset")?.parse().ok()
+    }
+}
+
+/// Which dead letters a command acts on.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub since: Option<DateTime<Utc>>,
+    pub error_class: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        self.since
+            .is_none_or(|since| letter.timestamp.is_some_and(|t| t >= since))
+            && self
+                .error_class
+                .as_deref()
+                .is_none_or(|c| letter.class() == c)
+    }
+}
+
+/// Every record of `dlq_topic` up to its end now, with whether each was redriven.
+pub async fn read(pool: &PgPool, bootstrap: &str, dlq_topic: &str) -> Result<Vec<DeadLetter>> {
+    let (bootstrap, topic) = (bootstrap.to_string(), dlq_topic.to_string());
+    let mut letters = tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic))
+        .await
+        .map_err(|e| Error::BrokerAnswer(format!("DLQ read task failed: {e}")))??;
+    let redriven: Vec<(i32, i64, DateTime<Utc>)> = sqlx::query_as(
+        "select partition, \"offset\", redriven_at from dlq_redrives where dlq_topic = $1",
+    )
+    .bind(dlq_topic)
+    .fetch_all(pool)
+    .await?;
+    let redriven: BTreeMap<(i32, i64), DateTime<Utc>> = redriven
+        .into_iter()
+        .map(|(p, o, at)| ((p, o), at))
+        .collect();
+    for letter in &mut letters {
+        letter.redriven_at = redriven.get(&(letter.partition, letter.offset)).copied();
+    }
+    Ok(letters)
+}
+
+fn read_blocking(bootstrap: &str, topic: &str) -> Result<Vec<DeadLetter>> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", format!("dhanman-dlq-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let count = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32);
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..count {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        if high > low {
+            ends.insert(partition, high);
+            tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        }
+    }
+    let mut letters = Vec::new();
+    if ends.is_empty() {
+        return Ok(letters);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + 6 * timeout;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(Error::BrokerAnswer(format!(
+                "{topic}: partitions {:?} did not deliver up to their end",
+                ends.keys().collect::<Vec<_>>()
+            )));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message?;
+        let Some(end) = ends.get(&m.partition()).copied() else {
+            continue;
+        };
+        if m.offset() + 1 >= end {
+            ends.remove(&m.partition());
+        }
+        if m.offset() >= end {
+            continue;
+        }
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .filter_map(|h| {
+                        let value = String::from_utf8_lossy(h.value?).into_owned();
+                        Some((h.key.to_string(), value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        letters.push(DeadLetter {
+            dlq_topic: topic.to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            redriven_at: None,
+        });
+    }
+    letters.sort_by_key(|l| (l.partition, l.offset));
+    Ok(letters)
+}
+
+/// Sends dead letters back to their source topic through the outbox, each once: a letter
+/// already redriven is skipped. Returns how many were sent now. (The outbox names topics
+/// without `topic_prefix`; the relay adds it.)
+pub async fn redrive(pool: &PgPool, topic_prefix: &str, letters: &[&DeadLetter]) -> Result<usize> {
+    let mut sent = 0;
+    for letter in letters {
+        let Some(source) = letter.source_topic() else {
+            continue;
+        };
+        let mut tx = pool.begin().await?;
+        let id = Uuid::now_v7();
+        let claimed = sqlx::query(
+            "insert into dlq_redrives (dlq_topic, partition, \"offset\", source_topic,
+                                       source_partition, source_offset, outbox_event_id)
+             values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
+        )
+        .bind(&letter.dlq_topic)
+        .bind(letter.partition)
+        .bind(letter.offset)
+        .bind(source)
+        .bind(letter.source_partition())
+        .bind(letter.source_offset())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            continue;
+        }
+        // Several processors may have dead-lettered the same source record: it goes back
+        // once, and each of its dead letters counts as redriven.
+        let (copies,): (i64,) = sqlx::query_as(
+            "select count(*) from dlq_redrives
+              where source_topic = $1 and source_partition = $2 and source_offset = $3",
+        )
+        .bind(source)
+        .bind(letter.source_partition())
+        .bind(letter.source_offset())
+        .fetch_one(&mut *tx)
+        .await?;
+        if copies > 1 {
+            tx.commit().await?;
+            continue;
+        }
+        // The original headers go back; the DLQ's own are replaced by where it came from.
+        let mut headers: Map<String, Json> = letter
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq."))
+            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .collect();
+        headers.insert(
+            "dlq.redriven.from".into(),
+            Json::String(format!(
+                "{}/{}/{}",
+                letter.dlq_topic, letter.partition, letter.offset
+            )),
+        );
+        sqlx::query(
+            "insert into outbox (event_id, topic, message_key, raw_value, headers)
+             values ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(source.strip_prefix(topic_prefix).unwrap_or(source))
+        .bind(&letter.key)
+        .bind(&letter.value)
+        .bind(Json::Object(headers))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sent += 1;
+    }
+    Ok(sent)
+}

@@ -1,0 +1,94 @@
+//! Gauges of the pipeline's queues, sampled by the process that serves `/metrics` (the
+//! API): the outbox (rows the relay has yet to publish, and how long the oldest has
+//! waited) and the dead-letter topics (records in each, from the broker's watermarks).
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sqlx::PgPool;
+
+use crate::Result;
+
+/// Gauge: outbox rows not yet published.
+pub const OUTBOX_DEPTH: &str = "dhanman_outbox_depth";
+/// Gauge: seconds the oldest unpublished outbox row has waited; 0 when none waits.
+pub const OUTBOX_OLDEST_AGE: &str = "dhanman_outbox_oldest_age_seconds";
+/// Gauge, label `topic` (physical name): records in a dead-letter topic (high watermark
+/// less low watermark, summed over its partitions).
+pub const DLQ_SIZE: &str = "dhanman_dlq_size";
+
+/// The outbox's backlog: (unpublished rows, seconds the oldest has waited).
+pub async fn outbox_backlog(pool: &PgPool) -> Result<(i64, f64)> {
+    // Both read the partial index of unpublished rows; the oldest is the lowest id.
+    let (depth,): (i64,) = sqlx::query_as("select count(*) from outbox where published_at is null")
+        .fetch_one(pool)
+        .await?;
+    let oldest: Option<(f64,)> = sqlx::query_as(
+        "select greatest(extract(epoch from now() - created_at), 0)::float8
+           from outbox where published_at is null order by id limit 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok((depth, oldest.map_or(0.0, |(age,)| age)))
+}
+
+/// Records in each topic of `topics` (physical names), from the broker's watermarks. A
+/// topic the broker does not know is left out.
+pub async fn topic_sizes(bootstrap: &str, topics: Vec<String>) -> Result<Vec<(String, i64)>> {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = crate::kafka::client_config(&bootstrap).create()?;
+        let timeout = Duration::from_secs(5);
+        let mut sizes = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                continue;
+            };
+            if found.error().is_some() {
+                continue;
+            }
+            let mut size = 0;
+            for p in found.partitions() {
+                let (low, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
+                size += (high - low).max(0);
+            }
+            sizes.push((topic, size));
+        }
+        Ok(sizes)
+    })
+    .await
+    .map_err(|e| crate::Error::BrokerAnswer(format!("watermark probe failed: {e}")))?
+}
+
+/// Samples every `interval` and sets the gauges; runs until the task is dropped. A failed
+/// sample is logged and leaves the previous values.
+pub async fn run_sampler(
+    pool: PgPool,
+    bootstrap: String,
+    topic_prefix: String,
+    interval: Duration,
+) {
+    let dlq_topics: Vec<String> = dhanman_schemas::topics::ALL
+        .iter()
+        .map(|t| format!("{topic_prefix}{}", dhanman_schemas::topics::dlq(t)))
+        .collect();
+    loop {
+        match outbox_backlog(&pool).await {
+            Ok((depth, age)) => {
+                metrics::gauge!(OUTBOX_DEPTH).set(depth as f64);
+                metrics::gauge!(OUTBOX_OLDEST_AGE).set(age);
+            }
+            Err(e) => tracing::warn!(error = %e, "outbox sample failed"),
+        }
+        match topic_sizes(&bootstrap, dlq_topics.clone()).await {
+            Ok(sizes) => {
+                for (topic, size) in sizes {
+                    metrics::gauge!(DLQ_SIZE, "topic" => topic).set(size as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "dead-letter topic sample failed"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

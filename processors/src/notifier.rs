@@ -1,0 +1,608 @@
+//! Notifier: decides who is told what about each event and command that concerns people,
+//! renders the message, and writes it to the delivery log (`notification_deliveries`) in
+//! the batch's transaction. Nothing is sent here: the sender loop ([`sender`]) claims due
+//! rows and talks SMTP outside any batch transaction, so a slow or absent mail server
+//! never holds a batch open, and a batch that rolls back leaves no email behind.
+//!
+//! One row per (event, recipient, template) — its primary key — inserted with
+//! `on conflict do nothing`: a redelivered record or a replay of every topic finds its row
+//! and adds nothing, even with `processed_events` gone.
+//!
+//! | record | template | recipient |
+//! |---|---|---|
+//! | `InvoiceCreated`, `SendInvoiceEmail` | invoice | the customer (`customers.email`); the command names its own |
+//! | `PaymentReceived`, `SendPaymentReceipt` | receipt | the customer; the command names its own |
+//! | `SendPaymentReminder` | reminder | the command's recipient |
+//! | `SendApprovalRequest` | approval_request | the approver the command names |
+//! | `POApproved`, `PORejected` | po_decided | the requester (users projection) |
+//! | `SalaryPosted` | payslip | `salaries.employee_email`, else the employee as a user |
+//! | `UserCreated` | welcome | the new user |
+//!
+//! `POSubmitted` itself sends nothing: the approvals processor turns it into one
+//! `SendApprovalRequest` per approver, and each of those is emailed. A party without an
+//! address gets a `skipped` row with the reason, and nothing is sent.
+
+pub mod sender;
+pub mod templates;
+
+use chrono::NaiveDate;
+use dhanman_schemas::events::Envelope;
+use dhanman_schemas::{Event, topics};
+use rust_decimal::Decimal;
+use serde_json::{Value as Json, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::runtime::Processor;
+pub use templates::{Template, Templates, format_money};
+
+/// Name of the processor (its consumer group is `dhanman.notifier`).
+pub const NAME: &str = "notifier";
+
+/// The Postgres channel the processor notifies when it adds rows to send.
+pub const CHANNEL: &str = "dhanman_notifications";
+
+#[derive(Debug, Clone, Default)]
+pub struct Notifier {
+    templates: Templates,
+}
+
+impl Notifier {
+    pub fn new(templates: Templates) -> Self {
+        Notifier { templates }
+    }
+}
+
+/// Whom one message goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Recipient {
+    Address(String),
+    /// The party (`customer:<id>`) has no address; the row is skipped with `reason`.
+    Missing {
+        party: String,
+        reason: String,
+    },
+}
+
+/// One message the notifier decided on, before rendering.
+struct Planned {
+    template: Template,
+    recipient: Recipient,
+    context: Json,
+}
+
+impl Processor for Notifier {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn topics(&self) -> Vec<String> {
+        [
+            topics::INVOICES,
+            topics::PAYMENTS,
+            topics::PURCHASE_ORDERS,
+            topics::SALARIES,
+            topics::USERS,
+            topics::NOTIFICATION_COMMANDS,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+        let mut to_send = 0;
+        for event in events {
+            let planned = plan(conn, event).await?;
+            for p in planned {
+                if record(conn, &self.templates, event, p).await? {
+                    to_send += 1;
+                }
+            }
+        }
+        if to_send > 0 {
+            // Delivered at commit: the sender wakes without waiting for its next poll.
+            sqlx::query("select pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The topic a record type travels on (named in a dead letter's headers).
+fn source_topic(event: &Event) -> &'static str {
+    match event {
+        Event::InvoiceCreated(_) | Event::InvoiceVoided(_) => topics::INVOICES,
+        Event::PaymentReceived(_) | Event::PaymentFailed(_) => topics::PAYMENTS,
+        Event::POSubmitted(_) | Event::POApproved(_) | Event::PORejected(_) => {
+            topics::PURCHASE_ORDERS
+        }
+        Event::BillCreated(_) => topics::BILLS,
+        Event::SalaryPosted(_) => topics::SALARIES,
+        Event::UserCreated(_) => topics::USERS,
+        Event::LedgerEntryPosted(_) => topics::LEDGER_ENTRIES,
+        _ => topics::NOTIFICATION_COMMANDS,
+    }
+}
+
+/// The Message-ID of a delivery: the same for every attempt, so that a receiver can drop
+/// the copy a crash after the server's acceptance may cause.
+pub fn message_id(event_id: Uuid, recipient: &str, template: &str) -> String {
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("dhanman-notification/{event_id}/{recipient}/{template}").as_bytes(),
+    );
+    format!("<{}@dhanman.notifications>", id.simple())
+}
+
+/// Renders and inserts one delivery row; true when a new row waits to be sent.
+async fn record(
+    conn: &mut PgConnection,
+    templates: &Templates,
+    event: &Event,
+    planned: Planned,
+) -> Result<bool, sqlx::Error> {
+    let envelope = event.envelope();
+    let template = planned.template.name();
+    let (recipient, skipped) = match &planned.recipient {
+        Recipient::Address(a) => (a.clone(), None),
+        Recipient::Missing { party, reason } => (party.clone(), Some(reason.clone())),
+    };
+    let mut context = planned.context;
+    if let Json::Object(map) = &mut context {
+        map.insert("recipient".into(), json!(recipient));
+    }
+    let rendered = match skipped {
+        Some(_) => None,
+        None => Some(templates.render(envelope.organization_id, planned.template, &context)),
+    };
+    let (status, reason, parts) = match (skipped, rendered) {
+        (Some(reason), _) => ("skipped", Some(reason), None),
+        (None, Some(Ok(r))) => ("pending", None, Some(r)),
+        (None, Some(Err(e))) => ("dead_lettered", Some(e), None),
+        (None, None) => return Ok(false),
+    };
+    let (subject, text, html) = parts
+        .map(|r| (r.subject, r.text, r.html))
+        .unwrap_or_default();
+    let inserted = sqlx::query(
+        "insert into notification_deliveries
+             (event_id, recipient, template, organization_id, correlation_id, event_type,
+              source_topic, message_id, subject, body_text, body_html, status, reason)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         on conflict do nothing",
+    )
+    .bind(envelope.event_id)
+    .bind(&recipient)
+    .bind(template)
+    .bind(envelope.organization_id)
+    .bind(&envelope.correlation_id)
+    .bind(event.name())
+    .bind(source_topic(event))
+    .bind(message_id(envelope.event_id, &recipient, template))
+    .bind(&subject)
+    .bind(&text)
+    .bind(&html)
+    .bind(status)
+    .bind(&reason)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        tracing::debug!(correlation_id = %envelope.correlation_id, event_id = %envelope.event_id,
+            %recipient, template, "delivery already logged");
+        return Ok(false);
+    }
+    match status {
+        "skipped" => {
+            metrics::counter!("dhanman_notifications_total", "template" => template, "outcome" => "skipped")
+                .increment(1);
+            tracing::info!(correlation_id = %envelope.correlation_id, event_id = %envelope.event_id,
+                party = %recipient, template, reason = reason.as_deref().unwrap_or_default(),
+                "notification skipped");
+            Ok(false)
+        }
+        "dead_lettered" => {
+            let key = sender::DeliveryKey {
+                event_id: envelope.event_id,
+                recipient,
+                template: template.to_string(),
+            };
+            sender::dead_letter(
+                conn,
+                &key,
+                sender::Failure {
+                    class: "template",
+                    reason: reason.as_deref().unwrap_or_default(),
+                    attempts: 0,
+                },
+            )
+            .await?;
+            Ok(false)
+        }
+        _ => {
+            tracing::info!(correlation_id = %envelope.correlation_id, event_id = %envelope.event_id,
+                %recipient, template, "notification queued");
+            Ok(true)
+        }
+    }
+}
+
+fn base(envelope: &Envelope, organization_name: &str) -> serde_json::Map<String, Json> {
+    let mut map = serde_json::Map::new();
+    map.insert("organization_name".into(), json!(organization_name));
+    map.insert("correlation_id".into(), json!(envelope.correlation_id));
+    map
+}
+
+fn with(mut map: serde_json::Map<String, Json>, extra: Json) -> Json {
+    if let Json::Object(extra) = extra {
+        map.extend(extra);
+    }
+    Json::Object(map)
+}
+
+fn money(amount: Decimal, currency: &str) -> String {
+    format_money(amount, currency)
+}
+
+/// Decides what `event` asks to send, looking up names and addresses.
+async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sqlx::Error> {
+    let envelope = event.envelope();
+    let org = envelope.organization_id;
+    let needs_org = !matches!(
+        event,
+        Event::POSubmitted(_)
+            | Event::InvoiceVoided(_)
+            | Event::PaymentFailed(_)
+            | Event::BillCreated(_)
+            | Event::LedgerEntryPosted(_)
+            | Event::Other { .. }
+    );
+    if !needs_org {
+        return Ok(Vec::new());
+    }
+    let org_name = organization_name(conn, org).await?;
+    let ctx = base(envelope, &org_name);
+    let planned = match event {
+        Event::InvoiceCreated(e) => {
+            let customer = customer(conn, org, e.customer_id).await?;
+            vec![Planned {
+                template: Template::Invoice,
+                recipient: customer.recipient(e.customer_id),
+                context: with(
+                    ctx,
+                    json!({"customer_name": customer.name, "invoice_number": e.invoice_number,
+                        "amount": money(e.amount, &e.currency), "issue_date": e.issue_date,
+                        "due_date": e.due_date, "description": e.description, "resent": false}),
+                ),
+            }]
+        }
+        Event::SendInvoiceEmail(c) => {
+            let customer = customer(conn, org, c.customer_id).await?;
+            let invoice = invoice(conn, org, c.invoice_id).await?;
+            vec![Planned {
+                template: Template::Invoice,
+                recipient: Recipient::Address(c.recipient.clone()),
+                context: with(
+                    ctx,
+                    json!({"customer_name": customer.name, "invoice_number": invoice.number,
+                        "amount": money(c.amount, &c.currency), "issue_date": invoice.issue_date,
+                        "due_date": c.due_date, "description": invoice.description,
+                        "resent": true}),
+                ),
+            }]
+        }
+        Event::PaymentReceived(e) => {
+            let customer = customer(conn, org, e.customer_id).await?;
+            let number = match e.invoice_id {
+                Some(id) => invoice(conn, org, id).await?.number,
+                None => None,
+            };
+            vec![Planned {
+                template: Template::Receipt,
+                recipient: customer.recipient(e.customer_id),
+                context: with(
+                    ctx,
+                    json!({"customer_name": customer.name, "amount": money(e.amount, &e.currency),
+                        "method": e.method, "reference": e.reference, "invoice_number": number}),
+                ),
+            }]
+        }
+        Event::SendPaymentReceipt(c) => {
+            let customer = customer(conn, org, c.customer_id).await?;
+            let number = match c.invoice_id {
+                Some(id) => invoice(conn, org, id).await?.number,
+                None => None,
+            };
+            vec![Planned {
+                template: Template::Receipt,
+                recipient: Recipient::Address(c.recipient.clone()),
+                context: with(
+                    ctx,
+                    json!({"customer_name": customer.name, "amount": money(c.amount, &c.currency),
+                        "method": "payment", "reference": null, "invoice_number": number}),
+                ),
+            }]
+        }
+        Event::SendPaymentReminder(c) => {
+            let customer = customer(conn, org, c.customer_id).await?;
+            let invoice = invoice(conn, org, c.invoice_id).await?;
+            vec![Planned {
+                template: Template::Reminder,
+                recipient: Recipient::Address(c.recipient.clone()),
+                context: with(
+                    ctx,
+                    json!({"customer_name": customer.name,
+                        "invoice_number": invoice.number.unwrap_or_else(|| c.invoice_id.to_string()),
+                        "amount": money(c.amount, &c.currency), "due_date": c.due_date}),
+                ),
+            }]
+        }
+        Event::SendApprovalRequest(c) => {
+            let order = purchase_order(conn, org, c.po_id).await?;
+            let requester = match order.requester_id {
+                Some(id) => person(conn, id).await?.map(|p| p.name),
+                None => None,
+            };
+            vec![Planned {
+                template: Template::ApprovalRequest,
+                recipient: Recipient::Address(c.recipient.clone()),
+                context: with(
+                    ctx,
+                    json!({"requester_name": requester.unwrap_or_else(|| "A colleague".into()),
+                        "approver_role": c.approver_role, "vendor_name": order.vendor_name,
+                        "amount": money(c.amount, &c.currency), "po_id": c.po_id}),
+                ),
+            }]
+        }
+        Event::POApproved(e) => {
+            let decision = Decision {
+                po_id: e.po_id,
+                requester_id: e.requester_id,
+                decision: "approved",
+                reason: None,
+                amount: e.amount,
+                currency: &e.currency,
+            };
+            po_decided(conn, ctx, org, decision).await?
+        }
+        Event::PORejected(e) => {
+            let decision = Decision {
+                po_id: e.po_id,
+                requester_id: e.requester_id,
+                decision: "rejected",
+                reason: Some(&e.reason),
+                amount: e.amount,
+                currency: &e.currency,
+            };
+            po_decided(conn, ctx, org, decision).await?
+        }
+        Event::SalaryPosted(e) => {
+            let salary: Option<(String, Option<String>)> = sqlx::query_as(
+                "select employee_name, employee_email from salaries
+                  where id = $1 and organization_id = $2",
+            )
+            .bind(e.salary_id)
+            .bind(org)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let (name, email) = salary.unwrap_or_default();
+            let as_user = person(conn, e.employee_id).await?;
+            let name = if name.is_empty() {
+                as_user.as_ref().map(|p| p.name.clone()).unwrap_or_default()
+            } else {
+                name
+            };
+            let recipient = match email.or(as_user.map(|p| p.email)) {
+                Some(email) => Recipient::Address(email),
+                None => Recipient::Missing {
+                    party: format!("employee:{}", e.employee_id),
+                    reason: "the salary has no employee_email and the employee is no user".into(),
+                },
+            };
+            vec![Planned {
+                template: Template::Payslip,
+                recipient,
+                context: with(
+                    ctx,
+                    json!({"employee_name": name, "period": e.period,
+                        "amount": money(e.amount, &e.currency)}),
+                ),
+            }]
+        }
+        Event::UserCreated(e) => vec![Planned {
+            template: Template::Welcome,
+            recipient: Recipient::Address(e.email.clone()),
+            context: with(ctx, json!({"name": e.name, "role": e.role})),
+        }],
+        _ => Vec::new(),
+    };
+    Ok(planned)
+}
+
+/// A purchase order's outcome, told to its requester.
+struct Decision<'a> {
+    po_id: Uuid,
+    requester_id: Uuid,
+    decision: &'a str,
+    reason: Option<&'a str>,
+    amount: Decimal,
+    currency: &'a str,
+}
+
+async fn po_decided(
+    conn: &mut PgConnection,
+    ctx: serde_json::Map<String, Json>,
+    org: Uuid,
+    d: Decision<'_>,
+) -> Result<Vec<Planned>, sqlx::Error> {
+    let Decision {
+        po_id,
+        requester_id,
+        decision,
+        reason,
+        amount,
+        currency,
+    } = d;
+    let order = purchase_order(conn, org, po_id).await?;
+    let requester = person(conn, requester_id).await?;
+    let (recipient, name) = match requester {
+        Some(p) => (Recipient::Address(p.email), p.name),
+        None => (
+            Recipient::Missing {
+                party: format!("user:{requester_id}"),
+                reason: "the requester is not a known user".into(),
+            },
+            String::new(),
+        ),
+    };
+    Ok(vec![Planned {
+        template: Template::PoDecided,
+        recipient,
+        context: with(
+            ctx,
+            json!({"requester_name": name, "decision": decision, "reason": reason,
+                "vendor_name": order.vendor_name, "amount": money(amount, currency),
+                "po_id": po_id}),
+        ),
+    }])
+}
+
+async fn organization_name(conn: &mut PgConnection, org: Uuid) -> Result<String, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as("select name from organizations where id = $1")
+        .bind(org)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|(n,)| n).unwrap_or_else(|| "Your society".into()))
+}
+
+struct Customer {
+    name: String,
+    email: Option<String>,
+}
+
+impl Customer {
+    fn recipient(&self, id: Uuid) -> Recipient {
+        match self.email.as_deref().map(str::trim) {
+            Some(email) if !email.is_empty() => Recipient::Address(email.to_string()),
+            _ => Recipient::Missing {
+                party: format!("customer:{id}"),
+                reason: "the customer has no email address".into(),
+            },
+        }
+    }
+}
+
+async fn customer(conn: &mut PgConnection, org: Uuid, id: Uuid) -> Result<Customer, sqlx::Error> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("select name, email from customers where id = $1 and organization_id = $2")
+            .bind(id)
+            .bind(org)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (name, email) = row.unwrap_or_else(|| ("Resident".into(), None));
+    Ok(Customer { name, email })
+}
+
+struct InvoiceFacts {
+    number: Option<String>,
+    issue_date: Option<NaiveDate>,
+    description: Option<String>,
+}
+
+async fn invoice(
+    conn: &mut PgConnection,
+    org: Uuid,
+    id: Uuid,
+) -> Result<InvoiceFacts, sqlx::Error> {
+    let row: Option<(String, NaiveDate, Option<String>)> = sqlx::query_as(
+        "select invoice_number, issue_date, description from invoices
+          where id = $1 and organization_id = $2",
+    )
+    .bind(id)
+    .bind(org)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some((number, issue_date, description)) => InvoiceFacts {
+            number: Some(number),
+            issue_date: Some(issue_date),
+            description,
+        },
+        None => InvoiceFacts {
+            number: None,
+            issue_date: None,
+            description: None,
+        },
+    })
+}
+
+struct Order {
+    vendor_name: String,
+    requester_id: Option<Uuid>,
+}
+
+async fn purchase_order(
+    conn: &mut PgConnection,
+    org: Uuid,
+    id: Uuid,
+) -> Result<Order, sqlx::Error> {
+    let row: Option<(String, Uuid)> = sqlx::query_as(
+        "select vendor_name, requester_id from purchase_orders
+          where id = $1 and organization_id = $2",
+    )
+    .bind(id)
+    .bind(org)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some((vendor_name, requester_id)) => Order {
+            vendor_name,
+            requester_id: Some(requester_id),
+        },
+        None => Order {
+            vendor_name: "a vendor".into(),
+            requester_id: None,
+        },
+    })
+}
+
+struct Person {
+    email: String,
+    name: String,
+}
+
+/// A user by id: the users projection first; the command side's `users` table when the
+/// projection has not caught up yet (it is fed by another consumer group).
+async fn person(conn: &mut PgConnection, user_id: Uuid) -> Result<Option<Person>, sqlx::Error> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "select email, name from (
+             select email, name, 0 as preference from user_directory where user_id = $1
+             union all
+             select email, name, 1 from users where id = $1
+         ) p order by preference limit 1",
+    )
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(email, name)| Person { email, name }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_deterministic_per_delivery() {
+        let e = Uuid::new_v4();
+        let a = message_id(e, "a@x.org", "invoice");
+        assert_eq!(a, message_id(e, "a@x.org", "invoice"));
+        assert_ne!(a, message_id(e, "b@x.org", "invoice"));
+        assert_ne!(a, message_id(e, "a@x.org", "receipt"));
+        assert!(a.starts_with('<') && a.ends_with('>'));
+    }
+}

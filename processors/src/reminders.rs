@@ -1,0 +1,580 @@
+//! Payment reminders: a durable timer per invoice in `payment_reminders`, and a scheduler
+//! that fires due timers as `SendPaymentReminder` commands through the outbox.
+//!
+//! The processor half (consumer group `dhanman.reminders`, invoices and payments topics):
+//! - `InvoiceCreated` schedules a timer at the due date minus N days (00:00 UTC), with
+//!   `on conflict do nothing`: a timer that exists in any state, scheduled, fired or
+//!   cancelled, is never created again, so a replay of the invoice topic changes nothing.
+//! - `InvoiceVoided` cancels the timer. `PaymentReceived` naming an invoice cancels it when
+//!   the invoice is now settled: `invoices.status` is 'paid' on the command side (a partly
+//!   paid invoice keeps its reminder, since something is still outstanding), or, for an
+//!   invoice the command side does not know (another service's), when the payments seen
+//!   on the topic add up to its amount. A cancel that finds no timer leaves a tombstone
+//!   (a cancelled row), which is what makes a payment or void that is consumed before the
+//!   invoice (they travel on different topics) win over the later `InvoiceCreated`.
+//!
+//! The scheduler half ([`Scheduler`]) claims due timers with `for update skip locked`, so
+//! any number of instances fire each timer once, and in the same transaction re-checks the
+//! invoice on the command side under a share lock on its row (which the payment command
+//! holds `for update` while it marks the invoice paid): an invoice paid whose
+//! `PaymentReceived` has not been consumed yet is cancelled there instead of reminded.
+//! The outbox row and the state change commit together; a crash before the commit leaves
+//! the timer scheduled, after it leaves it fired.
+//!
+//! A customer without an email gets no reminder: the timer ends `skipped_no_address`, so
+//! operators can see who was not reminded, and nothing is emitted that no one can deliver.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use dhanman_producers::outbox;
+use dhanman_schemas::Event;
+use dhanman_schemas::events::{
+    Envelope, InvoiceCreated, InvoiceVoided, PaymentReceived, SendPaymentReminder,
+};
+use dhanman_schemas::topics;
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::runtime::{Class, Processor, classify_db};
+use crate::{Error, Result};
+
+/// Days before the due date a reminder goes out unless configured.
+pub const DEFAULT_DAYS_BEFORE: u32 = 3;
+
+/// Firings per tick at most, so that a tick ends (and is recorded) under any backlog. Each
+/// firing is its own transaction: a timer that cannot fire holds up no other.
+const MAX_PER_TICK: usize = 10_000;
+
+/// When the reminder of an invoice due on `due_date` goes out: `days_before` days earlier,
+/// at midnight UTC. A time already past means the next tick.
+pub fn fire_at(due_date: NaiveDate, days_before: u32) -> DateTime<Utc> {
+    due_date
+        .checked_sub_days(Days::new(u64::from(days_before)))
+        .unwrap_or(due_date)
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+}
+
+/// The reminders processor: keeps the timers of `payment_reminders` in step with the
+/// invoices and payments topics.
+#[derive(Debug, Clone)]
+pub struct Reminders {
+    days_before: u32,
+}
+
+impl Reminders {
+    pub fn new(days_before: u32) -> Self {
+        Reminders { days_before }
+    }
+}
+
+impl Default for Reminders {
+    fn default() -> Self {
+        Reminders::new(DEFAULT_DAYS_BEFORE)
+    }
+}
+
+impl Processor for Reminders {
+    fn name(&self) -> &str {
+        "reminders"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![topics::INVOICES.to_string(), topics::PAYMENTS.to_string()]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+        for event in events {
+            match event {
+                Event::InvoiceCreated(invoice) => {
+                    schedule(conn, invoice, self.days_before).await?;
+                }
+                Event::InvoiceVoided(void) => on_void(conn, void).await?,
+                Event::PaymentReceived(payment) => on_payment(conn, payment).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an invoice needs no reminder any more, if it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Paid,
+    Voided,
+}
+
+impl Settled {
+    fn reason(self) -> &'static str {
+        match self {
+            Settled::Paid => "paid",
+            Settled::Voided => "voided",
+        }
+    }
+}
+
+/// Whether the invoice is settled: by the command side's `invoices` row when this database
+/// has one (read under a share lock when `lock`), else by the payments seen on the topic
+/// against `amount` (the invoice's amount, when known).
+async fn settled(
+    conn: &mut PgConnection,
+    invoice_id: Uuid,
+    amount: Option<Decimal>,
+    lock: bool,
+) -> Result<Option<Settled>, sqlx::Error> {
+    let sql = if lock {
+        "select status, amount from invoices where id = $1 for share"
+    } else {
+        "select status, amount from invoices where id = $1"
+    };
+    let invoice: Option<(String, Decimal)> = sqlx::query_as(sql)
+        .bind(invoice_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some((status, invoice_amount)) = invoice {
+        return Ok(match status.as_str() {
+            "paid" => Some(Settled::Paid),
+            "void" => Some(Settled::Voided),
+            _ => {
+                let (paid,): (Decimal,) = sqlx::query_as(
+                    "select coalesce(sum(amount), 0) from payments where invoice_id = $1",
+                )
+                .bind(invoice_id)
+                .fetch_one(&mut *conn)
+                .await?;
+                (paid >= invoice_amount).then_some(Settled::Paid)
+            }
+        });
+    }
+    let Some(amount) = amount else {
+        return Ok(None);
+    };
+    let (paid,): (Decimal,) = sqlx::query_as(
+        "select coalesce(sum(amount), 0) from payment_reminder_payments where invoice_id = $1",
+    )
+    .bind(invoice_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((paid >= amount).then_some(Settled::Paid))
+}
+
+async fn schedule(
+    conn: &mut PgConnection,
+    invoice: &InvoiceCreated,
+    days_before: u32,
+) -> Result<(), sqlx::Error> {
+    let settled = settled(conn, invoice.invoice_id, Some(invoice.amount), false).await?;
+    let (state, cancel_reason) = match settled {
+        Some(s) => ("cancelled", Some(s.reason())),
+        None => ("scheduled", None),
+    };
+    let fire_at = fire_at(invoice.due_date, days_before);
+    // An existing row keeps its state; a tombstone only learns what the invoice says, for
+    // readers of the API.
+    let written: Option<(String, bool)> = sqlx::query_as(
+        "insert into payment_reminders
+             (invoice_id, organization_id, customer_id, state, fire_at, amount, currency,
+              due_date, correlation_id, created_by_event_id, cancel_reason)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         on conflict (invoice_id) do update
+            set customer_id = excluded.customer_id, amount = excluded.amount,
+                currency = excluded.currency, due_date = excluded.due_date,
+                correlation_id = excluded.correlation_id,
+                created_by_event_id = excluded.created_by_event_id, updated_at = now()
+          where payment_reminders.created_by_event_id is null
+            and payment_reminders.state <> 'scheduled'
+         returning state, (xmax = 0)",
+    )
+    .bind(invoice.invoice_id)
+    .bind(invoice.envelope.organization_id)
+    .bind(invoice.customer_id)
+    .bind(state)
+    .bind(fire_at)
+    .bind(invoice.amount)
+    .bind(&invoice.currency)
+    .bind(invoice.due_date)
+    .bind(&invoice.envelope.correlation_id)
+    .bind(invoice.envelope.event_id)
+    .bind(cancel_reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    tracing::info!(
+        correlation_id = %invoice.envelope.correlation_id,
+        invoice_id = %invoice.invoice_id,
+        %fire_at,
+        outcome = match &written {
+            None => "timer exists, kept as it is",
+            Some((_, false)) => "cancelled before the invoice was seen, kept cancelled",
+            Some((_, true)) if settled.is_some() => "invoice already settled, not scheduled",
+            Some((_, true)) => "scheduled",
+        },
+        "payment reminder"
+    );
+    if matches!(written, Some((_, true))) && settled.is_some() {
+        metrics::counter!("dhanman_reminders_cancelled_total", "reason" => "settled_before_scheduling")
+            .increment(1);
+    }
+    Ok(())
+}
+
+async fn on_void(conn: &mut PgConnection, void: &InvoiceVoided) -> Result<(), sqlx::Error> {
+    cancel(conn, &void.envelope, void.invoice_id, Settled::Voided).await
+}
+
+async fn on_payment(conn: &mut PgConnection, payment: &PaymentReceived) -> Result<(), sqlx::Error> {
+    // A payment on account (no invoice) cancels nothing.
+    let Some(invoice_id) = payment.invoice_id else {
+        return Ok(());
+    };
+    sqlx::query(
+        "insert into payment_reminder_payments (invoice_id, payment_id, event_id, amount)
+         values ($1, $2, $3, $4) on conflict do nothing",
+    )
+    .bind(invoice_id)
+    .bind(payment.payment_id)
+    .bind(payment.envelope.event_id)
+    .bind(payment.amount)
+    .execute(&mut *conn)
+    .await?;
+    let amount: Option<(Option<Decimal>,)> =
+        sqlx::query_as("select amount from payment_reminders where invoice_id = $1")
+            .bind(invoice_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match settled(conn, invoice_id, amount.and_then(|(a,)| a), false).await? {
+        Some(how) => cancel(conn, &payment.envelope, invoice_id, how).await,
+        None => {
+            tracing::info!(
+                correlation_id = %payment.envelope.correlation_id,
+                %invoice_id,
+                "payment does not settle the invoice (or the invoice is not known yet); reminder kept"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Cancels a scheduled timer, or leaves a tombstone when there is none yet. A fired,
+/// skipped or already cancelled timer stays as it is.
+async fn cancel(
+    conn: &mut PgConnection,
+    by: &Envelope,
+    invoice_id: Uuid,
+    how: Settled,
+) -> Result<(), sqlx::Error> {
+    let changed: Option<(bool,)> = sqlx::query_as(
+        "insert into payment_reminders
+             (invoice_id, organization_id, state, correlation_id, cancelled_by_event_id,
+              cancel_reason)
+         values ($1, $2, 'cancelled', $3, $4, $5)
+         on conflict (invoice_id) do update
+            set state = 'cancelled', cancelled_by_event_id = excluded.cancelled_by_event_id,
+                cancel_reason = excluded.cancel_reason, updated_at = now()
+          where payment_reminders.state = 'scheduled'
+         returning (xmax = 0)",
+    )
+    .bind(invoice_id)
+    .bind(by.organization_id)
+    .bind(&by.correlation_id)
+    .bind(by.event_id)
+    .bind(how.reason())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let outcome = match changed {
+        Some((true,)) => "tombstone left for an invoice not seen yet",
+        Some((false,)) => "cancelled",
+        None => "nothing to cancel",
+    };
+    if changed.is_some() {
+        metrics::counter!("dhanman_reminders_cancelled_total", "reason" => how.reason())
+            .increment(1);
+    }
+    tracing::info!(
+        correlation_id = %by.correlation_id,
+        %invoice_id,
+        reason = how.reason(),
+        outcome,
+        "payment reminder cancel"
+    );
+    Ok(())
+}
+
+/// Settings of the [`Scheduler`].
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// How often due timers are looked for.
+    pub tick: Duration,
+}
+
+/// What one firing did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    Sent,
+    Cancelled,
+    SkippedNoAddress,
+    Failed,
+}
+
+/// Counts of one tick.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TickReport {
+    pub sent: usize,
+    pub cancelled: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct DueTimer {
+    invoice_id: Uuid,
+    organization_id: Uuid,
+    customer_id: Option<Uuid>,
+    amount: Option<Decimal>,
+    currency: Option<String>,
+    due_date: Option<NaiveDate>,
+    correlation_id: String,
+    created_by_event_id: Option<Uuid>,
+    attempts: i32,
+}
+
+/// Fires due timers. Run one per process; several processes share the work safely.
+pub struct Scheduler {
+    pool: PgPool,
+    settings: SchedulerSettings,
+    instance_id: Uuid,
+}
+
+impl Scheduler {
+    pub fn new(pool: PgPool, settings: SchedulerSettings) -> Self {
+        Scheduler {
+            pool,
+            settings,
+            instance_id: Uuid::now_v7(),
+        }
+    }
+
+    /// Ticks until the task is dropped. A failed tick (database down) is logged and the
+    /// next one tries again; nothing is lost, as the timers are rows.
+    pub async fn run(self) -> Result<()> {
+        tracing::info!(instance_id = %self.instance_id, tick = ?self.settings.tick, "reminder scheduler started");
+        let mut interval = tokio::time::interval(self.settings.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match self.tick().await {
+                Ok(report) if report != TickReport::default() => {
+                    tracing::info!(?report, "reminder scheduler tick");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reminder scheduler tick failed; retrying next tick")
+                }
+            }
+        }
+    }
+
+    /// Fires every timer due when the tick starts, each in its own transaction, then
+    /// records the tick.
+    pub async fn tick(&self) -> Result<TickReport> {
+        let (started,): (DateTime<Utc>,) = sqlx::query_as("select clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await?;
+        let mut report = TickReport::default();
+        for _ in 0..MAX_PER_TICK {
+            match self.fire_next().await? {
+                None => break,
+                Some(Fired::Sent) => report.sent += 1,
+                Some(Fired::Cancelled) => report.cancelled += 1,
+                Some(Fired::SkippedNoAddress) => report.skipped += 1,
+                Some(Fired::Failed) => report.failed += 1,
+            }
+        }
+        let (scheduled,): (i64,) = sqlx::query_as(
+            "with tick as (
+                 insert into reminder_schedulers (instance_id, last_tick_started_at, ticks)
+                 values ($1, $2, 1)
+                 on conflict (instance_id) do update
+                    set last_tick_started_at = excluded.last_tick_started_at,
+                        ticks = reminder_schedulers.ticks + 1)
+             select count(*) from payment_reminders where state = 'scheduled'",
+        )
+        .bind(self.instance_id)
+        .bind(started)
+        .fetch_one(&self.pool)
+        .await?;
+        metrics::gauge!("dhanman_reminders_scheduled").set(scheduled as f64);
+        Ok(report)
+    }
+
+    /// Claims one due timer nobody else holds and fires, cancels or skips it. `None` when
+    /// no timer is due. A timer that fails for a reason other than the database being
+    /// unavailable is put back a little later with the error noted.
+    async fn fire_next(&self) -> Result<Option<Fired>> {
+        let mut tx = self.pool.begin().await?;
+        let timer: Option<DueTimer> = sqlx::query_as(
+            "select invoice_id, organization_id, customer_id, amount, currency, due_date,
+                    correlation_id, created_by_event_id, attempts
+               from payment_reminders
+              where state = 'scheduled' and fire_at <= now()
+              order by fire_at, invoice_id
+              limit 1
+                for update skip locked",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(timer) = timer else {
+            return Ok(None);
+        };
+        match fire(&mut tx, &timer, self.instance_id).await {
+            Ok(outcome) => {
+                tx.commit().await?;
+                match outcome {
+                    Fired::Sent => metrics::counter!("dhanman_reminders_fired_total").increment(1),
+                    Fired::Cancelled => metrics::counter!(
+                        "dhanman_reminders_cancelled_total", "reason" => "settled_at_firing"
+                    )
+                    .increment(1),
+                    Fired::SkippedNoAddress => {
+                        metrics::counter!("dhanman_reminders_skipped_total").increment(1)
+                    }
+                    Fired::Failed => {}
+                }
+                Ok(Some(outcome))
+            }
+            Err(Error::Database(e)) if classify_db(&e) == Class::Transient => {
+                Err(Error::Database(e))
+            }
+            Err(e) => {
+                drop(tx);
+                let attempts = timer.attempts.saturating_add(1);
+                tracing::error!(
+                    correlation_id = %timer.correlation_id,
+                    invoice_id = %timer.invoice_id,
+                    attempts,
+                    error = %e,
+                    "payment reminder could not fire; trying again later"
+                );
+                metrics::counter!("dhanman_reminders_failures_total").increment(1);
+                sqlx::query(
+                    "update payment_reminders
+                        set attempts = $2, last_error = $3, updated_at = now(),
+                            fire_at = now() + least($2, 60) * interval '10 seconds'
+                      where invoice_id = $1 and state = 'scheduled'",
+                )
+                .bind(timer.invoice_id)
+                .bind(attempts)
+                .bind(e.to_string())
+                .execute(&self.pool)
+                .await?;
+                Ok(Some(Fired::Failed))
+            }
+        }
+    }
+}
+
+/// The firing transaction's work on a claimed timer.
+async fn fire(conn: &mut PgConnection, timer: &DueTimer, instance_id: Uuid) -> Result<Fired> {
+    let correlation_id = timer.correlation_id.as_str();
+    let invoice_id = timer.invoice_id;
+    let (Some(customer_id), Some(amount), Some(currency), Some(due_date)) = (
+        timer.customer_id,
+        timer.amount,
+        timer.currency.as_deref(),
+        timer.due_date,
+    ) else {
+        // The table's check makes this unreachable; say so rather than panic.
+        return Err(Error::Config(format!(
+            "scheduled reminder {invoice_id} lacks the invoice's details"
+        )));
+    };
+    if let Some(how) = settled(conn, invoice_id, Some(amount), true).await? {
+        sqlx::query(
+            "update payment_reminders
+                set state = 'cancelled', cancel_reason = $2, fired_by = $3, updated_at = now()
+              where invoice_id = $1",
+        )
+        .bind(invoice_id)
+        .bind(format!("{} (found when firing)", how.reason()))
+        .bind(instance_id)
+        .execute(&mut *conn)
+        .await?;
+        tracing::info!(%correlation_id, %invoice_id, reason = how.reason(), "invoice settled before its reminder fired; cancelled");
+        return Ok(Fired::Cancelled);
+    }
+    let email: Option<(Option<String>,)> =
+        sqlx::query_as("select email from customers where id = $1 and organization_id = $2")
+            .bind(customer_id)
+            .bind(timer.organization_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let recipient = email
+        .and_then(|(e,)| e)
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty());
+    let Some(recipient) = recipient else {
+        sqlx::query(
+            "update payment_reminders
+                set state = 'skipped_no_address', fired_by = $2, updated_at = now()
+              where invoice_id = $1",
+        )
+        .bind(invoice_id)
+        .bind(instance_id)
+        .execute(&mut *conn)
+        .await?;
+        tracing::warn!(%correlation_id, %invoice_id, %customer_id, "customer has no email; payment reminder skipped");
+        return Ok(Fired::SkippedNoAddress);
+    };
+    let command = SendPaymentReminder {
+        envelope: Envelope::new(
+            timer.organization_id,
+            correlation_id,
+            timer.created_by_event_id.map(|id| id.to_string()),
+        ),
+        invoice_id,
+        customer_id,
+        recipient,
+        amount,
+        currency: currency.trim().to_string(),
+        due_date,
+    };
+    let command_id = outbox::enqueue(conn, &command).await.map_err(|e| match e {
+        dhanman_producers::Error::Database(db) => Error::Database(db),
+        other => Error::Config(other.to_string()),
+    })?;
+    sqlx::query(
+        "update payment_reminders
+            set state = 'fired', fired_command_id = $2, fired_by = $3, updated_at = now()
+          where invoice_id = $1",
+    )
+    .bind(invoice_id)
+    .bind(command_id)
+    .bind(instance_id)
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(%correlation_id, %invoice_id, %command_id, "payment reminder fired");
+    Ok(Fired::Sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reminder_goes_out_days_before_the_due_date_at_midnight_utc() {
+        let due: NaiveDate = "2026-12-10".parse().unwrap();
+        assert_eq!(fire_at(due, 3).to_rfc3339(), "2026-12-07T00:00:00+00:00");
+        assert_eq!(fire_at(due, 0).to_rfc3339(), "2026-12-10T00:00:00+00:00");
+        assert_eq!(fire_at(due, 30).to_rfc3339(), "2026-11-10T00:00:00+00:00");
+    }
+
+    #[test]
+    fn the_processor_reads_invoices_and_payments_as_reminders() {
+        let p = Reminders::default();
+        assert_eq!(p.name(), "reminders");
+        assert_eq!(p.topics(), vec![topics::INVOICES, topics::PAYMENTS]);
+        assert_eq!(p.days_before, DEFAULT_DAYS_BEFORE);
+    }
+}

@@ -1,0 +1,101 @@
+//! `dhanman lag`: consumer lag of the pipeline's groups, measured now: a table per
+//! partition with a line per group (lag, oldest unconsumed record's age, consumption rate,
+//! trend, time to drain), or JSON; `--watch` measures again every interval until stopped.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use dhanman_connectors::lag::{self, GroupLag, LagReport};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this consumer group (e.g. `dhanman.ledger`).
+    #[arg(long)]
+    group: Option<String>,
+    /// One JSON document per measurement instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Measure again every `--interval-ms` until interrupted.
+    #[arg(long)]
+    watch: bool,
+    #[arg(long, default_value_t = 2000)]
+    interval_ms: u64,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    kafka_bootstrap_servers: String,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let pool = sqlx::PgPool::connect(&args.database_url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    loop {
+        let report = lag::measure(&pool, &args.kafka_bootstrap_servers, args.group.as_deref())
+            .await
+            .context("measuring lag (KAFKA_BOOTSTRAP_SERVERS)")?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            if args.watch {
+                // Clear the screen and home the cursor: a live view, like `watch`.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", table(&report));
+        }
+        if !args.watch {
+            if report.groups.is_empty() {
+                eprintln!("no consumer group has stored offsets yet");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    }
+}
+
+fn rate(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:+.1}{unit}"))
+}
+
+fn summary(g: &GroupLag) -> String {
+    let eta = match g.eta_seconds {
+        Some(s) => format!("{s:.0}s"),
+        None if g.lag == 0 => "drained".to_string(),
+        None => "not draining".to_string(),
+    };
+    format!(
+        "{}: lag {} records, oldest {:.1}s, consuming {}, lag trend {}, ETA {}",
+        g.group,
+        g.lag,
+        g.max_lag_seconds,
+        rate(g.consume_rate, "/s").trim_start_matches('+'),
+        rate(g.lag_trend, "/s"),
+        eta
+    )
+}
+
+/// The report as a terminal table.
+pub fn table(report: &LagReport) -> String {
+    let mut out = format!(
+        "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9}\n",
+        "GROUP", "TOPIC", "PART", "COMMITTED", "LOG-END", "LAG", "LAG(s)"
+    );
+    for g in &report.groups {
+        for p in &g.partitions {
+            out.push_str(&format!(
+                "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9.1}\n",
+                p.group, p.topic, p.partition, p.committed, p.log_end, p.lag, p.lag_seconds
+            ));
+        }
+    }
+    out.push('\n');
+    for g in &report.groups {
+        out.push_str(&summary(g));
+        out.push('\n');
+    }
+    out
+}

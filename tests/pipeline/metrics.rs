@@ -1,0 +1,300 @@
+//! Metrics and tracing against running processes: `/metrics` of `dhanman up` names every
+//! metric the README lists after a little traffic; the relay and a processor run alone
+//! serve their own `/metrics` and `/healthz` on `DHANMAN_METRICS_ADDR`; a request's W3C
+//! `traceparent` reaches the outbox, the Kafka headers and the events a processor emits.
+
+use std::time::Duration;
+
+use dhanman_schemas::topics;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::payments::{Gateway, pay, spawn_up, up_env};
+
+/// Every metric the pipeline exports (the README's table). The Grafana dashboard may name
+/// only these (`compose.rs`).
+pub const EXPORTED: &[&str] = &[
+    // processors/src/runtime.rs
+    "dhanman_processor_batch_duration_seconds",
+    "dhanman_processor_events_total",
+    "dhanman_processor_failures_total",
+    "dhanman_processor_retries_total",
+    "dhanman_dlq_records_total",
+    // connectors/src/relay.rs, connectors/src/gauges.rs
+    "dhanman_events_published_total",
+    "dhanman_outbox_depth",
+    "dhanman_outbox_oldest_age_seconds",
+    "dhanman_dlq_size",
+    // api/src/middleware.rs
+    "dhanman_http_requests_total",
+    "dhanman_http_request_duration_seconds",
+    // payments/src/lib.rs
+    "dhanman_gateway_breaker_state",
+    "dhanman_gateway_requests_total",
+    "dhanman_gateway_retries_total",
+    "dhanman_gateway_request_duration_seconds",
+    "dhanman_payment_sagas_total",
+    // connectors/src/lag.rs
+    "kafka_consumergroup_group_lag",
+    "kafka_consumergroup_group_lag_seconds",
+    "kafka_consumergroup_group_max_lag",
+    "kafka_consumergroup_group_max_lag_seconds",
+    "kafka_consumergroup_group_sum_lag",
+    "kafka_consumergroup_group_offset",
+    "kafka_partition_latest_offset",
+];
+
+async fn scrape(url: &str) -> Option<String> {
+    let response = reqwest::get(url).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.text().await.ok()
+}
+
+/// Names of the series in an exposition text (histograms by their base name).
+fn names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+                .to_string()
+        })
+        .collect()
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let gateway = Gateway::start(&setup).await;
+    let mut env = up_env(&gateway);
+    env.push(("DHANMAN_LAG_INTERVAL_MS", "200".into()));
+    let up = spawn_up(&setup, &env);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Metrics Court").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let customer = api.customer("Asha").await;
+    let (invoice_id, token) = invoice(&api, customer, "100.00").await;
+    let r = api
+        .get(&format!("/v1/trial-balance?consistent_with={token}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let paid = pay(&api, "metrics-1", &invoice_id, "upi").await;
+    assert_eq!(paid.status, 201, "{}", paid.body);
+    // A record no processor can decode: dead-lettered by the ledger (and the others).
+    let invoices = setup.topic(topics::INVOICES);
+    produce(&producer(), &invoices, "poison", b"not an avro record").await;
+
+    let url = format!("{}/metrics", setup.base_url());
+    let dlq = setup.topic(&topics::dlq(topics::INVOICES));
+    let text = eventually(
+        "every metric on /metrics, and the poison record in the DLQ",
+        Duration::from_secs(60),
+        || {
+            let (url, dlq) = (url.clone(), dlq.clone());
+            async move {
+                let text = scrape(&url).await?;
+                let present = names(&text);
+                let complete = EXPORTED.iter().all(|m| present.contains(*m))
+                    && sum(&text, "dhanman_dlq_size", &[&format!("topic=\"{dlq}\"")]) >= 1.0;
+                complete.then_some(text)
+            }
+        },
+    )
+    .await;
+
+    let ledger = "processor=\"ledger\"";
+    assert!(
+        sum(
+            &text,
+            "dhanman_processor_events_total",
+            &[ledger, "outcome=\"applied\""]
+        ) >= 2.0
+    );
+    assert!(
+        sum(
+            &text,
+            "dhanman_dlq_records_total",
+            &[ledger, "class=\"undecodable\"", &format!("topic=\"{dlq}\"")]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sum(
+            &text,
+            "dhanman_processor_failures_total",
+            &[ledger, "class=\"poison\""]
+        ) >= 1.0
+    );
+    assert!(
+        sum(
+            &text,
+            "dhanman_processor_batch_duration_seconds_count",
+            &[ledger]
+        ) >= 1.0
+    );
+    assert!(
+        sum(
+            &text,
+            "dhanman_events_published_total",
+            &[&format!("topic=\"{invoices}\"")]
+        ) >= 1.0
+    );
+    // Route templates, not raw paths: the invoice id is not a label value.
+    assert!(
+        sum(
+            &text,
+            "dhanman_http_requests_total",
+            &[
+                "route=\"/v1/invoices\"",
+                "method=\"POST\"",
+                "status=\"201\""
+            ]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains(&invoice_id),
+        "a raw path leaked into a label"
+    );
+    assert!(sum(&text, "dhanman_gateway_requests_total", &["op=\"charge\""]) >= 1.0);
+    db.drop_db().await;
+}
+
+/// A request's trace id on the outbox row of an event, and its span id.
+async fn outbox_trace(pool: sqlx::PgPool, sql: String) -> Option<(String, String)> {
+    let headers: Option<(Value,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_optional(&pool)
+        .await
+        .ok()?;
+    let tp = headers?.0.get("traceparent")?.as_str()?.to_string();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    Some((parts[1].to_string(), parts[2].to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_flows_from_the_request_to_the_events_a_processor_emits() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api_proc = setup.spawn(&["api"]);
+    setup.wait_ready(&api_proc).await;
+    let (relay_port, ledger_port) = (free_port(), free_port());
+    let relay_addr = format!("127.0.0.1:{relay_port}");
+    let ledger_addr = format!("127.0.0.1:{ledger_port}");
+    let _relay = setup.spawn_with_env(&["relay"], &[("DHANMAN_METRICS_ADDR", &relay_addr)]);
+    let _ledger = setup.spawn_with_env(
+        &["process", "ledger"],
+        &[("DHANMAN_METRICS_ADDR", &ledger_addr)],
+    );
+    let (_, key) = create_org(&setup, "Trace Towers").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let customer = api.customer("Asha").await;
+
+    // A well-formed traceparent is continued: same trace, a new span of the API's own.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let r = api
+        .send(
+            api.http
+                .post(format!("{}/v1/invoices", api.base))
+                .header("traceparent", &incoming)
+                .json(&json!({"customer_id": customer, "amount": "10.00",
+                              "due_date": "2026-12-10", "issue_date": "2026-12-01"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let answered = r.headers["traceparent"].to_str().unwrap().to_string();
+    assert!(
+        answered.starts_with(&format!("00-{trace_id}-")),
+        "{answered}"
+    );
+    assert_ne!(answered, incoming);
+    let event_id = r.body["consistency_token"].as_str().unwrap().to_string();
+    let (t, api_span) = outbox_trace(
+        db.pool.clone(),
+        format!("select headers from outbox where event_id = '{event_id}'"),
+    )
+    .await
+    .expect("the invoice's outbox row carries a traceparent");
+    assert_eq!(t, trace_id);
+    assert!(answered.contains(&api_span));
+
+    // The ledger's announcement of the posting: same trace, a child span of its own.
+    let (t, ledger_span) = eventually(
+        "the ledger's LedgerEntryPosted in the outbox",
+        Duration::from_secs(60),
+        || {
+            outbox_trace(
+                db.pool.clone(),
+                format!(
+                    "select o.headers from outbox o join journal_entries j on j.id = o.derived_from
+                      where j.source_event_id = '{event_id}'"
+                ),
+            )
+        },
+    )
+    .await;
+    assert_eq!(t, trace_id);
+    assert_ne!(ledger_span, api_span);
+
+    // On Kafka: the invoice and the announcement carry it in their headers.
+    let read = read_topic(&setup.topic(topics::INVOICES), 1).await;
+    assert_eq!(
+        read[0].header("traceparent"),
+        Some(format!("00-{trace_id}-{api_span}-01").as_str())
+    );
+    let read = read_topic(&setup.topic(topics::LEDGER_ENTRIES), 1).await;
+    assert_eq!(
+        read[0].header("traceparent"),
+        Some(format!("00-{trace_id}-{ledger_span}-01").as_str())
+    );
+
+    // A malformed traceparent is replaced by a new trace, not refused.
+    let r = api
+        .send(
+            api.http
+                .post(format!("{}/v1/customers", api.base))
+                .header("traceparent", "00-not-a-trace-01")
+                .json(&json!({"name": "Ravi", "email": "r@example.org"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let answered = r.headers["traceparent"].to_str().unwrap();
+    assert_eq!(answered.len(), 55, "{answered}");
+    assert!(!answered.contains(trace_id));
+
+    // The relay and the processor, run alone, serve /healthz and /metrics.
+    for (addr, series) in [
+        (&relay_addr, "dhanman_events_published_total"),
+        (&ledger_addr, "dhanman_processor_batch_duration_seconds"),
+    ] {
+        let health = scrape(&format!("http://{addr}/healthz")).await;
+        assert_eq!(health.as_deref(), Some("ok"));
+        let url = format!("http://{addr}/metrics");
+        eventually(
+            &format!("{series} on {url}"),
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move { names(&scrape(&url).await?).contains(series).then_some(()) }
+            },
+        )
+        .await;
+    }
+    db.drop_db().await;
+}
