@@ -20,24 +20,20 @@ pub struct Args {
     watch: bool,
     #[arg(long, default_value_t = 2000)]
     interval_ms: u64,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:19092"
-    )]
-    kafka_bootstrap_servers: String,
+    #[command(flatten)]
+    connections: crate::Connections,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let pool = sqlx::PgPool::connect(&args.database_url)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+    let pool = args.connections.pool().await?;
     loop {
-        let report = lag::measure(&pool, &args.kafka_bootstrap_servers, args.group.as_deref())
-            .await
-            .context("measuring lag (KAFKA_BOOTSTRAP_SERVERS)")?;
+        let report = lag::measure(
+            &pool,
+            &args.connections.kafka_bootstrap_servers,
+            args.group.as_deref(),
+        )
+        .await
+        .context("measuring lag (KAFKA_BOOTSTRAP_SERVERS)")?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

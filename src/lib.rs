@@ -249,6 +249,27 @@ impl Config {
     }
 }
 
+/// Where the operations tools connect: Postgres and the broker.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connections {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    pub kafka_bootstrap_servers: String,
+}
+
+impl Connections {
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPool::connect(&self.database_url)
+            .await
+            .context("connecting to Postgres (DATABASE_URL)")
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`); JSON lines when
 /// `DHANMAN_LOG_FORMAT=json`.
 pub fn init_telemetry(default_filter: &str) {

@@ -32,14 +32,8 @@ struct Common {
     /// JSON instead of the table.
     #[arg(long)]
     json: bool,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:19092"
-    )]
-    kafka_bootstrap_servers: String,
+    #[command(flatten)]
+    connections: crate::Connections,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,10 +98,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (reset.common, Some(target), reset.execute)
         }
     };
-    let pool = sqlx::PgPool::connect(&common.database_url)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
-    let bootstrap = &common.kafka_bootstrap_servers;
+    let pool = common.connections.pool().await?;
+    let bootstrap = &common.connections.kafka_bootstrap_servers;
     let rows = offsets::plan(&pool, bootstrap, &common.group, &common.topics, target)
         .await
         .context("planning (KAFKA_BOOTSTRAP_SERVERS)")?;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived, Record};
+use dhanman_schemas::events::{Envelope, PaymentReceived, Record};
 use dhanman_schemas::topics;
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -44,19 +44,9 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
             *expected_ar.entry(customer).or_default() -= amount;
             records.push((topics::PAYMENTS, e.key(), codec.encode(&e).await.unwrap()));
         } else {
-            let e = InvoiceCreated {
-                envelope,
-                invoice_id: Uuid::now_v7(),
-                customer_id: customer,
-                invoice_number: format!("C-{i}"),
-                amount,
-                currency: "INR".into(),
-                issue_date: "2026-12-01".parse().unwrap(),
-                due_date: "2026-12-10".parse().unwrap(),
-                description: None,
-                period: None,
-                tax_amount: None,
-            };
+            let mut e = invoice_created(org, customer, &format!("C-{i}"), "1.00");
+            e.envelope = envelope;
+            e.amount = amount;
             *expected_ar.entry(customer).or_default() += amount;
             records.push((topics::INVOICES, e.key(), codec.encode(&e).await.unwrap()));
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dhanman_schemas::events::{Envelope, InvoiceCreated, Record};
+use dhanman_schemas::events::{InvoiceCreated, Record};
 use dhanman_schemas::topics;
 use serde_json::Value;
 use uuid::Uuid;
@@ -12,19 +12,7 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 fn invoice(org: Uuid, number: &str, amount: &str) -> InvoiceCreated {
-    InvoiceCreated {
-        envelope: Envelope::new(org, &format!("dlq-tool-{number}"), None),
-        invoice_id: Uuid::now_v7(),
-        customer_id: Uuid::now_v7(),
-        invoice_number: number.into(),
-        amount: amount.parse().unwrap(),
-        currency: "INR".into(),
-        issue_date: "2026-12-01".parse().unwrap(),
-        due_date: "2026-12-10".parse().unwrap(),
-        description: None,
-        period: None,
-        tax_amount: None,
-    }
+    invoice_created(org, Uuid::now_v7(), number, amount)
 }
 
 async fn dlq(setup: &Setup, args: &[&str]) -> CliRun {

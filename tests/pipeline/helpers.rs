@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dhanman_schemas::Codec;
-use dhanman_schemas::events::{Envelope, PaymentReceived};
+use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -282,6 +282,23 @@ pub async fn api_with_org(setup: &Setup, name: &str) -> (Proc, Uuid) {
     setup.wait_ready(&api).await;
     let (org, _) = create_org(setup, name).await;
     (api, org)
+}
+
+/// An `InvoiceCreated` (v2 fields empty) issued 2026-12-01, due 2026-12-10.
+pub fn invoice_created(org: Uuid, customer: Uuid, number: &str, amount: &str) -> InvoiceCreated {
+    InvoiceCreated {
+        envelope: Envelope::new(org, &format!("test-{number}"), None),
+        invoice_id: Uuid::now_v7(),
+        customer_id: customer,
+        invoice_number: number.into(),
+        amount: amount.parse().unwrap(),
+        currency: "INR".into(),
+        issue_date: "2026-12-01".parse().unwrap(),
+        due_date: "2026-12-10".parse().unwrap(),
+        description: None,
+        period: None,
+        tax_amount: None,
+    }
 }
 
 /// A manual UPI payment of `cents` by `customer`.

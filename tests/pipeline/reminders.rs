@@ -19,20 +19,8 @@ const WAIT: Duration = Duration::from_secs(60);
 const REMINDER: &str = "dhanman.notification.SendPaymentReminder";
 
 fn invoice_created(org: Uuid, customer: Uuid, amount: &str) -> InvoiceCreated {
-    let invoice_id = Uuid::now_v7();
-    InvoiceCreated {
-        envelope: Envelope::new(org, &format!("corr-{invoice_id}"), None),
-        invoice_id,
-        customer_id: customer,
-        invoice_number: format!("INV-{}", &invoice_id.simple().to_string()[20..]),
-        amount: amount.parse().unwrap(),
-        currency: "INR".into(),
-        issue_date: "2026-12-01".parse().unwrap(),
-        due_date: "2026-12-10".parse().unwrap(),
-        description: None,
-        period: None,
-        tax_amount: None,
-    }
+    let number = format!("INV-{}", &Uuid::now_v7().simple().to_string()[20..]);
+    crate::helpers::invoice_created(org, customer, &number, amount)
 }
 
 fn paid(org: Uuid, customer: Uuid, invoice_id: Uuid, amount: &str) -> PaymentReceived {
