@@ -95,13 +95,15 @@ struct Shown {
 
 impl Shown {
     fn read(dom: String) -> Shown {
+        // A reading the page has not written yet (`–`) is -1: never a match for a count.
         let number = |id| output(&dom, id).parse().unwrap_or(-1.0);
+        let (lag_total, lag_peak) = (number("lag-total"), number("lag-peak"));
         Shown {
             state: between(&dom, "<body data-state=\"", "\"").unwrap_or_default(),
             samples: output(&dom, "samples").parse().unwrap_or(0),
-            lag_total: number("lag-total"),
-            lag_peak: number("lag-peak"),
-            dom: dom.clone(),
+            lag_total,
+            lag_peak,
+            dom,
         }
     }
 }
