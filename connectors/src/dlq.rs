@@ -5,19 +5,15 @@
 //! redriven once however often the command runs.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::kafka::client_config;
 use crate::{Error, Result};
+use crate::kafka::read_to_end;
 
 /// A record of a dead-letter topic.
 #[derive(Debug, Clone, Serialize)]
@@ -97,80 +93,20 @@ pub async fn read(pool: &PgPool, bootstrap: &str, dlq_topic: &str) -> Result<Vec
 }
 
 fn read_blocking(bootstrap: &str, topic: &str) -> Result<Vec<DeadLetter>> {
-    let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", format!("dhanman-dlq-{}", Uuid::now_v7()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let count = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32);
-    let mut ends = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for partition in 0..count {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        if high > low {
-            ends.insert(partition, high);
-            tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
-        }
-    }
-    let mut letters = Vec::new();
-    if ends.is_empty() {
-        return Ok(letters);
-    }
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + 6 * timeout;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(Error::BrokerAnswer(format!(
-                "{topic}: partitions {:?} did not deliver up to their end",
-                ends.keys().collect::<Vec<_>>()
-            )));
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = message?;
-        let Some(end) = ends.get(&m.partition()).copied() else {
-            continue;
-        };
-        if m.offset() + 1 >= end {
-            ends.remove(&m.partition());
-        }
-        if m.offset() >= end {
-            continue;
-        }
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .filter_map(|h| {
-                        let value = String::from_utf8_lossy(h.value?).into_owned();
-                        Some((h.key.to_string(), value))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        letters.push(DeadLetter {
+    let (records, _) = read_to_end(bootstrap, topic, &BTreeMap::new())?;
+    Ok(records
+        .into_iter()
+        .map(|r| DeadLetter {
             dlq_topic: topic.to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp: m
-                .timestamp()
-                .to_millis()
-                .and_then(DateTime::from_timestamp_millis),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            value: m.payload().unwrap_or_default().to_vec(),
-            headers,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
             redriven_at: None,
-        });
-    }
-    letters.sort_by_key(|l| (l.partition, l.offset));
-    Ok(letters)
+        })
+        .collect())
 }
 
 /// Sends dead letters back to their source topic through the outbox, each once: a letter

@@ -189,3 +189,107 @@ fn lookup_blocking(bootstrap: &str, topic: &str, partition: i32, ts: i64) -> Res
         other => wrong(format!("unexpected answer {other:?}")),
     }
 }
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Every record of `topic` from `from` (per partition; the log start where a partition is
+/// absent) up to each partition's end as it is now, in partition and offset order, with
+/// those ends. Blocking: call it from `spawn_blocking`.
+pub fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    from: &std::collections::BTreeMap<i32, i64>,
+) -> Result<(Vec<StoredRecord>, std::collections::BTreeMap<i32, i64>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::collections::BTreeMap;
+
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set(
+            "group.id",
+            format!("dhanman-reader-{}", uuid::Uuid::now_v7()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let count = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32);
+    let mut ends = BTreeMap::new();
+    let mut open = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..count {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let start = from.get(&partition).copied().unwrap_or(low).max(low);
+        ends.insert(partition, high);
+        if high > start {
+            open.insert(partition, high);
+            tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+        }
+    }
+    let mut records = Vec::new();
+    if open.is_empty() {
+        return Ok((records, ends));
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + 6 * timeout;
+    while !open.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(crate::Error::BrokerAnswer(format!(
+                "{topic}: partitions {:?} did not deliver up to their end",
+                open.keys().collect::<Vec<_>>()
+            )));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message?;
+        let Some(end) = open.get(&m.partition()).copied() else {
+            continue;
+        };
+        if m.offset() + 1 >= end {
+            open.remove(&m.partition());
+        }
+        if m.offset() >= end {
+            continue;
+        }
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .filter_map(|h| {
+                        let value = String::from_utf8_lossy(h.value?).into_owned();
+                        Some((h.key.to_string(), value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(StoredRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m
+                .timestamp()
+                .to_millis()
+                .and_then(chrono::DateTime::from_timestamp_millis),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok((records, ends))
+}

@@ -1,6 +1,6 @@
-//! `dhanman rebuild balances` against a running pipeline: balances damaged by hand are
-//! found by a dry run (which changes nothing) and restored by `--execute` while the
-//! ledger keeps posting; afterwards every balance equals its postings again.
+//! `dhanman rebuild balances|users` against a running pipeline: a projection damaged by
+//! hand is found by a dry run (which changes nothing) and restored by `--execute` while
+//! the pipeline keeps writing to it; afterwards it equals its source again.
 
 use serde_json::json;
 
@@ -90,6 +90,86 @@ async fn balances_are_rebuilt_from_the_postings_while_the_ledger_runs() {
     );
     let trial = api.get("/v1/trial-balance").await.body;
     assert_eq!(trial["currencies"][0]["balanced"], true, "{trial}");
+    drop(up);
+    db.drop_db().await;
+}
+
+async fn directory(db: &TestDb) -> Vec<(String, String)> {
+    sqlx::query_as("select email, name from user_directory order by email")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_projection_is_rebuilt_from_its_topic_into_a_shadow_and_swapped_in() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Fig Towers").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let mut last = String::new();
+    for (email, role) in [("m@fig.example", "manager"), ("c@fig.example", "cfo")] {
+        let r = api
+            .post(
+                "/v1/users",
+                json!({"email": email, "name": email, "role": role}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        last = r.body["consistency_token"].as_str().unwrap().to_string();
+    }
+    let r = api.get(&format!("/v1/users?consistent_with={last}")).await;
+    assert_eq!(r.body["users"].as_array().unwrap().len(), 3, "{}", r.body);
+    let healthy = directory(&db).await;
+
+    // Damage: one user lost, one renamed.
+    sqlx::query("delete from user_directory where email = 'm@fig.example'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update user_directory set name = 'wrong' where email = 'c@fig.example'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dry = dhanman(&setup, &["rebuild", "users", "--json"]).await;
+    assert!(dry.ok, "{}", dry.stderr);
+    let report = dry.json();
+    assert_eq!(
+        report["tables"]["user_directory"],
+        json!([2, 3, 3]),
+        "{report}"
+    );
+    assert_eq!(db.count("select count(*) from user_directory").await, 2);
+    assert_eq!(
+        db.count("select count(*) from pg_namespace where nspname = 'dhanman_shadow'")
+            .await,
+        0,
+        "the shadow is dropped after a dry run"
+    );
+
+    let run = dhanman(&setup, &["rebuild", "users", "--execute", "--json"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(directory(&db).await, healthy);
+    // The live processor carries on into the rebuilt table.
+    let r = api
+        .post(
+            "/v1/users",
+            json!({"email": "a@fig.example", "name": "A", "role": "approver"}),
+        )
+        .await;
+    let token = r.body["consistency_token"].as_str().unwrap().to_string();
+    let r = api.get(&format!("/v1/users?consistent_with={token}")).await;
+    assert_eq!(r.body["users"].as_array().unwrap().len(), 4, "{}", r.body);
+    let after = dhanman(&setup, &["rebuild", "users", "--json"])
+        .await
+        .json();
+    assert_eq!(
+        after["tables"]["user_directory"],
+        json!([4, 4, 0]),
+        "{after}"
+    );
     drop(up);
     db.drop_db().await;
 }
