@@ -12,8 +12,8 @@ use serde_json::{Map, Value as Json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{Error, Result};
 use crate::kafka::read_to_end;
+use crate::{Error, Result};
 
 /// A record of a dead-letter topic.
 #[derive(Debug, Clone, Serialize)]

@@ -249,6 +249,43 @@ fn money(amount: Decimal, currency: &str) -> String {
     format_money(amount, currency)
 }
 
+/// A payment as a receipt tells it.
+struct Paid<'a> {
+    customer_id: Uuid,
+    invoice_id: Option<Uuid>,
+    amount: String,
+    method: &'a str,
+    reference: Option<&'a str>,
+}
+
+/// The receipt for a payment: to the customer's address, or to the one a command names.
+async fn receipt(
+    conn: &mut PgConnection,
+    org: Uuid,
+    ctx: serde_json::Map<String, Json>,
+    paid: Paid<'_>,
+    to: Option<&str>,
+) -> Result<Vec<Planned>, sqlx::Error> {
+    let customer = customer(conn, org, paid.customer_id).await?;
+    let number = match paid.invoice_id {
+        Some(id) => invoice(conn, org, id).await?.number,
+        None => None,
+    };
+    let recipient = match to {
+        Some(address) => Recipient::Address(address.to_string()),
+        None => customer.recipient(paid.customer_id),
+    };
+    Ok(vec![Planned {
+        template: Template::Receipt,
+        recipient,
+        context: with(
+            ctx,
+            json!({"customer_name": customer.name, "amount": paid.amount,
+                "method": paid.method, "reference": paid.reference, "invoice_number": number}),
+        ),
+    }])
+}
+
 /// Decides what `event` asks to send, looking up names and addresses.
 async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sqlx::Error> {
     let envelope = event.envelope();
@@ -297,36 +334,24 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
             }]
         }
         Event::PaymentReceived(e) => {
-            let customer = customer(conn, org, e.customer_id).await?;
-            let number = match e.invoice_id {
-                Some(id) => invoice(conn, org, id).await?.number,
-                None => None,
+            let paid = Paid {
+                customer_id: e.customer_id,
+                invoice_id: e.invoice_id,
+                amount: money(e.amount, &e.currency),
+                method: &e.method,
+                reference: e.reference.as_deref(),
             };
-            vec![Planned {
-                template: Template::Receipt,
-                recipient: customer.recipient(e.customer_id),
-                context: with(
-                    ctx,
-                    json!({"customer_name": customer.name, "amount": money(e.amount, &e.currency),
-                        "method": e.method, "reference": e.reference, "invoice_number": number}),
-                ),
-            }]
+            receipt(conn, org, ctx, paid, None).await?
         }
         Event::SendPaymentReceipt(c) => {
-            let customer = customer(conn, org, c.customer_id).await?;
-            let number = match c.invoice_id {
-                Some(id) => invoice(conn, org, id).await?.number,
-                None => None,
+            let paid = Paid {
+                customer_id: c.customer_id,
+                invoice_id: c.invoice_id,
+                amount: money(c.amount, &c.currency),
+                method: "payment",
+                reference: None,
             };
-            vec![Planned {
-                template: Template::Receipt,
-                recipient: Recipient::Address(c.recipient.clone()),
-                context: with(
-                    ctx,
-                    json!({"customer_name": customer.name, "amount": money(c.amount, &c.currency),
-                        "method": "payment", "reference": null, "invoice_number": number}),
-                ),
-            }]
+            receipt(conn, org, ctx, paid, Some(&c.recipient)).await?
         }
         Event::SendPaymentReminder(c) => {
             let customer = customer(conn, org, c.customer_id).await?;

@@ -215,16 +215,48 @@ async fn saga_state(api: &Api, payment_id: &str) -> String {
     r.body["state"].as_str().unwrap().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
+/// A test's world: its database, a gateway process, `dhanman up` pointed at it with
+/// `extra` settings, and an organization's API.
+struct World {
+    db: TestDb,
+    setup: Setup,
+    gateway: Gateway,
+    env: Vec<(&'static str, String)>,
+    up: Proc,
+    api: Api,
+}
+
+async fn world(extra: &[(&'static str, &str)]) -> World {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
     let gateway = Gateway::start(&setup).await;
-    let up = spawn_up(&setup, &up_env(&gateway));
+    let mut env = up_env(&gateway);
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let up = spawn_up(&setup, &env);
     setup.wait_ready(&up).await;
     let (_, key) = create_org(&setup, "Lakeview Residency").await;
-    let (_, other_key) = create_org(&setup, "Hillside Towers").await;
     let api = Api::new(&setup.base_url(), &key);
+    World {
+        db,
+        setup,
+        gateway,
+        env,
+        up,
+        api,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
+    let World {
+        db,
+        setup,
+        gateway,
+        up,
+        api,
+        ..
+    } = world(&[]).await;
+    let (_, other_key) = create_org(&setup, "Hillside Towers").await;
     let other = Api::new(&setup.base_url(), &other_key);
     let asha = api.customer("Asha").await;
     let (invoice_id, invoice_token) = invoice(&api, asha, "1500.00").await;
@@ -325,13 +357,14 @@ async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_card_fails_the_payment_with_no_ledger_change() {
-    let db = TestDb::new().await;
-    let setup = Setup::new(&db);
-    let gateway = Gateway::start(&setup).await;
-    let up = spawn_up(&setup, &up_env(&gateway));
-    setup.wait_ready(&up).await;
-    let (_, key) = create_org(&setup, "Lakeview Residency").await;
-    let api = Api::new(&setup.base_url(), &key);
+    let World {
+        db,
+        setup,
+        gateway,
+        up,
+        api,
+        ..
+    } = world(&[]).await;
     let ravi = api.customer("Ravi").await;
     let (invoice_id, invoice_token) = invoice(&api, ravi, "800.00").await;
 
@@ -383,14 +416,14 @@ async fn a_declined_card_fails_the_payment_with_no_ledger_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_saga_step_is_finished_on_restart_with_one_charge() {
-    let db = TestDb::new().await;
-    let setup = Setup::new(&db);
-    let gateway = Gateway::start(&setup).await;
-    let env = up_env(&gateway);
-    let mut up = spawn_up(&setup, &env);
-    setup.wait_ready(&up).await;
-    let (_, key) = create_org(&setup, "Lakeview Residency").await;
-    let api = Api::new(&setup.base_url(), &key);
+    let World {
+        db,
+        setup,
+        gateway,
+        env,
+        mut up,
+        api,
+    } = world(&[]).await;
     let meera = api.customer("Meera").await;
 
     for point in ["after-start", "after-charge", "after-complete"] {
@@ -464,14 +497,14 @@ async fn a_crash_at_every_saga_step_is_finished_on_restart_with_one_charge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_for_an_invoice_voided_meanwhile_is_refunded_even_across_crashes() {
-    let db = TestDb::new().await;
-    let setup = Setup::new(&db);
-    let gateway = Gateway::start(&setup).await;
-    let env = up_env(&gateway);
-    let mut up = spawn_up(&setup, &env);
-    setup.wait_ready(&up).await;
-    let (_, key) = create_org(&setup, "Lakeview Residency").await;
-    let api = Api::new(&setup.base_url(), &key);
+    let World {
+        db,
+        setup,
+        gateway,
+        env,
+        mut up,
+        api,
+    } = world(&[]).await;
     let kiran = api.customer("Kiran").await;
 
     for point in [None, Some("before-refund"), Some("after-refund")] {
@@ -560,20 +593,19 @@ async fn a_charge_for_an_invoice_voided_meanwhile_is_refunded_even_across_crashe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opens_when_the_gateway_is_down_fails_fast_then_closes() {
-    let db = TestDb::new().await;
-    let setup = Setup::new(&db);
-    let gateway = Gateway::start(&setup).await;
-    let mut env = up_env(&gateway);
-    env.extend([
-        ("DHANMAN_GATEWAY_RETRIES", "2".to_string()),
-        ("DHANMAN_GATEWAY_BREAKER_THRESHOLD", "3".into()),
-        ("DHANMAN_GATEWAY_BREAKER_COOL_DOWN_MS", "3000".into()),
-        ("DHANMAN_PAYMENT_RECOVERY_INTERVAL_MS", "1000".into()),
-    ]);
-    let up = spawn_up(&setup, &env);
-    setup.wait_ready(&up).await;
-    let (_, key) = create_org(&setup, "Lakeview Residency").await;
-    let api = Api::new(&setup.base_url(), &key);
+    let World {
+        db,
+        gateway,
+        up,
+        api,
+        ..
+    } = world(&[
+        ("DHANMAN_GATEWAY_RETRIES", "2"),
+        ("DHANMAN_GATEWAY_BREAKER_THRESHOLD", "3"),
+        ("DHANMAN_GATEWAY_BREAKER_COOL_DOWN_MS", "3000"),
+        ("DHANMAN_PAYMENT_RECOVERY_INTERVAL_MS", "1000"),
+    ])
+    .await;
     let anil = api.customer("Anil").await;
     let (first, _) = invoice(&api, anil, "100.00").await;
     let (second, _) = invoice(&api, anil, "200.00").await;
