@@ -109,8 +109,13 @@ async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
             async move {
                 let text = scrape(&url).await?;
                 let present = names(&text);
+                let topic = format!("topic=\"{dlq}\"");
+                // Every processor reading the topic dead-letters the record on its own
+                // time: wait for the ledger's.
+                let ledger_letter = [r#"processor="ledger""#, r#"class="undecodable""#, &topic];
                 let complete = EXPORTED.iter().all(|m| present.contains(*m))
-                    && sum(&text, "dhanman_dlq_size", &[&format!("topic=\"{dlq}\"")]) >= 1.0;
+                    && sum(&text, "dhanman_dlq_size", &[&topic]) >= 1.0
+                    && sum(&text, "dhanman_dlq_records_total", &ledger_letter) >= 1.0;
                 complete.then_some(text)
             }
         },
