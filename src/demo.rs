@@ -114,6 +114,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("society  {} ({})", org.name, org.organization_id);
+    let organization_id = org.organization_id;
     let client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -311,6 +312,26 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             currency["balanced"]
         );
     }
+    // What the notifier made of it: one delivery per (event, recipient, template).
+    let deliveries: Vec<(String, i64)> = sqlx::query_as(
+        "select status, count(*) from notification_deliveries d
+          where d.organization_id = $1 group by status order by status",
+    )
+    .bind(organization_id)
+    .fetch_all(&pool)
+    .await?;
+    let counts: Vec<String> = deliveries.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!();
+    println!(
+        "notifications: {} (delivered over SMTP_URL, {}; with no SMTP server there they wait and \
+         retry: `docker compose` runs Mailpit)",
+        if counts.is_empty() {
+            "none yet".to_string()
+        } else {
+            counts.join(", ")
+        },
+        config.smtp_url
+    );
     println!();
     println!(
         "API key for this society (try it against `dhanman up`): {}",

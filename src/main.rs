@@ -97,7 +97,11 @@ async fn main() -> std::process::ExitCode {
             | Command::Dlq(_)
             | Command::Rebuild(_)
     );
-    dhanman::init_telemetry(if quiet {
+    dhanman::init_telemetry(if matches!(cli.command, Command::Demo(_)) {
+        // The demo has no SMTP server to deliver to by default; it reports the queued
+        // notifications at the end instead of a warning per retry.
+        "warn,dhanman_processors::notifier::sender=error"
+    } else if quiet {
         "warn"
     } else {
         "info,rdkafka=warn,sqlx=warn"

@@ -274,6 +274,23 @@ impl ConsumerContext for StoredOffsets {
                             {
                                 tracing::error!(%topic, partition, error = %e, "setting stored offset");
                             }
+                            // Past the log's end, the member would wait for records that
+                            // will never come (the topic was recreated or the broker lost
+                            // data): say so, and how to move on.
+                            let end = base_consumer
+                                .fetch_watermarks(topic, *partition, Duration::from_secs(5))
+                                .map(|(_, high)| high);
+                            if let Ok(end) = end
+                                && *offset > end
+                            {
+                                tracing::error!(
+                                    group = %self.group, %topic, partition, stored = offset, log_end = end,
+                                    "the stored offset is past the end of the log (topic recreated or \
+                                     broker data lost?); nothing is read here until the log grows \
+                                     past it: see `dhanman offsets reset --group {} --topic {topic}:{partition}`",
+                                    self.group
+                                );
+                            }
                         }
                         tracing::info!(group = %self.group, partitions = tpl.count(), from_postgres = stored.len(), "partitions assigned");
                     }
