@@ -199,6 +199,15 @@ impl Config {
         ))
     }
 
+    /// The topics `processor` reads, as named on the broker.
+    pub fn topics_of(&self, processor: &impl dhanman_processors::Processor) -> Vec<String> {
+        processor
+            .topics()
+            .iter()
+            .map(|t| format!("{}{t}", self.topic_prefix))
+            .collect()
+    }
+
     pub fn runtime_config(&self) -> RuntimeConfig {
         let mut config = RuntimeConfig::new(&self.kafka_bootstrap_servers);
         config.max_batch = self.batch_size;

@@ -172,11 +172,7 @@ impl ProcessorJob for Shadow<'_> {
     async fn with<P: Processor>(self, processor: P) -> anyhow::Result<()> {
         let pool = self.config.pool().await?;
         let codec = self.config.codec()?;
-        let topics: Vec<String> = processor
-            .topics()
-            .iter()
-            .map(|t| format!("{}{t}", self.config.topic_prefix))
-            .collect();
+        let topics = self.config.topics_of(&processor);
         prepare_shadow(&pool, self.tables).await?;
         let bootstrap = &self.config.kafka_bootstrap_servers;
         let (records, ends) = read_topics(bootstrap, &topics, &BTreeMap::new()).await?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use dhanman_connectors::kafka::{TimeLookup, client_config, offset_for_time};
+use dhanman_connectors::offsets::{self, TopicSpec};
 use dhanman_processors::runtime::{BatchReport, Survey};
 use dhanman_processors::{Incoming, Processor, Runtime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -148,11 +149,7 @@ struct Replay {
 
 impl ProcessorJob for Replay {
     async fn with<P: Processor>(self, processor: P) -> anyhow::Result<()> {
-        let reads: Vec<String> = processor
-            .topics()
-            .iter()
-            .map(|t| format!("{}{t}", self.config.topic_prefix))
-            .collect();
+        let reads = self.config.topics_of(&processor);
         if !reads.contains(&self.topic) {
             bail!(
                 "processor {} does not read {}; it reads {}",
@@ -275,41 +272,13 @@ impl Replay {
     /// Each partition's [start, end), from the bounds; times through offsets-for-times,
     /// whose answers are checked against the records (a wrong one stops the replay).
     async fn ranges(&self) -> anyhow::Result<Vec<Range>> {
-        let bootstrap = self.config.kafka_bootstrap_servers.clone();
-        let topic = self.topic.clone();
-        let watermarks = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let consumer: rdkafka::consumer::BaseConsumer = client_config(&bootstrap).create()?;
-            let timeout = Duration::from_secs(10);
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let count = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none())
-                .map_or(0, |t| t.partitions().len() as i32);
-            let mut marks = Vec::new();
-            for p in 0..count {
-                marks.push((p, consumer.fetch_watermarks(&topic, p, timeout)?));
-            }
-            Ok(marks)
-        })
-        .await??;
-        if watermarks.is_empty() {
-            bail!("topic {} does not exist on the broker", self.topic);
-        }
-        if let Some(p) = self.partition
-            && !watermarks.iter().any(|(q, _)| *q == p)
-        {
-            bail!(
-                "topic {} has {} partitions; there is no partition {p}",
-                self.topic,
-                watermarks.len()
-            );
-        }
+        let spec = TopicSpec {
+            topic: self.topic.clone(),
+            partitions: self.partition.map(|p| vec![p]),
+        };
+        let bounds = offsets::log_bounds(&self.config.kafka_bootstrap_servers, vec![spec]).await?;
         let mut ranges = Vec::new();
-        for (partition, (low, high)) in watermarks {
-            if self.partition.is_some_and(|p| p != partition) {
-                continue;
-            }
+        for (_, partition, low, high) in bounds {
             let start = self.offset_of(self.from, partition, low, high).await?;
             let end = self.offset_of(self.to, partition, low, high).await?;
             ranges.push(Range {

@@ -41,16 +41,13 @@ pub async fn topic_sizes(bootstrap: &str, topics: Vec<String>) -> Result<Vec<(St
         let timeout = Duration::from_secs(5);
         let mut sizes = Vec::with_capacity(topics.len());
         for topic in topics {
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                continue;
-            };
-            if found.error().is_some() {
+            let count = crate::kafka::partition_count(&consumer, &topic, timeout)?;
+            if count == 0 {
                 continue;
             }
             let mut size = 0;
-            for p in found.partitions() {
-                let (low, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
+            for p in 0..count {
+                let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
                 size += (high - low).max(0);
             }
             sizes.push((topic, size));

@@ -69,6 +69,22 @@ pub async fn delete_topics(bootstrap: &str, topics: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// How many partitions `topic` has, from the broker's metadata; 0 when the broker does
+/// not know the topic. Blocking.
+pub fn partition_count(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32> {
+    use rdkafka::consumer::Consumer;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
 /// Where a time falls in a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeLookup {
@@ -223,12 +239,7 @@ pub fn read_to_end(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let count = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32);
+    let count = partition_count(&consumer, topic, timeout)?;
     let mut ends = BTreeMap::new();
     let mut open = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::Result;
-use crate::kafka::{client_config, record_timestamp};
+use crate::kafka::{client_config, partition_count, record_timestamp};
 
 /// How far back the trend and the rate look.
 pub const TREND_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -149,11 +149,7 @@ fn probe(bootstrap: &str, committed: &[(String, String, i32, i64)]) -> Result<Ve
     }
     let mut out = Vec::new();
     for ((group, topic), known) in wanted {
-        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-        let count = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len() as i32);
+        let count = partition_count(&consumer, &topic, timeout)?;
         for partition in 0..count.max(known.keys().max().map_or(0, |p| p + 1)) {
             let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
             let committed = known

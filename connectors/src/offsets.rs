@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::kafka::{TimeLookup, client_config, offset_for_time};
+use crate::kafka::{TimeLookup, client_config, offset_for_time, partition_count};
 use crate::{Error, Result};
 
 /// Where to move each partition.
@@ -133,10 +133,7 @@ pub async fn plan(
     } else {
         topics.to_vec()
     };
-    let bootstrap_owned = bootstrap.to_string();
-    let watermarks = tokio::task::spawn_blocking(move || watermarks(&bootstrap_owned, &specs))
-        .await
-        .map_err(|e| Error::BrokerAnswer(format!("watermark task failed: {e}")))??;
+    let watermarks = log_bounds(bootstrap, specs).await?;
     let mut rows = Vec::with_capacity(watermarks.len());
     for (topic, partition, low, high) in watermarks {
         let now = current.get(&(topic.clone(), partition)).copied();
@@ -165,18 +162,24 @@ pub async fn plan(
     Ok(rows)
 }
 
-/// (topic, partition, log start, log end) for each partition the specs name.
+/// (topic, partition, log start, log end) for each partition the specs name; an unknown
+/// topic or partition is an error naming it.
+pub async fn log_bounds(
+    bootstrap: &str,
+    specs: Vec<TopicSpec>,
+) -> Result<Vec<(String, i32, i64, i64)>> {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || watermarks(&bootstrap, &specs))
+        .await
+        .map_err(|e| Error::BrokerAnswer(format!("watermark task failed: {e}")))?
+}
+
 fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, i64, i64)>> {
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = client_config(bootstrap).create()?;
     let mut out = Vec::new();
     for spec in specs {
-        let metadata = consumer.fetch_metadata(Some(&spec.topic), timeout)?;
-        let count = metadata
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as i32);
+        let count = partition_count(&consumer, &spec.topic, timeout)?;
         if count == 0 {
             return Err(Error::BrokerAnswer(format!(
                 "topic {} does not exist on the broker",
