@@ -26,14 +26,11 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let pool = args.connections.pool().await?;
+    let probe = dhanman_connectors::kafka::probe(&args.connections.kafka_bootstrap_servers)?;
     loop {
-        let report = lag::measure(
-            &pool,
-            &args.connections.kafka_bootstrap_servers,
-            args.group.as_deref(),
-        )
-        .await
-        .context("measuring lag (KAFKA_BOOTSTRAP_SERVERS)")?;
+        let report = lag::measure(&pool, &probe, args.group.as_deref())
+            .await
+            .context("measuring lag (KAFKA_BOOTSTRAP_SERVERS)")?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

@@ -353,15 +353,16 @@ pub async fn run_api(
     tracing::info!(resumed, "payment saga recovery done");
     tokio::spawn(payments.clone().run_recovery());
     // Lag, sampled for `/metrics` and `GET /v1/lag`.
+    let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
     tokio::spawn(dhanman_connectors::lag::run_sampler(
         pool.clone(),
-        config.kafka_bootstrap_servers.clone(),
+        probe.clone(),
         Duration::from_millis(config.lag_interval_ms),
     ));
     // Outbox backlog and dead-letter topic sizes, at the same pace.
     tokio::spawn(dhanman_connectors::gauges::run_sampler(
         pool.clone(),
-        config.kafka_bootstrap_servers.clone(),
+        probe,
         config.topic_prefix.clone(),
         Duration::from_millis(config.lag_interval_ms),
     ));

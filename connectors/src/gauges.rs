@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use sqlx::PgPool;
 
 use crate::Result;
+use crate::kafka::Probe;
 
 /// Gauge: outbox rows not yet published.
 pub const OUTBOX_DEPTH: &str = "dhanman_outbox_depth";
@@ -34,10 +35,9 @@ pub async fn outbox_backlog(pool: &PgPool) -> Result<(i64, f64)> {
 
 /// Records in each topic of `topics` (physical names), from the broker's watermarks. A
 /// topic the broker does not know is left out.
-pub async fn topic_sizes(bootstrap: &str, topics: Vec<String>) -> Result<Vec<(String, i64)>> {
-    let bootstrap = bootstrap.to_string();
+pub async fn topic_sizes(probe: &Probe, topics: Vec<String>) -> Result<Vec<(String, i64)>> {
+    let consumer = probe.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = crate::kafka::client_config(&bootstrap).create()?;
         let timeout = Duration::from_secs(5);
         let mut sizes = Vec::with_capacity(topics.len());
         for topic in topics {
@@ -60,12 +60,7 @@ pub async fn topic_sizes(bootstrap: &str, topics: Vec<String>) -> Result<Vec<(St
 
 /// Samples every `interval` and sets the gauges; runs until the task is dropped. A failed
 /// sample is logged and leaves the previous values.
-pub async fn run_sampler(
-    pool: PgPool,
-    bootstrap: String,
-    topic_prefix: String,
-    interval: Duration,
-) {
+pub async fn run_sampler(pool: PgPool, probe: Probe, topic_prefix: String, interval: Duration) {
     let dlq_topics: Vec<String> = dhanman_schemas::topics::ALL
         .iter()
         .map(|t| format!("{topic_prefix}{}", dhanman_schemas::topics::dlq(t)))
@@ -78,7 +73,7 @@ pub async fn run_sampler(
             }
             Err(e) => tracing::warn!(error = %e, "outbox sample failed"),
         }
-        match topic_sizes(&bootstrap, dlq_topics.clone()).await {
+        match topic_sizes(&probe, dlq_topics.clone()).await {
             Ok(sizes) => {
                 for (topic, size) in sizes {
                     metrics::gauge!(DLQ_SIZE, "topic" => topic).set(size as f64);

@@ -69,6 +69,18 @@ pub async fn delete_topics(bootstrap: &str, topics: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A client for metadata, watermark and timestamp look-ups, shared by the samplers that
+/// look every few seconds (one connection to the broker, not one per look).
+pub type Probe = std::sync::Arc<rdkafka::consumer::BaseConsumer>;
+
+pub fn probe(bootstrap: &str) -> Result<Probe> {
+    let consumer = client_config(bootstrap)
+        .set("group.id", "dhanman-probe")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    Ok(std::sync::Arc::new(consumer))
+}
+
 /// How many partitions `topic` has, from the broker's metadata; 0 when the broker does
 /// not know the topic. Blocking.
 pub fn partition_count(

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::Result;
-use crate::kafka::{client_config, partition_count, record_timestamp};
+use crate::kafka::{Probe, partition_count, record_timestamp};
 
 /// How far back the trend and the rate look.
 pub const TREND_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -56,7 +56,7 @@ pub struct LagReport {
 
 /// Measures every group in `consumer_offsets` (or one), on every partition of the topics
 /// it reads, and records the sample.
-pub async fn measure(pool: &PgPool, bootstrap: &str, group: Option<&str>) -> Result<LagReport> {
+pub async fn measure(pool: &PgPool, probe: &Probe, group: Option<&str>) -> Result<LagReport> {
     let committed: Vec<(String, String, i32, i64)> = sqlx::query_as(
         "select group_id, topic, partition, next_offset from consumer_offsets
           where $1::text is null or group_id = $1
@@ -65,8 +65,8 @@ pub async fn measure(pool: &PgPool, bootstrap: &str, group: Option<&str>) -> Res
     .bind(group)
     .fetch_all(pool)
     .await?;
-    let bootstrap = bootstrap.to_string();
-    let partitions = tokio::task::spawn_blocking(move || probe(&bootstrap, &committed))
+    let probe = probe.clone();
+    let partitions = tokio::task::spawn_blocking(move || look(&probe, &committed))
         .await
         .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))??;
     let measured_at = Utc::now();
@@ -133,12 +133,11 @@ pub async fn latest(pool: &PgPool, group: Option<&str>) -> Result<LagReport> {
 }
 
 /// Watermarks and oldest-record ages, blocking (rdkafka's metadata calls are).
-fn probe(bootstrap: &str, committed: &[(String, String, i32, i64)]) -> Result<Vec<PartitionLag>> {
+fn look(
+    consumer: &BaseConsumer,
+    committed: &[(String, String, i32, i64)],
+) -> Result<Vec<PartitionLag>> {
     let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", "dhanman-lag-probe")
-        .set("enable.auto.commit", "false")
-        .create()?;
     // Every partition of each topic a group reads, also those it has not read yet.
     let mut wanted: BTreeMap<(String, String), BTreeMap<i32, Option<i64>>> = BTreeMap::new();
     for (group, topic, partition, next) in committed {
@@ -149,7 +148,7 @@ fn probe(bootstrap: &str, committed: &[(String, String, i32, i64)]) -> Result<Ve
     }
     let mut out = Vec::new();
     for ((group, topic), known) in wanted {
-        let count = partition_count(&consumer, &topic, timeout)?;
+        let count = partition_count(consumer, &topic, timeout)?;
         for partition in 0..count.max(known.keys().max().map_or(0, |p| p + 1)) {
             let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
             let committed = known
@@ -160,7 +159,7 @@ fn probe(bootstrap: &str, committed: &[(String, String, i32, i64)]) -> Result<Ve
                 .clamp(low, high.max(low));
             let lag = (high - committed).max(0);
             let lag_seconds = if lag > 0 {
-                record_timestamp(&consumer, &topic, partition, committed, timeout)?
+                record_timestamp(consumer, &topic, partition, committed, timeout)?
                     .map_or(0.0, |ts| {
                         ((Utc::now().timestamp_millis() - ts).max(0) as f64) / 1000.0
                     })
@@ -280,9 +279,9 @@ pub fn export_metrics(report: &LagReport) {
 }
 
 /// Measures every `interval` and exports the metrics; for the process serving `/metrics`.
-pub async fn run_sampler(pool: PgPool, bootstrap: String, interval: Duration) {
+pub async fn run_sampler(pool: PgPool, probe: Probe, interval: Duration) {
     loop {
-        match measure(&pool, &bootstrap, None).await {
+        match measure(&pool, &probe, None).await {
             Ok(report) => export_metrics(&report),
             Err(e) => tracing::warn!(error = %e, "lag sample failed"),
         }
