@@ -440,7 +440,20 @@ impl<P: Processor> Runtime<P> {
                 "the consumer runtime needs tokio's multi-thread runtime".into(),
             ));
         }
-        let consumer = self.consumer()?;
+        let consumer = Arc::new(self.consumer()?);
+        let this = Arc::new(self);
+        this.consume(consumer).await
+    }
+
+    /// The loop of [`Runtime::run`]. The next batch is read and decoded by a task of its
+    /// own, on another worker thread, while this one's transaction runs: decoding is the
+    /// consumer's main CPU cost, and the transaction mostly waits on Postgres.
+    async fn consume(self: Arc<Self>, consumer: Arc<StreamConsumer<StoredOffsets>>) -> Result<()> {
+        // Stopped with the loop: the consumer must not outlive it in a task of its own.
+        let read_ahead = |this: &Arc<Self>| {
+            let (this, consumer) = (this.clone(), consumer.clone());
+            AbortOnDrop(tokio::spawn(async move { this.gather(&consumer).await }))
+        };
         let topics: Vec<String> = self
             .processor
             .topics()
@@ -490,8 +503,13 @@ impl<P: Processor> Runtime<P> {
                 tracing::debug!(?reports, "batch committed");
                 self.commit_to_kafka(&consumer, offsets);
             };
-            let ((), next) = tokio::join!(work, self.gather(&consumer));
-            gathered = next;
+            let mut ahead = read_ahead(&self);
+            let ((), next) = tokio::join!(work, &mut ahead.0);
+            gathered = match next {
+                Ok(next) => next,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(Error::Config(format!("reading ahead stopped: {e}"))),
+            };
         }
     }
 
@@ -918,9 +936,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A task stopped when its handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -33,6 +33,9 @@ pub struct Codec {
     settings: SrSettings,
     decoder: AvroDecoder,
     ids: Mutex<HashMap<(String, u32), u32>>,
+    /// Per (writer schema id, reader version): whether the writer's schema is the reader's
+    /// exactly, so that reading needs no resolution.
+    same_schema: Mutex<HashMap<(u32, u32), bool>>,
     topic_prefix: String,
     /// Records read with an older local version than the newest (see [`Codec::pin_reader`]).
     pinned: HashMap<String, u32>,
@@ -70,6 +73,7 @@ impl Codec {
             decoder: AvroDecoder::new(settings.clone()),
             settings,
             ids: Mutex::new(HashMap::new()),
+            same_schema: Mutex::new(HashMap::new()),
             topic_prefix: String::new(),
             pinned: HashMap::new(),
         })
@@ -176,10 +180,21 @@ impl Codec {
             None => catalog.latest(&name),
         }
         .ok_or_else(|| Error::Undecodable(format!("no local schema for record {name}")))?;
-        let json =
-            resolve(&decoded.value, &decoded.schema.parsed, &reader.schema).map_err(|e| {
-                Error::Undecodable(format!("{name} cannot be read as v{}: {e}", reader.version))
-            })?;
+        let same = *self
+            .same_schema
+            .lock()
+            .expect("schema cache lock")
+            .entry((schema_id, reader.version))
+            .or_insert_with(|| identical(&decoded.schema.parsed, &reader.schema));
+        let json = if same {
+            // Written with the reader's own schema: resolution would give back what was written.
+            json::from_avro(&decoded.value, &reader.schema, "")
+        } else {
+            resolve(&decoded.value, &decoded.schema.parsed, &reader.schema)
+        }
+        .map_err(|e| {
+            Error::Undecodable(format!("{name} cannot be read as v{}: {e}", reader.version))
+        })?;
         Ok(Decoded {
             name,
             schema_id,
@@ -201,6 +216,15 @@ pub fn resolve(
     let as_written = json::from_avro(value, writer, "")?;
     let as_read = json::to_avro(&as_written, reader, "")?;
     json::from_avro(&as_read, reader, "")
+}
+
+/// Whether two schemas are the same in every attribute (names, fields, defaults, logical
+/// types), not only in their canonical form, which drops defaults and logical types.
+fn identical(a: &apache_avro::Schema, b: &apache_avro::Schema) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Frames an Avro datum in the Confluent wire format.
@@ -292,6 +316,30 @@ mod tests {
         event.description = None;
         event.period = None;
         assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn only_schemas_alike_in_every_attribute_skip_resolution() {
+        let catalog = Catalog::global();
+        let v1 = catalog.get(InvoiceCreated::NAME, 1).unwrap();
+        let v2 = catalog.get(InvoiceCreated::NAME, 2).unwrap();
+        assert!(identical(&v2.schema, &v2.schema));
+        assert!(!identical(&v1.schema, &v2.schema));
+        // Canonical forms drop defaults (and logical type names); resolution does not.
+        let parse = |field: &str| {
+            apache_avro::Schema::parse_str(&format!(
+                r#"{{"type": "record", "name": "T", "fields": [{field}]}}"#
+            ))
+            .unwrap()
+        };
+        let plain = parse(r#"{"name": "a", "type": "bytes"}"#);
+        let decimal = parse(
+            r#"{"name": "a", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 2}}"#,
+        );
+        let defaulted = parse(r#"{"name": "a", "type": "bytes", "default": "x"}"#);
+        assert_eq!(plain.canonical_form(), defaulted.canonical_form());
+        assert!(!identical(&plain, &decimal));
+        assert!(!identical(&plain, &defaulted));
     }
 
     /// Encodes a typed record with its schema, reads it back, and decodes it as the same

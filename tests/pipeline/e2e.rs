@@ -322,5 +322,68 @@ async fn the_database_rejects_unbalanced_entries() {
         "{unknown_account}"
     );
     tx.rollback().await.unwrap();
+
+    // Lines are checked per statement: a later statement cannot unbalance an entry whose
+    // first lines balanced, while balanced additions keep it balanced.
+    let mut tx = db.pool.begin().await.unwrap();
+    open_entry(&mut tx, entry, org).await;
+    let pair = "insert into postings (entry_id, organization_id, account_code, debit, credit)
+                values ($1, $2, '1000', $3, 0), ($1, $2, '4000', 0, $3)";
+    for amount in ["10", "2.50"] {
+        sqlx::query(pair)
+            .bind(entry)
+            .bind(org)
+            .bind(amount.parse::<rust_decimal::Decimal>().unwrap())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    let extra = sqlx::query(
+        "insert into postings (entry_id, organization_id, account_code, debit, credit) values ($1, $2, '4000', 0, 1)",
+    )
+    .bind(entry)
+    .bind(org)
+    .execute(&mut *tx)
+    .await
+    .expect_err("a line that unbalances an entry must be refused");
+    assert!(extra.to_string().contains("unbalanced"), "{extra}");
+    tx.rollback().await.unwrap();
+
+    // Entries name known organizations, and an organization with books stays.
+    let stranger = Uuid::now_v7();
+    let mut tx = db.pool.begin().await.unwrap();
+    let unknown_org = sqlx::query(
+        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at)
+         select id, case when n = 2 then $2 else $3 end, id, 'invoice', id, 'x', 'INR', now()
+           from (values ($1::uuid, 1), (gen_random_uuid(), 2)) v(id, n)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(stranger)
+    .bind(org)
+    .execute(&mut *tx)
+    .await
+    .expect_err("an entry of an unknown organization must be refused");
+    assert!(
+        unknown_org.to_string().contains(&stranger.to_string()),
+        "{unknown_org}"
+    );
+    tx.rollback().await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    open_entry(&mut tx, entry, org).await;
+    sqlx::query(pair)
+        .bind(entry)
+        .bind(org)
+        .bind(rust_decimal::Decimal::TEN)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let deleted = sqlx::query("delete from organizations where id = $1")
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .expect_err("an organization with journal entries must stay");
+    assert!(deleted.to_string().contains("journal entries"), "{deleted}");
+    assert_eq!(db.count("select count(*) from organizations").await, 1);
     db.drop_db().await;
 }
