@@ -352,15 +352,10 @@ pub async fn run_api(
         .context("recovering unfinished payment sagas")?;
     tracing::info!(resumed, "payment saga recovery done");
     tokio::spawn(payments.clone().run_recovery());
-    // Lag, sampled for `/metrics` and `GET /v1/lag`.
+    // Lag (for `/metrics` and `GET /v1/lag`), outbox backlog and dead-letter topic sizes,
+    // sampled by one API process of the deployment at a time.
     let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
-    tokio::spawn(dhanman_connectors::lag::run_sampler(
-        pool.clone(),
-        probe.clone(),
-        Duration::from_millis(config.lag_interval_ms),
-    ));
-    // Outbox backlog and dead-letter topic sizes, at the same pace.
-    tokio::spawn(dhanman_connectors::gauges::run_sampler(
+    tokio::spawn(dhanman_connectors::gauges::run_samplers(
         pool.clone(),
         probe,
         config.topic_prefix.clone(),

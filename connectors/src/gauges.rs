@@ -1,5 +1,5 @@
-//! Gauges of the pipeline's queues, sampled by the process that serves `/metrics` (the
-//! API): the outbox (rows the relay has yet to publish, and how long the oldest has
+//! Gauges of the pipeline's queues, sampled by one of the processes that serve `/metrics`
+//! (the API processes, one at a time): the outbox (rows the relay has yet to publish, and how long the oldest has
 //! waited) and the dead-letter topics (records in each, from the broker's watermarks).
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 use crate::Result;
 use crate::kafka::Probe;
+use crate::leader::{self, Leadership};
 
 /// Gauge: outbox rows not yet published.
 pub const OUTBOX_DEPTH: &str = "dhanman_outbox_depth";
@@ -58,29 +59,65 @@ pub async fn topic_sizes(probe: &Probe, topics: Vec<String>) -> Result<Vec<(Stri
     .map_err(|e| crate::Error::BrokerAnswer(format!("watermark probe failed: {e}")))?
 }
 
-/// Samples every `interval` and sets the gauges; runs until the task is dropped. A failed
-/// sample is logged and leaves the previous values.
-pub async fn run_sampler(pool: PgPool, probe: Probe, topic_prefix: String, interval: Duration) {
+/// The deployment's gauges and lag samples, every `interval`, while this process holds
+/// [`leader::SAMPLER_LOCK`]: with several API processes one samples, and the others take
+/// over when it goes. Runs until the task is dropped.
+pub async fn run_samplers(pool: PgPool, probe: Probe, topic_prefix: String, interval: Duration) {
     let dlq_topics: Vec<String> = dhanman_schemas::topics::ALL
         .iter()
         .map(|t| format!("{topic_prefix}{}", dhanman_schemas::topics::dlq(t)))
         .collect();
+    let mut said_waiting = false;
     loop {
-        match outbox_backlog(&pool).await {
-            Ok((depth, age)) => {
-                metrics::gauge!(OUTBOX_DEPTH).set(depth as f64);
-                metrics::gauge!(OUTBOX_OLDEST_AGE).set(age);
-            }
-            Err(e) => tracing::warn!(error = %e, "outbox sample failed"),
-        }
-        match topic_sizes(&probe, dlq_topics.clone()).await {
-            Ok(sizes) => {
-                for (topic, size) in sizes {
-                    metrics::gauge!(DLQ_SIZE, "topic" => topic).set(size as f64);
+        let mut leadership = match Leadership::try_acquire(&pool, leader::SAMPLER_LOCK).await {
+            Ok(Some(leadership)) => leadership,
+            Ok(None) => {
+                if !said_waiting {
+                    tracing::info!(
+                        "another process samples lag and the queue gauges; this one takes over if it goes"
+                    );
+                    said_waiting = true;
                 }
+                tokio::time::sleep(interval).await;
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "dead-letter topic sample failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the sampler lock");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        };
+        said_waiting = false;
+        tracing::info!("this process samples lag and the queue gauges for the deployment");
+        loop {
+            crate::lag::sample(&pool, &probe).await;
+            sample(&pool, &probe, &dlq_topics).await;
+            tokio::time::sleep(interval).await;
+            if let Err(e) = leadership.check().await {
+                tracing::warn!(error = %e, "lost the sampler lock");
+                break;
+            }
         }
-        tokio::time::sleep(interval).await;
+        leadership.release().await;
+    }
+}
+
+/// Sets the outbox and dead-letter gauges; a failed sample is logged and leaves the
+/// previous values.
+async fn sample(pool: &PgPool, probe: &Probe, dlq_topics: &[String]) {
+    match outbox_backlog(pool).await {
+        Ok((depth, age)) => {
+            metrics::gauge!(OUTBOX_DEPTH).set(depth as f64);
+            metrics::gauge!(OUTBOX_OLDEST_AGE).set(age);
+        }
+        Err(e) => tracing::warn!(error = %e, "outbox sample failed"),
+    }
+    match topic_sizes(probe, dlq_topics.to_vec()).await {
+        Ok(sizes) => {
+            for (topic, size) in sizes {
+                metrics::gauge!(DLQ_SIZE, "topic" => topic).set(size as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "dead-letter topic sample failed"),
     }
 }

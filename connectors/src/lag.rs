@@ -278,14 +278,12 @@ pub fn export_metrics(report: &LagReport) {
     }
 }
 
-/// Measures every `interval` and exports the metrics; for the process serving `/metrics`.
-pub async fn run_sampler(pool: PgPool, probe: Probe, interval: Duration) {
-    loop {
-        match measure(&pool, &probe, None).await {
-            Ok(report) => export_metrics(&report),
-            Err(e) => tracing::warn!(error = %e, "lag sample failed"),
-        }
-        tokio::time::sleep(interval).await;
+/// One sample for `/metrics`: measures, records and exports; a failure is logged and
+/// leaves the previous values.
+pub async fn sample(pool: &PgPool, probe: &Probe) {
+    match measure(pool, probe, None).await {
+        Ok(report) => export_metrics(&report),
+        Err(e) => tracing::warn!(error = %e, "lag sample failed"),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod gauges;
 pub mod kafka;
 pub mod lag;
+pub mod leader;
 pub mod offsets;
 pub mod relay;
 

@@ -22,15 +22,13 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::derived::{self, Derived};
+use crate::leader::{self, Leadership};
 
 /// Counter, label `topic` (physical name): records published and acknowledged.
 pub const PUBLISHED: &str = "dhanman_events_published_total";
 
 /// The W3C trace context header outbox rows carry (see `dhanman_producers::trace`).
 const TRACEPARENT: &str = "traceparent";
-
-/// Advisory lock key held by the active relay.
-const LEADER_LOCK: i64 = 0x6468_6d6e_7265_6c61; // "dhmnrela"
 
 pub struct Relay {
     pool: PgPool,
@@ -104,17 +102,8 @@ impl Relay {
 
     /// Waits to become the leader, then publishes until an error.
     async fn lead(&self) -> Result<()> {
-        let mut lock_conn = self.pool.acquire().await?;
-        loop {
-            let (got,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut *lock_conn)
-                .await?;
-            if got {
-                break;
-            }
-            tokio::time::sleep(self.poll_interval).await;
-        }
+        let mut leadership =
+            Leadership::acquire(&self.pool, leader::RELAY_LOCK, self.poll_interval).await?;
         tracing::info!("outbox relay is the active publisher");
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen("dhanman_outbox").await?;
@@ -123,14 +112,13 @@ impl Relay {
                 let published = self.publish_batch().await?;
                 if published < self.batch_size as usize {
                     // Keep the lock connection alive and detect its loss while idle.
-                    sqlx::query("select 1").execute(&mut *lock_conn).await?;
+                    leadership.check().await?;
                     let _ = tokio::time::timeout(self.poll_interval, listener.recv()).await;
                 }
             }
         }
         .await;
-        // The lock is released when the connection closes; make sure it does.
-        let _ = lock_conn.close().await;
+        leadership.release().await;
         result
     }
 

@@ -168,6 +168,19 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the process has logged `text`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) {
+        eventually(
+            &format!("{text:?} in {}", self.log.display()),
+            within,
+            || {
+                let log = self.log_text();
+                async move { log.contains(text).then_some(()) }
+            },
+        )
+        .await;
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("kill child");

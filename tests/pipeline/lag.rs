@@ -138,3 +138,63 @@ async fn lag_rises_while_the_ledger_is_stopped_and_drains_after() {
     .await;
     db.drop_db().await;
 }
+
+/// Whether a process's `/metrics` carries the outbox gauge, which only the sampling
+/// process sets.
+async fn exports_queue_gauges(setup: &Setup) -> bool {
+    let text = reqwest::get(format!("{}/metrics", setup.base_url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines().any(|l| l.starts_with("dhanman_outbox_depth "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_api_process_samples_and_another_takes_over_when_it_goes() {
+    let db = TestDb::new().await;
+    let first = Setup::new(&db);
+    let second = Setup {
+        http_port: free_port(),
+        ..first.clone()
+    };
+    let sampled = [("DHANMAN_LAG_INTERVAL_MS", "200")];
+    let mut leader = first.spawn_with_env(&["api"], &sampled);
+    first.wait_ready(&leader).await;
+    eventually("the first API to sample", Duration::from_secs(30), || {
+        let first = first.clone();
+        async move { exports_queue_gauges(&first).await.then_some(()) }
+    })
+    .await;
+
+    // A second API process of the same deployment finds the sampler taken and waits.
+    let follower = second.spawn_with_env(&["api"], &sampled);
+    second.wait_ready(&follower).await;
+    follower
+        .wait_for_log("another process samples lag", Duration::from_secs(30))
+        .await;
+    assert!(
+        !exports_queue_gauges(&second).await,
+        "only the sampling process exports the queue gauges"
+    );
+    assert!(!follower.log_text().contains("this process samples lag"));
+
+    // The sampling process dies: the other one takes over.
+    leader.kill().await;
+    eventually(
+        "the second API to take over",
+        Duration::from_secs(30),
+        || {
+            let second = second.clone();
+            async move { exports_queue_gauges(&second).await.then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        follower.log_text().contains("this process samples lag"),
+        "{}",
+        follower.log_text()
+    );
+    db.drop_db().await;
+}

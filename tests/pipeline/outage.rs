@@ -62,15 +62,9 @@ async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
     )
     .await;
     // The processor must notice: it logs the transient failure and retries.
-    eventually(
-        "the processor to hit the outage",
-        Duration::from_secs(60),
-        || {
-            let log = processor.log_text();
-            async move { log.contains("transient failure").then_some(()) }
-        },
-    )
-    .await;
+    processor
+        .wait_for_log("transient failure", Duration::from_secs(60))
+        .await;
     let during = db.count(processed).await;
     assert!(during < 600, "the outage must hold processing back");
     proxy.restore();
