@@ -92,6 +92,18 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         gateway,
         dhanman_gateway::Switches::default(),
     ));
+    // Notifications go to an SMTP server of the demo's own, in-process, unless SMTP_URL
+    // names one (Mailpit of the compose file, say).
+    let mailbox = match std::env::var_os("SMTP_URL") {
+        Some(_) => None,
+        None => {
+            let sink = dhanman_gateway::smtp::SmtpSink::start()
+                .await
+                .context("starting the demo's SMTP server")?;
+            config.smtp_url = sink.url();
+            Some(sink)
+        }
+    };
     // An ephemeral port: the demo must not collide with a running `dhanman up`.
     config.http_addr.set_port(0);
     let listener = crate::bind_api(&config).await?;
@@ -312,7 +324,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             currency["balanced"]
         );
     }
-    // What the notifier made of it: one delivery per (event, recipient, template).
+    // What the notifier made of it: one delivery per (event, recipient, template), once
+    // everything the flows caused has gone through.
+    let quiet = settle(&config, &pool, organization_id, mailbox.is_some()).await?;
     let deliveries: Vec<(String, i64)> = sqlx::query_as(
         "select status, count(*) from notification_deliveries d
           where d.organization_id = $1 group by status order by status",
@@ -321,21 +335,85 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     .fetch_all(&pool)
     .await?;
     let counts: Vec<String> = deliveries.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let counts = if counts.is_empty() {
+        "none yet".to_string()
+    } else {
+        counts.join(", ")
+    };
     println!();
-    println!(
-        "notifications: {} (delivered over SMTP_URL, {}; with no SMTP server there they wait and \
-         retry: `docker compose` runs Mailpit)",
-        if counts.is_empty() {
-            "none yet".to_string()
-        } else {
-            counts.join(", ")
-        },
-        config.smtp_url
-    );
+    match &mailbox {
+        Some(sink) => {
+            let received: std::collections::HashSet<String> = sink
+                .messages()
+                .iter()
+                .map(|m| m.message_id().trim_matches(['<', '>']).to_string())
+                .collect();
+            let sent: Vec<(String, String, String)> = sqlx::query_as(
+                "select recipient, subject, message_id from notification_deliveries
+                  where organization_id = $1 and status = 'sent' order by recipient, subject",
+            )
+            .bind(organization_id)
+            .fetch_all(&pool)
+            .await?;
+            let here = sent
+                .iter()
+                .filter(|(_, _, id)| received.contains(id.trim_matches(['<', '>'])))
+                .count();
+            println!("notifications: {counts}; {here} of them received by the demo's SMTP server:");
+            let width = sent.iter().map(|(to, _, _)| to.len()).max().unwrap_or(0);
+            for (to, subject, _) in &sent {
+                println!("  {to:<width$}  {subject}");
+            }
+        }
+        None => println!(
+            "notifications: {counts} (delivered over SMTP_URL, {}; those it does not take \
+             wait and retry)",
+            config.smtp_url
+        ),
+    }
+    if !quiet {
+        println!("(the pipeline was still busy after {SETTLE_WITHIN:?}: these are partial)");
+    }
     println!();
     println!(
         "API key for this society (try it against `dhanman up`): {}",
         client.key
     );
     Ok(())
+}
+
+/// How long the demo waits for the pipeline to finish what the flows caused.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits until the outbox is published, every consumer group of the deployment has read
+/// everything, and (when `deliveries` is set) no notification of the organization waits
+/// to be sent, twice in a row; returns whether that happened within [`SETTLE_WITHIN`].
+async fn settle(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    organization_id: uuid::Uuid,
+    deliveries: bool,
+) -> anyhow::Result<bool> {
+    let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
+    let groups = format!("{}dhanman.", config.topic_prefix);
+    let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+    let mut quiet_checks = 0;
+    while tokio::time::Instant::now() < deadline {
+        let (outbox, _) = dhanman_connectors::gauges::outbox_backlog(pool).await?;
+        let behind = dhanman_connectors::lag::records_behind(pool, &probe, &groups).await?;
+        let (waiting,): (i64,) = sqlx::query_as(
+            "select count(*) from notification_deliveries
+              where organization_id = $1 and status in ('pending', 'sending')",
+        )
+        .bind(organization_id)
+        .fetch_one(pool)
+        .await?;
+        let quiet = outbox == 0 && behind == 0 && (!deliveries || waiting == 0);
+        quiet_checks = if quiet { quiet_checks + 1 } else { 0 };
+        if quiet_checks == 2 {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(false)
 }

@@ -57,21 +57,41 @@ pub struct LagReport {
 /// Measures every group in `consumer_offsets` (or one), on every partition of the topics
 /// it reads, and records the sample.
 pub async fn measure(pool: &PgPool, probe: &Probe, group: Option<&str>) -> Result<LagReport> {
-    let committed: Vec<(String, String, i32, i64)> = sqlx::query_as(
-        "select group_id, topic, partition, next_offset from consumer_offsets
-          where $1::text is null or group_id = $1
-          order by group_id, topic, partition",
-    )
-    .bind(group)
-    .fetch_all(pool)
-    .await?;
-    let probe = probe.clone();
-    let partitions = tokio::task::spawn_blocking(move || look(&probe, &committed))
-        .await
-        .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))??;
+    let partitions = partitions(pool, probe, group, "", true).await?;
     let measured_at = Utc::now();
     record(pool, measured_at, &partitions).await?;
     report(pool, measured_at, partitions).await
+}
+
+/// Records not yet consumed, summed over the groups whose name starts with `prefix`: the
+/// lag in records only (no record is read for its age), and nothing recorded.
+pub async fn records_behind(pool: &PgPool, probe: &Probe, prefix: &str) -> Result<i64> {
+    let partitions = partitions(pool, probe, None, prefix, false).await?;
+    Ok(partitions.iter().map(|p| p.lag).sum())
+}
+
+/// The lag of every partition the groups in `consumer_offsets` read (one group, or those
+/// whose name starts with `prefix`); see [`look`].
+async fn partitions(
+    pool: &PgPool,
+    probe: &Probe,
+    group: Option<&str>,
+    prefix: &str,
+    ages: bool,
+) -> Result<Vec<PartitionLag>> {
+    let committed: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "select group_id, topic, partition, next_offset from consumer_offsets
+          where ($1::text is null or group_id = $1) and starts_with(group_id, $2)
+          order by group_id, topic, partition",
+    )
+    .bind(group)
+    .bind(prefix)
+    .fetch_all(pool)
+    .await?;
+    let probe = probe.clone();
+    tokio::task::spawn_blocking(move || look(&probe, &committed, ages))
+        .await
+        .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))?
 }
 
 /// Partitions grouped into their groups, each with its trend from the samples.
@@ -133,9 +153,12 @@ pub async fn latest(pool: &PgPool, group: Option<&str>) -> Result<LagReport> {
 }
 
 /// Watermarks and oldest-record ages, blocking (rdkafka's metadata calls are).
+/// Lag of every partition of the topics the groups read; with `ages`, each lagging
+/// partition's oldest unconsumed record is read for its age.
 fn look(
     consumer: &BaseConsumer,
     committed: &[(String, String, i32, i64)],
+    ages: bool,
 ) -> Result<Vec<PartitionLag>> {
     let timeout = Duration::from_secs(10);
     // Every partition of each topic a group reads, also those it has not read yet.
@@ -158,7 +181,7 @@ fn look(
                 .unwrap_or(low)
                 .clamp(low, high.max(low));
             let lag = (high - committed).max(0);
-            let lag_seconds = if lag > 0 {
+            let lag_seconds = if lag > 0 && ages {
                 record_timestamp(consumer, &topic, partition, committed, timeout)?
                     .map_or(0.0, |ts| {
                         ((Utc::now().timestamp_millis() - ts).max(0) as f64) / 1000.0

@@ -1,6 +1,7 @@
-//! A payment gateway (PSP) for development and tests: a small real HTTP server with the
-//! contract the payment saga calls, and switches that make it slow, flaky, hanging or
-//! forgetful on purpose.
+//! Peers for development and tests. Mainly a payment gateway (PSP): a small real HTTP
+//! server with the contract the payment saga calls, and switches that make it slow, flaky,
+//! hanging or forgetful on purpose. Also an SMTP server ([`smtp`]) that keeps what it
+//! accepts, for the notifier's tests and the demo.
 //!
 //! Its state lives in memory only: restarting it forgets every charge, refund and key.
 //!
@@ -47,6 +48,7 @@ mod cli;
 mod error;
 mod faults;
 mod routes;
+pub mod smtp;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 

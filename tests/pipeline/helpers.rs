@@ -378,6 +378,7 @@ pub async fn dhanman(setup: &Setup, args: &[&str]) -> CliRun {
             format!("127.0.0.1:{}", setup.http_port),
         )
         .env_remove("SCHEMA_REGISTRY_URL")
+        .env_remove("SMTP_URL")
         .output()
         .await
         .expect("run dhanman");

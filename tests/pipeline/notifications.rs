@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
-use crate::smtp::SmtpSink;
+use dhanman_gateway::smtp::SmtpSink;
 
 const FROM: &str = "Lotus Towers <accounts@lotus.test>";
 const WAIT: Duration = Duration::from_secs(90);
@@ -118,7 +118,7 @@ fn assert_no_duplicates(sink: &SmtpSink) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("start the SMTP sink");
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
     let mut pipeline = up(&setup, &sink, &[]);
@@ -405,7 +405,7 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_while_the_server_holds_data_sends_nothing_twice() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("start the SMTP sink");
     sink.set_slow_data(Duration::from_secs(600));
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
@@ -457,7 +457,7 @@ async fn a_kill_while_the_server_holds_data_sends_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_smtp_outage_delays_every_email_and_duplicates_none() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("start the SMTP sink");
     sink.set_down(true);
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
@@ -500,7 +500,7 @@ async fn an_smtp_outage_delays_every_email_and_duplicates_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_address_is_dead_lettered_at_once_while_others_arrive() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::start().await.expect("start the SMTP sink");
     sink.reject("gone@lotus.test");
     let db = TestDb::new().await;
     let setup = Setup::new(&db);

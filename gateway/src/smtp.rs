@@ -1,4 +1,4 @@
-//! A real SMTP server for the tests: a tokio TCP server that speaks enough of RFC 5321
+//! An SMTP server for development and tests: a tokio TCP server that speaks enough of RFC 5321
 //! (EHLO/HELO, MAIL FROM, RCPT TO, DATA, RSET, NOOP, QUIT) for any client, stores each
 //! message it accepts, and has switches to misbehave: refuse connections (down), answer
 //! 4xx to the next N transactions, 5xx to given recipients, and hold its reply to DATA
@@ -113,7 +113,7 @@ struct State {
     transactions: AtomicUsize,
 }
 
-/// The sink; dropped with the test (its task ends with the runtime).
+/// The sink; its task ends with the runtime.
 #[derive(Clone)]
 pub struct SmtpSink {
     pub port: u16,
@@ -121,11 +121,10 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    pub async fn start() -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind SMTP sink");
-        let port = listener.local_addr().expect("local addr").port();
+    /// Listens on an ephemeral port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<SmtpSink> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
         let state = Arc::new(State::default());
         {
             let state = state.clone();
@@ -145,7 +144,7 @@ impl SmtpSink {
                 }
             });
         }
-        SmtpSink { port, state }
+        Ok(SmtpSink { port, state })
     }
 
     /// `SMTP_URL` for the binary.
@@ -154,11 +153,11 @@ impl SmtpSink {
     }
 
     pub fn messages(&self) -> Vec<Mail> {
-        self.state.messages.lock().unwrap().clone()
+        self.state.messages.lock().expect("sink state lock").clone()
     }
 
     pub fn count(&self) -> usize {
-        self.state.messages.lock().unwrap().len()
+        self.state.messages.lock().expect("sink state lock").len()
     }
 
     /// Refuse connections (close them before the greeting) while `down`.
@@ -176,13 +175,13 @@ impl SmtpSink {
         self.state
             .reject
             .lock()
-            .unwrap()
+            .expect("sink state lock")
             .insert(address.to_lowercase());
     }
 
     /// Hold each reply to DATA this long (zero: answer at once).
     pub fn set_slow_data(&self, hold: Duration) {
-        *self.state.slow_data.lock().unwrap() = hold;
+        *self.state.slow_data.lock().expect("sink state lock") = hold;
     }
 
     /// Messages whose DATA arrived and whose reply is being held.
@@ -245,7 +244,12 @@ async fn session(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             "RCPT" => {
                 let arg = command.split_once(':').map(|x| x.1).unwrap_or_default();
                 let rcpt = address(arg);
-                if state.reject.lock().unwrap().contains(&rcpt.to_lowercase()) {
+                if state
+                    .reject
+                    .lock()
+                    .expect("sink state lock")
+                    .contains(&rcpt.to_lowercase())
+                {
                     "550 5.1.1 no such mailbox".into()
                 } else {
                     to.push(rcpt);
@@ -267,7 +271,7 @@ async fn session(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                     let unstuffed = line.strip_prefix('.').unwrap_or(&line);
                     data.push_str(unstuffed);
                 }
-                let hold = *state.slow_data.lock().unwrap();
+                let hold = *state.slow_data.lock().expect("sink state lock");
                 if !hold.is_zero() {
                     state.held.fetch_add(1, Ordering::SeqCst);
                     line.clear();
@@ -287,7 +291,7 @@ async fn session(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                     to: std::mem::take(&mut to),
                     data,
                 };
-                state.messages.lock().unwrap().push(mail);
+                state.messages.lock().expect("sink state lock").push(mail);
                 continue;
             }
             "RSET" => {

@@ -1,0 +1,33 @@
+//! The quick start's main job: `dhanman demo` runs the whole pipeline in one process and
+//! prints balanced books and the notifications its own SMTP server received.
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_balanced_books_and_the_mail_it_received() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let run = dhanman(&setup, &["demo"]).await;
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("balanced: true"), "{out}");
+    assert!(!out.contains("partial"), "the pipeline must settle: {out}");
+    // "notifications: 14 sent; 14 of them received by the demo's SMTP server:"
+    let (head, rest) = out
+        .split_once("notifications: ")
+        .and_then(|(_, r)| r.split_once('\n'))
+        .unwrap_or_else(|| panic!("no notifications line: {out}"));
+    let words: Vec<&str> = head.split_whitespace().collect();
+    assert_eq!(words[1], "sent;", "every notification is sent: {head}");
+    let sent: usize = words[0].parse().unwrap();
+    let received: usize = words[2].parse().unwrap();
+    assert_eq!(sent, received, "{head}");
+    let listed: Vec<&str> = rest.lines().take_while(|l| l.starts_with("  ")).collect();
+    assert_eq!(listed.len(), sent, "{out}");
+    // Five residents invoiced, three payments received, two approvers asked.
+    let count = |what: &str| listed.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count(" Invoice INV-"), 5, "{out}");
+    assert_eq!(count(" Payment received: "), 3, "{out}");
+    assert_eq!(count(" Approval needed: "), 2, "{out}");
+    db.drop_db().await;
+}
