@@ -90,8 +90,12 @@ pub async fn run_samplers(pool: PgPool, probe: Probe, topic_prefix: String, inte
         said_waiting = false;
         tracing::info!("this process samples lag and the queue gauges for the deployment");
         loop {
-            crate::lag::sample(&pool, &probe).await;
-            sample(&pool, &probe, &dlq_topics).await;
+            // Side by side: a slow lag sample (it reads the oldest waiting record of each
+            // lagging partition) must not hold the queue gauges back.
+            tokio::join!(
+                crate::lag::sample(&pool, &probe),
+                sample(&pool, &probe, &dlq_topics)
+            );
             tokio::time::sleep(interval).await;
             if let Err(e) = leadership.check().await {
                 tracing::warn!(error = %e, "lost the sampler lock");
