@@ -115,19 +115,46 @@ pub fn record_timestamp(
     offset: i64,
     timeout: Duration,
 ) -> Result<Option<i64>> {
+    let key = (topic.to_string(), partition);
+    Ok(record_timestamps(consumer, &[(key.clone(), offset)], timeout)?.remove(&key))
+}
+
+/// The timestamps (ms) of the records at the given offsets, one per partition, read
+/// together: `consumer` (which this reassigns) fetches from every partition at once.
+/// Partitions whose record cannot be read within a few `timeout`s, or has no timestamp,
+/// are left out.
+pub fn record_timestamps(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    at: &[((String, i32), i64)],
+    timeout: Duration,
+) -> Result<std::collections::HashMap<(String, i32), i64>> {
     use rdkafka::consumer::Consumer;
     use rdkafka::{Message, Offset};
-    let mut at = rdkafka::TopicPartitionList::new();
-    at.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    consumer.assign(&at)?;
+    let mut found: std::collections::HashMap<(String, i32), Option<i64>> =
+        std::collections::HashMap::new();
+    if at.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for ((topic, partition), offset) in at {
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.assign(&assignment)?;
     // A loaded broker can take a while to serve the first fetch.
     let deadline = std::time::Instant::now() + 3 * timeout;
-    while std::time::Instant::now() < deadline {
+    while found.len() < at.len() && std::time::Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            return Ok(m?.timestamp().to_millis());
+            let m = m?;
+            // The first record read from a partition is the one at its offset.
+            found
+                .entry((m.topic().to_string(), m.partition()))
+                .or_insert_with(|| m.timestamp().to_millis());
         }
     }
-    Ok(None)
+    Ok(found
+        .into_iter()
+        .filter_map(|(at, ts)| Some((at, ts?)))
+        .collect())
 }
 
 /// The broker's offsets-for-times answer, checked against the records themselves. Some

@@ -4,7 +4,7 @@
 //! the oldest record not yet consumed, read from the broker. Samples kept in `lag_samples`
 //! give each group its trend, consumption rate and time to drain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::Result;
-use crate::kafka::{Probe, partition_count, record_timestamp};
+use crate::kafka::{Probe, partition_count, record_timestamps};
 
 /// How far back the trend and the rate look.
 pub const TREND_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -181,14 +181,6 @@ fn look(
                 .unwrap_or(low)
                 .clamp(low, high.max(low));
             let lag = (high - committed).max(0);
-            let lag_seconds = if lag > 0 && ages {
-                record_timestamp(consumer, &topic, partition, committed, timeout)?
-                    .map_or(0.0, |ts| {
-                        ((Utc::now().timestamp_millis() - ts).max(0) as f64) / 1000.0
-                    })
-            } else {
-                0.0
-            };
             out.push(PartitionLag {
                 group: group.clone(),
                 topic: topic.clone(),
@@ -196,8 +188,38 @@ fn look(
                 committed,
                 log_end: high,
                 lag,
-                lag_seconds,
+                lag_seconds: 0.0,
             });
+        }
+    }
+    if ages {
+        // The oldest waiting record of every lagging partition, read together: in rounds
+        // of one offset per partition (groups may wait at different offsets of one).
+        let mut waiting: BTreeSet<((String, i32), i64)> = out
+            .iter()
+            .filter(|p| p.lag > 0)
+            .map(|p| ((p.topic.clone(), p.partition), p.committed))
+            .collect();
+        let mut read: HashMap<((String, i32), i64), i64> = HashMap::new();
+        while !waiting.is_empty() {
+            let mut round: BTreeMap<(String, i32), i64> = BTreeMap::new();
+            for (at, offset) in &waiting {
+                round.entry(at.clone()).or_insert(*offset);
+            }
+            let round: Vec<((String, i32), i64)> = round.into_iter().collect();
+            let times = record_timestamps(consumer, &round, timeout)?;
+            for (at, offset) in round {
+                waiting.remove(&(at.clone(), offset));
+                if let Some(ts) = times.get(&at) {
+                    read.insert((at, offset), *ts);
+                }
+            }
+        }
+        let now = Utc::now().timestamp_millis();
+        for p in out.iter_mut().filter(|p| p.lag > 0) {
+            if let Some(ts) = read.get(&((p.topic.clone(), p.partition), p.committed)) {
+                p.lag_seconds = ((now - ts).max(0) as f64) / 1000.0;
+            }
         }
     }
     Ok(out)
