@@ -389,6 +389,25 @@ pub async fn dhanman(setup: &Setup, args: &[&str]) -> CliRun {
     }
 }
 
+/// Waits until the ledger has applied the event of a consistency `token` (a ledger process
+/// started just before may still be joining its group: the API's own wait is shorter),
+/// then returns the trial balance.
+pub async fn ledger_applied(api: &Api, token: &str) -> Value {
+    let path = format!("/v1/trial-balance?consistent_with={token}");
+    eventually(
+        &format!("the ledger to apply {token}"),
+        Duration::from_secs(60),
+        || {
+            let (api, path) = (api.clone(), path.clone());
+            async move {
+                let r = api.get(&path).await;
+                (r.status == 200).then_some(r.body)
+            }
+        },
+    )
+    .await
+}
+
 /// Runs `dhanman orgs create` and returns (organization id, admin key).
 pub async fn create_org(setup: &Setup, name: &str) -> (Uuid, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))
