@@ -183,7 +183,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&created)?);
             Ok(())
         }
-        Command::Demo(config) => demo::run(&config).await,
+        Command::Demo(config) => {
+            demo::run(&config).await?;
+            // The whole pipeline runs in this process and has settled; exit here rather
+            // than tear its tasks down one by one as the runtime drops.
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            std::process::exit(0)
+        }
         Command::Bench(args) => bench::run(args).await,
         Command::Lag(args) => lag_cli::run(args).await,
         Command::Offsets(args) => offsets_cli::run(args).await,
