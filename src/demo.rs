@@ -383,7 +383,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 }
 
 /// How long the demo waits for the pipeline to finish what the flows caused.
-const SETTLE_WITHIN: Duration = Duration::from_secs(30);
+const SETTLE_WITHIN: Duration = Duration::from_secs(90);
 
 /// Waits until the outbox is published, every consumer group of the deployment has read
 /// everything, and (when `deliveries` is set) no notification of the organization waits
