@@ -109,17 +109,34 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let listener = crate::bind_api(&config).await?;
     config.http_addr = listener.local_addr()?;
     let base = format!("http://{}", config.http_addr);
-    {
-        let (config, pool) = (config.clone(), pool.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::run_all(&config, listener, pool).await {
-                tracing::error!(error = %e, "pipeline stopped");
-            }
-        });
+    let stopper = dhanman_processors::Stopper::default();
+    let pipeline = {
+        let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
+        tokio::spawn(async move { crate::run_all(&config, listener, pool, stop).await })
+    };
+    let shown = society(&config, &pool, base, mailbox.as_ref()).await;
+    // The pipeline stops as `dhanman up` does on SIGTERM: its consumers leave their
+    // groups, so the next run's join at once.
+    stopper.stop();
+    match tokio::time::timeout(crate::STOP_TIMEOUT + Duration::from_secs(5), pipeline).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the pipeline stopped with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the pipeline task failed"),
+        Err(_) => tracing::warn!("the pipeline did not stop in time"),
     }
+    shown
+}
 
+/// The society's story, told through the API of the running pipeline: residents, invoices,
+/// payments, a purchase; then the books and the notifications.
+async fn society(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    base: String,
+    mailbox: Option<&dhanman_gateway::smtp::SmtpSink>,
+) -> anyhow::Result<()> {
     let org = dhanman_producers::orgs::create_organization(
-        &pool,
+        pool,
         "Green Meadows Co-operative Housing Society",
         Some("secretary@greenmeadows.example"),
     )
@@ -326,13 +343,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     }
     // What the notifier made of it: one delivery per (event, recipient, template), once
     // everything the flows caused has gone through.
-    let quiet = settle(&config, &pool, organization_id, mailbox.is_some()).await?;
+    let busy = settle(config, pool, organization_id, mailbox.is_some()).await?;
     let deliveries: Vec<(String, i64)> = sqlx::query_as(
         "select status, count(*) from notification_deliveries d
           where d.organization_id = $1 group by status order by status",
     )
     .bind(organization_id)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     let counts: Vec<String> = deliveries.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let counts = if counts.is_empty() {
@@ -353,7 +370,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                   where organization_id = $1 and status = 'sent' order by recipient, subject",
             )
             .bind(organization_id)
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
             let here = sent
                 .iter()
@@ -371,8 +388,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             config.smtp_url
         ),
     }
-    if !quiet {
-        println!("(the pipeline was still busy after {SETTLE_WITHIN:?}: these are partial)");
+    if let Some(busy) = busy {
+        println!(
+            "(the pipeline was still busy after {SETTLE_WITHIN:?}, {busy}: these are partial)"
+        );
     }
     println!();
     println!(
@@ -387,20 +406,22 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(90);
 
 /// Waits until the outbox is published, every consumer group of the deployment has read
 /// everything, and (when `deliveries` is set) no notification of the organization waits
-/// to be sent, twice in a row; returns whether that happened within [`SETTLE_WITHIN`].
+/// to be sent, twice in a row; returns `None` when that happened within [`SETTLE_WITHIN`],
+/// else what was still busy.
 async fn settle(
     config: &Config,
     pool: &sqlx::PgPool,
     organization_id: uuid::Uuid,
     deliveries: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<String>> {
     let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
     let groups = format!("{}dhanman.", config.topic_prefix);
     let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
     let mut quiet_checks = 0;
+    let mut busy = String::new();
     while tokio::time::Instant::now() < deadline {
         let (outbox, _) = dhanman_connectors::gauges::outbox_backlog(pool).await?;
-        let behind = dhanman_connectors::lag::records_behind(pool, &probe, &groups).await?;
+        let behind = dhanman_connectors::lag::partitions_behind(pool, &probe, &groups).await?;
         let (waiting,): (i64,) = sqlx::query_as(
             "select count(*) from notification_deliveries
               where organization_id = $1 and status in ('pending', 'sending')",
@@ -408,12 +429,28 @@ async fn settle(
         .bind(organization_id)
         .fetch_one(pool)
         .await?;
-        let quiet = outbox == 0 && behind == 0 && (!deliveries || waiting == 0);
-        quiet_checks = if quiet { quiet_checks + 1 } else { 0 };
-        if quiet_checks == 2 {
-            return Ok(true);
+        let waiting = if deliveries { waiting } else { 0 };
+        if outbox == 0 && behind.is_empty() && waiting == 0 {
+            quiet_checks += 1;
+            if quiet_checks == 2 {
+                return Ok(None);
+            }
+        } else {
+            quiet_checks = 0;
+            let behind: Vec<String> = behind
+                .iter()
+                .map(|p| format!("{} {}[{}] {}", p.group, p.topic, p.partition, p.lag))
+                .collect();
+            busy = format!(
+                "outbox {outbox}, notifications waiting {waiting}, records waiting: {}",
+                if behind.is_empty() {
+                    "none".to_string()
+                } else {
+                    behind.join(", ")
+                }
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(false)
+    Ok(Some(busy))
 }

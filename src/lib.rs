@@ -23,7 +23,7 @@ use dhanman_processors::ledger::Ledger;
 use dhanman_processors::notifier;
 use dhanman_processors::reminders;
 use dhanman_processors::users::UserSync;
-use dhanman_processors::{Runtime, RuntimeConfig};
+use dhanman_processors::{Runtime, RuntimeConfig, Stop, Stopper};
 use dhanman_schemas::{Codec, topics};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -337,10 +337,51 @@ pub async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener
         })
 }
 
+/// How long a stopping process waits for its parts to finish what they hold.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A stop for the process: SIGTERM or SIGINT (Ctrl-C) asks its parts to stop; a second
+/// signal ends the process at once.
+pub fn stop_on_signals() -> anyhow::Result<Stop> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let stopper = Stopper::default();
+    let stop = stopper.signal();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "stopping: finishing what is in hand (a second signal ends the process now)"
+        );
+        stopper.stop();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: ending the process now");
+        std::process::exit(130);
+    });
+    Ok(stop)
+}
+
+/// Aborts a background task when dropped, so a part's helpers end with it.
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub async fn run_api(
     config: &Config,
     listener: tokio::net::TcpListener,
     pool: PgPool,
+    mut stop: Stop,
 ) -> anyhow::Result<()> {
     dhanman_api::prometheus::install();
     let payments = config.payments(pool.clone())?;
@@ -351,31 +392,34 @@ pub async fn run_api(
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("recovering unfinished payment sagas")?;
     tracing::info!(resumed, "payment saga recovery done");
-    tokio::spawn(payments.clone().run_recovery());
+    let _recovery = Background(tokio::spawn(payments.clone().run_recovery()));
     // Lag (for `/metrics` and `GET /v1/lag`), outbox backlog and dead-letter topic sizes,
     // sampled by one API process of the deployment at a time.
     let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
-    tokio::spawn(dhanman_connectors::gauges::run_samplers(
+    let _samplers = Background(tokio::spawn(dhanman_connectors::gauges::run_samplers(
         pool.clone(),
         probe,
         config.topic_prefix.clone(),
         Duration::from_millis(config.lag_interval_ms),
-    ));
+    )));
     telemetry::register_api_metrics(&payments);
     let mut state = config.app_state(pool);
     state.payments = Some(payments);
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url(), "API listening");
-    dhanman_api::serve(listener, state)
+    dhanman_api::serve_until(listener, state, async move { stop.requested().await })
         .await
         .context("serving the API")
 }
 
-pub async fn run_relay(config: &Config, pool: PgPool) -> anyhow::Result<()> {
+/// The relay until `stop`. It stops where it is: rows it published but had not yet marked
+/// are published again by the next relay, and consumers skip them by event id.
+pub async fn run_relay(config: &Config, pool: PgPool, mut stop: Stop) -> anyhow::Result<()> {
     let producer = dhanman_connectors::kafka::idempotent_producer(&config.kafka_bootstrap_servers)?;
-    Relay::new(pool, producer, config.codec()?)
-        .with_topic_prefix(&config.topic_prefix)
-        .run()
-        .await;
+    let relay = Relay::new(pool, producer, config.codec()?).with_topic_prefix(&config.topic_prefix);
+    tokio::select! {
+        () = relay.run() => {}
+        () = stop.requested() => {}
+    }
     Ok(())
 }
 
@@ -412,17 +456,18 @@ pub async fn with_processor<J: ProcessorJob>(
     }
 }
 
-/// The live consumer of a processor, in its group.
+/// The live consumer of a processor, in its group, until `stop`.
 struct Live<'a> {
     config: &'a Config,
     pool: PgPool,
+    stop: Stop,
 }
 
 impl ProcessorJob for Live<'_> {
     async fn with<P: dhanman_processors::Processor>(self, processor: P) -> anyhow::Result<()> {
         let codec = self.config.codec()?;
         Runtime::new(processor, self.pool, codec, self.config.runtime_config())
-            .run()
+            .run_until(self.stop)
             .await?;
         Ok(())
     }
@@ -434,6 +479,7 @@ fn companion(
     config: &Config,
     name: &str,
     pool: &PgPool,
+    mut stop: Stop,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     Ok(match name {
         "notifier" => {
@@ -448,7 +494,7 @@ fn companion(
             let sender = notifier::sender::Sender::new(pool.clone(), sender_config)
                 .context("configuring the notification sender (SMTP_URL, DHANMAN_MAIL_FROM)")?;
             Some(tokio::spawn(async move {
-                sender.run().await.context("notification sender")
+                sender.run_until(stop).await.context("notification sender")
             }))
         }
         "reminders" => {
@@ -458,27 +504,55 @@ fn companion(
                     tick: Duration::from_millis(config.reminder_tick_ms.max(1)),
                 },
             );
+            // Each timer fires in a transaction of its own: stopping anywhere is safe.
             Some(tokio::spawn(async move {
-                scheduler.run().await.context("reminder scheduler")
+                tokio::select! {
+                    run = scheduler.run() => run.context("reminder scheduler"),
+                    () = stop.requested() => Ok(()),
+                }
             }))
         }
         _ => None,
     })
 }
 
-/// Runs processor `name` live (with its companion, if it has one) until either stops.
-pub async fn run_processor(config: &Config, name: &str, pool: PgPool) -> anyhow::Result<()> {
-    let companion = companion(config, name, &pool)?;
-    let consumer = with_processor(name, config, Live { config, pool });
+/// Runs processor `name` live (with its companion, if it has one) until either stops, or
+/// until `stop`, when both finish what they hold.
+pub async fn run_processor(
+    config: &Config,
+    name: &str,
+    pool: PgPool,
+    stop: Stop,
+) -> anyhow::Result<()> {
+    let companion = companion(config, name, &pool, stop.clone())?;
+    let live = Live {
+        config,
+        pool,
+        stop: stop.clone(),
+    };
+    let consumer = with_processor(name, config, live);
     let Some(mut companion) = companion else {
         return consumer.await;
     };
-    let stopped = tokio::select! {
-        r = consumer => r,
-        r = &mut companion => r.unwrap_or_else(|e| Err(e.into())),
-    };
-    companion.abort();
-    stopped
+    let joined =
+        |r: Result<anyhow::Result<()>, tokio::task::JoinError>| r.unwrap_or_else(|e| Err(e.into()));
+    tokio::pin!(consumer);
+    tokio::select! {
+        r = &mut consumer => {
+            if r.is_ok() && stop.is_requested() {
+                return r.and(joined(companion.await));
+            }
+            companion.abort();
+            r
+        }
+        r = &mut companion => {
+            let r = joined(r);
+            if r.is_ok() && stop.is_requested() {
+                return r.and(consumer.await);
+            }
+            r
+        }
+    }
 }
 
 /// Runs the monthly-invoices job for the current month at each time of `schedule`. Every
@@ -509,33 +583,59 @@ pub async fn run_monthly_schedule(
     }
 }
 
-/// API, relay, every processor and the job schedule in one process. Returns when any part
-/// stops.
+/// API, relay, every processor and the job schedule in one process, until `stop` or until
+/// a part stops on its own (an error). Either way the other parts are asked to stop and
+/// given [`STOP_TIMEOUT`] to finish what they hold.
 pub async fn run_all(
     config: &Config,
     listener: tokio::net::TcpListener,
     pool: PgPool,
+    mut stop: Stop,
 ) -> anyhow::Result<()> {
+    let stopper = Stopper::default();
     let mut parts = tokio::task::JoinSet::new();
     if let Some(schedule) = config.monthly_schedule()? {
-        let (pool, due_days) = (pool.clone(), config.monthly_due_days);
-        parts.spawn(async move { run_monthly_schedule(schedule, pool, due_days).await });
+        let (pool, due_days, mut stop) = (pool.clone(), config.monthly_due_days, stopper.signal());
+        // A run of the job is claims and transactions: stopping anywhere is safe.
+        parts.spawn(async move {
+            tokio::select! {
+                run = run_monthly_schedule(schedule, pool, due_days) => run,
+                () = stop.requested() => Ok(()),
+            }
+        });
     }
     {
-        let (config, pool) = (config.clone(), pool.clone());
-        parts.spawn(async move { run_api(&config, listener, pool).await });
+        let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
+        parts.spawn(async move { run_api(&config, listener, pool, stop).await });
     }
     {
-        let (config, pool) = (config.clone(), pool.clone());
-        parts.spawn(async move { run_relay(&config, pool).await });
+        let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
+        parts.spawn(async move { run_relay(&config, pool, stop).await });
     }
     for name in PROCESSORS {
-        let (config, pool) = (config.clone(), pool.clone());
-        parts.spawn(async move { run_processor(&config, name, pool).await });
+        let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
+        parts.spawn(async move { run_processor(&config, name, pool, stop).await });
     }
-    match parts.join_next().await {
+    let first = tokio::select! {
+        part = parts.join_next() => part,
+        () = stop.requested() => None,
+    };
+    stopper.stop();
+    let mut outcome = match first {
+        None => Ok(()),
         Some(Ok(result)) => result.and(Err(anyhow::anyhow!("a part of the pipeline stopped"))),
         Some(Err(e)) => Err(e.into()),
-        None => Ok(()),
+    };
+    let rest = async {
+        while let Some(part) = parts.join_next().await {
+            let result = part.map_err(anyhow::Error::from).and_then(|r| r);
+            if let (Err(e), true) = (result, outcome.is_ok()) {
+                outcome = Err(e);
+            }
+        }
+    };
+    if tokio::time::timeout(STOP_TIMEOUT, rest).await.is_err() {
+        tracing::warn!(waited = ?STOP_TIMEOUT, "parts still running when the stop timed out; leaving them");
     }
+    outcome
 }

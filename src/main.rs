@@ -135,18 +135,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dhanman::migrate(&pool).await?;
             dhanman::ensure_topics(&config).await?;
             let listener = dhanman::bind_api(&config).await?;
-            dhanman::run_all(&config, listener, pool).await
+            dhanman::run_all(&config, listener, pool, dhanman::stop_on_signals()?).await
         }
         Command::Api(config) => {
             let pool = config.pool().await?;
             let listener = dhanman::bind_api(&config).await?;
-            dhanman::run_api(&config, listener, pool).await
+            dhanman::run_api(&config, listener, pool, dhanman::stop_on_signals()?).await
         }
         Command::Relay(config) => {
             let metrics = dhanman::telemetry::bind_metrics(&config).await?;
             let pool = config.pool().await?;
             dhanman::ensure_topics(&config).await?;
-            dhanman::telemetry::with_metrics(metrics, dhanman::run_relay(&config, pool)).await
+            let relay = dhanman::run_relay(&config, pool, dhanman::stop_on_signals()?);
+            dhanman::telemetry::with_metrics(metrics, relay).await
         }
         Command::Process { name, config } => {
             if !dhanman::PROCESSORS.contains(&name.as_str()) {
@@ -158,7 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = dhanman::telemetry::bind_metrics(&config).await?;
             let pool = config.pool().await?;
             dhanman::ensure_topics(&config).await?;
-            let processor = dhanman::run_processor(&config, &name, pool);
+            let stop = dhanman::stop_on_signals()?;
+            let processor = dhanman::run_processor(&config, &name, pool, stop);
             dhanman::telemetry::with_metrics(metrics, processor).await
         }
         Command::Migrate { database_url } => {
@@ -185,8 +187,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(config) => {
             demo::run(&config).await?;
-            // The whole pipeline runs in this process and has settled; exit here rather
-            // than tear its tasks down one by one as the runtime drops.
+            // The pipeline has stopped; what is left (its in-process gateway and SMTP
+            // server, idle connections) needs no teardown.
             use std::io::Write;
             std::io::stdout().flush()?;
             std::process::exit(0)

@@ -57,5 +57,17 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves until the listener fails.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+    serve_until(listener, state, std::future::pending()).await
+}
+
+/// Serves until `shutdown` resolves; then takes no new connections and returns once the
+/// requests in flight are answered.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

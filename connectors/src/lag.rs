@@ -63,11 +63,16 @@ pub async fn measure(pool: &PgPool, probe: &Probe, group: Option<&str>) -> Resul
     report(pool, measured_at, partitions).await
 }
 
-/// Records not yet consumed, summed over the groups whose name starts with `prefix`: the
+/// The partitions where records wait, of the groups whose name starts with `prefix`: the
 /// lag in records only (no record is read for its age), and nothing recorded.
-pub async fn records_behind(pool: &PgPool, probe: &Probe, prefix: &str) -> Result<i64> {
-    let partitions = partitions(pool, probe, None, prefix, false).await?;
-    Ok(partitions.iter().map(|p| p.lag).sum())
+pub async fn partitions_behind(
+    pool: &PgPool,
+    probe: &Probe,
+    prefix: &str,
+) -> Result<Vec<PartitionLag>> {
+    let mut partitions = partitions(pool, probe, None, prefix, false).await?;
+    partitions.retain(|p| p.lag > 0);
+    Ok(partitions)
 }
 
 /// The lag of every partition the groups in `consumer_offsets` read (one group, or those

@@ -7,9 +7,11 @@ pub mod ledger;
 pub mod notifier;
 pub mod reminders;
 pub mod runtime;
+pub mod stop;
 pub mod users;
 
 pub use runtime::{Incoming, Processor, Runtime, RuntimeConfig};
+pub use stop::{Stop, Stopper};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -28,6 +28,7 @@ use serde_json::{Value as Json, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::stop::Stop;
 use crate::{Error, Result};
 
 /// Records per transaction unless configured: large enough that per-transaction costs
@@ -189,29 +190,96 @@ impl RuntimeConfig {
     }
 }
 
-/// Paces the check for stalled partitions: one look per interval, none during the
-/// interval after a rejoin (the group needs it to settle).
+/// Paces the check for partitions nobody works on: one look every third of the interval,
+/// and only once the member's own assignment has stood for that long (a group still
+/// forming looks orphaned); none during the interval after a (re)join.
 struct Watchdog {
     next: Instant,
+    joined: Instant,
+    /// Whether the previous look found partitions that no live member holds.
+    unowned_before: bool,
 }
 
 impl Watchdog {
-    fn new(interval: Duration) -> Self {
+    fn new() -> Self {
         Watchdog {
-            next: Instant::now() + interval,
+            next: Instant::now(),
+            joined: Instant::now(),
+            unowned_before: false,
         }
     }
 
-    fn due(&mut self, interval: Duration) -> bool {
-        if Instant::now() < self.next {
+    fn due(&mut self, interval: Duration, assignment: &Assignment) -> bool {
+        let now = Instant::now();
+        if now < self.next {
             return false;
         }
-        self.next = Instant::now() + interval / 3;
+        let settled = match assignment.since {
+            Some(since) => now.duration_since(since) >= interval / 3,
+            // No assignment at all since joining: after a whole interval, that is a stuck join.
+            None => now.duration_since(self.joined) >= interval,
+        };
+        if !settled {
+            self.unowned_before = false;
+            return false;
+        }
+        self.next = now + interval / 3;
         true
     }
 
+    /// Whether partitions that no live member holds, seen now, were seen at the previous
+    /// look too: a rebalance in progress clears within one look, a lost assignment does not.
+    fn unowned_twice(&mut self, unowned_now: bool) -> bool {
+        let twice = unowned_now && self.unowned_before;
+        self.unowned_before = unowned_now;
+        twice
+    }
+
     fn rejoined(&mut self, interval: Duration) {
-        self.next = Instant::now() + interval;
+        self.joined = Instant::now();
+        self.next = self.joined + interval;
+        self.unowned_before = false;
+    }
+}
+
+/// Partitions of a member's topics that nobody works on.
+struct Orphans {
+    /// Not this member's, records wait past the stored offset and that offset has not moved
+    /// for `orphan_check_after`.
+    stalled: Vec<(String, i32)>,
+    /// Held by no live member of the group, by what the members write in
+    /// `consumer_members` (empty when a member does not say).
+    unowned: Vec<(String, i32)>,
+}
+
+/// The partitions this member holds, and since when (none between a revocation and the next
+/// assignment); shared by the rebalance callback, the loop and the heartbeat.
+#[derive(Debug, Default)]
+struct Assignment {
+    partitions: HashSet<(String, i32)>,
+    since: Option<Instant>,
+}
+
+impl Assignment {
+    fn set(&mut self, partitions: HashSet<(String, i32)>) {
+        self.partitions = partitions;
+        self.since = Some(Instant::now());
+    }
+
+    fn clear(&mut self) {
+        self.partitions.clear();
+        self.since = None;
+    }
+
+    /// `topic:partition`, sorted, as `consumer_members.partitions` holds them.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|(t, p)| format!("{t}:{p}"))
+            .collect();
+        names.sort();
+        names
     }
 }
 
@@ -220,7 +288,7 @@ struct StoredOffsets {
     pool: PgPool,
     group: String,
     runtime: tokio::runtime::Handle,
-    assigned: Mutex<HashSet<(String, i32)>>,
+    assigned: Arc<Mutex<Assignment>>,
 }
 
 impl ClientContext for StoredOffsets {}
@@ -300,11 +368,15 @@ impl ConsumerContext for StoredOffsets {
                         tracing::warn!(error = %e, "stored offsets unavailable, starting from Kafka's committed offsets")
                     }
                 }
-                let mut assigned = self.assigned.lock().expect("assignment lock");
-                assigned.clear();
-                for e in tpl.elements() {
-                    assigned.insert((e.topic().to_string(), e.partition()));
-                }
+                let partitions = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.assigned
+                    .lock()
+                    .expect("assignment lock")
+                    .set(partitions);
                 if let Err(e) = base_consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
                 }
@@ -408,7 +480,7 @@ impl<P: Processor> Runtime<P> {
             pool: self.pool.clone(),
             group: group.clone(),
             runtime: tokio::runtime::Handle::current(),
-            assigned: Mutex::new(HashSet::new()),
+            assigned: Arc::default(),
         };
         let mut config: ClientConfig = ClientConfig::new();
         config
@@ -419,7 +491,10 @@ impl<P: Processor> Runtime<P> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false");
         Ok(config.create_with_context(context)?)
@@ -433,6 +508,13 @@ impl<P: Processor> Runtime<P> {
     /// them again. A correct coordinator reassigns a dead member's partitions by itself; the
     /// test broker sometimes does not (see the README).
     pub async fn run(self) -> Result<()> {
+        self.run_until(Stop::never()).await
+    }
+
+    /// [`Runtime::run`] until `stop` is asked for; then the batch in hand is finished, the
+    /// member leaves its group (its partitions go to the other members at once) and is
+    /// struck from `consumer_members`, and this returns `Ok`.
+    pub async fn run_until(self, stop: Stop) -> Result<()> {
         if tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::CurrentThread
         {
@@ -442,13 +524,62 @@ impl<P: Processor> Runtime<P> {
         }
         let consumer = Arc::new(self.consumer()?);
         let this = Arc::new(self);
-        this.consume(consumer).await
+        let member = Uuid::now_v7();
+        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
+            this.pool.clone(),
+            this.group_id(),
+            member,
+            consumer.context().assigned.clone(),
+        )));
+        let consumed = this.clone().consume(consumer.clone(), stop).await;
+        drop(heartbeat);
+        if consumed.is_ok() {
+            this.leave(consumer, member).await;
+        }
+        consumed
+    }
+
+    /// Leaves the group and closes the consumer, waiting at most [`LEAVE_TIMEOUT`] for the
+    /// broker: past that the session timeout does the rest.
+    async fn leave(&self, consumer: Arc<StreamConsumer<StoredOffsets>>, member: Uuid) {
+        let group = self.group_id();
+        tracing::info!(%group, "stopping: leaving the consumer group");
+        consumer.unsubscribe();
+        // Closing blocks (librdkafka serves the revocation and waits for the coordinator's
+        // answer), so it runs on a thread of its own; the consumer is dropped there.
+        let (closed, was_closed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            drop(consumer);
+            let _ = closed.send(());
+        });
+        match tokio::time::timeout(LEAVE_TIMEOUT, was_closed).await {
+            Ok(_) => tracing::info!(%group, "left the consumer group"),
+            Err(_) => tracing::warn!(
+                %group,
+                waited = ?LEAVE_TIMEOUT,
+                "the broker did not confirm the leave in time; the group's session timeout \
+                 will hand this member's partitions on"
+            ),
+        }
+        let struck =
+            sqlx::query("delete from consumer_members where group_id = $1 and member_id = $2")
+                .bind(&group)
+                .bind(member)
+                .execute(&self.pool)
+                .await;
+        if let Err(e) = struck {
+            tracing::debug!(error = %e, "striking the member from consumer_members failed");
+        }
     }
 
     /// The loop of [`Runtime::run`]. The next batch is read and decoded by a task of its
     /// own, on another worker thread, while this one's transaction runs: decoding is the
     /// consumer's main CPU cost, and the transaction mostly waits on Postgres.
-    async fn consume(self: Arc<Self>, consumer: Arc<StreamConsumer<StoredOffsets>>) -> Result<()> {
+    async fn consume(
+        self: Arc<Self>,
+        consumer: Arc<StreamConsumer<StoredOffsets>>,
+        mut stop: Stop,
+    ) -> Result<()> {
         // Stopped with the loop: the consumer must not outlive it in a task of its own.
         let read_ahead = |this: &Arc<Self>| {
             let (this, consumer) = (this.clone(), consumer.clone());
@@ -464,12 +595,24 @@ impl<P: Processor> Runtime<P> {
         consumer.subscribe(&refs)?;
         metric::register(self.processor.name());
         tracing::info!(group = %self.group_id(), topics = ?topics, "consumer started");
-        let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(self.pool.clone(), self.group_id())));
-        let mut watchdog = Watchdog::new(self.config.orphan_check_after);
-        let mut gathered = self.gather(&consumer).await;
+        let mut watchdog = Watchdog::new();
+        // Stopping between batches only: what was read but not applied is read again by
+        // the partition's next owner, from the offsets stored with the last batch.
+        let mut gathered = tokio::select! {
+            gathered = self.gather(&consumer) => gathered,
+            () = stop.requested() => return Ok(()),
+        };
         loop {
-            if watchdog.due(self.config.orphan_check_after) {
-                let stalled = self.stalled_elsewhere(&consumer, &topics).await;
+            if stop.is_requested() {
+                return Ok(());
+            }
+            let due = {
+                let assignment = consumer.context().assigned.lock().expect("assignment lock");
+                watchdog.due(self.config.orphan_check_after, &assignment)
+            };
+            if due {
+                let Orphans { stalled, unowned } = self.orphans(&consumer, &topics).await;
+                let unowned_twice = watchdog.unowned_twice(!unowned.is_empty());
                 if !stalled.is_empty() {
                     tracing::warn!(
                         group = %self.group_id(),
@@ -479,6 +622,15 @@ impl<P: Processor> Runtime<P> {
                          made progress on them: their owner is gone or stuck, or the \
                          coordinator lost the assignment; rejoining the group"
                     );
+                } else if unowned_twice {
+                    tracing::warn!(
+                        group = %self.group_id(),
+                        partitions = ?unowned,
+                        "no live member of the group holds these partitions, at two looks \
+                         in a row: the coordinator lost the assignment; rejoining the group"
+                    );
+                }
+                if !stalled.is_empty() || unowned_twice {
                     consumer.unsubscribe();
                     consumer.subscribe(&refs)?;
                     watchdog.rejoined(self.config.orphan_check_after);
@@ -486,7 +638,10 @@ impl<P: Processor> Runtime<P> {
             }
             let Gathered { batch, decoded } = gathered;
             if batch.is_empty() {
-                gathered = self.gather(&consumer).await;
+                gathered = tokio::select! {
+                    gathered = self.gather(&consumer) => gathered,
+                    () = stop.requested() => return Ok(()),
+                };
                 continue;
             }
             // The next batch is read and decoded while this one's transaction runs. Should
@@ -598,17 +753,20 @@ impl<P: Processor> Runtime<P> {
         // Records of partitions revoked while gathering belong to their new owner now;
         // applying them would be harmless (the gate), but pointless.
         let assigned = consumer.context().assigned.lock().expect("assignment lock");
-        batch.retain(|r| assigned.contains(&(r.topic.clone(), r.partition)));
+        batch.retain(|r| {
+            assigned
+                .partitions
+                .contains(&(r.topic.clone(), r.partition))
+        });
         batch
     }
 
-    /// Partitions of our topics that this member does not own, where records wait beyond
-    /// the offset stored in Postgres and that offset has not moved for the check interval.
-    async fn stalled_elsewhere(
+    /// Partitions of our topics nobody works on, as this member sees them (see [`Orphans`]).
+    async fn orphans(
         &self,
         consumer: &StreamConsumer<StoredOffsets>,
         topics: &[String],
-    ) -> Vec<(String, i32)> {
+    ) -> Orphans {
         let ends = tokio::task::block_in_place(|| {
             let mut ends = Vec::new();
             for topic in topics {
@@ -628,35 +786,63 @@ impl<P: Processor> Runtime<P> {
             }
             ends
         });
-        let Ok(stored) = sqlx::query_as::<_, (String, i32, i64, f64)>(
+        let group = self.group_id();
+        let stored = sqlx::query_as::<_, (String, i32, i64, f64)>(
             "select topic, partition, next_offset, extract(epoch from now() - updated_at)::float8
                from consumer_offsets where group_id = $1",
         )
-        .bind(self.group_id())
+        .bind(&group)
         .fetch_all(&self.pool)
-        .await
-        else {
-            return Vec::new();
-        };
+        .await;
+        // What each live member said it holds; a member of a version that does not say
+        // (null) makes the whole picture unknown.
+        let claims = sqlx::query_as::<_, (Option<Vec<String>>,)>(
+            "select partitions from consumer_members
+              where group_id = $1 and last_seen > now() - make_interval(secs => $2)",
+        )
+        .bind(&group)
+        .bind(SESSION_TIMEOUT.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await;
         let owned = consumer
             .context()
             .assigned
             .lock()
             .expect("assignment lock")
+            .partitions
             .clone();
         let limit = self.config.orphan_check_after.as_secs_f64();
-        ends.into_iter()
-            .filter(|(topic, partition, high)| {
-                if owned.contains(&(topic.clone(), *partition)) {
-                    return false;
-                }
-                match stored.iter().find(|r| &r.0 == topic && r.1 == *partition) {
-                    Some((_, _, next, quiet)) => high > next && *quiet >= limit,
-                    None => *high > 0,
-                }
-            })
-            .map(|(topic, partition, _)| (topic, partition))
-            .collect()
+        let stalled = match stored {
+            Ok(stored) => ends
+                .iter()
+                .filter(|(topic, partition, high)| {
+                    if owned.contains(&(topic.clone(), *partition)) {
+                        return false;
+                    }
+                    match stored.iter().find(|r| &r.0 == topic && r.1 == *partition) {
+                        Some((_, _, next, quiet)) => high > next && *quiet >= limit,
+                        None => *high > 0,
+                    }
+                })
+                .map(|(topic, partition, _)| (topic.clone(), *partition))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let held: Option<HashSet<String>> = claims.ok().and_then(|rows| {
+            rows.into_iter()
+                .map(|(partitions,)| partitions)
+                .collect::<Option<Vec<Vec<String>>>>()
+                .map(|all| all.into_iter().flatten().collect())
+        });
+        let unowned = match held {
+            Some(held) => ends
+                .iter()
+                .filter(|(topic, partition, _)| !held.contains(&format!("{topic}:{partition}")))
+                .map(|(topic, partition, _)| (topic.clone(), *partition))
+                .collect(),
+            None => Vec::new(),
+        };
+        Orphans { stalled, unowned }
     }
 
     fn commit_to_kafka(
@@ -933,6 +1119,13 @@ impl<P: Processor> Runtime<P> {
 /// How often a running member records that it is alive, and how long after its last beat
 /// it counts as gone.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The consumers' session timeout: a member silent this long is out of its group, for the
+/// broker and for the members' own view in `consumer_members`.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a stopping member waits for the broker to confirm it left its group.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A task stopped when its handle is dropped.
@@ -946,8 +1139,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Records this member in `consumer_members` every [`HEARTBEAT_INTERVAL`] while the
 /// consumer runs, so that tools can tell a live group from an idle one.
-async fn heartbeat(pool: PgPool, group: String) {
-    let member = Uuid::now_v7();
+async fn heartbeat(pool: PgPool, group: String, member: Uuid, assignment: Arc<Mutex<Assignment>>) {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     // Members that died without a word (SIGKILL) are dropped once they are long gone.
     let swept = sqlx::query(
@@ -960,14 +1152,18 @@ async fn heartbeat(pool: PgPool, group: String) {
         tracing::debug!(error = %e, "sweeping departed members failed");
     }
     loop {
+        let partitions = assignment.lock().expect("assignment lock").names();
         let beat = sqlx::query(
-            "insert into consumer_members (group_id, member_id, host, pid) values ($1, $2, $3, $4)
-             on conflict (group_id, member_id) do update set last_seen = now()",
+            "insert into consumer_members (group_id, member_id, host, pid, partitions)
+             values ($1, $2, $3, $4, $5)
+             on conflict (group_id, member_id)
+             do update set last_seen = now(), partitions = excluded.partitions",
         )
         .bind(&group)
         .bind(member)
         .bind(&host)
         .bind(std::process::id() as i32)
+        .bind(&partitions)
         .execute(&pool)
         .await;
         if let Err(e) = beat {
@@ -1200,6 +1396,45 @@ async fn dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(30);
+
+    fn assigned_ago(ago: Duration) -> Assignment {
+        Assignment {
+            partitions: HashSet::from([("t".to_string(), 0)]),
+            since: Some(Instant::now() - ago),
+        }
+    }
+
+    #[test]
+    fn the_watchdog_waits_for_the_assignment_to_stand_before_it_looks() {
+        let mut watchdog = Watchdog::new();
+        assert!(!watchdog.due(INTERVAL, &assigned_ago(Duration::from_secs(2))));
+        assert!(watchdog.due(INTERVAL, &assigned_ago(Duration::from_secs(11))));
+        // Then once a third of the interval.
+        assert!(!watchdog.due(INTERVAL, &assigned_ago(Duration::from_secs(11))));
+        // No assignment since joining: looks only once a whole interval has passed.
+        let mut joining = Watchdog::new();
+        assert!(!joining.due(INTERVAL, &Assignment::default()));
+        joining.joined = Instant::now() - INTERVAL;
+        assert!(joining.due(INTERVAL, &Assignment::default()));
+    }
+
+    #[test]
+    fn only_partitions_unowned_at_two_looks_in_a_row_make_a_rejoin() {
+        let mut watchdog = Watchdog::new();
+        assert!(!watchdog.unowned_twice(true));
+        assert!(watchdog.unowned_twice(true));
+        assert!(!watchdog.unowned_twice(false));
+        assert!(!watchdog.unowned_twice(true));
+        // A look skipped because the assignment changed starts the count again.
+        watchdog.next = Instant::now();
+        assert!(!watchdog.due(INTERVAL, &assigned_ago(Duration::ZERO)));
+        assert!(!watchdog.unowned_twice(true));
+        watchdog.rejoined(INTERVAL);
+        assert!(!watchdog.unowned_twice(true));
+        assert!(!watchdog.due(INTERVAL, &assigned_ago(INTERVAL)));
+    }
 
     fn record(topic: &str, partition: i32, offset: i64) -> Incoming {
         Incoming {

@@ -181,3 +181,123 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     drop((a2, b, api));
     db.drop_db().await;
 }
+
+/// One of two members stopped as a service manager stops it (SIGTERM): it finishes its
+/// batch, leaves the group and its `consumer_members` row, and exits 0; the other is handed
+/// every partition by the coordinator (not by its own watchdog) and the books are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_one_of_two_processors_hands_its_partitions_over_and_exits_0() {
+    use dhanman_processors::Processor;
+    const INVOICES: usize = 600;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (api, org) = api_with_org(&setup, "Graceful Society").await;
+    let codec = setup.codec();
+    let customer = Uuid::now_v7();
+    let mut records = Vec::with_capacity(INVOICES);
+    for i in 0..INVOICES {
+        let e = invoice_created(org, customer, &format!("G-{i}"), "10.00");
+        records.push((e.key(), codec.encode(&e).await.unwrap()));
+    }
+    let invoices = setup.topic(topics::INVOICES);
+    let group = format!("{}dhanman.ledger", setup.topic_prefix);
+    // Every partition of every topic the ledger reads (the tests' topics have 4 each).
+    let every_partition = format!(
+        "partitions={} ",
+        4 * dhanman_processors::ledger::Ledger::default().topics().len()
+    );
+
+    let spawn_processor = || setup.spawn(&["process", "ledger"]);
+    let mut a = spawn_processor();
+    let b = spawn_processor();
+    let owns_partitions = |log: String| {
+        log.lines()
+            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=0 "))
+    };
+    eventually(
+        "both processors to own partitions",
+        Duration::from_secs(90),
+        || {
+            let both = owns_partitions(a.log_text()) && owns_partitions(b.log_text());
+            async move { both.then_some(()) }
+        },
+    )
+    .await;
+    let half = INVOICES / 2;
+    produce_all(
+        &producer(),
+        records[..half]
+            .iter()
+            .map(|(k, v)| (invoices.clone(), k.as_str(), v.as_slice())),
+    )
+    .await;
+    let processed = "select count(*) from processed_events";
+    db.wait_count(
+        "the first half",
+        processed,
+        half as i64,
+        Duration::from_secs(90),
+    )
+    .await;
+    let b_assignments = b.log_text().matches("partitions assigned").count();
+
+    let status = a.stop().await;
+    assert!(status.success(), "{status}: {}", a.log_text());
+    let a_log = a.log_text();
+    assert!(a_log.contains("left the consumer group"), "{a_log}");
+    // Struck at once, not left to lapse: only b is a member now.
+    let members: Vec<(i32,)> =
+        sqlx::query_as("select pid from consumer_members where group_id = $1")
+            .bind(&group)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(members, vec![(b.child.id().unwrap() as i32,)]);
+
+    // The coordinator hands b everything a held.
+    eventually(
+        "b to be assigned every partition",
+        Duration::from_secs(60),
+        || {
+            let log = b.log_text();
+            let every_partition = &every_partition;
+            async move {
+                log.lines()
+                    .filter(|l| l.contains("partitions assigned"))
+                    .skip(b_assignments)
+                    .any(|l| l.contains(every_partition.as_str()))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    produce_all(
+        &producer(),
+        records[half..]
+            .iter()
+            .map(|(k, v)| (invoices.clone(), k.as_str(), v.as_slice())),
+    )
+    .await;
+    db.wait_count(
+        "every invoice",
+        processed,
+        INVOICES as i64,
+        Duration::from_secs(90),
+    )
+    .await;
+    let b_log = b.log_text();
+    assert!(!b_log.contains("rejoining the group"), "{b_log}");
+    assert_eq!(
+        db.count("select count(*) from journal_entries").await as usize,
+        INVOICES
+    );
+    let (debits, credits): (Decimal, Decimal) =
+        sqlx::query_as("select sum(debit), sum(credit) from postings")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let expected = Decimal::new(1000, 2) * Decimal::from(INVOICES as i64);
+    assert_eq!((debits, credits), (expected, expected));
+    drop((b, api));
+    db.drop_db().await;
+}

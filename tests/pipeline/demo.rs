@@ -11,7 +11,11 @@ async fn the_demo_prints_balanced_books_and_the_mail_it_received() {
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let out = &run.stdout;
     assert!(out.contains("balanced: true"), "{out}");
-    assert!(!out.contains("partial"), "the pipeline must settle: {out}");
+    assert!(
+        !out.contains("partial"),
+        "the pipeline must settle: {out}\n{}",
+        run.stderr
+    );
     // "notifications: 14 sent; 14 of them received by the demo's SMTP server:"
     let (head, rest) = out
         .split_once("notifications: ")

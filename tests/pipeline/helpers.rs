@@ -185,6 +185,21 @@ impl Proc {
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("kill child");
     }
+
+    /// SIGTERM, as a service manager stops a process; waits up to a minute for it to exit
+    /// and returns how it did.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the process is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("not stopped within 60 s: {}", self.log_text()))
+            .expect("wait for the process")
+    }
 }
 
 impl Drop for Proc {

@@ -27,6 +27,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::runtime::dlq_headers;
+use crate::stop::Stop;
 use crate::{Error, Result};
 
 /// How often the sender looks for due rows when nothing wakes it.
@@ -203,12 +204,18 @@ impl Sender {
 
     /// Sends until the task is dropped. Database outages are waited out.
     pub async fn run(self) -> Result<()> {
+        self.run_until(Stop::never()).await
+    }
+
+    /// [`Sender::run`] until `stop` is asked for; then nothing more is claimed, the emails
+    /// being sent are finished (each within the SMTP timeout) and this returns `Ok`.
+    pub async fn run_until(self, mut stop: Stop) -> Result<()> {
         let this = Arc::new(self);
         tracing::info!(smtp = %this.config.smtp_url, from = %this.from, "notification sender started");
         let mut listener = this.listen().await;
         let mut in_flight = tokio::task::JoinSet::new();
         let mut db_backoff = Duration::from_millis(100);
-        loop {
+        while !stop.is_requested() {
             let room = this.config.concurrency.saturating_sub(in_flight.len());
             let mut claimed_any = false;
             if room > 0 {
@@ -238,8 +245,17 @@ impl Sender {
                         listener = this.listen().await;
                     }
                 }
+                () = stop.requested() => {}
             }
         }
+        if !in_flight.is_empty() {
+            tracing::info!(
+                sending = in_flight.len(),
+                "stopping: finishing the emails being sent"
+            );
+        }
+        while in_flight.join_next().await.is_some() {}
+        Ok(())
     }
 
     async fn listen(&self) -> Option<PgListener> {
