@@ -118,6 +118,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table(&rows, target.is_some()));
+        print!("{}", members(&live));
     }
     let Some(_) = target else { return Ok(()) };
     if !live.is_empty() {
@@ -171,6 +172,28 @@ fn table(rows: &[PlanRow], reset: bool) -> String {
             out.push_str(&format!(" {:>14} {:>+5}", r.target, moved));
         }
         out.push('\n');
+    }
+    out
+}
+
+/// The live members and what each holds, under the table.
+fn members(live: &[offsets::LiveMember]) -> String {
+    if live.is_empty() {
+        return "no live members\n".to_string();
+    }
+    let mut out = format!("{} live member(s):\n", live.len());
+    for m in live {
+        let holds = match &m.partitions {
+            Some(p) if p.is_empty() => "nothing".to_string(),
+            Some(p) => p.join(" "),
+            None => "(not reported)".to_string(),
+        };
+        out.push_str(&format!(
+            "  {} pid {} seen {} holds {holds}\n",
+            m.host,
+            m.pid,
+            m.last_seen.format("%H:%M:%S")
+        ));
     }
     out
 }

@@ -81,6 +81,9 @@ pub struct LiveMember {
     pub host: String,
     pub pid: i32,
     pub last_seen: DateTime<Utc>,
+    /// The partitions it holds (`topic:partition`), as of its last beat; none when its
+    /// version does not say.
+    pub partitions: Option<Vec<String>>,
 }
 
 pub async fn live_members(
@@ -89,7 +92,7 @@ pub async fn live_members(
     timeout: Duration,
 ) -> Result<Vec<LiveMember>> {
     let members = sqlx::query_as(
-        "select member_id, host, pid, last_seen from consumer_members
+        "select member_id, host, pid, last_seen, partitions from consumer_members
           where group_id = $1 and last_seen > now() - make_interval(secs => $2)
           order by last_seen desc",
     )

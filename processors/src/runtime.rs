@@ -491,10 +491,7 @@ impl<P: Processor> Runtime<P> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set(
-                "session.timeout.ms",
-                SESSION_TIMEOUT.as_millis().to_string(),
-            )
+            .set("session.timeout.ms", MEMBER_TIMEOUT.as_millis().to_string())
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false");
         Ok(config.create_with_context(context)?)
@@ -801,7 +798,7 @@ impl<P: Processor> Runtime<P> {
               where group_id = $1 and last_seen > now() - make_interval(secs => $2)",
         )
         .bind(&group)
-        .bind(SESSION_TIMEOUT.as_secs_f64())
+        .bind(MEMBER_TIMEOUT.as_secs_f64())
         .fetch_all(&self.pool)
         .await;
         let owned = consumer
@@ -1117,16 +1114,13 @@ impl<P: Processor> Runtime<P> {
 }
 
 /// How often a running member records that it is alive, and how long after its last beat
-/// it counts as gone.
+/// it counts as gone: the consumers' session timeout too, so that the broker and
+/// `consumer_members` agree on who is in the group.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The consumers' session timeout: a member silent this long is out of its group, for the
-/// broker and for the members' own view in `consumer_members`.
-pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping member waits for the broker to confirm it left its group.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A task stopped when its handle is dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

@@ -68,6 +68,32 @@ async fn offsets_are_shown_planned_refused_while_live_and_reset_in_both_places()
         1,
         "{report}"
     );
+    // Each member says what it holds (with its next beat): the ledger alone holds every
+    // partition, and the table lists it under the offsets.
+    let every: Vec<String> = (0..4).map(|p| format!("{invoices}:{p}")).collect();
+    let table = eventually(
+        "the ledger to report the partitions it holds",
+        Duration::from_secs(30),
+        || {
+            let (setup, group, every) = (setup.clone(), group.clone(), every.clone());
+            async move {
+                let shown = offsets(&setup, &["show", "--group", &group]).await;
+                assert!(shown.ok, "{}", shown.stderr);
+                let holds = shown
+                    .stdout
+                    .lines()
+                    .find(|l| l.contains(" holds "))
+                    .unwrap_or_default()
+                    .to_string();
+                every
+                    .iter()
+                    .all(|p| holds.split_whitespace().any(|w| w == p))
+                    .then_some(shown.stdout)
+            }
+        },
+    )
+    .await;
+    assert!(table.contains("1 live member(s)"), "{table}");
 
     // Refused while the ledger runs, with nothing moved.
     let refused = offsets(
