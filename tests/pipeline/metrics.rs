@@ -177,6 +177,18 @@ async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
         "a raw path leaked into a label"
     );
     assert!(sum(&text, "dhanman_gateway_requests_total", &["op=\"charge\""]) >= 1.0);
+
+    // SIGTERM: every processor leaves its group and strikes its membership; exit 0.
+    let mut up = up;
+    let status = up.stop().await;
+    let log = up.log_text();
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(
+        log.matches("left the consumer group").count(),
+        dhanman::PROCESSORS.len(),
+        "{log}"
+    );
+    assert_eq!(db.count("select count(*) from consumer_members").await, 0);
     db.drop_db().await;
 }
 
