@@ -115,39 +115,12 @@ struct Summary {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let Args {
-        processor,
-        topic,
-        partition,
-        from,
-        to,
-        execute,
-        json,
-        config,
-    } = args;
-    let replay = Replay {
-        topic,
-        partition,
-        from,
-        to,
-        execute,
-        json,
-        config: config.clone(),
-    };
-    with_processor(&processor, &config, replay).await
+    let (processor, config) = (args.processor.clone(), args.config.clone());
+    with_processor(&processor, &config, args).await
 }
 
-struct Replay {
-    topic: String,
-    partition: Option<i32>,
-    from: Bound,
-    to: Bound,
-    execute: bool,
-    json: bool,
-    config: Config,
-}
-
-impl ProcessorJob for Replay {
+/// The replay itself, once `with_processor` has built the processor `--processor` names.
+impl ProcessorJob for Args {
     async fn with<P: Processor>(self, processor: P) -> anyhow::Result<()> {
         let reads = self.config.topics_of(&processor);
         if !reads.contains(&self.topic) {
@@ -268,7 +241,7 @@ async fn gather(
     Ok(batch)
 }
 
-impl Replay {
+impl Args {
     /// Each partition's [start, end), from the bounds; times through offsets-for-times,
     /// whose answers are checked against the records (a wrong one stops the replay).
     async fn ranges(&self) -> anyhow::Result<Vec<Range>> {
