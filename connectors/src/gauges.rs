@@ -18,6 +18,10 @@ pub const OUTBOX_OLDEST_AGE: &str = "dhanman_outbox_oldest_age_seconds";
 /// Gauge, label `topic` (physical name): records in a dead-letter topic (high watermark
 /// less low watermark, summed over its partitions).
 pub const DLQ_SIZE: &str = "dhanman_dlq_size";
+/// Gauge: 1 while this process samples the deployment's lag and queue gauges, 0 while
+/// another does. A process that stopped sampling keeps exporting its last values; this
+/// tells them apart.
+pub const SAMPLER_ACTIVE: &str = "dhanman_sampler_active";
 
 /// The outbox's backlog: (unpublished rows, seconds the oldest has waited).
 pub async fn outbox_backlog(pool: &PgPool) -> Result<(i64, f64)> {
@@ -69,6 +73,7 @@ pub async fn run_samplers(pool: PgPool, probe: Probe, topic_prefix: String, inte
         .collect();
     let mut said_waiting = false;
     loop {
+        metrics::gauge!(SAMPLER_ACTIVE).set(0.0);
         let mut leadership = match Leadership::try_acquire(&pool, leader::SAMPLER_LOCK).await {
             Ok(Some(leadership)) => leadership,
             Ok(None) => {
@@ -88,6 +93,7 @@ pub async fn run_samplers(pool: PgPool, probe: Probe, topic_prefix: String, inte
             }
         };
         said_waiting = false;
+        metrics::gauge!(SAMPLER_ACTIVE).set(1.0);
         tracing::info!("this process samples lag and the queue gauges for the deployment");
         loop {
             // Side by side: a slow lag sample (it reads the oldest waiting record of each

@@ -138,14 +138,26 @@ async fn lag_rises_while_the_ledger_is_stopped_and_drains_after() {
 
 /// Whether a process's `/metrics` carries the outbox gauge, which only the sampling
 /// process sets.
-async fn exports_queue_gauges(setup: &Setup) -> bool {
-    let text = reqwest::get(format!("{}/metrics", setup.base_url()))
+async fn metrics_text(setup: &Setup) -> String {
+    reqwest::get(format!("{}/metrics", setup.base_url()))
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+async fn exports_queue_gauges(setup: &Setup) -> bool {
+    let text = metrics_text(setup).await;
     text.lines().any(|l| l.starts_with("dhanman_outbox_depth "))
+}
+
+/// The process's `dhanman_sampler_active`.
+async fn sampler_active(setup: &Setup) -> Option<f64> {
+    let text = metrics_text(setup).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("dhanman_sampler_active "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,6 +187,8 @@ async fn one_api_process_samples_and_another_takes_over_when_it_goes() {
         !exports_queue_gauges(&second).await,
         "only the sampling process exports the queue gauges"
     );
+    assert_eq!(sampler_active(&first).await, Some(1.0));
+    assert_eq!(sampler_active(&second).await, Some(0.0));
     assert!(!follower.log_text().contains("this process samples lag"));
 
     // The sampling process dies: the other one takes over.
@@ -193,5 +207,6 @@ async fn one_api_process_samples_and_another_takes_over_when_it_goes() {
         "{}",
         follower.log_text()
     );
+    assert_eq!(sampler_active(&second).await, Some(1.0));
     db.drop_db().await;
 }

@@ -25,6 +25,7 @@ pub const EXPORTED: &[&str] = &[
     "dhanman_outbox_depth",
     "dhanman_outbox_oldest_age_seconds",
     "dhanman_dlq_size",
+    "dhanman_sampler_active",
     // api/src/middleware.rs
     "dhanman_http_requests_total",
     "dhanman_http_request_duration_seconds",
