@@ -455,6 +455,37 @@ async fn a_kill_while_the_server_holds_data_sends_nothing_twice() {
     db.drop_db().await;
 }
 
+/// SIGTERM while the server holds a message's DATA: the sender waits for the answer and
+/// records the email as sent before the process exits 0; nothing is left to resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_server_holds_data_finishes_that_email_and_exits_0() {
+    let sink = SmtpSink::start().await.expect("start the SMTP sink");
+    sink.set_slow_data(Duration::from_secs(3));
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let mut pipeline = up(&setup, &sink, &[]);
+    setup.wait_ready(&pipeline).await;
+    // The administrator's welcome.
+    create_org(&setup, "Lotus Towers").await;
+    eventually("the server to hold a message", WAIT, || async {
+        (sink.held() >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(sink.count(), 0);
+    let status = pipeline.stop().await;
+    let log = pipeline.log_text();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("stopping: finishing the emails being sent"),
+        "{log}"
+    );
+    assert_eq!(sink.count(), 1, "the held message was answered and kept");
+    let s = statuses(&db).await;
+    assert_eq!(s.get("sent"), Some(&1), "{s:?}");
+    assert_eq!(s.get("sending"), None, "{s:?}");
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_smtp_outage_delays_every_email_and_duplicates_none() {
     let sink = SmtpSink::start().await.expect("start the SMTP sink");
