@@ -411,15 +411,13 @@ pub async fn run_api(
         .context("serving the API")
 }
 
-/// The relay until `stop`. It stops where it is: rows it published but had not yet marked
-/// are published again by the next relay, and consumers skip them by event id.
+/// The relay until `stop`: it finishes the batch it is publishing, then releases its lock.
 pub async fn run_relay(config: &Config, pool: PgPool, mut stop: Stop) -> anyhow::Result<()> {
     let producer = dhanman_connectors::kafka::idempotent_producer(&config.kafka_bootstrap_servers)?;
-    let relay = Relay::new(pool, producer, config.codec()?).with_topic_prefix(&config.topic_prefix);
-    tokio::select! {
-        () = relay.run() => {}
-        () = stop.requested() => {}
-    }
+    Relay::new(pool, producer, config.codec()?)
+        .with_topic_prefix(&config.topic_prefix)
+        .run_until(async move { stop.requested().await })
+        .await;
     Ok(())
 }
 

@@ -87,33 +87,55 @@ impl Relay {
     /// Runs until the task is dropped. Errors (database or broker down) are logged and
     /// retried with backoff; nothing is marked published that was not acknowledged.
     pub async fn run(self) {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// [`Relay::run`] until `stop` resolves: the batch being published is acknowledged and
+    /// marked first, and the lock is released, so a standby relay takes over at once.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.lead().await {
-                Ok(()) => backoff = Duration::from_millis(200),
+            match self.lead(stop.as_mut()).await {
+                Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay interrupted");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.as_mut() => return,
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
     }
 
-    /// Waits to become the leader, then publishes until an error.
-    async fn lead(&self) -> Result<()> {
-        let mut leadership =
-            Leadership::acquire(&self.pool, leader::RELAY_LOCK, self.poll_interval).await?;
+    /// Waits to become the leader, then publishes until an error, or until `stop` (then
+    /// `Ok`).
+    async fn lead(&self, mut stop: std::pin::Pin<&mut impl Future<Output = ()>>) -> Result<()> {
+        let mut leadership = tokio::select! {
+            leadership = Leadership::acquire(&self.pool, leader::RELAY_LOCK, self.poll_interval) => leadership?,
+            () = stop.as_mut() => return Ok(()),
+        };
         tracing::info!("outbox relay is the active publisher");
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen("dhanman_outbox").await?;
         let result = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen("dhanman_outbox").await?;
             loop {
                 let published = self.publish_batch().await?;
+                // Between batches only: a batch is published and marked whole.
+                tokio::select! {
+                    biased;
+                    () = stop.as_mut() => return Ok(()),
+                    () = std::future::ready(()) => {}
+                }
                 if published < self.batch_size as usize {
                     // Keep the lock connection alive and detect its loss while idle.
                     leadership.check().await?;
-                    let _ = tokio::time::timeout(self.poll_interval, listener.recv()).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(self.poll_interval, listener.recv()) => {}
+                        () = stop.as_mut() => return Ok(()),
+                    }
                 }
             }
         }

@@ -24,6 +24,7 @@ mod outage;
 mod payments;
 mod purchase;
 mod rebuild;
+mod relay;
 mod reminders;
 mod replay;
 mod salaries;
