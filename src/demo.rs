@@ -404,8 +404,8 @@ async fn society(
 /// How long the demo waits for the pipeline to finish what the flows caused.
 const SETTLE_WITHIN: Duration = Duration::from_secs(90);
 
-/// Waits until the outbox is published, every consumer group of the deployment has read
-/// everything, and (when `deliveries` is set) no notification of the organization waits
+/// Waits until the outbox is published, every processor's group has read every partition
+/// of its topics to the end (one it has not started on counts from the log's start), and (when `deliveries` is set) no notification of the organization waits
 /// to be sent, twice in a row; returns `None` when that happened within [`SETTLE_WITHIN`],
 /// else what was still busy.
 async fn settle(
@@ -415,13 +415,13 @@ async fn settle(
     deliveries: bool,
 ) -> anyhow::Result<Option<String>> {
     let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
-    let groups = format!("{}dhanman.", config.topic_prefix);
+    let reads = processor_reads(config).await?;
     let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
     let mut quiet_checks = 0;
     let mut busy = String::new();
     while tokio::time::Instant::now() < deadline {
         let (outbox, _) = dhanman_connectors::gauges::outbox_backlog(pool).await?;
-        let behind = dhanman_connectors::lag::partitions_behind(pool, &probe, &groups).await?;
+        let behind = dhanman_connectors::lag::unread(pool, &probe, &reads).await?;
         let (waiting,): (i64,) = sqlx::query_as(
             "select count(*) from notification_deliveries
               where organization_id = $1 and status in ('pending', 'sending')",
@@ -439,7 +439,7 @@ async fn settle(
             quiet_checks = 0;
             let behind: Vec<String> = behind
                 .iter()
-                .map(|p| format!("{} {}[{}] {}", p.group, p.topic, p.partition, p.lag))
+                .map(|(group, topic, partition, n)| format!("{group} {topic}[{partition}] {n}"))
                 .collect();
             busy = format!(
                 "outbox {outbox}, notifications waiting {waiting}, records waiting: {}",
@@ -453,4 +453,24 @@ async fn settle(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(Some(busy))
+}
+
+/// Every processor's consumer group and the topics it reads.
+async fn processor_reads(config: &Config) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    struct Reads<'a>(&'a Config, &'a mut Vec<(String, Vec<String>)>);
+    impl crate::ProcessorJob for Reads<'_> {
+        async fn with<P: dhanman_processors::Processor>(self, processor: P) -> anyhow::Result<()> {
+            let group = dhanman_processors::runtime::default_group_id(
+                &self.0.topic_prefix,
+                processor.name(),
+            );
+            self.1.push((group, self.0.topics_of(&processor)));
+            Ok(())
+        }
+    }
+    let mut reads = Vec::new();
+    for name in crate::PROCESSORS {
+        crate::with_processor(name, config, Reads(config, &mut reads)).await?;
+    }
+    Ok(reads)
 }

@@ -63,16 +63,46 @@ pub async fn measure(pool: &PgPool, probe: &Probe, group: Option<&str>) -> Resul
     report(pool, measured_at, partitions).await
 }
 
-/// The partitions where records wait, of the groups whose name starts with `prefix`: the
-/// lag in records only (no record is read for its age), and nothing recorded.
-pub async fn partitions_behind(
+/// What each group has yet to read, as `(group, topic, partition, records)`, on every
+/// partition of the topics it reads (`reads`: group and topics): a partition the group has
+/// stored no offset for counts from the log's start. Unlike the lag report, which knows
+/// only the partitions a group has committed on, this sees a group that has not yet read
+/// a partition at all.
+pub async fn unread(
     pool: &PgPool,
     probe: &Probe,
-    prefix: &str,
-) -> Result<Vec<PartitionLag>> {
-    let mut partitions = partitions(pool, probe, None, prefix, false).await?;
-    partitions.retain(|p| p.lag > 0);
-    Ok(partitions)
+    reads: &[(String, Vec<String>)],
+) -> Result<Vec<(String, String, i32, i64)>> {
+    let groups: Vec<String> = reads.iter().map(|(g, _)| g.clone()).collect();
+    let stored: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "select group_id, topic, partition, next_offset from consumer_offsets
+          where group_id = any($1)",
+    )
+    .bind(&groups)
+    .fetch_all(pool)
+    .await?;
+    let (probe, reads) = (probe.clone(), reads.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
+        let mut unread = Vec::new();
+        for (group, topics) in &reads {
+            for topic in topics {
+                for partition in 0..partition_count(&probe, topic, timeout)? {
+                    let (low, high) = probe.fetch_watermarks(topic, partition, timeout)?;
+                    let next = stored
+                        .iter()
+                        .find(|(g, t, p, _)| g == group && t == topic && *p == partition)
+                        .map_or(low, |(_, _, _, next)| (*next).max(low));
+                    if high > next {
+                        unread.push((group.clone(), topic.clone(), partition, high - next));
+                    }
+                }
+            }
+        }
+        Ok(unread)
+    })
+    .await
+    .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))?
 }
 
 /// The lag of every partition the groups in `consumer_offsets` read (one group, or those

@@ -190,6 +190,12 @@ impl RuntimeConfig {
     }
 }
 
+/// The consumer group of processor `name` in the installation whose topics start with
+/// `topic_prefix`, unless its [`RuntimeConfig::group_id`] says otherwise.
+pub fn default_group_id(topic_prefix: &str, name: &str) -> String {
+    format!("{topic_prefix}dhanman.{name}")
+}
+
 /// Paces the check for partitions nobody works on: one look every third of the interval,
 /// and only once the member's own assignment has stood for that long (a group still
 /// forming looks orphaned); none during the interval after a (re)join.
@@ -465,13 +471,10 @@ impl<P: Processor> Runtime<P> {
     }
 
     pub fn group_id(&self) -> String {
-        self.config.group_id.clone().unwrap_or_else(|| {
-            format!(
-                "{}dhanman.{}",
-                self.config.topic_prefix,
-                self.processor.name()
-            )
-        })
+        self.config
+            .group_id
+            .clone()
+            .unwrap_or_else(|| default_group_id(&self.config.topic_prefix, self.processor.name()))
     }
 
     fn consumer(&self) -> Result<StreamConsumer<StoredOffsets>> {
