@@ -22,6 +22,7 @@ use dhanman_processors::approvals::ApprovalRequests;
 use dhanman_processors::ledger::Ledger;
 use dhanman_processors::notifier;
 use dhanman_processors::reminders;
+use dhanman_processors::runtime::AbortOnDrop;
 use dhanman_processors::users::UserSync;
 use dhanman_processors::{Runtime, RuntimeConfig, Stop, Stopper};
 use dhanman_schemas::{Codec, topics};
@@ -368,20 +369,11 @@ pub fn stop_on_signals() -> anyhow::Result<Stop> {
     Ok(stop)
 }
 
-/// Aborts a background task when dropped, so a part's helpers end with it.
-struct Background(tokio::task::JoinHandle<()>);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub async fn run_api(
     config: &Config,
     listener: tokio::net::TcpListener,
     pool: PgPool,
-    mut stop: Stop,
+    stop: Stop,
 ) -> anyhow::Result<()> {
     dhanman_api::prometheus::install();
     let payments = config.payments(pool.clone())?;
@@ -392,11 +384,11 @@ pub async fn run_api(
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("recovering unfinished payment sagas")?;
     tracing::info!(resumed, "payment saga recovery done");
-    let _recovery = Background(tokio::spawn(payments.clone().run_recovery()));
+    let _recovery = AbortOnDrop(tokio::spawn(payments.clone().run_recovery()));
     // Lag (for `/metrics` and `GET /v1/lag`), outbox backlog and dead-letter topic sizes,
     // sampled by one API process of the deployment at a time.
     let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
-    let _samplers = Background(tokio::spawn(dhanman_connectors::gauges::run_samplers(
+    let _samplers = AbortOnDrop(tokio::spawn(dhanman_connectors::gauges::run_samplers(
         pool.clone(),
         probe,
         config.topic_prefix.clone(),
@@ -406,17 +398,17 @@ pub async fn run_api(
     let mut state = config.app_state(pool);
     state.payments = Some(payments);
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url(), "API listening");
-    dhanman_api::serve_until(listener, state, async move { stop.requested().await })
+    dhanman_api::serve_until(listener, state, stop.into_requested())
         .await
         .context("serving the API")
 }
 
 /// The relay until `stop`: it finishes the batch it is publishing, then releases its lock.
-pub async fn run_relay(config: &Config, pool: PgPool, mut stop: Stop) -> anyhow::Result<()> {
+pub async fn run_relay(config: &Config, pool: PgPool, stop: Stop) -> anyhow::Result<()> {
     let producer = dhanman_connectors::kafka::idempotent_producer(&config.kafka_bootstrap_servers)?;
     Relay::new(pool, producer, config.codec()?)
         .with_topic_prefix(&config.topic_prefix)
-        .run_until(async move { stop.requested().await })
+        .run_until(stop.into_requested())
         .await;
     Ok(())
 }

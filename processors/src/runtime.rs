@@ -1125,8 +1125,8 @@ pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping member waits for the broker to confirm it left its group.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A task stopped when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// A task stopped when its handle is dropped, so a part's helpers end with it.
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -46,6 +46,12 @@ impl Stop {
             std::future::pending::<()>().await;
         }
     }
+
+    /// [`Stop::requested`] as a future that owns the signal, for APIs that take a shutdown
+    /// future.
+    pub async fn into_requested(mut self) {
+        self.requested().await
+    }
 }
 
 #[cfg(test)]
