@@ -439,7 +439,7 @@ async fn settle(
             quiet_checks = 0;
             let behind: Vec<String> = behind
                 .iter()
-                .map(|(group, topic, partition, n)| format!("{group} {topic}[{partition}] {n}"))
+                .map(|p| format!("{} {}[{}] {}", p.group, p.topic, p.partition, p.lag))
                 .collect();
             busy = format!(
                 "outbox {outbox}, notifications waiting {waiting}, records waiting: {}",

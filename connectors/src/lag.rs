@@ -63,46 +63,30 @@ pub async fn measure(pool: &PgPool, probe: &Probe, group: Option<&str>) -> Resul
     report(pool, measured_at, partitions).await
 }
 
-/// What each group has yet to read, as `(group, topic, partition, records)`, on every
-/// partition of the topics it reads (`reads`: group and topics): a partition the group has
-/// stored no offset for counts from the log's start. Unlike the lag report, which knows
-/// only the partitions a group has committed on, this sees a group that has not yet read
-/// a partition at all.
+/// What each group has yet to read (`reads`: group and the topics it reads), on every
+/// partition of those topics; a partition the group has stored no offset for counts from
+/// the log's start. Unlike the lag report, which knows only the topics a group has
+/// committed on, this sees a group that has not yet read a topic at all. Lag in records
+/// only; nothing recorded.
 pub async fn unread(
     pool: &PgPool,
     probe: &Probe,
     reads: &[(String, Vec<String>)],
-) -> Result<Vec<(String, String, i32, i64)>> {
+) -> Result<Vec<PartitionLag>> {
     let groups: Vec<String> = reads.iter().map(|(g, _)| g.clone()).collect();
-    let stored: Vec<(String, String, i32, i64)> = sqlx::query_as(
+    let committed: Vec<(String, String, i32, i64)> = sqlx::query_as(
         "select group_id, topic, partition, next_offset from consumer_offsets
           where group_id = any($1)",
     )
     .bind(&groups)
     .fetch_all(pool)
     .await?;
-    let (probe, reads) = (probe.clone(), reads.to_vec());
-    tokio::task::spawn_blocking(move || {
-        let timeout = Duration::from_secs(5);
-        let mut unread = Vec::new();
-        for (group, topics) in &reads {
-            for topic in topics {
-                for partition in 0..partition_count(&probe, topic, timeout)? {
-                    let (low, high) = probe.fetch_watermarks(topic, partition, timeout)?;
-                    let next = stored
-                        .iter()
-                        .find(|(g, t, p, _)| g == group && t == topic && *p == partition)
-                        .map_or(low, |(_, _, _, next)| (*next).max(low));
-                    if high > next {
-                        unread.push((group.clone(), topic.clone(), partition, high - next));
-                    }
-                }
-            }
-        }
-        Ok(unread)
-    })
-    .await
-    .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))?
+    let (probe, wanted) = (probe.clone(), wanted(reads, &committed));
+    let mut partitions = tokio::task::spawn_blocking(move || look_at(&probe, wanted, false))
+        .await
+        .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))??;
+    partitions.retain(|p| p.lag > 0);
+    Ok(partitions)
 }
 
 /// The lag of every partition the groups in `consumer_offsets` read (one group, or those
@@ -195,15 +179,33 @@ fn look(
     committed: &[(String, String, i32, i64)],
     ages: bool,
 ) -> Result<Vec<PartitionLag>> {
-    let timeout = Duration::from_secs(10);
-    // Every partition of each topic a group reads, also those it has not read yet.
-    let mut wanted: BTreeMap<(String, String), BTreeMap<i32, Option<i64>>> = BTreeMap::new();
+    look_at(consumer, wanted(&[], committed), ages)
+}
+
+/// The group's next offset on each partition it has one for, by (group, topic): every
+/// topic of `reads` (group, topics) and every one in `committed`.
+type Wanted = BTreeMap<(String, String), BTreeMap<i32, Option<i64>>>;
+
+fn wanted(reads: &[(String, Vec<String>)], committed: &[(String, String, i32, i64)]) -> Wanted {
+    let mut wanted = Wanted::new();
+    for (group, topics) in reads {
+        for topic in topics {
+            wanted.entry((group.clone(), topic.clone())).or_default();
+        }
+    }
     for (group, topic, partition, next) in committed {
         wanted
             .entry((group.clone(), topic.clone()))
             .or_default()
             .insert(*partition, Some(*next));
     }
+    wanted
+}
+
+/// [`look`] over `wanted`: every partition of each (group, topic), also those the group has
+/// not read yet (from the log's start).
+fn look_at(consumer: &BaseConsumer, wanted: Wanted, ages: bool) -> Result<Vec<PartitionLag>> {
+    let timeout = Duration::from_secs(10);
     let mut out = Vec::new();
     for ((group, topic), known) in wanted {
         let count = partition_count(consumer, &topic, timeout)?;
