@@ -13,6 +13,24 @@ use crate::helpers::*;
 
 const EVENTS: usize = 12_000;
 
+/// Waits until every one of `members` has been assigned at least one partition.
+async fn wait_owning(who: &str, members: &[&Proc]) {
+    let owns = |p: &Proc| {
+        p.log_text()
+            .lines()
+            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=0 "))
+    };
+    eventually(
+        &format!("{who} to own partitions"),
+        Duration::from_secs(90),
+        || {
+            let all = members.iter().all(|p| owns(p));
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     let db = TestDb::new().await;
@@ -71,19 +89,7 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     .await;
 
     // Both members must own partitions before the kill.
-    let owns_partitions = |log: String| {
-        log.lines()
-            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=0 "))
-    };
-    eventually(
-        "both processors to own partitions",
-        Duration::from_secs(90),
-        || {
-            let both = owns_partitions(a.log_text()) && owns_partitions(b.log_text());
-            async move { both.then_some(()) }
-        },
-    )
-    .await;
+    wait_owning("both processors", &[&a, &b]).await;
     let processed = "select count(*) from processed_events";
     db.wait_count(
         "processing to be under way",
@@ -96,15 +102,7 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     // The restarted member joins before the rest is produced, so that both survivors have
     // work left to share (a fast survivor could otherwise drain everything alone).
     let a2 = spawn_processor();
-    eventually(
-        "the restarted processor to own partitions",
-        Duration::from_secs(90),
-        || {
-            let owns = owns_partitions(a2.log_text());
-            async move { owns.then_some(()) }
-        },
-    )
-    .await;
+    wait_owning("the restarted processor", &[&a2]).await;
     produce_all(
         &producer,
         records[first_half..]
@@ -210,19 +208,7 @@ async fn sigterm_of_one_of_two_processors_hands_its_partitions_over_and_exits_0(
     let spawn_processor = || setup.spawn(&["process", "ledger"]);
     let mut a = spawn_processor();
     let b = spawn_processor();
-    let owns_partitions = |log: String| {
-        log.lines()
-            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=0 "))
-    };
-    eventually(
-        "both processors to own partitions",
-        Duration::from_secs(90),
-        || {
-            let both = owns_partitions(a.log_text()) && owns_partitions(b.log_text());
-            async move { both.then_some(()) }
-        },
-    )
-    .await;
+    wait_owning("both processors", &[&a, &b]).await;
     let half = INVOICES / 2;
     produce_all(
         &producer(),
