@@ -1,4 +1,4 @@
-# dhanman-stream developer commands. Services (Postgres, a Kafka-protocol broker) come from
+# dhanman-stream developer commands. Services (Postgres, Apache Kafka) come from
 # scripts/dev-services.sh, which prints `export KEY=value` lines; make runs each recipe line in
 # its own shell, so every line that needs them evaluates that output on the same line.
 # (Captured first, then eval'd: a bare `eval "$(scripts/dev-services.sh)"` would hide the
@@ -11,7 +11,7 @@ SHELL := bash
 DEV_ENV := dev_env="$$(scripts/dev-services.sh)" && eval "$$dev_env"
 BENCH_ARGS ?=
 
-.PHONY: help demo test lint bench services stop
+.PHONY: help demo test lint bench services stop reset-broker
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-9s %s\n", $$1, $$2}'
@@ -33,3 +33,6 @@ services: ## start Postgres and the broker; prints the exports: eval "$(make -s 
 
 stop: ## stop the broker started by `make services` (Postgres is left running)
 	@scripts/stop-dev-services.sh
+
+reset-broker: ## start over with an empty broker: stop it, delete its storage, format and start a new one
+	@scripts/stop-dev-services.sh --wipe && scripts/dev-services.sh >/dev/null

@@ -2,39 +2,47 @@
 # Start the services dhanman-stream needs for development and tests, without Docker:
 #
 #   * PostgreSQL on 127.0.0.1:5432 (the machine's own cluster; installed from Debian if missing)
-#   * a Kafka-protocol broker: Tansu (https://crates.io/crates/tansu) with its SQLite storage
-#     engine, on 127.0.0.1:19092 (built once per machine with `cargo install`, ~12 min on 2 cores)
+#   * Apache Kafka (the version pinned in deploy/kafka/pom.xml), one KRaft node acting as broker
+#     and controller, on 127.0.0.1:19092 (controller 127.0.0.1:19093); resolved by Maven from
+#     Maven Central into the tools directory once per machine (about a minute) and run with the
+#     machine's Java 17+ (Debian's openjdk-17-jre-headless is installed when there is none)
 #
 # Usage:
 #   eval "$(scripts/dev-services.sh)"
 #
 # stdout carries ONLY `export KEY=value` lines; all progress and errors go to stderr.
 # Safe to run many times, and concurrently: locks guard the install and the broker start.
+# Stop the broker with scripts/stop-dev-services.sh (`make stop`); start over with an empty
+# log with `make reset-broker`.
 #
 # Environment:
-#   DATABASE_URL              if set, it is checked and printed unchanged (no Postgres is started)
-#   KAFKA_BOOTSTRAP_SERVERS   if set, it is checked and printed unchanged (no broker is started)
-#   DHANMAN_KAFKA_PORT        broker port (default 19092)
-#   DHANMAN_PG_PORT           Postgres port (default 5432)
-#   DHANMAN_TOOLS_DIR         where tools are installed (default ~/.local/share/dhanman)
-#   DHANMAN_DATA_DIR          broker data, log and pid file (default ~/.local/state/dhanman)
-#   DHANMAN_TANSU_LOG         RUST_LOG filter for the broker (default: warn)
-#   DHANMAN_WAIT_SECS         readiness timeout per service in seconds (default 60)
+#   DATABASE_URL                    if set, it is checked and printed unchanged (no Postgres is started)
+#   KAFKA_BOOTSTRAP_SERVERS         if set, it is checked and printed unchanged (no broker is started)
+#   DHANMAN_KAFKA_PORT              broker port (default 19092)
+#   DHANMAN_KAFKA_CONTROLLER_PORT   controller port (default: the broker port + 1)
+#   DHANMAN_PG_PORT                 Postgres port (default 5432)
+#   DHANMAN_TOOLS_DIR               where tools are installed (default ~/.local/share/dhanman)
+#   DHANMAN_DATA_DIR                broker data, logs and pid file (default ~/.local/state/dhanman)
+#   DHANMAN_KAFKA_HEAP              the broker's Java heap (default 1g)
+#   DHANMAN_WAIT_SECS               readiness timeout per service in seconds (default 90)
 # shellcheck disable=SC2012 # `ls` of version-named directories is fine here
 set -euo pipefail
 
 # Keep the caller's stdout on fd 3 for the final KEY=value lines; everything else goes to stderr.
 exec 3>&1 1>&2
 
-TANSU_VERSION=0.6.0
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/deploy/kafka/pom.xml")
 TOOLS=${DHANMAN_TOOLS_DIR:-$HOME/.local/share/dhanman}
 DATA=${DHANMAN_DATA_DIR:-$HOME/.local/state/dhanman}
 KAFKA_PORT=${DHANMAN_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${DHANMAN_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 PG_PORT=${DHANMAN_PG_PORT:-5432}
 PG_DB=dhanman
-WAIT_SECS=${DHANMAN_WAIT_SECS:-60}
-TANSU_ROOT="$TOOLS/tansu-${TANSU_VERSION}"
-TANSU_BIN="$TANSU_ROOT/bin/tansu"
+WAIT_SECS=${DHANMAN_WAIT_SECS:-90}
+KAFKA_HEAP=${DHANMAN_KAFKA_HEAP:-1g}
+KAFKA_LIBS="$TOOLS/kafka-${KAFKA_VERSION}/libs"
+KAFKA_DATA="$DATA/kafka"
 
 case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) PATH="$HOME/.cargo/bin:$PATH" ;; esac
 export PATH
@@ -217,77 +225,129 @@ ensure_postgres() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Tansu (Kafka-protocol broker)
+# Apache Kafka: the artifacts pinned in deploy/kafka/pom.xml, resolved by Maven into the tools
+# directory once per machine, run with `java -cp` as one KRaft node (broker + controller).
 
-# A `cargo install tansu@VERSION --root $TANSU_ROOT` started by something that doesn't take our lock.
-foreign_tansu_build() {
-	pgrep -f "cargo install tansu@${TANSU_VERSION} .*--root ${TANSU_ROOT}( |\$)" >/dev/null 2>&1
+java_major() { # the major version of `java` on PATH, or 0
+	local v
+	v=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+	printf '%s\n' "${v:-0}"
 }
 
-ensure_tansu() {
-	[ -x "$TANSU_BIN" ] && return 0
+ensure_java() {
+	if command -v java >/dev/null 2>&1 && [ "$(java_major)" -ge 17 ]; then return 0; fi
+	log "no Java 17 or newer on PATH; installing Debian's openjdk-17-jre-headless"
+	apt_install openjdk-17-jre-headless
+	[ "$(java_major)" -ge 17 ] || die "java on PATH is $(java_major), Kafka ${KAFKA_VERSION} needs 17 or newer"
+}
+
+ensure_kafka_install() {
+	[ -f "$KAFKA_LIBS/.complete" ] && return 0
 	mkdir -p "$TOOLS"
 	(
-		if ! flock -n 9; then
-			log "another run is installing tansu ${TANSU_VERSION}; waiting for its lock ($TOOLS/tansu.install.lock)"
-			flock 9
-		fi
-		# Someone else may have finished it while we waited, or be building without our lock.
-		while [ ! -x "$TANSU_BIN" ] && foreign_tansu_build; do
-			log "a 'cargo install tansu@${TANSU_VERSION}' into $TANSU_ROOT is already running; waiting for it"
-			sleep 15
-		done
-		[ -x "$TANSU_BIN" ] && exit 0
-		command -v cargo >/dev/null 2>&1 || die "cargo not found: a Rust toolchain is needed to build tansu"
-		command -v cc >/dev/null 2>&1 || apt_install build-essential pkg-config
-		log "NOTE: building the Kafka-protocol broker tansu ${TANSU_VERSION} with cargo install;"
-		log "      this takes ~12 minutes on 2 cores and happens once per machine (into $TANSU_ROOT)"
-		# Own target dir: don't mix tansu's build into the project's CARGO_TARGET_DIR.
-		env -u CARGO_TARGET_DIR cargo install "tansu@${TANSU_VERSION}" --locked \
-			--features dynostore,libsql --root "$TANSU_ROOT" >&2
-		[ -x "$TANSU_BIN" ] || die "cargo install finished but $TANSU_BIN is missing"
-		log "tansu installed: $TANSU_BIN"
-	) 9>"$TOOLS/tansu.install.lock"
+		flock 9
+		[ -f "$KAFKA_LIBS/.complete" ] && exit 0
+		command -v mvn >/dev/null 2>&1 || apt_install maven
+		log "resolving Apache Kafka ${KAFKA_VERSION} from Maven Central into $KAFKA_LIBS (once per machine)"
+		rm -rf "$KAFKA_LIBS.partial"
+		mvn -B -q -Dstyle.color=never -f "$ROOT/deploy/kafka/pom.xml" dependency:copy-dependencies \
+			-DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.partial" </dev/null >&2 ||
+			die "mvn could not resolve deploy/kafka/pom.xml (is Maven Central reachable?)"
+		ls "$KAFKA_LIBS.partial"/kafka_2.13-"${KAFKA_VERSION}".jar >/dev/null ||
+			die "Maven resolved no kafka_2.13-${KAFKA_VERSION}.jar"
+		rm -rf "$KAFKA_LIBS"
+		mv "$KAFKA_LIBS.partial" "$KAFKA_LIBS"
+		touch "$KAFKA_LIBS/.complete"
+		log "Apache Kafka ${KAFKA_VERSION}: $(ls "$KAFKA_LIBS" | wc -l) jars in $KAFKA_LIBS"
+	) 9>"$TOOLS/kafka.install.lock"
 }
 
-tansu_pid_alive() {
+# Java for a short-lived tool (storage format): quick start, warnings on stderr.
+kafka_tool() {
+	java -Xshare:auto -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx256m \
+		-Dlog4j2.configurationFile="$ROOT/deploy/kafka/tools-log4j2.xml" -cp "$KAFKA_LIBS/*" "$@"
+}
+
+# The node's configuration. Written at every start from what this script knows, so a changed
+# port or setting takes effect with a restart (the storage and its cluster id stay).
+write_server_properties() {
+	cat >"$KAFKA_DATA/server.properties" <<PROPS
+# Written by scripts/dev-services.sh at every start; edit the script, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_DATA/data
+# One node: the internal topics can have one replica only.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# A group's first member is assigned at once instead of after 3 s of waiting for others.
+group.initial.rebalance.delay.ms=0
+# Topics are created by the pipeline (with their partition count), never by a typo.
+auto.create.topics.enable=false
+# Tests create and delete many short-lived topics: keep what they leave small.
+offsets.topic.num.partitions=10
+log.segment.bytes=104857600
+log.retention.hours=168
+num.network.threads=2
+num.io.threads=4
+PROPS
+}
+
+kafka_pid_alive() {
 	local pid
-	[ -f "$DATA/tansu.pid" ] || return 1
-	pid=$(cat "$DATA/tansu.pid" 2>/dev/null) || return 1
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q tansu
+	[ -f "$KAFKA_DATA/kafka.pid" ] || return 1
+	pid=$(cat "$KAFKA_DATA/kafka.pid" 2>/dev/null) || return 1
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
 }
 
-start_tansu() {
-	mkdir -p "$DATA"
+start_kafka() {
+	mkdir -p "$KAFKA_DATA/logs"
 	(
 		flock 9
 		# Re-check under the lock: a concurrent run may have started it meanwhile.
 		if tcp_open 127.0.0.1 "$KAFKA_PORT"; then exit 0; fi
-		if tansu_pid_alive; then
-			log "tansu (pid $(cat "$DATA/tansu.pid")) is starting; waiting for it"
+		if kafka_pid_alive; then
+			log "kafka (pid $(cat "$KAFKA_DATA/kafka.pid")) is starting; waiting for it"
 			exit 0
 		fi
-		local url="tcp://127.0.0.1:$KAFKA_PORT"
-		log "starting tansu ${TANSU_VERSION} on $url (storage $DATA/tansu.db, log $DATA/tansu.log)"
-		printf '\n=== %s dev-services: starting tansu %s on %s\n' "$(date -u +%FT%TZ)" "$TANSU_VERSION" "$url" >>"$DATA/tansu.log"
-		# The sqlite:// URL is resolved against the working directory, hence `cd` and a relative path.
+		write_server_properties
+		if [ ! -f "$KAFKA_DATA/data/meta.properties" ]; then
+			local cluster_id
+			cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid | tail -n1)
+			log "formatting the storage of a new cluster ($cluster_id) in $KAFKA_DATA/data"
+			kafka_tool kafka.tools.StorageTool format --standalone --cluster-id "$cluster_id" \
+				--config "$KAFKA_DATA/server.properties" >&2 ||
+				die "kafka-storage format failed"
+		fi
+		log "starting Apache Kafka ${KAFKA_VERSION} on 127.0.0.1:$KAFKA_PORT (controller :$KAFKA_CONTROLLER_PORT, data $KAFKA_DATA/data, log $KAFKA_DATA/logs/server.log)"
+		cd "$KAFKA_DATA"
+		rm -f kafka.pid
+		# The heap Kafka's own start script uses (1 GiB, fixed: no resizing pauses), G1 with its
+		# pause target; the other 23 GiB stay for Postgres, the page cache (where Kafka's
+		# logs really live) and the pipeline.
 		# fds 3 (our caller's stdout) and 9 (the lock) are closed so `$(...)` returns and the lock frees.
-		cd "$DATA"
-		rm -f tansu.pid
-		# tansu also reads CLUSTER_ID, SCHEMA_REGISTRY, ... from the environment: don't inherit those.
-		env -u CLUSTER_ID -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT -u DATA_LAKE \
-			RUST_LOG="${DHANMAN_TANSU_LOG:-warn}" setsid bash -c 'echo $$ >tansu.pid; exec "$@"' _ \
-			nohup "$TANSU_BIN" broker \
-			--listener-url "$url" \
-			--advertised-listener-url "$url" \
-			--storage-engine "sqlite://tansu.db" \
-			</dev/null >>"$DATA/tansu.log" 2>&1 3>&- 9>&- &
-		# wait until the pid file is written
+		# shellcheck disable=SC2016 # expanded by the inner bash
+		setsid bash -c 'echo $$ >kafka.pid; exec "$@"' _ \
+			nohup java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+			-XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+			-XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+			-Dkafka.logs.dir="$KAFKA_DATA/logs" \
+			-Dlog4j2.configurationFile="$ROOT/deploy/kafka/log4j2.xml" \
+			-cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DATA/server.properties" \
+			</dev/null >>"$KAFKA_DATA/logs/stdout.log" 2>&1 3>&- 9>&- &
 		for _ in $(seq 50); do
-			[ -s "$DATA/tansu.pid" ] && break
+			[ -s "$KAFKA_DATA/kafka.pid" ] && break
 			sleep 0.1
 		done
-	) 9>"$DATA/tansu.start.lock"
+	) 9>"$KAFKA_DATA.start.lock"
 }
 
 wait_for_kafka() { # host port
@@ -296,10 +356,10 @@ wait_for_kafka() { # host port
 		if [ "$waited" -ge "$WAIT_SECS" ]; then
 			return 1
 		fi
-		if [ "$1:$2" = "127.0.0.1:$KAFKA_PORT" ] && [ -f "$DATA/tansu.pid" ] && ! tansu_pid_alive && ! tcp_open "$1" "$2"; then
-			log "tansu exited; last lines of $DATA/tansu.log:"
-			tail -n 20 "$DATA/tansu.log" >&2 || true
-			die "the broker exited during startup; see $DATA/tansu.log"
+		if [ "$1:$2" = "127.0.0.1:$KAFKA_PORT" ] && [ -f "$KAFKA_DATA/kafka.pid" ] && ! kafka_pid_alive && ! tcp_open "$1" "$2"; then
+			log "kafka exited; last lines of its logs:"
+			tail -n 20 "$KAFKA_DATA/logs/stdout.log" "$KAFKA_DATA/logs/server.log" >&2 || true
+			die "the broker exited during startup; see $KAFKA_DATA/logs/server.log"
 		fi
 		sleep 1
 		waited=$((waited + 1))
@@ -317,21 +377,23 @@ ensure_kafka() {
 		return 0
 	fi
 	if ! tcp_open 127.0.0.1 "$KAFKA_PORT"; then
-		ensure_tansu
-		start_tansu
-	elif tansu_pid_alive; then
-		log "tansu already running (pid $(cat "$DATA/tansu.pid")) on 127.0.0.1:$KAFKA_PORT"
+		start_kafka
+	elif kafka_pid_alive; then
+		log "kafka already running (pid $(cat "$KAFKA_DATA/kafka.pid")) on 127.0.0.1:$KAFKA_PORT"
 	else
 		log "something already listens on 127.0.0.1:$KAFKA_PORT; using it"
 	fi
 	wait_for_kafka 127.0.0.1 "$KAFKA_PORT" ||
-		die "no Kafka broker answered on 127.0.0.1:$KAFKA_PORT within ${WAIT_SECS}s; see $DATA/tansu.log"
+		die "no Kafka broker answered on 127.0.0.1:$KAFKA_PORT within ${WAIT_SECS}s; see $KAFKA_DATA/logs/server.log"
 	KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
 }
 
 # ---------------------------------------------------------------------------------------------
 
 ensure_postgres
+# Kafka's jars are installed even for a broker of the caller's: its tools referee the tests.
+ensure_java
+ensure_kafka_install
 ensure_kafka
 
 # `export KEY=value`, quoted only when the value holds characters the shell would interpret.

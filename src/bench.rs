@@ -420,8 +420,8 @@ async fn run_pipeline(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Out of its group and closed before the topics are deleted: the test broker panics
-    // on a fetch of a deleted topic (see the README).
+    // Out of its group and closed before the topics are deleted, so that it does not
+    // fetch (and log errors about) topics that are gone.
     stopper.stop();
     task.await
         .context("the ledger processor task")?

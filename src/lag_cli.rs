@@ -1,6 +1,8 @@
-//! `dhanman lag`: consumer lag of the pipeline's groups, measured now: a table per
-//! partition with a line per group (lag, oldest unconsumed record's age, consumption rate,
-//! trend, time to drain), or JSON; `--watch` measures again every interval until stopped.
+//! `dhanman lag`: consumer lag of every group on the cluster (the pipeline's, from Postgres;
+//! any other, from Kafka's committed offsets), measured now: a table per partition with the
+//! member holding it, and a line per group (state, members, lag, oldest unconsumed record's
+//! age, consumption rate, trend, time to drain), or JSON; `--watch` measures again every
+//! interval until stopped.
 
 use std::time::Duration;
 
@@ -27,8 +29,12 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let pool = args.connections.pool().await?;
     let probe = dhanman_connectors::kafka::probe(&args.connections.kafka_bootstrap_servers)?;
+    let scope = lag::Scope {
+        group: args.group.clone(),
+        topic_prefix: args.connections.topic_prefix.clone(),
+    };
     loop {
-        let report = lag::measure(&pool, &probe, args.group.as_deref())
+        let report = lag::measure(&pool, &probe, &scope)
             .await
             .context("measuring lag (KAFKA_BOOTSTRAP_SERVERS)")?;
         if args.json {
@@ -42,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         if !args.watch {
             if report.groups.is_empty() {
-                eprintln!("no consumer group has stored offsets yet");
+                eprintln!("no consumer group has committed offsets yet");
             }
             return Ok(());
         }
@@ -61,8 +67,11 @@ fn summary(g: &GroupLag) -> String {
         None => "not draining".to_string(),
     };
     format!(
-        "{}: lag {} records, oldest {:.1}s, consuming {}, lag trend {}, ETA {}",
+        "{} ({}, {} member(s), offsets in {}): lag {} records, oldest {:.1}s, consuming {}, lag trend {}, ETA {}",
         g.group,
+        g.state.as_deref().unwrap_or("state unknown"),
+        g.members.len(),
+        g.offsets_in.as_str(),
         g.lag,
         g.max_lag_seconds,
         rate(g.consume_rate, "/s").trim_start_matches('+'),
@@ -74,14 +83,22 @@ fn summary(g: &GroupLag) -> String {
 /// The report as a terminal table.
 pub fn table(report: &LagReport) -> String {
     let mut out = format!(
-        "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9}\n",
-        "GROUP", "TOPIC", "PART", "COMMITTED", "LOG-END", "LAG", "LAG(s)"
+        "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9}  {:<16} {}\n",
+        "GROUP", "TOPIC", "PART", "COMMITTED", "LOG-END", "LAG", "LAG(s)", "HOST", "CLIENT-ID"
     );
     for g in &report.groups {
         for p in &g.partitions {
             out.push_str(&format!(
-                "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9.1}\n",
-                p.group, p.topic, p.partition, p.committed, p.log_end, p.lag, p.lag_seconds
+                "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9.1}  {:<16} {}\n",
+                p.group,
+                p.topic,
+                p.partition,
+                p.committed,
+                p.log_end,
+                p.lag,
+                p.lag_seconds,
+                p.host.as_deref().unwrap_or("-"),
+                p.client_id.as_deref().unwrap_or("-")
             ));
         }
     }

@@ -270,6 +270,9 @@ pub struct Connections {
         default_value = "127.0.0.1:19092"
     )]
     pub kafka_bootstrap_servers: String,
+    /// Prefix of every topic name of the installation.
+    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
 }
 
 impl Connections {

@@ -1,11 +1,13 @@
-//! `dhanman offsets show|reset`: a processor group's offsets, shown or moved like
-//! `kafka-consumer-groups --reset-offsets`. The plan is printed first; nothing moves
-//! without `--execute`, and nothing moves while the group has a live member.
+//! `dhanman offsets show|reset`: a consumer group's offsets (a processor's, from Postgres;
+//! any other group's, from Kafka), shown or moved like `kafka-consumer-groups
+//! --reset-offsets`, with the group's members as the broker's coordinator describes them.
+//! The plan is printed first; nothing moves without `--execute`, and nothing moves while
+//! the group has members.
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use dhanman_connectors::groups::Group;
 use dhanman_connectors::offsets::{self, PlanRow, Target, TopicSpec};
-use dhanman_processors::runtime::MEMBER_TIMEOUT;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -100,37 +102,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let pool = common.connections.pool().await?;
     let bootstrap = &common.connections.kafka_bootstrap_servers;
-    let rows = offsets::plan(&pool, bootstrap, &common.group, &common.topics, target)
+    let plan = offsets::plan(&pool, bootstrap, &common.group, &common.topics, target)
         .await
         .context("planning (KAFKA_BOOTSTRAP_SERVERS)")?;
-    if rows.is_empty() {
+    if plan.partitions.is_empty() {
         bail!(
-            "group {} has no stored offsets; name its topics with --topic",
+            "group {} has no committed offsets, in Postgres or in Kafka; name its topics with --topic",
             common.group
         );
     }
-    let live = offsets::live_members(&pool, &common.group, MEMBER_TIMEOUT).await?;
+    let group = offsets::describe(bootstrap, &common.group)
+        .await
+        .context("describing the group (KAFKA_BOOTSTRAP_SERVERS)")?;
+    let active = group.is_active();
     if common.json {
         let report = serde_json::json!({
-            "group": common.group, "partitions": rows, "live_members": live,
-            "executed": execute && live.is_empty(),
+            "group": common.group, "offsets_in": plan.authority, "partitions": plan.partitions,
+            "state": group.state, "members": group.members,
+            "executed": execute && target.is_some() && !active,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&rows, target.is_some()));
-        print!("{}", members(&live));
+        print!("{}", table(&plan.partitions, target.is_some()));
+        print!("{}", members(&group));
     }
     let Some(_) = target else { return Ok(()) };
-    if !live.is_empty() {
-        let who: Vec<String> = live
+    if active {
+        let who: Vec<String> = group
+            .members
             .iter()
-            .map(|m| format!("{} (pid {}, seen {})", m.host, m.pid, m.last_seen))
+            .map(|m| format!("{} ({}, {})", m.member_id, m.client_id, m.host))
             .collect();
         bail!(
-            "group {} has {} live member(s): {}; stop them first (a running member carries on \
+            "group {} is {} with {} member(s): {}; stop them first (a running member carries on \
              from where it is)",
             common.group,
-            live.len(),
+            group.state,
+            group.members.len(),
             who.join(", ")
         );
     }
@@ -138,13 +146,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("dry run: nothing moved; add --execute to move the group as planned");
         return Ok(());
     }
-    offsets::execute(&pool, bootstrap, &common.group, &rows)
+    offsets::execute(&pool, bootstrap, &common.group, &plan)
         .await
         .context("moving the group's offsets")?;
     eprintln!(
-        "moved group {} on {} partition(s), in Postgres and in Kafka",
+        "moved group {} on {} partition(s), in {}",
         common.group,
-        rows.len()
+        plan.partitions.len(),
+        match plan.authority {
+            offsets::Authority::Postgres => "Postgres and in Kafka",
+            offsets::Authority::Kafka => "Kafka",
+        }
     );
     Ok(())
 }
@@ -176,23 +188,23 @@ fn table(rows: &[PlanRow], reset: bool) -> String {
     out
 }
 
-/// The live members and what each holds, under the table.
-fn members(live: &[offsets::LiveMember]) -> String {
-    if live.is_empty() {
-        return "no live members\n".to_string();
-    }
-    let mut out = format!("{} live member(s):\n", live.len());
-    for m in live {
-        let holds = match &m.partitions {
-            Some(p) if p.is_empty() => "nothing".to_string(),
-            Some(p) => p.join(" "),
-            None => "(not reported)".to_string(),
+/// The group's state and members, and what each holds, under the table.
+fn members(group: &Group) -> String {
+    let mut out = format!(
+        "group {}: {}, {} member(s)\n",
+        group.group,
+        group.state,
+        group.members.len()
+    );
+    for m in &group.members {
+        let holds = if m.partitions.is_empty() {
+            "nothing".to_string()
+        } else {
+            m.partitions.join(" ")
         };
         out.push_str(&format!(
-            "  {} pid {} seen {} holds {holds}\n",
-            m.host,
-            m.pid,
-            m.last_seen.format("%H:%M:%S")
+            "  {} client {} host {} holds {holds}\n",
+            m.member_id, m.client_id, m.host
         ));
     }
     out

@@ -75,7 +75,7 @@ pub async fn read(pool: &PgPool, bootstrap: &str, dlq_topic: &str) -> Result<Vec
     let (bootstrap, topic) = (bootstrap.to_string(), dlq_topic.to_string());
     let mut letters = tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic))
         .await
-        .map_err(|e| Error::BrokerAnswer(format!("DLQ read task failed: {e}")))??;
+        .map_err(|e| Error::Broker(format!("DLQ read task failed: {e}")))??;
     let redriven: Vec<(i32, i64, DateTime<Utc>)> = sqlx::query_as(
         "select partition, \"offset\", redriven_at from dlq_redrives where dlq_topic = $1",
     )

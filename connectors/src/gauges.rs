@@ -60,7 +60,7 @@ pub async fn topic_sizes(probe: &Probe, topics: Vec<String>) -> Result<Vec<(Stri
         Ok(sizes)
     })
     .await
-    .map_err(|e| crate::Error::BrokerAnswer(format!("watermark probe failed: {e}")))?
+    .map_err(|e| crate::Error::Broker(format!("watermark probe failed: {e}")))?
 }
 
 /// The deployment's gauges and lag samples, every `interval`, while this process holds
@@ -71,6 +71,10 @@ pub async fn run_samplers(pool: PgPool, probe: Probe, topic_prefix: String, inte
         .iter()
         .map(|t| format!("{topic_prefix}{}", dhanman_schemas::topics::dlq(t)))
         .collect();
+    let scope = crate::lag::Scope {
+        group: None,
+        topic_prefix: topic_prefix.clone(),
+    };
     let mut said_waiting = false;
     loop {
         metrics::gauge!(SAMPLER_ACTIVE).set(0.0);
@@ -99,7 +103,7 @@ pub async fn run_samplers(pool: PgPool, probe: Probe, topic_prefix: String, inte
             // Side by side: a slow lag sample (it reads the oldest waiting record of each
             // lagging partition) must not hold the queue gauges back.
             tokio::join!(
-                crate::lag::sample(&pool, &probe),
+                crate::lag::sample(&pool, &probe, &scope),
                 sample(&pool, &probe, &dlq_topics)
             );
             tokio::time::sleep(interval).await;

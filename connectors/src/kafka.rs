@@ -10,13 +10,21 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::Result;
 
+/// The client id a part of the pipeline gives the broker: the part, the host and the
+/// process, so that `kafka-consumer-groups --describe` and `dhanman offsets show` tell the
+/// members of a group apart (`dhanman-ledger-host-4242`).
+pub fn client_id(part: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("dhanman-{part}-{host}-{}", std::process::id())
+}
+
 /// Base client configuration for a bootstrap list.
 pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
         .set("client.id", "dhanman")
-        // The embedded broker listens on IPv4 only.
+        // The development broker listens and advertises on 127.0.0.1 only.
         .set("broker.address.family", "v4");
     config
 }
@@ -69,16 +77,34 @@ pub async fn delete_topics(bootstrap: &str, topics: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// A client for metadata, watermark and timestamp look-ups, shared by the samplers that
-/// look every few seconds (one connection to the broker, not one per look).
-pub type Probe = std::sync::Arc<rdkafka::consumer::BaseConsumer>;
+/// A client for metadata, watermark, group and timestamp look-ups, shared by the samplers
+/// that look every few seconds (one connection to the broker, not one per look).
+pub type Probe = std::sync::Arc<ProbeClient>;
+
+/// The probe's consumer (never subscribed: it only looks), and the bootstrap list it came
+/// from, for the look-ups that need a client of their own (a group's committed offsets).
+pub struct ProbeClient {
+    consumer: rdkafka::consumer::BaseConsumer,
+    pub bootstrap: String,
+}
+
+impl std::ops::Deref for ProbeClient {
+    type Target = rdkafka::consumer::BaseConsumer;
+
+    fn deref(&self) -> &Self::Target {
+        &self.consumer
+    }
+}
 
 pub fn probe(bootstrap: &str) -> Result<Probe> {
     let consumer = client_config(bootstrap)
         .set("group.id", "dhanman-probe")
         .set("enable.auto.commit", "false")
         .create()?;
-    Ok(std::sync::Arc::new(consumer))
+    Ok(std::sync::Arc::new(ProbeClient {
+        consumer,
+        bootstrap: bootstrap.to_string(),
+    }))
 }
 
 /// How many partitions `topic` has, from the broker's metadata; 0 when the broker does
@@ -104,19 +130,6 @@ pub enum TimeLookup {
     Offset(i64),
     /// Every record is older: the answer is the end of the partition.
     End,
-}
-
-/// The timestamp (ms) of the record at `offset`, read with `consumer` (which this
-/// reassigns); `None` if it cannot be read within a few `timeout`s.
-pub fn record_timestamp(
-    consumer: &rdkafka::consumer::BaseConsumer,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    timeout: Duration,
-) -> Result<Option<i64>> {
-    let key = (topic.to_string(), partition);
-    Ok(record_timestamps(consumer, &[(key.clone(), offset)], timeout)?.remove(&key))
 }
 
 /// The timestamps (ms) of the records at the given offsets, one per partition, read
@@ -157,9 +170,9 @@ pub fn record_timestamps(
         .collect())
 }
 
-/// The broker's offsets-for-times answer, checked against the records themselves. Some
-/// Kafka-protocol brokers answer wrongly (e.g. offset 0 for a time past the end); a
-/// wrong answer is reported as [`crate::Error::BrokerAnswer`], never used.
+/// The broker's offsets-for-times answer: the first record at or after `timestamp_ms`, or
+/// the end when every record is older. Apache Kafka answers this from its time index; the
+/// answer is used as given (`broker::offsets_for_times_...` pins what it answers).
 pub async fn offset_for_time(
     bootstrap: &str,
     topic: &str,
@@ -169,80 +182,32 @@ pub async fn offset_for_time(
     let bootstrap = bootstrap.to_string();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        lookup_blocking(&bootstrap, &topic, partition, timestamp_ms)
+        use rdkafka::Offset;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = client_config(&bootstrap)
+            .set("group.id", "dhanman-time-lookup")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut query = rdkafka::TopicPartitionList::new();
+        query.add_partition_offset(&topic, partition, Offset::Offset(timestamp_ms))?;
+        let answer = consumer.offsets_for_times(query, Duration::from_secs(10))?;
+        let element = answer.find_partition(&topic, partition).ok_or_else(|| {
+            crate::Error::Broker(format!(
+                "no offsets-for-times answer for {topic}/{partition}"
+            ))
+        })?;
+        if let Some(code) = element.error().err() {
+            return Err(crate::Error::Broker(format!(
+                "offsets-for-times on {topic}/{partition}: {code}"
+            )));
+        }
+        Ok(match element.offset() {
+            Offset::Offset(o) if o >= 0 => TimeLookup::Offset(o),
+            _ => TimeLookup::End,
+        })
     })
     .await
-    .map_err(|e| crate::Error::BrokerAnswer(format!("lookup task failed: {e}")))?
-}
-
-fn lookup_blocking(bootstrap: &str, topic: &str, partition: i32, ts: i64) -> Result<TimeLookup> {
-    use rdkafka::Offset;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-
-    let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", "dhanman-time-lookup")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-    let mut query = rdkafka::TopicPartitionList::new();
-    query.add_partition_offset(topic, partition, Offset::Offset(ts))?;
-    let answer = consumer.offsets_for_times(query, timeout)?;
-    let answered = answer
-        .find_partition(topic, partition)
-        .map(|e| e.offset())
-        .unwrap_or(Offset::Invalid);
-    let timestamp_at = |offset: i64| -> Result<Option<i64>> {
-        record_timestamp(&consumer, topic, partition, offset, timeout)
-    };
-    let wrong = |why: String| -> Result<TimeLookup> {
-        Err(crate::Error::BrokerAnswer(format!(
-            "offsets-for-times on {topic}/{partition} for {ts}: {why}"
-        )))
-    };
-    match answered {
-        Offset::End | Offset::Invalid => {
-            // Correct only if the newest record is older than the time.
-            if high > low
-                && let Some(last) = timestamp_at(high - 1)?
-                && last >= ts
-            {
-                return wrong(format!(
-                    "broker answered end, but record {} has timestamp {last}",
-                    high - 1
-                ));
-            }
-            Ok(TimeLookup::End)
-        }
-        Offset::Offset(o) if o >= high => Ok(TimeLookup::End),
-        Offset::Offset(o) => {
-            if o < low {
-                return wrong(format!(
-                    "broker answered {o}, below the low watermark {low}"
-                ));
-            }
-            match timestamp_at(o)? {
-                Some(t) if t >= ts => {}
-                Some(t) => {
-                    return wrong(format!(
-                        "broker answered {o}, but record {o} has the older timestamp {t}"
-                    ));
-                }
-                None => return wrong(format!("broker answered {o}, which cannot be read")),
-            }
-            if o > low
-                && let Some(before) = timestamp_at(o - 1)?
-                && before >= ts
-            {
-                return wrong(format!(
-                    "broker answered {o}, but the earlier record {} already has timestamp {before}",
-                    o - 1
-                ));
-            }
-            Ok(TimeLookup::Offset(o))
-        }
-        other => wrong(format!("unexpected answer {other:?}")),
-    }
+    .map_err(|e| crate::Error::Broker(format!("lookup task failed: {e}")))?
 }
 
 /// A record read back from a topic.
@@ -299,7 +264,7 @@ pub fn read_to_end(
     let deadline = std::time::Instant::now() + 6 * timeout;
     while !open.is_empty() {
         if std::time::Instant::now() > deadline {
-            return Err(crate::Error::BrokerAnswer(format!(
+            return Err(crate::Error::Broker(format!(
                 "{topic}: partitions {:?} did not deliver up to their end",
                 open.keys().collect::<Vec<_>>()
             )));

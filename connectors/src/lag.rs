@@ -1,8 +1,11 @@
-//! Consumer lag of the pipeline's groups: per group, topic and partition, the committed
-//! offset (Postgres's `consumer_offsets`, the processors' authority), the log-end offset
-//! (the broker's high watermark), the lag in records, and the lag in seconds: the age of
-//! the oldest record not yet consumed, read from the broker. Samples kept in `lag_samples`
-//! give each group its trend, consumption rate and time to drain.
+//! Consumer lag of every group on the cluster, the pipeline's and any other: per group,
+//! topic and partition, the committed offset (for a processor group Postgres's
+//! `consumer_offsets`, the processors' authority; for any other group its committed offset
+//! in Kafka), the log-end offset (the broker's high watermark), the lag in records, the lag
+//! in seconds (the age of the oldest record not yet consumed, read from the broker), and the
+//! member holding the partition (consumer id, client id, host), as the group coordinator
+//! describes it. Samples kept in `lag_samples` give each group its trend, consumption rate
+//! and time to drain.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -13,7 +16,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::Result;
-use crate::kafka::{Probe, partition_count, record_timestamps};
+use crate::groups::{self, Authority, Group, Member};
+use crate::kafka::{Probe, ProbeClient, partition_count, record_timestamps};
 
 /// How far back the trend and the rate look.
 pub const TREND_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -29,11 +33,23 @@ pub struct PartitionLag {
     pub lag: i64,
     /// Age of the oldest unconsumed record, 0 when there is none.
     pub lag_seconds: f64,
+    /// The member the coordinator assigned the partition to, if any: its consumer id,
+    /// host and client id, as `kafka-consumer-groups --describe` shows them.
+    pub consumer_id: Option<String>,
+    pub host: Option<String>,
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupLag {
     pub group: String,
+    /// The coordinator's state of the group (`Stable`, `Empty`, ...); none when the broker
+    /// could not be asked.
+    pub state: Option<String>,
+    /// Where the committed offsets come from.
+    pub offsets_in: Authority,
+    /// The members and what each holds.
+    pub members: Vec<Member>,
     pub lag: i64,
     pub max_lag_seconds: f64,
     /// Records consumed per second over the trend window (None before two samples).
@@ -54,14 +70,130 @@ pub struct LagReport {
     pub groups: Vec<GroupLag>,
 }
 
-/// Measures every group in `consumer_offsets` (or one), on every partition of the topics
-/// it reads, and records the sample.
-pub async fn measure(pool: &PgPool, probe: &Probe, group: Option<&str>) -> Result<LagReport> {
-    let partitions = partitions(pool, probe, group, "", true).await?;
-    let measured_at = Utc::now();
-    record(pool, measured_at, &partitions).await?;
-    report(pool, measured_at, partitions).await
+/// Which groups a report covers.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// One group only.
+    pub group: Option<String>,
+    /// The installation's topic prefix: with one, only partitions of its topics are
+    /// reported, and of the groups that store no offsets in Postgres only those named with
+    /// the prefix or with a member on its topics are asked for theirs (a shared cluster's
+    /// other installations stay out). Empty: every group on the cluster.
+    pub topic_prefix: String,
 }
+
+/// Measures every group of `scope`, on every partition it has an offset for, and records
+/// the sample.
+pub async fn measure(pool: &PgPool, probe: &Probe, scope: &Scope) -> Result<LagReport> {
+    let ours: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "select group_id, topic, partition, next_offset from consumer_offsets
+          where ($1::text is null or group_id = $1) and starts_with(topic, $2)
+          order by group_id, topic, partition",
+    )
+    .bind(scope.group.as_deref())
+    .bind(&scope.topic_prefix)
+    .fetch_all(pool)
+    .await?;
+    let (probe, scope) = (probe.clone(), scope.clone());
+    let (partitions, described) =
+        tokio::task::spawn_blocking(move || look_at_cluster(&probe, ours, &scope))
+            .await
+            .map_err(|e| crate::Error::Broker(format!("lag probe failed: {e}")))??;
+    let measured_at = Utc::now();
+    record(pool, measured_at, &partitions, &described).await?;
+    report(pool, measured_at, partitions, &described).await
+}
+
+/// What the cluster says of the groups in scope: our groups' partitions (their offsets from
+/// Postgres, `ours`) and every other group's committed offsets in Kafka, with each
+/// partition's holder, and the groups as described.
+fn look_at_cluster(
+    probe: &ProbeClient,
+    ours: Vec<(String, String, i32, i64)>,
+    scope: &Scope,
+) -> Result<(Vec<PartitionLag>, Described)> {
+    let prefix = scope.topic_prefix.as_str();
+    let our_groups: BTreeSet<String> = ours.iter().map(|r| r.0.clone()).collect();
+    let mut described: Described = BTreeMap::new();
+    let mut committed = ours;
+    match groups::list(probe) {
+        Ok(all) => {
+            let topics: BTreeMap<String, i32> = groups::topics(probe)?
+                .into_iter()
+                .filter(|(t, _)| t.starts_with(prefix))
+                .collect();
+            for group in all {
+                if scope.group.as_ref().is_some_and(|g| g != &group.group) {
+                    continue;
+                }
+                let ours = our_groups.contains(&group.group);
+                let near = prefix.is_empty()
+                    || group.group.starts_with(prefix)
+                    || group
+                        .members
+                        .iter()
+                        .any(|m| m.partitions.iter().any(|p| p.starts_with(prefix)));
+                if !ours && near && matches!(group.protocol_type.as_str(), "consumer" | "") {
+                    match groups::committed(&probe.bootstrap, &group.group, &topics) {
+                        Ok(offsets) if offsets.is_empty() => continue,
+                        Ok(offsets) => committed.extend(
+                            offsets
+                                .into_iter()
+                                .map(|((t, p), o)| (group.group.clone(), t, p, o)),
+                        ),
+                        Err(e) => {
+                            tracing::warn!(group = %group.group, error = %e, "committed offsets unavailable");
+                            continue;
+                        }
+                    }
+                }
+                if ours || near {
+                    let authority = if ours {
+                        Authority::Postgres
+                    } else {
+                        Authority::Kafka
+                    };
+                    described.insert(group.group.clone(), (authority, Some(group)));
+                }
+            }
+        }
+        // Lag from Postgres alone, without members, beats no lag at all.
+        Err(e) => tracing::warn!(error = %e, "the broker did not list its consumer groups"),
+    }
+    for group in &our_groups {
+        described
+            .entry(group.clone())
+            .or_insert((Authority::Postgres, None));
+    }
+    let mut partitions = look_at(probe, wanted(&[], &committed), true)?;
+    // A processor group reads a partition it has no offset for from the log's start
+    // (`auto.offset.reset=earliest`), so such a partition lags by all it holds; of any
+    // other group only what it committed is known (as `kafka-consumer-groups` shows it).
+    let known: BTreeSet<(&str, &str, i32)> = committed
+        .iter()
+        .map(|(g, t, p, _)| (g.as_str(), t.as_str(), *p))
+        .collect();
+    partitions.retain(|p| {
+        our_groups.contains(&p.group) || known.contains(&(&p.group, &p.topic, p.partition))
+    });
+    for p in &mut partitions {
+        let holder = described
+            .get(&p.group)
+            .and_then(|(_, g)| g.as_ref())
+            .and_then(|g| g.holder(&p.topic, p.partition));
+        if let Some(m) = holder {
+            p.consumer_id = Some(m.member_id.clone());
+            p.host = Some(m.host.clone());
+            p.client_id = Some(m.client_id.clone());
+        }
+    }
+    described.retain(|name, _| partitions.iter().any(|p| &p.group == name));
+    Ok((partitions, described))
+}
+
+/// Each reported group: where its offsets come from, and how the coordinator describes it
+/// (none when the broker could not be asked).
+type Described = BTreeMap<String, (Authority, Option<Group>)>;
 
 /// What each group has yet to read (`reads`: group and the topics it reads), on every
 /// partition of those topics; a partition the group has stored no offset for counts from
@@ -84,33 +216,9 @@ pub async fn unread(
     let (probe, wanted) = (probe.clone(), wanted(reads, &committed));
     let mut partitions = tokio::task::spawn_blocking(move || look_at(&probe, wanted, false))
         .await
-        .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))??;
+        .map_err(|e| crate::Error::Broker(format!("lag probe failed: {e}")))??;
     partitions.retain(|p| p.lag > 0);
     Ok(partitions)
-}
-
-/// The lag of every partition the groups in `consumer_offsets` read (one group, or those
-/// whose name starts with `prefix`); see [`look`].
-async fn partitions(
-    pool: &PgPool,
-    probe: &Probe,
-    group: Option<&str>,
-    prefix: &str,
-    ages: bool,
-) -> Result<Vec<PartitionLag>> {
-    let committed: Vec<(String, String, i32, i64)> = sqlx::query_as(
-        "select group_id, topic, partition, next_offset from consumer_offsets
-          where ($1::text is null or group_id = $1) and starts_with(group_id, $2)
-          order by group_id, topic, partition",
-    )
-    .bind(group)
-    .bind(prefix)
-    .fetch_all(pool)
-    .await?;
-    let probe = probe.clone();
-    tokio::task::spawn_blocking(move || look(&probe, &committed, ages))
-        .await
-        .map_err(|e| crate::Error::BrokerAnswer(format!("lag probe failed: {e}")))?
 }
 
 /// Partitions grouped into their groups, each with its trend from the samples.
@@ -118,6 +226,7 @@ async fn report(
     pool: &PgPool,
     measured_at: DateTime<Utc>,
     partitions: Vec<PartitionLag>,
+    described: &Described,
 ) -> Result<LagReport> {
     let mut by_group: BTreeMap<String, Vec<PartitionLag>> = BTreeMap::new();
     for p in partitions {
@@ -125,7 +234,17 @@ async fn report(
     }
     let mut groups = Vec::with_capacity(by_group.len());
     for (group, partitions) in by_group {
-        groups.push(summarize(pool, group, partitions).await?);
+        let (authority, described) = described
+            .get(&group)
+            .cloned()
+            .unwrap_or((Authority::Postgres, None));
+        let mut lag = summarize(pool, group, partitions).await?;
+        lag.offsets_in = authority;
+        if let Some(g) = described {
+            lag.state = Some(g.state);
+            lag.members = g.members;
+        }
+        groups.push(lag);
     }
     Ok(LagReport {
         measured_at,
@@ -133,15 +252,30 @@ async fn report(
     })
 }
 
-/// (sampled at, group, topic, partition, committed, log end, lag seconds)
-type SampleRow = (DateTime<Utc>, String, String, i32, i64, i64, f64);
+/// A `lag_samples` row as [`latest`] reads it.
+#[derive(sqlx::FromRow)]
+struct SampleRow {
+    sampled_at: DateTime<Utc>,
+    group_id: String,
+    topic: String,
+    partition: i32,
+    committed: i64,
+    log_end: i64,
+    lag_seconds: f64,
+    offsets_in: String,
+    state: Option<String>,
+    consumer_id: Option<String>,
+    client_id: Option<String>,
+    host: Option<String>,
+}
 
 /// The newest sample of every group (or one), as the sampler of a running API recorded
 /// it; empty when nothing has been sampled within the trend window.
 pub async fn latest(pool: &PgPool, group: Option<&str>) -> Result<LagReport> {
     let since = Utc::now() - chrono::Duration::from_std(TREND_WINDOW).unwrap_or_default();
     let rows: Vec<SampleRow> = sqlx::query_as(
-        "select s.sampled_at, s.group_id, s.topic, s.partition, s.committed, s.log_end, s.lag_seconds
+        "select s.sampled_at, s.group_id, s.topic, s.partition, s.committed, s.log_end,
+                s.lag_seconds, s.offsets_in, s.state, s.consumer_id, s.client_id, s.host
            from lag_samples s
            join (select group_id, max(sampled_at) as at from lag_samples
                   where sampled_at >= $2 and ($1::text is null or group_id = $1)
@@ -153,33 +287,58 @@ pub async fn latest(pool: &PgPool, group: Option<&str>) -> Result<LagReport> {
     .bind(since)
     .fetch_all(pool)
     .await?;
-    let measured_at = rows.iter().map(|r| r.0).max().unwrap_or_else(Utc::now);
+    let measured_at = rows
+        .iter()
+        .map(|r| r.sampled_at)
+        .max()
+        .unwrap_or_else(Utc::now);
+    // The groups as they were described at the sample: members from the partitions they held.
+    let mut described: Described = BTreeMap::new();
+    for r in &rows {
+        let authority = if r.offsets_in == "kafka" {
+            Authority::Kafka
+        } else {
+            Authority::Postgres
+        };
+        let (_, group) = described
+            .entry(r.group_id.clone())
+            .or_insert((authority, None));
+        let Some(state) = &r.state else { continue };
+        let group = group.get_or_insert_with(|| Group {
+            group: r.group_id.clone(),
+            state: state.clone(),
+            protocol_type: "consumer".into(),
+            members: Vec::new(),
+        });
+        if let (Some(id), Some(client_id), Some(host)) = (&r.consumer_id, &r.client_id, &r.host) {
+            let held = format!("{}:{}", r.topic, r.partition);
+            match group.members.iter_mut().find(|m| &m.member_id == id) {
+                Some(m) => m.partitions.push(held),
+                None => group.members.push(Member {
+                    member_id: id.clone(),
+                    client_id: client_id.clone(),
+                    host: host.clone(),
+                    partitions: vec![held],
+                }),
+            }
+        }
+    }
     let partitions = rows
         .into_iter()
-        .map(
-            |(_, group, topic, partition, committed, log_end, lag_seconds)| PartitionLag {
-                group,
-                topic,
-                partition,
-                committed,
-                log_end,
-                lag: (log_end - committed).max(0),
-                lag_seconds,
-            },
-        )
+        .map(|r| PartitionLag {
+            lag: (r.log_end - r.committed).max(0),
+            group: r.group_id,
+            topic: r.topic,
+            partition: r.partition,
+            committed: r.committed,
+            log_end: r.log_end,
+            lag_seconds: r.lag_seconds,
+            consumer_id: r.consumer_id,
+            host: r.host,
+            client_id: r.client_id,
+        })
         .collect();
-    report(pool, measured_at, partitions).await
-}
-
-/// Watermarks and oldest-record ages, blocking (rdkafka's metadata calls are).
-/// Lag of every partition of the topics the groups read; with `ages`, each lagging
-/// partition's oldest unconsumed record is read for its age.
-fn look(
-    consumer: &BaseConsumer,
-    committed: &[(String, String, i32, i64)],
-    ages: bool,
-) -> Result<Vec<PartitionLag>> {
-    look_at(consumer, wanted(&[], committed), ages)
+    report(pool, measured_at, partitions, &described).await
 }
 
 /// The group's next offset on each partition it has one for, by (group, topic): every
@@ -226,6 +385,9 @@ fn look_at(consumer: &BaseConsumer, wanted: Wanted, ages: bool) -> Result<Vec<Pa
                 log_end: high,
                 lag,
                 lag_seconds: 0.0,
+                consumer_id: None,
+                host: None,
+                client_id: None,
             });
         }
     }
@@ -262,13 +424,22 @@ fn look_at(consumer: &BaseConsumer, wanted: Wanted, ages: bool) -> Result<Vec<Pa
     Ok(out)
 }
 
-async fn record(pool: &PgPool, at: DateTime<Utc>, partitions: &[PartitionLag]) -> Result<()> {
+async fn record(
+    pool: &PgPool,
+    at: DateTime<Utc>,
+    partitions: &[PartitionLag],
+    described: &Described,
+) -> Result<()> {
     let mut tx = pool.begin().await?;
     for p in partitions {
+        let (authority, group) = described
+            .get(&p.group)
+            .map_or((Authority::Postgres, None), |(a, g)| (*a, g.as_ref()));
         sqlx::query(
             "insert into lag_samples
-                 (sampled_at, group_id, topic, partition, committed, log_end, lag_seconds)
-             values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
+                 (sampled_at, group_id, topic, partition, committed, log_end, lag_seconds,
+                  offsets_in, state, consumer_id, client_id, host)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) on conflict do nothing",
         )
         .bind(at)
         .bind(&p.group)
@@ -277,6 +448,11 @@ async fn record(pool: &PgPool, at: DateTime<Utc>, partitions: &[PartitionLag]) -
         .bind(p.committed)
         .bind(p.log_end)
         .bind(p.lag_seconds)
+        .bind(authority.as_str())
+        .bind(group.map(|g| g.state.as_str()))
+        .bind(p.consumer_id.as_deref())
+        .bind(p.client_id.as_deref())
+        .bind(p.host.as_deref())
         .execute(&mut *tx)
         .await?;
     }
@@ -317,6 +493,9 @@ async fn summarize(
     };
     Ok(GroupLag {
         group,
+        state: None,
+        offsets_in: Authority::Postgres,
+        members: Vec::new(),
         lag,
         max_lag_seconds,
         consume_rate,
@@ -362,8 +541,8 @@ pub fn export_metrics(report: &LagReport) {
 
 /// One sample for `/metrics`: measures, records and exports; a failure is logged and
 /// leaves the previous values.
-pub async fn sample(pool: &PgPool, probe: &Probe) {
-    match measure(pool, probe, None).await {
+pub async fn sample(pool: &PgPool, probe: &Probe, scope: &Scope) {
+    match measure(pool, probe, scope).await {
         Ok(report) => export_metrics(&report),
         Err(e) => tracing::warn!(error = %e, "lag sample failed"),
     }

@@ -1,10 +1,11 @@
 //! Edges of the pipeline: the outbox relay, which publishes what commands and processors
-//! wrote to the outbox, and the broker-facing tools (topics, offsets by time, lag,
-//! offsets, dead letters).
+//! wrote to the outbox, and the broker-facing tools (topics, offsets by time, consumer
+//! groups, lag, offsets, dead letters).
 
 mod derived;
 pub mod dlq;
 pub mod gauges;
+pub mod groups;
 pub mod kafka;
 pub mod lag;
 pub mod leader;
@@ -22,9 +23,10 @@ pub enum Error {
     /// An outbox row the relay cannot turn into a record (a defect, not a transient state).
     #[error("outbox row cannot be published: {0}")]
     Outbox(String),
-    /// The broker answered something its own records contradict.
-    #[error("broker answered wrongly: {0}")]
-    BrokerAnswer(String),
+    /// The broker could not answer what was asked (an unknown topic or partition, a look-up
+    /// that did not finish).
+    #[error("{0}")]
+    Broker(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,8 +1,10 @@
-//! Moving a processor group's offsets, like `kafka-consumer-groups --reset-offsets`: a plan
-//! first (per partition: where the group is, where it would go), then, on request, the move,
-//! in both places the offsets live: Postgres (`consumer_offsets`, the processors'
-//! authority) and Kafka's committed offsets (what lag tools read). Refused while the group
-//! has a live member, since a running member would carry on from where it is.
+//! Moving a consumer group's offsets, like `kafka-consumer-groups --reset-offsets`: a plan
+//! first (per partition: where the group is, where it would go), then, on request, the move.
+//! A processor group's offsets live in two places, and both move: Postgres
+//! (`consumer_offsets`, the processors' authority) and Kafka's committed offsets (what lag
+//! tools read). Any other group on the cluster has only Kafka's. Refused while the group
+//! has members (the broker's group coordinator says), since a running member would carry on
+//! from where it is.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,8 +14,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
+pub use crate::groups::Authority;
+use crate::groups::{self, Group};
 use crate::kafka::{TimeLookup, client_config, offset_for_time, partition_count};
 use crate::{Error, Result};
 
@@ -74,33 +77,49 @@ pub struct PlanRow {
     pub target: i64,
 }
 
-/// A member of the group that beat recently.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct LiveMember {
-    pub member_id: Uuid,
-    pub host: String,
-    pub pid: i32,
-    pub last_seen: DateTime<Utc>,
-    /// The partitions it holds (`topic:partition`), as of its last beat; none when its
-    /// version does not say.
-    pub partitions: Option<Vec<String>>,
+/// A plan and what it was made from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub authority: Authority,
+    pub partitions: Vec<PlanRow>,
 }
 
-pub async fn live_members(
+/// The group as the broker's coordinator describes it now.
+pub async fn describe(bootstrap: &str, group: &str) -> Result<Group> {
+    let (bootstrap, group) = (bootstrap.to_string(), group.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&bootstrap).create()?;
+        groups::describe(&consumer, &group)
+    })
+    .await
+    .map_err(|e| Error::Broker(format!("group look-up failed: {e}")))?
+}
+
+/// Where `group` is: its offsets in Postgres if it has any there, else its committed
+/// offsets in Kafka on every topic of the cluster.
+async fn current(
     pool: &PgPool,
+    bootstrap: &str,
     group: &str,
-    timeout: Duration,
-) -> Result<Vec<LiveMember>> {
-    let members = sqlx::query_as(
-        "select member_id, host, pid, last_seen, partitions from consumer_members
-          where group_id = $1 and last_seen > now() - make_interval(secs => $2)
-          order by last_seen desc",
+) -> Result<(Authority, BTreeMap<(String, i32), i64>)> {
+    let stored: Vec<(String, i32, i64)> = sqlx::query_as(
+        "select topic, partition, next_offset from consumer_offsets where group_id = $1",
     )
     .bind(group)
-    .bind(timeout.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    Ok(members)
+    if !stored.is_empty() {
+        let current = stored.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        return Ok((Authority::Postgres, current));
+    }
+    let (bootstrap, group) = (bootstrap.to_string(), group.to_string());
+    let committed = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&bootstrap).create()?;
+        groups::committed(&bootstrap, &group, &groups::topics(&consumer)?)
+    })
+    .await
+    .map_err(|e| Error::Broker(format!("committed offsets look-up failed: {e}")))??;
+    Ok((Authority::Kafka, committed))
 }
 
 /// The plan for `group` over `topics` (every topic it has offsets for when empty).
@@ -111,18 +130,8 @@ pub async fn plan(
     group: &str,
     topics: &[TopicSpec],
     target: Option<Target>,
-) -> Result<Vec<PlanRow>> {
-    let stored: Vec<(String, i32, i64)> = sqlx::query_as(
-        "select topic, partition, next_offset from consumer_offsets where group_id = $1
-          order by topic, partition",
-    )
-    .bind(group)
-    .fetch_all(pool)
-    .await?;
-    let mut current: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for (topic, partition, next) in stored {
-        current.insert((topic, partition), next);
-    }
+) -> Result<Plan> {
+    let (authority, current) = current(pool, bootstrap, group).await?;
     let specs: Vec<TopicSpec> = if topics.is_empty() {
         let mut names: Vec<String> = current.keys().map(|(t, _)| t.clone()).collect();
         names.dedup();
@@ -162,7 +171,10 @@ pub async fn plan(
             target: wanted.clamp(low, high.max(low)),
         });
     }
-    Ok(rows)
+    Ok(Plan {
+        authority,
+        partitions: rows,
+    })
 }
 
 /// (topic, partition, log start, log end) for each partition the specs name; an unknown
@@ -174,7 +186,7 @@ pub async fn log_bounds(
     let bootstrap = bootstrap.to_string();
     tokio::task::spawn_blocking(move || watermarks(&bootstrap, &specs))
         .await
-        .map_err(|e| Error::BrokerAnswer(format!("watermark task failed: {e}")))?
+        .map_err(|e| Error::Broker(format!("watermark task failed: {e}")))?
 }
 
 fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, i64, i64)>> {
@@ -184,7 +196,7 @@ fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, 
     for spec in specs {
         let count = partition_count(&consumer, &spec.topic, timeout)?;
         if count == 0 {
-            return Err(Error::BrokerAnswer(format!(
+            return Err(Error::Broker(format!(
                 "topic {} does not exist on the broker",
                 spec.topic
             )));
@@ -192,7 +204,7 @@ fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, 
         let partitions: Vec<i32> = match &spec.partitions {
             Some(list) => {
                 if let Some(p) = list.iter().find(|p| **p >= count) {
-                    return Err(Error::BrokerAnswer(format!(
+                    return Err(Error::Broker(format!(
                         "topic {} has {count} partitions; there is no partition {p}",
                         spec.topic
                     )));
@@ -209,9 +221,22 @@ fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, 
     Ok(out)
 }
 
-/// Moves the group to the plan's targets: Postgres in one transaction, then Kafka's
-/// committed offsets (a failure there is reported; Postgres, the authority, has moved).
-pub async fn execute(pool: &PgPool, bootstrap: &str, group: &str, rows: &[PlanRow]) -> Result<()> {
+/// Moves the group to the plan's targets: for a processor group Postgres in one
+/// transaction, then Kafka's committed offsets (a failure there is reported; Postgres, the
+/// authority, has moved); for any other group, Kafka's committed offsets.
+pub async fn execute(pool: &PgPool, bootstrap: &str, group: &str, plan: &Plan) -> Result<()> {
+    let rows = &plan.partitions;
+    if plan.authority == Authority::Postgres {
+        store(pool, group, rows).await?;
+    }
+    let (bootstrap, group) = (bootstrap.to_string(), group.to_string());
+    let rows = rows.to_vec();
+    tokio::task::spawn_blocking(move || commit_to_kafka(&bootstrap, &group, &rows))
+        .await
+        .map_err(|e| Error::Broker(format!("commit task failed: {e}")))?
+}
+
+async fn store(pool: &PgPool, group: &str, rows: &[PlanRow]) -> Result<()> {
     let mut tx = pool.begin().await?;
     for row in rows {
         sqlx::query(
@@ -228,11 +253,7 @@ pub async fn execute(pool: &PgPool, bootstrap: &str, group: &str, rows: &[PlanRo
         .await?;
     }
     tx.commit().await?;
-    let (bootstrap, group) = (bootstrap.to_string(), group.to_string());
-    let rows = rows.to_vec();
-    tokio::task::spawn_blocking(move || commit_to_kafka(&bootstrap, &group, &rows))
-        .await
-        .map_err(|e| Error::BrokerAnswer(format!("commit task failed: {e}")))?
+    Ok(())
 }
 
 fn commit_to_kafka(bootstrap: &str, group: &str, rows: &[PlanRow]) -> Result<()> {

@@ -167,9 +167,6 @@ pub struct RuntimeConfig {
     /// How long to wait for more records once a batch has its first one.
     pub linger: Duration,
     pub max_backoff: Duration,
-    /// Records that wait this long on a partition nobody progresses make a member that does
-    /// not own it rejoin the group (see [`Runtime::run`]).
-    pub orphan_check_after: Duration,
     /// Physical topics are `<prefix><logical name>`; processors and the outbox speak
     /// logical names.
     pub topic_prefix: String,
@@ -185,7 +182,6 @@ impl RuntimeConfig {
             linger: Duration::from_millis(20),
             max_backoff: Duration::from_secs(5),
             topic_prefix: String::new(),
-            orphan_check_after: Duration::from_secs(30),
         }
     }
 }
@@ -196,96 +192,20 @@ pub fn default_group_id(topic_prefix: &str, name: &str) -> String {
     format!("{topic_prefix}dhanman.{name}")
 }
 
-/// Paces the check for partitions nobody works on: one look every third of the interval,
-/// and only once the member's own assignment has stood for that long (a group still
-/// forming looks orphaned); none during the interval after a (re)join.
-struct Watchdog {
-    next: Instant,
-    joined: Instant,
-    /// Whether the previous look found partitions that no live member holds.
-    unowned_before: bool,
-}
-
-impl Watchdog {
-    fn new() -> Self {
-        Watchdog {
-            next: Instant::now(),
-            joined: Instant::now(),
-            unowned_before: false,
-        }
-    }
-
-    fn due(&mut self, interval: Duration, assignment: &Assignment) -> bool {
-        let now = Instant::now();
-        if now < self.next {
-            return false;
-        }
-        let settled = match assignment.since {
-            Some(since) => now.duration_since(since) >= interval / 3,
-            // No assignment at all since joining: after a whole interval, that is a stuck join.
-            None => now.duration_since(self.joined) >= interval,
-        };
-        if !settled {
-            self.unowned_before = false;
-            return false;
-        }
-        self.next = now + interval / 3;
-        true
-    }
-
-    /// Whether partitions that no live member holds, seen now, were seen at the previous
-    /// look too: a rebalance in progress clears within one look, a lost assignment does not.
-    fn unowned_twice(&mut self, unowned_now: bool) -> bool {
-        let twice = unowned_now && self.unowned_before;
-        self.unowned_before = unowned_now;
-        twice
-    }
-
-    fn rejoined(&mut self, interval: Duration) {
-        self.joined = Instant::now();
-        self.next = self.joined + interval;
-        self.unowned_before = false;
-    }
-}
-
-/// Partitions of a member's topics that nobody works on.
-struct Orphans {
-    /// Not this member's, records wait past the stored offset and that offset has not moved
-    /// for `orphan_check_after`.
-    stalled: Vec<(String, i32)>,
-    /// Held by no live member of the group, by what the members write in
-    /// `consumer_members` (empty when a member does not say).
-    unowned: Vec<(String, i32)>,
-}
-
-/// The partitions this member holds, and since when (none between a revocation and the next
-/// assignment); shared by the rebalance callback, the loop and the heartbeat.
+/// The partitions this member holds (none between a revocation and the next assignment);
+/// shared by the rebalance callback and the loop.
 #[derive(Debug, Default)]
 struct Assignment {
     partitions: HashSet<(String, i32)>,
-    since: Option<Instant>,
 }
 
 impl Assignment {
     fn set(&mut self, partitions: HashSet<(String, i32)>) {
         self.partitions = partitions;
-        self.since = Some(Instant::now());
     }
 
     fn clear(&mut self) {
         self.partitions.clear();
-        self.since = None;
-    }
-
-    /// `topic:partition`, sorted, as `consumer_members.partitions` holds them.
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .partitions
-            .iter()
-            .map(|(t, p)| format!("{t}:{p}"))
-            .collect();
-        names.sort();
-        names
     }
 }
 
@@ -490,7 +410,10 @@ impl<P: Processor> Runtime<P> {
             .set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("broker.address.family", "v4")
             .set("group.id", &group)
-            .set("client.id", format!("dhanman-{}", self.processor.name()))
+            .set(
+                "client.id",
+                dhanman_connectors::kafka::client_id(self.processor.name()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -500,20 +423,16 @@ impl<P: Processor> Runtime<P> {
         Ok(config.create_with_context(context)?)
     }
 
-    /// Consumes until the task is dropped or the consumer fails for good.
-    ///
-    /// Every third of `orphan_check_after` the member looks for partitions it does not own
-    /// where records wait and the stored offset has not moved for `orphan_check_after`; if
-    /// there are any, it says so and rejoins the group, which makes the coordinator assign
-    /// them again. A correct coordinator reassigns a dead member's partitions by itself; the
-    /// test broker sometimes does not (see the README).
+    /// Consumes until the task is dropped or the consumer fails for good. Partitions come
+    /// and go with the group coordinator's assignments; a member that dies is replaced by
+    /// the coordinator once its session times out ([`MEMBER_TIMEOUT`]).
     pub async fn run(self) -> Result<()> {
         self.run_until(Stop::never()).await
     }
 
     /// [`Runtime::run`] until `stop` is asked for; then the batch in hand is finished, the
-    /// member leaves its group (its partitions go to the other members at once) and is
-    /// struck from `consumer_members`, and this returns `Ok`.
+    /// member leaves its group (its partitions go to the other members at once), and this
+    /// returns `Ok`.
     pub async fn run_until(self, stop: Stop) -> Result<()> {
         if tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::CurrentThread
@@ -524,24 +443,16 @@ impl<P: Processor> Runtime<P> {
         }
         let consumer = Arc::new(self.consumer()?);
         let this = Arc::new(self);
-        let member = Uuid::now_v7();
-        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
-            this.pool.clone(),
-            this.group_id(),
-            member,
-            consumer.context().assigned.clone(),
-        )));
         let consumed = this.clone().consume(consumer.clone(), stop).await;
-        drop(heartbeat);
         if consumed.is_ok() {
-            this.leave(consumer, member).await;
+            this.leave(consumer).await;
         }
         consumed
     }
 
     /// Leaves the group and closes the consumer, waiting at most [`LEAVE_TIMEOUT`] for the
     /// broker: past that the session timeout does the rest.
-    async fn leave(&self, consumer: Arc<StreamConsumer<StoredOffsets>>, member: Uuid) {
+    async fn leave(&self, consumer: Arc<StreamConsumer<StoredOffsets>>) {
         let group = self.group_id();
         tracing::info!(%group, "stopping: leaving the consumer group");
         consumer.unsubscribe();
@@ -560,15 +471,6 @@ impl<P: Processor> Runtime<P> {
                 "the broker did not confirm the leave in time; the group's session timeout \
                  will hand this member's partitions on"
             ),
-        }
-        let struck =
-            sqlx::query("delete from consumer_members where group_id = $1 and member_id = $2")
-                .bind(&group)
-                .bind(member)
-                .execute(&self.pool)
-                .await;
-        if let Err(e) = struck {
-            tracing::debug!(error = %e, "striking the member from consumer_members failed");
         }
     }
 
@@ -595,7 +497,6 @@ impl<P: Processor> Runtime<P> {
         consumer.subscribe(&refs)?;
         metric::register(self.processor.name());
         tracing::info!(group = %self.group_id(), topics = ?topics, "consumer started");
-        let mut watchdog = Watchdog::new();
         // Stopping between batches only: what was read but not applied is read again by
         // the partition's next owner, from the offsets stored with the last batch.
         let mut gathered = tokio::select! {
@@ -605,36 +506,6 @@ impl<P: Processor> Runtime<P> {
         loop {
             if stop.is_requested() {
                 return Ok(());
-            }
-            let due = {
-                let assignment = consumer.context().assigned.lock().expect("assignment lock");
-                watchdog.due(self.config.orphan_check_after, &assignment)
-            };
-            if due {
-                let Orphans { stalled, unowned } = self.orphans(&consumer, &topics).await;
-                let unowned_twice = watchdog.unowned_twice(!unowned.is_empty());
-                if !stalled.is_empty() {
-                    tracing::warn!(
-                        group = %self.group_id(),
-                        partitions = ?stalled,
-                        stalled_for = ?self.config.orphan_check_after,
-                        "records wait on partitions this member does not own and nobody has \
-                         made progress on them: their owner is gone or stuck, or the \
-                         coordinator lost the assignment; rejoining the group"
-                    );
-                } else if unowned_twice {
-                    tracing::warn!(
-                        group = %self.group_id(),
-                        partitions = ?unowned,
-                        "no live member of the group holds these partitions, at two looks \
-                         in a row: the coordinator lost the assignment; rejoining the group"
-                    );
-                }
-                if !stalled.is_empty() || unowned_twice {
-                    consumer.unsubscribe();
-                    consumer.subscribe(&refs)?;
-                    watchdog.rejoined(self.config.orphan_check_after);
-                }
             }
             let Gathered { batch, decoded } = gathered;
             if batch.is_empty() {
@@ -759,90 +630,6 @@ impl<P: Processor> Runtime<P> {
                 .contains(&(r.topic.clone(), r.partition))
         });
         batch
-    }
-
-    /// Partitions of our topics nobody works on, as this member sees them (see [`Orphans`]).
-    async fn orphans(
-        &self,
-        consumer: &StreamConsumer<StoredOffsets>,
-        topics: &[String],
-    ) -> Orphans {
-        let ends = tokio::task::block_in_place(|| {
-            let mut ends = Vec::new();
-            for topic in topics {
-                let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
-                else {
-                    continue;
-                };
-                for t in metadata.topics() {
-                    for p in t.partitions() {
-                        if let Ok((_, high)) =
-                            consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5))
-                        {
-                            ends.push((topic.clone(), p.id(), high));
-                        }
-                    }
-                }
-            }
-            ends
-        });
-        let group = self.group_id();
-        let stored = sqlx::query_as::<_, (String, i32, i64, f64)>(
-            "select topic, partition, next_offset, extract(epoch from now() - updated_at)::float8
-               from consumer_offsets where group_id = $1",
-        )
-        .bind(&group)
-        .fetch_all(&self.pool)
-        .await;
-        // What each live member said it holds; a member of a version that does not say
-        // (null) makes the whole picture unknown.
-        let claims = sqlx::query_as::<_, (Option<Vec<String>>,)>(
-            "select partitions from consumer_members
-              where group_id = $1 and last_seen > now() - make_interval(secs => $2)",
-        )
-        .bind(&group)
-        .bind(MEMBER_TIMEOUT.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await;
-        let owned = consumer
-            .context()
-            .assigned
-            .lock()
-            .expect("assignment lock")
-            .partitions
-            .clone();
-        let limit = self.config.orphan_check_after.as_secs_f64();
-        let stalled = match stored {
-            Ok(stored) => ends
-                .iter()
-                .filter(|(topic, partition, high)| {
-                    if owned.contains(&(topic.clone(), *partition)) {
-                        return false;
-                    }
-                    match stored.iter().find(|r| &r.0 == topic && r.1 == *partition) {
-                        Some((_, _, next, quiet)) => high > next && *quiet >= limit,
-                        None => *high > 0,
-                    }
-                })
-                .map(|(topic, partition, _)| (topic.clone(), *partition))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        let held: Option<HashSet<String>> = claims.ok().and_then(|rows| {
-            rows.into_iter()
-                .map(|(partitions,)| partitions)
-                .collect::<Option<Vec<Vec<String>>>>()
-                .map(|all| all.into_iter().flatten().collect())
-        });
-        let unowned = match held {
-            Some(held) => ends
-                .iter()
-                .filter(|(topic, partition, _)| !held.contains(&format!("{topic}:{partition}")))
-                .map(|(topic, partition, _)| (topic.clone(), *partition))
-                .collect(),
-            None => Vec::new(),
-        };
-        Orphans { stalled, unowned }
     }
 
     fn commit_to_kafka(
@@ -1116,10 +903,8 @@ impl<P: Processor> Runtime<P> {
     }
 }
 
-/// How often a running member records that it is alive, and how long after its last beat
-/// it counts as gone: the consumers' session timeout too, so that the broker and
-/// `consumer_members` agree on who is in the group.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// The consumers' session timeout: how long after its last heartbeat the group coordinator
+/// counts a member as gone (SIGKILL, a crash, a lost network) and hands its partitions on.
 pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping member waits for the broker to confirm it left its group.
@@ -1131,42 +916,6 @@ pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Records this member in `consumer_members` every [`HEARTBEAT_INTERVAL`] while the
-/// consumer runs, so that tools can tell a live group from an idle one.
-async fn heartbeat(pool: PgPool, group: String, member: Uuid, assignment: Arc<Mutex<Assignment>>) {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    // Members that died without a word (SIGKILL) are dropped once they are long gone.
-    let swept = sqlx::query(
-        "delete from consumer_members where group_id = $1 and last_seen < now() - interval '1 hour'",
-    )
-    .bind(&group)
-    .execute(&pool)
-    .await;
-    if let Err(e) = swept {
-        tracing::debug!(error = %e, "sweeping departed members failed");
-    }
-    loop {
-        let partitions = assignment.lock().expect("assignment lock").names();
-        let beat = sqlx::query(
-            "insert into consumer_members (group_id, member_id, host, pid, partitions)
-             values ($1, $2, $3, $4, $5)
-             on conflict (group_id, member_id)
-             do update set last_seen = now(), partitions = excluded.partitions",
-        )
-        .bind(&group)
-        .bind(member)
-        .bind(&host)
-        .bind(std::process::id() as i32)
-        .bind(&partitions)
-        .execute(&pool)
-        .await;
-        if let Err(e) = beat {
-            tracing::debug!(error = %e, "member heartbeat failed");
-        }
-        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
     }
 }
 
@@ -1393,45 +1142,6 @@ async fn dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const INTERVAL: Duration = Duration::from_secs(30);
-
-    fn assigned_ago(ago: Duration) -> Assignment {
-        Assignment {
-            partitions: HashSet::from([("t".to_string(), 0)]),
-            since: Some(Instant::now() - ago),
-        }
-    }
-
-    #[test]
-    fn the_watchdog_waits_for_the_assignment_to_stand_before_it_looks() {
-        let mut watchdog = Watchdog::new();
-        assert!(!watchdog.due(INTERVAL, &assigned_ago(Duration::from_secs(2))));
-        assert!(watchdog.due(INTERVAL, &assigned_ago(Duration::from_secs(11))));
-        // Then once a third of the interval.
-        assert!(!watchdog.due(INTERVAL, &assigned_ago(Duration::from_secs(11))));
-        // No assignment since joining: looks only once a whole interval has passed.
-        let mut joining = Watchdog::new();
-        assert!(!joining.due(INTERVAL, &Assignment::default()));
-        joining.joined = Instant::now() - INTERVAL;
-        assert!(joining.due(INTERVAL, &Assignment::default()));
-    }
-
-    #[test]
-    fn only_partitions_unowned_at_two_looks_in_a_row_make_a_rejoin() {
-        let mut watchdog = Watchdog::new();
-        assert!(!watchdog.unowned_twice(true));
-        assert!(watchdog.unowned_twice(true));
-        assert!(!watchdog.unowned_twice(false));
-        assert!(!watchdog.unowned_twice(true));
-        // A look skipped because the assignment changed starts the count again.
-        watchdog.next = Instant::now();
-        assert!(!watchdog.due(INTERVAL, &assigned_ago(Duration::ZERO)));
-        assert!(!watchdog.unowned_twice(true));
-        watchdog.rejoined(INTERVAL);
-        assert!(!watchdog.unowned_twice(true));
-        assert!(!watchdog.due(INTERVAL, &assigned_ago(INTERVAL)));
-    }
 
     fn record(topic: &str, partition: i32, offset: i64) -> Incoming {
         Incoming {

@@ -388,3 +388,18 @@ fn grafana_is_provisioned_with_a_dashboard_of_exported_metrics() {
         );
     }
 }
+
+#[test]
+fn the_compose_broker_runs_the_kafka_version_the_development_broker_pins() {
+    let pom = read(&root().join("deploy/kafka/pom.xml"));
+    let pinned = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split("</kafka.version>").next())
+        .expect("deploy/kafka/pom.xml pins <kafka.version>");
+    let compose = Compose::load();
+    let image = compose.service("kafka")["image"]
+        .as_str()
+        .expect("the kafka service names its image");
+    assert_eq!(image, format!("apache/kafka:{pinned}"));
+}

@@ -64,12 +64,15 @@ where
     }
 }
 
-/// A database of its own, migrated, dropped by [`TestDb::drop_db`].
+/// A database of its own, migrated, dropped by [`TestDb::drop_db`] with the topics and
+/// groups of every [`Setup`] made for it.
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
     admin_url: String,
+    /// The topic prefixes of the test's setups.
+    prefixes: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TestDb {
@@ -98,11 +101,17 @@ impl TestDb {
             url,
             pool,
             admin_url,
+            prefixes: Arc::default(),
         }
     }
 
-    /// Drops the database (after closing the pool); call at the end of a passing test.
+    /// Drops the database (after closing the pool), and deletes the topics and consumer
+    /// groups of the test's setups from the broker; call at the end of a passing test.
     pub async fn drop_db(self) {
+        let prefixes = self.prefixes.lock().expect("prefixes").clone();
+        if let Err(e) = drop_topics_and_groups(&prefixes).await {
+            eprintln!("cleaning up the broker after the test: {e}");
+        }
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&self.admin_url).await {
             let _ = admin
@@ -139,6 +148,43 @@ impl TestDb {
     }
 }
 
+/// Deletes the topics and consumer groups whose names start with one of `prefixes`.
+async fn drop_topics_and_groups(prefixes: &[String]) -> dhanman_connectors::Result<()> {
+    if prefixes.is_empty() {
+        return Ok(());
+    }
+    let (topics, groups) = tokio::task::spawn_blocking({
+        let prefixes = prefixes.to_vec();
+        move || -> dhanman_connectors::Result<(Vec<String>, Vec<String>)> {
+            let ours = |name: &str| prefixes.iter().any(|p| name.starts_with(p.as_str()));
+            let probe: rdkafka::consumer::BaseConsumer =
+                dhanman_connectors::kafka::client_config(&bootstrap()).create()?;
+            let topics = dhanman_connectors::groups::topics(&probe)?
+                .into_keys()
+                .filter(|t| ours(t))
+                .collect();
+            let groups = dhanman_connectors::groups::list(&probe)?
+                .into_iter()
+                .map(|g| g.group)
+                .filter(|g| ours(g))
+                .collect();
+            Ok((topics, groups))
+        }
+    })
+    .await
+    .expect("the broker look-up task")?;
+    dhanman_connectors::kafka::delete_topics(&bootstrap(), &topics).await?;
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        dhanman_connectors::kafka::client_config(&bootstrap()).create()?;
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    // A group whose members have not timed out yet is not empty and stays; the broker
+    // drops it once it is empty and its offsets are gone with the topics.
+    let _ = admin
+        .delete_groups(&names, &rdkafka::admin::AdminOptions::new())
+        .await;
+    Ok(())
+}
+
 pub fn with_database(url: &str, name: &str) -> String {
     let mut url = reqwest::Url::parse(url).expect("DATABASE_URL is a URL");
     url.set_path(name);
@@ -150,6 +196,22 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The consumer group as the broker's group coordinator describes it now.
+pub async fn describe_group(group: &str) -> dhanman_connectors::groups::Group {
+    dhanman_connectors::offsets::describe(&bootstrap(), group)
+        .await
+        .expect("describe the group")
+}
+
+/// Waits until the coordinator says `group` has no members (those that left, or whose
+/// session timed out).
+pub async fn wait_group_empty(group: &str, within: Duration) {
+    eventually(&format!("group {group} to be empty"), within, || async {
+        describe_group(group).await.members.is_empty().then_some(())
+    })
+    .await;
 }
 
 /// A unique topic namespace for one test.
@@ -218,9 +280,14 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(db: &TestDb) -> Setup {
+        let topic_prefix = topic_prefix();
+        db.prefixes
+            .lock()
+            .expect("prefixes")
+            .push(topic_prefix.clone());
         Setup {
             database_url: db.url.clone(),
-            topic_prefix: topic_prefix(),
+            topic_prefix,
             http_port: free_port(),
         }
     }

@@ -210,3 +210,149 @@ async fn one_api_process_samples_and_another_takes_over_when_it_goes() {
     assert_eq!(sampler_active(&second).await, Some(1.0));
     db.drop_db().await;
 }
+
+/// One row of `kafka-consumer-groups --describe` as the referee prints it, and the same
+/// fields of `dhanman lag --json`: (current offset, log end, lag, consumer id, host,
+/// client id) by (topic, partition).
+type Described = std::collections::BTreeMap<(String, i64), (i64, i64, i64, String, String, String)>;
+
+/// What Kafka's own tool says of `group`: the partitions it has committed an offset on.
+async fn referee(group: &str) -> Described {
+    let out = crate::kafka::kafka_tool(
+        "consumer-groups",
+        &[
+            "--bootstrap-server",
+            &bootstrap(),
+            "--describe",
+            "--group",
+            group,
+        ],
+    )
+    .await;
+    crate::kafka::group_rows(&out, group)
+        .into_iter()
+        .filter(|c| c.len() == 9 && c[3] != "-")
+        .map(|c| {
+            (
+                (c[1].clone(), c[2].parse().unwrap()),
+                (
+                    c[3].parse().unwrap(),
+                    c[4].parse().unwrap(),
+                    c[5].parse().unwrap(),
+                    c[6].clone(),
+                    c[7].clone(),
+                    c[8].clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The same fields from `dhanman lag --json`.
+fn ours(group: &Value) -> Described {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    group["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                (text(&p["topic"]), p["partition"].as_i64().unwrap()),
+                (
+                    p["committed"].as_i64().unwrap(),
+                    p["log_end"].as_i64().unwrap(),
+                    p["lag"].as_i64().unwrap(),
+                    text(&p["consumer_id"]),
+                    text(&p["host"]),
+                    text(&p["client_id"]),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Kafka's `kafka-consumer-groups --describe` referees `dhanman lag --json`: once the
+/// pipeline has settled they agree, partition by partition, on committed offset, log end,
+/// lag and the member holding it (consumer id, host, client id), for the ledger's group
+/// (offsets from Postgres) and for a group that is not ours (a consumer in this test,
+/// offsets from Kafka), which `dhanman lag` reports too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_agrees_with_kafka_consumer_groups_for_our_group_and_a_foreign_one() {
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api_proc = setup.spawn(&["api"]);
+    setup.wait_ready(&api_proc).await;
+    let _relay = setup.spawn(&["relay"]);
+    let _ledger = setup.spawn(&["process", "ledger"]);
+    let (_, key) = create_org(&setup, "Cedar Court").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let mut last = String::new();
+    for i in 0..12 {
+        let customer = api.customer(&format!("Resident {i}")).await;
+        last = invoice(&api, customer, "75.00").await.1;
+    }
+    ledger_applied(&api, &last).await;
+
+    // A group that is not the pipeline's: it reads five invoices, commits, and stays.
+    let invoices = setup.topic("dhanman.sales.invoices");
+    let foreign = format!("{}foreign-reader", setup.topic_prefix);
+    let reader: StreamConsumer = dhanman_connectors::kafka::client_config(&bootstrap())
+        .set("group.id", &foreign)
+        .set("client.id", "foreign-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&invoices]).unwrap();
+    for _ in 0..5 {
+        let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+            .await
+            .expect("a record within a minute")
+            .unwrap();
+        reader
+            .commit_message(&m, CommitMode::Sync)
+            .expect("commit the foreign group's offset");
+    }
+
+    let ledger = format!("{}dhanman.ledger", setup.topic_prefix);
+    for group in [ledger.as_str(), foreign.as_str()] {
+        // Settled: the ledger's offsets reach Kafka after each batch's commit. Polled until
+        // the two agree; the last look is what a disagreement reports.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let (kafka, mine) = loop {
+            let mut mine = ours(&lag_cli(&setup, group).await);
+            let kafka = referee(group).await;
+            // A partition the ledger has no offset on yet counts from the log's start in
+            // our report (it reads from there); Kafka shows it without an offset. Settled,
+            // such a partition holds nothing.
+            mine.retain(|at, (committed, log_end, lag, ..)| {
+                kafka.contains_key(at) || (*lag != 0 || committed != log_end)
+            });
+            if kafka == mine || std::time::Instant::now() > deadline {
+                break (kafka, mine);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            kafka, mine,
+            "{group}: kafka-consumer-groups (left), dhanman lag"
+        );
+        assert!(!kafka.is_empty(), "{group}: nothing committed");
+    }
+    // The foreign group's offsets come from Kafka, and its member is the test's consumer.
+    let g = lag_cli(&setup, &foreign).await;
+    assert_eq!(g["offsets_in"], "kafka", "{g}");
+    assert_eq!(g["state"], "Stable", "{g}");
+    assert_eq!(g["members"][0]["client_id"], "foreign-reader", "{g}");
+    let committed: i64 = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["committed"].as_i64().unwrap())
+        .sum();
+    assert_eq!(committed, 5, "{g}");
+    drop(reader);
+    db.drop_db().await;
+}

@@ -14,6 +14,7 @@ mod evolution;
 mod flows;
 mod helpers;
 mod interop;
+mod kafka;
 mod lag;
 mod metrics;
 mod monthly;

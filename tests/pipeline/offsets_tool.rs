@@ -1,6 +1,7 @@
-//! `dhanman offsets show|reset` against a running pipeline: the plan first, nothing moved
-//! without `--execute` or while the group has a live member; a reset moves Postgres and
-//! Kafka alike, and a rewound ledger re-reads without posting anything twice.
+//! `dhanman offsets show|reset` against a running pipeline: the plan first, with the
+//! group's members as the broker describes them; nothing moved without `--execute` or while
+//! the group has a member; a reset moves Postgres and Kafka alike, and a rewound ledger
+//! re-reads without posting anything twice.
 
 use std::time::Duration;
 
@@ -63,12 +64,14 @@ async fn offsets_are_shown_planned_refused_while_live_and_reset_in_both_places()
     for p in report["partitions"].as_array().unwrap() {
         assert_eq!(p["target"], p["log_end"], "{p}");
     }
-    assert_eq!(
-        report["live_members"].as_array().unwrap().len(),
-        1,
-        "{report}"
+    assert_eq!(report["members"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["offsets_in"], "postgres", "{report}");
+    let client_id = report["members"][0]["client_id"].as_str().unwrap();
+    assert!(
+        client_id.ends_with(&format!("-{}", ledger.child.id().unwrap())),
+        "the member's client id names its process: {client_id}"
     );
-    // Each member says what it holds (with its next beat): the ledger alone holds every
+    // The coordinator says what each member holds: the ledger alone holds every
     // partition, and the table lists it under the offsets.
     let every: Vec<String> = (0..4).map(|p| format!("{invoices}:{p}")).collect();
     let table = eventually(
@@ -93,7 +96,7 @@ async fn offsets_are_shown_planned_refused_while_live_and_reset_in_both_places()
         },
     )
     .await;
-    assert!(table.contains("1 live member(s)"), "{table}");
+    assert!(table.contains("1 member(s)"), "{table}");
 
     // Refused while the ledger runs, with nothing moved.
     let refused = offsets(
@@ -110,7 +113,7 @@ async fn offsets_are_shown_planned_refused_while_live_and_reset_in_both_places()
     )
     .await;
     assert!(!refused.ok);
-    assert!(refused.stderr.contains("live member"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("1 member(s)"), "{}", refused.stderr);
     assert!(
         refused.stdout.contains("NEW-OFFSET"),
         "the plan comes first: {}",
@@ -118,28 +121,9 @@ async fn offsets_are_shown_planned_refused_while_live_and_reset_in_both_places()
     );
     assert_eq!(stored(&db, &group, &invoices).await, before);
 
-    // Stopped: once its heartbeat is older than the session timeout, the group is idle.
+    // Killed: once its session has timed out, the coordinator empties the group.
     ledger.kill().await;
-    eventually(
-        "the ledger's membership to lapse",
-        Duration::from_secs(30),
-        || {
-            let pool = db.pool.clone();
-            let group = group.clone();
-            async move {
-                let (live,): (i64,) = sqlx::query_as(
-                    "select count(*) from consumer_members
-                  where group_id = $1 and last_seen > now() - interval '10 seconds'",
-                )
-                .bind(&group)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-                (live == 0).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_group_empty(&group, Duration::from_secs(60)).await;
     // A plan without --execute moves nothing.
     let dry = offsets(
         &setup,
@@ -291,5 +275,136 @@ async fn offsets_are_shown_planned_refused_while_live_and_reset_in_both_places()
         "{}",
         missing.stderr
     );
+    db.drop_db().await;
+}
+
+/// Kafka's `kafka-consumer-groups --reset-offsets --dry-run` referees `dhanman offsets
+/// reset`: for the ledger's group, stopped after reading twelve invoices whose timestamps
+/// lie twenty minutes apart, every reset target plans the same new offset on every
+/// partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_plans_equal_kafka_consumer_groups_dry_runs_for_every_target() {
+    use dhanman_schemas::events::Record;
+    use rdkafka::producer::FutureRecord;
+    use std::collections::BTreeMap;
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (_api, org) = api_with_org(&setup, "Referee Residency").await;
+    let codec = setup.codec();
+    let invoices = setup.topic("dhanman.sales.invoices");
+    let group = format!("{}dhanman.ledger", setup.topic_prefix);
+    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&invoices), 4)
+        .await
+        .unwrap();
+    // Twelve invoices, 240 down to 20 minutes old, three on each partition.
+    let now = chrono::Utc::now();
+    let producer = producer();
+    for i in 0..12i64 {
+        let e = invoice_created(org, uuid::Uuid::now_v7(), &format!("R-{i}"), "10.00");
+        let at = now - chrono::Duration::minutes(240 - 20 * i);
+        producer
+            .send(
+                FutureRecord::to(&invoices)
+                    .partition((i % 4) as i32)
+                    .key(&e.key())
+                    .payload(&codec.encode(&e).await.unwrap())
+                    .timestamp(at.timestamp_millis()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let mut ledger = setup.spawn(&["process", "ledger"]);
+    db.wait_count(
+        "the ledger to post the twelve",
+        "select count(*) from journal_entries",
+        12,
+        Duration::from_secs(90),
+    )
+    .await;
+    // Settled: Kafka's committed offsets have caught up with Postgres's.
+    eventually(
+        "Kafka's committed offsets to reach the log end",
+        Duration::from_secs(60),
+        || {
+            let group = group.clone();
+            async move {
+                let out = crate::kafka::kafka_tool(
+                    "consumer-groups",
+                    &[
+                        "--bootstrap-server",
+                        &bootstrap(),
+                        "--describe",
+                        "--group",
+                        &group,
+                    ],
+                )
+                .await;
+                let rows: Vec<Vec<String>> = crate::kafka::group_rows(&out, &group)
+                    .into_iter()
+                    .filter(|c| c.len() >= 6 && c[3] != "-")
+                    .collect();
+                let settled = rows.len() == 4 && rows.iter().all(|c| c[5] == "0");
+                settled.then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(ledger.stop().await.success());
+    wait_group_empty(&group, Duration::from_secs(30)).await;
+
+    let at = (now - chrono::Duration::minutes(90))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let targets: [(&[&str], &[&str]); 6] = [
+        (&["--to-earliest"], &["--to-earliest"]),
+        (&["--to-latest"], &["--to-latest"]),
+        (&["--to-offset", "1"], &["--to-offset", "1"]),
+        (&["--shift-by", "-2"], &["--shift-by", "-2"]),
+        (&["--to-datetime", &at], &["--to-datetime", &at]),
+        (&["--by-duration", "150m"], &["--by-duration", "PT150M"]),
+    ];
+    for (mine, theirs) in targets {
+        let mut args = vec!["reset", "--group", &group, "--topic", &invoices, "--json"];
+        args.extend_from_slice(mine);
+        let run = offsets(&setup, &args).await;
+        assert!(run.ok, "{mine:?}: {}", run.stderr);
+        let planned: BTreeMap<i64, i64> = run.json()["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["partition"].as_i64().unwrap(),
+                    p["target"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let kafka = bootstrap();
+        let mut kafka_args = vec![
+            "--bootstrap-server",
+            &kafka,
+            "--group",
+            &group,
+            "--topic",
+            &invoices,
+            "--reset-offsets",
+            "--dry-run",
+        ];
+        kafka_args.extend_from_slice(theirs);
+        let out = crate::kafka::kafka_tool("consumer-groups", &kafka_args).await;
+        let refereed: BTreeMap<i64, i64> = crate::kafka::group_rows(&out, &group)
+            .into_iter()
+            .filter(|c| c.len() == 4 && c[1] == invoices)
+            .map(|c| (c[2].parse().unwrap(), c[3].parse().unwrap()))
+            .collect();
+        assert_eq!(refereed.len(), 4, "{theirs:?}: {out}");
+        assert_eq!(planned, refereed, "{mine:?} against {theirs:?}");
+    }
+    // The dry runs moved nothing: still at the log end.
+    let stored = stored(&db, &group, &invoices).await;
+    assert_eq!(stored.iter().map(|(_, o)| o).sum::<i64>(), 12, "{stored:?}");
     db.drop_db().await;
 }
