@@ -35,7 +35,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Processors `dhanman process <name>` can run.
 pub const PROCESSORS: &[&str] = &["ledger", "users", "approvals", "reminders", "notifier"];
 
-/// Settings, all from the environment (see the README's table).
+/// Settings, all from the environment (see docs/configuration.md).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Postgres connection string.

@@ -112,6 +112,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
         Some(_) => return Err(ApiError::bad_request("body", "malformed JSON")),
     }
+    // Postgres text cannot hold NUL, and no field of ours means one: JSON carries it only
+    // as the escape `\u0000`, so only a body that has one is walked for the field.
+    if contains_nul_escape(bytes)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(field) = field_with_nul(&value, "")
+    {
+        return Err(ApiError::validation(
+            &field,
+            "must not contain NUL characters",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -130,6 +141,44 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+fn contains_nul_escape(bytes: &[u8]) -> bool {
+    bytes
+        .windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].eq_ignore_ascii_case(b"0000"))
+}
+
+/// The path (`items[2].name`, as serde_path_to_error names it) of the first string or
+/// object key holding a NUL character.
+fn field_with_nul(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    let here = || {
+        if at.is_empty() {
+            "body".to_string()
+        } else {
+            at.to_string()
+        }
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(here()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| field_with_nul(v, &format!("{at}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                return Some(here());
+            }
+            field_with_nul(v, &path)
+        }),
+        _ => None,
+    }
+}
+
 /// Query parameters, with the field named on error.
 pub struct Params<T>(pub T);
 
@@ -137,6 +186,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(query) = parts.uri.query()
+            && let Some((key, _)) =
+                form_urlencoded_pairs(query).find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(ApiError::validation(
+                &key,
+                "must not contain NUL characters",
+            ));
+        }
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(Params(v)),
             Err(e) => {
@@ -151,6 +209,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
             }
         }
     }
+}
+
+/// The decoded `key=value` pairs of a query string.
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .unwrap_or_default()
+        .into_iter()
 }
 
 /// A path id that must be a UUID; anything else is a 404, as it names nothing.

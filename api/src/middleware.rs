@@ -58,24 +58,43 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
     response
 }
 
-/// Counter: requests served, labels `method`, `route` (the route template, or `unmatched`)
-/// and `status`.
+/// Counter: requests served, labels `method` (a standard method or `other`), `route` (the
+/// route template, or `unmatched`) and `status`.
 pub const HTTP_REQUESTS: &str = "dhanman_http_requests_total";
 /// Histogram: seconds from request to response head, labels `method` and `route`.
 pub const HTTP_REQUEST_DURATION: &str = "dhanman_http_request_duration_seconds";
 
-/// Records [`HTTP_REQUESTS`] and [`HTTP_REQUEST_DURATION`]. The route is the matched
-/// template (`/v1/invoices/{id}`), never the raw path, so the label set stays bounded.
+/// The `method` label: one of the standard methods, else `other`. A client chooses the
+/// method it sends (`curl -X XM1`), so taking it as given would let anyone add series
+/// without end.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Records [`HTTP_REQUESTS`] and [`HTTP_REQUEST_DURATION`]. Every label is bounded: the
+/// route is the matched template (`/v1/invoices/{id}`, or `unmatched`), never the raw
+/// path; the method one of the standard ones or `other`; the status a code the server
+/// chose.
 pub async fn http_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method.clone(), "route" => route.clone())
+    metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method, "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
         .increment(1);

@@ -3,6 +3,7 @@
 //! consistency token (the event id) that queries can wait on.
 
 pub mod idempotency;
+pub mod input;
 pub mod monthly;
 pub mod orgs;
 pub mod outbox;

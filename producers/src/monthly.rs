@@ -113,10 +113,10 @@ pub async fn run(
         for (customer_id, unit, charge, currency) in customers {
             let input = NewInvoice {
                 customer_id: Some(customer_id),
-                amount: Some(charge),
+                amount: Some(crate::input::Amount(charge)),
                 currency: Some(currency.trim().to_string()),
-                due_date: Some(due_date),
-                issue_date: Some(issue_date),
+                due_date: Some(crate::input::Day(due_date)),
+                issue_date: Some(crate::input::Day(issue_date)),
                 invoice_number: Some(invoice_number(period, customer_id, unit.as_deref())),
                 description: Some(format!("Monthly charge {period}")),
                 period: Some(period.to_string()),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::input::Amount;
 use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
 
 #[derive(Debug, Deserialize)]
@@ -15,7 +16,7 @@ pub struct NewSalary {
     pub employee_id: Option<Uuid>,
     pub employee_name: Option<String>,
     pub period: Option<String>,
-    pub amount: Option<Decimal>,
+    pub amount: Option<Amount>,
     pub currency: Option<String>,
     /// Where the payslip is emailed; absent means no payslip email.
     pub employee_email: Option<String>,
@@ -65,13 +66,14 @@ pub async fn post_salary(
     check_period("period", &period)?;
     let amount = input
         .amount
+        .map(Amount::value)
         .ok_or_else(|| FieldError::new("amount", "is required"))?;
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     check_money("amount", amount, &currency)?;
     let employee_email = match input.employee_email.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(email) => {
-            crate::users::check_email("employee_email", email)?;
+            crate::input::check_email("employee_email", email)?;
             Some(email)
         }
     };

@@ -19,6 +19,7 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::input::{Amount, Day};
 use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
 
 /// Largest number of line items on one order.
@@ -64,7 +65,7 @@ pub fn step_of(role: &str) -> Option<&'static str> {
 pub struct NewItem {
     pub description: Option<String>,
     pub quantity: Option<i32>,
-    pub unit_price: Option<Decimal>,
+    pub unit_price: Option<Amount>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,10 +158,12 @@ fn check_items(items: Option<Vec<NewItem>>, currency: &str) -> Result<(Vec<PoIte
         }
         let unit_price = item
             .unit_price
+            .map(Amount::value)
             .ok_or_else(|| FieldError::new(&field("unit_price"), "is required"))?;
         check_money(&field("unit_price"), unit_price, currency)?;
-        total = total
-            .checked_add(unit_price * Decimal::from(quantity))
+        total = unit_price
+            .checked_mul(Decimal::from(quantity))
+            .and_then(|line| total.checked_add(line))
             .ok_or_else(|| FieldError::new("items", "total is too large"))?;
         checked.push(PoItem {
             description,
@@ -421,10 +424,10 @@ pub async fn find_order(
 pub struct NewBill {
     pub vendor_id: Option<Uuid>,
     pub po_id: Option<Uuid>,
-    pub amount: Option<Decimal>,
+    pub amount: Option<Amount>,
     pub currency: Option<String>,
     pub description: Option<String>,
-    pub due_date: Option<NaiveDate>,
+    pub due_date: Option<Day>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -459,6 +462,7 @@ pub async fn create_bill(
         .ok_or_else(|| FieldError::new("vendor_id", "is required"))?;
     let amount = input
         .amount
+        .map(Amount::value)
         .ok_or_else(|| FieldError::new("amount", "is required"))?;
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     check_money("amount", amount, &currency)?;
@@ -466,6 +470,7 @@ pub async fn create_bill(
     let description = required_text("description", input.description.as_deref(), 500)?;
     let due_date = input
         .due_date
+        .map(Day::date)
         .ok_or_else(|| FieldError::new("due_date", "is required"))?;
 
     if let Some(po_id) = input.po_id {

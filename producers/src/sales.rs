@@ -2,13 +2,14 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use dhanman_schemas::events::{
-    Envelope, FieldError, InvoiceCreated, InvoiceVoided, PaymentReceived, check_money,
+    Envelope, FieldError, InvoiceCreated, InvoiceVoided, PaymentReceived, check_money, check_period,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::input::{Amount, Day, check_email};
 use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
 
 fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, FieldError> {
@@ -35,7 +36,7 @@ pub struct NewCustomer {
     pub email: Option<String>,
     pub unit: Option<String>,
     /// Billed every month by the monthly-invoices job; absent means not billed monthly.
-    pub monthly_charge: Option<Decimal>,
+    pub monthly_charge: Option<Amount>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -59,12 +60,11 @@ pub async fn create_customer(
     let name = required("name", &input.name)?;
     limited("name", Some(name), 200)?;
     limited("unit", input.unit.as_deref(), 50)?;
-    if let Some(email) = input.email.as_deref()
-        && (!email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace))
-    {
-        return Err(FieldError::new("email", "must be an email address").into());
+    if let Some(email) = input.email.as_deref() {
+        check_email("email", email)?;
     }
-    if let Some(charge) = input.monthly_charge {
+    let monthly_charge = input.monthly_charge.map(Amount::value);
+    if let Some(charge) = monthly_charge {
         check_money("monthly_charge", charge, "INR")?;
     }
     let customer = sqlx::query_as(
@@ -78,7 +78,7 @@ pub async fn create_customer(
     .bind(name)
     .bind(&input.email)
     .bind(&input.unit)
-    .bind(input.monthly_charge.map(|c| c.round_dp(2)))
+    .bind(monthly_charge.map(|c| c.round_dp(2)))
     .fetch_one(conn)
     .await?;
     Ok(customer)
@@ -88,10 +88,10 @@ pub async fn create_customer(
 #[serde(deny_unknown_fields)]
 pub struct NewInvoice {
     pub customer_id: Option<Uuid>,
-    pub amount: Option<Decimal>,
+    pub amount: Option<Amount>,
     pub currency: Option<String>,
-    pub due_date: Option<NaiveDate>,
-    pub issue_date: Option<NaiveDate>,
+    pub due_date: Option<Day>,
+    pub issue_date: Option<Day>,
     pub invoice_number: Option<String>,
     pub description: Option<String>,
     pub period: Option<String>,
@@ -148,22 +148,24 @@ pub async fn create_invoice_with_id(
         .ok_or_else(|| FieldError::new("customer_id", "is required"))?;
     let amount = input
         .amount
+        .map(Amount::value)
         .ok_or_else(|| FieldError::new("amount", "is required"))?;
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     check_money("amount", amount, &currency)?;
     let due_date = input
         .due_date
+        .map(Day::date)
         .ok_or_else(|| FieldError::new("due_date", "is required"))?;
-    let issue_date = input.issue_date.unwrap_or_else(|| Utc::now().date_naive());
+    let issue_date = input
+        .issue_date
+        .map_or_else(|| Utc::now().date_naive(), Day::date);
     if due_date < issue_date {
         return Err(FieldError::new("due_date", "must not be before issue_date").into());
     }
     limited("invoice_number", input.invoice_number.as_deref(), 64)?;
     limited("description", input.description.as_deref(), 500)?;
-    if let Some(period) = input.period.as_deref()
-        && NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_err()
-    {
-        return Err(FieldError::new("period", "must be a month as YYYY-MM").into());
+    if let Some(period) = input.period.as_deref() {
+        check_period("period", period)?;
     }
     active_customer(conn, caller, customer_id).await?;
 
@@ -231,7 +233,7 @@ pub async fn create_invoice_with_id(
 pub struct NewManualPayment {
     pub customer_id: Option<Uuid>,
     pub invoice_id: Option<Uuid>,
-    pub amount: Option<Decimal>,
+    pub amount: Option<Amount>,
     pub currency: Option<String>,
     pub method: Option<String>,
     pub reference: Option<String>,
@@ -257,6 +259,7 @@ pub async fn record_manual_payment(
     caller.require(BOOKKEEPERS, "recording a payment")?;
     let amount = input
         .amount
+        .map(Amount::value)
         .ok_or_else(|| FieldError::new("amount", "is required"))?;
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     check_money("amount", amount, &currency)?;

@@ -40,19 +40,6 @@ pub struct CreatedUser {
     pub consistency_token: Uuid,
 }
 
-/// An email address as far as a form can tell: one `@` with text on both sides, no spaces.
-pub fn check_email(field: &str, email: &str) -> Result<(), FieldError> {
-    let valid = email.len() <= 254
-        && !email.chars().any(char::is_whitespace)
-        && matches!(email.split_once('@'), Some((local, domain))
-            if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
-    if valid {
-        Ok(())
-    } else {
-        Err(FieldError::new(field, "must be an email address"))
-    }
-}
-
 /// Creates a user with a key of the user's role; only an administrator may.
 pub async fn create_user(
     conn: &mut PgConnection,
@@ -73,7 +60,7 @@ pub(crate) async fn insert_user(
         .as_deref()
         .map(str::trim)
         .ok_or_else(|| FieldError::new("email", "is required"))?;
-    check_email("email", email)?;
+    crate::input::check_email("email", email)?;
     let name = match input.name.as_deref().map(str::trim) {
         Some(n) if !n.is_empty() && n.chars().count() <= 200 => n,
         Some(n) if !n.is_empty() => {
@@ -169,19 +156,4 @@ pub async fn find_user(
     .fetch_optional(conn)
     .await?;
     Ok(user)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_email;
-
-    #[test]
-    fn email_needs_one_at_with_text_around_it_and_no_spaces() {
-        for good in ["a@b", "first.last@society.example"] {
-            assert!(check_email("email", good).is_ok(), "{good}");
-        }
-        for bad in ["", "a", "@b", "a@", "a@b@c", "a b@c", "a@b c"] {
-            assert!(check_email("email", bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -60,10 +60,16 @@ fn registry_error(e: SRCError) -> Error {
     }
 }
 
+/// The most memory decoding one record may ask for. Kafka's own limit on a record is about
+/// 1 MiB; a forged block count in a small record asking for gigabytes is refused instead
+/// of reserved. Set for the process when the first codec is made.
+pub const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
+
 impl Codec {
     /// `url` is the registry's base URL (for the embedded one,
     /// `http://<api address>/schema-registry`).
     pub fn new(url: &str) -> Result<Self> {
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
         let settings = SrSettings::new_builder(url.trim_end_matches('/').to_string())
             .no_proxy()
             .set_timeout(std::time::Duration::from_secs(10))

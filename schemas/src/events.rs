@@ -500,6 +500,8 @@ impl Event {
         match self {
             Event::InvoiceCreated(e) => {
                 check_money("amount", e.amount, &e.currency)?;
+                check_date("issue_date", e.issue_date)?;
+                check_date("due_date", e.due_date)?;
                 if e.due_date < e.issue_date {
                     return Err(Error::Invalid("due_date: is before issue_date".into()));
                 }
@@ -514,11 +516,20 @@ impl Event {
             Event::POSubmitted(e) => check_money("amount", e.amount, &e.currency)?,
             Event::POApproved(e) => check_money("amount", e.amount, &e.currency)?,
             Event::PORejected(e) => check_money("amount", e.amount, &e.currency)?,
-            Event::BillCreated(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::BillCreated(e) => {
+                check_money("amount", e.amount, &e.currency)?;
+                check_date("due_date", e.due_date)?;
+            }
             Event::SendApprovalRequest(e) => check_money("amount", e.amount, &e.currency)?,
-            Event::SendInvoiceEmail(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::SendInvoiceEmail(e) => {
+                check_money("amount", e.amount, &e.currency)?;
+                check_date("due_date", e.due_date)?;
+            }
             Event::SendPaymentReceipt(e) => check_money("amount", e.amount, &e.currency)?,
-            Event::SendPaymentReminder(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::SendPaymentReminder(e) => {
+                check_money("amount", e.amount, &e.currency)?;
+                check_date("due_date", e.due_date)?;
+            }
             Event::UserCreated(_) | Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
         }
         Ok(())
@@ -561,6 +572,25 @@ pub fn check_money(field: &str, amount: Decimal, currency: &str) -> Result<(), F
         return Err(FieldError::new(field, "must have at most 18 digits"));
     }
     check_currency(currency)
+}
+
+/// The first and last years a date of the books may fall in: wide enough for any
+/// society's books, narrow enough for Postgres' `date`, Avro's `date` (days since the
+/// epoch in 32 bits) and chrono alike.
+pub const FIRST_YEAR: i32 = 1900;
+pub const LAST_YEAR: i32 = 9999;
+
+/// A date of the books: in the years [`FIRST_YEAR`] through [`LAST_YEAR`].
+pub fn check_date(field: &str, date: NaiveDate) -> Result<(), FieldError> {
+    use chrono::Datelike;
+    if (FIRST_YEAR..=LAST_YEAR).contains(&date.year()) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must fall in the years {FIRST_YEAR} through {LAST_YEAR}"),
+        ))
+    }
 }
 
 /// A pay or billing period: a month written as YYYY-MM.

@@ -223,7 +223,12 @@ pub fn from_avro(value: &Value, schema: &Schema, path: &str) -> Result<Json> {
         (Value::String(s), _) => Json::String(s.clone()),
         (Value::Uuid(u), _) => Json::String(u.to_string()),
         (Value::Date(days), _) => {
-            let date = epoch() + chrono::Duration::days(i64::from(*days));
+            // Any 32-bit day count is valid Avro; chrono's calendar ends sooner.
+            let date = chrono::Duration::try_days(i64::from(*days))
+                .and_then(|d| epoch().checked_add_signed(d))
+                .ok_or_else(|| {
+                    invalid(path, format!("date {days} days from 1970 is out of range"))
+                })?;
             Json::String(date.to_string())
         }
         (Value::TimestampMillis(ms), _) => Json::from(*ms),

@@ -1,40 +1,12 @@
 //! Bad input: every refusal is a 4xx with a JSON body naming the field, and nothing is
 //! written. The API runs in-process, served on a real socket.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::*;
 
-async fn serve(db: &TestDb) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = dhanman_api::AppState::new(db.pool.clone(), Duration::from_millis(300));
-    tokio::spawn(dhanman_api::serve(listener, state));
-    format!("http://{addr}")
-}
-
-async fn org(db: &TestDb, name: &str) -> String {
-    dhanman_producers::orgs::create_organization(&db.pool, name, None)
-        .await
-        .unwrap()
-        .api_key
-}
-
-fn assert_refused(reply: &Reply, status: u16, field: &str) {
-    assert_eq!(reply.status, status, "{}", reply.body);
-    assert_eq!(reply.body["field"], field, "{}", reply.body);
-    assert!(
-        reply.body["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{}",
-        reply.body
-    );
-    assert!(reply.body["error"].is_string(), "{}", reply.body);
-}
+use crate::helpers::{assert_refused, org_key as org, serve_api as serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {

@@ -214,6 +214,37 @@ pub async fn wait_group_empty(group: &str, within: Duration) {
     .await;
 }
 
+/// The API served in-process on a real socket, over the test's database; its base URL.
+pub async fn serve_api(db: &TestDb) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = dhanman_api::AppState::new(db.pool.clone(), Duration::from_millis(300));
+    tokio::spawn(dhanman_api::serve(listener, state));
+    format!("http://{addr}")
+}
+
+/// A new organization's administrator key.
+pub async fn org_key(db: &TestDb, name: &str) -> String {
+    dhanman_producers::orgs::create_organization(&db.pool, name, None)
+        .await
+        .unwrap()
+        .api_key
+}
+
+/// A refusal: the status, a JSON body naming `field`, with an error code and a message.
+pub fn assert_refused(reply: &Reply, status: u16, field: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.body["field"], field, "{}", reply.body);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body["error"].is_string(), "{}", reply.body);
+}
+
 /// A unique topic namespace for one test.
 pub fn topic_prefix() -> String {
     format!("t{}.", &Uuid::new_v4().simple().to_string()[..10])

@@ -13,6 +13,7 @@ mod e2e;
 mod evolution;
 mod flows;
 mod helpers;
+mod hostile;
 mod interop;
 mod kafka;
 mod lag;

@@ -1,5 +1,5 @@
 //! Metrics and tracing against running processes: `/metrics` of `dhanman up` names every
-//! metric the README lists after a little traffic; the relay and a processor run alone
+//! metric docs/metrics.md lists after a little traffic; the relay and a processor run alone
 //! serve their own `/metrics` and `/healthz` on `DHANMAN_METRICS_ADDR`; a request's W3C
 //! `traceparent` reaches the outbox, the Kafka headers and the events a processor emits.
 
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 use crate::payments::{Gateway, pay, spawn_up, up_env};
 
-/// Every metric the pipeline exports (the README's table). The Grafana dashboard may name
+/// Every metric the pipeline exports (the table in docs/metrics.md). The Grafana dashboard may name
 /// only these (`compose.rs`).
 pub const EXPORTED: &[&str] = &[
     // processors/src/runtime.rs

@@ -225,8 +225,7 @@ pub struct StatementQuery {
 
 fn statement_date(raw: Option<&str>, field: &str) -> Result<Option<NaiveDate>, ApiError> {
     raw.map(|s| {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d")
-            .map_err(|_| ApiError::validation(field, "must be a date as YYYY-MM-DD"))
+        dhanman_producers::input::strict_date(s).map_err(|m| ApiError::validation(field, m))
     })
     .transpose()
 }
