@@ -9,7 +9,7 @@ use dhanman_schemas::topics;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::Processor;
+use crate::runtime::{ApplyError, Processor};
 
 /// Roles that may give each approval an order can need.
 pub fn roles_for_step(step: &str) -> &'static [&'static str] {
@@ -32,7 +32,7 @@ impl Processor for ApprovalRequests {
         vec![topics::PURCHASE_ORDERS.to_string()]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
         for event in events {
             if let Event::POSubmitted(po) = event {
                 request_approvals(conn, po).await?;
@@ -42,7 +42,7 @@ impl Processor for ApprovalRequests {
     }
 }
 
-async fn request_approvals(conn: &mut PgConnection, po: &POSubmitted) -> Result<(), sqlx::Error> {
+async fn request_approvals(conn: &mut PgConnection, po: &POSubmitted) -> Result<(), ApplyError> {
     let organization_id = po.envelope.organization_id;
     for step in &po.required_approvers {
         let approvers: Vec<(Uuid, String)> = sqlx::query_as(
@@ -77,10 +77,7 @@ async fn request_approvals(conn: &mut PgConnection, po: &POSubmitted) -> Result<
                 amount: po.amount,
                 currency: po.currency.clone(),
             };
-            outbox::enqueue(conn, &command).await.map_err(|e| match e {
-                dhanman_producers::Error::Database(db) => db,
-                other => sqlx::Error::Protocol(other.to_string()),
-            })?;
+            outbox::enqueue(conn, &command).await?;
         }
         tracing::info!(
             correlation_id = %po.envelope.correlation_id,

@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::Processor;
+use crate::runtime::{ApplyError, Processor};
 
 pub const AR: &str = "1200";
 pub const BANK: &str = "1000";
@@ -209,7 +209,7 @@ impl Processor for Ledger {
         self.topics.clone()
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
         let entries: Vec<Entry> = events.iter().filter_map(|e| entry_for(e)).collect();
         post(conn, &entries).await?;
         for entry in &entries {

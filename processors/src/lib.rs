@@ -10,7 +10,7 @@ pub mod runtime;
 pub mod stop;
 pub mod users;
 
-pub use runtime::{Incoming, Processor, Runtime, RuntimeConfig};
+pub use runtime::{ApplyError, Incoming, Processor, Runtime, RuntimeConfig};
 pub use stop::{Stop, Stopper};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,8 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Codec(#[from] dhanman_schemas::Error),
+    #[error(transparent)]
+    Apply(#[from] runtime::ApplyError),
     #[error("{0}")]
     Config(String),
 }

@@ -33,7 +33,7 @@ use serde_json::{Value as Json, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::Processor;
+use crate::runtime::{ApplyError, Processor};
 pub use templates::{Template, Templates, format_money};
 
 /// Name of the processor (its consumer group is `dhanman.notifier`).
@@ -90,7 +90,7 @@ impl Processor for Notifier {
         .collect()
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
         let mut to_send = 0;
         for event in events {
             let planned = plan(conn, event).await?;

@@ -37,7 +37,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::runtime::{Class, Processor, classify_db};
+use crate::runtime::{ApplyError, Class, Processor, classify_db};
 use crate::{Error, Result};
 
 /// Days before the due date a reminder goes out unless configured.
@@ -85,7 +85,7 @@ impl Processor for Reminders {
         vec![topics::INVOICES.to_string(), topics::PAYMENTS.to_string()]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
         for event in events {
             match event {
                 Event::InvoiceCreated(invoice) => {

@@ -121,13 +121,14 @@ pub trait Processor: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn topics(&self) -> Vec<String>;
     /// Applies events this processor has never applied, in offset order per partition.
-    /// Must write only through `conn`. A database error that is not transient marks the
-    /// batch's events for one-by-one isolation; the one that fails alone is dead-lettered.
+    /// Must write only through `conn`. A [`ApplyError::Transient`] failure retries the
+    /// batch; a [`ApplyError::Poison`] one (and a panic) marks the batch's events for
+    /// one-by-one isolation, and the one that fails alone is dead-lettered.
     fn apply(
         &self,
         conn: &mut PgConnection,
         events: &[&Event],
-    ) -> impl Future<Output = std::result::Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = std::result::Result<(), ApplyError>> + Send;
 }
 
 /// Transient (retry the batch, never advance) or poison (dead-letter the record).
@@ -135,6 +136,58 @@ pub trait Processor: Send + Sync + 'static {
 pub enum Class {
     Transient,
     Poison,
+}
+
+/// Why a processor could not apply events: the one split every processor's failures go
+/// through.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The same transaction may succeed later (the database is down, a serialization
+    /// failure): the batch is retried and its offsets do not move.
+    #[error("{0}")]
+    Transient(String),
+    /// The events cannot be applied as they are, now or later: the record that fails
+    /// alone is dead-lettered and the partition moves on.
+    #[error("{0}")]
+    Poison(String),
+}
+
+impl ApplyError {
+    pub fn class(&self) -> Class {
+        match self {
+            ApplyError::Transient(_) => Class::Transient,
+            ApplyError::Poison(_) => Class::Poison,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        match classify_db(&e) {
+            Class::Transient => ApplyError::Transient(format!("database: {e}")),
+            Class::Poison => ApplyError::Poison(format!("database: {e}")),
+        }
+    }
+}
+
+/// A command or outbox write refused for what it holds (not the database's state) is
+/// poison; a database failure is classed as the database's.
+impl From<dhanman_producers::Error> for ApplyError {
+    fn from(e: dhanman_producers::Error) -> Self {
+        match e {
+            dhanman_producers::Error::Database(db) => db.into(),
+            other => ApplyError::Poison(other.to_string()),
+        }
+    }
+}
+
+/// What a panic carried, for the dead letter's reason.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The one place that decides whether a database failure is worth retrying.
@@ -531,10 +584,12 @@ impl<P: Processor> Runtime<P> {
             };
             let mut ahead = read_ahead(&self);
             let ((), next) = tokio::join!(work, &mut ahead.0);
+            // Decoding catches its own panics (a record's are its dead letter), so a failed
+            // read-ahead is a defect of the runtime: stop, and let the next start read on
+            // from the stored offsets, rather than take the process down with a panic.
             gathered = match next {
                 Ok(next) => next,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => return Err(Error::Config(format!("reading ahead stopped: {e}"))),
+                Err(e) => return Err(Error::Config(format!("reading ahead failed: {e}"))),
             };
         }
     }
@@ -683,7 +738,23 @@ impl<P: Processor> Runtime<P> {
         }
     }
 
+    /// A record decoded, or the reason it is poison. No record can take the processor down:
+    /// a panic while decoding one (a defect, here or in a library) makes that record poison.
     async fn decode(&self, record: &Incoming) -> Result<Decoded> {
+        use futures_util::FutureExt;
+        match std::panic::AssertUnwindSafe(self.decode_unguarded(record))
+            .catch_unwind()
+            .await
+        {
+            Ok(decoded) => decoded,
+            Err(payload) => Ok(Decoded::Poison {
+                class: "undecodable",
+                reason: format!("decoding panicked: {}", panic_message(&*payload)),
+            }),
+        }
+    }
+
+    async fn decode_unguarded(&self, record: &Incoming) -> Result<Decoded> {
         let Some(payload) = record.payload.as_deref() else {
             return Ok(Decoded::Poison {
                 class: "undecodable",
@@ -770,7 +841,7 @@ impl<P: Processor> Runtime<P> {
             trace::in_batch(spans.clone(), self.apply_in_savepoint(&mut tx, &events)).await;
         match applied {
             Ok(()) => report.applied = fresh.len(),
-            Err(e) if classify_db(&e) == Class::Transient => return Err(e.into()),
+            Err(e) if e.class() == Class::Transient => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, events = fresh.len(), "batch refused by the database, isolating the poison record");
                 // The savepoint rolled back the effects; the gate rows stay. Undo them and
@@ -782,13 +853,13 @@ impl<P: Processor> Runtime<P> {
                     let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
                     mark_processed(&mut sp, &name, batch, &single).await?;
                     let applied =
-                        trace::in_batch(spans.clone(), self.processor.apply(&mut sp, &one)).await;
+                        trace::in_batch(spans.clone(), self.apply_guarded(&mut sp, &one)).await;
                     match applied {
                         Ok(()) => {
                             sp.commit().await?;
                             report.applied += 1;
                         }
-                        Err(e) if classify_db(&e) == Class::Transient => return Err(e.into()),
+                        Err(e) if e.class() == Class::Transient => return Err(e.into()),
                         Err(e) => {
                             sp.rollback().await?;
                             poison.insert(*i, ("rejected", e.to_string()));
@@ -893,13 +964,34 @@ impl<P: Processor> Runtime<P> {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         events: &[&Event],
-    ) -> std::result::Result<(), sqlx::Error> {
+    ) -> std::result::Result<(), ApplyError> {
         if events.is_empty() {
             return Ok(());
         }
         let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-        self.processor.apply(&mut sp, events).await?;
-        sp.commit().await
+        self.apply_guarded(&mut sp, events).await?;
+        Ok(sp.commit().await?)
+    }
+
+    /// The processor's `apply`, with a panic inside it (a defect that some record brings
+    /// out) taken as poison: the batch is isolated and the record that panics alone is
+    /// dead-lettered, instead of the processor going down on it again after every restart.
+    async fn apply_guarded(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> std::result::Result<(), ApplyError> {
+        use futures_util::FutureExt;
+        match std::panic::AssertUnwindSafe(self.processor.apply(conn, events))
+            .catch_unwind()
+            .await
+        {
+            Ok(applied) => applied,
+            Err(payload) => Err(ApplyError::Poison(format!(
+                "applying panicked: {}",
+                panic_message(&*payload)
+            ))),
+        }
     }
 }
 
@@ -1132,10 +1224,7 @@ async fn dead_letter(
         },
     )
     .await
-    .map_err(|e| match e {
-        dhanman_producers::Error::Database(db) => Error::Database(db),
-        other => Error::Config(other.to_string()),
-    })?;
+    .map_err(Error::Database)?;
     Ok(())
 }
 
@@ -1166,6 +1255,23 @@ mod tests {
         assert_eq!(next[&("a".to_string(), 0)], 6);
         assert_eq!(next[&("a".to_string(), 1)], 10);
         assert_eq!(next[&("b".to_string(), 0)], 1);
+    }
+
+    #[test]
+    fn only_database_failures_can_be_transient() {
+        let down = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "down",
+        ));
+        assert_eq!(ApplyError::from(down).class(), Class::Transient);
+        // What a command refuses for its content never succeeds on a retry.
+        let refused = dhanman_producers::Error::Conflict("already approved".into());
+        assert_eq!(ApplyError::from(refused).class(), Class::Poison);
+        let encode = serde_json::from_str::<u8>("x").unwrap_err();
+        let encode = dhanman_producers::Error::Encode(encode);
+        assert_eq!(ApplyError::from(encode).class(), Class::Poison);
+        let closed = dhanman_producers::Error::Database(sqlx::Error::PoolClosed);
+        assert_eq!(ApplyError::from(closed).class(), Class::Transient);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use dhanman_schemas::Event;
 use dhanman_schemas::topics;
 use sqlx::PgConnection;
 
-use crate::runtime::Processor;
+use crate::runtime::{ApplyError, Processor};
 
 #[derive(Debug, Default)]
 pub struct UserSync;
@@ -20,7 +20,7 @@ impl Processor for UserSync {
         vec![topics::USERS.to_string()]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
         for event in events {
             let Event::UserCreated(user) = event else {
                 continue;

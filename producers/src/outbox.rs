@@ -41,7 +41,10 @@ pub struct RawRecord<'a> {
     pub headers: Json,
 }
 
-pub async fn enqueue_raw(conn: &mut PgConnection, record: RawRecord<'_>) -> Result<()> {
+pub async fn enqueue_raw(
+    conn: &mut PgConnection,
+    record: RawRecord<'_>,
+) -> std::result::Result<(), sqlx::Error> {
     sqlx::query(
         "insert into outbox (event_id, topic, message_key, raw_value, headers)
          values ($1, $2, $3, $4, $5)",

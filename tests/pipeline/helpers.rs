@@ -650,6 +650,7 @@ pub async fn produce_all<'a>(
 }
 
 /// A record read back from a topic.
+#[derive(Debug)]
 pub struct Read {
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,

@@ -177,3 +177,236 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
     assert_eq!(reply.body["amount"], "99999999999999.99", "{}", reply.body);
     db.drop_db().await;
 }
+
+/// Avro that is valid but no ledger can hold (a `date` of 2^31-1 days, past chrono's
+/// calendar), and Avro whose string length claims 256 MiB (under the Avro library's own
+/// 512 MiB default, over the pipeline's 16 MiB cap): each is dead-lettered as undecodable;
+/// `dhanman up` neither panics nor reserves the memory, and the invoice after them on the
+/// same partition is posted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_avro_is_dead_lettered_and_the_pipeline_keeps_running() {
+    use apache_avro::types::Value;
+    use dhanman_schemas::events::{InvoiceCreated, Record};
+    use dhanman_schemas::{Catalog, topics};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let mut up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+    let (org, key) = create_org(&setup, "Crafted Society").await;
+    let codec = setup.codec();
+    let schema = Catalog::global().latest(InvoiceCreated::NAME).unwrap();
+    let id = codec.schema_id(schema).await.unwrap();
+    let frame = |datum: Vec<u8>| {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&id.to_be_bytes());
+        framed.extend(datum);
+        framed
+    };
+    let datum = |value: Value| {
+        apache_avro::writer::datum::GenericDatumWriter::builder(&schema.schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
+            .unwrap()
+    };
+    let customer = uuid::Uuid::now_v7();
+    let avro_of = |e: &InvoiceCreated| {
+        dhanman_schemas::json::to_avro(&serde_json::to_value(e).unwrap(), &schema.schema, "")
+            .unwrap()
+    };
+
+    // A due date 2^31-1 days after 1970.
+    let mut far = avro_of(&invoice_created(org, customer, "FAR-1", "10.00"));
+    if let Value::Record(fields) = &mut far {
+        for (name, value) in fields.iter_mut() {
+            if name == "due_date" {
+                *value = Value::Date(i32::MAX);
+            }
+        }
+    }
+    let far = frame(datum(far));
+    // The invoice number's length (zigzag varint 10 for "FORGE") claims 2^28 bytes.
+    let plain = datum(avro_of(&invoice_created(org, customer, "FORGE", "10.00")));
+    let at = plain
+        .windows(6)
+        .position(|w| w == b"\x0aFORGE")
+        .expect("the invoice number in the datum");
+    let mut forged = plain[..at].to_vec();
+    forged.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x02]);
+    forged.extend_from_slice(&plain[at + 1..]);
+    let forged = frame(forged);
+    let good = codec
+        .encode(&invoice_created(org, customer, "GOOD-1", "25.00"))
+        .await
+        .unwrap();
+    let topic = setup.topic(topics::INVOICES);
+    produce_all(
+        &producer(),
+        [far, forged, good]
+            .iter()
+            .map(|v| (topic.clone(), "one-customer", v.as_slice())),
+    )
+    .await;
+
+    db.wait_count(
+        "the invoice after the crafted records",
+        "select count(*) from journal_entries",
+        1,
+        Duration::from_secs(90),
+    )
+    .await;
+    let dead = read_topic(&setup.topic(&topics::dlq(topics::INVOICES)), 2).await;
+    let classes: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.header("dlq.error.class"))
+        .collect();
+    assert_eq!(classes, ["undecodable", "undecodable"], "{dead:?}");
+    let reasons: Vec<&str> = dead.iter().filter_map(|d| d.header("dlq.error")).collect();
+    assert!(reasons[0].contains("out of range"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("Unable to allocate 268435456 bytes"),
+        "{reasons:?}"
+    );
+    assert!(up.child.try_wait().unwrap().is_none(), "{}", up.log_text());
+    assert!(!up.log_text().contains("panicked"), "{}", up.log_text());
+    let api = Api::new(&setup.base_url(), &key);
+    assert_eq!(api.get("/v1/trial-balance").await.status, 200);
+    assert!(up.stop().await.success());
+    db.drop_db().await;
+}
+
+/// A processor for the runtime test below: it panics on one invoice (a defect some record
+/// brings out), refuses another with a non-database error (`ApplyError::Poison`), and
+/// records the rest.
+struct Fragile {
+    topic: String,
+}
+
+impl dhanman_processors::Processor for Fragile {
+    fn name(&self) -> &str {
+        "fragile"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![self.topic.clone()]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[&dhanman_schemas::Event],
+    ) -> Result<(), dhanman_processors::ApplyError> {
+        for event in events {
+            if let dhanman_schemas::Event::InvoiceCreated(invoice) = event {
+                match invoice.invoice_number.as_str() {
+                    "PANIC" => panic!("a defect this invoice brings out"),
+                    "REFUSE" => {
+                        return Err(dhanman_processors::ApplyError::Poison(
+                            "this invoice can never be applied".into(),
+                        ));
+                    }
+                    _ => {}
+                }
+                sqlx::query("insert into fragile_reads (number) values ($1)")
+                    .bind(&invoice.invoice_number)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// In the consumer runtime, a panic while applying one record and a non-database refusal
+/// are that record's dead letter (class `rejected`, the reason kept), not a crash and not a
+/// retry forever: the batch is isolated and every other record of it is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
+    use dhanman_processors::{Runtime, RuntimeConfig, Stopper};
+    use dhanman_schemas::topics;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (api, org) = api_with_org(&setup, "Fragile Society").await;
+    sqlx::query("create table fragile_reads (number text primary key)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let codec = setup.codec();
+    let customer = uuid::Uuid::now_v7();
+    let topic = setup.topic(topics::INVOICES);
+    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 4)
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for number in ["A-1", "PANIC", "A-2", "REFUSE", "A-3"] {
+        let e = invoice_created(org, customer, number, "10.00");
+        values.push(codec.encode(&e).await.unwrap());
+    }
+    produce_all(
+        &producer(),
+        values
+            .iter()
+            .map(|v| (topic.clone(), "one-customer", v.as_slice())),
+    )
+    .await;
+    let mut config = RuntimeConfig::new(&bootstrap());
+    config.group_id = Some(format!("{}fragile", setup.topic_prefix));
+    let stopper = Stopper::default();
+    let runtime = tokio::spawn(
+        Runtime::new(
+            Fragile {
+                topic: topic.clone(),
+            },
+            db.pool.clone(),
+            Arc::new(codec),
+            config,
+        )
+        .run_until(stopper.signal()),
+    );
+    db.wait_count(
+        "the two dead letters",
+        "select count(*) from outbox where raw_value is not null",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let read: Vec<(String,)> = sqlx::query_as("select number from fragile_reads order by number")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(read, [("A-1".into(),), ("A-2".into(),), ("A-3".into(),)]);
+    let reasons: Vec<(String, String)> = sqlx::query_as(
+        "select headers->>'dlq.error.class', headers->>'dlq.error' from outbox
+          where raw_value is not null order by id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|(class, _)| class == "rejected"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[0]
+            .1
+            .contains("applying panicked: a defect this invoice brings out"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].1.contains("this invoice can never be applied"),
+        "{reasons:?}"
+    );
+    stopper.stop();
+    tokio::time::timeout(Duration::from_secs(30), runtime)
+        .await
+        .expect("the runtime stops")
+        .unwrap()
+        .unwrap();
+    drop(api);
+    db.drop_db().await;
+}

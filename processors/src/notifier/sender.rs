@@ -528,10 +528,6 @@ pub async fn dead_letter(
         },
     )
     .await
-    .map_err(|e| match e {
-        dhanman_producers::Error::Database(db) => db,
-        other => sqlx::Error::Protocol(other.to_string()),
-    })
 }
 
 #[cfg(test)]
