@@ -6,6 +6,7 @@ pub mod demo;
 pub mod dlq_cli;
 pub mod jobs_cli;
 pub mod lag_cli;
+pub mod outbox_cli;
 pub mod offsets_cli;
 pub mod rebuild_cli;
 pub mod replay_cli;

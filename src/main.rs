@@ -1,8 +1,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dhanman::{
-    Config, bench, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli, rebuild_cli, replay_cli,
-    schemas_cli,
+    Config, bench, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli, outbox_cli, rebuild_cli,
+    replay_cli, schemas_cli,
 };
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
@@ -54,8 +54,8 @@ enum Command {
     /// Consumer lag per group, topic and partition, in records and seconds, with trend and
     /// time to drain; `--json`, `--watch`.
     Lag(lag_cli::Args),
-    /// A processor group's offsets: `show`, or `reset` (plan, then `--execute`) like
-    /// `kafka-consumer-groups --reset-offsets`; refused while the group has live members.
+    /// A consumer group's offsets (any group on the cluster): `show`, or `reset` (plan, then
+    /// `--execute`) like `kafka-consumer-groups --reset-offsets`; refused while it has members.
     Offsets(offsets_cli::Args),
     /// Re-runs a processor over a range of a topic with its own consumer; a dry run (what
     /// would change, per type) unless `--execute`. Idempotent: applied events are skipped.
@@ -63,6 +63,9 @@ enum Command {
     /// Dead letters: `list` (counts by class), `show` (one, decoded, with headers),
     /// `redrive` (back to the source topic, each once; `--execute`).
     Dlq(Box<dlq_cli::Args>),
+    /// Outbox rows the relay parked as unpublishable: `parked` (with the reason each
+    /// failed), `unpark` (back in line once the cause is fixed).
+    Outbox(outbox_cli::Args),
     /// Recomputes a projection from its source into shadow tables and swaps it in:
     /// `rebuild balances` (from the postings); a report unless `--execute`.
     Rebuild(rebuild_cli::Args),
@@ -96,6 +99,7 @@ async fn main() -> std::process::ExitCode {
             | Command::Replay(_)
             | Command::Dlq(_)
             | Command::Rebuild(_)
+            | Command::Outbox(_)
     );
     dhanman::init_telemetry(if matches!(cli.command, Command::Demo(_)) {
         // The demo has no SMTP server to deliver to by default; it reports the queued
@@ -195,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Lag(args) => lag_cli::run(args).await,
+        Command::Outbox(args) => outbox_cli::run(args).await,
         Command::Offsets(args) => offsets_cli::run(args).await,
         Command::Replay(args) => replay_cli::run(*args).await,
         Command::Dlq(args) => dlq_cli::run(*args).await,

@@ -11,8 +11,10 @@ use crate::Result;
 use crate::kafka::Probe;
 use crate::leader::{self, Leadership};
 
-/// Gauge: outbox rows not yet published.
+/// Gauge: outbox rows not yet published (parked rows left out).
 pub const OUTBOX_DEPTH: &str = "dhanman_outbox_depth";
+/// Gauge: outbox rows the relay parked as unpublishable (see `dhanman outbox parked`).
+pub const OUTBOX_PARKED: &str = "dhanman_outbox_parked";
 /// Gauge: seconds the oldest unpublished outbox row has waited; 0 when none waits.
 pub const OUTBOX_OLDEST_AGE: &str = "dhanman_outbox_oldest_age_seconds";
 /// Gauge, label `topic` (physical name): records in a dead-letter topic (high watermark
@@ -23,19 +25,32 @@ pub const DLQ_SIZE: &str = "dhanman_dlq_size";
 /// tells them apart.
 pub const SAMPLER_ACTIVE: &str = "dhanman_sampler_active";
 
-/// The outbox's backlog: (unpublished rows, seconds the oldest has waited).
+/// The outbox's backlog: (unpublished rows, seconds the oldest has waited); parked rows
+/// are not waiting to be published and are counted by [`outbox_parked`].
 pub async fn outbox_backlog(pool: &PgPool) -> Result<(i64, f64)> {
     // Both read the partial index of unpublished rows; the oldest is the lowest id.
-    let (depth,): (i64,) = sqlx::query_as("select count(*) from outbox where published_at is null")
-        .fetch_one(pool)
-        .await?;
+    let (depth,): (i64,) = sqlx::query_as(
+        "select count(*) from outbox where published_at is null and parked_at is null",
+    )
+    .fetch_one(pool)
+    .await?;
     let oldest: Option<(f64,)> = sqlx::query_as(
         "select greatest(extract(epoch from now() - created_at), 0)::float8
-           from outbox where published_at is null order by id limit 1",
+           from outbox where published_at is null and parked_at is null order by id limit 1",
     )
     .fetch_optional(pool)
     .await?;
     Ok((depth, oldest.map_or(0.0, |(age,)| age)))
+}
+
+/// Outbox rows parked by the relay.
+pub async fn outbox_parked(pool: &PgPool) -> Result<i64> {
+    let (parked,): (i64,) = sqlx::query_as(
+        "select count(*) from outbox where parked_at is not null and published_at is null",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(parked)
 }
 
 /// Records in each topic of `topics` (physical names), from the broker's watermarks. A
@@ -125,6 +140,10 @@ async fn sample(pool: &PgPool, probe: &Probe, dlq_topics: &[String]) {
             metrics::gauge!(OUTBOX_OLDEST_AGE).set(age);
         }
         Err(e) => tracing::warn!(error = %e, "outbox sample failed"),
+    }
+    match outbox_parked(pool).await {
+        Ok(parked) => metrics::gauge!(OUTBOX_PARKED).set(parked as f64),
+        Err(e) => tracing::warn!(error = %e, "parked outbox sample failed"),
     }
     match topic_sizes(probe, dlq_topics.to_vec()).await {
         Ok(sizes) => {

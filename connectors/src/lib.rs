@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod lag;
 pub mod leader;
 pub mod offsets;
+pub mod parked;
 pub mod relay;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,18 @@ pub enum Error {
     /// that did not finish).
     #[error("{0}")]
     Broker(String),
+}
+
+impl Error {
+    /// Whether an outbox row failed for what it holds (no retry helps) rather than for
+    /// the state of the database, the registry or the broker.
+    pub fn is_unpublishable(&self) -> bool {
+        match self {
+            Error::Codec(e) => !e.is_transient(),
+            Error::Outbox(_) => true,
+            Error::Database(_) | Error::Kafka(_) | Error::Broker(_) => false,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

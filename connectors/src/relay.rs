@@ -6,6 +6,11 @@
 //! in the order their transactions wrote them; more relays are hot standbys. A crash
 //! between publishing and marking republishes a few records: consumers deduplicate by
 //! event id, so that is harmless.
+//!
+//! A row that can never be published as it is (its payload does not encode under its
+//! schema, the broker refuses the record itself) is parked with its reason instead of
+//! failing the batch forever: the rows behind it go out, and `dhanman outbox parked` and
+//! the `dhanman_outbox_parked` gauge show it until it is fixed and unparked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +154,7 @@ impl Relay {
         let rows = sqlx::query(
             "select id, event_id, topic, message_key, record_name, schema_version, payload, raw_value,
                     derived_from, headers
-               from outbox where published_at is null order by id limit $1",
+               from outbox where published_at is null and parked_at is null order by id limit $1",
         )
         .bind(self.batch_size)
         .fetch_all(&self.pool)
@@ -170,52 +175,73 @@ impl Relay {
         let mut derived = derived::build(&self.pool, &derived_rows).await?;
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            let event_id: Uuid = row.try_get("event_id")?;
-            let mut headers: Json = row.try_get("headers")?;
-            let raw: Option<Vec<u8>> = row.try_get("raw_value")?;
-            let value = match raw {
-                Some(bytes) => bytes,
-                None => {
-                    let name: String = row.try_get("record_name")?;
-                    let version: i32 = row.try_get("schema_version")?;
-                    let payload: Json = match derived.remove(&event_id) {
-                        Some(built) => {
-                            let correlation_id = built
-                                .get("correlation_id")
-                                .and_then(Json::as_str)
-                                .unwrap_or_default();
-                            let traceparent = headers.get(TRACEPARENT).cloned();
-                            headers = record_headers(&name, event_id, correlation_id);
-                            if let (Some(tp), Some(map)) = (traceparent, headers.as_object_mut()) {
-                                map.insert(TRACEPARENT.to_string(), tp);
-                            }
-                            built
-                        }
-                        None => row.try_get("payload")?,
-                    };
-                    self.codec
-                        .encode_json(&name, version as u32, &payload)
-                        .await?
+            match self.record(row, &mut derived).await {
+                Ok(record) => pending.push(record),
+                Err(e) if e.is_unpublishable() => {
+                    self.park(row.try_get("id")?, &e.to_string()).await?;
                 }
-            };
-            pending.push(Pending {
-                id: row.try_get("id")?,
-                event_id,
-                topic: format!(
-                    "{}{}",
-                    self.topic_prefix,
-                    row.try_get::<String, _>("topic")?
-                ),
-                key: row.try_get("message_key")?,
-                value,
-                correlation_id: headers
-                    .get("correlation_id")
-                    .and_then(Json::as_str)
-                    .map(str::to_string),
-                headers: kafka_headers(&headers),
-            });
+                Err(e) => return Err(e),
+            }
         }
+        self.publish(pending).await
+    }
 
+    /// The record an outbox row becomes: its stored bytes (dead letters, redrives) or its
+    /// payload encoded under its schema (derived rows built from what they announce).
+    async fn record(
+        &self,
+        row: &sqlx::postgres::PgRow,
+        derived: &mut std::collections::HashMap<Uuid, Json>,
+    ) -> Result<Pending> {
+        let event_id: Uuid = row.try_get("event_id")?;
+        let mut headers: Json = row.try_get("headers")?;
+        let raw: Option<Vec<u8>> = row.try_get("raw_value")?;
+        let value = match raw {
+            Some(bytes) => bytes,
+            None => {
+                let name: String = row.try_get("record_name")?;
+                let version: i32 = row.try_get("schema_version")?;
+                let payload: Json = match derived.remove(&event_id) {
+                    Some(built) => {
+                        let correlation_id = built
+                            .get("correlation_id")
+                            .and_then(Json::as_str)
+                            .unwrap_or_default();
+                        let traceparent = headers.get(TRACEPARENT).cloned();
+                        headers = record_headers(&name, event_id, correlation_id);
+                        if let (Some(tp), Some(map)) = (traceparent, headers.as_object_mut()) {
+                            map.insert(TRACEPARENT.to_string(), tp);
+                        }
+                        built
+                    }
+                    None => row.try_get("payload")?,
+                };
+                self.codec
+                    .encode_json(&name, version as u32, &payload)
+                    .await?
+            }
+        };
+        Ok(Pending {
+            id: row.try_get("id")?,
+            event_id,
+            topic: format!(
+                "{}{}",
+                self.topic_prefix,
+                row.try_get::<String, _>("topic")?
+            ),
+            key: row.try_get("message_key")?,
+            value,
+            correlation_id: headers
+                .get("correlation_id")
+                .and_then(Json::as_str)
+                .map(str::to_string),
+            headers: kafka_headers(&headers),
+        })
+    }
+
+    /// Sends the records, then marks those the broker acknowledged; one the broker refuses
+    /// for itself is parked, any other failure stops the batch (it is retried).
+    async fn publish(&self, pending: Vec<Pending>) -> Result<usize> {
         // Enqueue all, then await in order: the producer pipelines them, and idempotence
         // keeps per-partition order across its internal retries.
         let mut deliveries = Vec::with_capacity(pending.len());
@@ -228,19 +254,30 @@ impl Relay {
             }
             let delivery = loop {
                 match self.producer.send_result(record) {
-                    Ok(delivery) => break delivery,
-                    Err((e, returned)) => {
+                    Ok(delivery) => break Some(delivery),
+                    Err((e, returned)) if is_queue_full(&e) => {
                         // Local queue full: let it drain, then retry the same record.
                         tracing::debug!(error = %e, "producer queue full");
                         record = returned;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    // Refused before it left (larger than the producer may send).
+                    Err((e, _)) if refuses_the_record(&e) => {
+                        self.park(p.id, &format!("the producer refused the record: {e}"))
+                            .await?;
+                        break None;
+                    }
+                    Err((e, _)) => return Err(e.into()),
                 }
             };
             deliveries.push(delivery);
         }
         let mut ids = Vec::with_capacity(pending.len());
-        for (p, delivery) in pending.iter().zip(deliveries) {
+        for (p, delivery) in pending
+            .iter()
+            .zip(deliveries)
+            .filter_map(|(p, d)| Some((p, d?)))
+        {
             let span = tracing::info_span!(
                 "publish",
                 topic = %p.topic,
@@ -259,6 +296,10 @@ impl Relay {
                     metrics::counter!(PUBLISHED, "topic" => p.topic.clone()).increment(1);
                     ids.push(p.id);
                 }
+                Ok(Err((e, _))) if refuses_the_record(&e) => {
+                    self.park(p.id, &format!("the broker refused the record: {e}"))
+                        .await?;
+                }
                 Ok(Err((e, _))) => {
                     self.mark(&ids).await?;
                     return Err(e.into());
@@ -273,6 +314,21 @@ impl Relay {
         Ok(ids.len())
     }
 
+    /// Sets a row aside with the reason it cannot be published.
+    async fn park(&self, id: i64, reason: &str) -> Result<()> {
+        tracing::error!(
+            outbox_id = id,
+            %reason,
+            "outbox row parked: it cannot be published as it is; see `dhanman outbox parked`"
+        );
+        sqlx::query("update outbox set parked_at = now(), parked_reason = $2 where id = $1")
+            .bind(id)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn mark(&self, ids: &[i64]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -283,4 +339,24 @@ impl Relay {
             .await?;
         Ok(())
     }
+}
+
+fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+}
+
+/// Whether the broker refused a record for what it is (too large, malformed), which no
+/// retry changes, rather than for the broker's state.
+fn refuses_the_record(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessage
+                | Code::InvalidMessageSize
+                | Code::InvalidRecord
+                | Code::BadMessage
+        )
+    )
 }

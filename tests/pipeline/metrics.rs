@@ -23,6 +23,7 @@ pub const EXPORTED: &[&str] = &[
     // connectors/src/relay.rs, connectors/src/gauges.rs
     "dhanman_events_published_total",
     "dhanman_outbox_depth",
+    "dhanman_outbox_parked",
     "dhanman_outbox_oldest_age_seconds",
     "dhanman_dlq_size",
     "dhanman_sampler_active",

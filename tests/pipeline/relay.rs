@@ -52,3 +52,105 @@ async fn a_relay_stopped_with_sigterm_hands_over_to_the_standby_and_publishes_no
     assert_eq!(sizes, vec![(topic, 10)]);
     db.drop_db().await;
 }
+
+/// One poison outbox row (a payload its schema cannot encode) among good ones: the relay
+/// parks it with the reason and publishes every other row, in order; the gauge and
+/// `dhanman outbox parked` show it; fixed and unparked, it is published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_outbox_row_is_parked_and_the_rest_are_published() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api_proc = setup.spawn_with_env(&["api"], &[("DHANMAN_LAG_INTERVAL_MS", "200")]);
+    setup.wait_ready(&api_proc).await;
+    let relay = setup.spawn(&["relay"]);
+    relay.wait_for_log(ACTIVE, Duration::from_secs(60)).await;
+    let (_, key) = create_org(&setup, "Parking Court").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let customer = api.customer("Asha").await;
+    invoice(&api, customer, "10.00").await;
+    let poison = uuid::Uuid::now_v7();
+    sqlx::query(
+        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
+         values ($1, 'dhanman.sales.invoices', 'k', 'dhanman.sales.InvoiceCreated', 2,
+                 '{\"not\": \"an invoice\"}', '{}')",
+    )
+    .bind(poison)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    invoice(&api, customer, "20.00").await;
+    eventually("the good rows to go out", Duration::from_secs(60), || async {
+        (db.count("select count(*) from outbox where published_at is not null and payload->>'invoice_id' is not null")
+            .await
+            == 2)
+            .then_some(())
+    })
+    .await;
+    let (reason,): (String,) = sqlx::query_as(
+        "select parked_reason from outbox where event_id = $1 and parked_at is not null",
+    )
+    .bind(poison)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(reason.contains("invalid record"), "{reason}");
+    let topic = setup.topic("dhanman.sales.invoices");
+    let probe = dhanman_connectors::kafka::probe(&bootstrap()).expect("a broker probe");
+    let size = || async {
+        dhanman_connectors::gauges::topic_sizes(&probe, vec![topic.clone()])
+            .await
+            .expect("the topic's size")[0]
+            .1
+    };
+    assert_eq!(size().await, 2);
+
+    let listed = dhanman(&setup, &["outbox", "parked", "--json"]).await;
+    assert!(listed.ok, "{}", listed.stderr);
+    let rows = listed.json();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["event_id"], poison.to_string());
+    let metrics = eventually("the parked gauge", Duration::from_secs(30), || async {
+        let text = reqwest::get(format!("{}/metrics", setup.base_url()))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l == "dhanman_outbox_parked 1")
+            .then_some(text)
+    })
+    .await;
+    assert!(metrics.contains("dhanman_outbox_depth 0"), "{metrics}");
+
+    // Fixed (a valid payload) and unparked: published once, nothing parked.
+    let fixed = serde_json::to_value(invoice_created(
+        uuid::Uuid::now_v7(),
+        customer,
+        "FIXED-1",
+        "30.00",
+    ))
+    .unwrap();
+    sqlx::query("update outbox set payload = $2 where event_id = $1")
+        .bind(poison)
+        .bind(&fixed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let unparked = dhanman(&setup, &["outbox", "unpark", "--all"]).await;
+    assert!(unparked.ok, "{}", unparked.stderr);
+    eventually(
+        "the fixed row to go out",
+        Duration::from_secs(60),
+        || async {
+            (db.count("select count(*) from outbox where published_at is null")
+                .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(size().await, 3);
+    drop(relay);
+    db.drop_db().await;
+}
