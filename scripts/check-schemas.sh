@@ -81,8 +81,15 @@ pg -c "create database $DB_NAME" >/dev/null || die "could not create the scratch
 DB_CREATED=1
 DATABASE_URL=$SCRATCH_URL "$BIN" migrate </dev/null || die "dhanman migrate failed (see above)"
 
-# Port 0: the API binds a free port and logs it (JSON log: "addr":"127.0.0.1:NNNNN").
+# Writes to the registry need a registry user.
+USER_INFO=$(DATABASE_URL=$SCRATCH_URL "$BIN" registry users add check-schemas 2>/dev/null </dev/null) ||
+	die "could not add a registry user"
+
+# Port 0: the API binds a free port and logs it (JSON log: "addr":"127.0.0.1:NNNNN"). The API
+# registers the local schemas under its own topics' subjects when it starts: under a prefix
+# of its own, so that the subjects checked here hold only the released versions.
 DATABASE_URL=$SCRATCH_URL DHANMAN_HTTP_ADDR=127.0.0.1:0 DHANMAN_LOG_FORMAT=json \
+	DHANMAN_TOPIC_PREFIX=check-schemas-api. \
 	RUST_LOG=info,sqlx=warn "$BIN" api </dev/null >/dev/null 2>>"$API_LOG" &
 API_PID=$!
 ADDR=""
@@ -98,7 +105,7 @@ log "scratch registry at $REGISTRY (database $DB_NAME)"
 
 # The caller's registry settings must not leak in: this registry is the scratch one.
 schemas() {
-	env -u SCHEMA_REGISTRY_URL -u SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO -u DHANMAN_TOPIC_PREFIX \
+	env -u SCHEMA_REGISTRY_URL -u DHANMAN_TOPIC_PREFIX SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO="$USER_INFO" \
 		"$BIN" schemas "$1" --registry "$REGISTRY" "${@:2}" </dev/null
 }
 
@@ -107,13 +114,15 @@ schemas register --dir schemas/released >&2 ||
 	die "the released versions do not register cleanly (see above)"
 
 log "global level: $LEVEL"
-python3 - "$REGISTRY/config" "$LEVEL" <<'EOF' || die "could not set the global level"
-import json, sys, urllib.request
+USER_INFO=$USER_INFO python3 - "$REGISTRY/config" "$LEVEL" <<'EOF' || die "could not set the global level"
+import base64, json, os, sys, urllib.request
+auth = base64.b64encode(os.environ["USER_INFO"].encode()).decode()
 request = urllib.request.Request(
     sys.argv[1],
     method="PUT",
     data=json.dumps({"compatibility": sys.argv[2]}).encode(),
-    headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+    headers={"Content-Type": "application/vnd.schemaregistry.v1+json",
+             "Authorization": "Basic " + auth},
 )
 urllib.request.urlopen(request, timeout=10).read()
 EOF

@@ -23,6 +23,10 @@
 #   DHANMAN_PG_PORT                 Postgres port (default 5432)
 #   DHANMAN_TOOLS_DIR               where tools are installed (default ~/.local/share/dhanman)
 #   DHANMAN_DATA_DIR                broker data, logs and pid file (default ~/.local/state/dhanman)
+#   DHANMAN_KAFKA_NODES             1 (default) or 3: a cluster of three nodes on 29092, 29094 and
+#                                   29096 (controllers one port above each), every topic's
+#                                   internal replicas on all three, min.insync.replicas 2; its
+#                                   data in $DHANMAN_DATA_DIR/kafka-cluster
 #   DHANMAN_KAFKA_HEAP              the broker's Java heap (default 1g)
 #   DHANMAN_WAIT_SECS               readiness timeout per service in seconds (default 90)
 # shellcheck disable=SC2012 # `ls` of version-named directories is fine here
@@ -35,14 +39,16 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/deploy/kafka/pom.xml")
 TOOLS=${DHANMAN_TOOLS_DIR:-$HOME/.local/share/dhanman}
 DATA=${DHANMAN_DATA_DIR:-$HOME/.local/state/dhanman}
-KAFKA_PORT=${DHANMAN_KAFKA_PORT:-19092}
+KAFKA_NODES=${DHANMAN_KAFKA_NODES:-1}
+case "$KAFKA_NODES" in 1) default_port=19092 ;; 3) default_port=29092 ;; *) printf 'dev-services: error: DHANMAN_KAFKA_NODES is 1 or 3\n' >&2; exit 1 ;; esac
+KAFKA_PORT=${DHANMAN_KAFKA_PORT:-$default_port}
 KAFKA_CONTROLLER_PORT=${DHANMAN_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 PG_PORT=${DHANMAN_PG_PORT:-5432}
 PG_DB=dhanman
 WAIT_SECS=${DHANMAN_WAIT_SECS:-90}
 KAFKA_HEAP=${DHANMAN_KAFKA_HEAP:-1g}
 KAFKA_LIBS="$TOOLS/kafka-${KAFKA_VERSION}/libs"
-KAFKA_DATA="$DATA/kafka"
+if [ "$KAFKA_NODES" -eq 1 ]; then KAFKA_DATA="$DATA/kafka"; else KAFKA_DATA="$DATA/kafka-cluster"; fi
 
 case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) PATH="$HOME/.cargo/bin:$PATH" ;; esac
 export PATH
@@ -268,26 +274,55 @@ kafka_tool() {
 		-Dlog4j2.configurationFile="$ROOT/deploy/kafka/tools-log4j2.xml" -cp "$KAFKA_LIBS/*" "$@"
 }
 
+# The nodes: one by default (KRaft, broker and controller in one process, a dynamic quorum
+# of one); DHANMAN_KAFKA_NODES=3 runs a cluster of three such nodes on ports of its own
+# (29092, 29094, 29096; controllers one above each) with three replicas of every internal
+# topic and min.insync.replicas 2, for the fault campaign's broker failovers.
+# node_vars N sets NODE_ID, NODE_PORT, NODE_CTRL_PORT and NODE_DATA for node N.
+node_vars() {
+	NODE_ID=$1
+	NODE_PORT=$((KAFKA_PORT + 2 * (NODE_ID - 1)))
+	NODE_CTRL_PORT=$((KAFKA_CONTROLLER_PORT + 2 * (NODE_ID - 1)))
+	if [ "$KAFKA_NODES" -eq 1 ]; then
+		NODE_DATA=$KAFKA_DATA
+	else
+		NODE_DATA="$KAFKA_DATA/node-$NODE_ID"
+	fi
+}
+
 # The node's configuration. Written at every start from what this script knows, so a changed
 # port or setting takes effect with a restart (the storage and its cluster id stay).
 write_server_properties() {
-	cat >"$KAFKA_DATA/server.properties" <<PROPS
+	local quorum replicas=1 min_isr=1 voters="" n
+	if [ "$KAFKA_NODES" -eq 1 ]; then
+		quorum="controller.quorum.bootstrap.servers=127.0.0.1:$NODE_CTRL_PORT"
+	else
+		for n in $(seq "$KAFKA_NODES"); do
+			voters="${voters:+$voters,}$n@127.0.0.1:$((KAFKA_CONTROLLER_PORT + 2 * (n - 1)))"
+		done
+		quorum="controller.quorum.voters=$voters"
+		replicas=3
+		min_isr=2
+	fi
+	cat >"$NODE_DATA/server.properties" <<PROPS
 # Written by scripts/dev-services.sh at every start; edit the script, not this file.
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+node.id=$NODE_ID
+$quorum
+listeners=PLAINTEXT://127.0.0.1:$NODE_PORT,CONTROLLER://127.0.0.1:$NODE_CTRL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$NODE_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$KAFKA_DATA/data
-# One node: the internal topics can have one replica only.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+log.dirs=$NODE_DATA/data
+# The internal topics have a replica on every node (one node: one replica).
+offsets.topic.replication.factor=$replicas
+transaction.state.log.replication.factor=$replicas
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$replicas
+share.coordinator.state.topic.min.isr=$min_isr
+default.replication.factor=$replicas
+min.insync.replicas=$min_isr
 # A group's first member is assigned at once instead of after 3 s of waiting for others.
 group.initial.rebalance.delay.ms=0
 # Topics are created by the pipeline (with their partition count), never by a typo.
@@ -303,32 +338,46 @@ PROPS
 
 kafka_pid_alive() {
 	local pid
-	[ -f "$KAFKA_DATA/kafka.pid" ] || return 1
-	pid=$(cat "$KAFKA_DATA/kafka.pid" 2>/dev/null) || return 1
+	[ -f "$NODE_DATA/kafka.pid" ] || return 1
+	pid=$(cat "$NODE_DATA/kafka.pid" 2>/dev/null) || return 1
 	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
 }
 
+# The cluster's id: made once, kept beside the nodes (every node is formatted with it).
+cluster_id() {
+	local file="$KAFKA_DATA/cluster.id"
+	if [ ! -s "$file" ]; then
+		kafka_tool kafka.tools.StorageTool random-uuid | tail -n1 >"$file.tmp"
+		mv "$file.tmp" "$file"
+	fi
+	cat "$file"
+}
+
 start_kafka() {
-	mkdir -p "$KAFKA_DATA/logs"
+	mkdir -p "$NODE_DATA/logs"
 	(
 		flock 9
 		# Re-check under the lock: a concurrent run may have started it meanwhile.
-		if tcp_open 127.0.0.1 "$KAFKA_PORT"; then exit 0; fi
+		if tcp_open 127.0.0.1 "$NODE_PORT"; then exit 0; fi
 		if kafka_pid_alive; then
-			log "kafka (pid $(cat "$KAFKA_DATA/kafka.pid")) is starting; waiting for it"
+			log "kafka node $NODE_ID (pid $(cat "$NODE_DATA/kafka.pid")) is starting; waiting for it"
 			exit 0
 		fi
 		write_server_properties
-		if [ ! -f "$KAFKA_DATA/data/meta.properties" ]; then
-			local cluster_id
-			cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid | tail -n1)
-			log "formatting the storage of a new cluster ($cluster_id) in $KAFKA_DATA/data"
-			kafka_tool kafka.tools.StorageTool format --standalone --cluster-id "$cluster_id" \
-				--config "$KAFKA_DATA/server.properties" >&2 ||
-				die "kafka-storage format failed"
+		if [ ! -f "$NODE_DATA/data/meta.properties" ]; then
+			local id
+			id=$(cluster_id)
+			log "formatting the storage of node $NODE_ID of cluster $id in $NODE_DATA/data"
+			if [ "$KAFKA_NODES" -eq 1 ]; then
+				kafka_tool kafka.tools.StorageTool format --standalone --cluster-id "$id" \
+					--config "$NODE_DATA/server.properties" >&2 || die "kafka-storage format failed"
+			else
+				kafka_tool kafka.tools.StorageTool format --cluster-id "$id" \
+					--config "$NODE_DATA/server.properties" >&2 || die "kafka-storage format failed"
+			fi
 		fi
-		log "starting Apache Kafka ${KAFKA_VERSION} on 127.0.0.1:$KAFKA_PORT (controller :$KAFKA_CONTROLLER_PORT, data $KAFKA_DATA/data, log $KAFKA_DATA/logs/server.log)"
-		cd "$KAFKA_DATA"
+		log "starting Apache Kafka ${KAFKA_VERSION} node $NODE_ID on 127.0.0.1:$NODE_PORT (controller :$NODE_CTRL_PORT, data $NODE_DATA/data, log $NODE_DATA/logs/server.log)"
+		cd "$NODE_DATA"
 		rm -f kafka.pid
 		# The heap Kafka's own start script uses (1 GiB, fixed: no resizing pauses), G1 with its
 		# pause target; the other 23 GiB stay for Postgres, the page cache (where Kafka's
@@ -339,15 +388,15 @@ start_kafka() {
 			nohup java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
 			-XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
 			-XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-			-Dkafka.logs.dir="$KAFKA_DATA/logs" \
+			-Dkafka.logs.dir="$NODE_DATA/logs" \
 			-Dlog4j2.configurationFile="$ROOT/deploy/kafka/log4j2.xml" \
-			-cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DATA/server.properties" \
-			</dev/null >>"$KAFKA_DATA/logs/stdout.log" 2>&1 3>&- 9>&- &
+			-cp "$KAFKA_LIBS/*" kafka.Kafka "$NODE_DATA/server.properties" \
+			</dev/null >>"$NODE_DATA/logs/stdout.log" 2>&1 3>&- 9>&- &
 		for _ in $(seq 50); do
-			[ -s "$KAFKA_DATA/kafka.pid" ] && break
+			[ -s "$NODE_DATA/kafka.pid" ] && break
 			sleep 0.1
 		done
-	) 9>"$KAFKA_DATA.start.lock"
+	) 9>"$NODE_DATA.start.lock"
 }
 
 wait_for_kafka() { # host port
@@ -356,10 +405,10 @@ wait_for_kafka() { # host port
 		if [ "$waited" -ge "$WAIT_SECS" ]; then
 			return 1
 		fi
-		if [ "$1:$2" = "127.0.0.1:$KAFKA_PORT" ] && [ -f "$KAFKA_DATA/kafka.pid" ] && ! kafka_pid_alive && ! tcp_open "$1" "$2"; then
-			log "kafka exited; last lines of its logs:"
-			tail -n 20 "$KAFKA_DATA/logs/stdout.log" "$KAFKA_DATA/logs/server.log" >&2 || true
-			die "the broker exited during startup; see $KAFKA_DATA/logs/server.log"
+		if [ "$1:$2" = "127.0.0.1:$NODE_PORT" ] && [ -f "$NODE_DATA/kafka.pid" ] && ! kafka_pid_alive && ! tcp_open "$1" "$2"; then
+			log "kafka node $NODE_ID exited; last lines of its logs:"
+			tail -n 20 "$NODE_DATA/logs/stdout.log" "$NODE_DATA/logs/server.log" >&2 || true
+			die "the broker exited during startup; see $NODE_DATA/logs/server.log"
 		fi
 		sleep 1
 		waited=$((waited + 1))
@@ -368,24 +417,35 @@ wait_for_kafka() { # host port
 }
 
 ensure_kafka() {
-	local host port
+	local host port n bootstrap=""
 	if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
 		read -r host port <<<"$(first_host_port "$KAFKA_BOOTSTRAP_SERVERS")"
+		node_vars 1
 		wait_for_kafka "$host" "$port" ||
 			die "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS is set but $host:$port does not answer the Kafka protocol"
 		log "using the caller's KAFKA_BOOTSTRAP_SERVERS"
 		return 0
 	fi
-	if ! tcp_open 127.0.0.1 "$KAFKA_PORT"; then
-		start_kafka
-	elif kafka_pid_alive; then
-		log "kafka already running (pid $(cat "$KAFKA_DATA/kafka.pid")) on 127.0.0.1:$KAFKA_PORT"
-	else
-		log "something already listens on 127.0.0.1:$KAFKA_PORT; using it"
-	fi
-	wait_for_kafka 127.0.0.1 "$KAFKA_PORT" ||
-		die "no Kafka broker answered on 127.0.0.1:$KAFKA_PORT within ${WAIT_SECS}s; see $KAFKA_DATA/logs/server.log"
-	KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
+	mkdir -p "$KAFKA_DATA"
+	# Every node is started before any is waited for: a cluster's controllers need a
+	# majority of each other to elect a leader.
+	for n in $(seq "$KAFKA_NODES"); do
+		node_vars "$n"
+		if ! tcp_open 127.0.0.1 "$NODE_PORT"; then
+			start_kafka
+		elif kafka_pid_alive; then
+			log "kafka node $n already running (pid $(cat "$NODE_DATA/kafka.pid")) on 127.0.0.1:$NODE_PORT"
+		else
+			log "something already listens on 127.0.0.1:$NODE_PORT; using it"
+		fi
+	done
+	for n in $(seq "$KAFKA_NODES"); do
+		node_vars "$n"
+		wait_for_kafka 127.0.0.1 "$NODE_PORT" ||
+			die "no Kafka broker answered on 127.0.0.1:$NODE_PORT within ${WAIT_SECS}s; see $NODE_DATA/logs/server.log"
+		bootstrap="${bootstrap:+$bootstrap,}127.0.0.1:$NODE_PORT"
+	done
+	KAFKA_BOOTSTRAP_SERVERS=$bootstrap
 }
 
 # ---------------------------------------------------------------------------------------------

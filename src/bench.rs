@@ -104,6 +104,7 @@ async fn bench_in(args: &Args, db_name: &str, suffix: &str) -> anyhow::Result<()
         .connect(&url)
         .await?;
     crate::migrate(&pool).await?;
+    crate::register_local_schemas(&pool, "").await?;
 
     // The embedded registry, served on an ephemeral port for the codec.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -44,14 +44,54 @@ impl Client {
         Ok(body)
     }
 
-    /// The same API as another user.
-    fn as_user(&self, created: &Value) -> anyhow::Result<Client> {
+    /// The same API as a user the society invited: the code of their welcome email,
+    /// exchanged for their own key (the administrator who created them never sees it).
+    async fn as_invited(
+        &self,
+        mailbox: Option<&dhanman_gateway::smtp::SmtpSink>,
+        email: &str,
+    ) -> anyhow::Result<Client> {
+        let sink = mailbox.context(
+            "the demo redeems invitations from its own SMTP server: run it without SMTP_URL",
+        )?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let token = loop {
+            let found = sink
+                .messages()
+                .iter()
+                .filter(|m| m.to.iter().any(|to| to == email))
+                .find_map(|m| {
+                    m.text()
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| l.starts_with("dhi_"))
+                        .map(str::to_string)
+                });
+            match found {
+                Some(token) => break token,
+                None if std::time::Instant::now() > deadline => {
+                    bail!("no invitation email reached {email}")
+                }
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let response = self
+            .http
+            .post(format!("{}/v1/invitations/accept", self.base))
+            .json(&json!({ "token": token }))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("accepting the invitation of {email} answered {status}: {body}");
+        }
         Ok(Client {
             http: self.http.clone(),
             base: self.base.clone(),
-            key: created["api_key"]
+            key: body["api_key"]
                 .as_str()
-                .context("the new user's key")?
+                .context("the invited user's key")?
                 .to_string(),
         })
     }
@@ -237,7 +277,7 @@ async fn society(
         client
             .get(&format!("/v1/users?consistent_with={token}"))
             .await?;
-        approvers.push(client.as_user(&user)?);
+        approvers.push(client.as_invited(mailbox, email).await?);
     }
     let [manager, cfo] = <[Client; 2]>::try_from(approvers)
         .map_err(|_| anyhow::anyhow!("two approvers expected"))?;

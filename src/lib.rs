@@ -1,14 +1,17 @@
 //! The `dhanman` binary's library: configuration, start-up of each part, and the demo and
 //! benchmark commands. `main.rs` only parses arguments and calls in here.
 
+pub mod audit_cli;
 pub mod bench;
+pub mod campaign;
 pub mod demo;
 pub mod dlq_cli;
 pub mod jobs_cli;
 pub mod lag_cli;
-pub mod outbox_cli;
 pub mod offsets_cli;
+pub mod outbox_cli;
 pub mod rebuild_cli;
+pub mod registry_cli;
 pub mod replay_cli;
 pub mod schemas_cli;
 pub mod telemetry;
@@ -53,6 +56,17 @@ pub struct Config {
     /// API at `http://<DHANMAN_HTTP_ADDR>/schema-registry`.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     pub schema_registry_url: Option<String>,
+    /// `user:secret` of a registry user, sent as HTTP basic auth (Confluent's
+    /// `basic.auth.user.info`): the relay registers a local schema it does not find with
+    /// it. Unset: look-ups only (the embedded registry has the local schemas from the
+    /// API's start).
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub schema_registry_user_info: Option<secrecy::SecretString>,
     /// Address the API listens on.
     #[arg(long, env = "DHANMAN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -63,6 +77,10 @@ pub struct Config {
     /// Partitions of the topics the pipeline creates.
     #[arg(long, env = "DHANMAN_TOPIC_PARTITIONS", default_value_t = 4)]
     pub topic_partitions: i32,
+    /// Replicas of each partition of the topics the pipeline creates (3 on a cluster of
+    /// three brokers, with `min.insync.replicas` 2).
+    #[arg(long, env = "DHANMAN_TOPIC_REPLICAS", default_value_t = 1)]
+    pub topic_replicas: i32,
     /// How long a query with `?consistent_with=` waits for the ledger, in milliseconds.
     #[arg(long, env = "DHANMAN_CONSISTENCY_WAIT_MS", default_value_t = 5000)]
     pub consistency_wait_ms: u64,
@@ -127,6 +145,22 @@ pub struct Config {
     /// How often the API process samples consumer lag (for `/metrics` and `GET /v1/lag`), in ms.
     #[arg(long, env = "DHANMAN_LAG_INTERVAL_MS", default_value_t = 5000)]
     pub lag_interval_ms: u64,
+    /// How often each API process audits the ledger (`/metrics`, `/readyz`), in ms.
+    #[arg(long, env = "DHANMAN_AUDIT_INTERVAL_MS", default_value_t = 60000)]
+    pub audit_interval_ms: u64,
+    /// How long published outbox rows are kept (`dhanman up` prunes older ones).
+    #[arg(long, env = "DHANMAN_RETENTION_OUTBOX", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention_outbox: Duration,
+    /// How long idempotency keys are kept: a client's retry window.
+    #[arg(long, env = "DHANMAN_RETENTION_IDEMPOTENCY", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention_idempotency: Duration,
+    /// How long the processors' gate rows (`processed_events`) are kept behind their
+    /// groups' offsets.
+    #[arg(long, env = "DHANMAN_RETENTION_GATE", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub retention_gate: Duration,
+    /// How often `dhanman up` prunes by those retentions.
+    #[arg(long, env = "DHANMAN_RETENTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
     /// Purchase orders above this amount need the CFO's approval as well as a manager's.
     #[arg(long, env = "DHANMAN_PO_CFO_THRESHOLD", default_value = "50000")]
     pub po_cfo_threshold: rust_decimal::Decimal,
@@ -180,6 +214,14 @@ impl Config {
         }
     }
 
+    pub fn retention(&self) -> dhanman_connectors::retention::Retention {
+        dhanman_connectors::retention::Retention {
+            outbox: self.retention_outbox,
+            idempotency: self.retention_idempotency,
+            gate: self.retention_gate,
+        }
+    }
+
     pub fn embedded_registry(&self) -> bool {
         self.schema_registry_url
             .as_deref()
@@ -196,8 +238,16 @@ impl Config {
     }
 
     pub fn codec(&self) -> anyhow::Result<Arc<Codec>> {
+        use secrecy::ExposeSecret;
+        let credentials = self
+            .schema_registry_user_info
+            .as_ref()
+            .map(|info| dhanman_schemas::codec::Credentials::parse(info.expose_secret()))
+            .transpose()
+            .context("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO")?;
         Ok(Arc::new(
-            Codec::new(&self.registry_url())?.with_topic_prefix(&self.topic_prefix),
+            Codec::connect(&self.registry_url(), credentials)?
+                .with_topic_prefix(&self.topic_prefix),
         ))
     }
 
@@ -233,10 +283,13 @@ impl Config {
         dhanman_api::AppState {
             pool,
             consistency_wait: Duration::from_millis(self.consistency_wait_ms),
+            gate_retention: self.retention_gate,
+            applied: Default::default(),
             approval_policy: dhanman_producers::purchase::ApprovalPolicy {
                 cfo_threshold: self.po_cfo_threshold,
             },
             payments: None,
+            ledger_audit: None,
         }
     }
 
@@ -303,6 +356,35 @@ pub fn init_telemetry(default_filter: &str) {
     };
 }
 
+fn parse_secret(raw: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
+    Ok(secrecy::SecretString::from(raw.to_string()))
+}
+
+/// Registers every local schema version (oldest first) in the embedded registry, under the
+/// subjects of the installation's topics: the registry the API serves then holds what the
+/// relay and the processors read and write, so they need no credentials to change it. A
+/// local schema the registry refuses (an incompatible change) stops the start.
+pub async fn register_local_schemas(pool: &PgPool, topic_prefix: &str) -> anyhow::Result<()> {
+    let registry = dhanman_registry::Registry::new(pool.clone());
+    let mut records: Vec<_> = dhanman_schemas::Catalog::global().all().collect();
+    records.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+    for record in records {
+        let subject = topics::subject(&format!("{topic_prefix}{}", record.topic), &record.name);
+        let parsed = dhanman_registry::ParsedSchema::parse(record.text)
+            .with_context(|| format!("{} v{}", record.name, record.version))?;
+        registry
+            .register_schema(&subject, &parsed, Default::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "registering {} v{} under {subject} in the embedded registry",
+                    record.name, record.version
+                )
+            })?;
+    }
+    Ok(())
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("applying migrations")?;
     Ok(())
@@ -322,10 +404,11 @@ pub fn all_topics(prefix: &str) -> Vec<String> {
 }
 
 pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
-    dhanman_connectors::kafka::ensure_topics(
+    dhanman_connectors::kafka::ensure_replicated_topics(
         &config.kafka_bootstrap_servers,
         &all_topics(&config.topic_prefix),
         config.topic_partitions,
+        config.topic_replicas,
     )
     .await
     .context("creating topics (KAFKA_BOOTSTRAP_SERVERS)")
@@ -380,6 +463,9 @@ pub async fn run_api(
     stop: Stop,
 ) -> anyhow::Result<()> {
     dhanman_api::prometheus::install();
+    if config.embedded_registry() {
+        register_local_schemas(&pool, &config.topic_prefix).await?;
+    }
     let payments = config.payments(pool.clone())?;
     // Unfinished payment sagas are finished or compensated before new payments are taken.
     let resumed = payments
@@ -398,9 +484,20 @@ pub async fn run_api(
         config.topic_prefix.clone(),
         Duration::from_millis(config.lag_interval_ms),
     )));
+    // The ledger audit, in every API process (it only reads): its gauge, and a line of
+    // `/readyz` from its latest report.
+    let audit_report = Arc::new(tokio::sync::RwLock::new(None));
+    let _audit = AbortOnDrop(tokio::spawn(dhanman_processors::audit::run_periodically(
+        pool.clone(),
+        Duration::from_millis(config.audit_interval_ms),
+        audit_report.clone(),
+    )));
     telemetry::register_api_metrics(&payments);
     let mut state = config.app_state(pool);
     state.payments = Some(payments);
+    state.ledger_audit = Some(Arc::new(dhanman_processors::audit::readiness_probe(
+        audit_report,
+    )));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url(), "API listening");
     dhanman_api::serve_until(listener, state, stop.into_requested())
         .await
@@ -605,6 +702,28 @@ pub async fn run_all(
     {
         let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
         parts.spawn(async move { run_relay(&config, pool, stop).await });
+    }
+    {
+        // Deletes only: stopping anywhere is safe.
+        let (retention, every, mut stop) = (
+            config.retention(),
+            config.retention_interval,
+            stopper.signal(),
+        );
+        let groups = PROCESSORS
+            .iter()
+            .map(|p| {
+                let group = dhanman_processors::runtime::default_group_id(&config.topic_prefix, p);
+                (p.to_string(), group)
+            })
+            .collect();
+        let pool = pool.clone();
+        parts.spawn(async move {
+            tokio::select! {
+                () = dhanman_connectors::retention::run_periodically(pool, retention, groups, every) => Ok(()),
+                () = stop.requested() => Ok(()),
+            }
+        });
     }
     for name in PROCESSORS {
         let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());

@@ -1,8 +1,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dhanman::{
-    Config, bench, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli, outbox_cli, rebuild_cli,
-    replay_cli, schemas_cli,
+    Config, audit_cli, bench, campaign, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli, outbox_cli,
+    rebuild_cli, registry_cli, replay_cli, schemas_cli,
 };
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
@@ -42,6 +42,10 @@ enum Command {
     Demo(Config),
     /// Measures raw limits and the pipeline's throughput.
     Bench(bench::Args),
+    /// The fault campaign: the pipeline as separate processes under load, one killed (or
+    /// Postgres or the broker restarted) per round; then the books against what was
+    /// acknowledged. Exit 1 when anything was lost, doubled or off.
+    Campaign(campaign::Args),
     /// The local Avro schemas against a schema registry: check, register, list. Exit code 0
     /// compatible, 1 a break, 2 an error.
     Schemas(schemas_cli::Args),
@@ -54,6 +58,10 @@ enum Command {
     /// Consumer lag per group, topic and partition, in records and seconds, with trend and
     /// time to drain; `--json`, `--watch`.
     Lag(lag_cli::Args),
+    /// Audits the ledger: entries balance, the trial balance nets to zero, balances equal
+    /// their postings, one entry per consumed event, receivables agree with the command
+    /// side; `--json`. Exit code 0 clean, 1 violations, 2 an error.
+    Audit(audit_cli::Args),
     /// A consumer group's offsets (any group on the cluster): `show`, or `reset` (plan, then
     /// `--execute`) like `kafka-consumer-groups --reset-offsets`; refused while it has members.
     Offsets(offsets_cli::Args),
@@ -66,6 +74,9 @@ enum Command {
     /// Outbox rows the relay parked as unpublishable: `parked` (with the reason each
     /// failed), `unpark` (back in line once the cause is fixed).
     Outbox(outbox_cli::Args),
+    /// The embedded schema registry's users (who may change it): `registry users
+    /// add|list|revoke`.
+    Registry(registry_cli::Args),
     /// Recomputes a projection from its source into shadow tables and swaps it in:
     /// `rebuild balances` (from the postings); a report unless `--execute`.
     Rebuild(rebuild_cli::Args),
@@ -93,13 +104,16 @@ async fn main() -> std::process::ExitCode {
         cli.command,
         Command::Demo(_)
             | Command::Bench(_)
+            | Command::Campaign(_)
             | Command::Schemas(_)
             | Command::Lag(_)
+            | Command::Audit(_)
             | Command::Offsets(_)
             | Command::Replay(_)
             | Command::Dlq(_)
             | Command::Rebuild(_)
             | Command::Outbox(_)
+            | Command::Registry(_)
     );
     dhanman::init_telemetry(if matches!(cli.command, Command::Demo(_)) {
         // The demo has no SMTP server to deliver to by default; it reports the queued
@@ -114,6 +128,7 @@ async fn main() -> std::process::ExitCode {
     let command = match cli.command {
         Command::Schemas(args) => return schemas_cli::run(args).await,
         Command::Jobs(args) => return jobs_cli::run(args).await,
+        Command::Audit(args) => return audit_cli::run(args).await,
         command => command,
     };
     match run(Cli { command }).await {
@@ -198,8 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(0)
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Campaign(args) => campaign::run(args).await,
         Command::Lag(args) => lag_cli::run(args).await,
         Command::Outbox(args) => outbox_cli::run(args).await,
+        Command::Registry(args) => registry_cli::run(args).await,
         Command::Offsets(args) => offsets_cli::run(args).await,
         Command::Replay(args) => replay_cli::run(*args).await,
         Command::Dlq(args) => dlq_cli::run(*args).await,
@@ -207,6 +224,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => dhanman_gateway::run(args)
             .await
             .context("running the payment gateway"),
-        Command::Schemas(_) | Command::Jobs(_) => unreachable!("handled in main"),
+        Command::Schemas(_) | Command::Jobs(_) | Command::Audit(_) => {
+            unreachable!("handled in main")
+        }
     }
 }

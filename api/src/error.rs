@@ -22,6 +22,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     NotYetConsistent(String),
+    /// Too much waiting already (the consistency waiters): retry shortly (503).
+    #[error("{0}")]
+    Busy(String),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("content type must be application/json")]
@@ -103,6 +106,15 @@ impl IntoResponse for ApiError {
                 "not_yet_consistent",
                 Some("consistent_with"),
             ),
+            ApiError::Busy(message) => {
+                let body = json!({"error": "busy", "message": message});
+                let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
             ApiError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

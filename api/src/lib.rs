@@ -1,13 +1,15 @@
 //! The HTTP API: commands in, balances out, and the embedded schema registry under
 //! `/schema-registry/`.
 
-mod consistency;
+pub mod consistency;
 mod error;
 mod extract;
 mod middleware;
 pub mod prometheus;
 mod routes;
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,12 +24,24 @@ pub struct AppState {
     pub pool: PgPool,
     /// How long a query with `?consistent_with=` waits for the ledger.
     pub consistency_wait: Duration,
+    /// How long the processors keep their gate rows: a consistency token older than this
+    /// counts as applied (its gate row may be pruned).
+    pub gate_retention: Duration,
+    /// What queries waiting for consistency share (see [`consistency`]).
+    pub applied: consistency::Applied,
     /// Which approvals a purchase order needs.
     pub approval_policy: dhanman_producers::purchase::ApprovalPolicy,
     /// The payment saga; `None` where the API runs without one (benchmark, in-process
     /// tests), and `/v1/payments` then fails with 500 (not configured).
     pub payments: Option<dhanman_payments::Payments>,
+    /// The ledger audit's line of `/readyz`, asked for on each request; `None` where no
+    /// audit runs (in-process tests).
+    pub ledger_audit: Option<StatusLine>,
 }
+
+/// A line `/readyz` reports without failing on it, computed when asked.
+pub type StatusLine =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = serde_json::Value> + Send>> + Send + Sync>;
 
 impl AppState {
     /// State with the default policies; callers set fields to change them.
@@ -35,14 +49,24 @@ impl AppState {
         AppState {
             pool,
             consistency_wait,
+            gate_retention: Duration::from_secs(30 * 24 * 3600),
+            applied: Default::default(),
             approval_policy: Default::default(),
             payments: None,
+            ledger_audit: None,
         }
     }
 }
 
 /// Request bodies above this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Requests one API process serves at once; more are answered 503 at once (load shed)
+/// instead of queueing behind a database pool that cannot serve them.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// The longest a request may take, the wait for consistency included; past it, 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
     let registry = dhanman_registry::router(state.pool.clone());
@@ -51,6 +75,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .nest("/schema-registry", registry)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    middleware::overloaded,
+                ))
+                .load_shed()
+                .concurrency_limit(MAX_IN_FLIGHT),
+        )
         .layer(axum::middleware::from_fn(middleware::http_metrics))
         .layer(axum::middleware::from_fn(middleware::correlation))
 }
@@ -67,7 +103,11 @@ pub async fn serve_until(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // One connection per process listens for committed batches (consistency waits).
+    let listening = tokio::spawn(state.applied.clone().listen(state.pool.clone()));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    listening.abort();
+    served
 }

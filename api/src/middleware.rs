@@ -100,3 +100,13 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
         .increment(1);
     response
 }
+
+/// The answer to a request shed because [`crate::MAX_IN_FLIGHT`] are in flight.
+pub async fn overloaded(_: tower::BoxError) -> Response {
+    use axum::response::IntoResponse;
+    crate::ApiError::Busy(format!(
+        "{} requests are in flight on this API process; retry shortly",
+        crate::MAX_IN_FLIGHT
+    ))
+    .into_response()
+}

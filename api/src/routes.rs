@@ -50,6 +50,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/reminders", get(reminders::reminder))
         .route("/v1/users", post(users::create_user).get(users::directory))
         .route("/v1/users/{id}", get(users::user))
+        .route("/v1/invitations/accept", post(users::accept_invitation))
+        .route("/v1/keys", get(users::keys))
+        .route("/v1/keys/{id}/revoke", post(users::revoke_key))
+        .route("/v1/keys/{id}/rotate", post(users::rotate_key))
         .route("/v1/purchase-orders", post(purchase::submit_order))
         .route("/v1/purchase-orders/{id}", get(purchase::order))
         .route(

@@ -40,12 +40,23 @@ pub fn idempotent_producer(bootstrap: &str) -> Result<FutureProducer> {
         .create()?)
 }
 
-/// Creates the topics that do not exist yet; existing ones are left as they are.
+/// Creates the topics that do not exist yet, with one replica; existing ones are left as
+/// they are.
 pub async fn ensure_topics(bootstrap: &str, topics: &[String], partitions: i32) -> Result<()> {
+    ensure_replicated_topics(bootstrap, topics, partitions, 1).await
+}
+
+/// [`ensure_topics`] with `replicas` replicas of each partition.
+pub async fn ensure_replicated_topics(
+    bootstrap: &str,
+    topics: &[String],
+    partitions: i32,
+    replicas: i32,
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replicas)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &options).await? {

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod offsets;
 pub mod parked;
 pub mod relay;
+pub mod retention;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

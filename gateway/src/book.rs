@@ -44,6 +44,8 @@ pub(crate) struct Book {
     by_id: HashMap<String, usize>,
     log: Vec<LogEntry>,
     keys: HashMap<String, Stored>,
+    /// The charge each idempotency key made (declined ones too).
+    charge_by_key: HashMap<String, String>,
 }
 
 impl Book {
@@ -86,6 +88,8 @@ impl Book {
         };
         let body = Bytes::from(serde_json::to_vec(&charge).map_err(Error::internal)?);
         self.push_log(LogKind::Charge, &charge, None, key);
+        self.charge_by_key
+            .insert(key.to_string(), charge.charge_id.clone());
         self.by_id
             .insert(charge.charge_id.clone(), self.charges.len());
         self.charges.push(charge);
@@ -156,11 +160,14 @@ impl Book {
         self.by_id.get(charge_id).map(|&i| &self.charges[i])
     }
 
-    /// Every charge in the order made, or only those for one reference.
-    pub(crate) fn charges(&self, reference: Option<&str>) -> Vec<Charge> {
+    /// Every charge in the order made, or only those for one reference and/or the one
+    /// made under one idempotency key.
+    pub(crate) fn charges(&self, reference: Option<&str>, key: Option<&str>) -> Vec<Charge> {
+        let by_key = key.map(|k| self.charge_by_key.get(k));
         self.charges
             .iter()
             .filter(|c| reference.is_none_or(|r| c.reference == r))
+            .filter(|c| by_key.is_none_or(|id| id == Some(&c.charge_id)))
             .cloned()
             .collect()
     }
@@ -248,6 +255,12 @@ mod tests {
         assert_eq!(first.body, again.body);
         assert!(!first.replayed && again.replayed);
         assert_eq!(book.log().len(), 1);
+        let made: Charge = serde_json::from_slice(&first.body).unwrap();
+        let found = book.charges(None, Some("k1"));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].charge_id, made.charge_id);
+        assert!(book.charges(None, Some("k2")).is_empty());
+        assert!(book.charges(Some("other"), Some("k1")).is_empty());
         let other = book.charge("k1", request(2000), |_| false).unwrap_err();
         assert!(matches!(
             other,

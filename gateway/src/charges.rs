@@ -77,6 +77,22 @@ pub struct LogEntry {
     pub at: DateTime<Utc>,
 }
 
+/// One line of `GET /_requests`: a `/v1` request as the gateway received it, before any
+/// switch acted on it, so replays, refusals, injected faults and `down` answers are all
+/// listed (unlike `/v1/log`, which lists only money moved). Tests count with it how often
+/// a client asked, e.g. how many charge requests one idempotency key saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Received {
+    /// 1, 2, 3, … in order of arrival.
+    pub seq: u64,
+    pub method: String,
+    /// With the query string: `/v1/charges?idempotency_key=k`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 /// A validated `POST /v1/charges` body. Two requests under one idempotency key must be
 /// equal as these (so `"1500.5"` and `"1500.50"` are the same request).
 #[derive(Debug, Clone, PartialEq, Eq)]

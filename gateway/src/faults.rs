@@ -2,7 +2,10 @@
 //!
 //! `down` and `latency_ms` apply to every `/v1` request. The other faults apply to the
 //! requests that move money (`POST` a charge or a refund), after the request was
-//! validated, so a malformed request never uses up a `fail_next`. Each such request takes
+//! validated, so a malformed request never uses up a `fail_next`. Two of them answer an
+//! ambiguous 409 with the same body, so a client cannot tell them apart by the answer:
+//! `ambiguous_next` after doing the work (the money moved), `busy_next` without (nothing
+//! moved, the key stays unused), as a PSP answers while another request holds the key. Each such request takes
 //! exactly one draw from the seeded generator, whether or not a rate is set, so with a
 //! fixed seed the n-th write request always meets the same fate.
 
@@ -40,6 +43,12 @@ pub struct Switches {
     pub lose_next: u32,
     /// The next N new charges are declined (402), whatever their method.
     pub decline_next: u32,
+    /// The next N are carried out (the money moves, the key keeps its real answer for
+    /// replays) but answered 409 "a request with this key is in progress".
+    pub ambiguous_next: u32,
+    /// The next N are answered that same 409 without doing anything (nothing charged,
+    /// the key stays unused).
+    pub busy_next: u32,
     /// Seeds the generator behind the rates; setting it (even to the same value)
     /// restarts the sequence.
     pub seed: u64,
@@ -58,6 +67,8 @@ impl Default for Switches {
             hang_next: 0,
             lose_next: 0,
             decline_next: 0,
+            ambiguous_next: 0,
+            busy_next: 0,
             seed: 0,
         }
     }
@@ -75,6 +86,8 @@ pub(crate) const FIELDS: &[&str] = &[
     "hang_next",
     "lose_next",
     "decline_next",
+    "ambiguous_next",
+    "busy_next",
     "seed",
 ];
 
@@ -110,6 +123,10 @@ pub(crate) enum Fault {
     Hang(Duration),
     /// Done; the connection is then closed without a response.
     LoseResponse,
+    /// Done; answered 409 as if the key were in use.
+    Ambiguous,
+    /// Nothing done; answered the same 409.
+    Busy,
 }
 
 /// The switches with the generator they drive.
@@ -153,7 +170,7 @@ impl Faults {
     }
 
     /// Decides the fate of one money-moving request. The one-shot counters come first
-    /// (in the order fail, hang, lose), then the rates.
+    /// (in the order fail, hang, lose, ambiguous, busy), then the rates.
     pub(crate) fn decide(&mut self) -> Fault {
         let draw: f64 = self.rng.random();
         let s = &mut self.switches;
@@ -162,6 +179,8 @@ impl Faults {
             (&mut s.fail_next, Fault::Unavailable),
             (&mut s.hang_next, hang),
             (&mut s.lose_next, Fault::LoseResponse),
+            (&mut s.ambiguous_next, Fault::Ambiguous),
+            (&mut s.busy_next, Fault::Busy),
         ] {
             if *counter > 0 {
                 *counter -= 1;
@@ -223,6 +242,8 @@ mod tests {
             fail_next: 1,
             hang_next: 1,
             lose_next: 1,
+            ambiguous_next: 1,
+            busy_next: 1,
             hang_ms: 5,
             ..Switches::default()
         })
@@ -230,6 +251,8 @@ mod tests {
         assert_eq!(faults.decide(), Fault::Unavailable);
         assert_eq!(faults.decide(), Fault::Hang(Duration::from_millis(5)));
         assert_eq!(faults.decide(), Fault::LoseResponse);
+        assert_eq!(faults.decide(), Fault::Ambiguous);
+        assert_eq!(faults.decide(), Fault::Busy);
         assert_eq!(faults.decide(), Fault::None);
     }
 

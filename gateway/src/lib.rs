@@ -16,10 +16,11 @@
 //! | `POST /v1/charges` `{"amount", "currency", "reference", "method": "upi"\|"card"\|"netbanking"}`, header `Idempotency-Key` | 201 the charge; 402 the charge, declined (`"status": "declined"`, `"error"`); 400 no key or not JSON; 422 a bad field; 409 the key was used for a different request; 503 unavailable (nothing charged) |
 //! | `POST /v1/charges/{id}/refunds` `{}` or `{"amount"}`, header `Idempotency-Key` | 201 `{"refund_id", "charge_id", "amount", "currency", "status", "created_at"}`; 404 unknown charge; 409 already fully refunded, declined, or key reused; 422 more than is left |
 //! | `GET /v1/charges/{id}` | 200 the charge with its refunds; 404 |
-//! | `GET /v1/charges?reference=` | 200 `{"charges": [...]}` (all of them without `reference`) |
+//! | `GET /v1/charges?reference=&idempotency_key=` | 200 `{"charges": [...]}`: those for the reference, the one made under the key (none if the key made no charge), all of them without either |
 //! | `GET /v1/log` | 200 `{"entries": [...]}`: every charge (declined ones too) and refund made, in order |
 //! | `GET /healthz` | 200 `{"status": "ok"}`; 503 when `down` |
 //! | `GET /_control`, `PUT /_control` | the [`Switches`]; `PUT` takes any subset of them |
+//! | `GET /_requests` | 200 `{"requests": [...]}`: every `/v1` request received, in order of arrival, whatever became of it ([`Received`]) |
 //!
 //! A charge is `{"charge_id", "status", "amount", "currency", "reference", "method",
 //! "created_at", "amount_refunded", "refunds"}` (plus `"error"` when declined).
@@ -40,7 +41,12 @@
 //! nothing; `timeout_rate`/`hang_next` do nothing and hold the connection for `hang_ms`;
 //! `lost_response_rate`/`lose_next` do the work, then close the connection without a
 //! response (hyper aborts it on a body that fails before anything was written, so the
-//! client sees "connection closed before message completed", never a status).
+//! client sees "connection closed before message completed", never a status);
+//! `ambiguous_next` does the work and answers 409 "a request with this Idempotency-Key is
+//! in progress" instead of its answer (the key keeps the real answer: a replay gets it),
+//! and `busy_next` answers that same 409 without doing anything (the key stays unused).
+//! Those two are the ambiguous 4xx: the answer alone does not tell whether money moved,
+//! only `GET /v1/charges?idempotency_key=` does.
 
 mod book;
 mod charges;
@@ -52,7 +58,7 @@ pub mod smtp;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-pub use charges::{Charge, LogEntry, LogKind, Method, Refund, Status};
+pub use charges::{Charge, LogEntry, LogKind, Method, Received, Refund, Status};
 pub use cli::{Args, run};
 pub use error::{Error, Result};
 pub use faults::Switches;
@@ -70,6 +76,7 @@ pub struct Gateway {
 struct State {
     book: Book,
     faults: Faults,
+    received: Vec<Received>,
 }
 
 impl Gateway {
@@ -79,6 +86,7 @@ impl Gateway {
             state: Arc::new(Mutex::new(State {
                 book: Book::default(),
                 faults: Faults::new(switches)?,
+                received: Vec::new(),
             })),
         })
     }
@@ -90,6 +98,11 @@ impl Gateway {
     /// What `GET /v1/log` answers.
     pub fn log(&self) -> Vec<LogEntry> {
         self.lock().book.log().to_vec()
+    }
+
+    /// What `GET /_requests` answers.
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
     }
 
     fn decide_fault(&self) -> Fault {

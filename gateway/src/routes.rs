@@ -1,4 +1,5 @@
-//! The HTTP surface: `/v1` (the PSP contract), `/healthz` and `/_control` (the switches).
+//! The HTTP surface: `/v1` (the PSP contract), `/healthz`, `/_control` (the switches) and
+//! `/_requests` (every `/v1` request received).
 
 use std::io;
 
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::book::Outcome;
-use crate::charges::{ChargeRequest, RefundRequest, parse_object};
+use crate::charges::{ChargeRequest, Received, RefundRequest, parse_object};
 use crate::faults::{FIELDS, Fault};
 use crate::{Error, Gateway, Result};
 
@@ -36,14 +37,34 @@ pub(crate) fn router(gateway: Gateway) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/_control", get(get_control).put(put_control))
+        .route("/_requests", get(requests))
         .fallback(no_route)
         .with_state(gateway)
 }
 
-/// `down` and `latency_ms`, for every `/v1` request.
+/// Records every `/v1` request as it arrives, then applies `down` and `latency_ms`.
 async fn availability(State(gateway): State<Gateway>, request: Request, next: Next) -> Response {
     let (down, latency_ms) = {
-        let state = gateway.lock();
+        let mut state = gateway.lock();
+        let received = Received {
+            seq: state.received.len() as u64 + 1,
+            method: request.method().to_string(),
+            // The router nested under `/v1` sees the path without it.
+            path: format!(
+                "/v1{}",
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or(request.uri().path(), |p| p.as_str())
+            ),
+            idempotency_key: request
+                .headers()
+                .get(IDEMPOTENCY_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            at: chrono::Utc::now(),
+        };
+        state.received.push(received);
         let s = &state.faults.switches;
         (s.down, s.latency_ms)
     };
@@ -96,19 +117,21 @@ async fn create_refund(
     .await
 }
 
-/// Runs a money-moving request under its fault: not at all (503, or a hang that ends in a
-/// closed connection), or fully, with the answer then lost or delivered.
+/// Runs a money-moving request under its fault: not at all (503, an ambiguous 409, or a
+/// hang that ends in a closed connection), or fully, with the answer then lost, replaced
+/// by an ambiguous 409, or delivered.
 async fn carry_out(fault: Fault, execute: impl FnOnce() -> Result<Outcome>) -> Result<Response> {
     if fault != Fault::None {
         tracing::info!(?fault, "injecting a fault");
     }
     match fault {
         Fault::Unavailable => return Err(Error::Unavailable),
+        Fault::Busy => return Err(key_in_use()),
         Fault::Hang(duration) => {
             tokio::time::sleep(duration).await;
             return Ok(dropped_connection());
         }
-        Fault::None | Fault::LoseResponse => {}
+        Fault::None | Fault::LoseResponse | Fault::Ambiguous => {}
     }
     let outcome = execute();
     match &outcome {
@@ -119,6 +142,10 @@ async fn carry_out(fault: Fault, execute: impl FnOnce() -> Result<Outcome>) -> R
     if fault == Fault::LoseResponse {
         // Whatever the answer was, 201 or 409, the client never hears it.
         return Ok(dropped_connection());
+    }
+    if fault == Fault::Ambiguous {
+        // Done (the key keeps the real answer for replays), but the client hears a 409.
+        return Err(key_in_use());
     }
     let outcome = outcome?;
     let mut response = (
@@ -133,6 +160,16 @@ async fn carry_out(fault: Fault, execute: impl FnOnce() -> Result<Outcome>) -> R
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The 409 of `ambiguous_next` and `busy_next`: the same for both, so the answer does not
+/// tell whether anything was done.
+fn key_in_use() -> Error {
+    Error::conflict(
+        Some("Idempotency-Key"),
+        "a request with this Idempotency-Key is in progress or conflicts with one \
+         already handled",
+    )
 }
 
 /// A response the client never receives. Its body fails on the first read, so hyper
@@ -176,18 +213,28 @@ async fn get_charge(
 #[derive(Deserialize)]
 struct ChargesQuery {
     reference: Option<String>,
+    /// The charge made under this key, if any: how a client learns what an ambiguous
+    /// answer hid.
+    idempotency_key: Option<String>,
 }
 
 async fn list_charges(
     State(gateway): State<Gateway>,
     Query(query): Query<ChargesQuery>,
 ) -> Response {
-    let charges = gateway.lock().book.charges(query.reference.as_deref());
+    let charges = gateway
+        .lock()
+        .book
+        .charges(query.reference.as_deref(), query.idempotency_key.as_deref());
     Json(json!({ "charges": charges })).into_response()
 }
 
 async fn log(State(gateway): State<Gateway>) -> Response {
     Json(json!({ "entries": gateway.log() })).into_response()
+}
+
+async fn requests(State(gateway): State<Gateway>) -> Response {
+    Json(json!({ "requests": gateway.received() })).into_response()
 }
 
 async fn healthz(State(gateway): State<Gateway>) -> Response {

@@ -2,10 +2,17 @@
 //!
 //! Every attempt has a timeout and goes through the circuit breaker. Transient failures
 //! (unreachable, timed out, 5xx, 408/429, the connection closed before an answer) are
-//! retried with exponential backoff and jitter (`backon`); a decline (402) and any other
-//! 4xx are answers, never retried. Every attempt of one charge carries the same
+//! retried with exponential backoff and jitter (`backon`); every other answer is final for
+//! this call, never retried. Every attempt of one charge carries the same
 //! `Idempotency-Key`, so a retry after a lost response replays the charge instead of
 //! making a second one.
+//!
+//! What an answer proves: 2xx, and a decline (402), say what the gateway did. Only 400
+//! and 422 prove that nothing moved (the gateway could not accept the request:
+//! [`GatewayError::Rejected`]). Any other answer — 409 (the key is in use, or the request
+//! conflicts with what the gateway already did), 404, 425, anything unexpected — is
+//! [`GatewayError::Ambiguous`]: money may have moved, and only [`GatewayClient::lookup`]
+//! (what the key did) can tell.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,9 +112,14 @@ pub enum GatewayError {
     /// The breaker is open: nothing was sent.
     #[error("payment gateway circuit breaker is open; retry in {0:?}")]
     BreakerOpen(Duration),
-    /// A 4xx other than a decline: the gateway refused the request and moved no money.
+    /// 400 or 422 (or a 402 to a refund): the gateway could not accept the request and
+    /// moved no money. Final.
     #[error("payment gateway refused the request with {status}: {body}")]
     Rejected { status: u16, body: String },
+    /// An answer that does not prove whether money moved: 409, 404, 425, any other 4xx
+    /// or unexpected status. Not retried; reconcile with [`GatewayClient::lookup`].
+    #[error("payment gateway answered {status}, which does not say whether money moved: {body}")]
+    Ambiguous { status: u16, body: String },
     /// A success whose body is not what the contract says.
     #[error("payment gateway answered {status} with an unreadable body: {detail}")]
     Protocol { status: u16, detail: String },
@@ -129,6 +141,25 @@ struct ChargeBody {
 #[derive(Deserialize)]
 struct RefundBody {
     refund_id: String,
+}
+
+#[derive(Deserialize)]
+struct LookupBody {
+    charges: Vec<LookedUp>,
+}
+
+#[derive(Deserialize)]
+struct LookedUp {
+    charge_id: String,
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Whether an answer proves that the gateway moved no money: it could not accept the
+/// request (malformed, or a field it refuses).
+fn proves_nothing_moved(status: u16) -> bool {
+    matches!(status, 400 | 422)
 }
 
 /// Clones share the connection pool and the breaker.
@@ -166,6 +197,27 @@ impl GatewayClient {
         self.breaker.open_for(Instant::now())
     }
 
+    /// The longest one call ([`charge`](Self::charge), [`refund`](Self::refund),
+    /// [`lookup`](Self::lookup)) can take with all its retries: every attempt's timeout,
+    /// plus every backoff delay at its largest (capped at 16 times the first, and jitter
+    /// adds up to as much again). The payment saga's lease is derived from it.
+    pub fn call_budget(&self) -> Duration {
+        let s = &self.settings;
+        let attempts = u32::try_from(s.retries.saturating_add(1)).unwrap_or(u32::MAX);
+        let mut total = s.timeout.saturating_mul(attempts);
+        let cap = s.backoff.saturating_mul(16);
+        let mut delay = s.backoff;
+        for _ in 0..s.retries.min(64) {
+            total = total.saturating_add(delay.min(cap).saturating_mul(2));
+            delay = delay.saturating_mul(2);
+        }
+        if s.retries > 64 {
+            let rest = u32::try_from(s.retries - 64).unwrap_or(u32::MAX);
+            total = total.saturating_add(cap.saturating_mul(2).saturating_mul(rest));
+        }
+        total
+    }
+
     #[tracing::instrument(skip_all, fields(idempotency_key = key, reference = request.reference))]
     pub async fn charge(
         &self,
@@ -176,7 +228,8 @@ impl GatewayClient {
             status: 0,
             detail: format!("encoding the charge: {e}"),
         })?;
-        let (status, answer) = self.post("charge", "/v1/charges", key, &body).await?;
+        let url = format!("{}/v1/charges", self.base);
+        let (status, answer) = self.call("charge", &url, Some((key, &body))).await?;
         let parsed: ChargeBody =
             serde_json::from_value(answer).map_err(|e| GatewayError::Protocol {
                 status,
@@ -196,10 +249,9 @@ impl GatewayClient {
     /// Refunds the whole charge; returns the refund id.
     #[tracing::instrument(skip_all, fields(idempotency_key = key, charge_id))]
     pub async fn refund(&self, key: &str, charge_id: &str) -> Result<String, GatewayError> {
-        let path = format!("/v1/charges/{charge_id}/refunds");
-        let (status, answer) = self
-            .post("refund", &path, key, &serde_json::json!({}))
-            .await?;
+        let url = format!("{}/v1/charges/{charge_id}/refunds", self.base);
+        let body = serde_json::json!({});
+        let (status, answer) = self.call("refund", &url, Some((key, &body))).await?;
         if status == 402 {
             return Err(GatewayError::Rejected {
                 status,
@@ -214,21 +266,54 @@ impl GatewayClient {
         Ok(parsed.refund_id)
     }
 
-    /// POSTs with retries; answers a 2xx or a 402 with its JSON body.
-    async fn post(
+    /// What the gateway did under a charge's idempotency key (`GET
+    /// /v1/charges?idempotency_key=`): the charge it made, declined or not, or `None`
+    /// when the key made no charge (yet). How an ambiguous answer is reconciled.
+    #[tracing::instrument(skip_all, fields(idempotency_key = key))]
+    pub async fn lookup(&self, key: &str) -> Result<Option<ChargeOutcome>, GatewayError> {
+        let mut url = reqwest::Url::parse(&format!("{}/v1/charges", self.base)).map_err(|e| {
+            GatewayError::Protocol {
+                status: 0,
+                detail: format!("the gateway URL: {e}"),
+            }
+        })?;
+        url.query_pairs_mut().append_pair("idempotency_key", key);
+        let (status, answer) = self.call("lookup", url.as_str(), None).await?;
+        let protocol = |detail: String| GatewayError::Protocol { status, detail };
+        if status == 402 {
+            return Err(protocol("a lookup answered 402".into()));
+        }
+        let parsed: LookupBody =
+            serde_json::from_value(answer).map_err(|e| protocol(e.to_string()))?;
+        let Some(found) = parsed.charges.into_iter().next() else {
+            return Ok(None);
+        };
+        match found.status.as_str() {
+            "succeeded" => Ok(Some(ChargeOutcome::Charged {
+                charge_id: found.charge_id,
+            })),
+            "declined" => Ok(Some(ChargeOutcome::Declined {
+                charge_id: found.charge_id,
+                reason: found.error.unwrap_or_else(|| "declined".into()),
+            })),
+            other => Err(protocol(format!("a charge with status {other:?}"))),
+        }
+    }
+
+    /// One call with retries: a POST of `body` under its key, or a GET without; answers a
+    /// 2xx or a 402 with its JSON body.
+    async fn call(
         &self,
         op: &'static str,
-        path: &str,
-        key: &str,
-        body: &Value,
+        url: &str,
+        post: Option<(&str, &Value)>,
     ) -> Result<(u16, Value), GatewayError> {
-        let url = format!("{}{path}", self.base);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.settings.backoff)
             .with_max_delay(self.settings.backoff * 16)
             .with_max_times(self.settings.retries)
             .with_jitter();
-        (|| self.attempt(op, &url, key, body))
+        (|| self.attempt(op, url, post))
             .retry(backoff)
             .when(GatewayError::is_transient)
             .notify(|error, delay| {
@@ -242,8 +327,7 @@ impl GatewayClient {
         &self,
         op: &'static str,
         url: &str,
-        key: &str,
-        body: &Value,
+        post: Option<(&str, &Value)>,
     ) -> Result<(u16, Value), GatewayError> {
         if let Err(wait) = self.breaker.acquire(Instant::now()) {
             count(op, "breaker_open");
@@ -251,7 +335,7 @@ impl GatewayClient {
         }
         let mut guard = Abandoned(Some(&self.breaker));
         let started = Instant::now();
-        let result = self.exchange(url, key, body).await;
+        let result = self.exchange(url, post).await;
         metrics::histogram!(metric::REQUEST_DURATION, "op" => op)
             .record(started.elapsed().as_secs_f64());
         guard.0 = None;
@@ -281,9 +365,13 @@ impl GatewayClient {
                             })?;
                         Ok((status, value))
                     }
-                    _ => {
+                    _ if proves_nothing_moved(status) => {
                         count(op, "rejected");
                         Err(GatewayError::Rejected { status, body: text })
+                    }
+                    _ => {
+                        count(op, "ambiguous");
+                        Err(GatewayError::Ambiguous { status, body: text })
                     }
                 }
             }
@@ -294,16 +382,17 @@ impl GatewayClient {
     async fn exchange(
         &self,
         url: &str,
-        key: &str,
-        body: &Value,
+        post: Option<(&str, &Value)>,
     ) -> Result<(u16, String), reqwest::Error> {
-        let response = self
-            .http
-            .post(url)
-            .header("Idempotency-Key", key)
-            .json(body)
-            .send()
-            .await?;
+        let request = match post {
+            Some((key, body)) => self
+                .http
+                .post(url)
+                .header("Idempotency-Key", key)
+                .json(body),
+            None => self.http.get(url),
+        };
+        let response = request.send().await?;
         let status = response.status().as_u16();
         let text = response.text().await?;
         Ok((status, text))
@@ -420,12 +509,108 @@ mod tests {
         );
         assert_eq!(log(&base).await.len(), 1);
         assert_eq!(gateway.breaker_state(), BreakerState::Closed);
-        // A full refund of a declined charge is refused: a 4xx, final.
+        // A refund of a charge the gateway does not know: a 404 proves nothing, so it is
+        // ambiguous, not a final refusal.
         let err = gateway.refund("r-2", "nope").await.unwrap_err();
         assert!(
-            matches!(err, GatewayError::Rejected { status: 404, .. }),
+            matches!(err, GatewayError::Ambiguous { status: 404, .. }),
             "{err}"
         );
+    }
+
+    async fn posts(base: &str) -> usize {
+        let body: Value = reqwest::get(format!("{base}/_requests"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] == "POST")
+            .count()
+    }
+
+    /// A 409 does not prove that nothing moved: it is ambiguous, not retried and not a
+    /// rejection; the lookup by key tells whether the gateway charged.
+    #[tokio::test]
+    async fn an_ambiguous_answer_is_not_retried_and_the_lookup_tells_what_happened() {
+        let base = gateway(Switches {
+            ambiguous_next: 1,
+            busy_next: 1,
+            ..Switches::default()
+        })
+        .await;
+        let gateway = client(&base, 3, 1);
+        let err = gateway
+            .charge("k-4", &request(Method::Upi, "INV-4"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, GatewayError::Ambiguous { status: 409, .. }),
+            "{err}"
+        );
+        assert_eq!(posts(&base).await, 1, "not retried");
+        let log = log(&base).await;
+        let found = gateway.lookup("k-4").await.unwrap();
+        assert_eq!(
+            found,
+            Some(ChargeOutcome::Charged {
+                charge_id: log[0]["charge_id"].as_str().unwrap().to_string()
+            })
+        );
+        // The same 409, nothing charged: the lookup finds nothing.
+        let err = gateway
+            .charge("k-5", &request(Method::Upi, "INV-5"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::Ambiguous { status: 409, .. }));
+        assert_eq!(gateway.lookup("k-5").await.unwrap(), None);
+        let declined = gateway
+            .charge("k-6", &request(Method::Card, "decline"))
+            .await
+            .unwrap();
+        assert_eq!(gateway.lookup("k-6").await.unwrap(), Some(declined));
+        // Answers are not transport failures: the breaker (threshold 1) stays closed.
+        assert_eq!(gateway.breaker_state(), BreakerState::Closed);
+    }
+
+    /// Only 400 and 422 prove that nothing moved: those are rejections, final.
+    #[tokio::test]
+    async fn a_request_the_gateway_cannot_accept_is_rejected() {
+        let base = gateway(Switches::default()).await;
+        let gateway = client(&base, 3, 1);
+        let mut bad = request(Method::Upi, "INV-7");
+        bad.currency = "inr";
+        let err = gateway.charge("k-7", &bad).await.unwrap_err();
+        assert!(
+            matches!(err, GatewayError::Rejected { status: 422, .. }),
+            "{err}"
+        );
+        assert_eq!(posts(&base).await, 1, "not retried");
+        assert!(log(&base).await.is_empty());
+        assert!(proves_nothing_moved(400) && proves_nothing_moved(422));
+        for status in [401, 403, 404, 405, 409, 410, 425, 451, 418] {
+            assert!(!proves_nothing_moved(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn the_call_budget_covers_every_attempt_and_the_longest_backoff() {
+        let gateway = client("http://127.0.0.1:9", 3, 5);
+        // 4 attempts of 500 ms, then backoffs of at most 2 × (5, 10, 20) ms.
+        assert_eq!(gateway.call_budget(), Duration::from_millis(2_070));
+        let capped = GatewayClient::new(GatewaySettings {
+            retries: 6,
+            backoff: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            ..GatewaySettings::default()
+        })
+        .unwrap();
+        // 100, 200, 400, 800, 1600, 1600 (capped at 16 ×), each up to doubled by jitter.
+        assert_eq!(capped.call_budget(), Duration::from_millis(7_000 + 9_400));
     }
 
     #[tokio::test]

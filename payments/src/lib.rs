@@ -13,7 +13,14 @@
 //! When the gateway stays unreachable (retries spent, or the breaker open) the saga is
 //! left `charging`, not failed: a timed-out or lost answer may hide a charge, and only the
 //! gateway's replay under the same key can tell. The periodic recovery (and a retry of
-//! the request with the same `Idempotency-Key`) resumes it.
+//! the request with the same `Idempotency-Key`) resumes it. Likewise an answer that does
+//! not prove that nothing moved (409, 404, 425, anything but 400/422): the saga stays
+//! `charging` and asks the gateway what the key did, completing if it charged.
+//!
+//! One driver at a time: each saga has a lease (`lease_owner`, `lease_until`) that
+//! `drive` takes in one UPDATE, renews before every gateway call and releases; a driver
+//! that cannot take it calls nothing and answers the state as it is. A charge that lands
+//! on a saga already final without it is refunded (`late_charge_refunded`), never kept.
 
 pub mod breaker;
 pub mod client;
@@ -27,14 +34,16 @@ pub use saga::{CrashPoint, NewPayment, PaymentRequest, PaymentView, Payments, St
 pub mod metric {
     /// Gauge: 0 closed, 1 open, 2 half-open.
     pub const BREAKER_STATE: &str = "dhanman_gateway_breaker_state";
-    /// Counter, labels `op` (charge, refund) and `outcome` (ok, declined, rejected,
-    /// unavailable, timeout, network, breaker_open).
+    /// Counter, labels `op` (charge, refund, lookup) and `outcome` (ok, declined,
+    /// rejected, ambiguous, unavailable, timeout, network, breaker_open).
     pub const REQUESTS: &str = "dhanman_gateway_requests_total";
     /// Counter, label `op`: retries after a transient failure.
     pub const RETRIES: &str = "dhanman_gateway_retries_total";
     /// Histogram, label `op`: seconds per HTTP attempt.
     pub const REQUEST_DURATION: &str = "dhanman_gateway_request_duration_seconds";
-    /// Counter, label `outcome` (completed, failed, compensated): sagas finished.
+    /// Counter, label `outcome` (completed, failed, compensated; and
+    /// late_charge_refunded, a charge that landed on a saga already final, refunded):
+    /// sagas finished.
     pub const SAGAS: &str = "dhanman_payment_sagas_total";
 }
 

@@ -1,7 +1,7 @@
-//! The saga's steps, its persistence and its recovery.
+//! The saga's steps, its persistence, its lease and its recovery.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dhanman_producers::sales::{self, PaymentRow};
@@ -10,7 +10,7 @@ use dhanman_schemas::events::{Envelope, FieldError, PaymentFailed};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -125,6 +125,8 @@ struct Saga {
     correlation_id: String,
     state: String,
     charge_id: Option<String>,
+    late_charge_id: Option<String>,
+    late_refund_id: Option<String>,
 }
 
 /// The gateway key of a saga's charge: the same on every attempt and after any crash.
@@ -134,6 +136,43 @@ pub fn charge_key(saga_id: Uuid) -> String {
 
 fn refund_key(saga_id: Uuid) -> String {
     format!("dhanman-refund-{saga_id}")
+}
+
+/// The gateway key of the refund of a late charge: one per saga, as the charge key makes
+/// at most one charge.
+fn late_refund_key(saga_id: Uuid) -> String {
+    format!("dhanman-late-refund-{saga_id}")
+}
+
+/// Namespace ("dhmn") of the session-level advisory locks that say a lease's owner
+/// process is alive: `(LIVENESS_LOCKS, payment_sagas.lease_lock)`.
+const LIVENESS_LOCKS: i32 = 0x6468_6d6e;
+
+/// What the lease adds to the gateway client's [`GatewayClient::call_budget`]: the
+/// database round trips between renewing it and the call, and after the call.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a liveness connection that answered is trusted without asking again.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// One `drive`'s hold on a saga: `lease_owner` is this drive's alone, so a drive that
+/// lost the lease (it lapsed and another took it) cannot renew or release the other's.
+struct Lease {
+    owner: String,
+}
+
+/// This process's proof of life: a connection outside the pool holding the advisory lock
+/// `(LIVENESS_LOCKS, key)` for as long as it lives. When the process dies the connection
+/// closes and Postgres drops the lock, which frees every lease the process held at once.
+struct Liveness {
+    key: i32,
+    conn: Option<PgConnection>,
+    checked: Option<Instant>,
+}
+
+fn liveness_key() -> i32 {
+    // Positive, so it casts to an `oid` (what `pg_locks.objid` is) unchanged.
+    (Uuid::new_v4().as_u128() as u32 & 0x7fff_ffff) as i32
 }
 
 /// The saga runner; clones share it.
@@ -147,6 +186,8 @@ struct Inner {
     gateway: GatewayClient,
     crash_at: Option<CrashPoint>,
     recovery_interval: Duration,
+    lease: Duration,
+    liveness: tokio::sync::Mutex<Liveness>,
 }
 
 impl Payments {
@@ -162,14 +203,28 @@ impl Payments {
                 "DHANMAN_FAULT_CRASH_AT is set: this process will abort on purpose"
             );
         }
+        let lease = gateway.call_budget().saturating_add(LEASE_MARGIN);
         Payments {
             inner: Arc::new(Inner {
                 pool,
                 gateway,
                 crash_at,
                 recovery_interval,
+                lease,
+                liveness: tokio::sync::Mutex::new(Liveness {
+                    key: liveness_key(),
+                    conn: None,
+                    checked: None,
+                }),
             }),
         }
+    }
+
+    /// How long a driver's lease on a saga lasts from its last renewal: one gateway call
+    /// with every retry and backoff ([`GatewayClient::call_budget`]) plus a margin. It is
+    /// renewed before every gateway call, so a live driver never loses it mid-call.
+    pub fn lease_duration(&self) -> Duration {
+        self.inner.lease
     }
 
     pub fn gateway(&self) -> &GatewayClient {
@@ -326,14 +381,137 @@ impl Payments {
 
     /// Takes the saga as far as it can go now; answers its state then.
     async fn drive(&self, id: Uuid) -> Result<PaymentView> {
+        Ok(self.try_drive(id).await?.0)
+    }
+
+    /// Takes the saga's lease, advances it and releases the lease; answers its state then,
+    /// and whether this driver held the lease. A driver that cannot take it (another one
+    /// holds it) calls nothing and answers the state as it is: in flight.
+    async fn try_drive(&self, id: Uuid) -> Result<(PaymentView, bool)> {
+        let Some(lease) = self.take_lease(id).await? else {
+            return Ok((self.view_by_id(id).await?, false));
+        };
+        let advanced = self.advance_leased(id, &lease).await;
+        let released = self.release(id, &lease).await;
+        advanced?;
+        released?;
+        Ok((self.view_by_id(id).await?, true))
+    }
+
+    async fn advance_leased(&self, id: Uuid, lease: &Lease) -> Result<()> {
         let saga = self.load(id).await?;
         let span =
             tracing::info_span!("saga", payment_id = %id, correlation_id = %saga.correlation_id);
-        self.advance(saga).instrument(span).await?;
-        self.view_by_id(id).await
+        self.advance(saga, lease).instrument(span).await
     }
 
-    async fn advance(&self, mut saga: Saga) -> Result<()> {
+    /// Takes the lease when the saga has work left (unfinished, or a late charge to
+    /// refund) and the lease is free: released, lapsed, or held by a process that is gone
+    /// (its liveness lock is not held). One UPDATE, so two drivers never both get it.
+    async fn take_lease(&self, id: Uuid) -> Result<Option<Lease>> {
+        let key = self.alive().await?;
+        let lease = Lease {
+            owner: format!("{}:{}", std::process::id(), Uuid::now_v7()),
+        };
+        let taken: Option<(Uuid,)> = sqlx::query_as(
+            "update payment_sagas s
+                set lease_owner = $2, lease_lock = $3,
+                    lease_until = now() + make_interval(secs => $4)
+              where s.id = $1
+                and (s.state in ('started', 'charging', 'charged')
+                     or (s.late_charge_id is not null and s.late_refund_id is null))
+                and (s.lease_until is null or s.lease_until <= now()
+                     or not exists (
+                        select 1 from pg_locks l
+                         where l.locktype = 'advisory' and l.granted and l.objsubid = 2
+                           and l.database = (select oid from pg_database
+                                              where datname = current_database())
+                           and l.classid = ($5::int4)::oid and l.objid = s.lease_lock::oid))
+              returning s.id",
+        )
+        .bind(id)
+        .bind(&lease.owner)
+        .bind(key)
+        .bind(self.inner.lease.as_secs_f64())
+        .bind(LIVENESS_LOCKS)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(taken.map(|_| lease))
+    }
+
+    /// Extends the lease by a full term before a gateway call; `false` when this driver
+    /// no longer holds it (it lapsed and another driver took it): then it must not call.
+    async fn renew(&self, id: Uuid, lease: &Lease) -> Result<bool> {
+        let renewed = sqlx::query(
+            "update payment_sagas set lease_until = now() + make_interval(secs => $3)
+              where id = $1 and lease_owner = $2",
+        )
+        .bind(id)
+        .bind(&lease.owner)
+        .bind(self.inner.lease.as_secs_f64())
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        if renewed == 0 {
+            tracing::warn!(payment_id = %id, "the saga's lease was lost; leaving it to its holder");
+        }
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, id: Uuid, lease: &Lease) -> Result<()> {
+        sqlx::query(
+            "update payment_sagas set lease_owner = null, lease_until = null, lease_lock = null
+              where id = $1 and lease_owner = $2",
+        )
+        .bind(id)
+        .bind(&lease.owner)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// This process's liveness key, its lock held (taken, or taken again on a new
+    /// connection when the last one broke).
+    async fn alive(&self) -> Result<i32> {
+        let mut guard = self.inner.liveness.lock().await;
+        let live = &mut *guard;
+        if let Some(conn) = live.conn.as_mut() {
+            if live.checked.is_some_and(|at| at.elapsed() < LIVENESS_CHECK) {
+                return Ok(live.key);
+            }
+            if conn.ping().await.is_ok() {
+                live.checked = Some(Instant::now());
+                return Ok(live.key);
+            }
+            tracing::warn!("the payment saga's liveness connection broke; taking its lock again");
+            live.conn = None;
+        }
+        loop {
+            let mut conn = self.inner.pool.acquire().await?.detach();
+            let (got,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1, $2)")
+                .bind(LIVENESS_LOCKS)
+                .bind(live.key)
+                .fetch_one(&mut conn)
+                .await?;
+            if got {
+                live.conn = Some(conn);
+                live.checked = Some(Instant::now());
+                return Ok(live.key);
+            }
+            // Another live process drew the same key: draw again.
+            let _ = conn.close().await;
+            live.key = liveness_key();
+        }
+    }
+
+    async fn advance(&self, mut saga: Saga, lease: &Lease) -> Result<()> {
+        if is_final(&saga.state) {
+            // Final, with a late charge whose refund did not go through yet.
+            if let (Some(charge_id), None) = (saga.late_charge_id.clone(), &saga.late_refund_id) {
+                self.refund_late(&saga, &charge_id, lease).await?;
+            }
+            return Ok(());
+        }
         if saga.state == "started" {
             let mut tx = self.inner.pool.begin().await?;
             let moved = sqlx::query(
@@ -357,6 +535,9 @@ impl Payments {
             saga = self.load(saga.id).await?;
         }
         if saga.state == "charging" {
+            if !self.renew(saga.id, lease).await? {
+                return Ok(());
+            }
             let method = Method::parse(&saga.method).ok_or_else(|| {
                 CommandError::Conflict(format!("saga {} has method {}", saga.id, saga.method))
             })?;
@@ -374,16 +555,20 @@ impl Payments {
             {
                 Ok(ChargeOutcome::Charged { charge_id }) => {
                     self.crash_point(CrashPoint::AfterCharge);
-                    self.complete(&saga, &charge_id).await?;
+                    self.complete(&saga, &charge_id, lease).await?;
                 }
                 Ok(ChargeOutcome::Declined { charge_id, reason }) => {
                     self.fail(&saga, &format!("declined: {reason}"), Some(&charge_id))
                         .await?;
                 }
-                // Refused before any money moved (4xx): nothing to resume.
+                // 400 or 422: the gateway could not accept the request, nothing moved.
                 Err(e @ GatewayError::Rejected { .. }) => {
                     tracing::error!(error = %e, "payment gateway refused the charge");
                     self.fail(&saga, &e.to_string(), None).await?;
+                }
+                // Money may have moved: ask the gateway what the key did.
+                Err(GatewayError::Ambiguous { status, body }) => {
+                    self.reconcile(&saga, status, &body, lease).await?;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "charge not confirmed; the saga stays resumable");
@@ -400,7 +585,7 @@ impl Payments {
         if saga.state == "charged" {
             match saga.charge_id.clone() {
                 // Charged and recorded as such: the completion found the invoice unpayable.
-                Some(charge_id) => self.complete(&saga, &charge_id).await?,
+                Some(charge_id) => self.complete(&saga, &charge_id, lease).await?,
                 None => {
                     return Err(CommandError::Conflict(format!(
                         "saga {} is charged without a charge id",
@@ -413,14 +598,100 @@ impl Payments {
         Ok(())
     }
 
+    /// After an ambiguous answer to the charge (409, 404, 425, …): the saga stays
+    /// `charging` unless the gateway, asked what the charge key did, says it charged
+    /// (complete) or declined (fail). Nothing found: recovery charges again later, under
+    /// the same key.
+    async fn reconcile(&self, saga: &Saga, status: u16, body: &str, lease: &Lease) -> Result<()> {
+        tracing::warn!(status, %body, "ambiguous answer to the charge; asking the gateway what the key did");
+        let answer: String = body.chars().take(500).collect();
+        self.note(
+            saga.id,
+            "charge_ambiguous",
+            json!({"status": status, "answer": answer}),
+        )
+        .await?;
+        if !self.renew(saga.id, lease).await? {
+            return Ok(());
+        }
+        match self.inner.gateway.lookup(&charge_key(saga.id)).await {
+            Ok(Some(ChargeOutcome::Charged { charge_id })) => {
+                tracing::info!(%charge_id, "the gateway charged under the key: completing");
+                self.complete(saga, &charge_id, lease).await
+            }
+            Ok(Some(ChargeOutcome::Declined { charge_id, reason })) => {
+                self.fail(saga, &format!("declined: {reason}"), Some(&charge_id))
+                    .await
+            }
+            Ok(None) => {
+                tracing::warn!("nothing charged under the key yet; the saga stays resumable");
+                self.note(saga.id, "charge_not_found", json!({"status": status}))
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "charge lookup failed; the saga stays resumable");
+                self.note(
+                    saga.id,
+                    "charge_lookup_failed",
+                    json!({"error": e.to_string()}),
+                )
+                .await
+            }
+        }
+    }
+
     /// One transaction: the invoice paid, the payment and its `PaymentReceived`, the saga
     /// completed. When the invoice can no longer take this payment, the charge is
-    /// recorded (`charged`) and then refunded.
-    async fn complete(&self, saga: &Saga, charge_id: &str) -> Result<()> {
+    /// recorded (`charged`) and then refunded. When the saga is already final without
+    /// this charge (failed, or ended by another driver meanwhile), the charge is a late
+    /// one: recorded and refunded, never kept.
+    async fn complete(&self, saga: &Saga, charge_id: &str, lease: &Lease) -> Result<()> {
         let mut tx = self.inner.pool.begin().await?;
-        let state = locked_state(&mut tx, saga.id).await?;
+        let row = locked_row(&mut tx, saga.id).await?;
+        let state = row.state;
         if is_final(&state) {
-            return Ok(());
+            // The saga's own charge, recorded (completed) or already refunded (compensated).
+            let own = matches!(state.as_str(), "completed" | "compensated")
+                && row.charge_id.as_deref() == Some(charge_id);
+            if own {
+                return Ok(());
+            }
+            match row.late_charge_id.as_deref() {
+                None => {
+                    sqlx::query(
+                        "update payment_sagas set late_charge_id = $2, updated_at = now()
+                          where id = $1",
+                    )
+                    .bind(saga.id)
+                    .bind(charge_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    step(
+                        &mut tx,
+                        saga.id,
+                        "late_charge",
+                        json!({"charge_id": charge_id, "saga_state": state}),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                }
+                Some(late) if late == charge_id => {
+                    tx.commit().await?;
+                    if row.late_refund_id.is_some() {
+                        return Ok(());
+                    }
+                }
+                Some(late) => {
+                    // One key makes one charge: a second one would be a gateway bug.
+                    return Err(Error::Internal(format!(
+                        "saga {} got charge {charge_id} after late charge {late}; \
+                         refund it by hand",
+                        saga.id
+                    )));
+                }
+            }
+            tracing::warn!(%charge_id, %state, "a charge landed on a saga already final: refunding it");
+            return self.refund_late(saga, charge_id, lease).await;
         }
         let invoice = open_invoice(&mut tx, saga.organization_id, saga.invoice_id)
             .await?
@@ -455,7 +726,7 @@ impl Payments {
             }
             tx.commit().await?;
             tracing::warn!(%reason, "invoice no longer payable: compensating");
-            return self.compensate(saga, charge_id, &reason).await;
+            return self.compensate(saga, charge_id, &reason, lease).await;
         }
         sqlx::query("update invoices set status = 'paid' where id = $1")
             .bind(saga.invoice_id)
@@ -502,8 +773,17 @@ impl Payments {
 
     /// Refunds the charge, then marks the saga `compensated` with a `PaymentFailed`. A
     /// refund that does not go through leaves the saga `charged` for recovery.
-    async fn compensate(&self, saga: &Saga, charge_id: &str, reason: &str) -> Result<()> {
+    async fn compensate(
+        &self,
+        saga: &Saga,
+        charge_id: &str,
+        reason: &str,
+        lease: &Lease,
+    ) -> Result<()> {
         self.crash_point(CrashPoint::BeforeRefund);
+        if !self.renew(saga.id, lease).await? {
+            return Ok(());
+        }
         let refund_id = match self
             .inner
             .gateway
@@ -531,6 +811,58 @@ impl Payments {
         };
         self.end_unpaid(saga, &["charged"], ending).await?;
         tracing::info!(%refund_id, "payment saga compensated: charge refunded");
+        Ok(())
+    }
+
+    /// Refunds a late charge under the saga's late-refund key and records it (the step
+    /// `late_charge_refunded`, counted in the saga metric). A refund that does not go
+    /// through is left to recovery, which retries it under the same key.
+    async fn refund_late(&self, saga: &Saga, charge_id: &str, lease: &Lease) -> Result<()> {
+        if !self.renew(saga.id, lease).await? {
+            return Ok(());
+        }
+        let refund_id = match self
+            .inner
+            .gateway
+            .refund(&late_refund_key(saga.id), charge_id)
+            .await
+        {
+            Ok(refund_id) => refund_id,
+            Err(e) => {
+                tracing::error!(error = %e, %charge_id, "refund of a late charge failed; recovery retries it");
+                return self
+                    .note(
+                        saga.id,
+                        "late_charge_refund_failed",
+                        json!({"charge_id": charge_id, "error": e.to_string()}),
+                    )
+                    .await;
+            }
+        };
+        let mut tx = self.inner.pool.begin().await?;
+        let recorded = sqlx::query(
+            "update payment_sagas set late_refund_id = $2, updated_at = now()
+              where id = $1 and late_refund_id is null",
+        )
+        .bind(saga.id)
+        .bind(&refund_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if recorded == 1 {
+            step(
+                &mut tx,
+                saga.id,
+                "late_charge_refunded",
+                json!({"charge_id": charge_id, "refund_id": refund_id}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if recorded == 1 {
+            metrics::counter!(metric::SAGAS, "outcome" => "late_charge_refunded").increment(1);
+            tracing::info!(%charge_id, %refund_id, "late charge refunded");
+        }
         Ok(())
     }
 
@@ -596,7 +928,8 @@ impl Payments {
     async fn load(&self, id: Uuid) -> Result<Saga> {
         let saga = sqlx::query_as(
             "select id, organization_id, invoice_id, customer_id, amount,
-                    currency::text as currency, method, reference, correlation_id, state, charge_id
+                    currency::text as currency, method, reference, correlation_id, state, charge_id,
+                    late_charge_id, late_refund_id
                from payment_sagas where id = $1",
         )
         .bind(id)
@@ -637,23 +970,31 @@ impl Payments {
         Ok(view)
     }
 
-    /// Resumes every unfinished saga (all of them, or those untouched for `idle`);
-    /// answers how many were looked at. Each one's failure is logged, not returned.
+    /// Resumes every unfinished saga, and every late charge not yet refunded (all of
+    /// them, or those untouched for `idle`, or whose driver's lease lapsed); answers how
+    /// many were looked at. A saga whose lease a live driver holds is left to it. Each
+    /// one's failure is logged, not returned.
     pub async fn recover(&self, idle: Option<Duration>) -> Result<usize> {
         let idle_ms = idle.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let ids: Vec<(Uuid,)> = sqlx::query_as(
             "select id from payment_sagas
-              where state in ('started', 'charging', 'charged')
-                and updated_at <= now() - make_interval(secs => $1::float8 / 1000)
+              where (state in ('started', 'charging', 'charged')
+                     or (late_charge_id is not null and late_refund_id is null))
+                and (updated_at <= now() - make_interval(secs => $1::float8 / 1000)
+                     or lease_until <= now())
               order by created_at",
         )
         .bind(idle_ms as f64)
         .fetch_all(&self.inner.pool)
         .await?;
         for (id,) in &ids {
-            match self.drive(*id).await {
-                Ok(view) => {
+            match self.try_drive(*id).await {
+                Ok((view, true)) => {
                     tracing::info!(payment_id = %id, state = %view.state, "payment saga recovered")
+                }
+                Ok((view, false)) => {
+                    tracing::info!(payment_id = %id, state = %view.state,
+                        "payment saga left to the driver holding its lease")
                 }
                 Err(e) => {
                     tracing::error!(payment_id = %id, error = %e, "payment saga recovery failed")
@@ -682,6 +1023,30 @@ struct Ending<'a> {
     reason: &'a str,
     charge_id: Option<&'a str>,
     refund_id: Option<&'a str>,
+}
+
+/// What `complete` decides on, the row locked until the transaction ends.
+struct LockedRow {
+    state: String,
+    charge_id: Option<String>,
+    late_charge_id: Option<String>,
+    late_refund_id: Option<String>,
+}
+
+async fn locked_row(conn: &mut PgConnection, id: Uuid) -> Result<LockedRow> {
+    let (state, charge_id, late_charge_id, late_refund_id) = sqlx::query_as(
+        "select state, charge_id, late_charge_id, late_refund_id
+           from payment_sagas where id = $1 for update",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?;
+    Ok(LockedRow {
+        state,
+        charge_id,
+        late_charge_id,
+        late_refund_id,
+    })
 }
 
 /// The saga's state, its row locked until the transaction ends.
@@ -835,6 +1200,8 @@ mod tests {
         let id = Uuid::now_v7();
         assert_eq!(charge_key(id), charge_key(id));
         assert_ne!(charge_key(id), refund_key(id));
+        assert_ne!(late_refund_key(id), refund_key(id));
+        assert_ne!(late_refund_key(id), charge_key(id));
         assert_ne!(charge_key(id), charge_key(Uuid::now_v7()));
     }
 }

@@ -210,7 +210,26 @@ impl Processor for Ledger {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
-        let entries: Vec<Entry> = events.iter().filter_map(|e| entry_for(e)).collect();
+        let mut entries: Vec<Entry> = events.iter().filter_map(|e| entry_for(e)).collect();
+        // An entry's id is its event's: one posted already (its gate row pruned by the
+        // retention, then the event read again by a replay) is not posted twice.
+        if !entries.is_empty() {
+            let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+            let posted: Vec<(Uuid,)> =
+                sqlx::query_as("select id from journal_entries where id = any($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            if !posted.is_empty() {
+                let posted: std::collections::HashSet<Uuid> =
+                    posted.into_iter().map(|(id,)| id).collect();
+                tracing::info!(
+                    entries = posted.len(),
+                    "events posted before (their gate rows pruned): not posted again"
+                );
+                entries.retain(|e| !posted.contains(&e.id));
+            }
+        }
         post(conn, &entries).await?;
         for entry in &entries {
             tracing::info!(

@@ -2,6 +2,7 @@
 //! processors themselves (one module each).
 
 pub mod approvals;
+pub mod audit;
 pub mod balances;
 pub mod ledger;
 pub mod notifier;

@@ -16,7 +16,12 @@
 //! | `SendApprovalRequest` | approval_request | the approver the command names |
 //! | `POApproved`, `PORejected` | po_decided | the requester (users projection) |
 //! | `SalaryPosted` | payslip | `salaries.employee_email`, else the employee as a user |
-//! | `UserCreated` | welcome | the new user |
+//! | `UserCreated` | welcome (with the invitation token, if the user has one) | the new user |
+//!
+//! A welcome's invitation token is not in `UserCreated`: it is read from the short-lived
+//! `invitation_emails` row the command side wrote with the user, and it leaves the database
+//! (row deleted, copy in the rendered bodies blanked) in the transaction that records the
+//! email as sent or dead-lettered (a trigger of `notification_deliveries`).
 //!
 //! `POSubmitted` itself sends nothing: the approvals processor turns it into one
 //! `SendApprovalRequest` per approver, and each of those is emailed. A party without an
@@ -25,7 +30,7 @@
 pub mod sender;
 pub mod templates;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use dhanman_schemas::events::Envelope;
 use dhanman_schemas::{Event, topics};
 use rust_decimal::Decimal;
@@ -156,7 +161,16 @@ async fn record(
     }
     let rendered = match skipped {
         Some(_) => None,
-        None => Some(templates.render(envelope.organization_id, planned.template, &context)),
+        None => Some(
+            templates
+                .render(envelope.organization_id, planned.template, &context)
+                .map(|mut r| {
+                    if planned.template == Template::Welcome {
+                        ensure_invitation(&mut r, &context);
+                    }
+                    r
+                }),
+        ),
     };
     let (status, reason, parts) = match (skipped, rendered) {
         (Some(reason), _) => ("skipped", Some(reason), None),
@@ -439,14 +453,73 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
                 ),
             }]
         }
-        Event::UserCreated(e) => vec![Planned {
-            template: Template::Welcome,
-            recipient: Recipient::Address(e.email.clone()),
-            context: with(ctx, json!({"name": e.name, "role": e.role})),
-        }],
+        Event::UserCreated(e) => {
+            let invitation = invitation(conn, envelope.event_id).await?;
+            let (token, expires_at) = match invitation {
+                Some((token, at)) => (
+                    Some(token),
+                    Some(at.format("%Y-%m-%d %H:%M UTC").to_string()),
+                ),
+                None => (None, None),
+            };
+            vec![Planned {
+                template: Template::Welcome,
+                recipient: Recipient::Address(e.email.clone()),
+                context: with(
+                    ctx,
+                    json!({"name": e.name, "role": e.role, "invitation_token": token,
+                        "invitation_expires_at": expires_at}),
+                ),
+            }]
+        }
         _ => Vec::new(),
     };
     Ok(planned)
+}
+
+/// The invitation token the welcome email of `event_id` carries, with its expiry: from the
+/// short-lived `invitation_emails` row the command side wrote with the user (the token is
+/// never in the event). No row: a user without an invitation (an organization's first
+/// administrator), or one whose email was already sent (the row is deleted then) or whose
+/// invitation was accepted.
+async fn invitation(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+) -> Result<Option<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "select token, expires_at from invitation_emails
+          where event_id = $1 and expires_at > now()",
+    )
+    .bind(event_id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// A welcome rendered from an organization's override that does not show the invitation
+/// token still has to: without it the invited person can never get a key. The token is
+/// added to each part that lacks it.
+fn ensure_invitation(rendered: &mut templates::Rendered, context: &Json) {
+    let Some(token) = context.get("invitation_token").and_then(Json::as_str) else {
+        return;
+    };
+    let expires = context
+        .get("invitation_expires_at")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    if !rendered.text.contains(token) {
+        rendered.text.push_str(&format!(
+            "\nYour invitation code (valid until {expires}, usable once):\n\n    {token}\n"
+        ));
+    }
+    if !rendered.html.contains(token) {
+        let block = format!(
+            "<p>Your invitation code (valid until {expires}, usable once):</p>\n<pre>\n{token}\n</pre>\n"
+        );
+        match rendered.html.rfind("</body>") {
+            Some(at) => rendered.html.insert_str(at, &block),
+            None => rendered.html.push_str(&block),
+        }
+    }
 }
 
 /// A purchase order's outcome, told to its requester.
@@ -629,5 +702,30 @@ mod tests {
         assert_ne!(a, message_id(e, "b@x.org", "invoice"));
         assert_ne!(a, message_id(e, "a@x.org", "receipt"));
         assert!(a.starts_with('<') && a.ends_with('>'));
+    }
+
+    #[test]
+    fn an_override_without_the_invitation_token_gets_it_added() {
+        let token = "dhi_00ff";
+        let context =
+            json!({"invitation_token": token, "invitation_expires_at": "2026-12-10 09:30 UTC"});
+        let mut r = templates::Rendered {
+            subject: "Welcome".into(),
+            text: "Hello\n".into(),
+            html: "<html><body><p>Hello</p>\n</body></html>\n".into(),
+        };
+        ensure_invitation(&mut r, &context);
+        assert!(r.text.ends_with(&format!("\n    {token}\n")), "{}", r.text);
+        assert!(
+            r.html.contains(&format!("<pre>\n{token}\n</pre>\n</body>")),
+            "{}",
+            r.html
+        );
+        // Shown already: nothing added; no token: nothing added.
+        let before = r.clone();
+        ensure_invitation(&mut r, &context);
+        assert_eq!(r, before);
+        ensure_invitation(&mut r, &json!({"invitation_token": null}));
+        assert_eq!(r, before);
     }
 }

@@ -898,6 +898,14 @@ impl<P: Processor> Runtime<P> {
         if self.store_group_offsets {
             store_offsets(&mut tx, &self.group_id(), batch).await?;
         }
+        if report.applied > 0 {
+            // Wakes the API's queries waiting on a consistency token, at the commit.
+            sqlx::query("select pg_notify('dhanman_applied', $1)")
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::Database)?;
+        }
         tx.commit().await.map_err(Error::Database)?;
         record_outcomes(&name, &report, &dead_lettered);
         tracing::debug!(

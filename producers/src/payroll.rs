@@ -122,12 +122,18 @@ pub async fn post_salary(
     })
 }
 
-/// The salary `id` of the caller's organization, if there is one.
+/// Who may read salaries (amounts and the employee's address): the roles that keep the
+/// books. Approvers and managers give approvals, which need neither.
+pub const SALARY_READERS: &[&str] = BOOKKEEPERS;
+
+/// The salary `id` of the caller's organization, if there is one; only for
+/// [`SALARY_READERS`].
 pub async fn find_salary(
     conn: &mut PgConnection,
     caller: &Caller,
     id: Uuid,
 ) -> Result<Option<Salary>> {
+    caller.require(SALARY_READERS, "reading a salary")?;
     let salary = sqlx::query_as(
         "select id as salary_id, employee_id, employee_name, period, amount,
                 currency::text as currency, employee_email, created_at

@@ -2,7 +2,8 @@
 //!
 //! An order needs a manager's approval, and a CFO's as well above the threshold
 //! ([`ApprovalPolicy`]). Each approval is given once, by a key of a role that may give it,
-//! never the requester's; the last one approves the order (`POApproved`, which reserves
+//! never by the requester, and every decision on an order comes from a different person
+//! (by user id: a user whose role changed between two steps still decides once); the last one approves the order (`POApproved`, which reserves
 //! the budget in the ledger), a rejection ends it (`PORejected`). The order's row is
 //! locked while a decision is taken, so concurrent decisions change its state once.
 //!
@@ -49,6 +50,9 @@ impl ApprovalPolicy {
         steps
     }
 }
+
+/// Roles that give an approval ([`step_of`]): the only ones that may approve or reject.
+pub const APPROVER_ROLES: &[&str] = &["manager", "approver", "cfo"];
 
 /// The approval (step) a role gives: managers and general approvers give the manager's,
 /// the CFO the CFO's. Other roles give none.
@@ -259,6 +263,7 @@ async fn decide(
     approve: bool,
 ) -> Result<PurchaseOrderReply> {
     let verb = if approve { "approving" } else { "rejecting" };
+    caller.require(APPROVER_ROLES, &format!("{verb} a purchase order"))?;
     let user_id = caller.user(&format!("{verb} a purchase order"))?;
     let comment = match input.comment.as_deref().map(str::trim) {
         Some(c) if c.chars().count() > 1000 => {
@@ -307,6 +312,19 @@ async fn decide(
     if let Some((decision, by)) = given {
         return Err(Error::Conflict(format!(
             "the {step} approval of purchase order {po_id} was already given ({decision} by user {by})"
+        )));
+    }
+    // Separation of duties: the approvals of one order come from distinct people.
+    let own: Option<(String, String)> =
+        sqlx::query_as("select step, decision from po_decisions where po_id = $1 and user_id = $2")
+            .bind(po_id)
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((own_step, decision)) = own {
+        return Err(Error::Forbidden(format!(
+            "user {user_id} already decided the {own_step} step of purchase order {po_id} \
+             ({decision}); each approval must come from a different person"
         )));
     }
     sqlx::query(

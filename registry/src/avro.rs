@@ -37,7 +37,7 @@ pub struct ParsedSchema {
 
 impl ParsedSchema {
     pub fn parse(text: &str) -> Result<Self> {
-        let schema = Schema::parse_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        let schema = parse_avro(text)?;
         // Valid Avro is valid JSON; parsing it again gives the attributes apache-avro's own
         // model doesn't keep (custom properties on any schema, for one).
         let json: Value =
@@ -56,6 +56,61 @@ impl ParsedSchema {
     /// The schema as `?normalize=true` stores it: its normalized form as the text.
     pub fn into_normalized(self) -> Result<Self> {
         Self::parse(&self.normalized)
+    }
+}
+
+/// `text` parsed by apache-avro, refusing first what would make it panic instead of failing.
+/// apache-avro 0.22 renders a parsing canonical form (`Schema::canonical_form`, also called by
+/// its parser for the message about a bad default) from JSON that keeps custom attributes, and
+/// panics on one named like a schema attribute that holds no schema there, e.g. a field's
+/// `"symbols": null`, a record's `"order": 5` or a non-integer `"size"`.
+pub(crate) fn parse_avro(text: &str) -> Result<Schema> {
+    if let Ok(json) = serde_json::from_str::<Value>(text)
+        && let Some(attribute) = unrenderable_attribute(&json).filter(|a| !a.is_empty())
+    {
+        return Err(Error::InvalidSchema(format!(
+            "attribute '{attribute}' must hold a schema, a name or (size, precision, scale) an integer"
+        )));
+    }
+    Schema::parse_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))
+}
+
+/// The first attribute apache-avro's canonical form rendering would panic on: it walks the
+/// attributes the canonical form keeps (and `order`, `precision`, `scale`) in every object, and
+/// drops the others (`default`, `doc`, custom ones with other names) unread. `""` when `json`
+/// itself is no schema (a number, a boolean, null): the attribute holding it is the culprit.
+fn unrenderable_attribute(json: &Value) -> Option<&str> {
+    match json {
+        Value::String(_) => None,
+        Value::Array(items) => items.iter().find_map(unrenderable_attribute),
+        Value::Object(map) if map.len() == 1 && map.get("type").is_some_and(Value::is_string) => {
+            None
+        }
+        Value::Object(map) => {
+            let named = matches!(
+                map.get("type").and_then(Value::as_str),
+                Some("record" | "enum" | "fixed" | "ref")
+            );
+            map.iter().find_map(|(key, value)| match key.as_str() {
+                "name" if named => None,
+                "size" | "precision" | "scale" => {
+                    let integer =
+                        value.is_i64() || value.as_str().is_some_and(|s| s.parse::<i64>().is_ok());
+                    (!integer).then_some(key.as_str())
+                }
+                "name" | "type" | "fields" | "symbols" | "items" | "values" | "order" => {
+                    unrenderable_attribute(value).map(|inner| {
+                        if inner.is_empty() {
+                            key.as_str()
+                        } else {
+                            inner
+                        }
+                    })
+                }
+                _ => None,
+            })
+        }
+        _ => Some(""),
     }
 }
 
@@ -384,6 +439,50 @@ mod tests {
             parsed(documented).normalized_fingerprint,
             parsed(base).normalized_fingerprint
         );
+    }
+
+    #[test]
+    fn attributes_apache_avro_cannot_render_are_refused_not_a_panic() {
+        // The first was found by fuzzing (fuzz/, target schema_parse); each made apache-avro
+        // 0.22 panic, the last one inside `Schema::parse_str`, where its message about the bad
+        // default renders the field's type.
+        let refused = [
+            (
+                r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","symbols":null}]}"#,
+                "symbols",
+            ),
+            (
+                r#"{"type":"record","name":"R","order":5,"fields":[]}"#,
+                "order",
+            ),
+            (
+                r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","size":"x"}]}"#,
+                "size",
+            ),
+            (
+                r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","items":[1]}]}"#,
+                "items",
+            ),
+            (
+                r#"{"type":"record","name":"R","fields":[{"name":"f","default":5,"type":{"type":"record","name":"S","fields":[{"name":"g","type":"int","values":true}]}}]}"#,
+                "values",
+            ),
+        ];
+        for (text, attribute) in refused {
+            let error = ParsedSchema::parse(text).unwrap_err();
+            assert!(
+                matches!(&error, Error::InvalidSchema(m) if m.contains(&format!("'{attribute}'"))),
+                "{text}: {error:?}"
+            );
+        }
+        // Custom attributes with those names are fine where they hold what Avro expects there,
+        // and any value is fine in a default, a doc or an attribute of another name.
+        for text in [
+            r#"{"type":"record","name":"R","order":"x","fields":[{"name":"f","type":"int","symbols":["A"],"size":"16"}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":{"type":"map","values":"int"},"default":{"size":1,"type":2},"x-size":[1]}]}"#,
+        ] {
+            assert!(ParsedSchema::parse(text).is_ok(), "{text}");
+        }
     }
 
     #[test]

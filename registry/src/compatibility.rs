@@ -48,8 +48,6 @@ mod graph;
 
 use std::fmt;
 
-use apache_avro::Schema;
-
 use crate::avro::ParsedSchema;
 use crate::error::{Error, Result};
 use graph::SchemaGraph;
@@ -192,7 +190,7 @@ pub fn reader_writer_incompatibilities(reader: &str, writer: &str) -> Result<Vec
 
 /// Valid for apache-avro (what registration requires), then read the way Java reads it.
 fn parse(text: &str) -> Result<SchemaGraph> {
-    Schema::parse_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+    crate::avro::parse_avro(text)?;
     let json = serde_json::from_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
     SchemaGraph::parse(&json).map_err(Error::InvalidSchema)
 }
@@ -380,6 +378,25 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_stored_schema_apache_avro_would_panic_on_is_an_error() {
+        // Found with fuzzing (fuzz/, targets schema_parse and compatibility): apache-avro's
+        // parser panicked on a bad default whose type has a custom attribute `values` that
+        // holds no schema.
+        let v2 = candidate(&invoice(&[("id", r#""long""#, "")]));
+        let hostile = invoice(&[(
+            "lines",
+            r#"{"type":"record","name":"Line","fields":[{"name":"g","type":"int","values":true}]}"#,
+            "5",
+        )]);
+        for level in [CompatibilityLevel::Backward, CompatibilityLevel::Forward] {
+            let error = incompatibilities(level, &v2, std::slice::from_ref(&hostile)).unwrap_err();
+            assert!(matches!(error, Error::InvalidSchema(_)), "{error:?}");
+        }
+        let error = reader_writer_incompatibilities(&hostile, &hostile).unwrap_err();
+        assert!(matches!(error, Error::InvalidSchema(_)), "{error:?}");
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub enum Error {
     RouteNotFound,
     #[error("HTTP 405 Method Not Allowed")]
     MethodNotAllowed,
+    /// A write without the credentials of an active registry user.
+    #[error(
+        "Unauthorized: writes to this registry need HTTP basic auth as a registry user (basic.auth.user.info=name:secret; `dhanman registry users add NAME`)"
+    )]
+    Unauthorized,
     #[error("Error in the backend data store")]
     Database(#[from] sqlx::Error),
 }
@@ -99,6 +104,7 @@ impl Error {
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, 404),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, 40101),
             Self::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
         }
     }
@@ -123,12 +129,19 @@ impl IntoResponse for Error {
         if let Self::Database(source) = &self {
             tracing::error!(error = %source, "schema registry backend error");
         }
-        reply(
+        let mut response = reply(
             status,
             &ErrorBody {
                 error_code,
                 message: self.to_string(),
             },
-        )
+        );
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"schema-registry\""),
+            );
+        }
+        response
     }
 }

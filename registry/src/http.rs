@@ -14,9 +14,13 @@ use crate::avro::ParsedSchema;
 use crate::compatibility::CompatibilityLevel;
 use crate::error::{Error, Result};
 use crate::registry::{Mode, RegisterOptions, Registry, SubjectVersion, VersionSelector};
-use extract::{Params, SrJson, SrPath};
+use extract::{Params, SrJson, SrPath, Writer};
 
 pub(crate) const CONTENT_TYPE_V1: &str = "application/vnd.schemaregistry.v1+json";
+
+/// The highest id an IMPORT may store a schema under (2^30): the other half of the id space
+/// stays for the sequence that numbers registrations.
+pub const MAX_IMPORTED_ID: i32 = 1 << 30;
 
 /// The registry's REST API, meant to be nested (e.g. at `/schema-registry`).
 pub fn router(pool: PgPool) -> Router {
@@ -152,13 +156,22 @@ impl SchemaRequest {
     }
 
     /// Confluent's "not given" values (id -1, version 0 or -1) are the same as leaving them
-    /// out.
-    fn options(&self, normalize: bool) -> RegisterOptions {
-        RegisterOptions {
-            normalize,
-            id: self.id.filter(|id| *id >= 0),
-            version: self.version.filter(|version| *version >= 1),
+    /// out. An imported id must leave the id sequence room to grow: one near 2^31 would make
+    /// every later registration, and so every new record type's first publish, fail.
+    fn options(&self, normalize: bool) -> Result<RegisterOptions> {
+        let id = self.id.filter(|id| *id >= 0);
+        if let Some(id) = id
+            && !(1..=MAX_IMPORTED_ID).contains(&id)
+        {
+            return Err(Error::UnprocessableEntity(format!(
+                "an imported schema id must be between 1 and {MAX_IMPORTED_ID}, not {id}"
+            )));
         }
+        Ok(RegisterOptions {
+            normalize,
+            id,
+            version: self.version.filter(|version| *version >= 1),
+        })
     }
 }
 
@@ -286,12 +299,13 @@ async fn list_versions(
 
 async fn register_schema(
     state: State,
+    _writer: Writer,
     SrPath(subject): SrPath<String>,
     params: Params,
     SrJson(request): SrJson<SchemaRequest>,
 ) -> Result<Response> {
     let parsed = request.parse()?;
-    let options = request.options(params.flag("normalize"));
+    let options = request.options(params.flag("normalize"))?;
     let (id, _version) = state.register_schema(&subject, &parsed, options).await?;
     ok(&IdResponse { id })
 }
@@ -351,6 +365,7 @@ async fn get_referenced_by(
 
 async fn delete_subject(
     state: State,
+    _writer: Writer,
     SrPath(subject): SrPath<String>,
     params: Params,
 ) -> Result<Response> {
@@ -361,6 +376,7 @@ async fn delete_subject(
 
 async fn delete_version(
     state: State,
+    _writer: Writer,
     SrPath((subject, version)): SrPath<(String, String)>,
     params: Params,
 ) -> Result<Response> {
@@ -431,6 +447,7 @@ async fn get_global_config(state: State) -> Result<Response> {
 
 async fn put_global_config(
     state: State,
+    _writer: Writer,
     SrJson(request): SrJson<ConfigRequest>,
 ) -> Result<Response> {
     let level = request.level()?;
@@ -441,7 +458,7 @@ async fn put_global_config(
 }
 
 /// Resets the global level to the default and returns the level it replaced.
-async fn delete_global_config(state: State) -> Result<Response> {
+async fn delete_global_config(state: State, _writer: Writer) -> Result<Response> {
     let removed = state
         .delete_compatibility(None)
         .await?
@@ -468,6 +485,7 @@ async fn get_subject_config(
 
 async fn put_subject_config(
     state: State,
+    _writer: Writer,
     SrPath(subject): SrPath<String>,
     SrJson(request): SrJson<ConfigRequest>,
 ) -> Result<Response> {
@@ -478,7 +496,11 @@ async fn put_subject_config(
     })
 }
 
-async fn delete_subject_config(state: State, SrPath(subject): SrPath<String>) -> Result<Response> {
+async fn delete_subject_config(
+    state: State,
+    _writer: Writer,
+    SrPath(subject): SrPath<String>,
+) -> Result<Response> {
     let removed = state
         .delete_compatibility(Some(&subject))
         .await?
@@ -494,6 +516,7 @@ async fn get_global_mode(state: State) -> Result<Response> {
 
 async fn put_global_mode(
     state: State,
+    _writer: Writer,
     params: Params,
     SrJson(request): SrJson<ModeRequest>,
 ) -> Result<Response> {
@@ -517,6 +540,7 @@ async fn get_subject_mode(
 
 async fn put_subject_mode(
     state: State,
+    _writer: Writer,
     SrPath(subject): SrPath<String>,
     params: Params,
     SrJson(request): SrJson<ModeRequest>,
@@ -529,7 +553,11 @@ async fn put_subject_mode(
 }
 
 /// Returns the mode it removed; the subject falls back to the global mode.
-async fn delete_subject_mode(state: State, SrPath(subject): SrPath<String>) -> Result<Response> {
+async fn delete_subject_mode(
+    state: State,
+    _writer: Writer,
+    SrPath(subject): SrPath<String>,
+) -> Result<Response> {
     let removed = state
         .delete_mode(&subject)
         .await?

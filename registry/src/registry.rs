@@ -257,6 +257,11 @@ fn against_one_version(level: CompatibilityLevel) -> CompatibilityLevel {
 }
 
 impl Registry {
+    /// The pool the registry stores in.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,

@@ -31,6 +31,11 @@ pub struct Decoded {
 
 pub struct Codec {
     settings: SrSettings,
+    /// The registry's base URL, and the client and credentials for the look-ups the
+    /// converter does not offer.
+    base: String,
+    http: reqwest::Client,
+    credentials: Option<Credentials>,
     decoder: AvroDecoder,
     ids: Mutex<HashMap<(String, u32), u32>>,
     /// Per (writer schema id, reader version): whether the writer's schema is the reader's
@@ -65,19 +70,68 @@ fn registry_error(e: SRCError) -> Error {
 /// of reserved. Set for the process when the first codec is made.
 pub const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
 
+/// A registry user's name and secret, sent as HTTP basic auth (Confluent's
+/// `basic.auth.user.info`).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub secret: String,
+}
+
+impl Credentials {
+    /// `user:secret`, as `SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO` holds it.
+    pub fn parse(user_info: &str) -> Result<Self> {
+        match user_info.split_once(':') {
+            Some((user, secret)) if !user.is_empty() => Ok(Credentials {
+                user: user.to_string(),
+                secret: secret.to_string(),
+            }),
+            _ => Err(Error::Invalid(
+                "registry credentials must be user:secret (basic.auth.user.info)".into(),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}:***)", self.user)
+    }
+}
+
 impl Codec {
     /// `url` is the registry's base URL (for the embedded one,
-    /// `http://<api address>/schema-registry`).
+    /// `http://<api address>/schema-registry`); reads only, registering nothing new.
     pub fn new(url: &str) -> Result<Self> {
+        Self::connect(url, None)
+    }
+
+    /// A codec that registers the local schemas it does not find in the registry, as
+    /// `credentials` (registrations need them; look-ups and reads do not).
+    pub fn connect(url: &str, credentials: Option<Credentials>) -> Result<Self> {
         apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
-        let settings = SrSettings::new_builder(url.trim_end_matches('/').to_string())
+        let base = url.trim_end_matches('/').to_string();
+        let mut builder = SrSettings::new_builder(base.clone());
+        builder
             .no_proxy()
-            .set_timeout(std::time::Duration::from_secs(10))
+            .set_timeout(std::time::Duration::from_secs(10));
+        if let Some(c) = &credentials {
+            builder.set_basic_authorization(&c.user, Some(&c.secret));
+        }
+        let settings = builder
+            .build()
+            .map_err(|e| Error::RegistryUnavailable(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| Error::RegistryUnavailable(e.to_string()))?;
         Ok(Codec {
             decoder: AvroDecoder::new(settings.clone()),
             settings,
+            base,
+            http,
+            credentials,
             ids: Mutex::new(HashMap::new()),
             same_schema: Mutex::new(HashMap::new()),
             topic_prefix: String::new(),
@@ -110,12 +164,68 @@ impl Codec {
         )
     }
 
-    /// The registry id of one local schema version, registering it on first use.
+    /// The registry id of one local schema version: looked up (a read), else registered
+    /// when the codec has credentials. A registry that refuses the registration (no or
+    /// wrong credentials) is reported as unavailable: the caller retries, and the record
+    /// goes out once the schema is registered (`dhanman schemas register`) or the
+    /// credentials are right.
     pub async fn schema_id(&self, record: &RecordSchema) -> Result<u32> {
         let key = (record.name.clone(), record.version);
         if let Some(id) = self.ids.lock().expect("id cache lock").get(&key) {
             return Ok(*id);
         }
+        let found = match self.lookup(record).await? {
+            Some(id) => id,
+            None => self.register(record).await?,
+        };
+        self.ids.lock().expect("id cache lock").insert(key, found);
+        Ok(found)
+    }
+
+    /// `POST /subjects/{subject}` with the schema: its id if the subject has it.
+    async fn lookup(&self, record: &RecordSchema) -> Result<Option<u32>> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|e| Error::RegistryUnavailable(format!("registry URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| Error::RegistryUnavailable("registry URL cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(["subjects", &self.subject(record)]);
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({"schema": record.text}));
+        if let Some(c) = &self.credentials {
+            request = request.basic_auth(&c.user, Some(&c.secret));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::RegistryUnavailable(e.without_url().to_string()))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status.is_server_error() {
+            return Err(Error::RegistryUnavailable(format!(
+                "schema look-up: {status}"
+            )));
+        }
+        let body: Json = response
+            .json()
+            .await
+            .map_err(|e| Error::RegistryUnavailable(e.without_url().to_string()))?;
+        match body.get("id").and_then(Json::as_u64) {
+            Some(id) if status.is_success() => u32::try_from(id)
+                .map(Some)
+                .map_err(|_| Error::Undecodable(format!("registry id {id} is out of range"))),
+            _ => Err(Error::RegistryUnavailable(format!(
+                "schema look-up: {status} {body}"
+            ))),
+        }
+    }
+
+    async fn register(&self, record: &RecordSchema) -> Result<u32> {
         let supplied = SuppliedSchema::new(
             Some(record.name.clone()),
             SchemaType::Avro,
@@ -123,17 +233,30 @@ impl Codec {
         );
         let registered = post_schema(&self.settings, self.subject(record), supplied)
             .await
-            .map_err(|e| match registry_error(e) {
-                Error::Undecodable(m) => Error::Schema {
-                    name: record.name.clone(),
-                    reason: format!("registry refused version {}: {m}", record.version),
-                },
-                other => other,
+            .map_err(|e| {
+                let unauthorized = e.to_string().contains("40101")
+                    || e.to_string().contains("status 401")
+                    || e.to_string().contains("status 403");
+                match registry_error(e) {
+                    Error::Undecodable(m) if unauthorized => Error::RegistryUnavailable(format!(
+                        "{} v{} is not registered under {}, and the registry refuses to \
+                         register it with {}: {m}",
+                        record.name,
+                        record.version,
+                        self.subject(record),
+                        if self.credentials.is_some() {
+                            "these credentials"
+                        } else {
+                            "no credentials (SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO)"
+                        }
+                    )),
+                    Error::Undecodable(m) => Error::Schema {
+                        name: record.name.clone(),
+                        reason: format!("registry refused version {}: {m}", record.version),
+                    },
+                    other => other,
+                }
             })?;
-        self.ids
-            .lock()
-            .expect("id cache lock")
-            .insert(key, registered.id);
         Ok(registered.id)
     }
 

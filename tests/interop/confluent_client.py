@@ -1,7 +1,9 @@
 """Confluent's own Python client against dhanman's registry and topics.
 
 Run by tests/pipeline/interop.rs with the pinned client (scripts/python-env.sh). Each
-command prints one JSON document on stdout; the Rust test asserts on it.
+command prints one JSON document on stdout; the Rust test asserts on it. The registry
+user's `name:secret` comes from SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO and is given to the
+client as its `basic.auth.user.info`, as a Confluent user configures it.
 
   registry <registry-url> <subject> <schema-file> <incompatible-schema-file>
   consume  <bootstrap> <registry-url> <topic> <count>
@@ -11,6 +13,7 @@ command prints one JSON document on stdout; the Rust test asserts on it.
 import datetime
 import decimal
 import json
+import os
 import sys
 import uuid
 
@@ -37,13 +40,35 @@ def plain(value):
     return value
 
 
+def client_for(url):
+    conf = {"url": url}
+    user_info = os.environ.get("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO")
+    if user_info:
+        conf["basic.auth.user.info"] = user_info
+    return SchemaRegistryClient(conf)
+
+
+def status_of(call):
+    try:
+        call()
+        return 200
+    except Exception as e:  # SchemaRegistryError carries the HTTP status
+        return getattr(e, "http_status_code", None)
+
+
 def registry(url, subject, schema_file, incompatible_file):
-    client = SchemaRegistryClient({"url": url})
+    anonymous = SchemaRegistryClient({"url": url})
+    client = client_for(url)
     with open(schema_file) as f:
         schema = Schema(f.read(), "AVRO")
     with open(incompatible_file) as f:
         incompatible = Schema(f.read(), "AVRO")
+    # Without credentials, writes are refused and reads are not.
+    anonymous_register = status_of(lambda: anonymous.register_schema(subject, schema))
+    anonymous_config = status_of(
+        lambda: anonymous.set_compatibility(subject_name=subject, level="NONE"))
     first_id = client.register_schema(subject, schema)
+    anonymous_lookup = status_of(lambda: anonymous.lookup_schema(subject, schema))
     again_id = client.register_schema(subject, schema)
     looked_up = client.lookup_schema(subject, schema)
     by_id = client.get_schema(first_id)
@@ -58,6 +83,9 @@ def registry(url, subject, schema_file, incompatible_file):
         refused = {"http_status": getattr(e, "http_status_code", None),
                    "error_code": getattr(e, "error_code", None)}
     return {
+        "anonymous_register": anonymous_register,
+        "anonymous_config": anonymous_config,
+        "anonymous_lookup": anonymous_lookup,
         "id": first_id,
         "id_again": again_id,
         "lookup_version": looked_up.version,
@@ -74,7 +102,7 @@ def registry(url, subject, schema_file, incompatible_file):
 
 
 def consume(bootstrap, url, topic, count):
-    client = SchemaRegistryClient({"url": url})
+    client = client_for(url)
     deserializer = AvroDeserializer(client)
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
@@ -96,7 +124,7 @@ def consume(bootstrap, url, topic, count):
 
 
 def produce(bootstrap, url, topic, schema_file, record_json):
-    client = SchemaRegistryClient({"url": url})
+    client = client_for(url)
     with open(schema_file) as f:
         schema_str = f.read()
     serializer = AvroSerializer(client, schema_str, conf={

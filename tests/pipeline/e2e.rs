@@ -74,7 +74,7 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
     let second = api
         .post(
             "/v1/invoices",
-            json!({"customer_id": ravi, "amount": 2000, "due_date": "2026-12-10"}),
+            json!({"customer_id": ravi, "amount": "2000", "due_date": "2026-12-10"}),
         )
         .await;
     assert_eq!(second.status, 201, "{}", second.body);

@@ -28,18 +28,11 @@ fn money(v: &Value) -> Decimal {
         .unwrap()
 }
 
-async fn user(admin: &Api, email: &str, role: &str) -> (Api, String) {
-    let r = admin
-        .post(
-            "/v1/users",
-            json!({"email": email, "name": email, "role": role}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    (
-        Api::new(&admin.base, r.body["api_key"].as_str().unwrap()),
-        token(&r.body),
-    )
+/// A user and the key they got by accepting their invitation (the administrator's answer
+/// holds none).
+async fn user(db: &TestDb, admin: &Api, email: &str, role: &str) -> (Api, String) {
+    let invited = crate::keys::invite(db, admin, email, email, role).await;
+    (invited.api, invited.token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,9 +137,9 @@ async fn after_every_flow_the_books_agree_with_the_commands() {
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     tokens.push(token(&r.body));
-    let (manager, t1) = user(&admin, "manager@sunrise.example", "manager").await;
-    let (cfo, t2) = user(&admin, "cfo@sunrise.example", "cfo").await;
-    let (accountant, t3) = user(&admin, "accounts@sunrise.example", "accountant").await;
+    let (manager, t1) = user(&db, &admin, "manager@sunrise.example", "manager").await;
+    let (cfo, t2) = user(&db, &admin, "cfo@sunrise.example", "cfo").await;
+    let (accountant, t3) = user(&db, &admin, "accounts@sunrise.example", "accountant").await;
     for t in [t1, t2, t3] {
         let r = admin.get(&format!("/v1/users?consistent_with={t}")).await;
         assert_eq!(r.status, 200, "{}", r.body);

@@ -521,6 +521,13 @@ pub async fn ledger_applied(api: &Api, token: &str) -> Value {
     .await
 }
 
+/// Runs `dhanman registry users add NAME` and returns the `name:secret` it prints.
+pub async fn registry_user(setup: &Setup, name: &str) -> String {
+    let run = dhanman(setup, &["registry", "users", "add", name]).await;
+    assert!(run.ok, "{}", run.stderr);
+    run.stdout.trim().to_string()
+}
+
 /// Runs `dhanman orgs create` and returns (organization id, admin key).
 pub async fn create_org(setup: &Setup, name: &str) -> (Uuid, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))

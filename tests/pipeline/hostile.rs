@@ -410,3 +410,64 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
     drop(api);
     db.drop_db().await;
 }
+
+/// `?consistent_with=` with tokens no processor will ever apply cannot starve the API:
+/// the waiting queries hold no database connection (the pool here has four), at most 64
+/// wait at once and the rest are answered 503 with `Retry-After` at once, and meanwhile
+/// another tenant's command goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswerable_consistency_waits_are_capped_and_starve_nobody() {
+    use futures_util::future::join_all;
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = dhanman_api::AppState::new(pool, Duration::from_secs(3));
+    tokio::spawn(dhanman_api::serve(listener, state));
+    let waiter = Api::new(&base, &org_key(&db, "Waiting Society").await);
+    let other = Api::new(&base, &org_key(&db, "Other Society").await);
+
+    let waits = (0..100).map(|_| {
+        let waiter = waiter.clone();
+        async move {
+            let token = uuid::Uuid::now_v7();
+            waiter
+                .get(&format!("/v1/trial-balance?consistent_with={token}"))
+                .await
+        }
+    });
+    let (replies, created) = tokio::join!(join_all(waits), async {
+        // While they wait: another tenant's command, on the same four connections.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other
+            .post("/v1/customers", serde_json::json!({"name": "Not Starved"}))
+            .await
+    });
+    assert_eq!(created.status, 201, "{}", created.body);
+    let busy = replies.iter().filter(|r| r.status == 503).count();
+    let waited = replies
+        .iter()
+        .filter(|r| r.status == 409 && r.body["error"] == "not_yet_consistent")
+        .count();
+    assert_eq!(
+        busy + waited,
+        100,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        busy >= 100 - dhanman_api::consistency::MAX_WAITERS,
+        "{busy}"
+    );
+    assert!(waited > 0);
+    for reply in replies.iter().filter(|r| r.status == 503) {
+        assert_eq!(reply.body["error"], "busy", "{}", reply.body);
+    }
+    db.drop_db().await;
+}

@@ -1,7 +1,9 @@
 //! Confluent's official Python client (`confluent-kafka[avro]`, pinned in
-//! scripts/python-requirements.txt) against our registry and topics: it registers, looks up,
-//! configures and tests compatibility; its `AvroDeserializer` reads what our pipeline wrote
-//! (decimals included); its `AvroSerializer` writes an `InvoiceCreated` our ledger posts.
+//! scripts/python-requirements.txt) against our registry and topics: as a registry user
+//! (`basic.auth.user.info` from `dhanman registry users add`) it registers, looks up,
+//! configures and tests compatibility, and without credentials its writes are refused (401)
+//! while its reads are not; its `AvroDeserializer` reads what our pipeline wrote (decimals
+//! included); its `AvroSerializer` writes an `InvoiceCreated` our ledger posts.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,11 +43,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-async fn client(python: &str, args: &[&str]) -> Value {
+async fn client(python: &str, user_info: &str, args: &[&str]) -> Value {
     let script = repo().join("tests/interop/confluent_client.py");
     let output = Command::new(python)
         .arg(&script)
         .args(args)
+        .env("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", user_info)
         .output()
         .await
         .expect("run the Confluent client");
@@ -82,8 +85,10 @@ async fn confluents_python_client_reads_and_writes_our_topics_and_registry() {
     // Confluent's deserializer reads it through our registry.
     let registry = setup.registry_url();
     let invoices = setup.topic(topics::INVOICES);
+    let user_info = registry_user(&setup, "confluent-python").await;
     let read = client(
         &python,
+        &user_info,
         &["consume", &bootstrap(), &registry, &invoices, "1"],
     )
     .await;
@@ -118,6 +123,7 @@ async fn confluents_python_client_reads_and_writes_our_topics_and_registry() {
     let schema_file = repo().join("schemas/avro/sales/InvoiceCreated.v2.avsc");
     let produced = client(
         &python,
+        &user_info,
         &[
             "produce",
             &bootstrap(),
@@ -174,6 +180,7 @@ async fn confluents_python_client_reads_and_writes_our_topics_and_registry() {
     .unwrap();
     let ops = client(
         &python,
+        &user_info,
         &[
             "registry",
             &registry,
@@ -183,6 +190,9 @@ async fn confluents_python_client_reads_and_writes_our_topics_and_registry() {
         ],
     )
     .await;
+    assert_eq!(ops["anonymous_register"], 401, "{ops}");
+    assert_eq!(ops["anonymous_config"], 401, "{ops}");
+    assert_eq!(ops["anonymous_lookup"], 200, "{ops}");
     assert_eq!(ops["id"], ops["id_again"], "{ops}");
     assert_eq!(ops["lookup_id"], ops["id"]);
     assert_eq!(ops["lookup_version"], 1);

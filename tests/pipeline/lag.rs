@@ -107,13 +107,9 @@ async fn lag_rises_while_the_ledger_is_stopped_and_drains_after() {
     .await;
     assert!(metric(&text, "kafka_consumergroup_group_max_lag_seconds", &group) > 0.0);
     // Lag is the pipeline's, not an organization's: only an administrator reads it.
-    let accountant = api
-        .post(
-            "/v1/users",
-            serde_json::json!({"email": "acc@maple.example", "name": "Acc", "role": "accountant"}),
-        )
-        .await;
-    let accountant = Api::new(&api.base, accountant.body["api_key"].as_str().unwrap());
+    let accountant = crate::keys::invite(&db, &api, "acc@maple.example", "Acc", "accountant")
+        .await
+        .api;
     assert_eq!(accountant.get("/v1/lag").await.status, 403);
 
     // The ledger is back: the lag drains to zero, seen by the CLI and by the API.

@@ -2,6 +2,7 @@
 //! and the real binary. Run with `make test`.
 
 mod api;
+mod audit;
 mod broker;
 mod compose;
 mod crash;
@@ -16,6 +17,7 @@ mod helpers;
 mod hostile;
 mod interop;
 mod kafka;
+mod keys;
 mod lag;
 mod metrics;
 mod monthly;

@@ -1,5 +1,7 @@
 //! Notifications end to end against a real SMTP server (`smtp.rs`): the exact messages a
-//! month of flows sends; a SIGKILL while the server holds a reply to DATA sends nothing
+//! month of flows sends, the invited users' keys obtained with the codes their welcome
+//! emails carry (and no code left in the database once sent); the delivery log readable
+//! by the bookkeepers only; a SIGKILL while the server holds a reply to DATA sends nothing
 //! twice; an SMTP outage (refused connections, then 4xx) delays but never duplicates;
 //! a replay of every topic sends nothing; a 5xx address is dead-lettered at once while the
 //! others arrive.
@@ -34,7 +36,8 @@ fn up(setup: &Setup, sink: &SmtpSink, extra: &[(&str, &str)]) -> Proc {
     setup.spawn_with_env(&["up"], &env)
 }
 
-async fn user(admin: &Api, email: &str, name: &str, role: &str) -> (Uuid, Api) {
+/// Creates a user: the administrator's answer holds an invitation, no key.
+async fn user(admin: &Api, email: &str, name: &str, role: &str) -> Uuid {
     let r = admin
         .post(
             "/v1/users",
@@ -42,8 +45,42 @@ async fn user(admin: &Api, email: &str, name: &str, role: &str) -> (Uuid, Api) {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body.get("api_key").is_none(), "{}", r.body);
+    assert!(
+        r.body["invitation"]["invitation_id"].is_string(),
+        "{}",
+        r.body
+    );
+    r.body["user_id"].as_str().unwrap().parse().unwrap()
+}
+
+/// The invitation code the welcome email to `email` carries, as the invited person reads it.
+async fn invitation_from_mail(sink: &SmtpSink, email: &str) -> String {
+    eventually(&format!("the welcome email to {email}"), WAIT, || async {
+        sink.messages()
+            .iter()
+            .filter(|m| m.to.iter().any(|to| to == email) && m.subject().starts_with("Welcome"))
+            .find_map(|m| {
+                m.text()
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| l.starts_with("dhi_"))
+                    .map(str::to_string)
+            })
+    })
+    .await
+}
+
+/// Creates a user, and, as that user, accepts the invitation their welcome email carries:
+/// their key, which the administrator never saw.
+async fn invited(sink: &SmtpSink, admin: &Api, email: &str, name: &str, role: &str) -> (Uuid, Api) {
+    let id = user(admin, email, name, role).await;
+    let token = invitation_from_mail(sink, email).await;
+    let r = crate::keys::accept_invitation(&admin.base, json!({ "token": token })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["user_id"], json!(id), "{}", r.body);
     (
-        r.body["user_id"].as_str().unwrap().parse().unwrap(),
+        id,
         Api::new(&admin.base, r.body["api_key"].as_str().unwrap()),
     )
 }
@@ -126,9 +163,9 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
     let (org, admin_key) = create_org(&setup, "Lotus Towers").await;
     let admin = Api::new(&setup.base_url(), &admin_key);
 
-    let (_, manager) = user(&admin, "meera@lotus.test", "Meera", "manager").await;
-    let (_, cfo) = user(&admin, "farhan@lotus.test", "Farhan", "cfo").await;
-    let (_, accountant) = user(&admin, "ravi@lotus.test", "Ravi", "accountant").await;
+    let (_, manager) = invited(&sink, &admin, "meera@lotus.test", "Meera", "manager").await;
+    let (_, cfo) = invited(&sink, &admin, "farhan@lotus.test", "Farhan", "cfo").await;
+    let (_, accountant) = invited(&sink, &admin, "ravi@lotus.test", "Ravi", "accountant").await;
 
     let asha = customer(&admin, "Asha Rao", Some("asha@resident.test")).await;
     let bala = customer(&admin, "Bala Iyer", Some("bala@resident.test")).await;
@@ -360,6 +397,63 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
     let r = admin.get("/v1/notifications?status=lost").await;
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(r.body["field"], "status", "{}", r.body);
+    // The log names every resident's and employee's address: the bookkeepers read it, the
+    // approvers do not.
+    let r = accountant.get("/v1/notifications?status=skipped").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["notifications"].as_array().unwrap().len(), 1);
+    for (approver, role) in [(&manager, "manager"), (&cfo, "cfo")] {
+        let r = approver.get("/v1/notifications").await;
+        assert_refused(&r, 403, "Authorization");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("role {role}")),
+            "{}",
+            r.body
+        );
+    }
+
+    // Invitation codes went to the invited people only: the administrator's own welcome
+    // has none (their key came from `orgs create`), and once the emails were recorded as
+    // sent no code is left in the database (the notifier's rows are gone, the delivery
+    // log's copies blanked).
+    let admin_welcome = messages
+        .iter()
+        .find(|m| m.to[0] == "admin@society.invalid")
+        .unwrap();
+    assert!(
+        !admin_welcome.text().contains("dhi_"),
+        "{}",
+        admin_welcome.text()
+    );
+    let meera_welcome = messages
+        .iter()
+        .find(|m| m.to[0] == "meera@lotus.test" && m.subject() == welcome)
+        .unwrap();
+    assert!(
+        meera_welcome.text().contains("POST /v1/invitations/accept"),
+        "{}",
+        meera_welcome.text()
+    );
+    assert_eq!(db.count("select count(*) from invitation_emails").await, 0);
+    assert_eq!(
+        db.count(
+            "select count(*) from notification_deliveries \
+             where body_text like '%dhi\\_%' or body_html like '%dhi\\_%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        db.count(
+            "select count(*) from notification_deliveries where template = 'welcome' \
+             and body_text like '%[removed once sent]%'"
+        )
+        .await,
+        3
+    );
     let (_, other_key) = create_org(&setup, "Cedar Heights").await;
     let other = Api::new(&setup.base_url(), &other_key);
     let r = other.get("/v1/notifications?status=sent").await;
@@ -575,6 +669,13 @@ async fn a_5xx_address_is_dead_lettered_at_once_while_others_arrive() {
     let r = admin.get("/v1/notifications?status=dead_lettered").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["notifications"][0]["recipient"], "gone@lotus.test");
+    // The invitation that will never be delivered leaves no code behind either.
+    assert_eq!(db.count("select count(*) from invitation_emails").await, 0);
+    assert_eq!(
+        db.count("select count(*) from notification_deliveries where body_text like '%dhi\\_%'")
+            .await,
+        0
+    );
     drop(pipeline);
     db.drop_db().await;
 }

@@ -51,6 +51,31 @@ impl Gateway {
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     }
 
+    /// `GET /_requests`: every `/v1` request the gateway received, whatever became of it.
+    async fn requests(&self) -> Vec<Value> {
+        let body: Value = self
+            .http
+            .get(format!("{}/_requests", self.base))
+            .send()
+            .await
+            .expect("GET /_requests")
+            .json()
+            .await
+            .expect("requests JSON");
+        body["requests"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Charge requests (`POST /v1/charges`) the gateway received under `key`: replays,
+    /// faults and refusals included.
+    async fn charge_requests(&self, key: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r["method"] == "POST" && r["path"] == "/v1/charges")
+            .filter(|r| r["idempotency_key"] == key)
+            .count()
+    }
+
     pub(crate) async fn log(&self) -> Vec<Value> {
         let body: Value = self
             .http
@@ -159,8 +184,11 @@ pub(crate) fn up_env(gateway: &Gateway) -> Vec<(&'static str, String)> {
 }
 
 pub(crate) fn spawn_up(setup: &Setup, env: &[(&'static str, String)]) -> Proc {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    setup.spawn_with_env(&["up"], &env)
+    setup.spawn_with_env(&["up"], &env_refs(env))
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 async fn metrics(api: &Api) -> String {
@@ -207,6 +235,38 @@ async fn assert_settled_to_zero(api: &Api, customer: uuid::Uuid, tokens: &[&str]
         "{}",
         balance.body
     );
+}
+
+/// The saga recorded for a request's `Idempotency-Key`, once it is.
+async fn saga_id(db: &TestDb, key: &str) -> uuid::Uuid {
+    eventually("the saga to be recorded", Duration::from_secs(10), || {
+        let (pool, key) = (db.pool.clone(), key.to_string());
+        async move {
+            sqlx::query_as::<_, (uuid::Uuid,)>(
+                "select id from payment_sagas where idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .map(|(id,)| id)
+        }
+    })
+    .await
+}
+
+/// The gateway key of a saga's charge (`dhanman_payments::saga::charge_key`).
+fn charge_key(saga: uuid::Uuid) -> String {
+    format!("dhanman-payment-{saga}")
+}
+
+fn step_names(view: &Value) -> Vec<String> {
+    view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect()
 }
 
 async fn saga_state(api: &Api, payment_id: &str) -> String {
@@ -679,6 +739,369 @@ async fn the_breaker_opens_when_the_gateway_is_down_fails_fast_then_closes() {
     .await;
     assert_eq!(gateway.net_charged().await.0, 2);
     assert_books_agree(&db, &gateway).await;
+    drop(up);
+    db.drop_db().await;
+}
+
+/// Two drivers of one saga, a retry: the request retried with the same Idempotency-Key
+/// while the gateway still holds the first charge finds the saga's lease taken, so it
+/// calls nothing and answers "in flight" (503, `charging`). The gateway sees one charge
+/// request for the saga's key, and one payment is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_the_charge_is_in_flight_sends_no_second_charge() {
+    let World {
+        db,
+        gateway,
+        up,
+        api,
+        ..
+    } = world(&[]).await;
+    let divya = api.customer("Divya").await;
+    let (invoice_id, _) = invoice(&api, divya, "975.50").await;
+
+    gateway.control(json!({"latency_ms": 3000})).await;
+    let first = {
+        let (api, invoice_id) = (api.clone(), invoice_id.clone());
+        tokio::spawn(async move { pay(&api, "divya-dec", &invoice_id, "upi").await })
+    };
+    let key = charge_key(saga_id(&db, "divya-dec").await);
+    eventually(
+        "the first charge to reach the gateway",
+        Duration::from_secs(10),
+        || {
+            let (gateway, key) = (&gateway, key.clone());
+            async move { (gateway.charge_requests(&key).await == 1).then_some(()) }
+        },
+    )
+    .await;
+
+    let started = Instant::now();
+    let retry = pay(&api, "divya-dec", &invoice_id, "upi").await;
+    assert_eq!(retry.status, 503, "{}", retry.body);
+    assert_eq!(retry.body["state"], "charging", "{}", retry.body);
+    assert!(retry.headers.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "the retry waited for the gateway: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        gateway.charge_requests(&key).await,
+        1,
+        "a second driver charged"
+    );
+
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.body["state"], "completed");
+    gateway.control(json!({"latency_ms": 0})).await;
+    // Done: the lease is released, and a retry answers the payment without a call.
+    let again = pay(&api, "divya-dec", &invoice_id, "upi").await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.body["payment_id"], first.body["payment_id"]);
+    assert_eq!(gateway.charge_requests(&key).await, 1);
+    assert_eq!(
+        db.count("select count(*) from payment_sagas where lease_owner is not null")
+            .await,
+        0
+    );
+    assert_eq!(gateway.log().await.len(), 1);
+    assert_eq!(recorded(&db).await, (1, "975.50".parse().unwrap()));
+    assert_books_agree(&db, &gateway).await;
+    drop(up);
+    db.drop_db().await;
+}
+
+/// Two drivers of one saga, recoveries: two API processes start at once and both recover
+/// the saga left `charging`; while the gateway holds the charge of the one that took the
+/// lease, the other leaves the saga to it. One charge request for the saga's key, one
+/// payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_recovering_one_saga_send_one_charge() {
+    let World {
+        db,
+        setup,
+        gateway,
+        env,
+        mut up,
+        api,
+    } = world(&[("DHANMAN_GATEWAY_RETRIES", "0")]).await;
+    let farah = api.customer("Farah").await;
+    let (invoice_id, _) = invoice(&api, farah, "2200.00").await;
+
+    // The one attempt fails (503, nothing charged): the saga is left charging.
+    gateway.control(json!({"fail_next": 1})).await;
+    let left = pay(&api, "farah-dec", &invoice_id, "netbanking").await;
+    assert_eq!(left.status, 503, "{}", left.body);
+    assert_eq!(left.body["state"], "charging");
+    let key = charge_key(saga_id(&db, "farah-dec").await);
+    assert_eq!(gateway.charge_requests(&key).await, 1);
+    up.kill().await;
+
+    // Two API processes, each recovering at start-up; the gateway holds a charge 4 s
+    // (less than the client's 5 s timeout).
+    gateway.control(json!({"latency_ms": 4000})).await;
+    let other_port = free_port();
+    let other_addr = format!("127.0.0.1:{other_port}");
+    let mut other_env = env.clone();
+    other_env.push(("DHANMAN_HTTP_ADDR", other_addr.clone()));
+    let one = setup.spawn_with_env(&["api"], &env_refs(&env));
+    let two = setup.spawn_with_env(&["api"], &env_refs(&other_env));
+    setup.wait_ready(&one).await;
+    let ready = format!("http://{other_addr}/readyz");
+    eventually("the second API to serve", Duration::from_secs(60), || {
+        let request = api.http.get(&ready);
+        async move {
+            request
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+
+    let payment_id = left.body["payment_id"].as_str().unwrap().to_string();
+    eventually("the saga to complete", Duration::from_secs(30), || {
+        let (api, id) = (api.clone(), payment_id.clone());
+        async move { (saga_state(&api, &id).await == "completed").then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        gateway.charge_requests(&key).await,
+        2,
+        "one charge request before, exactly one by the two recoveries: {:#?}",
+        gateway.requests().await
+    );
+    // Both recovered it: one drove it, the other found its lease taken.
+    let logs = [one.log_text(), two.log_text()];
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains("payment saga left to the driver holding its lease"))
+            .count(),
+        1,
+        "the recoveries did not overlap: {} / {}",
+        one.log.display(),
+        two.log.display()
+    );
+    gateway.control(json!({"latency_ms": 0})).await;
+    assert_eq!(gateway.log().await.len(), 1);
+    assert_eq!(recorded(&db).await, (1, "2200.00".parse().unwrap()));
+    assert_books_agree(&db, &gateway).await;
+    drop((one, two));
+    db.drop_db().await;
+}
+
+/// A charge that lands on a saga already final is refunded, never kept: the saga is
+/// ended (failed, as an operator or a driver that took over a lapsed lease would) while
+/// its charge is held at the gateway; when the charge lands, the driver records it
+/// (`late_charge`), refunds it (`late_charge_refunded`, counted in the saga metric) and
+/// the books stay as they were: no payment, the invoice open, charge and refund netting
+/// to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_landing_on_a_saga_already_final_is_refunded() {
+    let World {
+        db,
+        gateway,
+        up,
+        api,
+        ..
+    } = world(&[]).await;
+    let gita = api.customer("Gita").await;
+    let (invoice_id, _) = invoice(&api, gita, "640.00").await;
+
+    gateway.control(json!({"latency_ms": 2000})).await;
+    let paying = {
+        let (api, invoice_id) = (api.clone(), invoice_id.clone());
+        tokio::spawn(async move { pay(&api, "gita-dec", &invoice_id, "card").await })
+    };
+    let saga = saga_id(&db, "gita-dec").await;
+    let key = charge_key(saga);
+    eventually(
+        "the charge to be in flight at the gateway",
+        Duration::from_secs(10),
+        || {
+            let (gateway, key) = (&gateway, key.clone());
+            async move { (gateway.charge_requests(&key).await == 1).then_some(()) }
+        },
+    )
+    .await;
+    // The saga ends while its charge is held: failed, nothing recorded.
+    let mut tx = db.pool.begin().await.unwrap();
+    let ended = sqlx::query(
+        "update payment_sagas set state = 'failed', updated_at = now(),
+                failure_reason = 'ended while its charge was in flight'
+          where id = $1 and state = 'charging'",
+    )
+    .bind(saga)
+    .execute(&mut *tx)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(ended, 1);
+    sqlx::query(
+        "insert into payment_saga_steps (saga_id, state, detail)
+         values ($1, 'failed', '{\"reason\": \"ended while its charge was in flight\"}')",
+    )
+    .bind(saga)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let reply = paying.await.unwrap();
+    gateway.control(json!({"latency_ms": 0})).await;
+    assert_eq!(reply.status, 402, "{}", reply.body);
+    assert_eq!(reply.body["state"], "failed");
+
+    let log = gateway.log().await;
+    let kinds: Vec<&str> = log.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["charge", "refund"], "{log:#?}");
+    assert_eq!(log[0]["status"], "succeeded");
+    assert_eq!(log[1]["charge_id"], log[0]["charge_id"]);
+    assert_eq!(log[1]["amount"], "640.00");
+    assert_eq!(
+        log[1]["idempotency_key"],
+        format!("dhanman-late-refund-{saga}").as_str()
+    );
+
+    let view = api.get(&format!("/v1/payments/{saga}")).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    assert_eq!(
+        step_names(&view.body),
+        [
+            "started",
+            "charging",
+            "failed",
+            "late_charge",
+            "late_charge_refunded"
+        ]
+    );
+    let refunded = &view.body["steps"][4]["detail"];
+    assert_eq!(refunded["charge_id"], log[0]["charge_id"]);
+    assert_eq!(refunded["refund_id"], log[1]["refund_id"]);
+
+    // The books are unchanged: no payment, the invoice open, nothing posted.
+    assert_eq!(recorded(&db).await, (0, Decimal::ZERO));
+    assert_eq!(
+        api.get(&format!("/v1/invoices/{invoice_id}")).await.body["status"],
+        "open"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from journal_entries where reference_id = '{saga}'"
+        ))
+        .await,
+        0
+    );
+    assert_books_agree(&db, &gateway).await;
+    let text = metrics(&api).await;
+    assert_eq!(
+        sample(
+            &text,
+            "dhanman_payment_sagas_total{outcome=\"late_charge_refunded\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    // A retry of the request answers the same, and refunds nothing twice.
+    let retry = pay(&api, "gita-dec", &invoice_id, "card").await;
+    assert_eq!(retry.status, 402, "{}", retry.body);
+    assert_eq!(gateway.log().await.len(), 2);
+    drop(up);
+    db.drop_db().await;
+}
+
+/// An ambiguous 4xx is not "nothing charged": the gateway charges and answers 409
+/// (`ambiguous_next`); the saga does not fail but asks the gateway what the key did and
+/// completes with that one charge and one payment. The same 409 with nothing charged
+/// (`busy_next`) leaves the saga `charging` (503), and the retry completes it, again with
+/// one charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_409_is_reconciled_not_read_as_nothing_charged() {
+    let World {
+        db,
+        gateway,
+        up,
+        api,
+        ..
+    } = world(&[]).await;
+    let hari = api.customer("Hari").await;
+    let (first, _) = invoice(&api, hari, "1200.00").await;
+    let (second, _) = invoice(&api, hari, "80.25").await;
+
+    gateway.control(json!({"ambiguous_next": 1})).await;
+    let paid = pay(&api, "hari-1", &first, "upi").await;
+    assert_eq!(paid.status, 201, "{}", paid.body);
+    assert_eq!(paid.body["state"], "completed");
+    assert_eq!(
+        step_names(&paid.body),
+        [
+            "started",
+            "charging",
+            "charge_ambiguous",
+            "charged",
+            "completed"
+        ]
+    );
+    assert_eq!(paid.body["steps"][2]["detail"]["status"], 409);
+    let log = gateway.log().await;
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(paid.body["charge_id"], log[0]["charge_id"]);
+    let key = charge_key(paid.body["payment_id"].as_str().unwrap().parse().unwrap());
+    assert_eq!(gateway.charge_requests(&key).await, 1);
+    let lookups = gateway
+        .requests()
+        .await
+        .iter()
+        .filter(|r| {
+            r["method"] == "GET"
+                && r["path"] == format!("/v1/charges?idempotency_key={key}").as_str()
+        })
+        .count();
+    assert_eq!(lookups, 1);
+    assert_eq!(
+        api.get(&format!("/v1/invoices/{first}")).await.body["status"],
+        "paid"
+    );
+    assert_eq!(recorded(&db).await, (1, "1200.00".parse().unwrap()));
+    assert_books_agree(&db, &gateway).await;
+
+    // The same answer with nothing charged: resumable, not failed.
+    gateway.control(json!({"busy_next": 1})).await;
+    let pending = pay(&api, "hari-2", &second, "upi").await;
+    assert_eq!(pending.status, 503, "{}", pending.body);
+    assert_eq!(pending.body["state"], "charging");
+    assert_eq!(
+        step_names(&pending.body),
+        [
+            "started",
+            "charging",
+            "charge_ambiguous",
+            "charge_not_found"
+        ]
+    );
+    assert_eq!(gateway.log().await.len(), 1);
+    let retry = pay(&api, "hari-2", &second, "upi").await;
+    assert_eq!(retry.status, 201, "{}", retry.body);
+    assert_eq!(retry.body["payment_id"], pending.body["payment_id"]);
+    assert_eq!(gateway.log().await.len(), 2);
+    assert_eq!(recorded(&db).await, (2, "1280.25".parse().unwrap()));
+    assert_books_agree(&db, &gateway).await;
+
+    let text = metrics(&api).await;
+    assert_eq!(
+        sample(
+            &text,
+            "dhanman_gateway_requests_total{op=\"charge\",outcome=\"ambiguous\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "dhanman_payment_sagas_total{outcome=\"failed\"}"),
+        0.0
+    );
     drop(up);
     db.drop_db().await;
 }

@@ -1,8 +1,10 @@
-//! Users, purchase orders and bills over real sockets against `dhanman up`: users and their
-//! keys reach the users projection; an order asks the right people for approval, needs the
-//! right roles, refuses its requester and other organizations, changes state once under
-//! concurrent approvals, and reserves budget when approved; bills post expense against
-//! payable and release the reservation, never beyond the order.
+//! Users, purchase orders and bills over real sockets against `dhanman up`: users reach
+//! the users projection, and their keys only them (the administrator gets an invitation,
+//! never a key); an order asks the right people for approval, needs the right roles,
+//! refuses its requester and other organizations, takes each approval from a different
+//! person, changes state once under concurrent approvals, and reserves budget when
+//! approved; bills post expense against payable and release the reservation, never beyond
+//! the order.
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -16,19 +18,14 @@ struct User {
     token: String,
 }
 
-async fn create_user(admin: &Api, email: &str, name: &str, role: &str) -> User {
-    let r = admin
-        .post(
-            "/v1/users",
-            json!({"email": email, "name": name, "role": role}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.body["role"], role, "{}", r.body);
+/// A user created by `admin`, with the key they got by accepting their invitation (the
+/// administrator's answer holds none; the token is read where the notifier reads it).
+async fn create_user(db: &TestDb, admin: &Api, email: &str, name: &str, role: &str) -> User {
+    let invited = crate::keys::invite(db, admin, email, name, role).await;
     User {
-        id: r.body["user_id"].as_str().unwrap().parse().unwrap(),
-        api: Api::new(&admin.base, r.body["api_key"].as_str().unwrap()),
-        token: r.body["consistency_token"].as_str().unwrap().to_string(),
+        id: invited.id,
+        api: invited.api,
+        token: invited.token,
     }
 }
 
@@ -79,12 +76,13 @@ async fn users_orders_approvals_and_bills_end_to_end() {
     let admin = Api::new(&setup.base_url(), &admin_key);
     let other = Api::new(&setup.base_url(), &other_key);
 
-    // Users: each with a key of their role, announced and projected.
-    let accountant = create_user(&admin, "acc@lotus.example", "Asha", "accountant").await;
-    let manager = create_user(&admin, "mgr@lotus.example", "Meera", "manager").await;
-    let approver = create_user(&admin, "apr@lotus.example", "Arun", "approver").await;
-    let cfo = create_user(&admin, "cfo@lotus.example", "Chitra", "cfo").await;
-    let other_manager = create_user(&other, "mgr@cedar.example", "Om", "manager").await;
+    // Users: each with a key of their role (their own, from their invitation), announced
+    // and projected.
+    let accountant = create_user(&db, &admin, "acc@lotus.example", "Asha", "accountant").await;
+    let manager = create_user(&db, &admin, "mgr@lotus.example", "Meera", "manager").await;
+    let approver = create_user(&db, &admin, "apr@lotus.example", "Arun", "approver").await;
+    let cfo = create_user(&db, &admin, "cfo@lotus.example", "Chitra", "cfo").await;
+    let other_manager = create_user(&db, &other, "mgr@cedar.example", "Om", "manager").await;
     let r = admin
         .get(&format!(
             "/v1/users?role=manager&consistent_with={}",
@@ -458,4 +456,142 @@ async fn users_orders_approvals_and_bills_end_to_end() {
     let inr = &trial.body["currencies"][0];
     assert_eq!(inr["balanced"], true, "{}", trial.body);
     assert_eq!(inr["total_debit"], inr["total_credit"], "{}", trial.body);
+}
+
+/// `POST /v1/purchase-orders/{po}/approve` with an `Idempotency-Key`.
+async fn approve_keyed(user: &User, po: Uuid, key: &str) -> Reply {
+    user.api
+        .send(
+            user.api
+                .http
+                .post(format!("{}/v1/purchase-orders/{po}/approve", user.api.base))
+                .header("idempotency-key", key)
+                .json(&json!({})),
+        )
+        .await
+}
+
+/// Separation of duties, on the command side alone (the API in-process): an administrator
+/// holds no approver's key; every approval of an order comes from a different person,
+/// never its requester, whatever role a user has by the time of the second step; another
+/// approver's `Idempotency-Key` does not replay someone else's approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_come_from_distinct_people_never_the_requester() {
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let admin = Api::new(&base, &org_key(&db, "Lotus Towers").await);
+    let requester = create_user(&db, &admin, "acc@lotus.example", "Asha", "accountant").await;
+    let manager = create_user(&db, &admin, "mgr@lotus.example", "Meera", "manager").await;
+    let approver = create_user(&db, &admin, "apr@lotus.example", "Arun", "approver").await;
+    let cfo = create_user(&db, &admin, "cfo@lotus.example", "Chitra", "cfo").await;
+    let large = || {
+        order(
+            Uuid::now_v7(),
+            json!([{"description": "Water pump", "quantity": 1, "unit_price": "60000.00"}]),
+        )
+    };
+    let decisions = |po: Uuid| format!("select count(*) from po_decisions where po_id = '{po}'");
+
+    // The administrator gives no approval with their own key either.
+    let (po, _) = submit(&requester, large()).await;
+    let r = admin
+        .post(&format!("/v1/purchase-orders/{po}/approve"), json!({}))
+        .await;
+    assert_refused(&r, 403, "Authorization");
+    assert!(
+        r.body["message"].as_str().unwrap().contains("role admin"),
+        "{}",
+        r.body
+    );
+
+    // The manager approves; then is made CFO (by hand: the directory and the key). The
+    // same person may not give the CFO's approval as well.
+    let r = decide(&manager, po, "approve", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["pending_approvals"], json!(["cfo"]), "{}", r.body);
+    for table in [
+        "users set role = 'cfo' where id",
+        "api_keys set role = 'cfo' where user_id",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("update {table} = $1")))
+            .bind(manager.id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let before = command_events(&db).await;
+    for verb in ["approve", "reject"] {
+        let r = decide(&manager, po, verb, json!({})).await;
+        assert_refused(&r, 403, "Authorization");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("different person"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(db.count(&decisions(po)).await, 1);
+    assert_eq!(command_events(&db).await, before);
+    let r = decide(&cfo, po, "approve", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "approved", "{}", r.body);
+    let approved: Value = sqlx::query_scalar(
+        "select payload from outbox where record_name = 'dhanman.purchase.POApproved' \
+         and payload->>'po_id' = $1",
+    )
+    .bind(po.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        approved["approved_by"],
+        json!([manager.id, cfo.id]),
+        "{approved}"
+    );
+
+    // The requester decides no step: a CFO's own order waits for another CFO.
+    let (own, _) = submit(&cfo, large()).await;
+    for verb in ["approve", "reject"] {
+        let r = decide(&cfo, own, verb, json!({})).await;
+        assert_refused(&r, 403, "Authorization");
+        assert!(
+            r.body["message"].as_str().unwrap().contains("requester"),
+            "{}",
+            r.body
+        );
+    }
+    let r = decide(&approver, own, "approve", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["pending_approvals"], json!(["cfo"]), "{}", r.body);
+    assert_eq!(db.count(&decisions(own)).await, 1);
+
+    // An Idempotency-Key is its user's: the approver's retry replays their approval; the
+    // CFO sending the same key and body gets a decision of their own, not that replay.
+    let (third, _) = submit(&requester, large()).await;
+    let first = approve_keyed(&approver, third, "approve-once").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["status"], "pending", "{}", first.body);
+    let again = approve_keyed(&approver, third, "approve-once").await;
+    assert_eq!(
+        again.body, first.body,
+        "the approver's own retry is replayed"
+    );
+    let r = approve_keyed(&cfo, third, "approve-once").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "approved", "{}", r.body);
+    assert_eq!(
+        r.body["approval_trail"][1]["user_id"],
+        json!(cfo.id),
+        "{}",
+        r.body
+    );
+    // Another manager with the same key and body: their own decision, refused (the order
+    // is decided), not the approver's stored 200.
+    let late_manager = create_user(&db, &admin, "mgr2@lotus.example", "Mohan", "manager").await;
+    let r = approve_keyed(&late_manager, third, "approve-once").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(db.count(&decisions(third)).await, 2);
+    db.drop_db().await;
 }

@@ -23,6 +23,10 @@ use uuid::Uuid;
 const INVOICE_CREATED: &str = "dhanman.sales.InvoiceCreated";
 const BASIC_AUTH_ENV: &str = "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO";
 
+/// The registry user every embedded registry of these tests has (writes need one).
+const EMBEDDED_USER_INFO: &str = "cli:dhr_schemas-cli-test";
+const AS_USER: &[(&str, &str)] = &[(BASIC_AUTH_ENV, EMBEDDED_USER_INFO)];
+
 // ------------------------------------------------------------------------------------------
 // against the embedded registry
 
@@ -31,7 +35,7 @@ async fn register_is_idempotent_and_list_shows_every_version() {
     let registry = EmbeddedRegistry::start().await;
     let url = registry.url.as_str();
 
-    let first = dhanman(&["register", "--registry", url, "--json"], &[]).await;
+    let first = dhanman(&["register", "--registry", url, "--json"], AS_USER).await;
     first.assert_code(0);
     let first = first.json();
     let catalog = Catalog::global();
@@ -45,7 +49,7 @@ async fn register_is_idempotent_and_list_shows_every_version() {
         "{first:?}"
     );
 
-    let second = dhanman(&["register", "--registry", url, "--json"], &[]).await;
+    let second = dhanman(&["register", "--registry", url, "--json"], AS_USER).await;
     second.assert_code(0);
     let second = second.json();
     assert!(
@@ -61,7 +65,7 @@ async fn register_is_idempotent_and_list_shows_every_version() {
     // The released copies are the same texts: nothing new either, and said so.
     let released = dhanman(
         &["register", "--registry", url, "--dir", "schemas/released"],
-        &[],
+        AS_USER,
     )
     .await;
     released.assert_code(0);
@@ -86,7 +90,12 @@ async fn register_is_idempotent_and_list_shows_every_version() {
 
     let listed = dhanman(&["list", "--registry", url, "--json"], &[]).await;
     listed.assert_code(0);
-    let listed = listed.json();
+    // Every subject is listed, the API's own (under its prefix) too; those aside:
+    let listed: Vec<Value> = listed
+        .json()
+        .into_iter()
+        .filter(|s| !s["subject"].as_str().unwrap().starts_with("api-own."))
+        .collect();
     let names: std::collections::BTreeSet<&str> = catalog.all().map(|r| r.name.as_str()).collect();
     assert_eq!(listed.len(), names.len(), "one subject per record");
     for registration in &first {
@@ -270,7 +279,11 @@ async fn a_breaking_change_fails_and_names_the_field() {
     );
 
     // The registry refuses it too (409), and nothing is added.
-    let registered = dhanman(&["register", "--registry", url, "--dir", added.arg()], &[]).await;
+    let registered = dhanman(
+        &["register", "--registry", url, "--dir", added.arg()],
+        AS_USER,
+    )
+    .await;
     registered.assert_code(1);
     assert!(
         registered.stdout.contains("INCOMPATIBLE"),
@@ -286,6 +299,70 @@ async fn a_breaking_change_fails_and_names_the_field() {
         .unwrap();
     assert_eq!(invoices["versions"].as_array().unwrap().len(), 2);
 
+    registry.stop().await;
+}
+
+/// Writes to the embedded registry need a registry user: `register` without one is refused
+/// (exit 2, naming the variable), with one it registers, and `dhanman registry users`
+/// makes, lists and revokes them.
+#[tokio::test]
+async fn registering_needs_a_registry_user() {
+    let registry = EmbeddedRegistry::start().await;
+    let url = registry.url.as_str();
+    let refused = dhanman(&["register", "--registry", url], &[]).await;
+    refused.assert_code(2);
+    assert!(refused.stderr.contains("401"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(BASIC_AUTH_ENV),
+        "{}",
+        refused.stderr
+    );
+    let users = |args: &'static [&'static str]| {
+        let db = registry.db.url.clone();
+        async move {
+            Command::new(env!("CARGO_BIN_EXE_dhanman"))
+                .args(["registry", "users"])
+                .args(args)
+                .env("DATABASE_URL", db)
+                .output()
+                .await
+                .expect("run dhanman registry users")
+        }
+    };
+    let added = users(&["add", "ci-publisher"]).await;
+    assert!(added.status.success(), "{added:?}");
+    let user_info = String::from_utf8(added.stdout).unwrap().trim().to_string();
+    assert!(user_info.starts_with("ci-publisher:dhr_"), "{user_info}");
+    let with_new = dhanman(
+        &["register", "--registry", url, "--json"],
+        &[(BASIC_AUTH_ENV, &user_info)],
+    )
+    .await;
+    with_new.assert_code(0);
+    let listed = users(&["list", "--json"]).await;
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "ci-publisher" && u["revoked_at"].is_null()),
+        "{listed}"
+    );
+    assert!(users(&["revoke", "ci-publisher"]).await.status.success());
+    let revoked = dhanman(
+        &["register", "--registry", url, "--dir", "schemas/released"],
+        &[(BASIC_AUTH_ENV, &user_info)],
+    )
+    .await;
+    // Every version is registered already: a revoked user changes nothing, and is not
+    // needed to find that out.
+    revoked.assert_code(0);
+    assert!(
+        !revoked.stdout.contains(": registered"),
+        "{}",
+        revoked.stdout
+    );
     registry.stop().await;
 }
 
@@ -560,9 +637,26 @@ struct EmbeddedRegistry {
 impl EmbeddedRegistry {
     async fn start() -> EmbeddedRegistry {
         let db = TestDb::new().await;
+        let pool = PgPool::connect(&db.url)
+            .await
+            .expect("connect to test database");
+        let (user, secret) = EMBEDDED_USER_INFO.split_once(':').unwrap();
+        sqlx::query(
+            "insert into schema_registry_users (name, secret_hash)
+             values ($1, sha256(convert_to($2, 'UTF8')))",
+        )
+        .bind(user)
+        .bind(secret)
+        .execute(&pool)
+        .await
+        .expect("the registry user");
+        pool.close().await;
         let port = free_port();
+        // The API registers the local schemas for its own topics at start; under another
+        // prefix, so that the subjects these tests register start out new.
         let api = Command::new(env!("CARGO_BIN_EXE_dhanman"))
             .arg("api")
+            .env("DHANMAN_TOPIC_PREFIX", "api-own.")
             .env("DATABASE_URL", &db.url)
             .env("DHANMAN_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env_remove("SCHEMA_REGISTRY_URL")
@@ -604,12 +698,14 @@ impl EmbeddedRegistry {
                 "--dir",
                 "schemas/released",
             ],
-            &[],
+            AS_USER,
         )
         .await
         .assert_code(0);
+        let (user, secret) = EMBEDDED_USER_INFO.split_once(':').unwrap();
         let set = reqwest::Client::new()
             .put(format!("{}/config", registry.url))
+            .basic_auth(user, Some(secret))
             .header(
                 header::CONTENT_TYPE,
                 "application/vnd.schemaregistry.v1+json",

@@ -27,6 +27,11 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             );
         }
     }
+    // Reported, never a reason to be unready: readiness is about serving, and the books'
+    // violations are the audit's gauge and `dhanman audit` to act on.
+    if let Some(ledger_audit) = &state.ledger_audit {
+        body["ledger_audit"] = ledger_audit().await;
+    }
     (status, Json(body))
 }
 

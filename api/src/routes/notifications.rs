@@ -1,5 +1,8 @@
 //! The notification delivery log (`notification_deliveries`): the caller's organization
-//! only, optionally one recipient or one status.
+//! only, optionally one recipient or one status. Only the roles that keep the books read
+//! it: it names every resident's and employee's address and what they were sent (payslip
+//! amounts among them), which is no more than an administrator or accountant may read
+//! elsewhere, and more than approvers and managers may.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,6 +13,9 @@ use uuid::Uuid;
 
 use crate::extract::{Auth, Params};
 use crate::{ApiError, AppState};
+
+/// Who may read the delivery log.
+pub const READERS: &[&str] = dhanman_producers::BOOKKEEPERS;
 
 /// Statuses a delivery can have.
 pub const STATUSES: &[&str] = &["pending", "sending", "sent", "skipped", "dead_lettered"];
@@ -45,6 +51,7 @@ pub async fn list(
     Auth(caller): Auth,
     Params(q): Params<NotificationQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(READERS, "reading the notification log")?;
     if let Some(status) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
         return Err(ApiError::validation(
             "status",

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use dhanman_producers::payroll::{self, NewSalary, Salary};
 
-use super::sales::{CommandReply, run_command};
+use super::sales::{CommandReply, Gate, run_command};
 use crate::extract::{Auth, JsonBody, path_uuid};
 use crate::{ApiError, AppState};
 
@@ -19,6 +19,7 @@ pub async fn post_salary(
         &state,
         &headers,
         &caller,
+        Gate::bookkeepers("posting a salary"),
         "/v1/salaries",
         body,
         StatusCode::CREATED,
@@ -27,6 +28,8 @@ pub async fn post_salary(
     .await
 }
 
+/// A salary: only for the roles that keep the books (`payroll::SALARY_READERS`); others
+/// are 403 naming their role.
 pub async fn salary(
     State(state): State<AppState>,
     Auth(caller): Auth,

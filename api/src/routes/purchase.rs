@@ -7,9 +7,10 @@ use dhanman_producers::Caller;
 use dhanman_producers::purchase::{
     self, Bill, Decision, NewBill, NewPurchaseOrder, PurchaseOrderView,
 };
+use dhanman_producers::users;
 use sqlx::PgConnection;
 
-use super::sales::{CommandReply, run_command};
+use super::sales::{CommandReply, Gate, run_command};
 use crate::extract::{Auth, JsonBody, OptionalJsonBody, path_uuid};
 use crate::{ApiError, AppState};
 
@@ -24,6 +25,7 @@ pub async fn submit_order(
         &state,
         &headers,
         &caller,
+        Gate::new(users::ROLES, "submitting a purchase order"),
         "/v1/purchase-orders",
         body,
         StatusCode::CREATED,
@@ -68,6 +70,14 @@ async fn decide(
         &state,
         &headers,
         &caller,
+        Gate::new(
+            purchase::APPROVER_ROLES,
+            if approve {
+                "approving a purchase order"
+            } else {
+                "rejecting a purchase order"
+            },
+        ),
         &format!("/v1/purchase-orders/{po_id}/{verb}"),
         body,
         StatusCode::OK,
@@ -105,6 +115,7 @@ pub async fn create_bill(
         &state,
         &headers,
         &caller,
+        Gate::bookkeepers("recording a bill"),
         "/v1/bills",
         body,
         StatusCode::CREATED,

@@ -8,7 +8,7 @@ use dhanman_producers::idempotency::{self, Claim};
 use dhanman_producers::sales::{
     self, Invoice, NewCustomer, NewInvoice, NewManualPayment, VoidInvoice,
 };
-use dhanman_producers::{Caller, Result as CommandResult};
+use dhanman_producers::{BOOKKEEPERS, Caller, Result as CommandResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -38,12 +38,34 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(key.to_string()))
 }
 
+/// Who may run a command: checked before anything else, a stored response included.
+#[derive(Clone, Copy)]
+pub(super) struct Gate<'a> {
+    pub roles: &'a [&'a str],
+    /// What the command does, for the refusal (`creating an invoice`).
+    pub what: &'a str,
+}
+
+impl<'a> Gate<'a> {
+    pub(super) const fn new(roles: &'a [&'a str], what: &'a str) -> Self {
+        Gate { roles, what }
+    }
+
+    pub(super) const fn bookkeepers(what: &'a str) -> Self {
+        Gate::new(BOOKKEEPERS, what)
+    }
+}
+
 /// Runs a command in one transaction, answering `success` with its output, or replaying
-/// the stored response for a retried `Idempotency-Key`.
+/// the stored response for a retried `Idempotency-Key`. The caller's role is checked
+/// first (`gate`): a replay is never served to someone who may not run the command. Keys
+/// are the caller's own (organization, user, key): another user's same key is another key.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_command<I, O, F>(
     state: &AppState,
     headers: &HeaderMap,
     caller: &Caller,
+    gate: Gate<'_>,
     path: &str,
     body: JsonBody<I>,
     success: StatusCode,
@@ -54,12 +76,14 @@ where
     O: Serialize,
     F: AsyncFnOnce(&mut PgConnection, &Caller, I) -> CommandResult<O>,
 {
+    caller.require(gate.roles, gate.what)?;
+    let user_id = caller.user(gate.what)?;
     let key = idempotency_key(headers)?;
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &key {
         let hash = idempotency::request_hash("POST", path, &body.bytes);
         if let Claim::Replay { status, body } =
-            idempotency::claim(&mut tx, caller.organization_id, key, &hash).await?
+            idempotency::claim(&mut tx, caller.organization_id, user_id, key, &hash).await?
         {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             return Ok((status, Json(body)));
@@ -71,6 +95,7 @@ where
         idempotency::store(
             &mut tx,
             caller.organization_id,
+            user_id,
             key,
             success.as_u16(),
             &response,
@@ -91,6 +116,7 @@ pub async fn create_customer(
         &state,
         &headers,
         &caller,
+        Gate::bookkeepers("creating a customer"),
         "/v1/customers",
         body,
         StatusCode::CREATED,
@@ -109,6 +135,7 @@ pub async fn create_invoice(
         &state,
         &headers,
         &caller,
+        Gate::bookkeepers("creating an invoice"),
         "/v1/invoices",
         body,
         StatusCode::CREATED,
@@ -127,6 +154,7 @@ pub async fn record_manual_payment(
         &state,
         &headers,
         &caller,
+        Gate::bookkeepers("recording a payment"),
         "/v1/payments/manual",
         body,
         StatusCode::CREATED,
@@ -147,6 +175,7 @@ pub async fn void_invoice(
         &state,
         &headers,
         &caller,
+        Gate::bookkeepers("voiding an invoice"),
         &format!("/v1/invoices/{invoice_id}/void"),
         body,
         StatusCode::OK,

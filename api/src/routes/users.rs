@@ -1,9 +1,10 @@
-//! Users and their keys; the directory is the users projection.
+//! Users, their invitations and their API keys; the directory is the users projection.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use dhanman_producers::users::{self, DirectoryEntry, NewUser};
+use dhanman_producers::orgs::{self, IssuedKey, KeyInfo};
+use dhanman_producers::users::{self, AcceptInvitation, DirectoryEntry, NewUser};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -11,8 +12,9 @@ use crate::consistency::wait_for;
 use crate::extract::{Auth, JsonBody, Params, path_uuid};
 use crate::{ApiError, AppState};
 
-/// Creates a user and returns the user's API key, once. No `Idempotency-Key` here: the
-/// stored reply would keep the key; a retry is answered 409 by the email instead.
+/// Creates a user and their invitation; the answer holds no key (the invited person gets
+/// theirs by accepting the invitation, whose token only their welcome email carries). No
+/// `Idempotency-Key` here: a retry is answered 409 by the email.
 pub async fn create_user(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -23,6 +25,59 @@ pub async fn create_user(
     tx.commit().await?;
     let body = serde_json::to_value(&created).map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `POST /v1/invitations/accept`: no API key, the token is the credential. Answers the
+/// invited user's first key, once. No `Idempotency-Key`: the stored reply would keep the
+/// key.
+pub async fn accept_invitation(
+    State(state): State<AppState>,
+    body: JsonBody<AcceptInvitation>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let accepted = users::accept_invitation(&mut tx, body.value).await?;
+    tx.commit().await?;
+    let body = serde_json::to_value(&accepted).map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `GET /v1/keys`: every key of the organization for an administrator, the caller's own
+/// for anyone else; never a secret.
+pub async fn keys(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> Result<Json<Value>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let keys = orgs::list_keys(&mut conn, &caller).await?;
+    Ok(Json(json!({ "keys": keys })))
+}
+
+/// `POST /v1/keys/{id}/revoke`: the key's owner or an administrator.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let key_id = path_uuid(&id, "API key")?;
+    let mut tx = state.pool.begin().await?;
+    let key = orgs::revoke_key(&mut tx, &caller, key_id).await?;
+    tx.commit().await?;
+    Ok(Json(key))
+}
+
+/// `POST /v1/keys/{id}/rotate`: only the key's owner; the new secret is answered once and
+/// the old key is revoked in the same transaction. No `Idempotency-Key`, as for every
+/// answer that holds a secret.
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    let key_id = path_uuid(&id, "API key")?;
+    let mut tx = state.pool.begin().await?;
+    let key = orgs::rotate_key(&mut tx, &caller, key_id).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(key)))
 }
 
 #[derive(Debug, Deserialize)]

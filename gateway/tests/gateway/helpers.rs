@@ -1,7 +1,7 @@
 use std::sync::Once;
 use std::time::Duration;
 
-use dhanman_gateway::{IDEMPOTENCY_KEY, LogEntry, Switches};
+use dhanman_gateway::{Charge, IDEMPOTENCY_KEY, LogEntry, Received, Switches};
 use serde_json::{Value, json};
 
 /// A gateway serving on its own port, with a client for it.
@@ -80,6 +80,21 @@ impl TestGateway {
     pub async fn log(&self) -> Vec<LogEntry> {
         let body: Value = self.get_json("/v1/log").await;
         serde_json::from_value(body["entries"].clone()).unwrap()
+    }
+
+    /// `GET /_requests`: every `/v1` request received.
+    pub async fn requests(&self) -> Vec<Received> {
+        let body: Value = self.get_json("/_requests").await;
+        serde_json::from_value(body["requests"].clone()).unwrap()
+    }
+
+    /// `GET /v1/charges?idempotency_key=`: the charge the key made, if any (keys of
+    /// letters, digits and dashes only).
+    pub async fn charges_by_key(&self, key: &str) -> Vec<Charge> {
+        let body = self
+            .get_json(&format!("/v1/charges?idempotency_key={key}"))
+            .await;
+        serde_json::from_value(body["charges"].clone()).unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {

@@ -393,3 +393,127 @@ async fn bad_switches_are_422_naming_the_switch() {
     let missing = gw.http.get(gw.url("/v2/charges")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// `ambiguous_next` moves the money and answers 409 anyway; `busy_next` answers the same
+/// 409 and moves nothing. Only the lookup by key tells them apart, and a replay under the
+/// key gets the key's real answer.
+#[tokio::test]
+async fn an_ambiguous_409_hides_whether_money_moved_and_the_key_lookup_tells() {
+    let gw = spawn_gateway(Switches::default()).await;
+    gw.control(json!({"ambiguous_next": 1, "busy_next": 1}))
+        .await;
+    let body = charge_body("inv-1", "250.00");
+
+    let charged = gw.charge("k-charged", &body).await;
+    assert_eq!(charged.status(), 409);
+    let charged_answer: Value = charged.json().await.unwrap();
+    let busy = gw.charge("k-busy", &body).await;
+    assert_eq!(busy.status(), 409);
+    let busy_answer: Value = busy.json().await.unwrap();
+    assert_eq!(charged_answer, busy_answer, "the answers must not tell");
+    assert_eq!(charged_answer["field"], "Idempotency-Key");
+
+    // The first was carried out: in the log, found by its key, replayed as a 201.
+    let log = gw.log().await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].idempotency_key, "k-charged");
+    let found = gw.charges_by_key("k-charged").await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].charge_id, log[0].charge_id);
+    assert_eq!(found[0].status, Status::Succeeded);
+    let replay = gw.charge("k-charged", &body).await;
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()[IDEMPOTENT_REPLAYED], "true");
+    let replayed: Charge = replay.json().await.unwrap();
+    assert_eq!(replayed.charge_id, log[0].charge_id);
+
+    // The second moved nothing and left its key unused: a retry charges now, once.
+    assert!(gw.charges_by_key("k-busy").await.is_empty());
+    let retry = gw.charge("k-busy", &body).await;
+    assert_eq!(retry.status(), 201);
+    assert!(retry.headers().get(IDEMPOTENT_REPLAYED).is_none());
+    assert_eq!(gw.charges_by_key("k-busy").await.len(), 1);
+    assert_eq!(gw.log().await.len(), 2);
+
+    // A declined charge is found by its key too; an unknown key finds nothing.
+    let mut card = charge_body("inv-decline", "10");
+    card["method"] = json!("card");
+    assert_eq!(gw.charge("k-declined", &card).await.status(), 402);
+    let declined = gw.charges_by_key("k-declined").await;
+    assert_eq!(declined.len(), 1);
+    assert_eq!(declined[0].status, Status::Declined);
+    assert!(gw.charges_by_key("k-never").await.is_empty());
+    let switches = gw.get_json("/_control").await;
+    assert_eq!(
+        (
+            switches["ambiguous_next"].as_u64(),
+            switches["busy_next"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+}
+
+/// `ambiguous_next` acts on refunds as well: the refund is made, the answer is 409, and
+/// a retry under the refund's key replays the refund instead of refunding twice.
+#[tokio::test]
+async fn an_ambiguous_refund_is_made_once_and_replayed() {
+    let gw = spawn_gateway(Switches::default()).await;
+    let charge: Charge = gw
+        .charge("c", &charge_body("inv-1", "40.00"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    gw.control(json!({"ambiguous_next": 1})).await;
+    let refund = gw.refund("r", &charge.charge_id, &json!({})).await;
+    assert_eq!(refund.status(), 409);
+    let again = gw.refund("r", &charge.charge_id, &json!({})).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()[IDEMPOTENT_REPLAYED], "true");
+    let kinds: Vec<_> = gw.log().await.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [LogKind::Charge, LogKind::Refund]);
+}
+
+/// `/_requests` lists every `/v1` request as it arrived, with its key: replays, refusals,
+/// injected faults and answers given while `down` included, which `/v1/log` leaves out.
+/// It is not itself delayed by `latency_ms` nor refused by `down`.
+#[tokio::test]
+async fn every_request_is_listed_as_received_whatever_became_of_it() {
+    let gw = spawn_gateway(Switches::default()).await;
+    let body = charge_body("inv-1", "10");
+    assert_eq!(gw.charge("k", &body).await.status(), 201);
+    assert_eq!(gw.charge("k", &body).await.status(), 201); // a replay
+    gw.control(json!({"fail_next": 1})).await;
+    assert_eq!(gw.charge("k2", &body).await.status(), 503);
+    let no_key = gw.charge_with(&gw.http, None, &body).await.unwrap();
+    assert_eq!(no_key.status(), 400);
+    gw.get_json("/v1/charges?idempotency_key=k").await;
+    gw.control(json!({"down": true, "latency_ms": 2_000})).await;
+    let started = Instant::now();
+    let requests = gw.requests().await;
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+    gw.control(json!({"down": false, "latency_ms": 0})).await;
+
+    let seen: Vec<(u64, &str, &str, Option<&str>)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                r.method.as_str(),
+                r.path.as_str(),
+                r.idempotency_key.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "POST", "/v1/charges", Some("k")),
+            (2, "POST", "/v1/charges", Some("k")),
+            (3, "POST", "/v1/charges", Some("k2")),
+            (4, "POST", "/v1/charges", None),
+            (5, "GET", "/v1/charges?idempotency_key=k", None),
+        ]
+    );
+    assert_eq!(gw.log().await.len(), 1);
+}

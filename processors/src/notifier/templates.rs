@@ -255,7 +255,9 @@ mod tests {
                 "reason": "too dear"}),
             Template::Payslip => json!({"employee_name": "Meena", "period": "2026-12",
                 "amount": "INR 1.00"}),
-            Template::Welcome => json!({"name": "Ravi", "role": "manager"}),
+            Template::Welcome => json!({"name": "Ravi", "role": "manager",
+                "invitation_token": format!("dhi_{}", "0123456789abcdef".repeat(4)),
+                "invitation_expires_at": "2026-12-10 09:30 UTC"}),
         };
         if let (Some(c), Json::Object(common)) = (c.as_object_mut(), common) {
             c.extend(common);
@@ -300,6 +302,44 @@ mod tests {
              Issued: 2026-12-01\nDue:    2026-12-10\n\nPlease pay by the due date.\n\n\
              Lotus <Towers>\n"
         );
+    }
+
+    #[test]
+    fn a_welcome_shows_the_invitation_token_only_when_there_is_one() {
+        let token = format!("dhi_{}", "0123456789abcdef".repeat(4));
+        let invited = Templates::default()
+            .render(Uuid::nil(), Template::Welcome, &context(Template::Welcome))
+            .unwrap();
+        assert_eq!(
+            invited.text,
+            format!(
+                "Dear Ravi,\n\nYou have been added to Lotus <Towers> on Dhanman as manager.\n\n\
+                 Your invitation code (valid until 2026-12-10 09:30 UTC, usable once):\n\n    \
+                 {token}\n\nExchange it for your API key, which only you will ever see:\n\n    \
+                 POST /v1/invitations/accept   {{\"token\": \"<the code above>\"}}\n\n\
+                 No key is needed for that request. Nobody else has your key: keep it\n\
+                 secret, and rotate it with POST /v1/keys/{{id}}/rotate if it may have leaked.\n\n\
+                 Lotus <Towers>\n"
+            )
+        );
+        assert!(
+            invited.html.contains(&format!("<pre>\n{token}\n</pre>")),
+            "{}",
+            invited.html
+        );
+        // The organization's first administrator has a key already: no invitation.
+        let mut ctx = context(Template::Welcome);
+        ctx["invitation_token"] = Json::Null;
+        ctx["invitation_expires_at"] = Json::Null;
+        let plain = Templates::default()
+            .render(Uuid::nil(), Template::Welcome, &ctx)
+            .unwrap();
+        assert_eq!(
+            plain.text,
+            "Dear Ravi,\n\nYou have been added to Lotus <Towers> on Dhanman as manager.\n\n\
+             Lotus <Towers>\n"
+        );
+        assert!(!plain.html.contains("invitation"), "{}", plain.html);
     }
 
     #[test]

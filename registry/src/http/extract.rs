@@ -101,3 +101,42 @@ where
             .map_err(|e| Error::UnprocessableEntity(format!("Unprocessable entity: {e}")))
     }
 }
+
+/// A request made as an active registry user (HTTP basic auth, `name:secret`): what every
+/// write needs. Reads stay open, as on a Confluent registry without RBAC. Each write is
+/// logged with the user who made it.
+pub struct Writer;
+
+impl FromRequestParts<crate::registry::Registry> for Writer {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &crate::registry::Registry,
+    ) -> Result<Self, Self::Rejection> {
+        use base64::Engine;
+        let encoded = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .ok_or(Error::Unauthorized)?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or(Error::Unauthorized)?;
+        let (name, secret) = decoded.split_once(':').ok_or(Error::Unauthorized)?;
+        if crate::users::verify(state.pool(), name, secret).await? {
+            tracing::info!(
+                registry_user = name,
+                method = %parts.method,
+                path = %parts.uri.path(),
+                "schema registry write"
+            );
+            Ok(Writer)
+        } else {
+            Err(Error::Unauthorized)
+        }
+    }
+}

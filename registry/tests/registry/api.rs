@@ -1,6 +1,5 @@
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use dhanman_registry::router;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -11,7 +10,7 @@ use crate::{
 
 #[sqlx::test(migrations = "../migrations")]
 async fn register_returns_id_and_version(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
 
     let (status, body) = register(&app, "users-value", &user_schema()).await;
     assert_eq!(status, StatusCode::OK);
@@ -33,7 +32,7 @@ async fn register_returns_id_and_version(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn reregistering_the_same_schema_keeps_id_and_version(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     assert_eq!(
         register(&app, "users-value", &user_schema()).await.1["id"],
         1
@@ -50,7 +49,7 @@ async fn reregistering_the_same_schema_keeps_id_and_version(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn same_schema_in_another_subject_shares_the_id(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     assert_eq!(register(&app, "a-value", &user_schema()).await.1["id"], 1);
     assert_eq!(
         register(&app, "b-value", &user_schema_v2()).await.1["id"],
@@ -80,7 +79,7 @@ async fn same_schema_in_another_subject_shares_the_id(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn versions_and_latest(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     register(&app, "users-value", &user_schema()).await;
     assert_eq!(
         register(&app, "users-value", &user_schema_v2()).await.1["id"],
@@ -123,7 +122,7 @@ async fn versions_and_latest(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn lookup(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     register(&app, "users-value", &user_schema()).await;
     register(&app, "users-value", &user_schema_v2()).await;
 
@@ -167,7 +166,7 @@ async fn lookup(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn schema_by_id(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     register(&app, "users-value", &user_schema()).await;
 
     assert_eq!(
@@ -193,7 +192,7 @@ async fn schema_by_id(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn invalid_requests(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
 
     let message = assert_error(
         &register(&app, "users-value", r#"{"type":"record","name":"Broken"}"#).await,
@@ -283,7 +282,7 @@ async fn invalid_requests(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn unknown_subject(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     for uri in [
         "/subjects/nobody/versions",
         "/subjects/nobody/versions/1",
@@ -303,7 +302,7 @@ async fn unknown_subject(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn config(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     let put = |uri: &'static str, level: &'static str| {
         let app = app.clone();
         async move {
@@ -402,7 +401,7 @@ async fn config(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn delete_subject_soft_then_permanent(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     register(&app, "users-value", &user_schema()).await;
     register(&app, "users-value", &user_schema_v2()).await;
     register(&app, "other-value", &user_schema()).await;
@@ -505,7 +504,7 @@ async fn delete_subject_soft_then_permanent(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn delete_version_soft_then_permanent(pool: PgPool) {
-    let app = router(pool);
+    let app = crate::authorized_router(pool).await;
     register(&app, "users-value", &user_schema()).await;
     register(&app, "users-value", &user_schema_v2()).await;
 
@@ -597,7 +596,7 @@ async fn delete_version_soft_then_permanent(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn backend_errors_are_opaque(pool: PgPool) {
-    let app = router(pool.clone());
+    let app = crate::authorized_router(pool.clone()).await;
     sqlx::query("DROP TABLE schema_registry_subject_versions")
         .execute(&pool)
         .await

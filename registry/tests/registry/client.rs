@@ -2,7 +2,6 @@
 
 use apache_avro::types::Value;
 use axum::Router;
-use dhanman_registry::router;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::{
     SrSettings, get_all_subjects, get_schema_by_id, get_schema_by_subject_and_version, post_schema,
@@ -17,7 +16,7 @@ use crate::{user_schema, user_schema_v2};
 
 /// Serves the registry at `/schema-registry` on an ephemeral port; returns the base url.
 async fn serve(pool: PgPool) -> String {
-    let app = Router::new().nest("/schema-registry", router(pool));
+    let app = Router::new().nest("/schema-registry", crate::authorized_router(pool).await);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -2,6 +2,7 @@
 //! the workspace migrations applied.
 
 mod api;
+mod auth;
 mod client;
 mod compatibility;
 mod conformance;
@@ -17,6 +18,29 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 pub const CONTENT_TYPE_V1: &str = "application/vnd.schemaregistry.v1+json";
+
+/// The registry's router as a registry user calls it: every request carries the basic auth
+/// of a user made for the test (writes need one; reads ignore it). `auth.rs` tests the
+/// router without it.
+pub async fn authorized_router(pool: sqlx::PgPool) -> Router {
+    use base64::Engine;
+    let user_info = dhanman_registry::users::add(&pool, "tests").await.unwrap();
+    let header = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_info)
+    );
+    dhanman_registry::router(pool).layer(axum::middleware::from_fn(
+        move |mut request: axum::extract::Request, next: axum::middleware::Next| {
+            let header = header.clone();
+            async move {
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, header.parse().unwrap());
+                next.run(request).await
+            }
+        },
+    ))
+}
 
 pub fn user_schema() -> String {
     r#"{"type":"record","name":"User","namespace":"dhanman.test","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}"#.to_owned()

@@ -3,7 +3,6 @@
 
 use axum::Router;
 use axum::http::StatusCode;
-use dhanman_registry::router;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +48,7 @@ impl RawResponse {
 }
 
 pub async fn spawn_app(pool: PgPool) -> TestApp {
-    let app = Router::new().nest("/schema-registry", router(pool));
+    let app = Router::new().nest("/schema-registry", crate::authorized_router(pool).await);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
