@@ -31,6 +31,7 @@ mod rebuild;
 mod relay;
 mod reminders;
 mod replay;
+mod retention;
 mod salaries;
 mod statement;
 mod void;

@@ -1,0 +1,129 @@
+//! Retention: published outbox rows, idempotency keys and the gate rows behind their
+//! group's offsets are pruned, and what is still needed is kept; after the ledger's gate
+//! rows are gone, a replay of its topic from the beginning posts nothing twice (an entry's
+//! id is its event's), the books are unchanged and nothing is dead-lettered.
+
+use std::time::Duration;
+
+use dhanman_connectors::retention::{Retention, prune};
+use rust_decimal::Decimal;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Pruned Court").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let customer = api.customer("Asha").await;
+    let mut last = String::new();
+    for _ in 0..6 {
+        last = invoice(&api, customer, "125.00").await.1;
+    }
+    ledger_applied(&api, &last).await;
+    // A retried command within the retry window is replayed, not run again.
+    let body = serde_json::json!({"customer_id": customer, "amount": "10.00",
+                                  "due_date": "2026-12-10", "issue_date": "2026-12-01"});
+    let keyed = api
+        .send(
+            api.http
+                .post(format!("{}/v1/invoices", api.base))
+                .bearer_auth(&api.key)
+                .header("Idempotency-Key", "retry-window")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(keyed.status, 201, "{}", keyed.body);
+    ledger_applied(&api, keyed.body["consistency_token"].as_str().unwrap()).await;
+    // Everything published, every event applied.
+    eventually("the outbox to drain", Duration::from_secs(60), || async {
+        (db.count("select count(*) from outbox where published_at is null").await == 0)
+            .then_some(())
+    })
+    .await;
+    let entries = db.count("select count(*) from journal_entries").await;
+    let gate_before = db
+        .count("select count(*) from processed_events where processor = 'ledger'")
+        .await;
+    assert_eq!(entries, 7);
+
+    // A gate row not yet behind its group's offset, and a row not yet published, stay.
+    sqlx::query(
+        "insert into processed_events (processor, event_id, topic, partition, \"offset\")
+         values ('ledger', $1, $2, 0, 1000000)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(setup.topic("dhanman.sales.invoices"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let groups = vec![(
+        "ledger".to_string(),
+        format!("{}dhanman.ledger", setup.topic_prefix),
+    )];
+    let everything = Retention {
+        outbox: Duration::ZERO,
+        idempotency: Duration::ZERO,
+        gate: Duration::ZERO,
+    };
+    let pruned = prune(&db.pool, everything, &groups).await.unwrap();
+    assert!(pruned.outbox >= 7, "{pruned:?}");
+    assert_eq!(pruned.idempotency_keys, 1, "{pruned:?}");
+    assert_eq!(pruned.processed_events as i64, gate_before, "{pruned:?}");
+    assert_eq!(
+        db.count("select count(*) from processed_events where processor = 'ledger'")
+            .await,
+        1,
+        "the row ahead of its group's offset stays"
+    );
+    assert_eq!(db.count("select count(*) from journal_entries").await, entries);
+    // Kept for a month, nothing goes.
+    let month = Retention {
+        outbox: Duration::from_secs(30 * 86400),
+        idempotency: Duration::from_secs(30 * 86400),
+        gate: Duration::from_secs(30 * 86400),
+    };
+    let none = prune(&db.pool, month, &groups).await.unwrap();
+    assert_eq!(none, Default::default());
+
+    // The ledger's topic read again from the start, its gate rows gone: nothing posted twice.
+    let invoices = setup.topic("dhanman.sales.invoices");
+    let replayed = dhanman(
+        &setup,
+        &[
+            "replay",
+            "--processor",
+            "ledger",
+            "--topic",
+            &invoices,
+            "--from",
+            "beginning",
+            "--execute",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(replayed.ok, "{}", replayed.stderr);
+    assert_eq!(replayed.json()["dead_lettered"], 0, "{}", replayed.stdout);
+    assert_eq!(db.count("select count(*) from journal_entries").await, entries);
+    let (receivable,): (Decimal,) = sqlx::query_as(
+        "select debit_total - credit_total from party_balances
+          where account_code = '1200' and party_id = $1",
+    )
+    .bind(customer)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(receivable, Decimal::new(76_000, 2));
+    assert_eq!(
+        db.count("select count(*) from outbox where raw_value is not null")
+            .await,
+        0,
+        "nothing dead-lettered"
+    );
+    drop(up);
+    db.drop_db().await;
+}
