@@ -59,6 +59,13 @@ die() {
 	exit 1
 }
 
+# Runs "$@" holding no descriptor but 0-2: a daemon started from here must not keep our caller's
+# pipes open (fd 3 is the `$(...)` that reads our output; a CI runner or a shell may pass others),
+# or that caller waits for the daemon's exit instead of ours.
+# Use: bash -c "$CLOSE_FDS" _ command args...
+# shellcheck disable=SC2016 # expanded by the inner bash
+CLOSE_FDS='for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$@"'
+
 # run_as_root CMD...: run directly when root, else through sudo (non-interactive).
 run_as_root() {
 	if [ "$(id -u)" -eq 0 ]; then
@@ -201,7 +208,7 @@ ensure_postgres() {
 		fi
 		read -r ver name <<<"$cluster"
 		log "starting PostgreSQL cluster $ver/$name"
-		run_as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start ||
+		run_as_root bash -c "$CLOSE_FDS" _ pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start ||
 			log "pg_ctlcluster start failed (maybe already starting); waiting for it"
 		wait_for_pg || die "PostgreSQL did not become ready on 127.0.0.1:$PG_PORT within ${WAIT_SECS}s; see /var/log/postgresql/postgresql-$ver-$name.log"
 		if [ "$fresh" -eq 1 ]; then pg_trust_localhost "$ver" "$name"; fi
@@ -382,9 +389,10 @@ start_kafka() {
 		# The heap Kafka's own start script uses (1 GiB, fixed: no resizing pauses), G1 with its
 		# pause target; the other 23 GiB stay for Postgres, the page cache (where Kafka's
 		# logs really live) and the pipeline.
-		# fds 3 (our caller's stdout) and 9 (the lock) are closed so `$(...)` returns and the lock frees.
+		# Every inherited descriptor but 0-2 is closed (fd 3, our caller's stdout, and fd 9, the
+		# lock, among them) so `$(...)` returns and the lock frees.
 		# shellcheck disable=SC2016 # expanded by the inner bash
-		setsid bash -c 'echo $$ >kafka.pid; exec "$@"' _ \
+		setsid bash -c 'echo $$ >kafka.pid; '"$CLOSE_FDS" _ \
 			nohup java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
 			-XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
 			-XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \

@@ -221,8 +221,10 @@ fn scripts() -> PathBuf {
 }
 
 async fn run_script(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    // The scripts start what is theirs to start only when not pointed at a broker.
     let status = tokio::process::Command::new(scripts().join(name))
         .args(args)
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .stdout(std::process::Stdio::null())
         .status()
         .await
