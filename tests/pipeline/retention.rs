@@ -40,7 +40,9 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
     ledger_applied(&api, keyed.body["consistency_token"].as_str().unwrap()).await;
     // Everything published, every event applied.
     eventually("the outbox to drain", Duration::from_secs(60), || async {
-        (db.count("select count(*) from outbox where published_at is null").await == 0)
+        (db.count("select count(*) from outbox where published_at is null")
+            .await
+            == 0)
             .then_some(())
     })
     .await;
@@ -79,7 +81,10 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
         1,
         "the row ahead of its group's offset stays"
     );
-    assert_eq!(db.count("select count(*) from journal_entries").await, entries);
+    assert_eq!(
+        db.count("select count(*) from journal_entries").await,
+        entries
+    );
     // Kept for a month, nothing goes.
     let month = Retention {
         outbox: Duration::from_secs(30 * 86400),
@@ -108,7 +113,10 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
     .await;
     assert!(replayed.ok, "{}", replayed.stderr);
     assert_eq!(replayed.json()["dead_lettered"], 0, "{}", replayed.stdout);
-    assert_eq!(db.count("select count(*) from journal_entries").await, entries);
+    assert_eq!(
+        db.count("select count(*) from journal_entries").await,
+        entries
+    );
     let (receivable,): (Decimal,) = sqlx::query_as(
         "select debit_total - credit_total from party_balances
           where account_code = '1200' and party_id = $1",
