@@ -81,6 +81,13 @@ pub struct Config {
     /// three brokers, with `min.insync.replicas` 2).
     #[arg(long, env = "DHANMAN_TOPIC_REPLICAS", default_value_t = 1)]
     pub topic_replicas: i32,
+    /// Requests per second one API key may make to one API process (sustained; 0: no
+    /// limit); past it, 429 with `Retry-After`.
+    #[arg(long, env = "DHANMAN_API_RATE_LIMIT", default_value_t = dhanman_api::rate_limit::DEFAULT_PER_SECOND)]
+    pub api_rate_limit: u32,
+    /// Requests one API key may make at once above its sustained rate.
+    #[arg(long, env = "DHANMAN_API_RATE_BURST", default_value_t = dhanman_api::rate_limit::DEFAULT_BURST)]
+    pub api_rate_burst: u32,
     /// How long a query with `?consistent_with=` waits for the ledger, in milliseconds.
     #[arg(long, env = "DHANMAN_CONSISTENCY_WAIT_MS", default_value_t = 5000)]
     pub consistency_wait_ms: u64,
@@ -290,6 +297,10 @@ impl Config {
             },
             payments: None,
             ledger_audit: None,
+            rate_limit: dhanman_api::rate_limit::KeyRateLimit::new(
+                self.api_rate_limit,
+                self.api_rate_burst,
+            ),
         }
     }
 

@@ -25,6 +25,10 @@ pub enum ApiError {
     /// Too much waiting already (the consistency waiters): retry shortly (503).
     #[error("{0}")]
     Busy(String),
+    /// The key spent its request rate (see [`crate::rate_limit`]): retry after the given
+    /// whole seconds (429).
+    #[error("this API key is over its request rate; retry after {0} s")]
+    RateLimited(u64),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("content type must be application/json")]
@@ -112,6 +116,15 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(
                     axum::http::header::RETRY_AFTER,
                     axum::http::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
+            ApiError::RateLimited(seconds) => {
+                let body = json!({"error": "rate_limited", "message": self.to_string()});
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(*seconds),
                 );
                 return response;
             }

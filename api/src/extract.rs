@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::middleware::CorrelationId;
 use crate::{ApiError, AppState, MAX_BODY_BYTES};
 
-/// The caller, from `Authorization: Bearer <api key>`.
+/// The caller, from `Authorization: Bearer <api key>`, within its key's request rate.
 pub struct Auth(pub Caller);
 
 impl<S> FromRequestParts<S> for Auth
@@ -33,6 +33,11 @@ where
         let key = dhanman_producers::orgs::authenticate(&state.pool, key)
             .await?
             .ok_or(ApiError::Unauthorized)?;
+        if let Some(limit) = &state.rate_limit {
+            limit
+                .check(key.key_id)
+                .map_err(|wait| ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64))?;
+        }
         let correlation_id = parts
             .extensions
             .get::<CorrelationId>()

@@ -5,7 +5,9 @@ pub mod consistency;
 mod error;
 mod extract;
 mod middleware;
+mod page;
 pub mod prometheus;
+pub mod rate_limit;
 mod routes;
 
 use std::pin::Pin;
@@ -37,6 +39,8 @@ pub struct AppState {
     /// The ledger audit's line of `/readyz`, asked for on each request; `None` where no
     /// audit runs (in-process tests).
     pub ledger_audit: Option<StatusLine>,
+    /// Requests per API key; `None`: unlimited.
+    pub rate_limit: Option<rate_limit::KeyRateLimit>,
 }
 
 /// A line `/readyz` reports without failing on it, computed when asked.
@@ -54,6 +58,10 @@ impl AppState {
             approval_policy: Default::default(),
             payments: None,
             ledger_audit: None,
+            rate_limit: rate_limit::KeyRateLimit::new(
+                rate_limit::DEFAULT_PER_SECOND,
+                rate_limit::DEFAULT_BURST,
+            ),
         }
     }
 }

@@ -285,19 +285,28 @@ pub struct DirectoryEntry {
     pub role: String,
 }
 
-/// The organization's users from the projection, optionally of one role.
+/// The organization's users from the projection, optionally of one role, by name: at most
+/// `limit` of them, those after `after` (a name and user id) when given.
 pub async fn directory(
     conn: &mut PgConnection,
     organization_id: Uuid,
     role: Option<&str>,
+    after: Option<(String, Uuid)>,
+    limit: i64,
 ) -> Result<Vec<DirectoryEntry>> {
+    let (after_name, after_id) = after.unzip();
     let users = sqlx::query_as(
         "select user_id, email, name, role from user_directory
           where organization_id = $1 and ($2::text is null or role = $2)
-          order by name, user_id",
+            and ($3::text is null or (name, user_id) > ($3, $4))
+          order by name, user_id
+          limit $5",
     )
     .bind(organization_id)
     .bind(role)
+    .bind(after_name)
+    .bind(after_id)
+    .bind(limit)
     .fetch_all(conn)
     .await?;
     Ok(users)

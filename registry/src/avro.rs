@@ -265,8 +265,12 @@ impl Form {
             ),
             Value::Object(map) => {
                 let kind = map.get("type");
-                // `{"type": X}` with nothing else is X itself.
-                if map.len() == 1
+                // `{"type": X}` with nothing else (nothing else this form keeps) is X itself.
+                let kept = map
+                    .keys()
+                    .filter(|key| self == Self::Identity || key.as_str() != "doc")
+                    .count();
+                if kept == 1
                     && let Some(inner) = kind
                 {
                     return self.schema(inner, namespace);
@@ -389,6 +393,44 @@ mod tests {
     }
 
     const USER: &str = r#"{"type":"record","name":"User","namespace":"a.b","fields":[{"name":"id","type":"long"}]}"#;
+
+    /// What registration relies on for a schema that parses (the `schema_parse` fuzz
+    /// target's checks): its normalized form parses, is a fixed point, keeps the canonical
+    /// form and is found again by its fingerprints.
+    fn assert_normalizes(text: &str) {
+        let parsed = parsed(text);
+        let once = parsed
+            .clone()
+            .into_normalized()
+            .unwrap_or_else(|e| panic!("{e}: {}", parsed.normalized));
+        assert_eq!(once.text, once.normalized, "{text}");
+        assert_eq!(once.canonical, parsed.canonical, "{text}");
+        assert_eq!(
+            once.normalized_fingerprint, parsed.normalized_fingerprint,
+            "{text}"
+        );
+        assert_eq!(
+            ParsedSchema::parse(&once.text).unwrap().fingerprint,
+            once.fingerprint
+        );
+    }
+
+    #[test]
+    fn a_repeated_attribute_counts_once_as_its_last_value() {
+        // Found by fuzzing: JSON with a key twice ("type", "doc") is read with the last value
+        // winning, by apache-avro and by the forms alike.
+        assert_normalizes(
+            r#"{"type": "record", "doc": "first", "type": {"type": "long", "logicalType": "timestamp-millis"}, "doc": "second"}"#,
+        );
+        for text in [
+            r#"{"type": {"type": "long", "logicalType": "timestamp-millis"}, "doc": "d"}"#,
+            r#"{"type": {"type": "long"}, "doc": "d"}"#,
+            r#"{"type": {"type": "long", "logicalType": "timestamp-millis"}, "doc": "d", "x": 1}"#,
+            r#"{"type": "record", "name": "R", "fields": [{"name": "f", "type": {"type": {"type": "int"}, "doc": "d"}}]}"#,
+        ] {
+            assert_normalizes(text);
+        }
+    }
 
     #[test]
     fn whitespace_attribute_order_and_qualification_are_one_schema() {

@@ -284,10 +284,35 @@ async fn root() -> Result<Response> {
     ok(&serde_json::json!({}))
 }
 
+/// Subjects in a page, as Confluent pages them: `offset` (default 0) and `limit` (default and
+/// at most [`MAX_SUBJECTS_PAGE`]; -1 means the default).
 async fn list_subjects(state: State, params: Params) -> Result<Response> {
     let prefix = params.get("subjectPrefix").unwrap_or_default();
-    ok(&state.subjects(params.flag("deleted"), prefix).await?)
+    let offset = match params.get("offset") {
+        None => 0,
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            Error::UnprocessableEntity(format!("offset {raw:?} must be a whole number, 0 or more"))
+        })?,
+    };
+    let limit = match params.get("limit") {
+        None => MAX_SUBJECTS_PAGE,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(-1) => MAX_SUBJECTS_PAGE,
+            Ok(n) if (1..=MAX_SUBJECTS_PAGE).contains(&n) => n,
+            _ => {
+                return Err(Error::UnprocessableEntity(format!(
+                    "limit {raw:?} must be -1 or a whole number from 1 to {MAX_SUBJECTS_PAGE}"
+                )));
+            }
+        },
+    };
+    ok(&state
+        .subjects(params.flag("deleted"), prefix, offset, limit)
+        .await?)
 }
+
+/// The most subjects one `GET /subjects` returns.
+pub const MAX_SUBJECTS_PAGE: i64 = 1000;
 
 async fn list_versions(
     state: State,

@@ -447,14 +447,23 @@ impl Registry {
         )
     }
 
-    pub async fn subjects(&self, include_deleted: bool, prefix: &str) -> Result<Vec<String>> {
+    /// Subject names in order, `limit` of them from `offset`.
+    pub async fn subjects(
+        &self,
+        include_deleted: bool,
+        prefix: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT subject FROM schema_registry_subject_versions
              WHERE (NOT deleted OR $1) AND starts_with(subject, $2)
-             ORDER BY subject",
+             ORDER BY subject OFFSET $3 LIMIT $4",
         )
         .bind(include_deleted)
         .bind(prefix)
+        .bind(offset)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -19,6 +19,7 @@ mod interop;
 mod kafka;
 mod keys;
 mod lag;
+mod limits;
 mod metrics;
 mod monthly;
 mod notifications;

@@ -1,7 +1,8 @@
 //! A customer's statement and the trial balance by account type, over real sockets
 //! against `dhanman up`: receivable lines in order with a running balance that ends at
-//! the customer's balance, an opening balance for a later `from`, bad dates refused by
-//! name, another organization's customer unknown.
+//! the customer's balance, read in pages that carry the balance from one to the next, an
+//! opening balance for a later `from`, bad dates refused by name, another organization's
+//! customer unknown; a reference's ledger entries one page at a time.
 
 use chrono::{Duration, Utc};
 use dhanman_schemas::events::{Envelope, InvoiceCreated, Record};
@@ -155,6 +156,50 @@ async fn a_statement_runs_to_the_balance_and_the_trial_balance_groups_by_type() 
         "{}",
         balance.body
     );
+
+    // In pages of two lines: the same lines in order, each page opening at the balance the
+    // page before closed on.
+    let mut paged = Vec::new();
+    let mut carried = "0.00".to_string();
+    let mut query = "?limit=2".to_string();
+    loop {
+        let page = statement(query.clone()).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let inr = &page.body["currencies"][0];
+        assert_eq!(inr["opening_balance"], carried.as_str(), "{}", page.body);
+        paged.extend(lines(inr));
+        carried = inr["closing_balance"].as_str().unwrap().to_string();
+        match page.body["next"].as_str() {
+            Some(next) => query = format!("?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, lines(&all.body["currencies"][0]));
+    assert_eq!(carried, "400.00");
+    // The voided invoice's entries one at a time: the invoice, then its void.
+    let entries = |after: Option<&str>| {
+        let api = api.clone();
+        let query = match after {
+            Some(cursor) => {
+                format!("/v1/ledger/entries?reference_id={voided}&limit=1&after={cursor}")
+            }
+            None => format!("/v1/ledger/entries?reference_id={voided}&limit=1"),
+        };
+        async move { api.get(&query).await }
+    };
+    let first = entries(None).await;
+    assert_eq!(
+        first.body["entries"][0]["reference_type"], "invoice",
+        "{}",
+        first.body
+    );
+    let second = entries(first.body["next"].as_str()).await;
+    assert_eq!(
+        second.body["entries"][0]["reference_type"], "invoice_void",
+        "{}",
+        second.body
+    );
+    assert!(second.body["next"].is_null(), "{}", second.body);
 
     // From five days ago: the old invoice is the opening balance. Up to five days ago:
     // only the old invoice.

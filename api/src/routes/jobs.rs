@@ -3,12 +3,20 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::extract::Auth;
+use crate::extract::{Auth, Params};
+use crate::page::PageRequest;
 use crate::{ApiError, AppState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    pub limit: Option<String>,
+    pub after: Option<String>,
+}
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct JobRun {
@@ -24,19 +32,27 @@ struct JobRun {
     failures: Value,
 }
 
-/// The newest 100 runs, newest first.
+/// Runs, newest first, a page at a time.
 pub async fn runs(
     State(state): State<AppState>,
     Auth(caller): Auth,
+    Params(q): Params<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let runs: Vec<JobRun> = sqlx::query_as(
+    let page = PageRequest::<(DateTime<Utc>, Uuid)>::parse(q.limit.as_deref(), q.after.as_deref())?;
+    let (after_at, after_id) = page.after.unzip();
+    let mut runs: Vec<JobRun> = sqlx::query_as(
         "select id, run_id, job, period, started_at, finished_at, created, skipped, failed,
                 failures
            from job_runs where organization_id = $1
-          order by started_at desc, id desc limit 100",
+            and ($2::timestamptz is null or (started_at, id) < ($2, $3))
+          order by started_at desc, id desc limit $4",
     )
     .bind(caller.organization_id)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(json!({ "runs": runs })))
+    let next = page.finish(&mut runs, |r| (r.started_at, r.id));
+    Ok(Json(json!({ "runs": runs, "next": next })))
 }

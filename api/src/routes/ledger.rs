@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::consistency::wait_for_ledger;
 use crate::extract::{Auth, Params, path_uuid};
+use crate::page::PageRequest;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +222,8 @@ pub struct StatementQuery {
     pub from: Option<String>,
     pub to: Option<String>,
     pub consistent_with: Option<String>,
+    pub limit: Option<String>,
+    pub after: Option<String>,
 }
 
 fn statement_date(raw: Option<&str>, field: &str) -> Result<Option<NaiveDate>, ApiError> {
@@ -249,7 +252,9 @@ struct StatementLine {
 }
 
 /// The customer's receivable (account 1200) lines between two days, with running balance,
-/// per currency.
+/// per currency, a page of lines at a time: each currency's `opening_balance` is its
+/// balance before the page's first line (on the first page, before `from`) and its
+/// `closing_balance` the balance after the page's last line.
 pub async fn customer_statement(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -259,6 +264,7 @@ pub async fn customer_statement(
     let customer_id = path_uuid(&id, "customer")?;
     let from = statement_date(q.from.as_deref(), "from")?;
     let to = statement_date(q.to.as_deref(), "to")?;
+    let page = PageRequest::<(DateTime<Utc>, i64)>::parse(q.limit.as_deref(), q.after.as_deref())?;
     if let (Some(f), Some(t)) = (from, to)
         && f > t
     {
@@ -277,25 +283,28 @@ pub async fn customer_statement(
     let from_at = from.map(day_start);
     // `to` is inclusive: everything before the start of the next day.
     let to_end = to.and_then(|d| d.succ_opt()).map(day_start);
-    let opening: Vec<(String, Decimal)> = match from_at {
-        Some(from_at) => {
-            sqlx::query_as(
-                "select e.currency::text, sum(p.debit - p.credit)
-                   from postings p join journal_entries e on e.id = p.entry_id
-                  where p.party_id = $2 and p.party_type = 'customer'
-                    and p.account_code = '1200' and p.organization_id = $1
-                    and e.occurred_at < $3
-                  group by e.currency",
-            )
-            .bind(caller.organization_id)
-            .bind(customer_id)
-            .bind(from_at)
-            .fetch_all(&state.pool)
-            .await?
-        }
-        None => Vec::new(),
+    let (after_at, after_id) = page.after.unzip();
+    // Everything before the page: before `from`, and the pages already read.
+    let opening: Vec<(String, Decimal)> = if from_at.is_some() || after_at.is_some() {
+        sqlx::query_as(
+            "select e.currency::text, sum(p.debit - p.credit)
+               from postings p join journal_entries e on e.id = p.entry_id
+              where p.party_id = $2 and p.party_type = 'customer'
+                and p.account_code = '1200' and p.organization_id = $1
+                and (e.occurred_at < $3 or (e.occurred_at, p.id) <= ($4, $5))
+              group by e.currency",
+        )
+        .bind(caller.organization_id)
+        .bind(customer_id)
+        .bind(from_at)
+        .bind(after_at)
+        .bind(after_id)
+        .fetch_all(&state.pool)
+        .await?
+    } else {
+        Vec::new()
     };
-    let lines: Vec<StatementLine> = sqlx::query_as(
+    let mut lines: Vec<StatementLine> = sqlx::query_as(
         "select p.id, e.currency::text as currency, e.occurred_at, e.id as entry_id,
                 e.description, e.reference_type, e.reference_id, p.debit, p.credit
            from postings p join journal_entries e on e.id = p.entry_id
@@ -303,14 +312,20 @@ pub async fn customer_statement(
             and p.organization_id = $1
             and ($3::timestamptz is null or e.occurred_at >= $3)
             and ($4::timestamptz is null or e.occurred_at < $4)
-          order by e.occurred_at, p.id",
+            and ($5::timestamptz is null or (e.occurred_at, p.id) > ($5, $6))
+          order by e.occurred_at, p.id
+          limit $7",
     )
     .bind(caller.organization_id)
     .bind(customer_id)
     .bind(from_at)
     .bind(to_end)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
+    let next = page.finish(&mut lines, |l| (l.occurred_at, l.id));
 
     // currency -> (opening, running balance, lines)
     let mut by_currency: std::collections::BTreeMap<String, (Decimal, Decimal, Vec<Value>)> =
@@ -348,6 +363,7 @@ pub async fn customer_statement(
         "from": from,
         "to": to,
         "currencies": currencies,
+        "next": next,
     })))
 }
 
@@ -372,8 +388,12 @@ struct EntryLine {
 pub struct EntriesQuery {
     pub reference_id: Option<String>,
     pub consistent_with: Option<String>,
+    pub limit: Option<String>,
+    pub after: Option<String>,
 }
 
+/// The entries of one reference (an invoice, a payment, ...) with their lines, oldest
+/// first, a page of entries at a time.
 pub async fn entries(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -385,16 +405,27 @@ pub async fn entries(
         .ok_or_else(|| ApiError::validation("reference_id", "is required"))?
         .parse()
         .map_err(|_| ApiError::validation("reference_id", "must be a UUID"))?;
+    let page = PageRequest::<(DateTime<Utc>, Uuid)>::parse(q.limit.as_deref(), q.after.as_deref())?;
+    let (after_at, after_id) = page.after.unzip();
     wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
     let rows: Vec<EntryLine> = sqlx::query_as(
-        "select e.id, e.source_event_id, e.reference_type, e.description, e.currency::text as currency,
+        "with page as (
+             select * from journal_entries
+              where organization_id = $1 and reference_id = $2
+                and ($3::timestamptz is null or (occurred_at, id) > ($3, $4))
+              order by occurred_at, id
+              limit $5
+         )
+         select e.id, e.source_event_id, e.reference_type, e.description, e.currency::text as currency,
                 e.occurred_at, p.account_code, p.party_type, p.party_id, p.debit, p.credit
-           from journal_entries e join postings p on p.entry_id = e.id
-          where e.organization_id = $1 and e.reference_id = $2
+           from page e join postings p on p.entry_id = e.id
           order by e.occurred_at, e.id, p.id",
     )
     .bind(caller.organization_id)
     .bind(reference_id)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
     let mut entries: Vec<Value> = Vec::new();
@@ -417,5 +448,8 @@ pub async fn entries(
             })),
         }
     }
-    Ok(Json(json!({ "entries": entries })))
+    let next = page.finish(&mut entries, |e| {
+        (e["occurred_at"].clone(), e["entry_id"].clone())
+    });
+    Ok(Json(json!({ "entries": entries, "next": next })))
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::extract::{Auth, Params};
+use crate::page::PageRequest;
 use crate::{ApiError, AppState};
 
 /// Who may read the delivery log.
@@ -25,7 +26,12 @@ pub const STATUSES: &[&str] = &["pending", "sending", "sent", "skipped", "dead_l
 pub struct NotificationQuery {
     pub recipient: Option<String>,
     pub status: Option<String>,
+    pub limit: Option<String>,
+    pub after: Option<String>,
 }
+
+/// A delivery's place in the log: newest first, then by event, recipient and template.
+type Key = (DateTime<Utc>, Uuid, String, String);
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct Delivery {
@@ -45,7 +51,7 @@ struct Delivery {
     sent_at: Option<DateTime<Utc>>,
 }
 
-/// The newest 500 deliveries matching the filters, newest first.
+/// The deliveries matching the filters, newest first, a page at a time.
 pub async fn list(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -58,7 +64,14 @@ pub async fn list(
             format!("{status:?} is not one of {}", STATUSES.join(", ")),
         ));
     }
-    let deliveries: Vec<Delivery> = sqlx::query_as(
+    let page = PageRequest::<Key>::parse(q.limit.as_deref(), q.after.as_deref())?;
+    let (at, event, recipient, template) = match page.after.clone() {
+        Some((at, event, recipient, template)) => {
+            (Some(at), Some(event), Some(recipient), Some(template))
+        }
+        None => (None, None, None, None),
+    };
+    let mut deliveries: Vec<Delivery> = sqlx::query_as(
         "select event_id, recipient, template, event_type, status, attempts, subject,
                 message_id, reason, last_error, correlation_id, created_at, next_attempt_at,
                 sent_at
@@ -66,13 +79,28 @@ pub async fn list(
           where organization_id = $1
             and ($2::text is null or lower(recipient) = lower($2))
             and ($3::text is null or status = $3)
+            and ($4::timestamptz is null or created_at < $4
+                 or (created_at = $4 and (event_id, recipient, template) > ($5, $6, $7)))
           order by created_at desc, event_id, recipient, template
-          limit 500",
+          limit $8",
     )
     .bind(caller.organization_id)
     .bind(q.recipient.as_deref().map(str::trim))
     .bind(q.status.as_deref())
+    .bind(at)
+    .bind(event)
+    .bind(recipient)
+    .bind(template)
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(json!({ "notifications": deliveries })))
+    let next = page.finish(&mut deliveries, |d| {
+        (
+            d.created_at,
+            d.event_id,
+            d.recipient.clone(),
+            d.template.clone(),
+        )
+    });
+    Ok(Json(json!({ "notifications": deliveries, "next": next })))
 }

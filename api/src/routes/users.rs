@@ -7,9 +7,11 @@ use dhanman_producers::orgs::{self, IssuedKey, KeyInfo};
 use dhanman_producers::users::{self, AcceptInvitation, DirectoryEntry, NewUser};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::consistency::wait_for;
 use crate::extract::{Auth, JsonBody, Params, path_uuid};
+use crate::page::PageRequest;
 use crate::{ApiError, AppState};
 
 /// Creates a user and their invitation; the answer holds no key (the invited person gets
@@ -85,9 +87,12 @@ pub async fn rotate_key(
 pub struct DirectoryQuery {
     pub role: Option<String>,
     pub consistent_with: Option<String>,
+    pub limit: Option<String>,
+    pub after: Option<String>,
 }
 
-/// The organization's users as every context sees them (the users projection).
+/// The organization's users as every context sees them (the users projection), by name, a
+/// page at a time.
 pub async fn directory(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -99,10 +104,19 @@ pub async fn directory(
             format!("{role:?} is not one of {}", users::ROLES.join(", ")),
         ));
     }
+    let page = PageRequest::<(String, Uuid)>::parse(q.limit.as_deref(), q.after.as_deref())?;
     wait_for(&state, "users", q.consistent_with.as_deref()).await?;
     let mut conn = state.pool.acquire().await?;
-    let users = users::directory(&mut conn, caller.organization_id, q.role.as_deref()).await?;
-    Ok(Json(json!({ "users": users })))
+    let mut users = users::directory(
+        &mut conn,
+        caller.organization_id,
+        q.role.as_deref(),
+        page.after.clone(),
+        page.fetch(),
+    )
+    .await?;
+    let next = page.finish(&mut users, |u| (u.name.clone(), u.user_id));
+    Ok(Json(json!({ "users": users, "next": next })))
 }
 
 pub async fn user(

@@ -85,6 +85,21 @@ async fn read_endpoints(pool: PgPool) {
         app.get("/subjects?subjectPrefix=nothing").await.1,
         json!([])
     );
+    // Pages as Confluent pages them: offset and limit, -1 the default (and largest) page.
+    assert_eq!(
+        app.get("/subjects?offset=1&limit=1").await.1,
+        json!(["users-value"])
+    );
+    assert_eq!(
+        app.get("/subjects?offset=0&limit=1").await.1,
+        json!(["payments-value"])
+    );
+    assert_eq!(app.get("/subjects?offset=2&limit=-1").await.1, json!([]));
+    for bad in ["limit=0", "limit=1001", "offset=-1", "offset=x"] {
+        let (status, body) = app.get(&format!("/subjects?{bad}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(body["error_code"], 422, "{bad}: {body}");
+    }
     assert_eq!(
         app.get("/subjects/users-value/versions").await.1,
         json!([1, 2])
