@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use dhanman_connectors::dlq::{self, DeadLetter, Filter};
-use dhanman_schemas::topics;
+use dhanman_schemas::topics::{self, dlq_headers};
 use serde_json::json;
 
 use crate::Config;
@@ -123,11 +123,11 @@ fn print_list(letters: &[DeadLetter], json: bool) -> anyhow::Result<()> {
         let source = format!(
             "{}/{}/{}",
             l.source_topic().unwrap_or("?"),
-            l.header("dlq.source.partition").unwrap_or("?"),
-            l.header("dlq.source.offset").unwrap_or("?")
+            l.header(dlq_headers::SOURCE_PARTITION).unwrap_or("?"),
+            l.header(dlq_headers::SOURCE_OFFSET).unwrap_or("?")
         );
         let error: String = l
-            .header("dlq.error")
+            .header(dlq_headers::ERROR)
             .unwrap_or("")
             .chars()
             .take(80)
@@ -139,7 +139,7 @@ fn print_list(letters: &[DeadLetter], json: bool) -> anyhow::Result<()> {
             l.offset,
             l.class(),
             source,
-            l.header("dlq.processor").unwrap_or("?"),
+            l.header(dlq_headers::PROCESSOR).unwrap_or("?"),
             l.redriven_at
                 .map_or_else(|| "-".to_string(), |t| t.format("%F %T").to_string()),
             error

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use dhanman_schemas::topics::dlq_headers;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use sqlx::PgPool;
@@ -36,19 +37,19 @@ impl DeadLetter {
     }
 
     pub fn class(&self) -> &str {
-        self.header("dlq.error.class").unwrap_or("unknown")
+        self.header(dlq_headers::ERROR_CLASS).unwrap_or("unknown")
     }
 
     pub fn source_topic(&self) -> Option<&str> {
-        self.header("dlq.source.topic")
+        self.header(dlq_headers::SOURCE_TOPIC)
     }
 
     pub fn source_partition(&self) -> Option<i32> {
-        self.header("dlq.source.partition")?.parse().ok()
+        self.header(dlq_headers::SOURCE_PARTITION)?.parse().ok()
     }
 
     pub fn source_offset(&self) -> Option<i64> {
-        self.header("dlq.source.offset")?.parse().ok()
+        self.header(dlq_headers::SOURCE_OFFSET)?.parse().ok()
     }
 }
 
@@ -157,11 +158,11 @@ pub async fn redrive(pool: &PgPool, topic_prefix: &str, letters: &[&DeadLetter])
         let mut headers: Map<String, Json> = letter
             .headers
             .iter()
-            .filter(|(k, _)| !k.starts_with("dlq."))
+            .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX))
             .map(|(k, v)| (k.clone(), Json::String(v.clone())))
             .collect();
         headers.insert(
-            "dlq.redriven.from".into(),
+            dlq_headers::REDRIVEN_FROM.to_string(),
             Json::String(format!(
                 "{}/{}/{}",
                 letter.dlq_topic, letter.partition, letter.offset

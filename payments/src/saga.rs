@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use dhanman_producers::sales::{self, PaymentRow};
+use dhanman_producers::sales::{self, PaymentRow, lock_invoice};
 use dhanman_producers::{Error as CommandError, outbox};
 use dhanman_schemas::events::{Envelope, FieldError, PaymentFailed};
 use rust_decimal::Decimal;
@@ -315,7 +315,7 @@ impl Payments {
         reference: Option<&str>,
     ) -> Result<Uuid> {
         let mut tx = self.inner.pool.begin().await?;
-        let invoice = open_invoice(&mut tx, request.organization_id, invoice_id)
+        let invoice = lock_invoice(&mut tx, request.organization_id, invoice_id)
             .await?
             .ok_or(CommandError::NotFound("invoice"))?;
         match invoice.status.as_str() {
@@ -693,7 +693,7 @@ impl Payments {
             tracing::warn!(%charge_id, %state, "a charge landed on a saga already final: refunding it");
             return self.refund_late(saga, charge_id, lease).await;
         }
-        let invoice = open_invoice(&mut tx, saga.organization_id, saga.invoice_id)
+        let invoice = lock_invoice(&mut tx, saga.organization_id, saga.invoice_id)
             .await?
             .ok_or(CommandError::NotFound("invoice"))?;
         let payable = invoice.status == "open"
@@ -1088,53 +1088,6 @@ impl From<FieldError> for Error {
     fn from(e: FieldError) -> Self {
         Error::Command(e.into())
     }
-}
-
-struct InvoiceRow {
-    customer_id: Uuid,
-    invoice_number: String,
-    amount: Decimal,
-    currency: String,
-    status: String,
-    paid: Decimal,
-}
-
-impl InvoiceRow {
-    fn outstanding(&self) -> Decimal {
-        (self.amount - self.paid).round_dp(2)
-    }
-}
-
-/// The invoice, locked for the transaction (the lock manual payments and voids take).
-async fn open_invoice(
-    conn: &mut PgConnection,
-    organization_id: Uuid,
-    invoice_id: Uuid,
-) -> Result<Option<InvoiceRow>> {
-    let row: Option<(Uuid, String, Decimal, String, String)> = sqlx::query_as(
-        "select customer_id, invoice_number, amount, currency::text, status from invoices
-          where id = $1 and organization_id = $2 for update",
-    )
-    .bind(invoice_id)
-    .bind(organization_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((customer_id, invoice_number, amount, currency, status)) = row else {
-        return Ok(None);
-    };
-    let (paid,): (Decimal,) =
-        sqlx::query_as("select coalesce(sum(amount), 0) from payments where invoice_id = $1")
-            .bind(invoice_id)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(Some(InvoiceRow {
-        customer_id,
-        invoice_number,
-        amount,
-        currency: currency.trim().to_string(),
-        status,
-        paid,
-    }))
 }
 
 async fn step(conn: &mut PgConnection, saga_id: Uuid, state: &str, detail: Value) -> Result<()> {

@@ -1149,17 +1149,7 @@ async fn store_offsets(conn: &mut PgConnection, group: &str, batch: &[Incoming])
     Ok(())
 }
 
-/// Header names on dead letters.
-pub mod dlq_headers {
-    pub const ERROR: &str = "dlq.error";
-    pub const ERROR_CLASS: &str = "dlq.error.class";
-    pub const SOURCE_TOPIC: &str = "dlq.source.topic";
-    pub const SOURCE_PARTITION: &str = "dlq.source.partition";
-    pub const SOURCE_OFFSET: &str = "dlq.source.offset";
-    pub const PROCESSOR: &str = "dlq.processor";
-    pub const FAILED_AT: &str = "dlq.failed.at";
-    pub const ATTEMPTS: &str = "dlq.attempts";
-}
+pub use dhanman_schemas::topics::dlq_headers;
 
 struct DeadLetter<'a> {
     record: &'a Incoming,

@@ -270,18 +270,16 @@ pub async fn record_manual_payment(
     let (customer_id, invoice_status) = match input.invoice_id {
         Some(invoice_id) => {
             // Lock the invoice: two payments racing for the same invoice are ordered here.
-            let invoice: Option<(Uuid, Decimal, String, String)> = sqlx::query_as(
-                "select customer_id, amount, currency, status from invoices
-                  where id = $1 and organization_id = $2 for update",
-            )
-            .bind(invoice_id)
-            .bind(caller.organization_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let (customer_id, invoice_amount, invoice_currency, status) =
-                invoice.ok_or_else(|| {
+            let invoice = lock_invoice(conn, caller.organization_id, invoice_id)
+                .await?
+                .ok_or_else(|| {
                     FieldError::new("invoice_id", "no such invoice in this organization")
                 })?;
+            let (customer_id, invoice_currency, status) = (
+                invoice.customer_id,
+                invoice.currency.as_str(),
+                invoice.status.as_str(),
+            );
             if input.customer_id.is_some_and(|c| c != customer_id) {
                 return Err(FieldError::new(
                     "customer_id",
@@ -289,14 +287,14 @@ pub async fn record_manual_payment(
                 )
                 .into());
             }
-            if invoice_currency.trim() != currency {
+            if invoice_currency != currency {
                 return Err(FieldError::new(
                     "currency",
                     format!("must match the invoice currency {invoice_currency}"),
                 )
                 .into());
             }
-            match status.as_str() {
+            match status {
                 "paid" => {
                     return Err(Error::Conflict(format!(
                         "invoice {invoice_id} is already paid"
@@ -305,13 +303,7 @@ pub async fn record_manual_payment(
                 "void" => return Err(Error::Conflict(format!("invoice {invoice_id} is void"))),
                 _ => {}
             }
-            let (paid,): (Decimal,) = sqlx::query_as(
-                "select coalesce(sum(amount), 0) from payments where invoice_id = $1",
-            )
-            .bind(invoice_id)
-            .fetch_one(&mut *conn)
-            .await?;
-            let outstanding = invoice_amount - paid;
+            let outstanding = invoice.amount - invoice.paid;
             if amount > outstanding {
                 return Err(FieldError::new(
                     "amount",
@@ -518,26 +510,22 @@ pub async fn void_invoice(
 
     // The same row lock a manual payment takes: of a payment and a void racing for one
     // invoice, the second to get the lock sees what the first did and is refused.
-    let invoice: Option<(Uuid, Decimal, String, String)> = sqlx::query_as(
-        "select customer_id, amount, currency::text, status from invoices
-          where id = $1 and organization_id = $2 for update",
-    )
-    .bind(invoice_id)
-    .bind(caller.organization_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (customer_id, amount, currency, status) = invoice.ok_or(Error::NotFound("invoice"))?;
+    let LockedInvoice {
+        customer_id,
+        amount,
+        currency,
+        status,
+        payments,
+        paid,
+        ..
+    } = lock_invoice(conn, caller.organization_id, invoice_id)
+        .await?
+        .ok_or(Error::NotFound("invoice"))?;
     if status != "open" {
         return Err(Error::Conflict(format!(
             "invoice {invoice_id} has status {status}: only an open invoice can be voided"
         )));
     }
-    let (payments, paid): (i64, Decimal) = sqlx::query_as(
-        "select count(*), coalesce(sum(amount), 0) from payments where invoice_id = $1",
-    )
-    .bind(invoice_id)
-    .fetch_one(&mut *conn)
-    .await?;
     if payments > 0 {
         return Err(Error::Conflict(format!(
             "invoice {invoice_id} has amount_paid {paid} ({payments} payment(s)): \
@@ -570,4 +558,64 @@ pub async fn void_invoice(
         invoice,
         consistency_token,
     })
+}
+
+/// An invoice locked for the rest of the transaction, with what has been paid on it. The
+/// lock (`for update` on the invoice row) is the one every writer of an invoice's payments
+/// or status takes: of two manual payments, a payment and a void, or the payment saga and
+/// either, the second to get it sees what the first did.
+#[derive(Debug, Clone)]
+pub struct LockedInvoice {
+    pub customer_id: Uuid,
+    pub invoice_number: String,
+    pub amount: Decimal,
+    /// Trimmed (the column is fixed-width).
+    pub currency: String,
+    pub status: String,
+    /// Payments recorded against it and their sum.
+    pub payments: i64,
+    pub paid: Decimal,
+}
+
+impl LockedInvoice {
+    /// What is still to pay, to the cent.
+    pub fn outstanding(&self) -> Decimal {
+        (self.amount - self.paid).round_dp(2)
+    }
+}
+
+/// Locks the organization's invoice and sums its payments; `None` if there is no such
+/// invoice in the organization. The sum is read after the lock is held (its own statement),
+/// so it includes every payment committed by whoever held the lock before.
+pub async fn lock_invoice(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    invoice_id: Uuid,
+) -> std::result::Result<Option<LockedInvoice>, sqlx::Error> {
+    let row: Option<(Uuid, String, Decimal, String, String)> = sqlx::query_as(
+        "select customer_id, invoice_number, amount, currency::text, status from invoices
+          where id = $1 and organization_id = $2 for update",
+    )
+    .bind(invoice_id)
+    .bind(organization_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((customer_id, invoice_number, amount, currency, status)) = row else {
+        return Ok(None);
+    };
+    let (payments, paid): (i64, Decimal) = sqlx::query_as(
+        "select count(*), coalesce(sum(amount), 0) from payments where invoice_id = $1",
+    )
+    .bind(invoice_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some(LockedInvoice {
+        customer_id,
+        invoice_number,
+        amount,
+        currency: currency.trim().to_string(),
+        status,
+        payments,
+        paid,
+    }))
 }

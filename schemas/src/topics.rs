@@ -22,6 +22,23 @@ pub const ALL: &[&str] = &[
 ];
 
 /// The dead-letter topic of a source topic.
+/// Header names on dead letters: what the consumer runtime and the notification sender
+/// write, and `dhanman dlq` reads and strips on redrive.
+pub mod dlq_headers {
+    /// Prefix of every dead-letter header.
+    pub const PREFIX: &str = "dlq.";
+    pub const ERROR: &str = "dlq.error";
+    pub const ERROR_CLASS: &str = "dlq.error.class";
+    pub const SOURCE_TOPIC: &str = "dlq.source.topic";
+    pub const SOURCE_PARTITION: &str = "dlq.source.partition";
+    pub const SOURCE_OFFSET: &str = "dlq.source.offset";
+    pub const PROCESSOR: &str = "dlq.processor";
+    pub const FAILED_AT: &str = "dlq.failed.at";
+    pub const ATTEMPTS: &str = "dlq.attempts";
+    /// On a redriven record: the dead letter it came from (topic/partition/offset).
+    pub const REDRIVEN_FROM: &str = "dlq.redriven.from";
+}
+
 pub fn dlq(topic: &str) -> String {
     format!("{topic}.dlq")
 }

@@ -96,11 +96,16 @@ async fn a_poison_outbox_row_is_parked_and_the_rest_are_published() {
     assert!(reason.contains("invalid record"), "{reason}");
     let topic = setup.topic("dhanman.sales.invoices");
     let probe = dhanman_connectors::kafka::probe(&bootstrap()).expect("a broker probe");
+    // The topic's size as the broker reports it (a metadata answer just after the topic's
+    // creation may still be "not leader": asked again until it answers).
     let size = || async {
-        dhanman_connectors::gauges::topic_sizes(&probe, vec![topic.clone()])
-            .await
-            .expect("the topic's size")[0]
-            .1
+        eventually("the topic's size", Duration::from_secs(30), || async {
+            dhanman_connectors::gauges::topic_sizes(&probe, vec![topic.clone()])
+                .await
+                .ok()
+                .map(|sizes| sizes[0].1)
+        })
+        .await
     };
     assert_eq!(size().await, 2);
 
