@@ -229,3 +229,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Read by the log set-up, not by clap.
+    const OUTSIDE_CLAP: &[&str] = &["RUST_LOG", "DHANMAN_LOG_FORMAT"];
+
+    fn walk(command: &clap::Command, visit: &mut impl FnMut(&clap::Arg)) {
+        command.get_arguments().for_each(&mut *visit);
+        for sub in command.get_subcommands() {
+            walk(sub, visit);
+        }
+    }
+
+    /// docs/configuration.md has a row for every variable any command reads, showing its
+    /// default, and no row for a variable nothing reads.
+    #[test]
+    fn the_configuration_page_matches_the_cli() {
+        let page = include_str!("../docs/configuration.md");
+        let rows: BTreeMap<&str, &str> = page
+            .lines()
+            .filter_map(|line| {
+                let (variable, rest) = line.strip_prefix("| `")?.split_once('`')?;
+                let default = rest.strip_prefix(" | ")?.split(" | ").next()?;
+                variable
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    .then_some((variable, default))
+            })
+            .collect();
+        let mut read = BTreeSet::new();
+        let mut wrong = Vec::new();
+        walk(&Cli::command(), &mut |arg| {
+            let Some(variable) = arg.get_env() else {
+                return;
+            };
+            let variable = variable.to_string_lossy().into_owned();
+            let Some(shown) = rows.get(variable.as_str()) else {
+                wrong.push(format!("{variable} has no row"));
+                return;
+            };
+            for default in arg.get_default_values() {
+                let default = default.to_string_lossy();
+                let matches = if default.is_empty() {
+                    shown.contains("empty")
+                } else {
+                    shown.contains(&format!("`{default}`"))
+                };
+                if !matches {
+                    wrong.push(format!(
+                        "{variable}: default {default:?}, the page says {shown:?}"
+                    ));
+                }
+            }
+            read.insert(variable);
+        });
+        for variable in rows.keys() {
+            if !read.contains(*variable) && !OUTSIDE_CLAP.contains(variable) {
+                wrong.push(format!("{variable} is documented and no command reads it"));
+            }
+        }
+        assert!(wrong.is_empty(), "docs/configuration.md: {wrong:#?}");
+        assert!(read.len() > 40, "{read:?}");
+    }
+}
