@@ -5,6 +5,7 @@ pub mod consistency;
 mod error;
 mod extract;
 mod middleware;
+mod openapi;
 mod page;
 pub mod prometheus;
 pub mod rate_limit;
@@ -79,7 +80,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn router(state: AppState) -> Router {
     let registry = dhanman_registry::router(state.pool.clone());
     Router::new()
-        .merge(routes::router())
+        .merge(routes::router().layer(axum::middleware::from_fn(middleware::path_guard)))
         .with_state(state)
         .nest("/schema-registry", registry)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use dhanman_producers::trace::{self, TraceParent};
 use tracing::Instrument;
 
@@ -103,10 +103,20 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
 
 /// The answer to a request shed because [`crate::MAX_IN_FLIGHT`] are in flight.
 pub async fn overloaded(_: tower::BoxError) -> Response {
-    use axum::response::IntoResponse;
     crate::ApiError::Busy(format!(
         "{} requests are in flight on this API process; retry shortly",
         crate::MAX_IN_FLIGHT
     ))
     .into_response()
+}
+
+/// A path that does not decode to text (bad UTF-8 after percent-decoding) or holds a NUL is
+/// refused here, as the API's JSON 400 naming `path`, before a route's extractor sees it
+/// (axum's own rejection is plain text; Postgres refuses a NUL with an error of its own).
+pub async fn path_guard(req: Request, next: Next) -> Response {
+    match percent_encoding::percent_decode_str(req.uri().path()).decode_utf8() {
+        Ok(path) if !path.contains('\0') => next.run(req).await,
+        _ => crate::ApiError::bad_request("path", "must be UTF-8 text without NUL characters")
+            .into_response(),
+    }
 }

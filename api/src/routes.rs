@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/openapi.json", get(crate::openapi::document))
         .route("/v1/customers", post(sales::create_customer))
         .route("/v1/customers/{id}/balance", get(ledger::customer_balance))
         .route(

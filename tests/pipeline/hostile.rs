@@ -65,7 +65,7 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
 /// field or query parameter, dates outside what a ledger holds, money as a JSON number
 /// (which passes through binary floating point) or with an exponent, an email that is no
 /// address, a period that is no month. Each is a 422 naming the field, and nothing is
-/// written.
+/// written; a path that is no UTF-8 text or holds a NUL is a 400 naming the path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_values_are_422_naming_the_field_and_write_nothing() {
     use serde_json::json;
@@ -160,6 +160,16 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
             .get(&format!("/v1/customers/{customer}/statement?{query}"))
             .await;
         assert_refused(&reply, 422, field);
+    }
+    // A path that is no text, or holds a NUL, is the API's JSON 400 naming the path (axum's
+    // own answer is plain text; Postgres refuses a NUL in a parameter with an error).
+    for path in [
+        "/v1/accounts/%00/balance",
+        "/v1/accounts/1200%00/balance",
+        "/v1/invoices/%FF",
+        "/v1/customers/%C3%28/statement",
+    ] {
+        assert_refused(&api.get(path).await, 400, "path");
     }
     assert_eq!(
         db.count("select count(*) from invoices").await,

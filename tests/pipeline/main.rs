@@ -25,6 +25,7 @@ mod monthly;
 mod notifications;
 mod offsets;
 mod offsets_tool;
+mod openapi;
 mod outage;
 mod payments;
 mod purchase;
