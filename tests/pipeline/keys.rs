@@ -514,6 +514,48 @@ async fn salaries_are_read_by_the_bookkeepers_only() {
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let path = format!("/v1/salaries/{}", r.body["salary_id"].as_str().unwrap());
+    // The salary's journal entry, as the ledger posts it (no ledger runs here).
+    let salary_id: Uuid = r.body["salary_id"].as_str().unwrap().parse().unwrap();
+    let organization_id: Uuid =
+        sqlx::query_scalar("select organization_id from salaries where id = $1")
+            .bind(salary_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let entry = Uuid::now_v7();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into journal_entries (id, organization_id, source_event_id, reference_type,
+                reference_id, description, currency, occurred_at)
+         values ($1, $2, $1, 'salary', $3, 'Salary 2026-11 Gopal', 'INR', now())",
+    )
+    .bind(entry)
+    .bind(organization_id)
+    .bind(salary_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)
+         values ($1, $2, '5100', null, null, 18000, 0), ($1, $2, '2200', 'employee', $3, 0, 18000)",
+    )
+    .bind(entry)
+    .bind(organization_id)
+    .bind(Uuid::now_v7())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let entries = format!("/v1/ledger/entries?reference_id={salary_id}");
+    for reader in [&admin, &accountant.api] {
+        let r = reader.get(&entries).await;
+        assert_eq!(
+            r.body["entries"].as_array().map(Vec::len),
+            Some(1),
+            "{}",
+            r.body
+        );
+    }
     for reader in [&admin, &accountant.api] {
         let r = reader.get(&path).await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -533,8 +575,12 @@ async fn salaries_are_read_by_the_bookkeepers_only() {
         let r = user.api.get(&path).await;
         assert_forbidden(&r, role);
         assert!(!r.body.to_string().contains("gopal"), "{}", r.body);
-        // Nor through the delivery log, which names every payslip's address.
+        // Nor through the delivery log, which names every payslip's address, nor through
+        // the salary's ledger entry.
         assert_forbidden(&user.api.get("/v1/notifications").await, role);
+        let r = user.api.get(&entries).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["entries"], json!([]), "{}", r.body);
     }
     assert_eq!(accountant.api.get("/v1/notifications").await.status, 200);
     db.drop_db().await;

@@ -393,7 +393,8 @@ pub struct EntriesQuery {
 }
 
 /// The entries of one reference (an invoice, a payment, ...) with their lines, oldest
-/// first, a page of entries at a time.
+/// first, a page of entries at a time. A salary's entries (what an employee is paid) only
+/// for the roles that may read salaries; others see none.
 pub async fn entries(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -413,6 +414,7 @@ pub async fn entries(
              select * from journal_entries
               where organization_id = $1 and reference_id = $2
                 and ($3::timestamptz is null or (occurred_at, id) > ($3, $4))
+                and (reference_type <> 'salary' or $6)
               order by occurred_at, id
               limit $5
          )
@@ -426,6 +428,9 @@ pub async fn entries(
     .bind(after_at)
     .bind(after_id)
     .bind(page.fetch())
+    .bind(
+        dhanman_producers::payroll::SALARY_READERS.contains(&caller.role.as_str()),
+    )
     .fetch_all(&state.pool)
     .await?;
     let mut entries: Vec<Value> = Vec::new();
