@@ -63,6 +63,8 @@ pub struct NewPayment {
 /// One payment request, as the API hands it over.
 pub struct PaymentRequest {
     pub organization_id: Uuid,
+    /// The user whose key sent it: an `Idempotency-Key` is that user's.
+    pub user_id: Uuid,
     pub correlation_id: String,
     pub idempotency_key: String,
     /// Hash of the request (method, path, body): a reused key with another body is 409.
@@ -288,17 +290,27 @@ impl Payments {
     }
 
     async fn by_key(&self, request: &PaymentRequest) -> Result<Option<Uuid>> {
-        let found: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
-            "select id, request_hash from payment_sagas
-              where organization_id = $1 and idempotency_key = $2",
+        // The user's own saga under this key, or one recorded before keys belonged to users
+        // (the nil user), which is nobody's to replay.
+        let found: Option<(Uuid, Vec<u8>, Uuid)> = sqlx::query_as(
+            "select id, request_hash, user_id from payment_sagas
+              where organization_id = $1 and idempotency_key = $2
+                and user_id in ($3, '00000000-0000-0000-0000-000000000000')
+              order by user_id = $3 desc
+              limit 1",
         )
         .bind(request.organization_id)
         .bind(&request.idempotency_key)
+        .bind(request.user_id)
         .fetch_optional(&self.inner.pool)
         .await?;
         match found {
             None => Ok(None),
-            Some((id, hash)) if hash == request.request_hash => Ok(Some(id)),
+            Some((_, _, user)) if user != request.user_id => Err(CommandError::Conflict(
+                "Idempotency-Key was used before keys belonged to users; use a new one".into(),
+            )
+            .into()),
+            Some((id, hash, _)) if hash == request.request_hash => Ok(Some(id)),
             Some(_) => Err(CommandError::Conflict(
                 "Idempotency-Key was already used with a different request".into(),
             )
@@ -342,8 +354,9 @@ impl Payments {
         let reference = reference.unwrap_or(&invoice.invoice_number);
         let inserted = sqlx::query(
             "insert into payment_sagas (id, organization_id, invoice_id, customer_id,
-                 idempotency_key, request_hash, amount, currency, method, reference, correlation_id)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 idempotency_key, request_hash, amount, currency, method, reference, correlation_id,
+                 user_id)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(id)
         .bind(request.organization_id)
@@ -356,6 +369,7 @@ impl Payments {
         .bind(method.as_str())
         .bind(reference)
         .bind(&request.correlation_id)
+        .bind(request.user_id)
         .execute(&mut *tx)
         .await;
         if let Err(sqlx::Error::Database(db)) = &inserted
@@ -1059,7 +1073,7 @@ async fn locked_state(conn: &mut PgConnection, id: Uuid) -> Result<String> {
     Ok(state)
 }
 
-const KEY_CONSTRAINT: &str = "payment_sagas_organization_id_idempotency_key_key";
+const KEY_CONSTRAINT: &str = "payment_sagas_idempotency_key";
 const INVOICE_CONSTRAINT: &str = "payment_sagas_one_per_invoice";
 
 fn validate(input: &NewPayment) -> Result<(Uuid, Method, Option<String>), FieldError> {

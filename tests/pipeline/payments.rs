@@ -375,6 +375,19 @@ async fn a_payment_charges_once_posts_to_the_ledger_and_replays_by_key() {
     // A second payment of the paid invoice: 409.
     let second = pay(&api, "asha-dec-2", &invoice_id, "upi").await;
     assert_eq!(second.status, 409, "{}", second.body);
+    // The same key from another user of the organization is that user's own key: not a
+    // replay of the payment above (so 409, the invoice being paid), and nothing charged.
+    let colleague =
+        crate::keys::invite(&db, &api, "ravi@payments.example", "Ravi", "accountant").await;
+    let theirs = pay(&colleague.api, "asha-dec", &invoice_id, "upi").await;
+    assert_eq!(theirs.status, 409, "{}", theirs.body);
+    assert!(
+        theirs.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already paid")),
+        "{}",
+        theirs.body
+    );
     assert_eq!(gateway.log().await.len(), 1);
     assert_books_agree(&db, &gateway).await;
 

@@ -45,6 +45,7 @@ pub async fn create_payment(
     })?;
     let request = PaymentRequest {
         organization_id: caller.organization_id,
+        user_id: caller.user_id.unwrap_or_default(),
         correlation_id: caller.correlation_id.clone(),
         request_hash: idempotency::request_hash("POST", PATH, &body.bytes),
         idempotency_key: key,
