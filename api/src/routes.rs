@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/invoices", post(sales::create_invoice))
         .route("/v1/invoices/{id}", get(sales::invoice))
         .route("/v1/invoices/{id}/void", post(sales::void_invoice))
+        .route("/v1/invoices/{id}/email", post(sales::email_invoice))
         .route("/v1/payments/manual", post(sales::record_manual_payment))
         .route("/v1/payments", post(payments::create_payment))
         .route("/v1/payments/{id}", get(payments::payment))

@@ -10,7 +10,7 @@
 //!
 //! | record | template | recipient |
 //! |---|---|---|
-//! | `InvoiceCreated`, `SendInvoiceEmail` | invoice | the customer (`customers.email`); the command names its own |
+//! | `SendInvoiceEmail` (issued with each invoice, and for each copy asked for) | invoice | the address the command names; empty: the customer's (`customers.email`) |
 //! | `PaymentReceived`, `SendPaymentReceipt` | receipt | the customer; the command names its own |
 //! | `SendPaymentReminder` | reminder | the command's recipient |
 //! | `SendApprovalRequest` | approval_request | the approver the command names |
@@ -31,7 +31,7 @@ pub mod sender;
 pub mod templates;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use dhanman_schemas::events::Envelope;
+use dhanman_schemas::events::{Envelope, invoice_email};
 use dhanman_schemas::{Event, topics};
 use rust_decimal::Decimal;
 use serde_json::{Value as Json, json};
@@ -307,6 +307,7 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
     let needs_org = !matches!(
         event,
         Event::POSubmitted(_)
+            | Event::InvoiceCreated(_)
             | Event::InvoiceVoided(_)
             | Event::PaymentFailed(_)
             | Event::BillCreated(_)
@@ -319,31 +320,26 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
     let org_name = organization_name(conn, org).await?;
     let ctx = base(envelope, &org_name);
     let planned = match event {
-        Event::InvoiceCreated(e) => {
-            let customer = customer(conn, org, e.customer_id).await?;
-            vec![Planned {
-                template: Template::Invoice,
-                recipient: customer.recipient(e.customer_id),
-                context: with(
-                    ctx,
-                    json!({"customer_name": customer.name, "invoice_number": e.invoice_number,
-                        "amount": money(e.amount, &e.currency), "issue_date": e.issue_date,
-                        "due_date": e.due_date, "description": e.description, "resent": false}),
-                ),
-            }]
-        }
+        // An invoice's email is a command the invoicing side issues with it (or later, for a
+        // copy), as a service on RabbitMQ does: the event itself tells no one, so a bridged
+        // service's own command is not doubled by one of ours.
         Event::SendInvoiceEmail(c) => {
             let customer = customer(conn, org, c.customer_id).await?;
             let invoice = invoice(conn, org, c.invoice_id).await?;
+            let recipient = match c.recipient.trim() {
+                "" => customer.recipient(c.customer_id),
+                address => Recipient::Address(address.to_string()),
+            };
+            let resent = c.template.as_deref() != Some(invoice_email::INVOICE);
             vec![Planned {
                 template: Template::Invoice,
-                recipient: Recipient::Address(c.recipient.clone()),
+                recipient,
                 context: with(
                     ctx,
                     json!({"customer_name": customer.name, "invoice_number": invoice.number,
                         "amount": money(c.amount, &c.currency), "issue_date": invoice.issue_date,
                         "due_date": c.due_date, "description": invoice.description,
-                        "resent": true}),
+                        "resent": resent}),
                 ),
             }]
         }

@@ -132,11 +132,14 @@ pub async fn create_invoice(
     input: NewInvoice,
 ) -> Result<CreatedInvoice> {
     caller.require(BOOKKEEPERS, "creating an invoice")?;
-    create_invoice_with_id(conn, caller, input, Uuid::now_v7()).await
+    let created = create_invoice_with_id(conn, caller, input, Uuid::now_v7()).await?;
+    crate::invoice_email::issue_with_invoice(conn, caller, &created).await?;
+    Ok(created)
 }
 
 /// [`create_invoice`] under an id the caller chose (the monthly job claims its row with
-/// it before the invoice exists).
+/// it before the invoice exists), without its email: the caller issues it
+/// ([`crate::invoice_email::issue_with_invoice`]) unless the email is someone else's to send.
 pub async fn create_invoice_with_id(
     conn: &mut PgConnection,
     caller: &Caller,

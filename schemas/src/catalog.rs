@@ -89,6 +89,11 @@ const FILES: &[(&str, u32, &str)] = &[
         topics::NOTIFICATION_COMMANDS,
     ),
     (
+        include_str!("../avro/notification/SendInvoiceEmail.v2.avsc"),
+        2,
+        topics::NOTIFICATION_COMMANDS,
+    ),
+    (
         include_str!("../avro/notification/SendPaymentReminder.avsc"),
         1,
         topics::NOTIFICATION_COMMANDS,

@@ -581,8 +581,17 @@ mod tests {
             amount,
             currency: "INR".into(),
             due_date: "2026-12-10".parse().unwrap(),
+            template: Some("invoice".into()),
         };
         assert_eq!(round_trip(&email), Event::SendInvoiceEmail(email.clone()));
+        let v1_copy = SendInvoiceEmail {
+            template: None,
+            ..email.clone()
+        };
+        assert_eq!(
+            round_trip(&v1_copy),
+            Event::SendInvoiceEmail(v1_copy.clone())
+        );
         let reminder = SendPaymentReminder {
             envelope: envelope(),
             invoice_id: email.invoice_id,

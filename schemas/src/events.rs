@@ -313,17 +313,32 @@ pub struct SendInvoiceEmail {
     pub envelope: Envelope,
     pub invoice_id: Uuid,
     pub customer_id: Uuid,
+    /// The customer's address when the command was issued; empty: the customer has none,
+    /// and the notifier records the email as skipped.
     pub recipient: String,
     pub amount: Decimal,
     pub currency: String,
     pub due_date: NaiveDate,
+    // v2 field: absent in v1 records (always copies asked for later), read as `None`.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+/// The invoice emails a [`SendInvoiceEmail`] may ask for (its `template`).
+pub mod invoice_email {
+    /// The first send, issued with the invoice.
+    pub const INVOICE: &str = "invoice";
+    /// A copy asked for later; what a command without a template means.
+    pub const COPY: &str = "invoice_copy";
+    pub const ALL: [&str; 2] = [INVOICE, COPY];
 }
 
 record!(
     SendInvoiceEmail,
     "dhanman.notification.SendInvoiceEmail",
     topics::NOTIFICATION_COMMANDS,
-    key = recipient
+    key = recipient,
+    version = 2
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -524,6 +539,9 @@ impl Event {
             Event::SendInvoiceEmail(e) => {
                 check_money("amount", e.amount, &e.currency)?;
                 check_date("due_date", e.due_date)?;
+                if let Some(t) = e.template.as_deref() {
+                    check_invoice_template("template", t)?;
+                }
             }
             Event::SendPaymentReceipt(e) => check_money("amount", e.amount, &e.currency)?,
             Event::SendPaymentReminder(e) => {
@@ -533,6 +551,18 @@ impl Event {
             Event::UserCreated(_) | Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// `template` of a [`SendInvoiceEmail`] must be one of [`invoice_email::ALL`].
+pub fn check_invoice_template(field: &str, template: &str) -> Result<(), FieldError> {
+    if invoice_email::ALL.contains(&template) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must be one of {}", invoice_email::ALL.join(", ")),
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The monthly-invoices job against `dhanman up`: two runs at once create each invoice
 //! exactly once, a third creates none, one customer's failure is recorded while the others
-//! go on, the ledger posts the invoices, and `GET /v1/jobs/runs` shows the runs.
+//! go on, each invoice is issued with its one `SendInvoiceEmail`, the ledger posts the
+//! invoices, and `GET /v1/jobs/runs` shows the runs.
 
 use std::time::Duration;
 
@@ -157,6 +158,23 @@ async fn concurrent_runs_create_each_monthly_invoice_once_and_the_ledger_posts_t
     );
     assert_eq!(
         db.count("select count(*) from outbox where record_name like '%InvoiceCreated' and schema_version = 2")
+            .await,
+        eligible
+    );
+    // Each invoice is issued with its email, caused by its InvoiceCreated: one command each.
+    assert_eq!(
+        db.count(
+            "select count(distinct c.payload->>'invoice_id') from outbox c
+               join outbox i on i.event_id::text = c.payload->>'causation_id'
+                            and i.payload->>'invoice_id' = c.payload->>'invoice_id'
+              where c.record_name like '%SendInvoiceEmail' and c.payload->>'template' = 'invoice'
+                and i.record_name like '%InvoiceCreated'"
+        )
+        .await,
+        eligible
+    );
+    assert_eq!(
+        db.count("select count(*) from outbox where record_name like '%SendInvoiceEmail'")
             .await,
         eligible
     );

@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{Days, Utc};
-use dhanman_schemas::events::{Envelope, SendInvoiceEmail};
-use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -173,7 +171,7 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
     // Due tomorrow: its reminder (3 days before) is already due and fires at once.
     let (asha_invoice, asha_number) = invoice_due(&admin, asha, "1500.50", 1).await;
     let (bala_invoice, bala_number) = invoice_due(&admin, bala, "2000", 30).await;
-    invoice_due(&admin, chitra, "1750", 30).await;
+    let (chitra_invoice, _) = invoice_due(&admin, chitra, "1750", 30).await;
     let r = admin
         .post(
             "/v1/payments/manual",
@@ -233,27 +231,36 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(r.body["field"], "employee_email", "{}", r.body);
 
-    // An explicit re-send of Asha's invoice: a command of its own, so a delivery of its own.
+    // A copy of Asha's invoice asked for through the API: a command of its own, so a
+    // delivery of its own; a template that does not exist, an unknown invoice and a
+    // customer without an address are refused, naming what is wrong.
     let due = Utc::now()
         .date_naive()
         .checked_add_days(Days::new(1))
         .unwrap();
-    {
-        let mut tx = db.pool.begin().await.unwrap();
-        let resend = SendInvoiceEmail {
-            envelope: Envelope::new(org, "resend-asha", None),
-            invoice_id: asha_invoice,
-            customer_id: asha,
-            recipient: "asha@resident.test".into(),
-            amount: Decimal::new(150050, 2),
-            currency: "INR".into(),
-            due_date: due,
-        };
-        dhanman_producers::outbox::enqueue(&mut tx, &resend)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-    }
+    let r = admin
+        .post(
+            &format!("/v1/invoices/{asha_invoice}/email"),
+            json!({"template": "letterhead"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["field"], "template", "{}", r.body);
+    let r = admin
+        .post(&format!("/v1/invoices/{}/email", Uuid::new_v4()), json!({}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = admin
+        .post(&format!("/v1/invoices/{chitra_invoice}/email"), json!({}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["field"], "invoice_id", "{}", r.body);
+    let r = admin
+        .post(&format!("/v1/invoices/{asha_invoice}/email"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["recipient"], "asha@resident.test", "{}", r.body);
+    assert_eq!(r.body["template"], "invoice_copy", "{}", r.body);
 
     let welcome = "Welcome to Lotus Towers on Dhanman".to_string();
     let asha_subject = format!("Invoice {asha_number} from Lotus Towers: INR 1,500.50 due {due}");

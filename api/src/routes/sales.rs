@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use dhanman_producers::idempotency::{self, Claim};
+use dhanman_producers::invoice_email::{self, EmailInvoice};
 use dhanman_producers::sales::{
     self, Invoice, NewCustomer, NewInvoice, NewManualPayment, VoidInvoice,
 };
@@ -181,6 +182,30 @@ pub async fn void_invoice(
         StatusCode::OK,
         async |conn: &mut PgConnection, caller: &Caller, input| {
             sales::void_invoice(conn, caller, invoice_id, input).await
+        },
+    )
+    .await
+}
+
+/// A copy of the invoice to its customer (`SendInvoiceEmail`); 202: the notifier sends it.
+pub async fn email_invoice(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    OptionalJsonBody(body): OptionalJsonBody<EmailInvoice>,
+) -> Result<CommandReply, ApiError> {
+    let invoice_id = path_uuid(&id, "invoice")?;
+    run_command(
+        &state,
+        &headers,
+        &caller,
+        Gate::bookkeepers("emailing an invoice"),
+        &format!("/v1/invoices/{invoice_id}/email"),
+        body,
+        StatusCode::ACCEPTED,
+        async |conn: &mut PgConnection, caller: &Caller, input| {
+            invoice_email::email_invoice(conn, caller, invoice_id, input).await
         },
     )
     .await
