@@ -91,6 +91,13 @@ pub struct Config {
     /// How long a query with `?consistent_with=` waits for the ledger, in milliseconds.
     #[arg(long, env = "DHANMAN_CONSISTENCY_WAIT_MS", default_value_t = 5000)]
     pub consistency_wait_ms: u64,
+    /// Accounts the ledger's posting rules use instead of the defaults, as `key=code` pairs
+    /// (`revenue=4100,bank=1010`; keys: bank, revenue, salaries_payable, salary_expense,
+    /// expenses, payable, reserved_budget, commitments). Each must be in the chart of
+    /// accounts. Entries posted before a change keep theirs until `dhanman replay
+    /// --processor ledger --correct --execute`.
+    #[arg(long, env = "DHANMAN_LEDGER_ACCOUNTS")]
+    pub ledger_accounts: Option<dhanman_processors::ledger::Accounts>,
     /// Largest batch a processor applies in one transaction.
     #[arg(long, env = "DHANMAN_BATCH_SIZE", default_value_t = dhanman_processors::runtime::DEFAULT_MAX_BATCH)]
     pub batch_size: usize,
@@ -265,6 +272,22 @@ impl Config {
             .iter()
             .map(|t| format!("{}{t}", self.topic_prefix))
             .collect()
+    }
+
+    /// The ledger's accounts, checked against the chart when they are not the defaults.
+    pub async fn ledger_accounts(&self) -> anyhow::Result<dhanman_processors::ledger::Accounts> {
+        use sqlx::Connection;
+        let Some(accounts) = self.ledger_accounts.clone() else {
+            return Ok(Default::default());
+        };
+        let mut conn = sqlx::PgConnection::connect(&self.database_url)
+            .await
+            .context("connecting to Postgres (DATABASE_URL)")?;
+        accounts
+            .verify(&mut conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("DHANMAN_LEDGER_ACCOUNTS: {e}"))?;
+        Ok(accounts)
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {
@@ -540,7 +563,10 @@ pub async fn with_processor<J: ProcessorJob>(
     job: J,
 ) -> anyhow::Result<()> {
     match name {
-        "ledger" => job.with(Ledger::default()).await,
+        "ledger" => {
+            let accounts = config.ledger_accounts().await?;
+            job.with(Ledger::default().with_accounts(accounts)).await
+        }
         "users" => job.with(UserSync).await,
         "approvals" => job.with(ApprovalRequests).await,
         "notifier" => {

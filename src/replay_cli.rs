@@ -3,6 +3,10 @@
 //! gate makes it idempotent: events already applied are skipped, so a replay over them
 //! changes no balance, sends no email and re-arms no timer. Without `--execute` it only
 //! surveys the range: events in it, already applied, would apply, per type.
+//!
+//! With `--correct` (the ledger only) it corrects instead: see [`correct`].
+
+mod correct;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -41,6 +45,11 @@ pub struct Args {
     /// Apply the range (without it: only say what would change).
     #[arg(long)]
     execute: bool,
+    /// The ledger only: compare each event's entry with what today's posting rules make,
+    /// and reverse and re-post those that differ (with `--execute`; without it, print the
+    /// differences per account and party).
+    #[arg(long)]
+    correct: bool,
     /// A JSON summary instead of the table (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -115,6 +124,9 @@ struct Summary {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.correct {
+        return correct::run(args).await;
+    }
     let (processor, config) = (args.processor.clone(), args.config.clone());
     with_processor(&processor, &config, args).await
 }

@@ -46,7 +46,7 @@ use sqlx::{ConnectOptions, PgConnection, PgPool};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use crate::ledger;
+use crate::ledger::{self, correct};
 
 pub const UNBALANCED_ENTRY: &str = "unbalanced_entry";
 pub const TRIAL_BALANCE: &str = "trial_balance";
@@ -512,8 +512,9 @@ async fn duplicate_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sq
         .collect())
 }
 
-/// Entries whose source event the ledger never consumed, and reversals of an invoice
-/// that has no entry.
+/// Entries whose source event the ledger never consumed, reversals of an invoice that has
+/// no entry, and corrections (reversals and corrected entries) of an entry that does not
+/// exist.
 ///
 /// Gate rows are pruned after a retention (`DHANMAN_RETENTION_GATE`), entries never: only
 /// entries posted since the oldest gate row the ledger still has are held to one. An entry
@@ -527,8 +528,17 @@ async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx:
            from journal_entries j
           where j.posted_at >= (select min(processed_at) from processed_events
                                  where processor = $1)
+            and j.reference_type not in ($4, $5)
             and not exists (select 1 from processed_events pe
                              where pe.processor = $1 and pe.event_id = j.source_event_id)
+         union all
+         select c.id, c.organization_id, c.reference_type, c.reference_id, c.source_event_id,
+                true
+           from journal_entries c
+          where c.reference_type in ($4, $5)
+            and not exists (select 1 from journal_entries x
+                             where x.organization_id = c.organization_id
+                               and x.id = c.reference_id)
          union all
          select v.id, v.organization_id, v.reference_type, v.reference_id, v.source_event_id,
                 true
@@ -543,6 +553,8 @@ async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx:
     .bind(LEDGER)
     .bind(REF_INVOICE)
     .bind(REF_INVOICE_VOID)
+    .bind(correct::REVERSAL)
+    .bind(correct::CORRECTION)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
@@ -551,8 +563,10 @@ async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx:
             kind: ORPHAN_ENTRY,
             organization_id: Some(org),
             subject: entry.to_string(),
-            detail: if reversal {
+            detail: if reversal && rtype == REF_INVOICE_VOID {
                 format!("reverses invoice {rid}, which has no entry")
+            } else if reversal {
+                format!("{rtype} of entry {rid}, which does not exist")
             } else {
                 format!(
                     "{rtype} {rid}: source event {source} was never consumed by the ledger \

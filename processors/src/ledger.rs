@@ -14,6 +14,13 @@
 //!
 //! A bill never exceeds its order (the command side refuses it), so a bill's release is
 //! its own amount and the reservation never goes below zero.
+//!
+//! The codes are defaults: a deployment may move any but the receivable ([`Accounts`]).
+//! A change applies to what is posted from then on; [`correct`] brings the entries posted
+//! before it under the new rules, by reversal and re-posting, never by editing.
+
+pub mod accounts;
+pub mod correct;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +32,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::runtime::{ApplyError, Processor};
+pub use accounts::Accounts;
 
 pub const AR: &str = "1200";
 pub const BANK: &str = "1000";
@@ -40,6 +48,7 @@ pub const COMMITMENTS: &str = "5900";
 /// (benchmarks and replays point it at other topics).
 pub struct Ledger {
     topics: Vec<String>,
+    accounts: Accounts,
 }
 
 impl Default for Ledger {
@@ -52,13 +61,22 @@ impl Default for Ledger {
                 topics::PURCHASE_ORDERS.to_string(),
                 topics::BILLS.to_string(),
             ],
+            accounts: Accounts::default(),
         }
     }
 }
 
 impl Ledger {
     pub fn with_topics(topics: Vec<String>) -> Self {
-        Ledger { topics }
+        Ledger {
+            topics,
+            accounts: Accounts::default(),
+        }
+    }
+
+    /// The same ledger posting under `accounts`.
+    pub fn with_accounts(self, accounts: Accounts) -> Self {
+        Ledger { accounts, ..self }
     }
 }
 
@@ -99,8 +117,14 @@ fn line(account: &str, party: Party, debit: Decimal, credit: Decimal) -> Posting
     }
 }
 
-/// The entry an event posts, if any. Pure: the table above, in code.
+/// The entry an event posts under the default accounts, if any.
 pub fn entry_for(event: &Event) -> Option<Entry> {
+    entry_under(&accounts::DEFAULT, event)
+}
+
+/// The entry an event posts under `accounts`, if any. Pure: the table above, in code.
+pub fn entry_under(accounts: &Accounts, event: &Event) -> Option<Entry> {
+    let a = accounts;
     let (reference_type, reference_id, description, currency, lines) = match event {
         Event::InvoiceCreated(e) => (
             "invoice",
@@ -109,7 +133,7 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             &e.currency,
             vec![
                 line(AR, customer(e.customer_id), e.amount, Decimal::ZERO),
-                line(REVENUE, None, Decimal::ZERO, e.amount),
+                line(&a.revenue, None, Decimal::ZERO, e.amount),
             ],
         ),
         Event::PaymentReceived(e) => (
@@ -118,7 +142,7 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             format!("Payment {} ({})", e.payment_id, e.method),
             &e.currency,
             vec![
-                line(BANK, None, e.amount, Decimal::ZERO),
+                line(&a.bank, None, e.amount, Decimal::ZERO),
                 line(AR, customer(e.customer_id), Decimal::ZERO, e.amount),
             ],
         ),
@@ -131,7 +155,7 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             },
             &e.currency,
             vec![
-                line(REVENUE, None, e.amount, Decimal::ZERO),
+                line(&a.revenue, None, e.amount, Decimal::ZERO),
                 line(AR, customer(e.customer_id), Decimal::ZERO, e.amount),
             ],
         ),
@@ -141,9 +165,9 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             format!("Salary {} of employee {}", e.period, e.employee_id),
             &e.currency,
             vec![
-                line(SALARY_EXPENSE, None, e.amount, Decimal::ZERO),
+                line(&a.salary_expense, None, e.amount, Decimal::ZERO),
                 line(
-                    SALARIES_PAYABLE,
+                    &a.salaries_payable,
                     employee(e.employee_id),
                     Decimal::ZERO,
                     e.amount,
@@ -156,18 +180,18 @@ pub fn entry_for(event: &Event) -> Option<Entry> {
             format!("Budget reserved for purchase order {}", e.po_id),
             &e.currency,
             vec![
-                line(COMMITMENTS, None, e.amount, Decimal::ZERO),
-                line(RESERVED_BUDGET, None, Decimal::ZERO, e.amount),
+                line(&a.commitments, None, e.amount, Decimal::ZERO),
+                line(&a.reserved_budget, None, Decimal::ZERO, e.amount),
             ],
         ),
         Event::BillCreated(e) => {
             let mut lines = vec![
-                line(EXPENSES, None, e.amount, Decimal::ZERO),
-                line(PAYABLE, vendor(e.vendor_id), Decimal::ZERO, e.amount),
+                line(&a.expenses, None, e.amount, Decimal::ZERO),
+                line(&a.payable, vendor(e.vendor_id), Decimal::ZERO, e.amount),
             ];
             if e.po_id.is_some() {
-                lines.push(line(RESERVED_BUDGET, None, e.amount, Decimal::ZERO));
-                lines.push(line(COMMITMENTS, None, Decimal::ZERO, e.amount));
+                lines.push(line(&a.reserved_budget, None, e.amount, Decimal::ZERO));
+                lines.push(line(&a.commitments, None, Decimal::ZERO, e.amount));
             }
             let description = match e.po_id {
                 Some(po) => format!("Bill {} against purchase order {po}", e.bill_id),
@@ -210,7 +234,10 @@ impl Processor for Ledger {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
-        let mut entries: Vec<Entry> = events.iter().filter_map(|e| entry_for(e)).collect();
+        let mut entries: Vec<Entry> = events
+            .iter()
+            .filter_map(|e| entry_under(&self.accounts, e))
+            .collect();
         // An entry's id is its event's: one posted already (its gate row pruned by the
         // retention, then the event read again by a replay) is not posted twice.
         if !entries.is_empty() {

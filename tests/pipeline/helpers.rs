@@ -481,8 +481,14 @@ impl CliRun {
 /// Runs `dhanman <args>` to completion against the test's database, broker, topics and
 /// (for decoding) the registry of its API.
 pub async fn dhanman(setup: &Setup, args: &[&str]) -> CliRun {
+    dhanman_with_env(setup, args, &[]).await
+}
+
+/// [`dhanman`] with more variables set.
+pub async fn dhanman_with_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> CliRun {
     let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))
         .args(args)
+        .envs(env.iter().copied())
         .env("DATABASE_URL", &setup.database_url)
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
         .env("DHANMAN_TOPIC_PREFIX", &setup.topic_prefix)

@@ -5,6 +5,7 @@ mod api;
 mod audit;
 mod broker;
 mod compose;
+mod corrections;
 mod crash;
 mod dashboard;
 mod demo;
