@@ -5,6 +5,7 @@ use axum::extract::{FromRef, FromRequest, FromRequestParts, Query, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use dhanman_producers::Caller;
+use dhanman_schemas::events::FieldError;
 use serde::de::DeserializeOwned;
 
 use crate::middleware::CorrelationId;
@@ -52,13 +53,16 @@ where
     }
 }
 
-/// A JSON body, kept as bytes too (the idempotency hash is over the exact body).
-pub struct JsonBody<T> {
+/// A JSON body, kept as bytes too (the idempotency hash is over the exact body). `LIMIT`
+/// is the size its route allows (a `DefaultBodyLimit` layer on routes above the default).
+pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES> {
     pub value: T,
     pub bytes: Bytes,
 }
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S>
+    for JsonBody<T, LIMIT>
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -67,7 +71,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         }
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
+            .map_err(|_| ApiError::TooLarge(LIMIT))?;
         let value = parse_json(&bytes)?;
         Ok(JsonBody { value, bytes })
     }
@@ -108,6 +112,18 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 
 /// Parses JSON and reports which field was wrong: 400 for malformed JSON, 422 for a
 /// well-formed body with a wrong or unknown field.
+/// One item of a batch, judged as [`parse_json`] judges a body: the error names the field
+/// inside the item (empty: the item itself).
+pub fn parse_item<T: DeserializeOwned>(item: &serde_json::Value) -> Result<T, FieldError> {
+    let bytes = serde_json::to_vec(item).map_err(|e| FieldError::new("", e.to_string()))?;
+    parse_json(&bytes).map_err(|e| match e {
+        ApiError::Validation { field, message } | ApiError::BadRequest { field, message } => {
+            FieldError::new(if field == "body" { "" } else { &field }, message)
+        }
+        other => FieldError::new("", other.to_string()),
+    })
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would take `[...]` for a struct's fields in order; commands are objects.
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {

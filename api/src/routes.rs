@@ -30,6 +30,12 @@ pub fn router() -> Router<AppState> {
             get(ledger::customer_statement),
         )
         .route("/v1/invoices", post(sales::create_invoice))
+        .route(
+            "/v1/invoices/batch",
+            post(sales::create_invoice_batch).layer(axum::extract::DefaultBodyLimit::max(
+                sales::MAX_BATCH_BODY_BYTES,
+            )),
+        )
         .route("/v1/invoices/{id}", get(sales::invoice))
         .route("/v1/invoices/{id}/void", post(sales::void_invoice))
         .route("/v1/invoices/{id}/email", post(sales::email_invoice))

@@ -112,8 +112,17 @@ pub async fn issue_with_invoice(
             .bind(caller.organization_id)
             .fetch_optional(&mut *conn)
             .await?;
-    let recipient = address(email.and_then(|(e,)| e).as_deref()).unwrap_or_default();
-    let command = SendInvoiceEmail {
+    let command = first_email(caller, invoice, email.and_then(|(e,)| e).as_deref());
+    outbox::enqueue(conn, &command).await
+}
+
+/// The command [`issue_with_invoice`] writes, for a customer whose address is `email`.
+pub fn first_email(
+    caller: &Caller,
+    invoice: &CreatedInvoice,
+    email: Option<&str>,
+) -> SendInvoiceEmail {
+    SendInvoiceEmail {
         envelope: Envelope::new(
             caller.organization_id,
             &caller.correlation_id,
@@ -121,13 +130,12 @@ pub async fn issue_with_invoice(
         ),
         invoice_id: invoice.invoice_id,
         customer_id: invoice.customer_id,
-        recipient,
+        recipient: address(email).unwrap_or_default(),
         amount: invoice.amount,
         currency: invoice.currency.clone(),
         due_date: invoice.due_date,
         template: Some(invoice_email::INVOICE.to_string()),
-    };
-    outbox::enqueue(conn, &command).await
+    }
 }
 
 fn address(email: Option<&str>) -> Option<String> {

@@ -4,6 +4,7 @@
 
 pub mod idempotency;
 pub mod input;
+pub mod invoice_batch;
 pub mod invoice_email;
 pub mod monthly;
 pub mod orgs;

@@ -137,15 +137,30 @@ pub async fn create_invoice(
     Ok(created)
 }
 
-/// [`create_invoice`] under an id the caller chose (the monthly job claims its row with
-/// it before the invoice exists), without its email: the caller issues it
-/// ([`crate::invoice_email::issue_with_invoice`]) unless the email is someone else's to send.
-pub async fn create_invoice_with_id(
-    conn: &mut PgConnection,
-    caller: &Caller,
-    input: NewInvoice,
-    invoice_id: Uuid,
-) -> Result<CreatedInvoice> {
+/// An invoice's input with every rule checked that needs no database.
+#[derive(Debug)]
+pub struct CheckedInvoice {
+    pub customer_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub due_date: NaiveDate,
+    pub issue_date: NaiveDate,
+    pub invoice_number: Option<String>,
+    pub description: Option<String>,
+    pub period: Option<String>,
+}
+
+impl CheckedInvoice {
+    /// The number asked for, else one made from the invoice's id.
+    pub fn number(&self, invoice_id: Uuid) -> String {
+        match self.invoice_number.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => format!("INV-{}", invoice_id.simple()),
+        }
+    }
+}
+
+pub fn check_invoice(input: NewInvoice) -> Result<CheckedInvoice, FieldError> {
     let customer_id = input
         .customer_id
         .ok_or_else(|| FieldError::new("customer_id", "is required"))?;
@@ -163,72 +178,139 @@ pub async fn create_invoice_with_id(
         .issue_date
         .map_or_else(|| Utc::now().date_naive(), Day::date);
     if due_date < issue_date {
-        return Err(FieldError::new("due_date", "must not be before issue_date").into());
+        return Err(FieldError::new("due_date", "must not be before issue_date"));
     }
     limited("invoice_number", input.invoice_number.as_deref(), 64)?;
     limited("description", input.description.as_deref(), 500)?;
     if let Some(period) = input.period.as_deref() {
         check_period("period", period)?;
     }
-    active_customer(conn, caller, customer_id).await?;
-
-    let invoice_number = match input.invoice_number {
-        Some(n) if !n.trim().is_empty() => n.trim().to_string(),
-        _ => format!("INV-{}", invoice_id.simple()),
-    };
-    let amount = amount.round_dp(2);
-    let inserted = sqlx::query(
-        "insert into invoices (id, organization_id, customer_id, invoice_number, amount, currency,
-                               issue_date, due_date, description, period)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(invoice_id)
-    .bind(caller.organization_id)
-    .bind(customer_id)
-    .bind(&invoice_number)
-    .bind(amount)
-    .bind(&currency)
-    .bind(issue_date)
-    .bind(due_date)
-    .bind(&input.description)
-    .bind(&input.period)
-    .execute(&mut *conn)
-    .await;
-    if let Err(sqlx::Error::Database(db)) = &inserted
-        && db.is_unique_violation()
-    {
-        return Err(Error::Conflict(format!(
-            "invoice_number {invoice_number} already exists in this organization"
-        )));
-    }
-    inserted?;
-
-    let event = InvoiceCreated {
-        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
-        invoice_id,
+    Ok(CheckedInvoice {
         customer_id,
-        invoice_number: invoice_number.clone(),
-        amount,
-        currency: currency.clone(),
-        issue_date,
+        amount: amount.round_dp(2),
+        currency,
         due_date,
+        issue_date,
+        invoice_number: input.invoice_number,
         description: input.description,
         period: input.period,
-        tax_amount: None,
-    };
-    let consistency_token = outbox::enqueue(conn, &event).await?;
-    tracing::info!(%invoice_id, %customer_id, %amount, event_id = %consistency_token, "invoice created");
-    Ok(CreatedInvoice {
-        invoice_id,
-        invoice_number,
-        customer_id,
-        amount,
-        currency,
-        issue_date,
-        due_date,
-        status: "open",
-        consistency_token,
     })
+}
+
+/// The `InvoiceCreated` of an invoice written under `invoice_id` and `invoice_number`.
+pub fn invoice_created(
+    caller: &Caller,
+    invoice: CheckedInvoice,
+    invoice_id: Uuid,
+    invoice_number: String,
+) -> InvoiceCreated {
+    InvoiceCreated {
+        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
+        invoice_id,
+        customer_id: invoice.customer_id,
+        invoice_number,
+        amount: invoice.amount,
+        currency: invoice.currency,
+        issue_date: invoice.issue_date,
+        due_date: invoice.due_date,
+        description: invoice.description,
+        period: invoice.period,
+        tax_amount: None,
+    }
+}
+
+impl CreatedInvoice {
+    pub fn of(event: &InvoiceCreated) -> Self {
+        CreatedInvoice {
+            invoice_id: event.invoice_id,
+            invoice_number: event.invoice_number.clone(),
+            customer_id: event.customer_id,
+            amount: event.amount,
+            currency: event.currency.clone(),
+            issue_date: event.issue_date,
+            due_date: event.due_date,
+            status: "open",
+            consistency_token: event.envelope.event_id,
+        }
+    }
+}
+
+/// The rows of invoices whose events are `events`, in one statement.
+pub async fn insert_invoices(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    events: &[InvoiceCreated],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into invoices (id, organization_id, customer_id, invoice_number, amount, currency,
+                               issue_date, due_date, description, period)
+         select id, $1, c, n, a, cur, i, d, descr, p
+           from unnest($2::uuid[], $3::uuid[], $4::text[], $5::numeric[], $6::text[],
+                       $7::date[], $8::date[], $9::text[], $10::text[])
+                as u(id, c, n, a, cur, i, d, descr, p)",
+    )
+    .bind(caller.organization_id)
+    .bind(events.iter().map(|e| e.invoice_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.customer_id).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.invoice_number.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.amount).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.issue_date).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.due_date).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.description.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.period.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// [`create_invoice`] under an id the caller chose (the monthly job claims its row with
+/// it before the invoice exists), without its email: the caller issues it
+/// ([`crate::invoice_email::issue_with_invoice`]) unless the email is someone else's to send.
+pub async fn create_invoice_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewInvoice,
+    invoice_id: Uuid,
+) -> Result<CreatedInvoice> {
+    let input = check_invoice(input)?;
+    active_customer(conn, caller, input.customer_id).await?;
+    let invoice_number = input.number(invoice_id);
+    let event = invoice_created(caller, input, invoice_id, invoice_number);
+    if let Err(e) = insert_invoices(conn, caller, std::slice::from_ref(&event)).await {
+        return Err(match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict(format!(
+                "invoice_number {} already exists in this organization",
+                event.invoice_number
+            )),
+            e => e.into(),
+        });
+    }
+    let created = CreatedInvoice::of(&event);
+    outbox::enqueue(conn, &event).await?;
+    tracing::info!(%invoice_id, customer_id = %created.customer_id, amount = %created.amount,
+                   event_id = %created.consistency_token, "invoice created");
+    Ok(created)
 }
 
 #[derive(Debug, Deserialize)]

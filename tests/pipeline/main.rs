@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod batch;
 mod broker;
 mod compose;
 mod corrections;

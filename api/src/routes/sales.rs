@@ -5,19 +5,21 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use dhanman_producers::idempotency::{self, Claim};
+use dhanman_producers::invoice_batch;
 use dhanman_producers::invoice_email::{self, EmailInvoice};
 use dhanman_producers::sales::{
     self, Invoice, NewCustomer, NewInvoice, NewManualPayment, VoidInvoice,
 };
 use dhanman_producers::{BOOKKEEPERS, Caller, Result as CommandResult};
-use serde::Serialize;
+use dhanman_schemas::events::FieldError;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::ledger::Consistent;
 use crate::consistency::wait_for_ledger;
-use crate::extract::{Auth, JsonBody, OptionalJsonBody, Params, path_uuid};
+use crate::extract::{Auth, JsonBody, OptionalJsonBody, Params, parse_item, path_uuid};
 use crate::{ApiError, AppState};
 
 pub(super) type CommandReply = (StatusCode, Json<Value>);
@@ -62,13 +64,13 @@ impl<'a> Gate<'a> {
 /// first (`gate`): a replay is never served to someone who may not run the command. Keys
 /// are the caller's own (organization, user, key): another user's same key is another key.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn run_command<I, O, F>(
+pub(super) async fn run_command<I, O, F, const LIMIT: usize>(
     state: &AppState,
     headers: &HeaderMap,
     caller: &Caller,
     gate: Gate<'_>,
     path: &str,
-    body: JsonBody<I>,
+    body: JsonBody<I, LIMIT>,
     success: StatusCode,
     command: F,
 ) -> Result<CommandReply, ApiError>
@@ -141,6 +143,48 @@ pub async fn create_invoice(
         body,
         StatusCode::CREATED,
         sales::create_invoice,
+    )
+    .await
+}
+
+/// Largest body of `POST /v1/invoices/batch` (1,000 invoices of a few hundred bytes).
+pub const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvoiceBatch {
+    invoices: Option<Vec<Value>>,
+}
+
+/// Up to 1,000 invoices in one command: each item judged on its own (`results`, in order).
+pub async fn create_invoice_batch(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    headers: HeaderMap,
+    body: JsonBody<NewInvoiceBatch, MAX_BATCH_BODY_BYTES>,
+) -> Result<CommandReply, ApiError> {
+    run_command(
+        &state,
+        &headers,
+        &caller,
+        Gate::bookkeepers("creating invoices"),
+        "/v1/invoices/batch",
+        body,
+        StatusCode::OK,
+        async |conn: &mut PgConnection, caller: &Caller, input: NewInvoiceBatch| {
+            let items = input
+                .invoices
+                .ok_or_else(|| FieldError::new("invoices", "is required"))?;
+            if items.len() > invoice_batch::MAX_BATCH {
+                return Err(FieldError::new(
+                    "invoices",
+                    format!("must hold 1 to {} invoices", invoice_batch::MAX_BATCH),
+                )
+                .into());
+            }
+            let items = items.iter().map(parse_item).collect();
+            invoice_batch::create_invoices(conn, caller, items).await
+        },
     )
     .await
 }

@@ -1,0 +1,170 @@
+//! `POST /v1/invoices/batch` against `dhanman up`: each item is judged on its own (a bad
+//! amount, an unknown customer, an unknown field, a non-object: 422 naming
+//! `invoices[i].<field>`; a number taken earlier in the batch or before it: 409), the
+//! others are created with their events and first emails, in order, and the ledger posts
+//! them; the same `Idempotency-Key` answers the same results and creates nothing; an empty
+//! or oversized batch is refused whole, naming `invoices` (422) or the body (413).
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+async fn batch(api: &Api, key: Option<&str>, body: &Value) -> Reply {
+    let mut request = api
+        .http
+        .post(format!("{}/v1/invoices/batch", api.base))
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    api.send(request).await
+}
+
+fn item(customer: Uuid, amount: &str, number: Option<&str>) -> Value {
+    let mut v = json!({"customer_id": customer, "amount": amount,
+                       "issue_date": "2026-12-01", "due_date": "2026-12-10"});
+    if let Some(n) = number {
+        v["invoice_number"] = json!(n);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_judges_each_invoice_alone_and_is_one_command() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Elm Residency").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let asha = api.customer("Asha").await;
+    let bela = api.customer("Bela").await;
+    let (_, earlier) = invoice(&api, asha, "10.00").await;
+    ledger_applied(&api, &earlier).await;
+    let taken = api
+        .post("/v1/invoices", item(bela, "5.00", Some("ELM-TAKEN")))
+        .await;
+    assert_eq!(taken.status, 201, "{}", taken.body);
+
+    let body = json!({"invoices": [
+        item(asha, "100.00", None),
+        item(bela, "200.50", Some("ELM-1")),
+        item(asha, "-5", None),
+        item(Uuid::now_v7(), "1.00", None),
+        item(bela, "3.00", Some("ELM-1")),
+        {"customer_id": asha, "amount": "1", "due_date": "2026-12-10", "colour": "red"},
+        "not an invoice",
+        item(asha, "7.00", Some("ELM-TAKEN")),
+        item(bela, "0.01", None),
+    ]});
+    let r = batch(&api, Some("elm-batch-1"), &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.body["results"].as_array().unwrap();
+    let outcome: Vec<(u64, u64, Option<&str>)> = results
+        .iter()
+        .map(|x| {
+            (
+                x["index"].as_u64().unwrap(),
+                x["status"].as_u64().unwrap(),
+                x["field"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcome,
+        vec![
+            (0, 201, None),
+            (1, 201, None),
+            (2, 422, Some("invoices[2].amount")),
+            (3, 422, Some("invoices[3].customer_id")),
+            (4, 409, Some("invoices[4].invoice_number")),
+            (5, 422, Some("invoices[5].colour")),
+            (6, 422, Some("invoices[6]")),
+            (7, 409, Some("invoices[7].invoice_number")),
+            (8, 201, None),
+        ],
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        (&r.body["created"], &r.body["failed"]),
+        (&json!(3), &json!(6))
+    );
+    assert_eq!(results[1]["invoice"]["invoice_number"], "ELM-1");
+    assert_eq!(results[1]["invoice"]["amount"], "200.50");
+
+    // Each created invoice has its event and its first email, in the items' order.
+    let created: Vec<String> = [0, 1, 8]
+        .iter()
+        .map(|&i| {
+            results[i]["invoice"]["invoice_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "select record_name, payload->>'invoice_id' from outbox
+          where payload->>'invoice_id' = any($1) order by id",
+    )
+    .bind(&created)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(String, String)> = ["InvoiceCreated", "SendInvoiceEmail"]
+        .iter()
+        .flat_map(|kind| {
+            let prefix = if *kind == "InvoiceCreated" {
+                "dhanman.sales."
+            } else {
+                "dhanman.notification."
+            };
+            created
+                .iter()
+                .map(move |id| (format!("{prefix}{kind}"), id.clone()))
+        })
+        .collect();
+    assert_eq!(events, expected);
+
+    // The ledger posts them.
+    let last = results[8]["invoice"]["consistency_token"].as_str().unwrap();
+    ledger_applied(&api, last).await;
+    let balance = api
+        .get(&format!(
+            "/v1/customers/{bela}/balance?consistent_with={}",
+            results[1]["invoice"]["consistency_token"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        balance.body["balances"][0]["balance"], "205.51",
+        "{}",
+        balance.body
+    );
+
+    // The same key: the same answer, nothing new.
+    let invoices = db.count("select count(*) from invoices").await;
+    let again = batch(&api, Some("elm-batch-1"), &body).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, r.body);
+    assert_eq!(db.count("select count(*) from invoices").await, invoices);
+
+    // Refused whole: empty, too many, not a list, too large a body.
+    for (body, field) in [
+        (json!({"invoices": []}), "invoices"),
+        (json!({}), "invoices"),
+        (
+            json!({"invoices": vec![item(asha, "1", None); 1001]}),
+            "invoices",
+        ),
+        (json!({"invoices": {"a": 1}}), "invoices"),
+    ] {
+        let r = batch(&api, None, &body).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.body["field"], field, "{}", r.body);
+    }
+    let huge = json!({"invoices": [{"description": "x".repeat(1024 * 1024)}]});
+    let r = batch(&api, None, &huge).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(db.count("select count(*) from invoices").await, invoices);
+}
