@@ -207,9 +207,10 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
     let ok = api.post("/v1/invoices", valid).await;
     assert_eq!(ok.status, 201, "{}", ok.body);
     assert!(ok.headers.contains_key("x-correlation-id"));
+    // Its `InvoiceCreated` and the first email issued with it.
     assert_eq!(
         db.count("select count(*) from outbox").await,
-        created_users + 1
+        created_users + 2
     );
     db.drop_db().await;
 }
