@@ -173,7 +173,83 @@ pub fn render(report: &LagReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::*;
+    use crate::groups::Authority;
+    use crate::lag::{GroupLag, PartitionLag};
+
+    fn group(name: &str, statuses: &[Status]) -> GroupLag {
+        let partitions: Vec<PartitionLag> = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PartitionLag {
+                group: name.into(),
+                topic: "t".into(),
+                partition: i as i32,
+                committed: 5,
+                log_end: 8,
+                lag: 3,
+                lag_seconds: 1.5,
+                consumer_id: None,
+                host: None,
+                client_id: None,
+                status: *s,
+                complete: 1.0,
+            })
+            .collect();
+        GroupLag {
+            group: name.into(),
+            ours: false,
+            status: crate::lag::status::group_status(statuses.iter().copied()),
+            complete: 1.0,
+            state: None,
+            offsets_in: Authority::Kafka,
+            members: Vec::new(),
+            lag: 3 * statuses.len() as i64,
+            max_lag_seconds: 1.5,
+            consume_rate: None,
+            lag_trend: None,
+            eta_seconds: None,
+            history: Vec::new(),
+            partitions,
+        }
+    }
+
+    fn report(groups: Vec<GroupLag>) -> LagReport {
+        LagReport {
+            measured_at: chrono::Utc::now(),
+            groups,
+            groups_left_out: 2,
+        }
+    }
+
+    #[test]
+    fn the_text_is_the_newest_sample_only_with_every_status_counted() {
+        let first = render(&report(vec![
+            group("gone", &[Status::Ok]),
+            group("stuck", &[Status::Stop, Status::Ok]),
+        ]));
+        assert!(
+            first.contains("dhanman_lag_group_status{group=\"stuck\"} 2\n"),
+            "{first}"
+        );
+        assert!(first.contains("dhanman_lag_partitions{group=\"stuck\",status=\"STOP\"} 1\n"));
+        assert!(first.contains("dhanman_lag_partitions{group=\"stuck\",status=\"STALL\"} 0\n"));
+        assert!(first.contains(
+            "kafka_consumergroup_group_lag{group=\"stuck\",topic=\"t\",partition=\"1\"} 3\n"
+        ));
+        assert!(first.contains("dhanman_lag_groups_left_out 2\n"));
+        // One log end per partition, however many groups read it.
+        assert_eq!(first.matches("kafka_partition_latest_offset{").count(), 2);
+        // The group that left the cluster is not in the next sample's text.
+        let second = render(&report(vec![group("stuck", &[Status::Stop, Status::Ok])]));
+        assert!(!second.contains("\"gone\""), "{second}");
+        assert_eq!(
+            second
+                .matches("# TYPE dhanman_lag_group_status gauge")
+                .count(),
+            1
+        );
+    }
 
     #[test]
     fn hostile_label_values_are_escaped_not_injected() {
