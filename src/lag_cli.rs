@@ -1,8 +1,10 @@
 //! `dhanman lag`: consumer lag of every group on the cluster (the pipeline's, from Postgres;
 //! any other, from Kafka's committed offsets), measured now: a table per partition with the
-//! member holding it, and a line per group (state, members, lag, oldest unconsumed record's
-//! age, consumption rate, trend, time to drain), or JSON; `--watch` measures again every
-//! interval until stopped.
+//! member holding it and its status, and a line per group (status, ours or another
+//! client's, state, members, lag, oldest unconsumed record's age, consumption rate, trend,
+//! time to drain), or JSON; `--watch` measures again every interval until stopped. Statuses
+//! are judged over the newest samples of each partition, the API's sampler's and this
+//! command's (see `dhanman_connectors::lag::status`).
 
 use std::time::Duration;
 
@@ -24,15 +26,16 @@ pub struct Args {
     interval_ms: u64,
     #[command(flatten)]
     connections: crate::Connections,
+    #[command(flatten)]
+    lag: crate::LagSettings,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let pool = args.connections.pool().await?;
     let probe = dhanman_connectors::kafka::probe(&args.connections.kafka_bootstrap_servers)?;
-    let scope = lag::Scope {
-        group: args.group.clone(),
-        topic_prefix: args.connections.topic_prefix.clone(),
-    };
+    let scope = args
+        .lag
+        .scope(&args.connections.topic_prefix, args.group.clone());
     loop {
         let report = lag::measure(&pool, &probe, &scope)
             .await
@@ -50,6 +53,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if report.groups.is_empty() {
                 eprintln!("no consumer group has committed offsets yet");
             }
+            if report.groups_left_out > 0 {
+                eprintln!(
+                    "{} consumer group(s) left out: the sample reached DHANMAN_LAG_MAX_PARTITIONS",
+                    report.groups_left_out
+                );
+            }
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
@@ -66,9 +75,17 @@ fn summary(g: &GroupLag) -> String {
         None if g.lag == 0 => "drained".to_string(),
         None => "not draining".to_string(),
     };
+    let judged = if g.complete < 1.0 {
+        format!(" ({:.0}% judged)", g.complete * 100.0)
+    } else {
+        String::new()
+    };
     format!(
-        "{} ({}, {} member(s), offsets in {}): lag {} records, oldest {:.1}s, consuming {}, lag trend {}, ETA {}",
+        "{} {}{} [{}] ({}, {} member(s), offsets in {}): lag {} records, oldest {:.1}s, consuming {}, lag trend {}, ETA {}",
+        g.status.as_str(),
         g.group,
+        judged,
+        if g.ours { "ours" } else { "foreign" },
         g.state.as_deref().unwrap_or("state unknown"),
         g.members.len(),
         g.offsets_in.as_str(),
@@ -83,13 +100,22 @@ fn summary(g: &GroupLag) -> String {
 /// The report as a terminal table.
 pub fn table(report: &LagReport) -> String {
     let mut out = format!(
-        "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9}  {:<16} {}\n",
-        "GROUP", "TOPIC", "PART", "COMMITTED", "LOG-END", "LAG", "LAG(s)", "HOST", "CLIENT-ID"
+        "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9}  {:<6} {:<16} {}\n",
+        "GROUP",
+        "TOPIC",
+        "PART",
+        "COMMITTED",
+        "LOG-END",
+        "LAG",
+        "LAG(s)",
+        "STATUS",
+        "HOST",
+        "CLIENT-ID"
     );
     for g in &report.groups {
         for p in &g.partitions {
             out.push_str(&format!(
-                "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9.1}  {:<16} {}\n",
+                "{:<32} {:<36} {:>4} {:>10} {:>10} {:>8} {:>9.1}  {:<6} {:<16} {}\n",
                 p.group,
                 p.topic,
                 p.partition,
@@ -97,6 +123,7 @@ pub fn table(report: &LagReport) -> String {
                 p.log_end,
                 p.lag,
                 p.lag_seconds,
+                p.status.as_str(),
                 p.host.as_deref().unwrap_or("-"),
                 p.client_id.as_deref().unwrap_or("-")
             ));

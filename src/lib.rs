@@ -159,6 +159,8 @@ pub struct Config {
     /// How often the API process samples consumer lag (for `/metrics` and `GET /v1/lag`), in ms.
     #[arg(long, env = "DHANMAN_LAG_INTERVAL_MS", default_value_t = 5000)]
     pub lag_interval_ms: u64,
+    #[command(flatten)]
+    pub lag: LagSettings,
     /// How often each API process audits the ledger (`/metrics`, `/readyz`), in ms.
     #[arg(long, env = "DHANMAN_AUDIT_INTERVAL_MS", default_value_t = 60000)]
     pub audit_interval_ms: u64,
@@ -320,6 +322,7 @@ impl Config {
             },
             payments: None,
             ledger_audit: None,
+            lag_rules: self.lag.rules(),
             rate_limit: dhanman_api::rate_limit::KeyRateLimit::new(
                 self.api_rate_limit,
                 self.api_rate_burst,
@@ -344,6 +347,45 @@ impl Config {
             self.fault_crash_at,
             Duration::from_millis(self.payment_recovery_interval_ms),
         ))
+    }
+}
+
+/// How lag is judged and how much of a cluster is sampled (see docs/operations.md,
+/// "Consumer lag").
+#[derive(Debug, Clone, clap::Args)]
+pub struct LagSettings {
+    /// Samples of each partition the lag status judges (the newest ones).
+    #[arg(long, env = "DHANMAN_LAG_WINDOW", default_value_t = 10, value_parser = clap::value_parser!(u16).range(2..=100))]
+    pub lag_window: u16,
+    /// Lag, in records, a partition may have and still count as caught up.
+    #[arg(long, env = "DHANMAN_LAG_ALLOWED", default_value_t = 0)]
+    pub lag_allowed: u32,
+    /// Most partitions one lag sample measures: the pipeline's groups always, other groups
+    /// while they fit (the rest are counted in `dhanman_lag_groups_left_out`).
+    #[arg(long, env = "DHANMAN_LAG_MAX_PARTITIONS", default_value_t = dhanman_connectors::lag::MAX_PARTITIONS)]
+    pub lag_max_partitions: usize,
+}
+
+impl LagSettings {
+    pub fn rules(&self) -> dhanman_connectors::lag::status::Rules {
+        dhanman_connectors::lag::status::Rules {
+            window: usize::from(self.lag_window),
+            allowed_lag: i64::from(self.lag_allowed),
+        }
+    }
+
+    /// What a lag sample covers: every group of the installation's topics, or one.
+    pub fn scope(
+        &self,
+        topic_prefix: &str,
+        group: Option<String>,
+    ) -> dhanman_connectors::lag::Scope {
+        dhanman_connectors::lag::Scope {
+            group,
+            topic_prefix: topic_prefix.to_string(),
+            rules: self.rules(),
+            max_partitions: self.lag_max_partitions,
+        }
     }
 }
 
@@ -515,7 +557,7 @@ pub async fn run_api(
     let _samplers = AbortOnDrop(tokio::spawn(dhanman_connectors::gauges::run_samplers(
         pool.clone(),
         probe,
-        config.topic_prefix.clone(),
+        config.lag.scope(&config.topic_prefix, None),
         Duration::from_millis(config.lag_interval_ms),
     )));
     // The ledger audit, in every API process (it only reads): its gauge, and a line of

@@ -91,7 +91,48 @@
       dlq: sumBy(families, "dhanman_dlq_size", "topic"),
       batchSum: sumBy(families, "dhanman_processor_batch_duration_seconds_sum", "processor"),
       batchCount: sumBy(families, "dhanman_processor_batch_duration_seconds_count", "processor"),
+      groupStatus: sumBy(families, "dhanman_lag_group_status", "group"),
+      partitionStatus: families.get("dhanman_lag_partitions") || [],
     };
+  }
+
+  // --- Consumer group statuses ---------------------------------------------------------
+
+  const GROUP_STATUS = ["OK", "WARN", "ERR"];
+
+  // One row per group: its status (coloured by the row's data-status) and how many of its
+  // partitions are in each partition status.
+  function showGroups(now) {
+    const body = document.querySelector("#groups tbody");
+    const counts = new Map();
+    for (const s of now.partitionStatus) {
+      if (!Number.isFinite(s.value) || s.value <= 0) continue;
+      const group = s.labels.group || "";
+      if (!counts.has(group)) counts.set(group, []);
+      counts.get(group).push(s.labels.status + " " + s.value);
+    }
+    const rows = [...now.groupStatus.keys()].sort().map((group) => {
+      const status = GROUP_STATUS[now.groupStatus.get(group)] || "ERR";
+      const row = document.createElement("tr");
+      row.dataset.group = group;
+      row.dataset.status = status;
+      for (const [text, cls] of [[group, "group"], [status, "status"], [(counts.get(group) || []).join(", "), "partitions"]]) {
+        const cell = document.createElement("td");
+        cell.className = cls;
+        cell.textContent = text;
+        row.appendChild(cell);
+      }
+      return row;
+    });
+    if (rows.length === 0) {
+      const row = document.createElement("tr");
+      const cell = document.createElement("td");
+      cell.colSpan = 3;
+      cell.textContent = "No consumer group sampled yet.";
+      row.appendChild(cell);
+      rows.push(row);
+    }
+    body.replaceChildren(...rows);
   }
 
   // Per second between two readings of a counter; null across a reset (a process restart).
@@ -232,6 +273,7 @@
     const before = previous ? previous.reading : null;
 
     charts.lag.series.push(t, now.lag);
+    showGroups(now);
 
     const throughput = new Map();
     let consumed = null;

@@ -42,6 +42,8 @@ pub struct AppState {
     pub ledger_audit: Option<StatusLine>,
     /// Requests per API key; `None`: unlimited.
     pub rate_limit: Option<rate_limit::KeyRateLimit>,
+    /// How `GET /v1/lag` judges each partition's status.
+    pub lag_rules: dhanman_connectors::lag::status::Rules,
 }
 
 /// A line `/readyz` reports without failing on it, computed when asked.
@@ -59,6 +61,7 @@ impl AppState {
             approval_policy: Default::default(),
             payments: None,
             ledger_audit: None,
+            lag_rules: Default::default(),
             rate_limit: rate_limit::KeyRateLimit::new(
                 rate_limit::DEFAULT_PER_SECOND,
                 rate_limit::DEFAULT_BURST,

@@ -36,11 +36,13 @@ pub fn install() {
 
 /// `GET /metrics`.
 pub async fn render() -> Response {
-    let text = HANDLE
+    let mut text = HANDLE
         .get()
         .and_then(Option::as_ref)
         .map(PrometheusHandle::render)
         .unwrap_or_default();
+    // The lag gauges of the newest sample, kept outside the recorder (see there why).
+    text.push_str(&dhanman_connectors::lag::exposition::text());
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -81,15 +81,17 @@ pub async fn topic_sizes(probe: &Probe, topics: Vec<String>) -> Result<Vec<(Stri
 /// The deployment's gauges and lag samples, every `interval`, while this process holds
 /// [`leader::SAMPLER_LOCK`]: with several API processes one samples, and the others take
 /// over when it goes. Runs until the task is dropped.
-pub async fn run_samplers(pool: PgPool, probe: Probe, topic_prefix: String, interval: Duration) {
+/// `scope` is the lag sample's (its topic prefix names the dead-letter topics too).
+pub async fn run_samplers(
+    pool: PgPool,
+    probe: Probe,
+    scope: crate::lag::Scope,
+    interval: Duration,
+) {
     let dlq_topics: Vec<String> = dhanman_schemas::topics::ALL
         .iter()
-        .map(|t| format!("{topic_prefix}{}", dhanman_schemas::topics::dlq(t)))
+        .map(|t| format!("{}{}", scope.topic_prefix, dhanman_schemas::topics::dlq(t)))
         .collect();
-    let scope = crate::lag::Scope {
-        group: None,
-        topic_prefix: topic_prefix.clone(),
-    };
     let mut said_waiting = false;
     loop {
         metrics::gauge!(SAMPLER_ACTIVE).set(0.0);

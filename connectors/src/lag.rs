@@ -5,7 +5,8 @@
 //! in seconds (the age of the oldest record not yet consumed, read from the broker), and the
 //! member holding the partition (consumer id, client id, host), as the group coordinator
 //! describes it. Samples kept in `lag_samples` give each group its trend, consumption rate
-//! and time to drain.
+//! and time to drain, and the samples' window a status per partition and group (see
+//! [`status`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -19,8 +20,18 @@ use crate::Result;
 use crate::groups::{self, Authority, Group, Member};
 use crate::kafka::{Probe, ProbeClient, partition_count, record_timestamps};
 
+pub mod exposition;
+pub mod status;
+
+use status::{Rules, Sample, Status};
+
 /// How far back the trend and the rate look.
 pub const TREND_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// How long samples are kept: the trend's window three times over; a status window must fit
+/// in it.
+pub const RETENTION: Duration = Duration::from_secs(3 * 5 * 60);
+/// Default of [`Scope::max_partitions`].
+pub const MAX_PARTITIONS: usize = 5000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionLag {
@@ -38,11 +49,21 @@ pub struct PartitionLag {
     pub consumer_id: Option<String>,
     pub host: Option<String>,
     pub client_id: Option<String>,
+    /// OK, WARN, STOP, STALL or REWIND, judged over the newest samples (see [`status`]).
+    pub status: Status,
+    /// How much of the status window there was: below 1 the partition is not judged yet.
+    pub complete: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupLag {
     pub group: String,
+    /// One of the pipeline's processor groups, rather than another client's.
+    pub ours: bool,
+    /// OK, WARN or ERR (a partition STOP, STALL or REWIND), from the partitions' statuses.
+    pub status: Status,
+    /// The share of the group's partitions judged on a full window.
+    pub complete: f64,
     /// The coordinator's state of the group (`Stable`, `Empty`, ...); none when the broker
     /// could not be asked.
     pub state: Option<String>,
@@ -68,18 +89,39 @@ pub struct GroupLag {
 pub struct LagReport {
     pub measured_at: DateTime<Utc>,
     pub groups: Vec<GroupLag>,
+    /// Groups on the cluster not measured because the partitions measured reached
+    /// [`Scope::max_partitions`].
+    pub groups_left_out: usize,
 }
 
-/// Which groups a report covers.
-#[derive(Debug, Clone, Default)]
+/// Which groups a report covers, and how their statuses are judged.
+#[derive(Debug, Clone)]
 pub struct Scope {
     /// One group only.
     pub group: Option<String>,
     /// The installation's topic prefix: with one, only partitions of its topics are
     /// reported, and of the groups that store no offsets in Postgres only those named with
     /// the prefix or with a member on its topics are asked for theirs (a shared cluster's
-    /// other installations stay out). Empty: every group on the cluster.
+    /// other installations stay out; a group once measured stays while it is sampled).
+    /// Empty: every group on the cluster.
     pub topic_prefix: String,
+    /// The status evaluator's window and allowed lag.
+    pub rules: Rules,
+    /// Most partitions measured in one sample: the pipeline's groups always, other groups
+    /// (by name) while they fit; those that do not are counted, not measured. Bounds the
+    /// samples kept and the gauges' label sets however many groups a cluster has.
+    pub max_partitions: usize,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            group: None,
+            topic_prefix: String::new(),
+            rules: Rules::default(),
+            max_partitions: MAX_PARTITIONS,
+        }
+    }
 }
 
 /// Measures every group of `scope`, on every partition it has an offset for, and records
@@ -94,27 +136,43 @@ pub async fn measure(pool: &PgPool, probe: &Probe, scope: &Scope) -> Result<LagR
     .bind(&scope.topic_prefix)
     .fetch_all(pool)
     .await?;
-    let (probe, scope) = (probe.clone(), scope.clone());
-    let (partitions, described) =
-        tokio::task::spawn_blocking(move || look_at_cluster(&probe, ours, &scope))
+    // Other groups measured lately: still asked for their offsets when nobody is in them
+    // (a stopped consumer is the one to report).
+    let since = Utc::now() - chrono::Duration::from_std(RETENTION).unwrap_or_default();
+    let known: Vec<(String,)> = sqlx::query_as(
+        "select distinct group_id from lag_samples where offsets_in = 'kafka' and sampled_at >= $1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let known: BTreeSet<String> = known.into_iter().map(|(g,)| g).collect();
+    let (probe, cluster_scope) = (probe.clone(), scope.clone());
+    let (partitions, described, left_out) =
+        tokio::task::spawn_blocking(move || look_at_cluster(&probe, ours, &known, &cluster_scope))
             .await
             .map_err(|e| crate::Error::Broker(format!("lag probe failed: {e}")))??;
     let measured_at = Utc::now();
     record(pool, measured_at, &partitions, &described).await?;
-    report(pool, measured_at, partitions, &described).await
+    let mut report = report(pool, measured_at, partitions, &described, &scope.rules).await?;
+    report.groups_left_out = left_out;
+    Ok(report)
 }
 
 /// What the cluster says of the groups in scope: our groups' partitions (their offsets from
-/// Postgres, `ours`) and every other group's committed offsets in Kafka, with each
-/// partition's holder, and the groups as described.
+/// Postgres, `ours`) and every other group's committed offsets in Kafka (those of `known`
+/// too, wherever they read), with each partition's holder, the groups as described, and
+/// how many groups the cap on partitions left out.
 fn look_at_cluster(
     probe: &ProbeClient,
     ours: Vec<(String, String, i32, i64)>,
+    known: &BTreeSet<String>,
     scope: &Scope,
-) -> Result<(Vec<PartitionLag>, Described)> {
+) -> Result<(Vec<PartitionLag>, Described, usize)> {
     let prefix = scope.topic_prefix.as_str();
     let our_groups: BTreeSet<String> = ours.iter().map(|r| r.0.clone()).collect();
     let mut described: Described = BTreeMap::new();
+    let mut room = scope.max_partitions.saturating_sub(ours.len());
+    let mut left_out = 0;
     let mut committed = ours;
     match groups::list(probe) {
         Ok(all) => {
@@ -129,18 +187,30 @@ fn look_at_cluster(
                 let ours = our_groups.contains(&group.group);
                 let near = prefix.is_empty()
                     || group.group.starts_with(prefix)
+                    || known.contains(&group.group)
                     || group
                         .members
                         .iter()
                         .any(|m| m.partitions.iter().any(|p| p.starts_with(prefix)));
                 if !ours && near && matches!(group.protocol_type.as_str(), "consumer" | "") {
+                    if room == 0 {
+                        left_out += 1;
+                        continue;
+                    }
                     match groups::committed(&probe.bootstrap, &group.group, &topics) {
                         Ok(offsets) if offsets.is_empty() => continue,
-                        Ok(offsets) => committed.extend(
-                            offsets
-                                .into_iter()
-                                .map(|((t, p), o)| (group.group.clone(), t, p, o)),
-                        ),
+                        Ok(offsets) if offsets.len() > room => {
+                            left_out += 1;
+                            continue;
+                        }
+                        Ok(offsets) => {
+                            room -= offsets.len();
+                            committed.extend(
+                                offsets
+                                    .into_iter()
+                                    .map(|((t, p), o)| (group.group.clone(), t, p, o)),
+                            )
+                        }
                         Err(e) => {
                             tracing::warn!(group = %group.group, error = %e, "committed offsets unavailable");
                             continue;
@@ -188,7 +258,14 @@ fn look_at_cluster(
         }
     }
     described.retain(|name, _| partitions.iter().any(|p| &p.group == name));
-    Ok((partitions, described))
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            max_partitions = scope.max_partitions,
+            "consumer groups left out of the lag sample: the cap on partitions is reached"
+        );
+    }
+    Ok((partitions, described, left_out))
 }
 
 /// Each reported group: where its offsets come from, and how the coordinator describes it
@@ -221,13 +298,16 @@ pub async fn unread(
     Ok(partitions)
 }
 
-/// Partitions grouped into their groups, each with its trend from the samples.
+/// Partitions grouped into their groups, each with its trend and its status from the
+/// samples.
 async fn report(
     pool: &PgPool,
     measured_at: DateTime<Utc>,
-    partitions: Vec<PartitionLag>,
+    mut partitions: Vec<PartitionLag>,
     described: &Described,
+    rules: &Rules,
 ) -> Result<LagReport> {
+    judge_windows(pool, &mut partitions, measured_at, rules).await?;
     let mut by_group: BTreeMap<String, Vec<PartitionLag>> = BTreeMap::new();
     for p in partitions {
         by_group.entry(p.group.clone()).or_default().push(p);
@@ -240,6 +320,7 @@ async fn report(
             .unwrap_or((Authority::Postgres, None));
         let mut lag = summarize(pool, group, partitions).await?;
         lag.offsets_in = authority;
+        lag.ours = authority == Authority::Postgres;
         if let Some(g) = described {
             lag.state = Some(g.state);
             lag.members = g.members;
@@ -249,7 +330,77 @@ async fn report(
     Ok(LagReport {
         measured_at,
         groups,
+        groups_left_out: 0,
     })
+}
+
+/// A `lag_samples` row as [`judge_windows`] reads it.
+#[derive(sqlx::FromRow)]
+struct WindowRow {
+    group_id: String,
+    topic: String,
+    partition: i32,
+    sampled_at: DateTime<Utc>,
+    committed: i64,
+    log_end: i64,
+    held: bool,
+}
+
+/// Each partition's status over its newest `rules.window` samples (the newest being the one
+/// the partition was read from, when it was recorded), judged as of `now`: when the report
+/// was measured.
+async fn judge_windows(
+    pool: &PgPool,
+    partitions: &mut [PartitionLag],
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<()> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let groups: Vec<String> = partitions
+        .iter()
+        .map(|p| p.group.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let since = Utc::now() - chrono::Duration::from_std(RETENTION).unwrap_or_default();
+    let rows: Vec<WindowRow> = sqlx::query_as(
+        "select group_id, topic, partition, sampled_at, committed, log_end, held
+           from (select group_id, topic, partition, sampled_at, committed, log_end,
+                        consumer_id is not null as held,
+                        row_number() over (partition by group_id, topic, partition
+                                           order by sampled_at desc) as newest
+                   from lag_samples where group_id = any($1) and sampled_at >= $2) s
+          where newest <= $3
+          order by group_id, topic, partition, sampled_at",
+    )
+    .bind(&groups)
+    .bind(since)
+    .bind(i64::try_from(rules.window).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
+    let mut windows: HashMap<(String, String, i32), Vec<Sample>> = HashMap::new();
+    for r in rows {
+        windows
+            .entry((r.group_id, r.topic, r.partition))
+            .or_default()
+            .push(Sample {
+                at: r.sampled_at,
+                committed: r.committed,
+                log_end: r.log_end,
+                held: r.held,
+            });
+    }
+    for p in partitions {
+        let window = windows
+            .get(&(p.group.clone(), p.topic.clone(), p.partition))
+            .map_or(&[][..], Vec::as_slice);
+        let judged = status::judge(window, now, rules);
+        p.status = judged.status;
+        p.complete = judged.complete;
+    }
+    Ok(())
 }
 
 /// A `lag_samples` row as [`latest`] reads it.
@@ -270,8 +421,8 @@ struct SampleRow {
 }
 
 /// The newest sample of every group (or one), as the sampler of a running API recorded
-/// it; empty when nothing has been sampled within the trend window.
-pub async fn latest(pool: &PgPool, group: Option<&str>) -> Result<LagReport> {
+/// it, judged by `rules`; empty when nothing has been sampled within the trend window.
+pub async fn latest(pool: &PgPool, group: Option<&str>, rules: &Rules) -> Result<LagReport> {
     let since = Utc::now() - chrono::Duration::from_std(TREND_WINDOW).unwrap_or_default();
     let rows: Vec<SampleRow> = sqlx::query_as(
         "select s.sampled_at, s.group_id, s.topic, s.partition, s.committed, s.log_end,
@@ -336,9 +487,11 @@ pub async fn latest(pool: &PgPool, group: Option<&str>) -> Result<LagReport> {
             consumer_id: r.consumer_id,
             host: r.host,
             client_id: r.client_id,
+            status: Status::Ok,
+            complete: 0.0,
         })
         .collect();
-    report(pool, measured_at, partitions, &described).await
+    report(pool, measured_at, partitions, &described, rules).await
 }
 
 /// The group's next offset on each partition it has one for, by (group, topic): every
@@ -388,6 +541,8 @@ fn look_at(consumer: &BaseConsumer, wanted: Wanted, ages: bool) -> Result<Vec<Pa
                 consumer_id: None,
                 host: None,
                 client_id: None,
+                status: Status::Ok,
+                complete: 0.0,
             });
         }
     }
@@ -457,7 +612,7 @@ async fn record(
         .await?;
     }
     sqlx::query("delete from lag_samples where sampled_at < $1")
-        .bind(at - chrono::Duration::from_std(TREND_WINDOW * 3).unwrap_or_default())
+        .bind(at - chrono::Duration::from_std(RETENTION).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -491,8 +646,16 @@ async fn summarize(
         }
         _ => (None, None),
     };
+    let complete = if partitions.is_empty() {
+        0.0
+    } else {
+        partitions.iter().filter(|p| p.complete >= 1.0).count() as f64 / partitions.len() as f64
+    };
     Ok(GroupLag {
         group,
+        ours: true,
+        status: status::group_status(partitions.iter().map(|p| p.status)),
+        complete,
         state: None,
         offsets_in: Authority::Postgres,
         members: Vec::new(),
@@ -515,35 +678,11 @@ pub fn eta(lag: i64, consume_rate: Option<f64>, lag_trend: Option<f64>) -> Optio
     (shrinking > 0.0 && consume_rate? > 0.0).then(|| lag as f64 / shrinking)
 }
 
-/// Publishes a report as Prometheus gauges named like kafka-lag-exporter's.
-pub fn export_metrics(report: &LagReport) {
-    for g in &report.groups {
-        let group = g.group.clone();
-        metrics::gauge!("kafka_consumergroup_group_max_lag_seconds", "group" => group.clone())
-            .set(g.max_lag_seconds);
-        metrics::gauge!("kafka_consumergroup_group_max_lag", "group" => group.clone())
-            .set(g.partitions.iter().map(|p| p.lag).max().unwrap_or(0) as f64);
-        metrics::gauge!("kafka_consumergroup_group_sum_lag", "group" => group.clone())
-            .set(g.lag as f64);
-        for p in &g.partitions {
-            let labels = [
-                ("group", group.clone()),
-                ("topic", p.topic.clone()),
-                ("partition", p.partition.to_string()),
-            ];
-            metrics::gauge!("kafka_consumergroup_group_lag", &labels).set(p.lag as f64);
-            metrics::gauge!("kafka_consumergroup_group_lag_seconds", &labels).set(p.lag_seconds);
-            metrics::gauge!("kafka_consumergroup_group_offset", &labels).set(p.committed as f64);
-            metrics::gauge!("kafka_partition_latest_offset", &labels[1..]).set(p.log_end as f64);
-        }
-    }
-}
-
 /// One sample for `/metrics`: measures, records and exports; a failure is logged and
 /// leaves the previous values.
 pub async fn sample(pool: &PgPool, probe: &Probe, scope: &Scope) {
     match measure(pool, probe, scope).await {
-        Ok(report) => export_metrics(&report),
+        Ok(report) => exposition::publish(&report),
         Err(e) => tracing::warn!(error = %e, "lag sample failed"),
     }
 }

@@ -68,8 +68,8 @@ impl fmt::Display for Summary {
 pub async fn settle(pool: &PgPool, bootstrap: &str, prefix: &str, api: &str) -> anyhow::Result<()> {
     let probe = dhanman_connectors::kafka::probe(bootstrap)?;
     let scope = dhanman_connectors::lag::Scope {
-        group: None,
         topic_prefix: prefix.to_string(),
+        ..Default::default()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let mut quiet = 0;

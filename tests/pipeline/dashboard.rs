@@ -1,6 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's package, installed by
 //! `scripts/chromium.sh`) loads `GET /dashboard` while the ledger is stopped and invoices
-//! pile up, and the page shows the lag; with the ledger back it shows the lag drain to zero.
+//! pile up, and the page shows the lag and the ledger's group in status ERR (its partitions
+//! STOP: nobody reads them); with the ledger back it shows the lag drain to zero and the
+//! group OK.
 //! A screenshot of each state is kept under `<target>/test-artifacts/`.
 //!
 //! Chromium runs with `--virtual-time-budget`: the page's timers run on a virtual clock
@@ -114,6 +116,16 @@ fn output(dom: &str, id: &str) -> String {
     between(dom, &open, "</output>").unwrap_or_default()
 }
 
+/// A row of the page's group table for a group in status ERR (the page's stylesheet names
+/// the attribute too, without the cell after it).
+const ERR_ROW: &str = "data-status=\"ERR\"><td";
+
+/// The status the page's group table shows for `group`: its row's `data-status`.
+fn group_status(dom: &str, group: &str) -> Option<String> {
+    let row = format!("<tr data-group=\"{group}\" data-status=\"");
+    between(dom, &row, "\"")
+}
+
 fn between(text: &str, open: &str, close: &str) -> Option<String> {
     let start = text.find(open)? + open.len();
     let len = text[start..].find(close)?;
@@ -161,10 +173,15 @@ async fn the_dashboard_shows_lag_while_the_ledger_is_stopped_and_the_drain_after
     let chromium = chromium().await;
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api_proc = setup.spawn_with_env(&["api"], &[("DHANMAN_LAG_INTERVAL_MS", "200")]);
+    let sampled = [
+        ("DHANMAN_LAG_INTERVAL_MS", "200"),
+        ("DHANMAN_LAG_WINDOW", "3"),
+    ];
+    let api_proc = setup.spawn_with_env(&["api"], &sampled);
     setup.wait_ready(&api_proc).await;
     let _relay = setup.spawn(&["relay"]);
     let mut ledger = setup.spawn(&["process", "ledger"]);
+    let ledger_group = format!("{}dhanman.ledger", setup.topic_prefix);
     let (_, key) = create_org(&setup, "Dashboard Heights").await;
     let api = Api::new(&setup.base_url(), &key);
     let customer = api.customer("Ira").await;
@@ -204,9 +221,15 @@ async fn the_dashboard_shows_lag_while_the_ledger_is_stopped_and_the_drain_after
         "dashboard-lagging.png",
         "the dashboard to show the lag",
         Duration::from_secs(60),
-        |shown| shown.lag_total >= 30.0,
+        |shown| shown.lag_total >= 30.0 && shown.dom.contains(ERR_ROW),
     )
     .await;
+    assert_eq!(
+        group_status(&lagging.dom, &ledger_group).as_deref(),
+        Some("ERR"),
+        "{}",
+        lagging.dom
+    );
     assert_eq!(lagging.state, "live", "{}", lagging.dom);
     // Virtual time moved the page's poll timer on: several polls in one budget.
     assert!(lagging.samples >= 2, "{}", lagging.dom);
@@ -229,10 +252,16 @@ async fn the_dashboard_shows_lag_while_the_ledger_is_stopped_and_the_drain_after
         "dashboard-drained.png",
         "the dashboard to show the drain",
         Duration::from_secs(90),
-        |shown| shown.lag_total == 0.0,
+        |shown| shown.lag_total == 0.0 && !shown.dom.contains(ERR_ROW),
     )
     .await;
     assert_eq!(drained.state, "live", "{}", drained.dom);
+    assert_eq!(
+        group_status(&drained.dom, &ledger_group).as_deref(),
+        Some("OK"),
+        "{}",
+        drained.dom
+    );
     // Each load is a fresh page, so whether one session saw the fall itself is luck; say so.
     println!(
         "drained session: {} polls, peak lag in its window {}",

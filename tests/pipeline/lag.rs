@@ -1,6 +1,10 @@
 //! Consumer lag against running processes: with the ledger stopped, invoices pile up and
 //! `dhanman lag`, `GET /v1/lag` and `/metrics` show the lag in records and seconds; with
-//! the ledger back, the same tools show it drain to zero.
+//! the ledger back, the same tools show it drain to zero. The statuses judged over the
+//! samples' window: a stopped group (the ledger's, and a group of another client's, named
+//! as none of ours) is STOP and its group ERR, a group that keeps up is OK, in
+//! `dhanman lag --json`, `GET /v1/lag` and the status gauges; the group of another client
+//! is reported as not ours, and stays reported after its consumer leaves.
 
 use std::time::Duration;
 
@@ -350,5 +354,187 @@ async fn lag_agrees_with_kafka_consumer_groups_for_our_group_and_a_foreign_one()
         .sum();
     assert_eq!(committed, 5, "{g}");
     drop(reader);
+    db.drop_db().await;
+}
+
+/// A group's entry of a lag report (`dhanman lag --json` or `GET /v1/lag`).
+fn group_of(report: &Value, group: &str) -> Option<Value> {
+    report["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["group"] == group)
+        .cloned()
+}
+
+/// `dhanman lag --json` judged over a window of three samples.
+async fn judged(setup: &Setup) -> Value {
+    let run = dhanman(setup, &["lag", "--json", "--lag-window", "3"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    run.json()
+}
+
+/// Whether the group is ERR with every lagging partition STOP and every other OK, all
+/// judged on a full window.
+fn stopped(g: &Value) -> bool {
+    let partitions = g["partitions"].as_array().map_or(&[][..], Vec::as_slice);
+    g["status"] == "ERR"
+        && partitions.iter().any(|p| p["lag"].as_i64() > Some(0))
+        && partitions.iter().all(|p| {
+            let expected = if p["lag"].as_i64() > Some(0) {
+                "STOP"
+            } else {
+                "OK"
+            };
+            p["status"] == expected && p["complete"] == 1.0
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_group_is_stop_and_a_healthy_one_ok_ours_or_another_clients() {
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let sampled = [
+        ("DHANMAN_LAG_INTERVAL_MS", "200"),
+        ("DHANMAN_LAG_WINDOW", "3"),
+    ];
+    let api_proc = setup.spawn_with_env(&["api"], &sampled);
+    setup.wait_ready(&api_proc).await;
+    let _relay = setup.spawn(&["relay"]);
+    let mut ledger = setup.spawn(&["process", "ledger"]);
+    let (_, key) = create_org(&setup, "Linden Court").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let customer = api.customer("Noor").await;
+    let (_, token) = invoice(&api, customer, "100.00").await;
+    ledger_applied(&api, &token).await;
+    let ledger_group = format!("{}dhanman.ledger", setup.topic_prefix);
+
+    // Another client's group, under a name that is none of ours (no topic prefix): it reads
+    // the invoices and commits each one, keeping up.
+    let invoices = setup.topic("dhanman.sales.invoices");
+    let foreign = format!("billing-export-{}", uuid::Uuid::new_v4().simple());
+    let reader: StreamConsumer = dhanman_connectors::kafka::client_config(&bootstrap())
+        .set("group.id", &foreign)
+        .set("client.id", "billing-export")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&invoices]).unwrap();
+    let reading = tokio::spawn(async move {
+        loop {
+            match reader.recv().await {
+                Ok(m) => {
+                    let _ = reader.commit_message(&m, CommitMode::Sync);
+                }
+                Err(e) => eprintln!("foreign reader: {e}"),
+            }
+        }
+    });
+
+    // Both keep up: judged on a full window, both OK; the foreign one is not ours.
+    let report = eventually(
+        "both groups judged OK on a full window",
+        Duration::from_secs(60),
+        || {
+            let setup = setup.clone();
+            let (ledger_group, foreign) = (ledger_group.clone(), foreign.clone());
+            async move {
+                let r = judged(&setup).await;
+                let ok = |g: Option<Value>| {
+                    g.is_some_and(|g| g["status"] == "OK" && g["complete"] == 1.0 && g["lag"] == 0)
+                };
+                (ok(group_of(&r, &ledger_group)) && ok(group_of(&r, &foreign))).then_some(r)
+            }
+        },
+    )
+    .await;
+    let theirs = group_of(&report, &foreign).unwrap();
+    assert_eq!(theirs["ours"], false, "{theirs}");
+    assert_eq!(theirs["offsets_in"], "kafka", "{theirs}");
+    assert_eq!(group_of(&report, &ledger_group).unwrap()["ours"], true);
+
+    // The ledger stops and leaves its group; invoices wait for it while the other client's
+    // group keeps reading them.
+    let stopped_ledger = ledger.stop().await;
+    assert!(stopped_ledger.success(), "{}", ledger.log_text());
+    for _ in 0..5 {
+        invoice(&api, customer, "10.00").await;
+    }
+    let report = eventually(
+        "the ledger judged STOP, the other client's group OK",
+        Duration::from_secs(60),
+        || {
+            let setup = setup.clone();
+            let (ledger_group, foreign) = (ledger_group.clone(), foreign.clone());
+            async move {
+                let r = judged(&setup).await;
+                let ours = group_of(&r, &ledger_group)?;
+                let theirs = group_of(&r, &foreign)?;
+                (stopped(&ours) && theirs["status"] == "OK" && theirs["lag"] == 0).then_some(r)
+            }
+        },
+    )
+    .await;
+    let ours = group_of(&report, &ledger_group).unwrap();
+    assert_eq!(ours["state"], "Empty", "{ours}");
+    // The API's sampler judges the same, and says it on `/v1/lag` and in the gauges.
+    eventually(
+        "GET /v1/lag to judge the ledger STOP",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            let (ledger_group, foreign) = (ledger_group.clone(), foreign.clone());
+            async move {
+                let r = api.get("/v1/lag").await;
+                let ours = group_of(&r.body, &ledger_group)?;
+                let theirs = group_of(&r.body, &foreign)?;
+                (stopped(&ours) && theirs["status"] == "OK" && theirs["ours"] == false)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let url = format!("{}/metrics", setup.base_url());
+    eventually("the status gauges", Duration::from_secs(30), || {
+        let (url, ledger_group, foreign) = (url.clone(), ledger_group.clone(), foreign.clone());
+        async move {
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            let stop = format!("group=\"{ledger_group}\",status=\"STOP\"");
+            let ok = (metric(&text, "dhanman_lag_group_status", &ledger_group) == 2.0
+                && metric(&text, "dhanman_lag_group_status", &foreign) == 0.0
+                && text.lines().any(|l| {
+                    l.starts_with("dhanman_lag_partitions{")
+                        && l.contains(&stop)
+                        && !l.ends_with(" 0")
+                }))
+                && text.contains(&format!("dhanman_lag_group_status{{group=\"{foreign}\"}}"));
+            ok.then_some(())
+        }
+    })
+    .await;
+
+    // The other client's consumer goes; records keep coming. Nobody is left in its group,
+    // yet it stays reported (measured before) and is judged STOP too.
+    reading.abort();
+    let _ = reading.await;
+    for _ in 0..3 {
+        invoice(&api, customer, "10.00").await;
+    }
+    eventually(
+        "the other client's group judged STOP after it left",
+        Duration::from_secs(90),
+        || {
+            let setup = setup.clone();
+            let foreign = foreign.clone();
+            async move {
+                let r = judged(&setup).await;
+                let theirs = group_of(&r, &foreign)?;
+                (stopped(&theirs) && theirs["ours"] == false).then_some(())
+            }
+        },
+    )
+    .await;
     db.drop_db().await;
 }

@@ -36,7 +36,10 @@ pub const EXPORTED: &[&str] = &[
     "dhanman_gateway_retries_total",
     "dhanman_gateway_request_duration_seconds",
     "dhanman_payment_sagas_total",
-    // connectors/src/lag.rs
+    // connectors/src/lag/exposition.rs
+    "dhanman_lag_group_status",
+    "dhanman_lag_partitions",
+    "dhanman_lag_groups_left_out",
     "kafka_consumergroup_group_lag",
     "kafka_consumergroup_group_lag_seconds",
     "kafka_consumergroup_group_max_lag",

@@ -1,4 +1,5 @@
-//! `GET /v1/lag`: the pipeline's consumer lag as the API process last sampled it. The
+//! `GET /v1/lag`: the pipeline's consumer lag as the API process last sampled it, with each
+//! group's and partition's status judged over the samples' window. The
 //! groups are the pipeline's, not an organization's: an administrator's key reads them.
 
 use axum::Json;
@@ -21,7 +22,7 @@ pub async fn lag(
     Params(q): Params<LagQuery>,
 ) -> Result<Json<LagReport>, ApiError> {
     caller.require(&["admin"], "reading the pipeline's lag")?;
-    let report = lag::latest(&state.pool, q.group.as_deref())
+    let report = lag::latest(&state.pool, q.group.as_deref(), &state.lag_rules)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(report))
