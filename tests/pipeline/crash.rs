@@ -1,5 +1,8 @@
-//! Two processor processes in one consumer group; one is SIGKILLed mid-stream and
-//! restarted. The books must come out exactly as sent: no lost, no doubled postings.
+//! Two `dhanman process ledger` processes in one group share the partitions; one is
+//! SIGKILLed mid-stream of 12,000 events and restarted; entry and posting counts, sums and
+//! every customer's balance are exactly as sent. One of two stopped with SIGTERM exits 0
+//! and leaves the group at once (the broker describes the other as its only member); the
+//! coordinator hands the other every partition and the books are exact
 
 use std::collections::HashMap;
 use std::time::Duration;

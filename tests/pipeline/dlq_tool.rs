@@ -1,6 +1,8 @@
-//! `dhanman dlq list|show|redrive` against a running pipeline: dead letters counted by
-//! class and filtered; one shown decoded with its headers; after the cause is fixed, a
-//! redrive sends it back once and the ledger posts it once, however often it runs.
+//! Three poison records (undecodable, invalid, an invoice of an organization that does not
+//! exist yet): `dlq list` counts one per class and filters by class and time; `show`
+//! decodes the orphan with its headers, and names a missing offset; after the organization
+//! is created, a dry-run redrive sends nothing, `--execute` sends it once (the second run
+//! sends none), the ledger posts it once and `list` shows it redriven
 
 use std::time::Duration;
 

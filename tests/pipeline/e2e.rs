@@ -1,5 +1,7 @@
 //! API → outbox → broker → ledger → API over real sockets, with v1 and v2
-//! `InvoiceCreated` records mixed on the same topic.
+//! `InvoiceCreated` records mixed on the same topic; idempotency (replay, 409); consistency
+//! tokens; the correlation id in the Kafka headers and the ledger's log; postings refuse
+//! UPDATE and DELETE; unbalanced entries are refused.
 
 use std::time::Duration;
 

@@ -1,8 +1,15 @@
-//! Who holds which key, against the API served in-process on a real socket: a created user
-//! gets an invitation, never a key, and only the invited person's token (from the row the
-//! notifier mails it from) yields the key, once; keys are listed without secrets, revoked
-//! (401 at once) and rotated by their owner only; an `Idempotency-Key` is the user's own
-//! and is replayed only after the role check; salaries are read by the bookkeepers only.
+//! In-process: a created user gets an invitation and no key, the token is in no outbox row
+//! and only hashed in `invitations`; accepting it without a key answers the key once (a
+//! second acceptance, an unknown, missing or expired token: 422 `token`; six racing
+//! acceptances of one token: one key); `GET /v1/keys` lists every key to an admin and one's
+//! own to others, never a secret; a non-admin revokes nobody else's key and nobody rotates
+//! another's (403); a rotation answers a new secret and the old key is 401 at once, as is a
+//! revoked one; the last admin key is not revoked (409). An `Idempotency-Key` replays only
+//! to its user and only after the role check (a manager is 403, another accountant's same
+//! key runs their own command, a different body under someone else's key is no 409; a
+//! pre-upgrade key is 409). Salaries and the notification log: 403 naming the role for
+//! managers, approvers and CFOs, 200 for admin and accountant; a salary's ledger entry is
+//! listed to admin and accountant and to nobody else
 
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -1,10 +1,18 @@
-//! Consumer lag against running processes: with the ledger stopped, invoices pile up and
-//! `dhanman lag`, `GET /v1/lag` and `/metrics` show the lag in records and seconds; with
-//! the ledger back, the same tools show it drain to zero. The statuses judged over the
-//! samples' window: a stopped group (the ledger's, and a group of another client's, named
-//! as none of ours) is STOP and its group ERR, a group that keeps up is OK, in
-//! `dhanman lag --json`, `GET /v1/lag` and the status gauges; the group of another client
-//! is reported as not ours, and stays reported after its consumer leaves.
+//! With the ledger process killed, twenty invoices wait: `dhanman lag --json`, `GET
+//! /v1/lag` and `/metrics` (`kafka_consumergroup_group_lag`, `..._max_lag_seconds`) show
+//! the lag in records and a positive age, no ETA; a non-admin key is 403; the ledger
+//! restarted, the CLI and the API see it drain to zero; with two API processes on one
+//! database only the first exports the queue gauges (`dhanman_sampler_active` 1 there, 0 in
+//! the second), the second says it waits, and it takes over once the first is killed;
+//! `kafka-consumer-groups --describe` and `dhanman lag --json` agree, partition by
+//! partition, on committed offset, log end, lag and the member holding it, for the ledger's
+//! group and for a group that is not ours (its offsets from Kafka); with a window of three
+//! samples, the ledger's group and another client's (a consumer in the test under a name
+//! without the topic prefix) are both judged OK on a full window, then the ledger stopped
+//! is STOP (group ERR, coordinator state `Empty`) while the other keeps up and stays OK and
+//! not ours, in `dhanman lag --json`, `GET /v1/lag` and
+//! `dhanman_lag_group_status`/`dhanman_lag_partitions`; the other client's consumer gone,
+//! its group stays reported and is judged STOP
 
 use std::time::Duration;
 

@@ -1,7 +1,12 @@
-//! Metrics and tracing against running processes: `/metrics` of `dhanman up` names every
-//! metric docs/metrics.md lists after a little traffic; the relay and a processor run alone
-//! serve their own `/metrics` and `/healthz` on `DHANMAN_METRICS_ADDR`; a request's W3C
-//! `traceparent` reaches the outbox, the Kafka headers and the events a processor emits.
+//! After an invoice, a payment through `dhanman gateway` and an undecodable record,
+//! `/metrics` of `dhanman up` names every metric of the table in [metrics](docs/metrics.md)
+//! (route templates, not raw paths, as labels; the poison record counted by class and in
+//! `dhanman_dlq_size`); a `traceparent` sent with a command reaches the outbox row, the
+//! Kafka headers of the event and of the ledger's `LedgerEntryPosted` (same trace, new
+//! span), a malformed one is replaced; `dhanman relay` and `dhanman process ledger` serve
+//! `/healthz` and `/metrics` on `DHANMAN_METRICS_ADDR`; SIGTERM stops `dhanman up` with
+//! exit 0, every processor out of its group (the broker describes each group without
+//! members)
 
 use std::time::Duration;
 

@@ -1,10 +1,18 @@
-//! Notifications end to end against a real SMTP server (`smtp.rs`): the exact messages a
-//! month of flows sends, the invited users' keys obtained with the codes their welcome
-//! emails carry (and no code left in the database once sent); the delivery log readable
-//! by the bookkeepers only; a SIGKILL while the server holds a reply to DATA sends nothing
-//! twice; an SMTP outage (refused connections, then 4xx) delays but never duplicates;
-//! a replay of every topic sends nothing; a 5xx address is dead-lettered at once while the
-//! others arrive.
+//! Against an SMTP server the test runs (`gateway/src/smtp.rs`, which the demo also uses:
+//! EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, with switches for refused connections,
+//! 4xx, 5xx per address and a held DATA reply): a month of flows (users, who accept the
+//! invitation code their welcome email carries to get their keys, customers with and
+//! without email, invoices, a payment, a PO approved by manager and CFO, a salary, an
+//! invoice re-send, a payment reminder) sends exactly the expected messages, subjects and
+//! bodies, with the delivery log's Message-IDs; `GET /v1/notifications` filters, scopes and
+//! 422s, and is 403 for a manager and a CFO; the first admin's welcome has no code, and
+//! once sent no code is left in the database (the notifier's rows deleted, the log's copies
+//! blanked), nor after a dead-lettered welcome; a replay of every topic (offsets to 0,
+//! `processed_events` deleted) sends nothing; a SIGKILL while the server holds DATA sends
+//! each message once after restart; a SIGTERM while it holds DATA waits for the answer,
+//! records the message as sent and exits 0; an outage (refused, then 4xx) delivers
+//! everything once; a 5xx address is dead-lettered at the first attempt (with its DLQ
+//! record) while the others arrive
 
 use std::collections::BTreeMap;
 use std::time::Duration;

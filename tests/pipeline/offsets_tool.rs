@@ -1,7 +1,12 @@
-//! `dhanman offsets show|reset` against a running pipeline: the plan first, with the
-//! group's members as the broker describes them; nothing moved without `--execute` or while
-//! the group has a member; a reset moves Postgres and Kafka alike, and a rewound ledger
-//! re-reads without posting anything twice.
+//! `offsets show` against the log, with the member (its client id naming its process) and
+//! every partition it holds, from the broker; `reset` while the ledger runs is refused
+//! naming the member, with the plan printed and nothing moved; without `--execute` nothing
+//! moves; `--shift-by -2` on one partition; `--by-duration 1h` rewinds Postgres and Kafka's
+//! committed offsets to the log start; the restarted ledger re-reads the range and posts
+//! nothing twice; a missing or doubled target and an unknown partition are refused; for
+//! every reset target (`--to-earliest`, `--to-latest`, `--to-offset`, `--shift-by`,
+//! `--to-datetime`, `--by-duration`) the plan equals the one `kafka-consumer-groups
+//! --reset-offsets --dry-run` prints
 
 use std::time::Duration;
 

@@ -1,6 +1,18 @@
-//! The payment saga over real sockets: `dhanman gateway` runs as a process of its own (its
-//! memory, the charge log, survives restarts of `dhanman up`), and every check compares
-//! what the gateway says it charged with the payments the pipeline recorded.
+//! The saga against a `dhanman gateway` process, the gateway's charge log compared with the
+//! payments recorded: charge once, ledger posts, replay by key, 409 for a paid invoice; a
+//! declined card is 402 with `PaymentFailed` and no ledger change; a crash (abort) after
+//! each step, then a restart, finishes with one charge; a lost response is replayed, not
+//! charged twice; a charge for an invoice voided meanwhile is refunded, across crashes
+//! before and after the refund; gateway down: the breaker opens (metric, `/readyz`), calls
+//! fail fast with nothing sent, then it closes and the payment goes through; the lease: a
+//! retry with the same key while the gateway holds the first charge (`latency_ms`) answers
+//! 503 `charging` at once, and two `dhanman api` processes recovering one saga at start-up
+//! overlap, one of them leaving it to the lease holder — one charge request per saga key
+//! (the gateway's `/_requests`), one payment; a charge that lands on a saga made final
+//! meanwhile is refunded (`late_charge`, `late_charge_refunded`, the metric), the books
+//! unchanged; an ambiguous 409 after a charge (`ambiguous_next`) is reconciled by the
+//! lookup by key and completes with one charge and one payment, and the same 409 with
+//! nothing charged (`busy_next`) leaves the saga `charging` until the retry completes it
 
 use std::time::{Duration, Instant};
 

@@ -1,10 +1,15 @@
-//! Users, purchase orders and bills over real sockets against `dhanman up`: users reach
-//! the users projection, and their keys only them (the administrator gets an invitation,
-//! never a key); an order asks the right people for approval, needs the right roles,
-//! refuses its requester and other organizations, takes each approval from a different
-//! person, changes state once under concurrent approvals, and reserves budget when
-//! approved; bills post expense against payable and release the reservation, never beyond
-//! the order.
+//! Users reach the users projection (`UserCreated` on the topic), each with the key they
+//! got by accepting their invitation (the admin's create-user answer holds none); only an
+//! admin creates users; roles bound commands (403); approval requests go to the managers
+//! and approvers, never the requester; an accountant's approval is 403, another
+//! organization's 404, the requester's own 403; six concurrent approvals: one 200, five
+//! 409, one `POApproved`; a large order needs manager and CFO; a rejection posts nothing;
+//! bills post expense against payable and release the reservation, never beyond the order
+//! (422 `amount`), not against a rejected order (409). In-process: an admin's approval is
+//! 403; a manager who approved and is then made CFO by hand may not approve or reject the
+//! CFO step (403, nothing written: the approvals come from distinct people); the requester
+//! is refused at every step; another approver's same `Idempotency-Key` and body is their
+//! own decision, not a replay
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};

@@ -1,6 +1,9 @@
-//! `dhanman rebuild balances|users` against a running pipeline: a projection damaged by
-//! hand is found by a dry run (which changes nothing) and restored by `--execute` while
-//! the pipeline keeps writing to it; afterwards it equals its source again.
+//! Balances damaged by hand (revenue, a customer's receivable) are found by a dry run,
+//! which changes nothing; `--execute` while ten invoices are being posted restores them;
+//! afterwards a dry run finds no difference, the customer owes exactly the invoices and the
+//! trial balance balances. The users projection damaged by hand (a row lost, a name
+//! changed): the dry run counts the differences and drops its shadow; `--execute` restores
+//! every row; the live processor then writes into the rebuilt table
 
 use serde_json::json;
 

@@ -1,8 +1,11 @@
-//! Payment reminders against the real binary: a payment or void consumed before its
-//! invoice leaves nothing to fire, two scheduler instances fire each timer once, timers
-//! survive restarts and a replay (offsets reset, gate rows deleted) re-creates none, and a
-//! reminder never goes out for an invoice paid on the command side, even when its
-//! `PaymentReceived` has not been consumed yet.
+//! A payment or void consumed before its invoice means no reminder (tombstone; payments
+//! summed for an invoice the command side does not know), a part payment keeps it, a
+//! customer without email is skipped; two scheduler instances send one reminder per invoice
+//! (40 timers made due at once); timers survive SIGKILL and restart, and a replay (offsets
+//! reset to 0, `processed_events` rows deleted) re-creates no fired or cancelled timer and
+//! sends nothing twice; an invoice paid on the command side while its `PaymentReceived`
+//! waits unpublished is cancelled at firing, and one seen only after it was paid is never
+//! scheduled; `GET /v1/reminders` (404 for another organization, 422 `invoice_id`)
 
 use std::time::Duration;
 

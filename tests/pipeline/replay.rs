@@ -1,7 +1,9 @@
-//! `dhanman replay` against a running pipeline: a dry run says what would change per type
-//! and changes nothing; an executed replay over applied events changes no balance (twice);
-//! a projection wiped by hand is rebuilt by a replay; the live group's offsets never move;
-//! a time bound past the end of the log is an empty range.
+//! A dry run over nine applied invoices says 9 in range, 9 applied, 0 to apply; executed
+//! twice, it applies nothing and the trial balance and journal are unchanged; the live
+//! groups' offsets never move; a bounded range on one partition has exactly its records;
+//! the users projection wiped by hand is rebuilt by a replay; a time an hour ago covers
+//! every record, and a time past the end is an empty range; a processor that does not read
+//! the topic, an unknown processor and `--from now` are refused
 
 use serde_json::{Value, json};
 
