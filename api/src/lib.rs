@@ -1,5 +1,9 @@
 //! The HTTP API: commands in, balances out, and the embedded schema registry under
 //! `/schema-registry/`.
+//!
+//! Handlers authenticate, parse and answer; every write is a command of `producers` (or the
+//! payment saga), run in one transaction with its idempotency key. No business rule lives
+//! here.
 
 pub mod consistency;
 mod error;

@@ -1,6 +1,9 @@
 //! Edges of the pipeline: the outbox relay, which publishes what commands and processors
 //! wrote to the outbox, and the broker-facing tools (topics, offsets by time, consumer
 //! groups, lag, offsets, dead letters).
+//!
+//! It moves and measures records; it holds no business rule (commands live in `producers`,
+//! postings and projections in `processors`).
 
 mod derived;
 pub mod dlq;

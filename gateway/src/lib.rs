@@ -4,6 +4,8 @@
 //! accepts, for the notifier's tests and the demo.
 //!
 //! Its state lives in memory only: restarting it forgets every charge, refund and key.
+//! Nothing in the pipeline's production path depends on it: only tests, the demo, the
+//! benchmark and development run it.
 //!
 //! # Contract
 //!

@@ -21,6 +21,8 @@
 //! `drive` takes in one UPDATE, renews before every gateway call and releases; a driver
 //! that cannot take it calls nothing and answers the state as it is. A charge that lands
 //! on a saga already final without it is refunded (`late_charge_refunded`), never kept.
+//!
+//! No database transaction is ever open across a gateway call.
 
 pub mod breaker;
 pub mod client;

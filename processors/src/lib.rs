@@ -1,5 +1,9 @@
 //! Consumers of the pipeline: the runtime that every processor plugs into, and the
 //! processors themselves (one module each).
+//!
+//! A processor never produces to Kafka or calls a peer inside a batch: its effects are rows
+//! written in the batch's transaction (events through the outbox, emails through the
+//! delivery log), so a batch that rolls back leaves nothing behind.
 
 pub mod approvals;
 pub mod audit;

@@ -1,6 +1,9 @@
 //! The command side: each command validates its input, writes its state and the event it
 //! causes to the outbox in one Postgres transaction (no dual writes), and returns a
 //! consistency token (the event id) that queries can wait on.
+//!
+//! It never talks to Kafka (the relay publishes what it writes) and never reads the
+//! processors' projections: a command decides on the command side's own rows.
 
 pub mod idempotency;
 pub mod input;

@@ -11,6 +11,8 @@
 //!
 //! Without the default `server` feature the crate is only [`ParsedSchema`] and the
 //! compatibility checker, with no HTTP or Postgres dependencies (what `fuzz/` builds).
+//!
+//! It depends on no other crate of the pipeline: any Confluent client may use it alone.
 
 mod avro;
 mod compatibility;

@@ -1,6 +1,8 @@
 //! The contracts of dhanman-stream: the Avro schemas under `schemas/avro/` (the source of
 //! truth), the Rust types of the events, and the Confluent wire-format codec that moves
 //! them through a schema registry.
+//!
+//! It knows no database and no broker: its only I/O is the codec's registry look-ups.
 
 pub mod catalog;
 pub mod codec;
