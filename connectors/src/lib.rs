@@ -1,6 +1,6 @@
 //! Edges of the pipeline: the outbox relay, which publishes what commands and processors
 //! wrote to the outbox, and the broker-facing tools (topics, offsets by time, consumer
-//! groups, lag, offsets, dead letters).
+//! groups, lag, offsets, dead letters), and the bridge to the .NET services' RabbitMQ.
 
 mod derived;
 pub mod dlq;
@@ -11,6 +11,7 @@ pub mod lag;
 pub mod leader;
 pub mod offsets;
 pub mod parked;
+pub mod rabbitmq;
 pub mod relay;
 pub mod retention;
 

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use dhanman_schemas::events::{
-    Envelope, FieldError, InvoiceCreated, InvoiceVoided, PaymentReceived, check_money, check_period,
+    Envelope, FieldError, InvoiceCreated, InvoiceVoided, PaymentReceived, SendInvoiceEmail,
+    check_money, check_period,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -84,7 +85,7 @@ pub async fn create_customer(
     Ok(customer)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvoice {
     pub customer_id: Option<Uuid>,
@@ -228,7 +229,7 @@ pub async fn create_invoice_with_id(
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewManualPayment {
     pub customer_id: Option<Uuid>,
@@ -257,6 +258,17 @@ pub async fn record_manual_payment(
     input: NewManualPayment,
 ) -> Result<RecordedPayment> {
     caller.require(BOOKKEEPERS, "recording a payment")?;
+    record_manual_payment_with_id(conn, caller, input, Uuid::now_v7()).await
+}
+
+/// [`record_manual_payment`] under an id the caller chose (a payment announced by another
+/// system keeps its id).
+pub async fn record_manual_payment_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewManualPayment,
+    payment_id: Uuid,
+) -> Result<RecordedPayment> {
     let amount = input
         .amount
         .map(Amount::value)
@@ -345,7 +357,6 @@ pub async fn record_manual_payment(
         }
     };
 
-    let payment_id = Uuid::now_v7();
     let amount = amount.round_dp(2);
     let consistency_token = insert_payment(
         conn,
@@ -431,6 +442,56 @@ pub async fn insert_payment(
     let consistency_token = outbox::enqueue(conn, &event).await?;
     tracing::info!(%payment_id, %customer_id, %amount, event_id = %consistency_token, "payment recorded");
     Ok(consistency_token)
+}
+
+/// Asks for an invoice to be emailed (again) to its customer: a `SendInvoiceEmail` to the
+/// customer's address. The invoice must be the customer's, not void, and the customer must
+/// have an address.
+pub async fn send_invoice_email(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    invoice_id: Uuid,
+    customer_id: Uuid,
+) -> Result<Uuid> {
+    caller.require(BOOKKEEPERS, "sending an invoice email")?;
+    let invoice: Option<(Uuid, Decimal, String, NaiveDate, String)> = sqlx::query_as(
+        "select customer_id, amount, currency::text, due_date, status from invoices
+          where id = $1 and organization_id = $2",
+    )
+    .bind(invoice_id)
+    .bind(caller.organization_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((owner, amount, currency, due_date, status)) = invoice else {
+        return Err(FieldError::new("invoice_id", "no such invoice in this organization").into());
+    };
+    if owner != customer_id {
+        return Err(FieldError::new("customer_id", "is not the invoice's customer").into());
+    }
+    if status == "void" {
+        return Err(Error::Conflict(format!("invoice {invoice_id} is void")));
+    }
+    let (email,): (Option<String>,) =
+        sqlx::query_as("select email from customers where id = $1 and organization_id = $2")
+            .bind(customer_id)
+            .bind(caller.organization_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let recipient = email
+        .filter(|e| !e.trim().is_empty())
+        .ok_or_else(|| FieldError::new("customer_id", "the customer has no email address"))?;
+    let command = SendInvoiceEmail {
+        envelope: Envelope::new(caller.organization_id, &caller.correlation_id, None),
+        invoice_id,
+        customer_id,
+        recipient,
+        amount,
+        currency: currency.trim().to_string(),
+        due_date,
+    };
+    let token = outbox::enqueue(conn, &command).await?;
+    tracing::info!(%invoice_id, %customer_id, event_id = %token, "invoice email requested");
+    Ok(token)
 }
 
 /// An invoice as it stands: the command side's own row, with what has been paid on it.
