@@ -135,8 +135,8 @@ pub enum Error {
 
 /// Connects, naming the connection so RabbitMQ's tools show who it is.
 pub async fn connect(url: &str, side: &str) -> lapin::Result<Connection> {
-    let properties =
-        ConnectionProperties::default().with_connection_name(format!("dhanman-bridge-{side}").into());
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("dhanman-bridge-{side}").into());
     Connection::connect(url, properties).await
 }
 

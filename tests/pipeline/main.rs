@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod bridge;
 mod broker;
 mod compose;
 mod crash;

@@ -18,11 +18,14 @@ use chrono::Utc;
 use dhanman_producers::{Caller, Error as CommandError, purchase, sales, users};
 use dhanman_schemas::topics::dlq_headers;
 use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
+use lapin::Confirmation;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -97,7 +100,10 @@ async fn session(pool: &PgPool, settings: &Settings, mut stop: StopSignal) -> Re
 enum Plan {
     /// Published by this pipeline's outbound side: acknowledged, nothing else.
     Echo,
-    Dead { class: &'static str, reason: String },
+    Dead {
+        class: &'static str,
+        reason: String,
+    },
     Apply(Box<Message>),
 }
 
@@ -179,12 +185,7 @@ fn message_of(plan: &Plan) -> &str {
 }
 
 fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
-    delivery
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(name)
+    delivery.properties.headers().as_ref()?.inner().get(name)
 }
 
 /// Printable ASCII, at most `max` characters: what a message may put in an id or a log.
@@ -208,7 +209,9 @@ fn plan(delivery: &Delivery) -> Plan {
     let properties = &delivery.properties;
     let content_type = properties.content_type().as_ref().map(|c| c.as_str());
     if let Some(content_type) = content_type
-        && !content_type.to_ascii_lowercase().starts_with("application/json")
+        && !content_type
+            .to_ascii_lowercase()
+            .starts_with("application/json")
     {
         return Plan::Dead {
             class: "malformed",
@@ -421,11 +424,15 @@ async fn run_command(
             input,
         } => {
             let requester = acting_user(conn, caller, requested_by, "RequestedBy").await?;
-            return Ok(
-                purchase::submit_order_with_id(conn, &requester, input, settings.policy, po_id)
-                    .await?
-                    .consistency_token,
-            );
+            return Ok(purchase::submit_order_with_id(
+                conn,
+                &requester,
+                input,
+                settings.policy,
+                po_id,
+            )
+            .await?
+            .consistency_token);
         }
         Inbound::POApproved {
             po_id,
@@ -479,7 +486,10 @@ async fn dead_letter(
         (dlq_headers::PROCESSOR, PROCESSOR.to_string()),
         (dlq_headers::FAILED_AT, Utc::now().to_rfc3339()),
         (dlq_headers::ATTEMPTS, "1".to_string()),
-        ("dlq.source.exchange", delivery.exchange.as_str().to_string()),
+        (
+            "dlq.source.exchange",
+            delivery.exchange.as_str().to_string(),
+        ),
         (
             "dlq.source.routing_key",
             delivery.routing_key.as_str().to_string(),

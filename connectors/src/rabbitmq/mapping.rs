@@ -131,7 +131,10 @@ pub fn parse(type_name: &str, body: &[u8]) -> Result<Inbound, Unmappable> {
     if body.len() > MAX_BODY {
         return Err(Unmappable::new(
             "too-large",
-            format!("the body has {} bytes; at most {MAX_BODY} are read", body.len()),
+            format!(
+                "the body has {} bytes; at most {MAX_BODY} are read",
+                body.len()
+            ),
         ));
     }
     let inbound = match type_name {
@@ -276,7 +279,11 @@ fn read<T: serde::de::DeserializeOwned>(type_name: &str, body: &[u8]) -> Result<
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let at = if path == "." { String::new() } else { format!("{path}: ") };
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
         Unmappable::new("malformed", format!("{type_name}: {at}{inner}"))
     })?;
     deserializer
@@ -774,11 +781,15 @@ mod tests {
         assert_eq!(input.issue_date.unwrap().date().to_string(), "2026-12-01");
         // Beyond what a float holds: the digits are read from the text.
         let body = invoice_with("Amount", "99999999999999.99");
-        let Ok(Inbound::InvoiceCreated { input, .. }) = parse("InvoiceCreatedEvent", body.as_bytes())
+        let Ok(Inbound::InvoiceCreated { input, .. }) =
+            parse("InvoiceCreatedEvent", body.as_bytes())
         else {
             panic!("{body}")
         };
-        assert_eq!(input.amount.unwrap().value().to_string(), "99999999999999.99");
+        assert_eq!(
+            input.amount.unwrap().value().to_string(),
+            "99999999999999.99"
+        );
         // camelCase (ASP.NET's web defaults) reads alike, and so does a string amount.
         let camel = r#"{"invoiceId":"3fa85f64-5717-4562-b3fc-2c963f66afa6",
             "customerId":"0b6e6f7a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","amount":"12.5",
@@ -805,7 +816,10 @@ mod tests {
             (invoice_with("DueDate", r#""10/12/2026""#), "DueDate"),
             (invoice_with("DueDate", r#""+20260-01-01""#), "DueDate"),
             (invoice_with("DueDate", r#""2026-12-10Tnoon""#), "DueDate"),
-            (invoice_with("CreatedAt", r#""0001-01-01T00:00:00""#), "CreatedAt"),
+            (
+                invoice_with("CreatedAt", r#""0001-01-01T00:00:00""#),
+                "CreatedAt",
+            ),
             ("{".to_string(), "EOF"),
             ("[]".to_string(), "InvoiceCreatedEvent"),
             ("null".to_string(), "invalid type"),
@@ -827,14 +841,16 @@ mod tests {
     fn negative_and_oversized_amounts_reach_the_command_rules() {
         // Signs and scale are the books' rules, checked by the command like the API's.
         let body = invoice_with("Amount", "-5.00");
-        let Ok(Inbound::InvoiceCreated { input, .. }) = parse("InvoiceCreatedEvent", body.as_bytes())
+        let Ok(Inbound::InvoiceCreated { input, .. }) =
+            parse("InvoiceCreatedEvent", body.as_bytes())
         else {
             panic!("{body}")
         };
         let amount = input.amount.unwrap().value();
         assert!(dhanman_schemas::events::check_money("amount", amount, "INR").is_err());
         let body = invoice_with("Amount", "12345678901234567890123456789");
-        let Ok(Inbound::InvoiceCreated { input, .. }) = parse("InvoiceCreatedEvent", body.as_bytes())
+        let Ok(Inbound::InvoiceCreated { input, .. }) =
+            parse("InvoiceCreatedEvent", body.as_bytes())
         else {
             panic!("{body}")
         };
@@ -845,15 +861,24 @@ mod tests {
     #[test]
     fn the_type_comes_from_the_property_or_the_class_name_in_the_body() {
         assert_eq!(
-            type_name(Some("Dhanman.Sales.Events.InvoiceCreatedEvent, Dhanman.Sales"), b"{}"),
+            type_name(
+                Some("Dhanman.Sales.Events.InvoiceCreatedEvent, Dhanman.Sales"),
+                b"{}"
+            ),
             Some("InvoiceCreatedEvent".into())
         );
         assert_eq!(
-            type_name(Some("urn:message:Dhanman.Sales:PaymentReceivedEvent"), b"{}"),
+            type_name(
+                Some("urn:message:Dhanman.Sales:PaymentReceivedEvent"),
+                b"{}"
+            ),
             Some("PaymentReceivedEvent".into())
         );
         assert_eq!(
-            type_name(None, br#"{"$type":"Dhanman.Purchase.BillCreatedEvent, Purchase"}"#),
+            type_name(
+                None,
+                br#"{"$type":"Dhanman.Purchase.BillCreatedEvent, Purchase"}"#
+            ),
             Some("BillCreatedEvent".into())
         );
         assert_eq!(type_name(None, br#"{"$type":5}"#), None);
@@ -905,8 +930,16 @@ mod tests {
         };
         let out = outbound(&Event::InvoiceCreated(event.clone())).unwrap();
         assert_eq!(out.type_name, "InvoiceCreatedEvent");
-        assert!(out.body.contains(r#""Amount":99999999999999.99"#), "{}", out.body);
-        assert!(out.body.contains(r#""DueDate":"2026-12-10T00:00:00""#), "{}", out.body);
+        assert!(
+            out.body.contains(r#""Amount":99999999999999.99"#),
+            "{}",
+            out.body
+        );
+        assert!(
+            out.body.contains(r#""DueDate":"2026-12-10T00:00:00""#),
+            "{}",
+            out.body
+        );
         // What goes out comes back in as the same command.
         let Ok(Inbound::InvoiceCreated { invoice_id, input }) =
             parse(out.type_name, out.body.as_bytes())
