@@ -387,7 +387,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
     // The first invoice redelivered: the same message id again.
     month.push(first_invoice);
     // Hostile and unmappable messages.
-    let poison = vec![
+    let poison = [
         json!({"exchange": ev, "type": "InvoiceCreatedEvent", "message_id": "bad-json", "body": "{not json"}),
         msg(
             ev,
