@@ -6,6 +6,9 @@
 #     and controller, on 127.0.0.1:19092 (controller 127.0.0.1:19093); resolved by Maven from
 #     Maven Central into the tools directory once per machine (about a minute) and run with the
 #     machine's Java 17+ (Debian's openjdk-17-jre-headless is installed when there is none)
+#   * RabbitMQ on 127.0.0.1:5672 (Debian's rabbitmq-server, installed if missing: the broker the
+#     .NET services publish to, for `dhanman bridge rabbitmq`); a node of its own, its data under
+#     the data directory, no plugins
 #
 # Usage:
 #   eval "$(scripts/dev-services.sh)"
@@ -29,6 +32,9 @@
 #                                   data in $DHANMAN_DATA_DIR/kafka-cluster
 #   DHANMAN_KAFKA_HEAP              the broker's Java heap (default 1g)
 #   DHANMAN_WAIT_SECS               readiness timeout per service in seconds (default 90)
+#   RABBITMQ_URL                    if set, it is checked and printed unchanged (no RabbitMQ is started)
+#   DHANMAN_RABBITMQ_PORT           RabbitMQ's AMQP port (default 5672; Erlang distribution on the
+#                                   port + 20000)
 # shellcheck disable=SC2012 # `ls` of version-named directories is fine here
 set -euo pipefail
 
@@ -457,12 +463,85 @@ ensure_kafka() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# RabbitMQ: Debian's rabbitmq-server run as a node of its own (scripts/rabbitmq-env.sh names it
+# and its directories), so `scripts/rabbitmqctl.sh` reaches it and nothing of the system's
+# service is touched.
+
+# amqp_ready host port: the port answers the AMQP 0-9-1 protocol header with a Connection.Start
+# frame (type 1, channel 0): a broker is serving, not just a socket bound.
+amqp_ready() {
+	local reply
+	# shellcheck disable=SC2016 # expanded by the inner bash
+	reply=$(timeout 3 bash -c '
+		exec 4<>"/dev/tcp/$1/$2" || exit 1
+		printf "AMQP\x00\x00\x09\x01" >&4
+		head -c 3 <&4 | od -An -tx1
+	' _ "$1" "$2" 2>/dev/null) || return 1
+	reply=${reply//[[:space:]]/}
+	[ "$reply" = 010000 ]
+}
+
+rabbitmq_pid_alive() {
+	local pid
+	pid=$(cat "$RABBITMQ_PID_FILE" 2>/dev/null) || return 1
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'rabbit'
+}
+
+ensure_rabbitmq() {
+	if [ -n "${RABBITMQ_URL:-}" ]; then
+		local rest host port
+		rest=${RABBITMQ_URL#*://}
+		rest=${rest#*@}
+		rest=${rest%%/*}
+		host=${rest%%:*}
+		port=5672
+		[ "$rest" != "$host" ] && port=${rest##*:}
+		amqp_ready "$host" "$port" || die "RABBITMQ_URL is set but $host:$port does not answer AMQP"
+		log "using the caller's RABBITMQ_URL"
+		return 0
+	fi
+	# shellcheck source=scripts/rabbitmq-env.sh
+	. "$ROOT/scripts/rabbitmq-env.sh"
+	if amqp_ready 127.0.0.1 "$RABBITMQ_NODE_PORT"; then
+		log "rabbitmq already running on 127.0.0.1:$RABBITMQ_NODE_PORT"
+	else
+		[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_install rabbitmq-server
+		mkdir -p "$RABBITMQ_MNESIA_BASE" "$RABBITMQ_LOG_BASE"
+		(
+			flock 9
+			if amqp_ready 127.0.0.1 "$RABBITMQ_NODE_PORT" || rabbitmq_pid_alive; then exit 0; fi
+			# No plugins: a quicker start, and nothing listens but AMQP on 127.0.0.1.
+			[ -f "$RABBITMQ_ENABLED_PLUGINS_FILE" ] || echo '[].' >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+			log "starting RabbitMQ $RABBITMQ_NODENAME on 127.0.0.1:$RABBITMQ_NODE_PORT (data $RABBITMQ_MNESIA_BASE, logs $RABBITMQ_LOG_BASE)"
+			rm -f "$RABBITMQ_PID_FILE"
+			# Like the broker: no inherited descriptor but 0-2, so `$(...)` returns and the
+			# lock frees (epmd, which the node starts, inherits from it).
+			setsid bash -c "$CLOSE_FDS" _ nohup /usr/lib/rabbitmq/bin/rabbitmq-server \
+				</dev/null >>"$RABBITMQ_LOG_BASE/stdout.log" 2>&1 3>&- 9>&- &
+		) 9>"$DATA/rabbitmq.start.lock"
+		local waited=0 start=$SECONDS
+		until amqp_ready 127.0.0.1 "$RABBITMQ_NODE_PORT"; do
+			if [ "$waited" -ge "$WAIT_SECS" ]; then
+				tail -n 20 "$RABBITMQ_LOG_BASE/stdout.log" >&2 || true
+				die "RabbitMQ did not answer on 127.0.0.1:$RABBITMQ_NODE_PORT within ${WAIT_SECS}s; see $RABBITMQ_LOG_BASE"
+			fi
+			sleep 1
+			waited=$((waited + 1))
+		done
+		log "rabbitmq ready on 127.0.0.1:$RABBITMQ_NODE_PORT (waited $((SECONDS - start))s)"
+	fi
+	RABBITMQ_URL="amqp://guest:guest@127.0.0.1:$RABBITMQ_NODE_PORT/%2f"
+}
+
+# ---------------------------------------------------------------------------------------------
 
 ensure_postgres
 # Kafka's jars are installed even for a broker of the caller's: its tools referee the tests.
 ensure_java
 ensure_kafka_install
 ensure_kafka
+mkdir -p "$DATA"
+ensure_rabbitmq
 
 # `export KEY=value`, quoted only when the value holds characters the shell would interpret.
 emit() {
@@ -474,3 +553,4 @@ emit() {
 }
 emit DATABASE_URL "$DATABASE_URL"
 emit KAFKA_BOOTSTRAP_SERVERS "$KAFKA_BOOTSTRAP_SERVERS"
+emit RABBITMQ_URL "$RABBITMQ_URL"

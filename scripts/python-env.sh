@@ -2,6 +2,7 @@
 # Creates (once) and prints the path of the Python virtualenv the tests use as references:
 #   avro            - Apache Avro's own ReaderWriterCompatibilityChecker (the compatibility oracle)
 #   confluent-kafka - Confluent's client, serializers and registry client (the interop peer)
+#   pika            - a RabbitMQ client, publishing as the .NET services do (the bridge's peer)
 # Versions are pinned in scripts/python-requirements.txt. Idempotent: a venv whose
 # requirements stamp matches is reused. Prints `DHANMAN_PYTHON=<venv>/bin/python`.
 set -euo pipefail

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop the Apache Kafka node(s) that scripts/dev-services.sh started, using their pid files
-# (SIGTERM: a controlled shutdown that closes the logs cleanly; SIGKILL after 60 s).
+# (SIGTERM: a controlled shutdown that closes the logs cleanly; SIGKILL after 60 s), and its
+# RabbitMQ node (`rabbitmqctl stop`; with --wipe its queues go too).
 # PostgreSQL is left alone: it is the machine's own cluster.
 #
 #   scripts/stop-dev-services.sh             stop the broker (`make stop`)
@@ -73,6 +74,27 @@ for pid in "${pids[@]}"; do
 done
 for n in $nodes; do rm -f "$(node_dir "$n")/kafka.pid"; done
 [ ${#pids[@]} -gt 0 ] && log "stopped"
+
+# RabbitMQ: only when no single Kafka node was named.
+if [ -z "$only" ]; then
+	# shellcheck source=scripts/rabbitmq-env.sh
+	. "$(dirname "${BASH_SOURCE[0]}")/rabbitmq-env.sh"
+	rabbit_pid=$(cat "$RABBITMQ_PID_FILE" 2>/dev/null || true)
+	if [ -n "$rabbit_pid" ] && kill -0 "$rabbit_pid" 2>/dev/null; then
+		log "stopping rabbitmq $RABBITMQ_NODENAME (pid $rabbit_pid)"
+		if [ "$signal" = KILL ]; then
+			kill -KILL "$rabbit_pid" 2>/dev/null || true
+		else
+			timeout 60 "$(dirname "${BASH_SOURCE[0]}")/rabbitmqctl.sh" stop "$RABBITMQ_PID_FILE" >&2 ||
+				kill -KILL "$rabbit_pid" 2>/dev/null || true
+		fi
+	fi
+	rm -f "$RABBITMQ_PID_FILE"
+	if [ "$wipe" -eq 1 ]; then
+		log "deleting RabbitMQ's storage ($RABBITMQ_MNESIA_BASE)"
+		rm -rf "$RABBITMQ_MNESIA_BASE"
+	fi
+fi
 
 if [ "$wipe" -eq 1 ]; then
 	log "deleting the broker's storage ($KAFKA_DATA); the next start formats a new cluster"

@@ -1,8 +1,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dhanman::{
-    Config, audit_cli, bench, campaign, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli, outbox_cli,
-    rebuild_cli, registry_cli, replay_cli, schemas_cli,
+    Config, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli,
+    outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
 };
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
@@ -77,6 +77,10 @@ enum Command {
     /// The embedded schema registry's users (who may change it): `registry users
     /// add|list|revoke`.
     Registry(registry_cli::Args),
+    /// Bridges the .NET services' message broker and the pipeline: `bridge rabbitmq`
+    /// applies their events and commands through the outbox (each message once) and
+    /// publishes our events back to them (see docs/bridge.md).
+    Bridge(bridge_cli::Args),
     /// Recomputes a projection from its source into shadow tables and swaps it in:
     /// `rebuild balances` (from the postings); a report unless `--execute`.
     Rebuild(rebuild_cli::Args),
@@ -221,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => replay_cli::run(*args).await,
         Command::Dlq(args) => dlq_cli::run(*args).await,
         Command::Rebuild(args) => rebuild_cli::run(args).await,
+        Command::Bridge(args) => bridge_cli::run(args).await,
         Command::Gateway(args) => dhanman_gateway::run(args)
             .await
             .context("running the payment gateway"),

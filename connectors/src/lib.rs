@@ -1,6 +1,6 @@
 //! Edges of the pipeline: the outbox relay, which publishes what commands and processors
 //! wrote to the outbox, and the broker-facing tools (topics, offsets by time, consumer
-//! groups, lag, offsets, dead letters).
+//! groups, lag, offsets, dead letters), and the bridge to the .NET services' RabbitMQ.
 //!
 //! It moves and measures records; it holds no business rule (commands live in `producers`,
 //! postings and projections in `processors`).
@@ -14,6 +14,7 @@ pub mod lag;
 pub mod leader;
 pub mod offsets;
 pub mod parked;
+pub mod rabbitmq;
 pub mod relay;
 pub mod retention;
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::input::Amount;
 use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewSalary {
     pub employee_id: Option<Uuid>,
@@ -50,6 +50,17 @@ pub async fn post_salary(
     input: NewSalary,
 ) -> Result<PostedSalary> {
     caller.require(BOOKKEEPERS, "posting a salary")?;
+    post_salary_with_id(conn, caller, input, Uuid::now_v7()).await
+}
+
+/// [`post_salary`] under an id the caller chose (a salary announced by another system keeps
+/// its id).
+pub async fn post_salary_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewSalary,
+    salary_id: Uuid,
+) -> Result<PostedSalary> {
     let employee_id = input
         .employee_id
         .ok_or_else(|| FieldError::new("employee_id", "is required"))?;
@@ -78,7 +89,6 @@ pub async fn post_salary(
         }
     };
 
-    let salary_id = Uuid::now_v7();
     let amount = amount.round_dp(2);
     let inserted: Result<Salary, sqlx::Error> = sqlx::query_as(
         "insert into salaries

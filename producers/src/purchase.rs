@@ -64,7 +64,7 @@ pub fn step_of(role: &str) -> Option<&'static str> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     pub description: Option<String>,
@@ -72,7 +72,7 @@ pub struct NewItem {
     pub unit_price: Option<Amount>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewPurchaseOrder {
     pub vendor_id: Option<Uuid>,
@@ -81,7 +81,7 @@ pub struct NewPurchaseOrder {
     pub items: Option<Vec<NewItem>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     pub comment: Option<String>,
@@ -187,6 +187,18 @@ pub async fn submit_order(
     input: NewPurchaseOrder,
     policy: ApprovalPolicy,
 ) -> Result<PurchaseOrderReply> {
+    submit_order_with_id(conn, caller, input, policy, Uuid::now_v7()).await
+}
+
+/// [`submit_order`] under an id the caller chose (an order announced by another system
+/// keeps its id, which its approvals and bills name).
+pub async fn submit_order_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewPurchaseOrder,
+    policy: ApprovalPolicy,
+    po_id: Uuid,
+) -> Result<PurchaseOrderReply> {
     let requester_id = caller.user("submitting a purchase order")?;
     let vendor_id = input
         .vendor_id
@@ -196,7 +208,6 @@ pub async fn submit_order(
     let (items, amount) = check_items(input.items, &currency)?;
     let required = policy.required(amount);
 
-    let po_id = Uuid::now_v7();
     sqlx::query(
         "insert into purchase_orders
              (id, organization_id, vendor_id, vendor_name, requester_id, amount, currency, items,
@@ -437,7 +448,7 @@ pub async fn find_order(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewBill {
     pub vendor_id: Option<Uuid>,
@@ -475,6 +486,17 @@ pub async fn create_bill(
     input: NewBill,
 ) -> Result<CreatedBill> {
     caller.require(BOOKKEEPERS, "recording a bill")?;
+    create_bill_with_id(conn, caller, input, Uuid::now_v7()).await
+}
+
+/// [`create_bill`] under an id the caller chose (a bill announced by another system keeps
+/// its id).
+pub async fn create_bill_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewBill,
+    bill_id: Uuid,
+) -> Result<CreatedBill> {
     let vendor_id = input
         .vendor_id
         .ok_or_else(|| FieldError::new("vendor_id", "is required"))?;
@@ -494,7 +516,6 @@ pub async fn create_bill(
     if let Some(po_id) = input.po_id {
         charge_order(conn, caller, po_id, vendor_id, amount, &currency).await?;
     }
-    let bill_id = Uuid::now_v7();
     let bill: Bill = sqlx::query_as(
         "insert into bills (id, organization_id, vendor_id, po_id, amount, currency, description, due_date)
          values ($1, $2, $3, $4, $5, $6, $7, $8)

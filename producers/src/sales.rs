@@ -84,7 +84,7 @@ pub async fn create_customer(
     Ok(customer)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvoice {
     pub customer_id: Option<Uuid>,
@@ -313,7 +313,7 @@ pub async fn create_invoice_with_id(
     Ok(created)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewManualPayment {
     pub customer_id: Option<Uuid>,
@@ -342,6 +342,17 @@ pub async fn record_manual_payment(
     input: NewManualPayment,
 ) -> Result<RecordedPayment> {
     caller.require(BOOKKEEPERS, "recording a payment")?;
+    record_manual_payment_with_id(conn, caller, input, Uuid::now_v7()).await
+}
+
+/// [`record_manual_payment`] under an id the caller chose (a payment announced by another
+/// system keeps its id).
+pub async fn record_manual_payment_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewManualPayment,
+    payment_id: Uuid,
+) -> Result<RecordedPayment> {
     let amount = input
         .amount
         .map(Amount::value)
@@ -430,7 +441,6 @@ pub async fn record_manual_payment(
         }
     };
 
-    let payment_id = Uuid::now_v7();
     let amount = amount.round_dp(2);
     let consistency_token = insert_payment(
         conn,

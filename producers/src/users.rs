@@ -22,7 +22,7 @@ use crate::{Caller, Error, Result, outbox};
 /// Roles a user (and so a key) can have.
 pub const ROLES: &[&str] = &["admin", "accountant", "approver", "manager", "cfo"];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub email: Option<String>,
@@ -223,6 +223,17 @@ pub(crate) async fn insert_user(
     caller: &Caller,
     input: NewUser,
 ) -> Result<(User, Uuid)> {
+    insert_user_with_id(conn, caller, input, Uuid::now_v7()).await
+}
+
+/// [`insert_user`] under an id the caller chose: a user announced by another system keeps
+/// its id, and gets neither a key nor an invitation here (they sign in there).
+pub async fn insert_user_with_id(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewUser,
+    user_id: Uuid,
+) -> Result<(User, Uuid)> {
     let email = input
         .email
         .as_deref()
@@ -244,7 +255,6 @@ pub(crate) async fn insert_user(
         return Err(FieldError::new("role", format!("must be one of {}", ROLES.join(", "))).into());
     }
 
-    let user_id = Uuid::now_v7();
     let inserted: Result<User, sqlx::Error> = sqlx::query_as(
         "insert into users (id, organization_id, email, name, role) values ($1, $2, $3, $4, $5)
          returning id as user_id, email, name, role, created_at",

@@ -1,0 +1,231 @@
+//! The RabbitMQ bridge, for a society whose .NET services move to this pipeline one at a
+//! time: the services not yet moved keep publishing to RabbitMQ and keep reading from it.
+//!
+//! - [`inbound`]: their events (fan-out exchange `dhanman.events`) and commands (direct
+//!   exchange `dhanman.commands`, key `notification.commands`) are read from durable queues
+//!   of the bridge's own, mapped ([`mapping`]) to the command the API runs for the same
+//!   thing, and applied through the outbox with the message id recorded in the same
+//!   transaction; a message is acknowledged only after that commits.
+//! - [`outbound`]: our events, read from Kafka as a consumer group, are published to
+//!   `dhanman.events` as the JSON the .NET consumers read, with publisher confirms and the
+//!   event id as `message_id`.
+//!
+//! Echo guard: what the bridge publishes carries the header [`ORIGIN_HEADER`] and its own
+//! inbound skips it; what it applied from RabbitMQ carries the Kafka header
+//! [`KAFKA_ORIGIN_HEADER`] and its outbound skips it. No message goes round.
+
+pub mod inbound;
+pub mod mapping;
+pub mod outbound;
+
+use std::time::Duration;
+
+use dhanman_producers::purchase::ApprovalPolicy;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use uuid::Uuid;
+
+/// AMQP header on what the bridge publishes: who published it.
+pub const ORIGIN_HEADER: &str = "x-dhanman-origin";
+/// The value of [`ORIGIN_HEADER`]: this pipeline.
+pub const ORIGIN: &str = "dhanman-stream";
+/// Header of outbox rows (so of Kafka records) the bridge wrote for a RabbitMQ message.
+pub const KAFKA_ORIGIN_HEADER: &str = "origin";
+/// The value of [`KAFKA_ORIGIN_HEADER`] on those.
+pub const FROM_RABBITMQ: &str = "rabbitmq";
+/// Kafka header naming the AMQP message an outbox row came from.
+pub const MESSAGE_ID_HEADER: &str = "amqp_message_id";
+/// The processor name of dead letters the bridge writes (`dlq.processor`).
+pub const PROCESSOR: &str = "rabbitmq-bridge";
+
+/// Counter, label `outcome` (`applied`, `duplicate`, `echo`, `dead_lettered`): messages
+/// the inbound side acknowledged.
+pub const INBOUND: &str = "dhanman_rabbitmq_inbound_total";
+/// Counter, label `class` (`unknown-type`, `malformed`, `too-large`, `rejected`):
+/// messages sent to the dead-letter exchange.
+pub const DEAD_LETTERS: &str = "dhanman_rabbitmq_dead_letters_total";
+/// Counter, label `type` (the C# class name): events published and confirmed.
+pub const OUTBOUND: &str = "dhanman_rabbitmq_outbound_published_total";
+/// Counter, label `reason` (`echo`, `unmapped`, `already_published`, `undecodable`):
+/// Kafka records the outbound side did not publish.
+pub const OUTBOUND_SKIPPED: &str = "dhanman_rabbitmq_outbound_skipped_total";
+/// Gauge, label `side` (`inbound`, `outbound`): 1 while connected to RabbitMQ.
+pub const CONNECTED: &str = "dhanman_rabbitmq_connected";
+
+/// A stop request any number of tasks can wait for.
+#[derive(Debug, Clone)]
+pub struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    /// Requested when `stop` resolves.
+    pub fn new(stop: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop.await;
+            let _ = tx.send(true);
+        });
+        StopSignal(rx)
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    pub async fn wait(&mut self) {
+        if self.0.wait_for(|s| *s).await.is_err() {
+            // The sender is gone only once its task ended: the stop was requested.
+        }
+    }
+}
+
+/// Where the bridge connects and what it declares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    /// The society the .NET services belong to: every message is applied in it, and only
+    /// its events are published.
+    pub organization_id: Uuid,
+    pub events_exchange: String,
+    pub commands_exchange: String,
+    pub commands_routing_key: String,
+    /// The bridge's queues are `<prefix>.events` and `<prefix>.commands`.
+    pub queue_prefix: String,
+    /// Fan-out exchange of dead letters, with the durable queue `<prefix>.dead-letters`.
+    pub dead_letter_exchange: String,
+    /// Unacknowledged messages RabbitMQ hands the bridge at once.
+    pub prefetch: u16,
+    /// Most messages applied in one transaction.
+    pub batch_size: usize,
+    pub policy: ApprovalPolicy,
+    pub kafka_bootstrap: String,
+    pub topic_prefix: String,
+    /// Consumer group of the outbound side.
+    pub group_id: String,
+}
+
+impl Settings {
+    pub fn events_queue(&self) -> String {
+        format!("{}.events", self.queue_prefix)
+    }
+
+    pub fn commands_queue(&self) -> String {
+        format!("{}.commands", self.queue_prefix)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letters", self.queue_prefix)
+    }
+}
+
+/// Failures of a bridge session; each ends the session, which reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ did not confirm a publish: {0}")]
+    Unconfirmed(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Codec(#[from] dhanman_schemas::Error),
+}
+
+/// Connects, naming the connection so RabbitMQ's tools show who it is.
+pub async fn connect(url: &str, side: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("dhanman-bridge-{side}").into());
+    Connection::connect(url, properties).await
+}
+
+/// Declares (idempotently) the exchanges the .NET services publish to, the bridge's
+/// queues bound to them, and the dead-letter exchange with its queue. All durable.
+pub async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let queue = QueueDeclareOptions::durable();
+    let none = FieldTable::default;
+    channel
+        .exchange_declare(
+            settings.events_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            none(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            settings.commands_exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable,
+            none(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            settings.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            none(),
+        )
+        .await?;
+    for (name, exchange, key) in [
+        (settings.events_queue(), &settings.events_exchange, ""),
+        (
+            settings.commands_queue(),
+            &settings.commands_exchange,
+            settings.commands_routing_key.as_str(),
+        ),
+        (
+            settings.dead_letter_queue(),
+            &settings.dead_letter_exchange,
+            "",
+        ),
+    ] {
+        channel
+            .queue_declare(name.as_str().into(), queue, none())
+            .await?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                none(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs `session` until `stop`, reconnecting with backoff after each failure.
+async fn supervise<F, Fut>(side: &'static str, mut stop: StopSignal, mut session: F)
+where
+    F: FnMut(StopSignal) -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        let result = session(stop.clone()).await;
+        metrics::gauge!(CONNECTED, "side" => side).set(0.0);
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(200);
+                }
+                tracing::warn!(side, error = %e, retry_in = ?backoff, "RabbitMQ bridge interrupted");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

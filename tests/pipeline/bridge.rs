@@ -1,0 +1,668 @@
+//! `dhanman bridge rabbitmq` against a real RabbitMQ (`scripts/dev-services.sh`), with the
+//! messages published by `tests/interop/dotnet_publisher.py` exactly as the .NET services
+//! publish them. Proves: the seed's month (users, invoices, payments, an order approved by
+//! a manager and the CFO, a bill against it, a salary) sent through RabbitMQ gives the same
+//! books as the same month through the API; a redelivered message (same `message_id`) is
+//! applied once; malformed, unknown and refused messages land in the dead-letter exchange
+//! with the reason and are counted; our own events go out to `dhanman.events` as the JSON
+//! .NET reads, with the event id as `message_id`, and nothing that came from RabbitMQ goes
+//! back; RabbitMQ restarted mid-stream loses and doubles nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// One bridge test at a time: the restart test stops RabbitMQ for all of them.
+static RABBITMQ: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rabbitmq_url() -> String {
+    std::env::var("RABBITMQ_URL")
+        .expect("RABBITMQ_URL is not set: run the tests with `make test` (scripts/dev-services.sh)")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn python() -> String {
+    if let Ok(python) = std::env::var("DHANMAN_PYTHON") {
+        return python;
+    }
+    let output = tokio::process::Command::new(repo().join("scripts/python-env.sh"))
+        .output()
+        .await
+        .expect("run scripts/python-env.sh");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("DHANMAN_PYTHON=").map(str::to_string))
+        .expect("DHANMAN_PYTHON= line")
+}
+
+/// The names of one test's exchanges and queues.
+struct Names {
+    events: String,
+    commands: String,
+    queues: String,
+    dead_letters: String,
+}
+
+impl Names {
+    fn new() -> Names {
+        let t = format!("t{}", &Uuid::new_v4().simple().to_string()[..10]);
+        Names {
+            events: format!("{t}.dhanman.events"),
+            commands: format!("{t}.dhanman.commands"),
+            queues: format!("{t}.bridge"),
+            dead_letters: format!("{t}.bridge.dead-letters"),
+        }
+    }
+
+    fn env(&self, org: Uuid, metrics_port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("RABBITMQ_URL", rabbitmq_url()),
+            ("DHANMAN_BRIDGE_ORGANIZATION_ID", org.to_string()),
+            ("DHANMAN_RABBITMQ_EVENTS_EXCHANGE", self.events.clone()),
+            ("DHANMAN_RABBITMQ_COMMANDS_EXCHANGE", self.commands.clone()),
+            ("DHANMAN_RABBITMQ_QUEUE_PREFIX", self.queues.clone()),
+            (
+                "DHANMAN_RABBITMQ_DEAD_LETTER_EXCHANGE",
+                self.dead_letters.clone(),
+            ),
+            ("DHANMAN_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+        ]
+    }
+}
+
+/// A message as the .NET service sends it; `body` is the serializer's text.
+fn msg(exchange: &str, type_name: &str, body: Value) -> Value {
+    json!({"exchange": exchange, "type": type_name, "message_id": Uuid::new_v4().to_string(),
+           "correlation_id": format!("corr-{}", Uuid::new_v4().simple()),
+           "body": body.to_string()})
+}
+
+/// Publishes `messages` with the .NET-style publisher; returns how many it confirmed.
+async fn publish(messages: &[Value]) -> usize {
+    let file = std::env::temp_dir().join(format!("bridge-{}.jsonl", Uuid::new_v4().simple()));
+    let lines: Vec<String> = messages.iter().map(Value::to_string).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let output = tokio::process::Command::new(python().await)
+        .arg(repo().join("tests/interop/dotnet_publisher.py"))
+        .arg(rabbitmq_url())
+        .arg(&file)
+        .output()
+        .await
+        .expect("run the publisher");
+    assert!(
+        output.status.success(),
+        "publisher: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The bridge's queues exist once it has declared them; the publisher may start then.
+async fn wait_declared(names: &Names) {
+    eventually(
+        "the bridge to declare its queues",
+        Duration::from_secs(60),
+        || async {
+            let conn = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+                .await
+                .ok()?;
+            let channel = conn.create_channel().await.ok()?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let found = channel
+                .queue_declare(
+                    format!("{}.events", names.queues).as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            let _ = conn.close(200, "".into()).await;
+            found.then_some(())
+        },
+    )
+    .await
+}
+
+/// A queue of the test's own bound to `exchange`, to see what is published there.
+async fn observe(exchange: &str) -> (lapin::Connection, lapin::Consumer) {
+    let queue = format!("{exchange}.observer");
+    consume(&queue, Some(exchange)).await
+}
+
+/// Consumes `queue` (declared, and bound to `exchange` if one is named).
+async fn consume(queue: &str, exchange: Option<&str>) -> (lapin::Connection, lapin::Consumer) {
+    let conn = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    if let Some(exchange) = exchange {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "observer".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (conn, consumer)
+}
+
+async fn next_message(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+        .await
+        .expect("a message within 60 s")
+        .expect("the consumer is open")
+        .expect("a delivery");
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    delivery
+}
+
+/// The next message the bridge published (the .NET publisher's own, on the same
+/// exchange, are passed over).
+async fn next_from_bridge(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    loop {
+        let delivery = next_message(consumer).await;
+        if text_header(&delivery, "x-dhanman-origin").as_deref() == Some("dhanman-stream") {
+            return delivery;
+        }
+    }
+}
+
+fn text_header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// The organization's books: (account, debits, credits) per account.
+async fn books(db: &TestDb, org: Uuid) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "select account_code, debit_total::text, credit_total::text from account_balances
+          where organization_id = $1 order by account_code",
+    )
+    .bind(org)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn metric(port: u16, line_start: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
+    let _one = RABBITMQ.lock().await;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+
+    // The month through the API.
+    let (api_org, api_key) = create_org(&setup, "Lotus Towers").await;
+    let admin = Api::new(&setup.base_url(), &api_key);
+    let requester =
+        crate::keys::invite(&db, &admin, "acc@lotus.example", "Asha", "accountant").await;
+    let manager = crate::keys::invite(&db, &admin, "mgr@lotus.example", "Meera", "manager").await;
+    let cfo = crate::keys::invite(&db, &admin, "cfo@lotus.example", "Chitra", "cfo").await;
+    let asha = admin.customer("Asha Rao").await;
+    let vikram = admin.customer("Vikram Shah").await;
+    let inv1 = invoice(&admin, asha, "3500.00").await.0;
+    invoice(&admin, vikram, "4200.50").await;
+    let r = admin
+        .post(
+            "/v1/payments/manual",
+            json!({"invoice_id": inv1, "amount": "3500.00", "method": "upi"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let vendor = Uuid::new_v4();
+    let items = json!([{"description": "Lift overhaul", "quantity": 1, "unit_price": "60000.00"}]);
+    let r = requester
+        .api
+        .post(
+            "/v1/purchase-orders",
+            json!({"vendor_id": vendor, "vendor_name": "Shree Lifts", "items": items}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let po = r.body["po_id"].as_str().unwrap().to_string();
+    for approver in [&manager, &cfo] {
+        let r = approver
+            .api
+            .post(&format!("/v1/purchase-orders/{po}/approve"), json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = admin
+        .post(
+            "/v1/bills",
+            json!({"vendor_id": vendor, "po_id": po, "amount": "60000.00",
+                                  "description": "Lift overhaul", "due_date": "2026-12-20"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = admin
+        .post(
+            "/v1/salaries",
+            json!({"employee_id": Uuid::new_v4(), "employee_name": "Ravi",
+                                     "period": "2026-12", "amount": "18000.00"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = admin
+        .post(
+            "/v1/users",
+            json!({"email": "sec@lotus.example", "name": "Sunil", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // The same month from the .NET services, through RabbitMQ.
+    let (org, key) = create_org(&setup, "Cedar Heights").await;
+    let bridged_admin = Api::new(&setup.base_url(), &key);
+    let names = Names::new();
+    let metrics_port = free_port();
+    let env = names.env(org, metrics_port);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    wait_declared(&names).await;
+    let (_observer, mut observed) = observe(&names.events).await;
+
+    // Residents exist before their invoices (customers are not among the .NET events).
+    let asha = bridged_admin.customer("Asha Rao").await;
+    let vikram = bridged_admin.customer("Vikram Shah").await;
+    let (req_id, mgr_id, cfo_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (inv1, inv2, po_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let ev = names.events.as_str();
+    let user = |id: Uuid, email: &str, name: &str, role: &str| {
+        msg(
+            ev,
+            "UserCreatedEvent",
+            json!({"UserId": id, "Email": email, "Name": name, "Role": role}),
+        )
+    };
+    let first_invoice = msg(
+        ev,
+        "InvoiceCreatedEvent",
+        json!({"InvoiceId": inv1, "CustomerId": asha, "Amount": 3500.00,
+               "DueDate": "2026-12-10T00:00:00", "CreatedAt": "2026-12-01T10:15:00+05:30"}),
+    );
+    let mut month = vec![
+        user(req_id, "acc@cedar.example", "Asha", "Accountant"),
+        user(mgr_id, "mgr@cedar.example", "Meera", "Manager"),
+        user(cfo_id, "cfo@cedar.example", "Chitra", "CFO"),
+        first_invoice.clone(),
+        msg(
+            ev,
+            "InvoiceCreatedEvent",
+            json!({"InvoiceId": inv2, "CustomerId": vikram,
+            "Amount": 4200.50, "DueDate": "2026-12-10", "CreatedAt": "2026-12-01T00:00:00Z"}),
+        ),
+        msg(
+            ev,
+            "PaymentReceivedEvent",
+            json!({"PaymentId": Uuid::new_v4(), "InvoiceId": inv1,
+            "Amount": 3500.00, "PaymentMethod": "upi"}),
+        ),
+        msg(
+            ev,
+            "POSubmittedEvent",
+            json!({"PurchaseOrderId": po_id, "VendorId": vendor,
+            "VendorName": "Shree Lifts", "RequestedBy": req_id,
+            "Items": [{"Description": "Lift overhaul", "Quantity": 1, "UnitPrice": 60000.00}]}),
+        ),
+        msg(
+            ev,
+            "POApprovedEvent",
+            json!({"PurchaseOrderId": po_id, "ApprovedBy": mgr_id}),
+        ),
+        msg(
+            ev,
+            "POApprovedEvent",
+            json!({"PurchaseOrderId": po_id, "ApprovedBy": cfo_id}),
+        ),
+        msg(
+            ev,
+            "BillCreatedEvent",
+            json!({"BillId": Uuid::new_v4(), "VendorId": vendor,
+            "PurchaseOrderId": po_id, "Amount": 60000.00, "Description": "Lift overhaul",
+            "DueDate": "2026-12-20T00:00:00"}),
+        ),
+        msg(
+            ev,
+            "SalaryPostedEvent",
+            json!({"SalaryId": Uuid::new_v4(), "EmployeeId": Uuid::new_v4(),
+            "EmployeeName": "Ravi", "Period": "2026-12", "Amount": 18000.00}),
+        ),
+        user(Uuid::new_v4(), "sec@cedar.example", "Sunil", "Admin"),
+    ];
+    // The first invoice redelivered: the same message id again.
+    month.push(first_invoice);
+    // Hostile and unmappable messages.
+    let poison = [
+        json!({"exchange": ev, "type": "InvoiceCreatedEvent", "message_id": "bad-json", "body": "{not json"}),
+        msg(
+            ev,
+            "InvoiceDeletedEvent",
+            json!({"InvoiceId": Uuid::new_v4()}),
+        ),
+        msg(
+            ev,
+            "InvoiceCreatedEvent",
+            json!({"InvoiceId": Uuid::new_v4(), "CustomerId": asha,
+            "Amount": -5.00, "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+        ),
+        msg(
+            ev,
+            "InvoiceCreatedEvent",
+            json!({"InvoiceId": Uuid::new_v4(), "CustomerId": Uuid::new_v4(),
+            "Amount": 10.00, "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+        ),
+    ];
+    month.extend(poison.iter().cloned());
+    assert_eq!(publish(&month).await, month.len());
+
+    // Applied once each: 12 distinct events, the duplicate not again.
+    db.wait_count(
+        "the bridged month to be applied",
+        &format!("select count(*) from rabbitmq_inbound where organization_id = '{org}'"),
+        12,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The command has a queue of its own, so it may overtake the events: it is sent once
+    // the invoice it names is there, as the .NET service sends it after the invoice.
+    let command = vec![
+        json!({"exchange": names.commands, "routing_key": "notification.commands",
+               "type": "SendInvoiceEmailCommand", "message_id": Uuid::new_v4().to_string(),
+               "body": json!({"InvoiceId": inv2, "CustomerId": vikram, "EmailTemplate": "InvoiceEmail"}).to_string()}),
+    ];
+    assert_eq!(publish(&command).await, 1);
+    db.wait_count(
+        "the command to be applied",
+        &format!("select count(*) from rabbitmq_inbound where organization_id = '{org}'"),
+        13,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The bridge's own dead-letter queue keeps them.
+    let (_dl_conn, mut dead) = consume(&format!("{}.dead-letters", names.queues), None).await;
+    let mut reasons = Vec::new();
+    for _ in 0..poison.len() {
+        let letter = next_message(&mut dead).await;
+        reasons.push((
+            text_header(&letter, "dlq.error.class").unwrap(),
+            text_header(&letter, "dlq.error").unwrap(),
+            letter
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+        ));
+    }
+    reasons.sort();
+    let classes: Vec<&str> = reasons.iter().map(|(c, _, _)| c.as_str()).collect();
+    assert_eq!(
+        classes,
+        ["malformed", "rejected", "rejected", "unknown-type"],
+        "{reasons:#?}"
+    );
+    let all = format!("{reasons:?}");
+    assert!(all.contains("greater than zero"), "{all}");
+    assert!(all.contains("no such customer"), "{all}");
+    assert!(all.contains("InvoiceDeletedEvent"), "{all}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, _, id)| id.as_deref() == Some("bad-json")),
+        "{all}"
+    );
+    eventually(
+        "the dead letters to be counted",
+        Duration::from_secs(30),
+        || async {
+            (metric(metrics_port, "dhanman_rabbitmq_dead_letters_total").await == 4.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            metrics_port,
+            "dhanman_rabbitmq_inbound_total{outcome=\"duplicate\""
+        )
+        .await,
+        1.0
+    );
+
+    let invoices = db
+        .count(&format!(
+            "select count(*) from invoices where organization_id = '{org}'"
+        ))
+        .await;
+    assert_eq!(invoices, 2);
+    let email = db
+        .count(&format!(
+            "select count(*) from outbox where record_name = 'dhanman.notification.SendInvoiceEmail'
+               and payload->>'invoice_id' = '{inv2}'"
+        ))
+        .await;
+    assert_eq!(email, 1);
+
+    // The books: equal once both have posted everything (entries balance either way).
+    let expected = books(&db, api_org).await;
+    assert!(
+        expected.iter().any(|(code, _, _)| code == "2100"),
+        "{expected:?}"
+    );
+    eventually(
+        "the bridged books to equal the API's",
+        Duration::from_secs(60),
+        || async {
+            let expected = books(&db, api_org).await;
+            (books(&db, org).await == expected).then_some(())
+        },
+    )
+    .await;
+
+    // Outbound: an invoice made through the API of this society goes out as .NET reads it;
+    // what came in from RabbitMQ does not go back (the observer sees only this one).
+    let (invoice_id, token) = invoice(&bridged_admin, asha, "1250.75").await;
+    // The society's first administrator, made by `dhanman orgs create`, may come first
+    // (it is this pipeline's, so it goes out); nothing from RabbitMQ does.
+    let mut out = next_from_bridge(&mut observed).await;
+    if out.properties.kind().as_ref().map(|k| k.as_str()) == Some("UserCreatedEvent") {
+        let body: Value = serde_json::from_slice(&out.data).unwrap();
+        assert_eq!(body["Email"], "admin@society.invalid", "{body}");
+        out = next_from_bridge(&mut observed).await;
+    }
+    assert_eq!(
+        out.properties.kind().as_ref().map(|k| k.as_str()),
+        Some("InvoiceCreatedEvent"),
+        "{}",
+        String::from_utf8_lossy(&out.data)
+    );
+    assert_eq!(
+        out.properties.message_id().as_ref().map(|m| m.to_string()),
+        Some(token.clone())
+    );
+    assert_eq!(out.properties.delivery_mode(), &Some(2));
+    let body: Value = serde_json::from_slice(&out.data).unwrap();
+    assert_eq!(body["InvoiceId"], json!(invoice_id), "{body}");
+    assert_eq!(body["CustomerId"], json!(asha), "{body}");
+    assert!(
+        String::from_utf8_lossy(&out.data).contains("\"Amount\":1250.75"),
+        "{body}"
+    );
+    assert_eq!(body["DueDate"], "2026-12-10T00:00:00", "{body}");
+    let more = tokio::time::timeout(Duration::from_secs(3), next_from_bridge(&mut observed)).await;
+    assert!(
+        more.is_err(),
+        "published more than the API's events: {:?}",
+        more.map(|d| String::from_utf8_lossy(&d.data).into_owned())
+    );
+    // Its echo came back to the bridge's own queue and was skipped, not applied.
+    eventually(
+        "the echo to be skipped",
+        Duration::from_secs(30),
+        || async {
+            (metric(
+                metrics_port,
+                "dhanman_rabbitmq_inbound_total{outcome=\"echo\"",
+            )
+            .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        db.count("select count(*) from rabbitmq_outbound").await,
+        2,
+        "only the API's events (the administrator, the invoice) are recorded as published"
+    );
+    drop(bridge);
+    drop(up);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarted_mid_stream_loses_and_doubles_nothing() {
+    let _one = RABBITMQ.lock().await;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (org, key) = create_org(&setup, "Cedar Heights").await;
+    let api_url = serve_api(&db).await;
+    let customer = Api::new(&api_url, &key).customer("Asha Rao").await;
+    let names = Names::new();
+    let env = names.env(org, free_port());
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Small batches, so the stream is still flowing when RabbitMQ goes.
+    env.extend([
+        ("DHANMAN_RABBITMQ_PREFETCH", "20"),
+        ("DHANMAN_BATCH_SIZE", "10"),
+        ("DHANMAN_BRIDGE_DIRECTION", "inbound"),
+    ]);
+    // Declared by a first run; the whole stream waits in the queue for the second.
+    let mut first = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    wait_declared(&names).await;
+    first.stop().await;
+    const N: i64 = 3000;
+    let messages: Vec<Value> = (0..N)
+        .map(|i| {
+            msg(
+                &names.events,
+                "InvoiceCreatedEvent",
+                json!({"InvoiceId": Uuid::new_v4(),
+                "CustomerId": customer, "Amount": 100 + i, "DueDate": "2026-12-10",
+                "CreatedAt": "2026-12-01"}),
+            )
+        })
+        .collect();
+    assert_eq!(publish(&messages).await as i64, N);
+    let bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    let applied = format!("select count(*) from rabbitmq_inbound where organization_id = '{org}'");
+    db.wait_count("the stream to start", &applied, 1, Duration::from_secs(60))
+        .await;
+    let ctl = repo().join("scripts/rabbitmqctl.sh");
+    let stopped = tokio::process::Command::new(&ctl)
+        .arg("stop_app")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let at_stop = db.count(&applied).await;
+    let started = tokio::process::Command::new(&ctl)
+        .arg("start_app")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(
+        at_stop < N,
+        "the stream had finished before RabbitMQ stopped: {at_stop}"
+    );
+    db.wait_count(
+        "every message after the restart",
+        &applied,
+        N,
+        Duration::from_secs(180),
+    )
+    .await;
+    // Nothing doubled: one invoice per message, the amounts summing to what was sent.
+    let invoices = db
+        .count(&format!(
+            "select count(*) from invoices where organization_id = '{org}'"
+        ))
+        .await;
+    assert_eq!(invoices, N);
+    let (sum,): (String,) =
+        sqlx::query_as("select sum(amount)::text from invoices where organization_id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(sum, format!("{}.00", (0..N).map(|i| 100 + i).sum::<i64>()));
+    assert!(
+        bridge.log_text().contains("RabbitMQ bridge interrupted"),
+        "{}",
+        bridge.log_text()
+    );
+    drop(bridge);
+    db.drop_db().await;
+}
