@@ -26,9 +26,9 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::runtime::dlq_headers;
 use crate::stop::Stop;
 use crate::{Error, Result};
+use dhanman_schemas::topics::dlq_headers;
 
 /// How often the sender looks for due rows when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
