@@ -13,6 +13,7 @@ pub mod offsets;
 pub mod parked;
 pub mod relay;
 pub mod retention;
+pub mod retry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -4,6 +4,8 @@
 pub mod approvals;
 pub mod audit;
 pub mod balances;
+pub mod catalog;
+pub mod companion;
 pub mod ledger;
 pub mod notifier;
 pub mod reminders;

@@ -2,6 +2,7 @@
 //! consumer, and the trait it implements (a name, the topics it reads, what it does with
 //! new events inside the batch's transaction).
 
+use futures_util::future::BoxFuture;
 use rdkafka::message::{Headers, Message};
 use sqlx::PgConnection;
 
@@ -64,4 +65,61 @@ pub trait Processor: Send + Sync + 'static {
         conn: &mut PgConnection,
         events: &[&Event],
     ) -> impl Future<Output = std::result::Result<(), ApplyError>> + Send;
+}
+
+/// A processor chosen at run time, by name ([`crate::catalog`]): any [`Processor`] boxed.
+/// Its `apply` is the boxed processor's, behind one allocation per call.
+pub struct BoxedProcessor(Box<dyn DynProcessor>);
+
+impl BoxedProcessor {
+    pub fn new(processor: impl Processor) -> Self {
+        BoxedProcessor(Box::new(processor))
+    }
+}
+
+/// [`Processor`] in a form that can be boxed; every processor is one.
+trait DynProcessor: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn topics(&self) -> Vec<String>;
+    fn apply_boxed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
+}
+
+impl<P: Processor> DynProcessor for P {
+    fn name(&self) -> &str {
+        Processor::name(self)
+    }
+
+    fn topics(&self) -> Vec<String> {
+        Processor::topics(self)
+    }
+
+    fn apply_boxed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>> {
+        Box::pin(Processor::apply(self, conn, events))
+    }
+}
+
+impl Processor for BoxedProcessor {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.0.topics()
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> std::result::Result<(), ApplyError> {
+        self.0.apply_boxed(conn, events).await
+    }
 }

@@ -2,11 +2,17 @@
 //! failure (database or registry down) retries the whole batch with backoff and never
 //! advances its offsets; a poison one dead-letters the record that fails alone.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use dhanman_connectors::retry::Backoff;
 
 use super::batch::Decoded;
 use super::metric;
 use super::{BatchReport, Incoming, Processor, Runtime};
+
+/// The pause after a batch's first failed attempt.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// Transient (retry the batch, never advance) or poison (dead-letter the record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,38 +93,40 @@ pub fn classify_db(e: &sqlx::Error) -> Class {
 }
 
 impl<P: Processor> Runtime<P> {
+    /// How a failed batch is retried: from 100 ms, doubling up to `max_backoff`, each pause
+    /// plus up to a quarter of itself at random, so members failing together spread out.
+    pub(super) fn backoff(&self) -> Backoff {
+        Backoff::new(FIRST_RETRY, self.config.max_backoff).with_jitter(0.25)
+    }
+
     /// Processes a batch until it commits, backing off on transient failures.
     pub(super) async fn process_with_retry(
         &self,
         batch: &[Incoming],
         mut decoded: Option<Vec<Decoded>>,
     ) -> BatchReport {
-        let mut backoff = Duration::from_millis(100);
-        let mut attempt = 1u32;
+        let attempt = AtomicU32::new(0);
         let started = Instant::now();
         let processor = self.processor.name().to_string();
-        loop {
-            match self.process(batch, decoded.take(), attempt).await {
-                Ok(report) => {
-                    metrics::histogram!(metric::BATCH_DURATION, "processor" => processor)
-                        .record(started.elapsed().as_secs_f64());
-                    return report;
-                }
-                Err(e) => {
+        let report = self
+            .backoff()
+            .retry_forever(
+                || {
+                    let this_attempt = attempt.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.process(batch, decoded.take(), this_attempt)
+                },
+                |e, pause| {
                     metrics::counter!(metric::FAILURES, "processor" => processor.clone(), "class" => "transient")
                         .increment(1);
                     metrics::counter!(metric::RETRIES, "processor" => processor.clone())
                         .increment(1);
-                    let jitter = Duration::from_millis(rand::random_range(
-                        0..=backoff.as_millis() as u64 / 4,
-                    ));
-                    tracing::warn!(error = %e, attempt, retry_in = ?(backoff + jitter), records = batch.len(), "transient failure, batch will be retried");
-                    tokio::time::sleep(backoff + jitter).await;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
-                    attempt += 1;
-                }
-            }
-        }
+                    tracing::warn!(error = %e, attempt = attempt.load(Ordering::Relaxed), retry_in = ?pause, records = batch.len(), "transient failure, batch will be retried");
+                },
+            )
+            .await;
+        metrics::histogram!(metric::BATCH_DURATION, "processor" => processor)
+            .record(started.elapsed().as_secs_f64());
+        report
     }
 }
 
