@@ -1,5 +1,6 @@
-//! Consumers of the pipeline: the runtime that every processor plugs into, and the
-//! processors themselves (one module each).
+//! Consumers of the pipeline: the runtime that every processor plugs into (`runtime`), the
+//! processors themselves (one module each), the list of them all (`catalog`), and the loop
+//! their companion workers share (`companion`).
 
 pub mod approvals;
 pub mod audit;
