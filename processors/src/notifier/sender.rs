@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dhanman_connectors::retry::Backoff;
-use dhanman_schemas::topics;
+use dhanman_schemas::topics::{self, dlq_headers};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
@@ -30,7 +30,6 @@ use uuid::Uuid;
 use crate::companion::{self, Companion};
 use crate::stop::Stop;
 use crate::{Error, Result};
-use dhanman_schemas::topics::dlq_headers;
 
 /// How often the sender looks for due rows when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
