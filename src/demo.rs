@@ -455,7 +455,7 @@ async fn settle(
     deliveries: bool,
 ) -> anyhow::Result<Option<String>> {
     let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
-    let reads = processor_reads(config).await?;
+    let reads = processor_reads(config);
     let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
     let mut quiet_checks = 0;
     let mut busy = String::new();
@@ -496,21 +496,19 @@ async fn settle(
 }
 
 /// Every processor's consumer group and the topics it reads.
-async fn processor_reads(config: &Config) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-    struct Reads<'a>(&'a Config, &'a mut Vec<(String, Vec<String>)>);
-    impl crate::ProcessorJob for Reads<'_> {
-        async fn with<P: dhanman_processors::Processor>(self, processor: P) -> anyhow::Result<()> {
-            let group = dhanman_processors::runtime::default_group_id(
-                &self.0.topic_prefix,
-                processor.name(),
-            );
-            self.1.push((group, self.0.topics_of(&processor)));
-            Ok(())
-        }
-    }
-    let mut reads = Vec::new();
-    for name in crate::PROCESSORS {
-        crate::with_processor(name, config, Reads(config, &mut reads)).await?;
-    }
-    Ok(reads)
+fn processor_reads(config: &Config) -> Vec<(String, Vec<String>)> {
+    let settings = config.processor_settings();
+    dhanman_processors::catalog::PROCESSORS
+        .iter()
+        .map(|spec| {
+            let group =
+                dhanman_processors::runtime::default_group_id(&config.topic_prefix, spec.name);
+            let topics = spec
+                .topics(&settings)
+                .iter()
+                .map(|t| format!("{}{t}", config.topic_prefix))
+                .collect();
+            (group, topics)
+        })
+        .collect()
 }

@@ -23,12 +23,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dhanman_connectors::relay::Relay;
-use dhanman_processors::approvals::ApprovalRequests;
-use dhanman_processors::ledger::Ledger;
+use dhanman_processors::catalog;
 use dhanman_processors::notifier;
-use dhanman_processors::reminders;
 use dhanman_processors::runtime::AbortOnDrop;
-use dhanman_processors::users::UserSync;
 use dhanman_processors::{Runtime, RuntimeConfig, Stop, Stopper};
 use dhanman_schemas::{Codec, topics};
 use sqlx::PgPool;
@@ -37,8 +34,8 @@ use sqlx::postgres::PgPoolOptions;
 /// The migrations of every part, applied by `dhanman migrate` and by tests.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Processors `dhanman process <name>` can run.
-pub const PROCESSORS: &[&str] = &["ledger", "users", "approvals", "reminders", "notifier"];
+/// Processors `dhanman process <name>` can run ([`catalog::PROCESSORS`]).
+pub const PROCESSORS: &[&str] = &catalog::NAMES;
 
 /// Settings, all from the environment (see docs/configuration.md).
 #[derive(Debug, Clone, clap::Args)]
@@ -291,6 +288,24 @@ impl Config {
             .await
             .map_err(|e| anyhow::anyhow!("DHANMAN_LEDGER_ACCOUNTS: {e}"))?;
         Ok(accounts)
+    }
+
+    /// What building the processors and their companions takes.
+    pub fn processor_settings(&self) -> catalog::Settings {
+        let mut sender = notifier::sender::SenderConfig::new(&self.smtp_url, &self.mail_from);
+        sender.max_attempts = self.smtp_max_attempts;
+        sender.backoff = Duration::from_millis(self.smtp_backoff_ms);
+        sender.max_backoff = Duration::from_millis(self.smtp_backoff_max_ms);
+        sender.timeout = Duration::from_millis(self.smtp_timeout_ms);
+        sender.lease = Duration::from_millis(self.smtp_lease_ms);
+        sender.concurrency = self.smtp_concurrency;
+        catalog::Settings {
+            template_dir: self.template_dir.clone(),
+            reminder_days_before: self.reminder_days_before,
+            reminder_tick: Duration::from_millis(self.reminder_tick_ms),
+            sender,
+            ledger_accounts: self.ledger_accounts.clone().unwrap_or_default(),
+        }
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {
@@ -605,26 +620,12 @@ pub async fn with_processor<J: ProcessorJob>(
     config: &Config,
     job: J,
 ) -> anyhow::Result<()> {
-    match name {
-        "ledger" => {
-            let accounts = config.ledger_accounts().await?;
-            job.with(Ledger::default().with_accounts(accounts)).await
-        }
-        "users" => job.with(UserSync).await,
-        "approvals" => job.with(ApprovalRequests).await,
-        "notifier" => {
-            let templates = notifier::Templates::new(config.template_dir.clone());
-            job.with(notifier::Notifier::new(templates)).await
-        }
-        "reminders" => {
-            job.with(reminders::Reminders::new(config.reminder_days_before))
-                .await
-        }
-        other => anyhow::bail!(
-            "unknown processor {other:?}; known: {}",
-            PROCESSORS.join(", ")
-        ),
+    let spec = catalog::find(name)?;
+    if spec.name == "ledger" {
+        // Rules naming an account the chart lacks stop the start, not the first batch.
+        config.ledger_accounts().await?;
     }
+    job.with((spec.build)(&config.processor_settings())).await
 }
 
 /// The live consumer of a processor, in its group, until `stop`.
@@ -644,47 +645,23 @@ impl ProcessorJob for Live<'_> {
     }
 }
 
-/// The work some processors do beside consuming: the notifier's sender sends outside the
-/// consumer's batches; the reminders' scheduler fires the timers the consumer keeps.
+/// The work some processors do beside consuming ([`catalog::CompanionSpec`]): the
+/// notifier's sender sends outside the consumer's batches; the reminders' scheduler fires
+/// the timers the consumer keeps.
 fn companion(
     config: &Config,
     name: &str,
     pool: &PgPool,
-    mut stop: Stop,
+    stop: Stop,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
-    Ok(match name {
-        "notifier" => {
-            let mut sender_config =
-                notifier::sender::SenderConfig::new(&config.smtp_url, &config.mail_from);
-            sender_config.max_attempts = config.smtp_max_attempts;
-            sender_config.backoff = Duration::from_millis(config.smtp_backoff_ms);
-            sender_config.max_backoff = Duration::from_millis(config.smtp_backoff_max_ms);
-            sender_config.timeout = Duration::from_millis(config.smtp_timeout_ms);
-            sender_config.lease = Duration::from_millis(config.smtp_lease_ms);
-            sender_config.concurrency = config.smtp_concurrency;
-            let sender = notifier::sender::Sender::new(pool.clone(), sender_config)
-                .context("configuring the notification sender (SMTP_URL, DHANMAN_MAIL_FROM)")?;
-            Some(tokio::spawn(async move {
-                sender.run_until(stop).await.context("notification sender")
-            }))
-        }
-        "reminders" => {
-            let scheduler = reminders::Scheduler::new(
-                pool.clone(),
-                reminders::SchedulerSettings {
-                    tick: Duration::from_millis(config.reminder_tick_ms.max(1)),
-                },
-            );
-            // Each timer fires in a transaction of its own: stopping anywhere is safe.
-            Some(tokio::spawn(async move {
-                tokio::select! {
-                    run = scheduler.run() => run.context("reminder scheduler"),
-                    () = stop.requested() => Ok(()),
-                }
-            }))
-        }
-        _ => None,
-    })
+    let Some(companion) = &catalog::find(name)?.companion else {
+        return Ok(None);
+    };
+    let running = (companion.start)(&config.processor_settings(), pool.clone(), stop)
+        .with_context(|| format!("configuring the {}", companion.name))?;
+    Ok(Some(tokio::spawn(async move {
+        running.await.context(companion.name)
+    })))
 }
 
 /// Runs processor `name` live (with its companion, if it has one) until either stops, or

@@ -17,6 +17,7 @@ pub mod parked;
 pub mod rabbitmq;
 pub mod relay;
 pub mod retention;
+pub mod retry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

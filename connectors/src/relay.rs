@@ -28,12 +28,16 @@ use uuid::Uuid;
 use crate::Result;
 use crate::derived::{self, Derived};
 use crate::leader::{self, Leadership};
+use crate::retry::Backoff;
 
 /// Counter, label `topic` (physical name): records published and acknowledged.
 pub const PUBLISHED: &str = "dhanman_events_published_total";
 
 /// The W3C trace context header outbox rows carry (see `dhanman_producers::trace`).
 const TRACEPARENT: &str = "traceparent";
+
+/// After an interruption (database or broker down): from 200 ms, doubling, at most 10 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 pub struct Relay {
     pool: PgPool,
@@ -99,17 +103,17 @@ impl Relay {
     /// marked first, and the lock is released, so a standby relay takes over at once.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
-        let mut backoff = Duration::from_millis(200);
+        let mut delays = RETRY.delays();
         loop {
             match self.lead(stop.as_mut()).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay interrupted");
+                    let pause = delays.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?pause, "outbox relay interrupted");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(pause) => {}
                         () = stop.as_mut() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

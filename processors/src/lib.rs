@@ -1,5 +1,6 @@
-//! Consumers of the pipeline: the runtime that every processor plugs into, and the
-//! processors themselves (one module each).
+//! Consumers of the pipeline: the runtime that every processor plugs into (`runtime`), the
+//! processors themselves (one module each), the list of them all (`catalog`), and the loop
+//! their companion workers share (`companion`).
 //!
 //! A processor never produces to Kafka or calls a peer inside a batch: its effects are rows
 //! written in the batch's transaction (events through the outbox, emails through the
@@ -8,6 +9,8 @@
 pub mod approvals;
 pub mod audit;
 pub mod balances;
+pub mod catalog;
+pub mod companion;
 pub mod ledger;
 pub mod notifier;
 pub mod reminders;

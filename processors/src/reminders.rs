@@ -27,6 +27,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
+use dhanman_connectors::retry::Backoff;
 use dhanman_producers::outbox;
 use dhanman_schemas::Event;
 use dhanman_schemas::events::{
@@ -37,7 +38,9 @@ use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::companion::{self, Companion};
 use crate::runtime::{ApplyError, Class, Processor, classify_db};
+use crate::stop::Stop;
 use crate::{Error, Result};
 
 /// Days before the due date a reminder goes out unless configured.
@@ -359,21 +362,14 @@ impl Scheduler {
     /// Ticks until the task is dropped. A failed tick (database down) is logged and the
     /// next one tries again; nothing is lost, as the timers are rows.
     pub async fn run(self) -> Result<()> {
+        self.run_until(Stop::never()).await
+    }
+
+    /// [`Scheduler::run`] until `stop` is asked for; a tick in progress is finished (each
+    /// timer fires in a transaction of its own).
+    pub async fn run_until(self, stop: Stop) -> Result<()> {
         tracing::info!(instance_id = %self.instance_id, tick = ?self.settings.tick, "reminder scheduler started");
-        let mut interval = tokio::time::interval(self.settings.tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            match self.tick().await {
-                Ok(report) if report != TickReport::default() => {
-                    tracing::info!(?report, "reminder scheduler tick");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "reminder scheduler tick failed; retrying next tick")
-                }
-            }
-        }
+        companion::run_until(self, stop).await
     }
 
     /// Fires every timer due when the tick starts, each in its own transaction, then
@@ -472,6 +468,30 @@ impl Scheduler {
                 Ok(Some(Fired::Failed))
             }
         }
+    }
+}
+
+/// A tick every `tick`, counted from the start of the last; a failed tick is tried again
+/// at the next.
+impl Companion for Scheduler {
+    fn name(&self) -> &'static str {
+        "reminder scheduler"
+    }
+
+    fn poll(&self) -> Duration {
+        self.settings.tick
+    }
+
+    fn retry(&self) -> Backoff {
+        Backoff::new(self.settings.tick, self.settings.tick)
+    }
+
+    async fn round(&mut self) -> Result<bool> {
+        let report = self.tick().await?;
+        if report != TickReport::default() {
+            tracing::info!(?report, "reminder scheduler tick");
+        }
+        Ok(false)
     }
 }
 

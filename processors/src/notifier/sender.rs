@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use dhanman_schemas::topics;
+use dhanman_connectors::retry::Backoff;
+use dhanman_schemas::topics::{self, dlq_headers};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
@@ -26,12 +27,19 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::runtime::dlq_headers;
+use crate::companion::{self, Companion};
 use crate::stop::Stop;
 use crate::{Error, Result};
 
 /// How often the sender looks for due rows when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
+
+/// Claiming while the database is down: from 100 ms, doubling, at most 5 s.
+const CLAIM_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Recording an outcome while the database is down: as claiming, for as long as the lease
+/// lasts.
+const RECORD_RETRY: Backoff = CLAIM_RETRY;
 
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
@@ -209,53 +217,14 @@ impl Sender {
 
     /// [`Sender::run`] until `stop` is asked for; then nothing more is claimed, the emails
     /// being sent are finished (each within the SMTP timeout) and this returns `Ok`.
-    pub async fn run_until(self, mut stop: Stop) -> Result<()> {
-        let this = Arc::new(self);
-        tracing::info!(smtp = %this.config.smtp_url, from = %this.from, "notification sender started");
-        let mut listener = this.listen().await;
-        let mut in_flight = tokio::task::JoinSet::new();
-        let mut db_backoff = Duration::from_millis(100);
-        while !stop.is_requested() {
-            let room = this.config.concurrency.saturating_sub(in_flight.len());
-            let mut claimed_any = false;
-            if room > 0 {
-                match this.claim(room).await {
-                    Ok(rows) => {
-                        db_backoff = Duration::from_millis(100);
-                        claimed_any = !rows.is_empty();
-                        for row in rows {
-                            in_flight.spawn(this.clone().deliver(row));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming notifications failed; retrying");
-                        tokio::time::sleep(db_backoff).await;
-                        db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                }
-            }
-            if claimed_any && in_flight.len() < this.config.concurrency {
-                continue;
-            }
-            tokio::select! {
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                woke = wait(&mut listener) => {
-                    if !woke {
-                        listener = this.listen().await;
-                    }
-                }
-                () = stop.requested() => {}
-            }
-        }
-        if !in_flight.is_empty() {
-            tracing::info!(
-                sending = in_flight.len(),
-                "stopping: finishing the emails being sent"
-            );
-        }
-        while in_flight.join_next().await.is_some() {}
-        Ok(())
+    pub async fn run_until(self, stop: Stop) -> Result<()> {
+        tracing::info!(smtp = %self.config.smtp_url, from = %self.from, "notification sender started");
+        let sending = Sending {
+            sender: Arc::new(self),
+            listener: None,
+            in_flight: tokio::task::JoinSet::new(),
+        };
+        companion::run_until(sending, stop).await
     }
 
     async fn listen(&self) -> Option<PgListener> {
@@ -335,20 +304,15 @@ impl Sender {
         // lease lasts; past it another sender may take the row over (and, for a sent one,
         // send it again: the resend window the module documents).
         let deadline = Instant::now() + self.config.lease;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.record(&row, &outcome).await {
-                Ok(()) => return,
-                Err(e) if Instant::now() + pause < deadline => {
-                    tracing::warn!(error = %e, "recording a notification's outcome failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, ?outcome, "could not record a notification's outcome");
-                    return;
-                }
-            }
+        let recorded = RECORD_RETRY
+            .retry_until(
+                deadline,
+                || self.record(&row, &outcome),
+                |e, _| tracing::warn!(error = %e, "recording a notification's outcome failed; retrying"),
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, ?outcome, "could not record a notification's outcome");
         }
     }
 
@@ -437,20 +401,73 @@ impl Sender {
     }
 }
 
-/// Waits for a notification or the poll interval; false when the listener is gone.
-async fn wait(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => match tokio::time::timeout(POLL, l.try_recv()).await {
-            Ok(Ok(Some(_))) | Err(_) => true,
-            Ok(Ok(None)) | Ok(Err(_)) => {
-                *listener = None;
-                false
-            }
-        },
-        None => {
-            tokio::time::sleep(POLL).await;
-            false
+/// The sender as the companion loop drives it: what it has claimed and is sending, and
+/// its listener for new deliveries.
+struct Sending {
+    sender: Arc<Sender>,
+    /// `None` until listening works (again); the poll interval covers the gap.
+    listener: Option<PgListener>,
+    in_flight: tokio::task::JoinSet<()>,
+}
+
+impl Companion for Sending {
+    fn name(&self) -> &'static str {
+        "notification sender"
+    }
+
+    fn poll(&self) -> Duration {
+        POLL
+    }
+
+    fn retry(&self) -> Backoff {
+        CLAIM_RETRY
+    }
+
+    /// Claims as many due deliveries as there is room for and starts sending them.
+    async fn round(&mut self) -> Result<bool> {
+        if self.listener.is_none() {
+            self.listener = self.sender.listen().await;
         }
+        let concurrency = self.sender.config.concurrency;
+        let room = concurrency.saturating_sub(self.in_flight.len());
+        if room == 0 {
+            return Ok(false);
+        }
+        let rows = self.sender.claim(room).await?;
+        let claimed_any = !rows.is_empty();
+        for row in rows {
+            self.in_flight.spawn(self.sender.clone().deliver(row));
+        }
+        Ok(claimed_any && self.in_flight.len() < concurrency)
+    }
+
+    /// A send finished (room for another), or a delivery was announced.
+    async fn woken(&mut self) {
+        tokio::select! {
+            Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
+            () = notified(&mut self.listener) => {}
+        }
+    }
+
+    async fn finish(&mut self) {
+        if !self.in_flight.is_empty() {
+            tracing::info!(
+                sending = self.in_flight.len(),
+                "stopping: finishing the emails being sent"
+            );
+        }
+        while self.in_flight.join_next().await.is_some() {}
+    }
+}
+
+/// Resolves on a notification, or when the listener is lost (it is set to `None`, and the
+/// next round listens again); never without a listener.
+async fn notified(listener: &mut Option<PgListener>) {
+    let Some(l) = listener else {
+        return std::future::pending().await;
+    };
+    if !matches!(l.try_recv().await, Ok(Some(_))) {
+        *listener = None;
     }
 }
 

@@ -1,0 +1,229 @@
+//! The Kafka consumer and its partitions: its configuration, the rebalance callback that
+//! seeks to the offsets stored in Postgres on assignment, gathering a batch from the
+//! partitions this member holds, and committing offsets to Kafka afterwards (only for
+//! lag tools: Postgres holds the truth).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext};
+use sqlx::PgPool;
+
+use super::{Incoming, MEMBER_TIMEOUT, Processor, Runtime};
+use crate::Result;
+
+/// The partitions this member holds (none between a revocation and the next assignment);
+/// shared by the rebalance callback and the loop.
+#[derive(Debug, Default)]
+pub(super) struct Assignment {
+    partitions: HashSet<(String, i32)>,
+}
+
+impl Assignment {
+    fn set(&mut self, partitions: HashSet<(String, i32)>) {
+        self.partitions = partitions;
+    }
+
+    fn clear(&mut self) {
+        self.partitions.clear();
+    }
+}
+
+/// Seeks to the offsets stored in Postgres whenever partitions are assigned.
+pub(super) struct StoredOffsets {
+    pool: PgPool,
+    group: String,
+    runtime: tokio::runtime::Handle,
+    assigned: Arc<Mutex<Assignment>>,
+}
+
+impl ClientContext for StoredOffsets {}
+
+impl StoredOffsets {
+    fn load(
+        &self,
+        tpl: &TopicPartitionList,
+    ) -> std::result::Result<HashMap<(String, i32), i64>, sqlx::Error> {
+        let topics: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.topic().to_string())
+            .collect();
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        // The callback is synchronous and runs inside the consumer's poll on a runtime
+        // worker: block_in_place lets the query run there without stalling the runtime.
+        let rows: Vec<(String, i32, i64)> = tokio::task::block_in_place(|| {
+            self.runtime.block_on(
+                sqlx::query_as(
+                    "select o.topic, o.partition, o.next_offset
+                       from consumer_offsets o
+                       join unnest($2::text[], $3::int[]) as a(topic, partition)
+                         on a.topic = o.topic and a.partition = o.partition
+                      where o.group_id = $1",
+                )
+                .bind(&self.group)
+                .bind(&topics)
+                .bind(&partitions)
+                .fetch_all(&self.pool),
+            )
+        })?;
+        Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+    }
+}
+
+impl ConsumerContext for StoredOffsets {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                match self.load(tpl) {
+                    Ok(stored) => {
+                        for ((topic, partition), offset) in &stored {
+                            if let Err(e) =
+                                tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset))
+                            {
+                                tracing::error!(%topic, partition, error = %e, "setting stored offset");
+                            }
+                            // Past the log's end, the member would wait for records that
+                            // will never come (the topic was recreated or the broker lost
+                            // data): say so, and how to move on.
+                            let end = base_consumer
+                                .fetch_watermarks(topic, *partition, Duration::from_secs(5))
+                                .map(|(_, high)| high);
+                            if let Ok(end) = end
+                                && *offset > end
+                            {
+                                tracing::error!(
+                                    group = %self.group, %topic, partition, stored = offset, log_end = end,
+                                    "the stored offset is past the end of the log (topic recreated or \
+                                     broker data lost?); nothing is read here until the log grows \
+                                     past it: see `dhanman offsets reset --group {} --topic {topic}:{partition}`",
+                                    self.group
+                                );
+                            }
+                        }
+                        tracing::info!(group = %self.group, partitions = tpl.count(), from_postgres = stored.len(), "partitions assigned");
+                    }
+                    // Kafka's committed offsets trail Postgres' (they are committed after
+                    // it), so starting there only re-reads events the gate will skip.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stored offsets unavailable, starting from Kafka's committed offsets")
+                    }
+                }
+                let partitions = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.assigned
+                    .lock()
+                    .expect("assignment lock")
+                    .set(partitions);
+                if let Err(e) = base_consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+                self.assigned.lock().expect("assignment lock").clear();
+                if let Err(e) = base_consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                self.assigned.lock().expect("assignment lock").clear();
+                let _ = base_consumer.unassign();
+            }
+        }
+    }
+}
+
+impl<P: Processor> Runtime<P> {
+    pub(super) fn consumer(&self) -> Result<StreamConsumer<StoredOffsets>> {
+        let group = self.group_id();
+        let context = StoredOffsets {
+            pool: self.pool.clone(),
+            group: group.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            assigned: Arc::default(),
+        };
+        let mut config: ClientConfig = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.config.bootstrap_servers)
+            .set("broker.address.family", "v4")
+            .set("group.id", &group)
+            .set(
+                "client.id",
+                dhanman_connectors::kafka::client_id(self.processor.name()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", MEMBER_TIMEOUT.as_millis().to_string())
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false");
+        Ok(config.create_with_context(context)?)
+    }
+
+    /// Waits for one record, then gathers more until the batch is full or the linger
+    /// time has passed.
+    pub(super) async fn collect(&self, consumer: &StreamConsumer<StoredOffsets>) -> Vec<Incoming> {
+        let mut batch = Vec::new();
+        // Bounded, so the loop gets to look at its assignment now and then.
+        match tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(Incoming::from_message(&m)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                return batch;
+            }
+            Err(_) => return batch,
+        }
+        let deadline = Instant::now() + self.config.linger;
+        while batch.len() < self.config.max_batch {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(remaining, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(Incoming::from_message(&m)),
+                Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Err(_) => break,
+            }
+        }
+        // Records of partitions revoked while gathering belong to their new owner now;
+        // applying them would be harmless (the gate), but pointless.
+        let assigned = consumer.context().assigned.lock().expect("assignment lock");
+        batch.retain(|r| {
+            assigned
+                .partitions
+                .contains(&(r.topic.clone(), r.partition))
+        });
+        batch
+    }
+
+    pub(super) fn commit_to_kafka(
+        &self,
+        consumer: &StreamConsumer<StoredOffsets>,
+        offsets: BTreeMap<(String, i32), i64>,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in offsets {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                tracing::warn!(error = %e, "building commit");
+            }
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            // Postgres holds the truth; Kafka's copy only feeds lag tools.
+            tracing::debug!(error = %e, "offset commit to Kafka failed");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Dead letters: a poison record goes to `<topic>.dlq` through the outbox, in the batch's
+//! transaction, with its key, value and headers and the `dlq.*` headers
+//! ([`dhanman_schemas::topics::dlq_headers`]) naming the error, its class, its origin, the
+//! processor and the attempts. The same source record always yields the same dead letter.
+
+use chrono::Utc;
+use dhanman_schemas::topics;
+use serde_json::{Value as Json, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub use dhanman_schemas::topics::dlq_headers;
+
+use super::Incoming;
+use crate::{Error, Result};
+
+pub(super) struct DeadLetter<'a> {
+    pub(super) record: &'a Incoming,
+    pub(super) logical_topic: &'a str,
+    pub(super) class: &'a str,
+    pub(super) reason: &'a str,
+    pub(super) attempts: u32,
+}
+
+pub(super) async fn dead_letter(
+    conn: &mut PgConnection,
+    group: &str,
+    processor: &str,
+    letter: DeadLetter<'_>,
+) -> Result<()> {
+    use dlq_headers::*;
+    let DeadLetter {
+        record,
+        logical_topic,
+        class,
+        reason,
+        attempts,
+    } = letter;
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &record.headers {
+        headers.insert(
+            k.clone(),
+            Json::String(String::from_utf8_lossy(v).into_owned()),
+        );
+    }
+    let context = json!({
+        ERROR: reason,
+        ERROR_CLASS: class,
+        SOURCE_TOPIC: record.topic,
+        SOURCE_PARTITION: record.partition.to_string(),
+        SOURCE_OFFSET: record.offset.to_string(),
+        PROCESSOR: processor,
+        FAILED_AT: Utc::now().to_rfc3339(),
+        ATTEMPTS: attempts.to_string(),
+    });
+    if let Json::Object(context) = context {
+        headers.extend(context);
+    }
+    // The same source record always yields the same dead letter id, so a re-read after a
+    // crash cannot dead-letter it twice.
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!(
+            "{group}/{}/{}/{}",
+            record.topic, record.partition, record.offset
+        )
+        .as_bytes(),
+    );
+    let exists: Option<(i64,)> = sqlx::query_as("select id from outbox where event_id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::Database)?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    dhanman_producers::outbox::enqueue_raw(
+        conn,
+        dhanman_producers::outbox::RawRecord {
+            id,
+            topic: &topics::dlq(logical_topic),
+            key: record.key.as_deref(),
+            value: record.payload.as_deref().unwrap_or_default(),
+            headers: Json::Object(headers),
+        },
+    )
+    .await
+    .map_err(Error::Database)?;
+    Ok(())
+}

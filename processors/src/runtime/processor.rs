@@ -1,0 +1,125 @@
+//! What a processor is to the runtime: the record it is handed, detached from the
+//! consumer, and the trait it implements (a name, the topics it reads, what it does with
+//! new events inside the batch's transaction).
+
+use futures_util::future::BoxFuture;
+use rdkafka::message::{Headers, Message};
+use sqlx::PgConnection;
+
+use dhanman_schemas::Event;
+
+use super::ApplyError;
+
+/// One record as read from Kafka, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Incoming {
+    pub fn from_message<M: Message>(m: &M) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Incoming {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// A processor: what it reads and what it does with new events, inside the batch's
+/// transaction. Everything else (batching, offsets, retries, DLQ) is the runtime's.
+pub trait Processor: Send + Sync + 'static {
+    /// Stable name: the consumer group is `dhanman.<name>` and `processed_events` rows
+    /// carry it.
+    fn name(&self) -> &str;
+    fn topics(&self) -> Vec<String>;
+    /// Applies events this processor has never applied, in offset order per partition.
+    /// Must write only through `conn`. A [`ApplyError::Transient`] failure retries the
+    /// batch; a [`ApplyError::Poison`] one (and a panic) marks the batch's events for
+    /// one-by-one isolation, and the one that fails alone is dead-lettered.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> impl Future<Output = std::result::Result<(), ApplyError>> + Send;
+}
+
+/// A processor chosen at run time, by name ([`crate::catalog`]): any [`Processor`] boxed.
+/// Its `apply` is the boxed processor's, behind one allocation per call.
+pub struct BoxedProcessor(Box<dyn DynProcessor>);
+
+impl BoxedProcessor {
+    pub fn new(processor: impl Processor) -> Self {
+        BoxedProcessor(Box::new(processor))
+    }
+}
+
+/// [`Processor`] in a form that can be boxed; every processor is one.
+trait DynProcessor: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn topics(&self) -> Vec<String>;
+    fn apply_boxed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
+}
+
+impl<P: Processor> DynProcessor for P {
+    fn name(&self) -> &str {
+        Processor::name(self)
+    }
+
+    fn topics(&self) -> Vec<String> {
+        Processor::topics(self)
+    }
+
+    fn apply_boxed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>> {
+        Box::pin(Processor::apply(self, conn, events))
+    }
+}
+
+impl Processor for BoxedProcessor {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.0.topics()
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> std::result::Result<(), ApplyError> {
+        self.0.apply_boxed(conn, events).await
+    }
+}

@@ -1,0 +1,164 @@
+//! Transient or poison, decided in one place, and how a batch is retried: a transient
+//! failure (database or registry down) retries the whole batch with backoff and never
+//! advances its offsets; a poison one dead-letters the record that fails alone.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use dhanman_connectors::retry::Backoff;
+
+use super::batch::Decoded;
+use super::metric;
+use super::{BatchReport, Incoming, Processor, Runtime};
+
+/// The pause after a batch's first failed attempt.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Transient (retry the batch, never advance) or poison (dead-letter the record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Transient,
+    Poison,
+}
+
+/// Why a processor could not apply events: the one split every processor's failures go
+/// through.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The same transaction may succeed later (the database is down, a serialization
+    /// failure): the batch is retried and its offsets do not move.
+    #[error("{0}")]
+    Transient(String),
+    /// The events cannot be applied as they are, now or later: the record that fails
+    /// alone is dead-lettered and the partition moves on.
+    #[error("{0}")]
+    Poison(String),
+}
+
+impl ApplyError {
+    pub fn class(&self) -> Class {
+        match self {
+            ApplyError::Transient(_) => Class::Transient,
+            ApplyError::Poison(_) => Class::Poison,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        match classify_db(&e) {
+            Class::Transient => ApplyError::Transient(format!("database: {e}")),
+            Class::Poison => ApplyError::Poison(format!("database: {e}")),
+        }
+    }
+}
+
+/// A command or outbox write refused for what it holds (not the database's state) is
+/// poison; a database failure is classed as the database's.
+impl From<dhanman_producers::Error> for ApplyError {
+    fn from(e: dhanman_producers::Error) -> Self {
+        match e {
+            dhanman_producers::Error::Database(db) => db.into(),
+            other => ApplyError::Poison(other.to_string()),
+        }
+    }
+}
+
+/// What a panic carried, for the dead letter's reason.
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The one place that decides whether a database failure is worth retrying.
+pub fn classify_db(e: &sqlx::Error) -> Class {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Class::Transient,
+        sqlx::Error::Database(db) => match db.code().as_deref().map(|c| &c[..2]) {
+            // connection, serialization/deadlock, resources, operator intervention,
+            // system errors: the same transaction may succeed later.
+            Some("08" | "40" | "53" | "57" | "58") => Class::Transient,
+            _ => Class::Poison,
+        },
+        _ => Class::Poison,
+    }
+}
+
+impl<P: Processor> Runtime<P> {
+    /// How a failed batch is retried: from 100 ms, doubling up to `max_backoff`, each pause
+    /// plus up to a quarter of itself at random, so members failing together spread out.
+    pub(super) fn backoff(&self) -> Backoff {
+        Backoff::new(FIRST_RETRY, self.config.max_backoff).with_jitter(0.25)
+    }
+
+    /// Processes a batch until it commits, backing off on transient failures.
+    pub(super) async fn process_with_retry(
+        &self,
+        batch: &[Incoming],
+        mut decoded: Option<Vec<Decoded>>,
+    ) -> BatchReport {
+        let attempt = AtomicU32::new(0);
+        let started = Instant::now();
+        let processor = self.processor.name().to_string();
+        let report = self
+            .backoff()
+            .retry_forever(
+                || {
+                    let this_attempt = attempt.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.process(batch, decoded.take(), this_attempt)
+                },
+                |e, pause| {
+                    metrics::counter!(metric::FAILURES, "processor" => processor.clone(), "class" => "transient")
+                        .increment(1);
+                    metrics::counter!(metric::RETRIES, "processor" => processor.clone())
+                        .increment(1);
+                    tracing::warn!(error = %e, attempt = attempt.load(Ordering::Relaxed), retry_in = ?pause, records = batch.len(), "transient failure, batch will be retried");
+                },
+            )
+            .await;
+        metrics::histogram!(metric::BATCH_DURATION, "processor" => processor)
+            .record(started.elapsed().as_secs_f64());
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_database_failures_can_be_transient() {
+        let down = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "down",
+        ));
+        assert_eq!(ApplyError::from(down).class(), Class::Transient);
+        // What a command refuses for its content never succeeds on a retry.
+        let refused = dhanman_producers::Error::Conflict("already approved".into());
+        assert_eq!(ApplyError::from(refused).class(), Class::Poison);
+        let encode = serde_json::from_str::<u8>("x").unwrap_err();
+        let encode = dhanman_producers::Error::Encode(encode);
+        assert_eq!(ApplyError::from(encode).class(), Class::Poison);
+        let closed = dhanman_producers::Error::Database(sqlx::Error::PoolClosed);
+        assert_eq!(ApplyError::from(closed).class(), Class::Transient);
+    }
+
+    #[test]
+    fn connection_failures_are_transient_and_constraint_failures_poison() {
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "down",
+        ));
+        assert_eq!(classify_db(&io), Class::Transient);
+        assert_eq!(classify_db(&sqlx::Error::PoolTimedOut), Class::Transient);
+        assert_eq!(classify_db(&sqlx::Error::RowNotFound), Class::Poison);
+    }
+}

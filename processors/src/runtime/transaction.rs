@@ -1,0 +1,331 @@
+//! One batch, one Postgres transaction: the exactly-once gate (`processed_events`), the
+//! processor's effects in a savepoint (isolating the poison record when a batch is
+//! refused), dead letters, the group's stored offsets and the wake-up of consistency
+//! waiters, all committed together.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use dhanman_producers::trace::{self, TraceParent};
+use dhanman_schemas::{Event, topics};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::batch::{Decoded, next_offsets};
+use super::dead_letter::{DeadLetter, dead_letter};
+use super::retry::panic_message;
+use super::{ApplyError, BatchReport, Class, Incoming, Processor, Runtime, metric};
+use crate::{Error, Result};
+
+impl<P: Processor> Runtime<P> {
+    /// One attempt at a batch: one transaction, or an error that is transient.
+    pub(super) async fn process(
+        &self,
+        batch: &[Incoming],
+        decoded: Option<Vec<Decoded>>,
+        attempt: u32,
+    ) -> Result<BatchReport> {
+        let started = Instant::now();
+        let decoded = match decoded {
+            Some(decoded) => decoded,
+            None => self.decode_all(batch).await?,
+        };
+        let decoded_at = Instant::now();
+        let mut tx = self.pool.begin().await.map_err(Error::Database)?;
+        let mut report = BatchReport {
+            records: batch.len(),
+            ..BatchReport::default()
+        };
+        let name = self.processor.name().to_string();
+
+        // Events in this batch, first occurrence of each id only.
+        let mut seen = HashSet::new();
+        let mut candidates: Vec<(usize, &Event)> = Vec::new();
+        for (i, d) in decoded.iter().enumerate() {
+            if let Decoded::Event(event) = d
+                && seen.insert(event.envelope().event_id)
+            {
+                candidates.push((i, event));
+            }
+        }
+        let mut poison: BTreeMap<usize, (&'static str, String)> = decoded
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match d {
+                Decoded::Poison { class, reason } => Some((i, (*class, reason.clone()))),
+                Decoded::Event(_) => None,
+            })
+            .collect();
+
+        let fresh = mark_processed(&mut tx, &name, batch, &candidates).await?;
+        report.duplicates = decoded.len() - poison.len() - fresh.len();
+        let events: Vec<&Event> = fresh.iter().map(|(_, e)| *e).collect();
+        // Each event continues the trace its record carries (a new one if it carries none);
+        // what `apply` writes to the outbox for it is a child of that span.
+        let spans = consumer_spans(batch, &fresh);
+        for (i, event) in &fresh {
+            let record = &batch[*i];
+            let span = spans.get(&event.envelope().event_id);
+            tracing::debug!(
+                processor = %name, topic = %record.topic, partition = record.partition,
+                offset = record.offset, event_id = %event.envelope().event_id,
+                correlation_id = %event.envelope().correlation_id,
+                trace_id = %span.map(TraceParent::trace_id).unwrap_or_default(),
+                traceparent = %span.map(ToString::to_string).unwrap_or_default(),
+                "applying event"
+            );
+        }
+        let applied =
+            trace::in_batch(spans.clone(), self.apply_in_savepoint(&mut tx, &events)).await;
+        match applied {
+            Ok(()) => report.applied = fresh.len(),
+            Err(e) if e.class() == Class::Transient => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, events = fresh.len(), "batch refused by the database, isolating the poison record");
+                // The savepoint rolled back the effects; the gate rows stay. Undo them and
+                // go one event at a time, each with its own gate row and savepoint.
+                unmark(&mut tx, &name, &events).await?;
+                for (i, event) in &fresh {
+                    let one = [*event];
+                    let single: [(usize, &Event); 1] = [(*i, *event)];
+                    let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+                    mark_processed(&mut sp, &name, batch, &single).await?;
+                    let applied =
+                        trace::in_batch(spans.clone(), self.apply_guarded(&mut sp, &one)).await;
+                    match applied {
+                        Ok(()) => {
+                            sp.commit().await?;
+                            report.applied += 1;
+                        }
+                        Err(e) if e.class() == Class::Transient => return Err(e.into()),
+                        Err(e) => {
+                            sp.rollback().await?;
+                            poison.insert(*i, ("rejected", e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut dead_lettered = Vec::with_capacity(poison.len());
+        for (i, (class, reason)) in &poison {
+            let record = &batch[*i];
+            let correlation_id = record.header("correlation_id").unwrap_or_default();
+            let traceparent = record.header(trace::HEADER).unwrap_or_default();
+            tracing::warn!(
+                topic = %record.topic, partition = record.partition, offset = record.offset,
+                correlation_id = %correlation_id, %traceparent, class, reason = %reason,
+                "dead-lettering record"
+            );
+            let logical = record
+                .topic
+                .strip_prefix(&self.config.topic_prefix)
+                .unwrap_or(&record.topic);
+            let letter = DeadLetter {
+                record,
+                logical_topic: logical,
+                class,
+                reason,
+                attempts: attempt,
+            };
+            dead_letter(&mut tx, &self.group_id(), &name, letter).await?;
+            dead_lettered.push((topics::dlq(&record.topic), *class));
+        }
+        report.dead_lettered = poison.len();
+
+        if self.store_group_offsets {
+            store_offsets(&mut tx, &self.group_id(), batch).await?;
+        }
+        if report.applied > 0 {
+            // Wakes the API's queries waiting on a consistency token, at the commit.
+            sqlx::query("select pg_notify('dhanman_applied', $1)")
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::Database)?;
+        }
+        tx.commit().await.map_err(Error::Database)?;
+        record_outcomes(&name, &report, &dead_lettered);
+        tracing::debug!(
+            records = batch.len(),
+            decode_ms = (decoded_at - started).as_secs_f64() * 1000.0,
+            transaction_ms = decoded_at.elapsed().as_secs_f64() * 1000.0,
+            "batch timings"
+        );
+        Ok(report)
+    }
+
+    /// Applies a batch as the live group would, retrying transient failures.
+    pub async fn apply_batch(&self, batch: &[Incoming]) -> BatchReport {
+        self.process_with_retry(batch, None).await
+    }
+
+    pub(super) async fn apply_in_savepoint(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        events: &[&Event],
+    ) -> std::result::Result<(), ApplyError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+        self.apply_guarded(&mut sp, events).await?;
+        Ok(sp.commit().await?)
+    }
+
+    /// The processor's `apply`, with a panic inside it (a defect that some record brings
+    /// out) taken as poison: the batch is isolated and the record that panics alone is
+    /// dead-lettered, instead of the processor going down on it again after every restart.
+    pub(super) async fn apply_guarded(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> std::result::Result<(), ApplyError> {
+        use futures_util::FutureExt;
+        match std::panic::AssertUnwindSafe(self.processor.apply(conn, events))
+            .catch_unwind()
+            .await
+        {
+            Ok(applied) => applied,
+            Err(payload) => Err(ApplyError::Poison(format!(
+                "applying panicked: {}",
+                panic_message(&*payload)
+            ))),
+        }
+    }
+}
+
+/// The consumer span of each event about to be applied: a child of the `traceparent` its
+/// record carries, or a new trace when it carries none (or a malformed one).
+pub(super) fn consumer_spans(
+    batch: &[Incoming],
+    fresh: &[(usize, &Event)],
+) -> HashMap<Uuid, TraceParent> {
+    fresh
+        .iter()
+        .map(|(i, event)| {
+            let span = batch[*i]
+                .header(trace::HEADER)
+                .and_then(|v| TraceParent::parse(&v))
+                .map_or_else(TraceParent::new_root, |parent| parent.child());
+            (event.envelope().event_id, span)
+        })
+        .collect()
+}
+
+/// Metrics of a committed batch.
+pub(super) fn record_outcomes(
+    processor: &str,
+    report: &BatchReport,
+    dead_lettered: &[(String, &str)],
+) {
+    for (outcome, n) in [
+        ("applied", report.applied),
+        ("skipped_duplicate", report.duplicates),
+        ("dead_lettered", report.dead_lettered),
+    ] {
+        if n > 0 {
+            metrics::counter!(metric::EVENTS, "processor" => processor.to_string(), "outcome" => outcome)
+                .increment(n as u64);
+        }
+    }
+    for (topic, class) in dead_lettered {
+        metrics::counter!(metric::FAILURES, "processor" => processor.to_string(), "class" => "poison")
+            .increment(1);
+        metrics::counter!(
+            metric::DLQ_RECORDS,
+            "topic" => topic.clone(),
+            "processor" => processor.to_string(),
+            "class" => class.to_string()
+        )
+        .increment(1);
+    }
+}
+
+/// Inserts gate rows; returns the candidates this processor had not applied before.
+pub(super) async fn mark_processed<'e>(
+    conn: &mut PgConnection,
+    processor: &str,
+    batch: &[Incoming],
+    candidates: &[(usize, &'e Event)],
+) -> Result<Vec<(usize, &'e Event)>> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = candidates
+        .iter()
+        .map(|(_, e)| e.envelope().event_id)
+        .collect();
+    let topics: Vec<&str> = candidates
+        .iter()
+        .map(|(i, _)| batch[*i].topic.as_str())
+        .collect();
+    let partitions: Vec<i32> = candidates
+        .iter()
+        .map(|(i, _)| batch[*i].partition)
+        .collect();
+    let offsets: Vec<i64> = candidates.iter().map(|(i, _)| batch[*i].offset).collect();
+    let new: Vec<(Uuid,)> = sqlx::query_as(
+        "insert into processed_events (processor, event_id, topic, partition, \"offset\")
+         select $1, * from unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])
+         on conflict do nothing returning event_id",
+    )
+    .bind(processor)
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(Error::Database)?;
+    let new: HashSet<Uuid> = new.into_iter().map(|(id,)| id).collect();
+    Ok(candidates
+        .iter()
+        .filter(|(_, e)| new.contains(&e.envelope().event_id))
+        .copied()
+        .collect())
+}
+
+pub(super) async fn unmark(
+    conn: &mut PgConnection,
+    processor: &str,
+    events: &[&Event],
+) -> Result<()> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.envelope().event_id).collect();
+    sqlx::query("delete from processed_events where processor = $1 and event_id = any($2)")
+        .bind(processor)
+        .bind(&ids)
+        .execute(conn)
+        .await
+        .map_err(Error::Database)?;
+    Ok(())
+}
+
+/// Upserts the group's offsets. They only move forward here, so a member that lost its
+/// partitions mid-batch cannot drag the new owner back (that would only re-read, but
+/// still); rewinding is the offsets tool's job, and it refuses while members are live.
+pub(super) async fn store_offsets(
+    conn: &mut PgConnection,
+    group: &str,
+    batch: &[Incoming],
+) -> Result<()> {
+    let next = next_offsets(batch);
+    let topics: Vec<&str> = next.keys().map(|(t, _)| t.as_str()).collect();
+    let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
+    let offsets: Vec<i64> = next.values().copied().collect();
+    sqlx::query(
+        "insert into consumer_offsets (group_id, topic, partition, next_offset)
+         select $1, * from unnest($2::text[], $3::int[], $4::bigint[])
+         on conflict (group_id, topic, partition) do update
+            set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset),
+                updated_at = now()",
+    )
+    .bind(group)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(conn)
+    .await
+    .map_err(Error::Database)?;
+    Ok(())
+}
