@@ -164,20 +164,51 @@ async fn loads(
     // Connections opened and statements prepared before anything is timed.
     let runs = args.common.runs();
     super::pipeline::status(&args.common, format!("warming up ({warm_up:?} each) ..."));
-    load::closed_loop(api.clone(), args.connections, warm_up, warm(&invoices, "/v1/invoices"), None).await;
-    load::closed_loop(bare.clone(), args.connections, warm_up, warm(&invoices, "/bare/invoices"), None).await;
+    load::closed_loop(
+        api.clone(),
+        args.connections,
+        warm_up,
+        warm(&invoices, "/v1/invoices"),
+        None,
+    )
+    .await;
+    load::closed_loop(
+        bare.clone(),
+        args.connections,
+        warm_up,
+        warm(&invoices, "/bare/invoices"),
+        None,
+    )
+    .await;
 
     let (mut commands, mut baseline, mut batch) = (Vec::new(), Vec::new(), Vec::new());
     let (mut api_outcomes, mut bare_outcomes) = (Outcome::default(), Outcome::default());
     for run in 1..=runs {
         super::pipeline::status(
             &args.common,
-            format!("run {run}/{runs}: {} connections, {duration:?} per load ...", args.connections),
+            format!(
+                "run {run}/{runs}: {} connections, {duration:?} per load ...",
+                args.connections
+            ),
         );
-        let o = load::closed_loop(api.clone(), args.connections, duration, single.clone(), None).await;
+        let o = load::closed_loop(
+            api.clone(),
+            args.connections,
+            duration,
+            single.clone(),
+            None,
+        )
+        .await;
         commands.push(o.rate());
         merge(&mut api_outcomes, o);
-        let o = load::closed_loop(bare.clone(), args.connections, duration, bare_single.clone(), None).await;
+        let o = load::closed_loop(
+            bare.clone(),
+            args.connections,
+            duration,
+            bare_single.clone(),
+            None,
+        )
+        .await;
         baseline.push(o.rate());
         merge(&mut bare_outcomes, o);
         batch.push(batch_load(args, &invoices, api.clone(), duration).await?);
@@ -199,7 +230,11 @@ async fn loads(
         "api",
         format!(
             "{} customers, {} connections, {} s per load, {} runs, pool {}",
-            args.customers, args.connections, duration.as_secs(), runs, args.db_pool
+            args.customers,
+            args.connections,
+            duration.as_secs(),
+            runs,
+            args.db_pool
         ),
     );
     r.rows = vec![
@@ -246,7 +281,10 @@ async fn loads(
 }
 
 /// Warm-up commands under keys of their own.
-fn warm(invoices: &Invoices, path: &'static str) -> Arc<dyn Fn(u64) -> load::Command + Send + Sync> {
+fn warm(
+    invoices: &Invoices,
+    path: &'static str,
+) -> Arc<dyn Fn(u64) -> load::Command + Send + Sync> {
     let invoices = invoices.clone();
     Arc::new(move |seq| {
         let mut c = invoices.single(path, seq);
@@ -275,7 +313,8 @@ async fn batch_load(
     let size = args.batch_size.clamp(1, 1000);
     let make = {
         let invoices = invoices.clone();
-        Arc::new(move |seq| invoices.batch(seq, size)) as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+        Arc::new(move |seq| invoices.batch(seq, size))
+            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
     };
     let (sink, mut bodies) = tokio::sync::mpsc::unbounded_channel::<(std::time::Instant, Value)>();
     let counting = tokio::spawn(async move {
@@ -285,7 +324,8 @@ async fn batch_load(
         }
         created
     });
-    let outcome = load::closed_loop(client, args.batch_connections, duration, make, Some(sink)).await;
+    let outcome =
+        load::closed_loop(client, args.batch_connections, duration, make, Some(sink)).await;
     let created = counting.await?;
     if created == 0 {
         anyhow::bail!(

@@ -74,11 +74,7 @@ impl Machine {
 /// A `Name:   123 kB` line of a `/proc` file, in bytes.
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
-    let kib: u64 = line[name.len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
     Some(kib * 1024)
 }
 

@@ -171,12 +171,23 @@ impl Deployed {
     }
 
     /// Kills the child, deletes the run's topics and groups, drops its database.
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        if let Err(e) = common::drop_topics_and_groups(&self.bootstrap, &self.prefix).await {
+    pub async fn stop(self) {
+        let Deployed {
+            mut child,
+            prefix,
+            db,
+            log,
+            bootstrap,
+            probe,
+            ..
+        } = self;
+        let _ = child.kill().await;
+        // Closed before the topics go, so that it asks nothing about topics that are gone.
+        drop(probe);
+        if let Err(e) = common::drop_topics_and_groups(&bootstrap, &prefix).await {
             eprintln!("deleting the benchmark's topics: {e:#}");
         }
-        self.db.drop().await;
-        let _ = std::fs::remove_file(&self.log);
+        db.drop().await;
+        let _ = std::fs::remove_file(&log);
     }
 }

@@ -24,7 +24,11 @@ pub struct Args {
     #[command(flatten)]
     pub common: Common,
     /// The rates tried, in commands/s, in order, until one is not sustained.
-    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000,8000,16000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "250,500,1000,2000,4000,8000,16000"
+    )]
     pub rates: Vec<u32>,
     /// Seconds each rate is held.
     #[arg(long, default_value_t = 60)]
@@ -90,7 +94,11 @@ fn bounded(values: &[f64], margin: f64) -> bool {
 async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report> {
     let society = deployed.society(args.customers).await?;
     let invoices = Invoices::new(&society.customers);
-    let client = Arc::new(Client::new(&deployed.base, &society.api_key, args.connections)?);
+    let client = Arc::new(Client::new(
+        &deployed.base,
+        &society.api_key,
+        args.connections,
+    )?);
     let make = {
         let invoices = invoices.clone();
         Arc::new(move |seq| invoices.single("/v1/invoices", seq))
@@ -100,15 +108,13 @@ async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report>
     let mut steps = Vec::new();
     let mut sustained_per_s = 0;
     for &rate in &args.rates {
-        super::pipeline::status(
-            &args.common,
-            format!("{rate} commands/s for {hold:?} ..."),
-        );
+        super::pipeline::status(&args.common, format!("{rate} commands/s for {hold:?} ..."));
         // Each rate's commands under keys of their own.
         let make = {
             let make = make.clone();
             let offset = u64::from(rate) << 32;
-            Arc::new(move |seq| make(offset + seq)) as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+            Arc::new(move |seq| make(offset + seq))
+                as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
         };
         let sending = tokio::spawn(load::open_loop(
             client.clone(),
@@ -130,12 +136,19 @@ async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report>
         let margin = (2.0 * f64::from(rate)).max(100.0);
         let outbox: Vec<f64> = samples.iter().map(|s| s.outbox as f64).collect();
         let lag: Vec<f64> = samples.iter().map(|s| s.max_lag() as f64).collect();
-        let groups: std::collections::BTreeSet<&String> =
-            samples.iter().flat_map(|s| s.lags.iter().map(|(g, _)| g)).collect();
+        let groups: std::collections::BTreeSet<&String> = samples
+            .iter()
+            .flat_map(|s| s.lags.iter().map(|(g, _)| g))
+            .collect();
         let every_group_bounded = groups.iter().all(|g| {
             let series: Vec<f64> = samples
                 .iter()
-                .map(|s| s.lags.iter().find(|(n, _)| n == *g).map_or(0.0, |(_, l)| *l as f64))
+                .map(|s| {
+                    s.lags
+                        .iter()
+                        .find(|(n, _)| n == *g)
+                        .map_or(0.0, |(_, l)| *l as f64)
+                })
                 .collect();
             bounded(&series, margin)
         });

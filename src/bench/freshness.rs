@@ -76,7 +76,11 @@ async fn reflected(client: &Client, customer: &str, token: &str) -> anyhow::Resu
 async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     let society = deployed.society(args.customers).await?;
     let invoices = Invoices::new(&society.customers);
-    let commands = Arc::new(Client::new(&deployed.base, &society.api_key, args.connections)?);
+    let commands = Arc::new(Client::new(
+        &deployed.base,
+        &society.api_key,
+        args.connections,
+    )?);
     let readers = Arc::new(Client::new(&deployed.base, &society.api_key, 256)?);
     let make = {
         let invoices = invoices.clone();
@@ -99,7 +103,10 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
             let mut polls = tokio::task::JoinSet::new();
             while let Some((at, body)) = answered.recv().await {
                 let customer = body["customer_id"].as_str().unwrap_or_default().to_string();
-                let token = body["consistency_token"].as_str().unwrap_or_default().to_string();
+                let token = body["consistency_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let (readers, freshness, failures, in_flight) = (
                     readers.clone(),
                     freshness.clone(),
@@ -182,10 +189,13 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
         ),
     );
     r.rows = vec![
-        Row::new("201 -> balance reflects it, p50", p50, "ms").against("plain balance read p50", plain50),
-        Row::new("201 -> balance reflects it, p99", p99, "ms").against("plain balance read p99", plain99),
+        Row::new("201 -> balance reflects it, p50", p50, "ms")
+            .against("plain balance read p50", plain50),
+        Row::new("201 -> balance reflects it, p99", p99, "ms")
+            .against("plain balance read p99", plain99),
         Row::new("201 -> balance reflects it, max", max, "ms"),
-        Row::new("commands answered", outcome.rate(), "cmds/s").against("rate asked", f64::from(args.rate)),
+        Row::new("commands answered", outcome.rate(), "cmds/s")
+            .against("rate asked", f64::from(args.rate)),
         Row::new("peak RSS (dhanman up)", peak as f64 / 1048576.0, "MiB"),
     ];
     r.notes = vec![

@@ -189,14 +189,23 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
     );
     let lower = m.lower_limit();
     r.rows = vec![
-        Row::new("raw consume (records)", m.raw_consume_per_s, "/s").against("lower raw limit", lower),
+        Row::new("raw consume (records)", m.raw_consume_per_s, "/s")
+            .against("lower raw limit", lower),
         Row::new("raw COPY (events' rows)", m.raw_copy_per_s, "events/s")
             .against("lower raw limit", lower),
-        Row::new("pipeline (postings + balances)", m.pipeline_per_s, "events/s")
-            .against("lower raw limit", lower),
+        Row::new(
+            "pipeline (postings + balances)",
+            m.pipeline_per_s,
+            "events/s",
+        )
+        .against("lower raw limit", lower),
         Row::new("seed pattern (per event)", m.seed_pattern_per_s, "events/s")
             .against("lower raw limit", lower),
-        Row::new("peak RSS (this process)", m.peak_rss_bytes as f64 / 1048576.0, "MiB"),
+        Row::new(
+            "peak RSS (this process)",
+            m.peak_rss_bytes as f64 / 1048576.0,
+            "MiB",
+        ),
     ];
     r.notes = vec![
         format!(
@@ -252,13 +261,27 @@ async fn measure(
         copy.push(records as f64 / secs);
     }
 
-    status(common, format!("running the ledger processor over {records} events ..."));
+    status(
+        common,
+        format!("running the ledger processor over {records} events ..."),
+    );
     let (counted, secs) = run_pipeline(shape, stage, bootstrap, records).await?;
     check_books(pool, org, records).await?;
 
     let sample = shape.baseline_events.min(records).max(1);
-    status(common, format!("running the per-event seed pattern over {sample} events ..."));
-    let seed_secs = seed_pattern(bootstrap, &stage.prefix, pool, &stage.codec, &stage.topics, sample).await?;
+    status(
+        common,
+        format!("running the per-event seed pattern over {sample} events ..."),
+    );
+    let seed_secs = seed_pattern(
+        bootstrap,
+        &stage.prefix,
+        pool,
+        &stage.codec,
+        &stage.topics,
+        sample,
+    )
+    .await?;
     let _ = (invoices, payments);
     Ok(Measured {
         events: records,
@@ -287,16 +310,26 @@ pub async fn fill(
     stage: &Stage,
     events: usize,
 ) -> anyhow::Result<(Uuid, (usize, f64))> {
-    let org = dhanman_producers::orgs::create_organization(&stage.db.pool, "Benchmark Society", None)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let org =
+        dhanman_producers::orgs::create_organization(&stage.db.pool, "Benchmark Society", None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     let records = make_records(&stage.codec, org.organization_id, events).await?;
     let [invoices, payments] = &stage.topics;
     status(
         common,
-        format!("producing {} events to {invoices} and {payments} ...", records.len()),
+        format!(
+            "producing {} events to {invoices} and {payments} ...",
+            records.len()
+        ),
     );
-    let secs = produce(&common.kafka_bootstrap_servers, invoices, payments, &records).await?;
+    let secs = produce(
+        &common.kafka_bootstrap_servers,
+        invoices,
+        payments,
+        &records,
+    )
+    .await?;
     Ok((org.organization_id, (records.len(), secs)))
 }
 
@@ -418,7 +451,6 @@ pub async fn raw_consume(
     Ok(secs)
 }
 
-
 /// The tables the ledger writes a row (or two) per event into.
 const PER_EVENT_TABLES: [&str; 4] = ["processed_events", "journal_entries", "postings", "outbox"];
 
@@ -467,7 +499,10 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             entries,
             "{event}\t{org}\t{event}\tinvoice\t{customer}\tInvoice B-{i}\tINR\t2026-12-01 00:00:00+00\tbench-{i}"
         );
-        let _ = writeln!(postings, "{event}\t{org}\t1200\tcustomer\t{customer}\t{amount}\t0");
+        let _ = writeln!(
+            postings,
+            "{event}\t{org}\t1200\tcustomer\t{customer}\t{amount}\t0"
+        );
         let _ = writeln!(postings, "{event}\t{org}\t4000\t\\N\t\\N\t0\t{amount}");
         let _ = writeln!(
             outbox,
@@ -477,10 +512,22 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
         );
     }
     let copies = [
-        ("processed_events (processor, event_id, topic, partition, \"offset\")", &gate),
-        ("journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)", &entries),
-        ("postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)", &postings),
-        ("outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers)", &outbox),
+        (
+            "processed_events (processor, event_id, topic, partition, \"offset\")",
+            &gate,
+        ),
+        (
+            "journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)",
+            &entries,
+        ),
+        (
+            "postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)",
+            &postings,
+        ),
+        (
+            "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers)",
+            &outbox,
+        ),
     ];
     let start = Instant::now();
     let mut tx = conn.begin().await?;

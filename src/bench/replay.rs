@@ -58,7 +58,10 @@ async fn books(pool: &PgPool) -> anyhow::Result<BTreeSet<String>> {
 async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
     let common = &args.common;
     let (org, (events, _)) = pipeline::fill(common, stage, args.events).await?;
-    pipeline::status(common, format!("applying {events} events with the ledger ..."));
+    pipeline::status(
+        common,
+        format!("applying {events} events with the ledger ..."),
+    );
     pipeline::run_pipeline(&args.shape, stage, &common.kafka_bootstrap_servers, events).await?;
     pipeline::check_books(&stage.db.pool, org, events).await?;
     let before = books(&stage.db.pool).await?;
@@ -66,7 +69,10 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let (mut records, mut applied, mut seconds) = (0u64, 0u64, 0.0);
     for topic in &stage.topics {
-        pipeline::status(common, format!("dhanman replay --processor ledger --topic {topic} --execute ..."));
+        pipeline::status(
+            common,
+            format!("dhanman replay --processor ledger --topic {topic} --execute ..."),
+        );
         let output = tokio::process::Command::new(&exe)
             .args(["replay", "--processor", "ledger", "--topic", topic])
             .args(["--from", "beginning", "--execute", "--json"])
@@ -85,8 +91,12 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let summary: Value = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("dhanman replay printed {}", String::from_utf8_lossy(&output.stdout)))?;
+        let summary: Value = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "dhanman replay printed {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })?;
         records += summary["records"].as_u64().unwrap_or(0);
         applied += summary["applied"].as_u64().unwrap_or(0);
         seconds += summary["seconds"].as_f64().unwrap_or(0.0);
@@ -113,7 +123,10 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
 
     let mut r = Report::new(
         "replay",
-        format!("{events} events applied, then replayed over {} topics", stage.topics.len()),
+        format!(
+            "{events} events applied, then replayed over {} topics",
+            stage.topics.len()
+        ),
     );
     r.rows = vec![
         Row::new("dhanman replay --execute", replay_per_s, "events/s")

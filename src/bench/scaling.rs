@@ -58,9 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "MiB",
         ));
     }
-    r.notes = vec![
-        "peak RSS is this process's during each size (reset between sizes)".into(),
-    ];
+    r.notes = vec!["peak RSS is this process's during each size (reset between sizes)".into()];
     r.field("sizes", &sizes);
     r.print(args.common.json);
     Ok(())
