@@ -4,6 +4,7 @@
 mod api;
 mod audit;
 mod batch;
+mod bench;
 mod bridge;
 mod broker;
 mod compose;

@@ -1,0 +1,337 @@
+//! `dhanman bench api`: invoices posted through the real API (`POST /v1/invoices`, served
+//! in this process on a database of its own) by the in-process load generator, as fast as
+//! the API answers, against its raw limit: a bare axum handler doing one INSERT of the same
+//! invoice row in its own transaction, on the same pool, under the same generator. Then
+//! `POST /v1/invoices/batch` under the same load, counted in invoices.
+//!
+//! The API's per-key rate limit (`DHANMAN_API_RATE_LIMIT`) is off in this process: the
+//! benchmark measures what the API sustains, not what it is allowed to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::common::{self, Common, Report, Row, ScratchDb};
+use super::load::{self, Client, Invoices, Outcome};
+
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Seconds each load runs (after a warm-up of up to a second).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Keep-alive connections of the load generator, each with one request in flight.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Customers the invoices are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub customers: usize,
+    /// Connections of the database pool (that of `dhanman up` by default, `DHANMAN_DB_POOL`).
+    #[arg(long, default_value_t = 10)]
+    pub db_pool: u32,
+    /// Invoices per `POST /v1/invoices/batch` (at most 1,000).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Connections of the batch load.
+    #[arg(long, default_value_t = 4)]
+    pub batch_connections: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let db = ScratchDb::create(&args.common.database_url, args.db_pool).await?;
+    let measured = measure(&args, &db.pool).await;
+    db.drop().await;
+    measured?.print(args.common.json);
+    Ok(())
+}
+
+/// The invoice the baseline writes: the API's body, parsed by serde alone.
+#[derive(Deserialize)]
+struct BareInvoice {
+    customer_id: Uuid,
+    amount: Decimal,
+    issue_date: NaiveDate,
+    due_date: NaiveDate,
+    period: Option<String>,
+}
+
+#[derive(Clone)]
+struct Bare {
+    pool: PgPool,
+    organization_id: Uuid,
+}
+
+/// The raw limit: one INSERT of the invoice row in its own transaction; no key, no
+/// idempotency record, no checks, no outbox.
+async fn bare_invoice(
+    State(bare): State<Bare>,
+    axum::Json(invoice): axum::Json<BareInvoice>,
+) -> Result<(StatusCode, axum::Json<Value>), StatusCode> {
+    let id = Uuid::now_v7();
+    let inserted = async {
+        let mut tx = bare.pool.begin().await?;
+        sqlx::query(
+            "insert into invoices (id, organization_id, customer_id, invoice_number, amount,
+                                   currency, issue_date, due_date, description, period)
+             values ($1, $2, $3, $4, $5, 'INR', $6, $7, null, $8)",
+        )
+        .bind(id)
+        .bind(bare.organization_id)
+        .bind(invoice.customer_id)
+        .bind(format!("INV-{}", id.simple()))
+        .bind(invoice.amount)
+        .bind(invoice.issue_date)
+        .bind(invoice.due_date)
+        .bind(invoice.period)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    match inserted {
+        Ok(()) => Ok((StatusCode::CREATED, axum::Json(json!({ "invoice_id": id })))),
+        Err(e) => {
+            tracing::warn!(error = %e, "baseline insert failed");
+            Err(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+async fn serve(router: axum::Router) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok((base, task))
+}
+
+async fn measure(args: &Args, pool: &PgPool) -> anyhow::Result<Report> {
+    common::reset_peak_rss();
+    let society = common::society(pool, args.customers).await?;
+    let mut state = dhanman_api::AppState::new(pool.clone(), Duration::from_secs(5));
+    state.rate_limit = None;
+    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_base = format!("http://{}", api_listener.local_addr()?);
+    let api = tokio::spawn(dhanman_api::serve(api_listener, state));
+    let bare = axum::Router::new()
+        .route("/bare/invoices", post(bare_invoice))
+        .with_state(Bare {
+            pool: pool.clone(),
+            organization_id: society.organization_id,
+        });
+    let (bare_base, bare_task) = serve(bare).await?;
+
+    let result = loads(args, &society, &api_base, &bare_base).await;
+    api.abort();
+    bare_task.abort();
+    result
+}
+
+async fn loads(
+    args: &Args,
+    society: &common::Society,
+    api_base: &str,
+    bare_base: &str,
+) -> anyhow::Result<Report> {
+    let duration = Duration::from_secs(args.seconds.max(1));
+    let warm_up = Duration::from_secs(1).min(duration);
+    let invoices = Invoices::new(&society.customers);
+    let api = Arc::new(Client::new(api_base, &society.api_key, args.connections)?);
+    let bare = Arc::new(Client::new(bare_base, &society.api_key, args.connections)?);
+    let single = {
+        let invoices = invoices.clone();
+        Arc::new(move |seq| invoices.single("/v1/invoices", seq))
+            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+    };
+    let bare_single = {
+        let invoices = invoices.clone();
+        Arc::new(move |seq| invoices.single("/bare/invoices", seq))
+            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+    };
+
+    // Connections opened and statements prepared before anything is timed.
+    let runs = args.common.runs();
+    super::pipeline::status(&args.common, format!("warming up ({warm_up:?} each) ..."));
+    load::closed_loop(
+        api.clone(),
+        args.connections,
+        warm_up,
+        warm(&invoices, "/v1/invoices"),
+        None,
+    )
+    .await;
+    load::closed_loop(
+        bare.clone(),
+        args.connections,
+        warm_up,
+        warm(&invoices, "/bare/invoices"),
+        None,
+    )
+    .await;
+
+    let (mut commands, mut baseline, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut api_outcomes, mut bare_outcomes) = (Outcome::default(), Outcome::default());
+    for run in 1..=runs {
+        super::pipeline::status(
+            &args.common,
+            format!(
+                "run {run}/{runs}: {} connections, {duration:?} per load ...",
+                args.connections
+            ),
+        );
+        let o = load::closed_loop(
+            api.clone(),
+            args.connections,
+            duration,
+            single.clone(),
+            None,
+        )
+        .await;
+        commands.push(o.rate());
+        merge(&mut api_outcomes, o);
+        let o = load::closed_loop(
+            bare.clone(),
+            args.connections,
+            duration,
+            bare_single.clone(),
+            None,
+        )
+        .await;
+        baseline.push(o.rate());
+        merge(&mut bare_outcomes, o);
+        batch.push(batch_load(args, &invoices, api.clone(), duration).await?);
+    }
+    if api_outcomes.ok == 0 {
+        anyhow::bail!(
+            "no invoice was accepted: {}",
+            api_outcomes.first_failure.unwrap_or_default()
+        );
+    }
+    let api_latency = api_outcomes.sorted_latencies();
+    let bare_latency = bare_outcomes.sorted_latencies();
+    let commands_per_s = common::median(&commands);
+    let baseline_per_s = common::median(&baseline);
+    let batch_invoices_per_s = common::median(&batch);
+    let peak = common::peak_rss_bytes(None).unwrap_or(0);
+
+    let mut r = Report::new(
+        "api",
+        format!(
+            "{} customers, {} connections, {} s per load, {} runs, pool {}",
+            args.customers,
+            args.connections,
+            duration.as_secs(),
+            runs,
+            args.db_pool
+        ),
+    );
+    r.rows = vec![
+        Row::new("POST /v1/invoices", commands_per_s, "cmds/s")
+            .against("bare INSERT handler", baseline_per_s),
+        Row::new("  p50", common::percentile(&api_latency, 50.0), "ms")
+            .against("bare p50", common::percentile(&bare_latency, 50.0)),
+        Row::new("  p99", common::percentile(&api_latency, 99.0), "ms")
+            .against("bare p99", common::percentile(&bare_latency, 99.0)),
+        Row::new(
+            format!("POST /v1/invoices/batch ({})", args.batch_size),
+            batch_invoices_per_s,
+            "inv/s",
+        )
+        .against("bare INSERT handler", baseline_per_s),
+        Row::new("peak RSS (this process)", peak as f64 / 1048576.0, "MiB"),
+    ];
+    r.notes = vec![
+        "the API's per-key rate limit (DHANMAN_API_RATE_LIMIT) is off in this process".into(),
+        "raw limit: a bare axum handler doing one INSERT of the same invoice row in its own \
+         transaction, same pool, same load generator"
+            .into(),
+        format!(
+            "rates are medians of {runs} runs; latencies over every run; failed requests: API {}, bare {}",
+            api_outcomes.failed, bare_outcomes.failed
+        ),
+    ];
+    if let Some(why) = &api_outcomes.first_failure {
+        r.notes.push(format!("first API failure: {why}"));
+    }
+    r.field("commands_per_s", commands_per_s);
+    r.field("p50_ms", common::percentile(&api_latency, 50.0));
+    r.field("p99_ms", common::percentile(&api_latency, 99.0));
+    r.field("baseline_per_s", baseline_per_s);
+    r.field("ratio_to_baseline", commands_per_s / baseline_per_s);
+    r.field("baseline_p50_ms", common::percentile(&bare_latency, 50.0));
+    r.field("baseline_p99_ms", common::percentile(&bare_latency, 99.0));
+    r.field("batch_invoices_per_s", batch_invoices_per_s);
+    r.field("batch_size", args.batch_size);
+    r.field("connections", args.connections);
+    r.field("failed", api_outcomes.failed + bare_outcomes.failed);
+    r.field("peak_rss_bytes", peak);
+    Ok(r)
+}
+
+/// Warm-up commands under keys of their own.
+fn warm(
+    invoices: &Invoices,
+    path: &'static str,
+) -> Arc<dyn Fn(u64) -> load::Command + Send + Sync> {
+    let invoices = invoices.clone();
+    Arc::new(move |seq| {
+        let mut c = invoices.single(path, seq);
+        c.idempotency_key = format!("warm-{}", c.idempotency_key);
+        c
+    })
+}
+
+fn merge(into: &mut Outcome, o: Outcome) {
+    into.ok += o.ok;
+    into.failed += o.failed;
+    into.seconds += o.seconds;
+    into.latencies_ms.extend(o.latencies_ms);
+    if into.first_failure.is_none() {
+        into.first_failure = o.first_failure;
+    }
+}
+
+/// Invoices/s created through the batch endpoint: items answered 201, per second.
+async fn batch_load(
+    args: &Args,
+    invoices: &Invoices,
+    client: Arc<Client>,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let size = args.batch_size.clamp(1, 1000);
+    let make = {
+        let invoices = invoices.clone();
+        Arc::new(move |seq| invoices.batch(seq, size))
+            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+    };
+    let (sink, mut bodies) = tokio::sync::mpsc::unbounded_channel::<(std::time::Instant, Value)>();
+    let counting = tokio::spawn(async move {
+        let mut created = 0usize;
+        while let Some((_, body)) = bodies.recv().await {
+            created += body["created"].as_u64().unwrap_or(0) as usize;
+        }
+        created
+    });
+    let outcome =
+        load::closed_loop(client, args.batch_connections, duration, make, Some(sink)).await;
+    let created = counting.await?;
+    if created == 0 {
+        anyhow::bail!(
+            "no invoice was created through the batch endpoint: {}",
+            outcome.first_failure.unwrap_or_default()
+        );
+    }
+    Ok(created as f64 / outcome.seconds)
+}

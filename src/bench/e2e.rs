@@ -1,0 +1,261 @@
+//! `dhanman bench e2e`: the whole pipeline as deployed (`dhanman up`: API, relay, every
+//! processor) under invoices through the API at rising rates, each held for
+//! `--hold-seconds`, until one is not sustained; then the books are audited.
+//!
+//! A rate is sustained when, over its hold, the API answered at least 95% of the commands
+//! due with none failed or dropped, and the backlog stayed bounded: the outbox depth and
+//! each processor group's lag, sampled every second, averaged over the last third of the
+//! hold, are not above their average over the first third by more than two seconds' worth
+//! of commands (at least 100). A backlog that grows steadily fails that; one that only
+//! wobbles does not.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::common::{self, Common, Report, Row};
+use super::deployed::{Backlog, Deployed};
+use super::load::{self, Client, Invoices};
+
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// The rates tried, in commands/s, in order, until one is not sustained.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "250,500,1000,2000,4000,8000,16000"
+    )]
+    pub rates: Vec<u32>,
+    /// Seconds each rate is held.
+    #[arg(long, default_value_t = 60)]
+    pub hold_seconds: u64,
+    /// Most requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub customers: usize,
+    /// `DHANMAN_DB_POOL` of the pipeline.
+    #[arg(long, default_value_t = 10)]
+    pub db_pool: u32,
+    /// Longest wait for the backlog to drain before the audit.
+    #[arg(long, default_value_t = 300)]
+    pub drain_seconds: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Step {
+    rate: u32,
+    answered_per_s: f64,
+    failed: usize,
+    dropped: usize,
+    p99_ms: f64,
+    outbox_first: f64,
+    outbox_last: f64,
+    lag_first: f64,
+    lag_last: f64,
+    sustained: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut deployed = Deployed::start(&args.common, args.db_pool).await?;
+    let result = measure(&args, &mut deployed).await;
+    deployed.stop().await;
+    result?.print(args.common.json);
+    Ok(())
+}
+
+/// Mean of the first and of the last third of `values`.
+fn thirds(values: &[f64]) -> (f64, f64) {
+    let third = (values.len() / 3).max(1);
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    (
+        mean(&values[..third.min(values.len())]),
+        mean(&values[values.len().saturating_sub(third)..]),
+    )
+}
+
+/// The rule of the module's doc: the last third not above the first by more than
+/// `margin`.
+fn bounded(values: &[f64], margin: f64) -> bool {
+    let (first, last) = thirds(values);
+    last <= first + margin
+}
+
+async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report> {
+    let society = deployed.society(args.customers).await?;
+    let invoices = Invoices::new(&society.customers);
+    let client = Arc::new(Client::new(
+        &deployed.base,
+        &society.api_key,
+        args.connections,
+    )?);
+    let make = {
+        let invoices = invoices.clone();
+        Arc::new(move |seq| invoices.single("/v1/invoices", seq))
+            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+    };
+    let hold = Duration::from_secs(args.hold_seconds.max(3));
+    let mut steps = Vec::new();
+    let mut sustained_per_s = 0;
+    for &rate in &args.rates {
+        super::pipeline::status(&args.common, format!("{rate} commands/s for {hold:?} ..."));
+        // Each rate's commands under keys of their own.
+        let make = {
+            let make = make.clone();
+            let offset = u64::from(rate) << 32;
+            Arc::new(move |seq| make(offset + seq))
+                as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+        };
+        let sending = tokio::spawn(load::open_loop(
+            client.clone(),
+            args.connections,
+            f64::from(rate),
+            hold,
+            make,
+            None,
+        ));
+        let mut samples: Vec<Backlog> = Vec::new();
+        let start = Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        while start.elapsed() < hold {
+            ticker.tick().await;
+            deployed.check_running()?;
+            samples.push(deployed.backlog().await?);
+        }
+        let outcome = sending.await?;
+        let margin = (2.0 * f64::from(rate)).max(100.0);
+        let outbox: Vec<f64> = samples.iter().map(|s| s.outbox as f64).collect();
+        let lag: Vec<f64> = samples.iter().map(|s| s.max_lag() as f64).collect();
+        let groups: std::collections::BTreeSet<&String> = samples
+            .iter()
+            .flat_map(|s| s.lags.iter().map(|(g, _)| g))
+            .collect();
+        let every_group_bounded = groups.iter().all(|g| {
+            let series: Vec<f64> = samples
+                .iter()
+                .map(|s| {
+                    s.lags
+                        .iter()
+                        .find(|(n, _)| n == *g)
+                        .map_or(0.0, |(_, l)| *l as f64)
+                })
+                .collect();
+            bounded(&series, margin)
+        });
+        let answered = outcome.ok as f64 / hold.as_secs_f64();
+        let sustained = outcome.failed == 0
+            && outcome.dropped == 0
+            && answered >= 0.95 * f64::from(rate)
+            && bounded(&outbox, margin)
+            && every_group_bounded;
+        let (outbox_first, outbox_last) = thirds(&outbox);
+        let (lag_first, lag_last) = thirds(&lag);
+        steps.push(Step {
+            rate,
+            answered_per_s: answered,
+            failed: outcome.failed,
+            dropped: outcome.dropped,
+            p99_ms: common::percentile(&outcome.sorted_latencies(), 99.0),
+            outbox_first,
+            outbox_last,
+            lag_first,
+            lag_last,
+            sustained,
+        });
+        if !sustained {
+            break;
+        }
+        sustained_per_s = rate;
+    }
+
+    super::pipeline::status(&args.common, "draining the backlog ...".into());
+    let drained = deployed
+        .drain(Duration::from_secs(args.drain_seconds))
+        .await?;
+    let audit = dhanman_processors::audit::audit(&deployed.db.pool).await?;
+    let peak = deployed.peak_rss_bytes().unwrap_or(0);
+    let highest_answered = steps.iter().map(|s| s.answered_per_s).fold(0.0, f64::max);
+
+    let mut r = Report::new(
+        "e2e",
+        format!(
+            "dhanman up, {} customers, {} connections, each rate held {} s",
+            args.customers,
+            args.connections,
+            hold.as_secs()
+        ),
+    );
+    for s in &steps {
+        r.rows.push(
+            Row::new(
+                format!(
+                    "{} /s {} (outbox {:.0}->{:.0}, lag {:.0}->{:.0})",
+                    s.rate,
+                    if s.sustained { "held" } else { "NOT held" },
+                    s.outbox_first,
+                    s.outbox_last,
+                    s.lag_first,
+                    s.lag_last
+                ),
+                s.answered_per_s,
+                "cmds/s",
+            )
+            .against("rate asked", f64::from(s.rate)),
+        );
+    }
+    r.rows.push(
+        Row::new("sustained", f64::from(sustained_per_s), "cmds/s")
+            .against("highest rate the API answered", highest_answered),
+    );
+    r.rows.push(Row::new(
+        "peak RSS (dhanman up)",
+        peak as f64 / 1048576.0,
+        "MiB",
+    ));
+    r.notes = vec![
+        "sustained: >= 95% answered, none failed or dropped, and outbox depth and every \
+         group's lag (sampled each second) not higher over the last third of the hold than \
+         over the first by more than max(2 s of commands, 100)"
+            .into(),
+        "the API's per-key rate limit is off (DHANMAN_API_RATE_LIMIT=0); no mail server, so \
+         invoice emails wait in the delivery log"
+            .into(),
+        format!(
+            "after the load: backlog {}; {}",
+            if drained { "drained" } else { "NOT drained" },
+            audit.summary()
+        ),
+    ];
+    r.field("sustained_per_s", sustained_per_s);
+    r.field("hold_seconds", hold.as_secs());
+    r.field("steps", &steps);
+    r.field("drained", drained);
+    r.field("audit_clean", audit.is_clean());
+    r.field("audit_violations", audit.violations.len());
+    r.field("peak_rss_bytes", peak);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_or_draining_backlog_is_bounded_and_a_growing_one_is_not() {
+        assert!(bounded(&[0.0, 5.0, 0.0, 3.0, 0.0, 4.0], 100.0));
+        assert!(bounded(&[900.0, 800.0, 500.0, 300.0, 100.0, 0.0], 100.0));
+        assert!(!bounded(&[0.0, 100.0, 200.0, 300.0, 400.0, 500.0], 100.0));
+        assert!(bounded(&[], 100.0));
+        assert_eq!(thirds(&[1.0, 2.0, 3.0]), (1.0, 3.0));
+    }
+}

@@ -1,0 +1,222 @@
+//! `dhanman bench freshness`: invoices at a fixed rate through the API of `dhanman up` for a
+//! fixed time; for each, the time from the API's 201 until the customer's balance, read
+//! through the API with the command's consistency token (`?consistent_with=`: the read
+//! waits until the ledger has applied that event), answers. The raw limit beside it is the
+//! same read without a token (the round trip of a balance read that waits for nothing).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{Mutex, Semaphore};
+
+use super::common::{self, Common, Report, Row};
+use super::deployed::Deployed;
+use super::load::{self, Client, Invoices};
+
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Commands per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Seconds the commands are sent for.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Most commands in flight.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub customers: usize,
+    /// `DHANMAN_DB_POOL` of the pipeline.
+    #[arg(long, default_value_t = 10)]
+    pub db_pool: u32,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let deployed = Deployed::start(&args.common, args.db_pool).await?;
+    let result = measure(&args, &deployed).await;
+    deployed.stop().await;
+    result?.print(args.common.json);
+    Ok(())
+}
+
+/// Polls the balance with the token until it answers 200; the API itself waits up to its
+/// consistency wait per request, so this loops only past that.
+async fn reflected(client: &Client, customer: &str, token: &str) -> anyhow::Result<()> {
+    let url = client.url(&format!(
+        "/v1/customers/{customer}/balance?consistent_with={token}"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reply = client
+            .http()
+            .get(&url)
+            .bearer_auth(client.key())
+            .send()
+            .await;
+        if let Ok(reply) = reply {
+            if reply.status().is_success() {
+                return Ok(());
+            }
+            let status = reply.status();
+            if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+                anyhow::bail!("balance read refused: {status}");
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the balance did not reflect {token} within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
+    let society = deployed.society(args.customers).await?;
+    let invoices = Invoices::new(&society.customers);
+    let commands = Arc::new(Client::new(
+        &deployed.base,
+        &society.api_key,
+        args.connections,
+    )?);
+    let readers = Arc::new(Client::new(&deployed.base, &society.api_key, 256)?);
+    let make = {
+        let invoices = invoices.clone();
+        Arc::new(move |seq| invoices.single("/v1/invoices", seq))
+            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
+    };
+    let duration = Duration::from_secs(args.seconds.max(1));
+    super::pipeline::status(
+        &args.common,
+        format!("{} commands/s for {duration:?} ...", args.rate),
+    );
+
+    let (sink, mut answered) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
+    let freshness = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let readers_done = {
+        let (readers, freshness, failures) = (readers.clone(), freshness.clone(), failures.clone());
+        tokio::spawn(async move {
+            let in_flight = Arc::new(Semaphore::new(512));
+            let mut polls = tokio::task::JoinSet::new();
+            while let Some((at, body)) = answered.recv().await {
+                let customer = body["customer_id"].as_str().unwrap_or_default().to_string();
+                let token = body["consistency_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let (readers, freshness, failures, in_flight) = (
+                    readers.clone(),
+                    freshness.clone(),
+                    failures.clone(),
+                    in_flight.clone(),
+                );
+                polls.spawn(async move {
+                    let _permit = in_flight.acquire_owned().await;
+                    match reflected(&readers, &customer, &token).await {
+                        Ok(()) => freshness
+                            .lock()
+                            .await
+                            .push(at.elapsed().as_secs_f64() * 1000.0),
+                        Err(e) => failures.lock().await.push(format!("{e:#}")),
+                    }
+                });
+            }
+            while polls.join_next().await.is_some() {}
+        })
+    };
+    let outcome = load::open_loop(
+        commands,
+        args.connections,
+        f64::from(args.rate),
+        duration,
+        make,
+        Some(sink),
+    )
+    .await;
+    readers_done.await?;
+    let peak = deployed.peak_rss_bytes().unwrap_or(0);
+
+    // The raw limit: the same read, waiting for nothing.
+    let mut plain = Vec::new();
+    let url = readers.url(&format!("/v1/customers/{}/balance", society.customers[0]));
+    for _ in 0..200 {
+        let sent = Instant::now();
+        let reply = readers
+            .http()
+            .get(&url)
+            .bearer_auth(readers.key())
+            .send()
+            .await?;
+        if reply.status().is_success() {
+            plain.push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    plain.sort_by(f64::total_cmp);
+
+    let mut times = std::mem::take(&mut *freshness.lock().await);
+    times.sort_by(f64::total_cmp);
+    let failures = failures.lock().await.clone();
+    if times.is_empty() {
+        anyhow::bail!(
+            "no command's balance was read: {} answered, {}",
+            outcome.ok,
+            outcome
+                .first_failure
+                .or_else(|| failures.first().cloned())
+                .unwrap_or_default()
+        );
+    }
+    let (p50, p99, max) = (
+        common::percentile(&times, 50.0),
+        common::percentile(&times, 99.0),
+        times.last().copied().unwrap_or(0.0),
+    );
+    let (plain50, plain99) = (
+        common::percentile(&plain, 50.0),
+        common::percentile(&plain, 99.0),
+    );
+    let mut r = Report::new(
+        "freshness",
+        format!(
+            "dhanman up, {} commands/s asked for {} s ({:.0}/s answered), {} customers",
+            args.rate,
+            duration.as_secs(),
+            outcome.rate(),
+            args.customers
+        ),
+    );
+    r.rows = vec![
+        Row::new("201 -> balance reflects it, p50", p50, "ms")
+            .against("plain balance read p50", plain50),
+        Row::new("201 -> balance reflects it, p99", p99, "ms")
+            .against("plain balance read p99", plain99),
+        Row::new("201 -> balance reflects it, max", max, "ms"),
+        Row::new("commands answered", outcome.rate(), "cmds/s")
+            .against("rate asked", f64::from(args.rate)),
+        Row::new("peak RSS (dhanman up)", peak as f64 / 1048576.0, "MiB"),
+    ];
+    r.notes = vec![
+        format!(
+            "{} commands measured; {} failed, {} dropped, {} reads failed",
+            times.len(),
+            outcome.failed,
+            outcome.dropped,
+            failures.len()
+        ),
+        "the API's per-key rate limit is off (DHANMAN_API_RATE_LIMIT=0)".into(),
+    ];
+    r.field("rate", args.rate);
+    r.field("measured", times.len());
+    r.field("p50_ms", p50);
+    r.field("p99_ms", p99);
+    r.field("max_ms", max);
+    r.field("read_p50_ms", plain50);
+    r.field("read_p99_ms", plain99);
+    r.field("answered_per_s", outcome.rate());
+    r.field("failed", outcome.failed + failures.len());
+    r.field("peak_rss_bytes", peak);
+    Ok(r)
+}

@@ -1,0 +1,694 @@
+//! `dhanman bench pipeline` (and `dhanman bench` alone): fills a fresh topic pair with
+//! invoice and payment events and measures, in the same run and on the same machine, the
+//! raw limits and the pipeline:
+//!
+//! - raw consume: records/s a plain consumer reads the topics at, decoding nothing;
+//! - raw COPY: events/s Postgres takes when the rows the ledger writes per event (a gate
+//!   row, an entry, two postings, an announcement in the outbox) are `COPY`ed into tables
+//!   with the same indexes, constraints and insert triggers as the pipeline's;
+//! - pipeline: events/s the ledger processor turns into balanced postings and balances
+//!   (decode, gate, entries, postings, balances, announcements, offsets);
+//! - seed pattern: the per-event baseline (decode, two INSERTs, commit per message).
+//!
+//! Everything runs against a database created for the run and dropped afterwards.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::NaiveDate;
+use dhanman_processors::ledger::Ledger;
+use dhanman_processors::{Runtime, RuntimeConfig};
+use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived, Record};
+use dhanman_schemas::{Codec, Event, topics};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, TopicPartitionList};
+use rust_decimal::Decimal;
+use sqlx::{Connection, Executor, PgPool};
+use uuid::Uuid;
+
+use super::common::{self, Common, Report, Row, ScratchDb};
+
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Events to produce (half invoices, half payments).
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    #[command(flatten)]
+    pub shape: Shape,
+}
+
+/// How the pipeline is run (shared with `bench scaling`).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Shape {
+    /// Events for the per-event seed baseline (it is slow; a sample suffices for a rate).
+    #[arg(long, default_value_t = 20_000)]
+    pub baseline_events: usize,
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Batch size of the ledger processor (the pipeline's default).
+    #[arg(long, default_value_t = dhanman_processors::runtime::DEFAULT_MAX_BATCH)]
+    pub batch_size: usize,
+    /// Concurrent transactions per batch (the pipeline's default).
+    #[arg(long, default_value_t = dhanman_processors::runtime::DEFAULT_LANES)]
+    pub lanes: usize,
+}
+
+/// A scratch database with the embedded registry served from this process, and a topic
+/// pair (invoices, payments) under a prefix of the run's own.
+pub struct Stage {
+    pub db: ScratchDb,
+    pub codec: Arc<Codec>,
+    pub registry_url: String,
+    pub prefix: String,
+    pub topics: [String; 2],
+    bootstrap: String,
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Stage {
+    pub async fn open(common: &Common, partitions: i32) -> anyhow::Result<Stage> {
+        let db = ScratchDb::create(&common.database_url, 8).await?;
+        let prefix = common::topic_prefix();
+        match Self::serve(common, db, &prefix, partitions).await {
+            Ok(stage) => Ok(stage),
+            Err((db, e)) => {
+                db.drop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn serve(
+        common: &Common,
+        db: ScratchDb,
+        prefix: &str,
+        partitions: i32,
+    ) -> Result<Stage, (ScratchDb, anyhow::Error)> {
+        let started = async {
+            crate::register_local_schemas(&db.pool, prefix).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let registry_url = format!("http://{}/schema-registry", listener.local_addr()?);
+            let state = dhanman_api::AppState::new(db.pool.clone(), Duration::from_secs(1));
+            let api = tokio::spawn(dhanman_api::serve(listener, state));
+            let codec = Arc::new(Codec::new(&registry_url)?.with_topic_prefix(prefix));
+            let topics = [
+                format!("{prefix}{}", topics::INVOICES),
+                format!("{prefix}{}", topics::PAYMENTS),
+            ];
+            dhanman_connectors::kafka::ensure_topics(
+                &common.kafka_bootstrap_servers,
+                &topics,
+                partitions,
+            )
+            .await?;
+            anyhow::Ok((codec, registry_url, topics, api))
+        }
+        .await;
+        match started {
+            Ok((codec, registry_url, topics, api)) => Ok(Stage {
+                db,
+                codec,
+                registry_url,
+                prefix: prefix.to_string(),
+                topics,
+                bootstrap: common.kafka_bootstrap_servers.clone(),
+                api,
+            }),
+            Err(e) => Err((db, e)),
+        }
+    }
+
+    /// Stops the registry, deletes the run's topics and groups, drops the database: a run
+    /// leaves nothing behind, so the next one meets a broker in the same state.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.api.abort();
+        let deleted = common::drop_topics_and_groups(&self.bootstrap, &self.prefix)
+            .await
+            .context("deleting the benchmark's topics");
+        self.db.drop().await;
+        deleted
+    }
+}
+
+/// One pipeline run's numbers.
+pub struct Measured {
+    pub events: usize,
+    pub produce_per_s: f64,
+    pub raw_consume_per_s: f64,
+    pub raw_copy_per_s: f64,
+    pub pipeline_events: usize,
+    pub pipeline_per_s: f64,
+    pub seed_events: usize,
+    pub seed_pattern_per_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+impl Measured {
+    pub fn lower_limit(&self) -> f64 {
+        self.raw_consume_per_s.min(self.raw_copy_per_s)
+    }
+    pub fn ratio_to_limit(&self) -> f64 {
+        self.pipeline_per_s / self.lower_limit()
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let measured = measure_once(&args.common, &args.shape, args.events).await?;
+    let report = report(&args.common, &args.shape, &measured);
+    report.print(args.common.json);
+    Ok(())
+}
+
+/// A stage of its own, the measurements, the stage closed.
+pub async fn measure_once(
+    common: &Common,
+    shape: &Shape,
+    events: usize,
+) -> anyhow::Result<Measured> {
+    let stage = Stage::open(common, shape.partitions).await?;
+    let measured = measure(common, shape, &stage, events).await;
+    let closed = stage.close().await;
+    let measured = measured?;
+    closed?;
+    Ok(measured)
+}
+
+fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
+    let mut r = Report::new(
+        "pipeline",
+        format!(
+            "{} events, {} partitions, batch {}, {} lanes, produce {:.0} events/s",
+            m.events, shape.partitions, shape.batch_size, shape.lanes, m.produce_per_s
+        ),
+    );
+    let lower = m.lower_limit();
+    r.rows = vec![
+        Row::new("raw consume (records)", m.raw_consume_per_s, "/s")
+            .against("lower raw limit", lower),
+        Row::new("raw COPY (events' rows)", m.raw_copy_per_s, "events/s")
+            .against("lower raw limit", lower),
+        Row::new(
+            "pipeline (postings + balances)",
+            m.pipeline_per_s,
+            "events/s",
+        )
+        .against("lower raw limit", lower),
+        Row::new("seed pattern (per event)", m.seed_pattern_per_s, "events/s")
+            .against("lower raw limit", lower),
+        Row::new(
+            "peak RSS (this process)",
+            m.peak_rss_bytes as f64 / 1048576.0,
+            "MiB",
+        ),
+    ];
+    r.notes = vec![
+        format!(
+            "raw COPY: per event a gate row, a journal entry, two postings and an outbox row, \
+             COPYed into tables with the pipeline's indexes, constraints and insert triggers \
+             (balances are upserts, not COPYable, and left out)"
+        ),
+        format!(
+            "pipeline vs seed pattern: {:.1} x; target for the pipeline: >= 0.5 x the lower raw limit",
+            m.pipeline_per_s / m.seed_pattern_per_s
+        ),
+        format!(
+            "raw rates are medians of {} runs; pipeline and seed are single runs over {} and {} events",
+            common.runs(),
+            m.pipeline_events,
+            m.seed_events
+        ),
+        "peak RSS is this process's (producer, records in memory, processor)".into(),
+    ];
+    r.field("events", m.events);
+    r.field("pipeline_per_s", m.pipeline_per_s);
+    r.field("raw_consume_per_s", m.raw_consume_per_s);
+    r.field("raw_copy_per_s", m.raw_copy_per_s);
+    r.field("seed_pattern_per_s", m.seed_pattern_per_s);
+    r.field("ratio_to_limit", m.ratio_to_limit());
+    r.field("peak_rss_bytes", m.peak_rss_bytes);
+    r.field("produce_per_s", m.produce_per_s);
+    r
+}
+
+async fn measure(
+    common: &Common,
+    shape: &Shape,
+    stage: &Stage,
+    events: usize,
+) -> anyhow::Result<Measured> {
+    common::reset_peak_rss();
+    let pool = &stage.db.pool;
+    let [invoices, payments] = &stage.topics;
+    let org = fill(common, stage, events).await?;
+    let (records, produce_secs) = org.1;
+    let org = org.0;
+    let bootstrap = &common.kafka_bootstrap_servers;
+
+    let mut consume = Vec::new();
+    for _ in 0..common.runs() {
+        let secs = raw_consume(bootstrap, &stage.prefix, &stage.topics, records).await?;
+        consume.push(records as f64 / secs);
+    }
+    let mut copy = Vec::new();
+    for _ in 0..common.runs() {
+        let secs = raw_copy(&stage.db.url, org, records).await?;
+        copy.push(records as f64 / secs);
+    }
+
+    status(
+        common,
+        format!("running the ledger processor over {records} events ..."),
+    );
+    let (counted, secs) = run_pipeline(shape, stage, bootstrap, records).await?;
+    check_books(pool, org, records).await?;
+
+    let sample = shape.baseline_events.min(records).max(1);
+    status(
+        common,
+        format!("running the per-event seed pattern over {sample} events ..."),
+    );
+    let seed_secs = seed_pattern(
+        bootstrap,
+        &stage.prefix,
+        pool,
+        &stage.codec,
+        &stage.topics,
+        sample,
+    )
+    .await?;
+    let _ = (invoices, payments);
+    Ok(Measured {
+        events: records,
+        produce_per_s: records as f64 / produce_secs,
+        raw_consume_per_s: common::median(&consume),
+        raw_copy_per_s: common::median(&copy),
+        pipeline_events: counted,
+        pipeline_per_s: counted as f64 / secs,
+        seed_events: sample,
+        seed_pattern_per_s: sample as f64 / seed_secs,
+        peak_rss_bytes: common::peak_rss_bytes(None).unwrap_or(0),
+    })
+}
+
+/// Progress on stderr (quiet with `--json`).
+pub fn status(common: &Common, line: String) {
+    if !common.json {
+        eprintln!("{line}");
+    }
+}
+
+/// An organization, and `events` records produced to the stage's topics; returns the
+/// organization and (records, seconds the producing took).
+pub async fn fill(
+    common: &Common,
+    stage: &Stage,
+    events: usize,
+) -> anyhow::Result<(Uuid, (usize, f64))> {
+    let org =
+        dhanman_producers::orgs::create_organization(&stage.db.pool, "Benchmark Society", None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let records = make_records(&stage.codec, org.organization_id, events).await?;
+    let [invoices, payments] = &stage.topics;
+    status(
+        common,
+        format!(
+            "producing {} events to {invoices} and {payments} ...",
+            records.len()
+        ),
+    );
+    let secs = produce(
+        &common.kafka_bootstrap_servers,
+        invoices,
+        payments,
+        &records,
+    )
+    .await?;
+    Ok((org.organization_id, (records.len(), secs)))
+}
+
+/// Encoded records: invoices and payments for 1,000 residents, alternating.
+pub async fn make_records(
+    codec: &Codec,
+    org: Uuid,
+    n: usize,
+) -> anyhow::Result<Vec<(bool, String, Vec<u8>)>> {
+    let customers: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
+    let issue = NaiveDate::from_ymd_opt(2026, 12, 1).context("date")?;
+    let due = NaiveDate::from_ymd_opt(2026, 12, 10).context("date")?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let customer = customers[i % customers.len()];
+        let amount = Decimal::new(100_000 + (i as i64 % 5000), 2);
+        let envelope = Envelope::new(org, &format!("bench-{i}"), None);
+        if i % 2 == 0 {
+            let e = InvoiceCreated {
+                envelope,
+                invoice_id: Uuid::now_v7(),
+                customer_id: customer,
+                invoice_number: format!("B-{i}"),
+                amount,
+                currency: "INR".into(),
+                issue_date: issue,
+                due_date: due,
+                description: None,
+                period: Some("2026-12".into()),
+                tax_amount: None,
+            };
+            out.push((true, e.key(), codec.encode(&e).await?));
+        } else {
+            let e = PaymentReceived {
+                envelope,
+                payment_id: Uuid::now_v7(),
+                invoice_id: None,
+                customer_id: customer,
+                amount,
+                currency: "INR".into(),
+                method: "upi".into(),
+                reference: None,
+            };
+            out.push((false, e.key(), codec.encode(&e).await?));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn produce(
+    bootstrap: &str,
+    invoices: &str,
+    payments: &str,
+    records: &[(bool, String, Vec<u8>)],
+) -> anyhow::Result<f64> {
+    let producer = dhanman_connectors::kafka::idempotent_producer(bootstrap)?;
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(records.len());
+    for (is_invoice, key, value) in records {
+        let topic = if *is_invoice { invoices } else { payments };
+        let mut record = FutureRecord::to(topic).key(key).payload(value);
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await
+            .context("delivery canceled")?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Reads every record of the topics from the beginning, touching only the payload length.
+pub async fn raw_consume(
+    bootstrap: &str,
+    prefix: &str,
+    topics: &[String],
+    expected: usize,
+) -> anyhow::Result<f64> {
+    let consumer: StreamConsumer = dhanman_connectors::kafka::client_config(bootstrap)
+        .set("group.id", format!("{prefix}raw-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|n| n == t.name()))
+    {
+        for p in t.partitions() {
+            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let start = Instant::now();
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    while seen < expected {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .context("raw consume stalled for 30 s")??;
+        bytes += m.payload_len();
+        seen += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    tracing::debug!(bytes, "raw consume done");
+    Ok(secs)
+}
+
+/// The tables the ledger writes a row (or two) per event into.
+const PER_EVENT_TABLES: [&str; 4] = ["processed_events", "journal_entries", "postings", "outbox"];
+
+/// `COPY` of the rows the ledger writes for `n` events (a gate row, an entry, two postings,
+/// an announcement) into tables made `like` the pipeline's, `including all` (keys, unique
+/// and check constraints, indexes, defaults) with its insert triggers (the balance and
+/// organization checks, the outbox notification), in one transaction; returns the seconds
+/// the COPYs and the commit took. The session's search path puts those tables first, so
+/// the triggers check against them.
+async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
+    use std::fmt::Write;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    conn.execute("drop schema if exists bench_raw cascade; create schema bench_raw")
+        .await?;
+    for table in PER_EVENT_TABLES {
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "create table bench_raw.{table} (like public.{table} including all)"
+        )))
+        .await?;
+        let triggers: Vec<(String,)> = sqlx::query_as(
+            "select pg_get_triggerdef(oid) from pg_trigger
+              where tgrelid = $1::regclass and not tgisinternal
+                and tgtype & 4 = 4", // fires on INSERT
+        )
+        .bind(format!("public.{table}"))
+        .fetch_all(&mut conn)
+        .await?;
+        for (def,) in triggers {
+            let def = def.replace(
+                &format!(" ON public.{table} "),
+                &format!(" ON bench_raw.{table} "),
+            );
+            conn.execute(sqlx::AssertSqlSafe(def)).await?;
+        }
+    }
+    conn.execute("set search_path = bench_raw, public").await?;
+
+    let (mut gate, mut entries, mut postings, mut outbox) =
+        (String::new(), String::new(), String::new(), String::new());
+    for i in 0..n {
+        let event = Uuid::now_v7();
+        let customer = Uuid::now_v7();
+        let amount = format!("{}.{:02}", 1000 + i % 5000, i % 100);
+        let _ = writeln!(gate, "ledger\t{event}\tbench\t0\t{i}");
+        let _ = writeln!(
+            entries,
+            "{event}\t{org}\t{event}\tinvoice\t{customer}\tInvoice B-{i}\tINR\t2026-12-01 00:00:00+00\tbench-{i}"
+        );
+        let _ = writeln!(
+            postings,
+            "{event}\t{org}\t1200\tcustomer\t{customer}\t{amount}\t0"
+        );
+        let _ = writeln!(postings, "{event}\t{org}\t4000\t\\N\t\\N\t0\t{amount}");
+        let _ = writeln!(
+            outbox,
+            "{}\t{}\t{org}\tLedgerEntryPosted\t1\t{event}\t{{}}",
+            Uuid::now_v7(),
+            topics::LEDGER_ENTRIES
+        );
+    }
+    let copies = [
+        (
+            "processed_events (processor, event_id, topic, partition, \"offset\")",
+            &gate,
+        ),
+        (
+            "journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)",
+            &entries,
+        ),
+        (
+            "postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)",
+            &postings,
+        ),
+        (
+            "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers)",
+            &outbox,
+        ),
+    ];
+    let start = Instant::now();
+    let mut tx = conn.begin().await?;
+    for (target, data) in copies {
+        let mut copy = tx
+            .copy_in_raw(&format!("copy bench_raw.{target} from stdin"))
+            .await?;
+        copy.send(data.as_bytes()).await?;
+        copy.finish().await?;
+    }
+    tx.commit().await?;
+    let secs = start.elapsed().as_secs_f64();
+    let (rows,): (i64,) = sqlx::query_as("select count(*) from bench_raw.postings")
+        .fetch_one(&mut conn)
+        .await?;
+    if rows as usize != 2 * n {
+        bail!("COPY wrote {rows} postings, expected {}", 2 * n);
+    }
+    conn.execute("drop schema bench_raw cascade").await?;
+    conn.close().await?;
+    Ok(secs)
+}
+
+/// Runs the ledger processor over the topics; returns (events timed, seconds). Timing
+/// starts once the first batch is in, so joining the consumer group is not counted.
+pub async fn run_pipeline(
+    shape: &Shape,
+    stage: &Stage,
+    bootstrap: &str,
+    expected: usize,
+) -> anyhow::Result<(usize, f64)> {
+    let pool = &stage.db.pool;
+    let group = format!("{}ledger", stage.prefix);
+    let mut config = RuntimeConfig::new(bootstrap);
+    config.group_id = Some(group.clone());
+    config.max_batch = shape.batch_size;
+    config.lanes = shape.lanes;
+    let runtime = Runtime::new(
+        Ledger::with_topics(stage.topics.to_vec()),
+        pool.clone(),
+        stage.codec.clone(),
+        config,
+    );
+    let stopper = dhanman_processors::Stopper::default();
+    let task = tokio::spawn(runtime.run_until(stopper.signal()));
+    let started = Instant::now();
+    let mut first: Option<(Instant, usize)> = None;
+    loop {
+        // Progress from the group's stored offsets (a row per partition, committed with each
+        // batch): one record per event, so their sum counts the events applied. Counting the
+        // growing gate table instead would load Postgres while it is being measured.
+        let (done,): (i64,) = sqlx::query_as(
+            "select coalesce(sum(next_offset), 0)::int8 from consumer_offsets where group_id = $1",
+        )
+        .bind(&group)
+        .fetch_one(pool)
+        .await?;
+        let done = done as usize;
+        if done > 0 && first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+        if done >= expected {
+            break;
+        }
+        if task.is_finished() {
+            bail!("the ledger processor stopped early");
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("pipeline did not finish in 30 minutes ({done}/{expected})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let finished = Instant::now();
+    // Out of its group and closed before the topics are deleted, so that it does not
+    // fetch (and log errors about) topics that are gone.
+    stopper.stop();
+    task.await
+        .context("the ledger processor task")?
+        .context("the ledger processor")?;
+    let (t0, n0) = first.context("no progress observed")?;
+    if n0 >= expected {
+        // All in the first batch (a small run): timed from the start, the join included.
+        return Ok((expected, (finished - started).as_secs_f64()));
+    }
+    Ok((expected - n0, (finished - t0).as_secs_f64()))
+}
+
+/// The books after the run: one entry per event, two postings each, balanced.
+pub async fn check_books(pool: &PgPool, org: Uuid, events: usize) -> anyhow::Result<()> {
+    let (entries, postings, debits, credits): (i64, i64, Decimal, Decimal) = sqlx::query_as(
+        "select (select count(*) from journal_entries where organization_id = $1),
+                count(*), coalesce(sum(debit), 0), coalesce(sum(credit), 0)
+           from postings where organization_id = $1",
+    )
+    .bind(org)
+    .fetch_one(pool)
+    .await?;
+    if entries as usize != events || postings as usize != 2 * events || debits != credits {
+        bail!(
+            "books are wrong: {entries} entries, {postings} postings, debits {debits}, credits {credits}"
+        );
+    }
+    Ok(())
+}
+
+/// The seed's pattern: for each message, decode, INSERT the entry, INSERT the postings,
+/// commit. Into tables of the same shape, so the numbers compare.
+async fn seed_pattern(
+    bootstrap: &str,
+    prefix: &str,
+    pool: &PgPool,
+    codec: &Codec,
+    topics: &[String],
+    n: usize,
+) -> anyhow::Result<f64> {
+    pool.execute(
+        "create table seed_entries (id uuid primary key, organization_id uuid, source_event_id uuid unique, description text);
+         create table seed_postings (id bigserial primary key, entry_id uuid references seed_entries(id), account_code text, party_id uuid, debit numeric(18,2), credit numeric(18,2))",
+    )
+    .await?;
+    let consumer: StreamConsumer = dhanman_connectors::kafka::client_config(bootstrap)
+        .set("group.id", format!("{prefix}seed-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    // Timing starts at the first record: joining the group is not the pattern's cost.
+    let mut start = None;
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("seed consumer stalled")??;
+        start.get_or_insert_with(Instant::now);
+        let decoded = codec.decode(m.payload().unwrap_or_default()).await?;
+        let event = Event::from_json(&decoded.name, decoded.json)?;
+        let Some(entry) = dhanman_processors::ledger::entry_for(&event) else {
+            continue;
+        };
+        let mut tx = pool.begin().await?;
+        sqlx::query("insert into seed_entries (id, organization_id, source_event_id, description) values ($1, $2, $3, $4) on conflict do nothing")
+            .bind(entry.id)
+            .bind(entry.source.organization_id)
+            .bind(entry.source.event_id)
+            .bind(&entry.description)
+            .execute(&mut *tx)
+            .await?;
+        let (dr, cr) = (&entry.lines[0], &entry.lines[1]);
+        sqlx::query("insert into seed_postings (entry_id, account_code, party_id, debit, credit) values ($1, $2, $3, $4, $5), ($1, $6, $7, $8, $9)")
+            .bind(entry.id)
+            .bind(&dr.account_code)
+            .bind(dr.party_id)
+            .bind(dr.debit)
+            .bind(dr.credit)
+            .bind(&cr.account_code)
+            .bind(cr.party_id)
+            .bind(cr.debit)
+            .bind(cr.credit)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(start.context("no record read")?.elapsed().as_secs_f64())
+}
