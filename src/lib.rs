@@ -1,6 +1,10 @@
 //! The `dhanman` binary's library: configuration, start-up of each part, and the demo and
 //! benchmark commands. `main.rs` only parses arguments and calls in here.
 
+// The operations commands (the `*_cli` modules, the demo, the benchmark and the campaign)
+// print their reports: stdout is their interface.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod audit_cli;
 pub mod bench;
 pub mod bridge_cli;

@@ -1,3 +1,6 @@
+// The operations commands answer on stdout and say what went wrong on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dhanman::{

@@ -65,10 +65,14 @@ pub async fn run(args: Args) -> Result<()> {
             source,
         })?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    println!(
-        "{}",
-        json!({"event": "listening", "service": "dhanman-gateway", "addr": addr, "seed": seed})
-    );
+    // The one line a parent process reads to find the address it chose.
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{}",
+            json!({"event": "listening", "service": "dhanman-gateway", "addr": addr, "seed": seed})
+        );
+    }
     tracing::info!(%addr, seed, "payment gateway listening; its state is in memory only");
     // Not a graceful shutdown: a hanging request would hold it for --hang-ms.
     tokio::select! {

@@ -219,7 +219,11 @@ impl Payments {
 
     fn crash_point(&self, point: CrashPoint) {
         if self.inner.crash_at == Some(point) {
-            eprintln!("DHANMAN_FAULT_CRASH_AT={point:?}: aborting on purpose");
+            // Straight to stderr: an abort gives the log no chance to flush.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("DHANMAN_FAULT_CRASH_AT={point:?}: aborting on purpose");
+            }
             std::process::abort();
         }
     }

@@ -1,6 +1,9 @@
 //! Integration tests of dhanman-stream over real Postgres, a real Kafka-protocol broker
 //! and the real binary. Run with `make test`.
 
+// Test code: a failed unwrap is a failed test, and what it prints is for the reader.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 mod api;
 mod audit;
 mod batch;

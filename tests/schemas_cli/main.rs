@@ -3,6 +3,9 @@
 //! minimal registry served here that lacks the aggregate compatibility endpoint.
 //! Needs `DATABASE_URL` (`make test` sets it); no broker.
 
+// Test code: a failed unwrap is a failed test, and what it prints is for the reader.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};

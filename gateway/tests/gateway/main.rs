@@ -1,5 +1,8 @@
 //! The gateway over a real socket with a real HTTP client.
 
+// Test code: a failed unwrap is a failed test, and what it prints is for the reader.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 mod helpers;
 
 use std::time::{Duration, Instant};

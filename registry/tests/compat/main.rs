@@ -3,6 +3,9 @@
 //! `scripts/avro_oracle.py`), on hand-written cases (`corpus/`) and on random evolutions of the
 //! project's contracts (`evolve`). Every verdict must be the same.
 
+// Test code: a failed unwrap is a failed test, and what it prints is for the reader.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 mod corpus;
 mod evolve;
 mod oracle;

@@ -1,6 +1,9 @@
 //! Integration tests against a real Postgres (`DATABASE_URL`), each in a fresh database with
 //! the workspace migrations applied.
 
+// Test code: a failed unwrap is a failed test, and what it prints is for the reader.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 mod api;
 mod auth;
 mod client;
