@@ -135,11 +135,11 @@ async fn campaign(
     // server that keeps every message it accepts.
     let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway_url = format!("http://{}", gateway.local_addr()?);
-    tokio::spawn(dhanman_gateway::serve(
+    tokio::spawn(dhanman_devpeers::serve(
         gateway,
-        dhanman_gateway::Switches::default(),
+        dhanman_devpeers::Switches::default(),
     ));
-    let smtp = dhanman_gateway::smtp::SmtpSink::start().await?;
+    let smtp = dhanman_devpeers::smtp::SmtpSink::start().await?;
     let mut fleet = Fleet::new(procs::Shared {
         replicas: if args.kafka_nodes > 1 { 3 } else { 1 },
         binary: std::env::current_exe()?,

@@ -48,7 +48,7 @@ impl Client {
     /// exchanged for their own key (the administrator who created them never sees it).
     async fn as_invited(
         &self,
-        mailbox: Option<&dhanman_gateway::smtp::SmtpSink>,
+        mailbox: Option<&dhanman_devpeers::smtp::SmtpSink>,
         email: &str,
     ) -> anyhow::Result<Client> {
         let sink = mailbox.context(
@@ -128,16 +128,16 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     // The development payment gateway, in-process on an ephemeral port, for the saga.
     let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     config.gateway_url = format!("http://{}", gateway.local_addr()?);
-    tokio::spawn(dhanman_gateway::serve(
+    tokio::spawn(dhanman_devpeers::serve(
         gateway,
-        dhanman_gateway::Switches::default(),
+        dhanman_devpeers::Switches::default(),
     ));
     // Notifications go to an SMTP server of the demo's own, in-process, unless SMTP_URL
     // names one (Mailpit of the compose file, say).
     let mailbox = match std::env::var_os("SMTP_URL") {
         Some(_) => None,
         None => {
-            let sink = dhanman_gateway::smtp::SmtpSink::start()
+            let sink = dhanman_devpeers::smtp::SmtpSink::start()
                 .await
                 .context("starting the demo's SMTP server")?;
             config.smtp_url = sink.url();
@@ -173,7 +173,7 @@ async fn society(
     config: &Config,
     pool: &sqlx::PgPool,
     base: String,
-    mailbox: Option<&dhanman_gateway::smtp::SmtpSink>,
+    mailbox: Option<&dhanman_devpeers::smtp::SmtpSink>,
 ) -> anyhow::Result<()> {
     let org = dhanman_producers::orgs::create_organization(
         pool,

@@ -54,7 +54,7 @@ enum Command {
     Schemas(schemas_cli::Args),
     /// A payment gateway for development and tests: charges, refunds and fault switches
     /// (latency, errors, hangs, lost responses). State is in memory; a restart forgets it.
-    Gateway(dhanman_gateway::Args),
+    Gateway(dhanman_devpeers::Args),
     /// Scheduled jobs, run now: `jobs run monthly-invoices --period YYYY-MM`. Exit code 0
     /// done (see `failures`), 1 every customer failed or the run could not finish.
     Jobs(jobs_cli::Args),
@@ -229,7 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => dlq_cli::run(*args).await,
         Command::Rebuild(args) => rebuild_cli::run(args).await,
         Command::Bridge(args) => bridge_cli::run(args).await,
-        Command::Gateway(args) => dhanman_gateway::run(args)
+        Command::Gateway(args) => dhanman_devpeers::run(args)
             .await
             .context("running the payment gateway"),
         Command::Schemas(_) | Command::Jobs(_) | Command::Audit(_) => {

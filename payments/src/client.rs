@@ -1,4 +1,4 @@
-//! The HTTP client of the payment gateway (the contract is in `gateway/src/lib.rs`).
+//! The HTTP client of the payment gateway (the contract is in `devpeers/src/lib.rs`).
 //!
 //! Every attempt has a timeout and goes through the circuit breaker. Transient failures
 //! (unreachable, timed out, 5xx, 408/429, the connection closed before an answer) are
@@ -419,13 +419,13 @@ mod tests {
     //! Against the development gateway served in-process on a real socket.
 
     use super::*;
-    use dhanman_gateway::Switches;
+    use dhanman_devpeers::Switches;
     use serde_json::json;
 
     async fn gateway(switches: Switches) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(dhanman_gateway::serve(listener, switches));
+        tokio::spawn(dhanman_devpeers::serve(listener, switches));
         base
     }
 

@@ -114,7 +114,7 @@ pub async fn books(
     pool: &PgPool,
     rounds: u32,
     record: &Record,
-    smtp: &dhanman_gateway::smtp::SmtpSink,
+    smtp: &dhanman_devpeers::smtp::SmtpSink,
     gateway_url: &str,
 ) -> anyhow::Result<Summary> {
     let events: Vec<Uuid> = record.commands.iter().map(|c| c.event_id).collect();

@@ -1,4 +1,4 @@
-//! Against an SMTP server the test runs (`gateway/src/smtp.rs`, which the demo also uses:
+//! Against an SMTP server the test runs (`devpeers/src/smtp.rs`, which the demo also uses:
 //! EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, with switches for refused connections,
 //! 4xx, 5xx per address and a held DATA reply): a month of flows (users, who accept the
 //! invitation code their welcome email carries to get their keys, customers with and
@@ -22,7 +22,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
-use dhanman_gateway::smtp::SmtpSink;
+use dhanman_devpeers::smtp::SmtpSink;
 
 const FROM: &str = "Lotus Towers <accounts@lotus.test>";
 const WAIT: Duration = Duration::from_secs(90);

@@ -1,7 +1,7 @@
 use std::sync::Once;
 use std::time::Duration;
 
-use dhanman_gateway::{Charge, IDEMPOTENCY_KEY, LogEntry, Received, Switches};
+use dhanman_devpeers::{Charge, IDEMPOTENCY_KEY, LogEntry, Received, Switches};
 use serde_json::{Value, json};
 
 /// A gateway serving on its own port, with a client for it.
@@ -15,7 +15,7 @@ pub async fn spawn_gateway(switches: Switches) -> TestGateway {
     init_tracing();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(dhanman_gateway::serve(listener, switches));
+    tokio::spawn(dhanman_devpeers::serve(listener, switches));
     TestGateway {
         base: format!("http://{addr}"),
         http: client(Duration::from_secs(10)),

@@ -7,7 +7,7 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
-use dhanman_gateway::{Charge, IDEMPOTENT_REPLAYED, LogKind, Status, Switches};
+use dhanman_devpeers::{Charge, IDEMPOTENT_REPLAYED, LogKind, Status, Switches};
 use helpers::{charge_body, client, spawn_gateway};
 use serde_json::{Value, json};
 
