@@ -49,3 +49,22 @@ pub fn register_api_metrics(payments: &dhanman_payments::Payments) {
         metrics::counter!(metric::RETRIES, "op" => op).increment(0);
     }
 }
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`); JSON lines when
+/// `DHANMAN_LOG_FORMAT=json`.
+pub fn init_telemetry(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let json = std::env::var("DHANMAN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
