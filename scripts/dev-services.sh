@@ -515,8 +515,12 @@ ensure_rabbitmq() {
 			log "starting RabbitMQ $RABBITMQ_NODENAME on 127.0.0.1:$RABBITMQ_NODE_PORT (data $RABBITMQ_MNESIA_BASE, logs $RABBITMQ_LOG_BASE)"
 			rm -f "$RABBITMQ_PID_FILE"
 			# Like the broker: no inherited descriptor but 0-2, so `$(...)` returns and the
-			# lock frees (epmd, which the node starts, inherits from it).
-			setsid bash -c "$CLOSE_FDS" _ nohup /usr/lib/rabbitmq/bin/rabbitmq-server \
+			# lock frees (epmd, which the node starts, inherits from it). Run from its data
+			# directory, not the caller's: a node outlives the checkout that started it, and
+			# one whose working directory is gone cannot stop (its plugin look-up fails).
+			# shellcheck disable=SC2016 # expanded by the inner bash
+			setsid bash -c 'cd "$0" || exit 1; '"$CLOSE_FDS" "$RABBITMQ_MNESIA_BASE" \
+				nohup /usr/lib/rabbitmq/bin/rabbitmq-server \
 				</dev/null >>"$RABBITMQ_LOG_BASE/stdout.log" 2>&1 3>&- 9>&- &
 		) 9>"$DATA/rabbitmq.start.lock"
 		local waited=0 start=$SECONDS
