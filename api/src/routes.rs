@@ -42,6 +42,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/payments/manual", post(sales::record_manual_payment))
         .route("/v1/payments", post(payments::create_payment))
         .route("/v1/payments/{id}", get(payments::payment))
+        .route("/v1/payments/{id}/receipt", post(sales::email_receipt))
         .route("/metrics", get(crate::prometheus::render))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/dashboard.js", get(dashboard::script))

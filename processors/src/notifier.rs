@@ -11,7 +11,7 @@
 //! | record | template | recipient |
 //! |---|---|---|
 //! | `SendInvoiceEmail` (issued with each invoice, and for each copy asked for) | invoice | the address the command names; empty: the customer's (`customers.email`) |
-//! | `PaymentReceived`, `SendPaymentReceipt` | receipt | the customer; the command names its own |
+//! | `PaymentReceived`, `SendPaymentReceipt` (a copy: `POST /v1/payments/{id}/receipt`) | receipt | the customer; the command names its own |
 //! | `SendPaymentReminder` | reminder | the command's recipient |
 //! | `SendApprovalRequest` | approval_request | the approver the command names |
 //! | `POApproved`, `PORejected` | po_decided | the requester (users projection) |
@@ -354,12 +354,21 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
             receipt(conn, org, ctx, paid, None).await?
         }
         Event::SendPaymentReceipt(c) => {
+            // A copy says what the first receipt said: how it was paid, from the payment.
+            let how: Option<(String, Option<String>)> = sqlx::query_as(
+                "select method, reference from payments where id = $1 and organization_id = $2",
+            )
+            .bind(c.payment_id)
+            .bind(org)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let (method, reference) = how.unwrap_or_else(|| ("payment".to_string(), None));
             let paid = Paid {
                 customer_id: c.customer_id,
                 invoice_id: c.invoice_id,
                 amount: money(c.amount, &c.currency),
-                method: "payment",
-                reference: None,
+                method: &method,
+                reference: reference.as_deref(),
             };
             receipt(conn, org, ctx, paid, Some(&c.recipient)).await?
         }

@@ -14,6 +14,7 @@ pub mod orgs;
 pub mod outbox;
 pub mod payroll;
 pub mod purchase;
+pub mod receipts;
 pub mod sales;
 pub mod trace;
 pub mod users;

@@ -188,6 +188,7 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    let bala_payment = r.body["payment_id"].as_str().unwrap().to_string();
 
     // The approvals processor asks the approvers the users projection knows when the order
     // arrives: let it know them first.
@@ -269,6 +270,27 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["recipient"], "asha@resident.test", "{}", r.body);
     assert_eq!(r.body["template"], "invoice_copy", "{}", r.body);
+    // A copy of Bala's receipt; an unknown payment is 404, a bad body names its field.
+    let r = admin
+        .post(&format!("/v1/payments/{bala_payment}/receipt"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["recipient"], "bala@resident.test", "{}", r.body);
+    let r = admin
+        .post(
+            &format!("/v1/payments/{}/receipt", Uuid::new_v4()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = admin
+        .post(
+            &format!("/v1/payments/{bala_payment}/receipt"),
+            json!({"to": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["field"], "to", "{}", r.body);
 
     let welcome = "Welcome to Lotus Towers on Dhanman".to_string();
     let asha_subject = format!("Invoice {asha_number} from Lotus Towers: INR 1,500.50 due {due}");
@@ -290,6 +312,10 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
         (
             "bala@resident.test".into(),
             format!("Invoice {bala_number} from Lotus Towers: INR 2,000.00 due {bala_due}"),
+        ),
+        (
+            "bala@resident.test".into(),
+            "Payment received: INR 2,000.00".into(),
         ),
         (
             "bala@resident.test".into(),

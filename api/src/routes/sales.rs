@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use dhanman_producers::idempotency::{self, Claim};
 use dhanman_producers::invoice_batch;
 use dhanman_producers::invoice_email::{self, EmailInvoice};
+use dhanman_producers::receipts::{self, EmailReceipt};
 use dhanman_producers::sales::{
     self, Invoice, NewCustomer, NewInvoice, NewManualPayment, VoidInvoice,
 };
@@ -250,6 +251,30 @@ pub async fn email_invoice(
         StatusCode::ACCEPTED,
         async |conn: &mut PgConnection, caller: &Caller, input| {
             invoice_email::email_invoice(conn, caller, invoice_id, input).await
+        },
+    )
+    .await
+}
+
+/// A copy of a payment's receipt to the paying customer (`SendPaymentReceipt`); 202.
+pub async fn email_receipt(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    OptionalJsonBody(body): OptionalJsonBody<EmailReceipt>,
+) -> Result<CommandReply, ApiError> {
+    let payment_id = path_uuid(&id, "payment")?;
+    run_command(
+        &state,
+        &headers,
+        &caller,
+        Gate::bookkeepers("emailing a receipt"),
+        &format!("/v1/payments/{payment_id}/receipt"),
+        body,
+        StatusCode::ACCEPTED,
+        async |conn: &mut PgConnection, caller: &Caller, input| {
+            receipts::email_receipt(conn, caller, payment_id, input).await
         },
     )
     .await
