@@ -25,6 +25,16 @@ pub struct IssuedReceipt {
     pub command_id: Uuid,
 }
 
+/// What the command copies from the payment and its customer.
+#[derive(sqlx::FromRow)]
+struct Paid {
+    customer_id: Uuid,
+    invoice_id: Option<Uuid>,
+    amount: Decimal,
+    currency: String,
+    email: Option<String>,
+}
+
 pub async fn email_receipt(
     conn: &mut PgConnection,
     caller: &Caller,
@@ -32,8 +42,8 @@ pub async fn email_receipt(
     _input: EmailReceipt,
 ) -> Result<IssuedReceipt> {
     caller.require(BOOKKEEPERS, "emailing a receipt")?;
-    let found: Option<(Uuid, Option<Uuid>, Decimal, String, Option<String>)> = sqlx::query_as(
-        "select p.customer_id, p.invoice_id, p.amount, p.currency::text, c.email
+    let found: Option<Paid> = sqlx::query_as(
+        "select p.customer_id, p.invoice_id, p.amount, p.currency::text as currency, c.email
            from payments p join customers c on c.id = p.customer_id
           where p.id = $1 and p.organization_id = $2",
     )
@@ -41,8 +51,13 @@ pub async fn email_receipt(
     .bind(caller.organization_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let (customer_id, invoice_id, amount, currency, email) =
-        found.ok_or(Error::NotFound("payment"))?;
+    let Paid {
+        customer_id,
+        invoice_id,
+        amount,
+        currency,
+        email,
+    } = found.ok_or(Error::NotFound("payment"))?;
     let recipient = email
         .map(|e| e.trim().to_string())
         .filter(|e| !e.is_empty())
