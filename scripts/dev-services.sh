@@ -31,6 +31,8 @@
 #                                   internal replicas on all three, min.insync.replicas 2; its
 #                                   data in $DHANMAN_DATA_DIR/kafka-cluster
 #   DHANMAN_KAFKA_HEAP              the broker's Java heap (default 1g)
+#   DHANMAN_RABBITMQ                on (default) or off: off neither checks nor starts RabbitMQ
+#                                   (a test's private Kafka node, say)
 #   DHANMAN_WAIT_SECS               readiness timeout per service in seconds (default 90)
 #   RABBITMQ_URL                    if set, it is checked and printed unchanged (no RabbitMQ is started)
 #   DHANMAN_RABBITMQ_PORT           RabbitMQ's AMQP port (default 5672; Erlang distribution on the
@@ -545,7 +547,7 @@ ensure_java
 ensure_kafka_install
 ensure_kafka
 mkdir -p "$DATA"
-ensure_rabbitmq
+[ "${DHANMAN_RABBITMQ:-on}" = off ] || ensure_rabbitmq
 
 # `export KEY=value`, quoted only when the value holds characters the shell would interpret.
 emit() {
@@ -557,4 +559,4 @@ emit() {
 }
 emit DATABASE_URL "$DATABASE_URL"
 emit KAFKA_BOOTSTRAP_SERVERS "$KAFKA_BOOTSTRAP_SERVERS"
-emit RABBITMQ_URL "$RABBITMQ_URL"
+[ "${DHANMAN_RABBITMQ:-on}" = off ] || emit RABBITMQ_URL "$RABBITMQ_URL"

@@ -75,8 +75,8 @@ done
 for n in $nodes; do rm -f "$(node_dir "$n")/kafka.pid"; done
 [ ${#pids[@]} -gt 0 ] && log "stopped"
 
-# RabbitMQ: only when no single Kafka node was named.
-if [ -z "$only" ]; then
+# RabbitMQ: only when no single Kafka node was named, and not when told to leave it alone.
+if [ -z "$only" ] && [ "${DHANMAN_RABBITMQ:-on}" != off ]; then
 	# shellcheck source=scripts/rabbitmq-env.sh
 	. "$(dirname "${BASH_SOURCE[0]}")/rabbitmq-env.sh"
 	rabbit_pid=$(cat "$RABBITMQ_PID_FILE" 2>/dev/null || true)

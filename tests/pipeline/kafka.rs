@@ -77,6 +77,8 @@ impl PrivateBroker {
                 self.controller_port.to_string(),
             )
             .env("DHANMAN_KAFKA_HEAP", "384m")
+            // Kafka only: the shared RabbitMQ is another test's (which may be restarting it).
+            .env("DHANMAN_RABBITMQ", "off")
             .env_remove("KAFKA_BOOTSTRAP_SERVERS")
             .stdin(Stdio::null());
         command
