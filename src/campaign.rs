@@ -221,10 +221,12 @@ fn scripts() -> PathBuf {
 }
 
 async fn run_script(name: &str, args: &[&str]) -> anyhow::Result<()> {
-    // The scripts start what is theirs to start only when not pointed at a broker.
+    // The scripts start what is theirs to start only when not pointed at a broker; the
+    // campaign restarts Kafka alone, never RabbitMQ.
     let status = tokio::process::Command::new(scripts().join(name))
         .args(args)
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env("DHANMAN_RABBITMQ", "off")
         .stdout(std::process::Stdio::null())
         .status()
         .await
@@ -265,6 +267,7 @@ async fn kill_broker_node(node: u32) -> anyhow::Result<()> {
     let status = tokio::process::Command::new(scripts().join("stop-dev-services.sh"))
         .args(["--node", &node.to_string(), "--kill"])
         .env("DHANMAN_KAFKA_NODES", "3")
+        .env("DHANMAN_RABBITMQ", "off")
         .status()
         .await?;
     if !status.success() {
@@ -277,6 +280,7 @@ async fn kill_broker_node(node: u32) -> anyhow::Result<()> {
 async fn cluster_up() -> anyhow::Result<()> {
     let status = tokio::process::Command::new(scripts().join("dev-services.sh"))
         .env("DHANMAN_KAFKA_NODES", "3")
+        .env("DHANMAN_RABBITMQ", "off")
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .stdout(std::process::Stdio::null())
         .status()

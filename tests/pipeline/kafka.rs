@@ -124,6 +124,7 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         let _ = std::process::Command::new(root().join("scripts/stop-dev-services.sh"))
             .env("DHANMAN_DATA_DIR", &self.data)
+            .env("DHANMAN_RABBITMQ", "off")
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .status();
