@@ -176,13 +176,6 @@ pub async fn create_invoice_batch(
             let items = input
                 .invoices
                 .ok_or_else(|| FieldError::new("invoices", "is required"))?;
-            if items.len() > invoice_batch::MAX_BATCH {
-                return Err(FieldError::new(
-                    "invoices",
-                    format!("must hold 1 to {} invoices", invoice_batch::MAX_BATCH),
-                )
-                .into());
-            }
             let items = items.iter().map(parse_item).collect();
             invoice_batch::create_invoices(conn, caller, items).await
         },
