@@ -5,7 +5,6 @@
 //! It moves and measures records; it holds no business rule (commands live in `producers`,
 //! postings and projections in `processors`).
 
-mod derived;
 pub mod dlq;
 pub mod gauges;
 pub mod groups;

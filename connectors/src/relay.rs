@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dhanman_schemas::Codec;
-use dhanman_schemas::events::record_headers;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;
@@ -25,16 +24,12 @@ use sqlx::{PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::Result;
-use crate::derived::{self, Derived};
 use crate::leader::{self, Leadership};
 use crate::retry::Backoff;
+use crate::{Error, Result};
 
 /// Counter, label `topic` (physical name): records published and acknowledged.
 pub const PUBLISHED: &str = "dhanman_events_published_total";
-
-/// The W3C trace context header outbox rows carry (see `dhanman_producers::trace`).
-const TRACEPARENT: &str = "traceparent";
 
 /// After an interruption (database or broker down): from 200 ms, doubling, at most 10 s.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -157,7 +152,7 @@ impl Relay {
     pub async fn publish_batch(&self) -> Result<usize> {
         let rows = sqlx::query(
             "select id, event_id, topic, message_key, record_name, schema_version, payload, raw_value,
-                    derived_from, headers
+                    headers
                from outbox where published_at is null and parked_at is null order by id limit $1",
         )
         .bind(self.batch_size)
@@ -166,20 +161,9 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut derived_rows = Vec::new();
-        for row in &rows {
-            if let Some(source) = row.try_get::<Option<Uuid>, _>("derived_from")? {
-                derived_rows.push(Derived {
-                    event_id: row.try_get("event_id")?,
-                    record_name: row.try_get("record_name")?,
-                    source,
-                });
-            }
-        }
-        let mut derived = derived::build(&self.pool, &derived_rows).await?;
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            match self.record(row, &mut derived).await {
+            match self.record(row).await {
                 Ok(record) => pending.push(record),
                 Err(e) if e.is_unpublishable() => {
                     self.park(row.try_get("id")?, &e.to_string()).await?;
@@ -191,35 +175,21 @@ impl Relay {
     }
 
     /// The record an outbox row becomes: its stored bytes (dead letters, redrives) or its
-    /// payload encoded under its schema (derived rows built from what they announce).
-    async fn record(
-        &self,
-        row: &sqlx::postgres::PgRow,
-        derived: &mut std::collections::HashMap<Uuid, Json>,
-    ) -> Result<Pending> {
+    /// payload encoded under its schema.
+    async fn record(&self, row: &sqlx::postgres::PgRow) -> Result<Pending> {
         let event_id: Uuid = row.try_get("event_id")?;
-        let mut headers: Json = row.try_get("headers")?;
+        let headers: Json = row.try_get("headers")?;
         let raw: Option<Vec<u8>> = row.try_get("raw_value")?;
         let value = match raw {
             Some(bytes) => bytes,
             None => {
                 let name: String = row.try_get("record_name")?;
                 let version: i32 = row.try_get("schema_version")?;
-                let payload: Json = match derived.remove(&event_id) {
-                    Some(built) => {
-                        let correlation_id = built
-                            .get("correlation_id")
-                            .and_then(Json::as_str)
-                            .unwrap_or_default();
-                        let traceparent = headers.get(TRACEPARENT).cloned();
-                        headers = record_headers(&name, event_id, correlation_id);
-                        if let (Some(tp), Some(map)) = (traceparent, headers.as_object_mut()) {
-                            map.insert(TRACEPARENT.to_string(), tp);
-                        }
-                        built
-                    }
-                    None => row.try_get("payload")?,
-                };
+                // Only a row published before its writer stored records (an entry's
+                // announcement of that time) lacks one; the outbox's check keeps it published.
+                let payload: Json = row
+                    .try_get::<Option<Json>, _>("payload")?
+                    .ok_or_else(|| Error::Outbox(format!("row {event_id} has no record")))?;
                 self.codec
                     .encode_json(&name, version as u32, &payload)
                     .await?

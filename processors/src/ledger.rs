@@ -1,6 +1,7 @@
 //! The ledger poster: turns sales and payroll events into balanced journal entries,
 //! materializes account and party balances in the same transaction, and announces each
-//! entry as `LedgerEntryPosted` for downstream readers.
+//! entry as `LedgerEntryPosted` for downstream readers (the record written to the outbox
+//! with the entry: the ledger writes what it announces).
 //!
 //! | event           | debit                         | credit                        |
 //! |-----------------|-------------------------------|-------------------------------|
@@ -24,8 +25,10 @@ pub mod correct;
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+use dhanman_producers::trace;
 use dhanman_schemas::Event;
-use dhanman_schemas::events::{Envelope, LedgerEntryPosted, PostingLine, Record};
+use dhanman_schemas::events::{Envelope, LedgerEntryPosted, PostingLine, Record, record_headers};
 use dhanman_schemas::topics;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
@@ -338,6 +341,11 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
         }
     }
 
+    // The transaction's `now()`: the entries' `posted_at` (their column's default) and the
+    // time their announcements carry.
+    let posted_at: DateTime<Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::query(
         "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id,
                                       description, currency, occurred_at, correlation_id)
@@ -410,7 +418,7 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
         .await?;
     }
 
-    announce(conn, entries).await?;
+    announce(conn, entries, posted_at).await?;
 
     // Last: the organization's account rows are the only ones concurrent batches share,
     // so their row locks are held for the shortest time (and taken in key order).
@@ -437,36 +445,89 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     Ok(())
 }
 
-/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction. The row
-/// names its entry instead of carrying a copy of it: the relay builds the record from the
-/// (immutable) entry and postings when it publishes, which keeps this transaction short.
-async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
-    let entry_ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
-    let ids: Vec<Uuid> = entry_ids.iter().map(|id| announcement_id(*id)).collect();
-    let keys: Vec<String> = entries
-        .iter()
-        .map(|e| e.source.organization_id.to_string())
-        .collect();
-    // The trace context of the event each entry posts; the relay keeps it.
-    let headers: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|e| dhanman_producers::trace::headers_for_source(e.source.event_id))
-        .collect();
+/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction: the record
+/// itself and its headers (with the trace of the event it posts), so the relay publishes it
+/// as it publishes any other row. `derived_from` names the entry the row announces.
+async fn announce(
+    conn: &mut PgConnection,
+    entries: &[Entry],
+    posted_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut keys = Vec::with_capacity(entries.len());
+    let mut entry_ids = Vec::with_capacity(entries.len());
+    let mut payloads = Vec::with_capacity(entries.len());
+    let mut headers = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let record = announcement(entry, posted_at);
+        let mut h = record_headers(
+            LedgerEntryPosted::NAME,
+            record.envelope.event_id,
+            &record.envelope.correlation_id,
+        );
+        if let Some(span) = trace::current(record.envelope.causation_id.as_deref()) {
+            trace::add_to_headers(&mut h, span);
+        }
+        ids.push(record.envelope.event_id);
+        keys.push(record.key());
+        entry_ids.push(entry.id);
+        payloads.push(serde_json::to_value(&record).map_err(|e| sqlx::Error::Encode(e.into()))?);
+        headers.push(h);
+    }
     sqlx::query(
-        "insert into outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers)
-         select id, $2, k, $3, $4, e, h
-           from unnest($1::uuid[], $5::text[], $6::uuid[], $7::jsonb[]) as u(id, k, e, h)",
+        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload,
+                             derived_from, headers)
+         select id, $2, k, $3, $4, p, e, h
+           from unnest($1::uuid[], $5::text[], $6::jsonb[], $7::uuid[], $8::jsonb[])
+                as u(id, k, p, e, h)",
     )
     .bind(&ids)
     .bind(LedgerEntryPosted::TOPIC)
     .bind(LedgerEntryPosted::NAME)
     .bind(LedgerEntryPosted::WRITE_VERSION as i32)
     .bind(&keys)
+    .bind(&payloads)
     .bind(&entry_ids)
     .bind(&headers)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The record announcing `entry`, posted at `posted_at` (the wire carries milliseconds).
+pub fn announcement(entry: &Entry, posted_at: DateTime<Utc>) -> LedgerEntryPosted {
+    LedgerEntryPosted {
+        envelope: Envelope {
+            event_id: announcement_id(entry.id),
+            occurred_at: DateTime::from_timestamp_millis(posted_at.timestamp_millis())
+                .unwrap_or(posted_at),
+            organization_id: entry.source.organization_id,
+            correlation_id: entry.source.correlation_id.clone(),
+            causation_id: Some(entry.source.event_id.to_string()),
+        },
+        entry_id: entry.id,
+        source_event_id: entry.source.event_id,
+        reference_type: entry.reference_type.to_string(),
+        reference_id: entry.reference_id,
+        description: entry.description.clone(),
+        currency: entry.currency.clone(),
+        // Amounts as the postings hold them and the record's schema writes them: two places.
+        lines: entry
+            .lines
+            .iter()
+            .map(|l| PostingLine {
+                debit: cents(l.debit),
+                credit: cents(l.credit),
+                ..l.clone()
+            })
+            .collect(),
+    }
+}
+
+/// `amount` with two decimal places (an amount here never has more).
+fn cents(mut amount: Decimal) -> Decimal {
+    amount.rescale(2);
+    amount
 }
 
 /// The id of an entry's announcement: the entry id's 48-bit timestamp (so outbox ids stay

@@ -155,16 +155,6 @@ pub fn for_outbox(causation_id: Option<&str>) -> TraceParent {
     current(causation_id).unwrap_or_else(TraceParent::new_root)
 }
 
-/// Headers of a row written for an event whose source is `source_event_id` (the ledger's
-/// announcements, whose record the relay builds): the trace context only, if known.
-pub fn headers_for_source(source_event_id: Uuid) -> Json {
-    let source = source_event_id.to_string();
-    match current(Some(&source)) {
-        Some(span) => serde_json::json!({ HEADER: span.to_string() }),
-        None => serde_json::json!({}),
-    }
-}
-
 /// Adds `traceparent` to a headers object (the outbox's JSON form of Kafka headers),
 /// keeping one that is already there.
 pub fn add_to_headers(headers: &mut Json, span: TraceParent) {

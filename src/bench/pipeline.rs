@@ -504,10 +504,18 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             "{event}\t{org}\t1200\tcustomer\t{customer}\t{amount}\t0"
         );
         let _ = writeln!(postings, "{event}\t{org}\t4000\t\\N\t\\N\t0\t{amount}");
+        // The announcement as the ledger writes it: the record and its headers.
+        let id = Uuid::now_v7();
         let _ = writeln!(
             outbox,
-            "{}\t{}\t{org}\tLedgerEntryPosted\t1\t{event}\t{{}}",
-            Uuid::now_v7(),
+            "{id}\t{}\t{org}\tLedgerEntryPosted\t1\t{event}\t\
+             {{\"event_id\":\"{id}\",\"record_name\":\"LedgerEntryPosted\",\"correlation_id\":\"bench-{i}\"}}\t\
+             {{\"event_id\":\"{id}\",\"occurred_at\":1796083200000,\"organization_id\":\"{org}\",\
+             \"correlation_id\":\"bench-{i}\",\"causation_id\":\"{event}\",\"entry_id\":\"{event}\",\
+             \"source_event_id\":\"{event}\",\"reference_type\":\"invoice\",\"reference_id\":\"{customer}\",\
+             \"description\":\"Invoice B-{i}\",\"currency\":\"INR\",\"lines\":[\
+             {{\"account_code\":\"1200\",\"party_type\":\"customer\",\"party_id\":\"{customer}\",\"debit\":\"{amount}\",\"credit\":\"0\"}},\
+             {{\"account_code\":\"4000\",\"party_type\":null,\"party_id\":null,\"debit\":\"0\",\"credit\":\"{amount}\"}}]}}",
             topics::LEDGER_ENTRIES
         );
     }
@@ -525,7 +533,7 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             &postings,
         ),
         (
-            "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers)",
+            "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers, payload)",
             &outbox,
         ),
     ];

@@ -1,8 +1,13 @@
 //! The outbox relay: one relay of a deployment publishes, the others wait on its lock.
 //! Stopped with SIGTERM, it finishes its batch, releases the lock and exits 0, and the
-//! standby publishes from where it stopped: every event reaches the topic once.
+//! standby publishes from where it stopped: every event reaches the topic once. An
+//! announcement of the form written before the ledger stored its records is migrated to
+//! exactly the record and headers the ledger writes now.
 
 use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -216,5 +221,59 @@ async fn the_relay_registers_new_subjects_only_as_a_registry_user() {
     .await
     .unwrap();
     assert_eq!(versions, serde_json::json!([1]));
+    db.drop_db().await;
+}
+
+/// An announcement written before the ledger stored its records (the row named its entry
+/// and carried no record) gets, from the migration, exactly the record and headers the
+/// ledger writes now: the relay publishes both forms the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledger_writes() {
+    use dhanman_processors::ledger;
+    use dhanman_schemas::Event;
+
+    let db = TestDb::new().await;
+    let org = dhanman_producers::orgs::create_organization(&db.pool, "Migration Court", None)
+        .await
+        .unwrap()
+        .organization_id;
+    let entries: Vec<ledger::Entry> = [("INV-1", "1250.50"), ("INV-2", "99.99")]
+        .iter()
+        .map(|(number, amount)| {
+            let event = Event::InvoiceCreated(invoice_created(org, Uuid::now_v7(), number, amount));
+            ledger::entry_for(&event).unwrap()
+        })
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    ledger::post(&mut tx, &entries).await.unwrap();
+    tx.commit().await.unwrap();
+    let written = "select derived_from, payload, headers from outbox
+                    where derived_from is not null order by derived_from";
+    let now: Vec<(Uuid, Value, Value)> = sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(now.len(), 2);
+    assert_eq!(now[0].1["entry_id"], json!(now[0].0.to_string()));
+    assert_eq!(now[0].1["lines"].as_array().map(Vec::len), Some(2));
+
+    // The earlier form: no record, headers holding at most the trace (none here).
+    sqlx::raw_sql(
+        "alter table outbox drop constraint outbox_has_value;
+         alter table outbox add constraint outbox_has_value check (true);
+         update outbox set payload = null, headers = '{}' where derived_from is not null",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let migration = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/20261204000060_ledger_announces_its_entries.sql"),
+    )
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(migration))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let migrated: Vec<(Uuid, Value, Value)> =
+        sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(migrated, now);
     db.drop_db().await;
 }
