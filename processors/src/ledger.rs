@@ -237,31 +237,11 @@ impl Processor for Ledger {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
-        let mut entries: Vec<Entry> = events
+        let entries: Vec<Entry> = events
             .iter()
             .filter_map(|e| entry_under(&self.accounts, e))
             .collect();
-        // An entry's id is its event's: one posted already (its gate row pruned by the
-        // retention, then the event read again by a replay) is not posted twice.
-        if !entries.is_empty() {
-            let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
-            let posted: Vec<(Uuid,)> =
-                sqlx::query_as("select id from journal_entries where id = any($1)")
-                    .bind(&ids)
-                    .fetch_all(&mut *conn)
-                    .await?;
-            if !posted.is_empty() {
-                let posted: std::collections::HashSet<Uuid> =
-                    posted.into_iter().map(|(id,)| id).collect();
-                tracing::info!(
-                    entries = posted.len(),
-                    "events posted before (their gate rows pruned): not posted again"
-                );
-                entries.retain(|e| !posted.contains(&e.id));
-            }
-        }
-        post(conn, &entries).await?;
-        for entry in &entries {
+        for entry in post(conn, &entries).await? {
             tracing::info!(
                 correlation_id = %entry.source.correlation_id,
                 event_id = %entry.source.event_id,
@@ -278,11 +258,24 @@ impl Processor for Ledger {
 type PartyKey = (Uuid, String, String, Uuid, String);
 
 /// Writes entries, their postings, the balances and the announcements, in bulk: one
-/// statement per table whatever the number of entries.
-pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
+/// statement per table whatever the number of entries. Returns the entries it posted.
+///
+/// An entry's id is its event's (or derived from the entry it corrects), so the journal's
+/// primary key is the last word on what was posted: an entry posted before (its event's
+/// gate row pruned by the retention, then the event read again by a replay) is left out,
+/// with its postings, balances and announcement, and is not posted twice.
+pub async fn post<'a>(
+    conn: &mut PgConnection,
+    entries: &'a [Entry],
+) -> Result<Vec<&'a Entry>, sqlx::Error> {
     if entries.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    // The transaction's `now()`: the entries' `posted_at` (their column's default) and the
+    // time their announcements carry.
+    let posted_at: DateTime<Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&mut *conn)
+        .await?;
     let mut e_id = Vec::with_capacity(entries.len());
     let mut e_org = Vec::with_capacity(entries.len());
     let mut e_source = Vec::with_capacity(entries.len());
@@ -292,6 +285,53 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     let mut e_cur = Vec::with_capacity(entries.len());
     let mut e_at = Vec::with_capacity(entries.len());
     let mut e_corr = Vec::with_capacity(entries.len());
+    for entry in entries {
+        e_id.push(entry.id);
+        e_org.push(entry.source.organization_id);
+        e_source.push(entry.source.event_id);
+        e_rtype.push(entry.reference_type);
+        e_rid.push(entry.reference_id);
+        e_desc.push(entry.description.as_str());
+        e_cur.push(entry.currency.as_str());
+        e_at.push(entry.source.occurred_at);
+        e_corr.push(entry.source.correlation_id.as_str());
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id,
+                                      description, currency, occurred_at, correlation_id)
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
+                              $7::text[], $8::timestamptz[], $9::text[])
+         on conflict (id) do nothing
+         returning id",
+    )
+    .bind(&e_id)
+    .bind(&e_org)
+    .bind(&e_source)
+    .bind(&e_rtype)
+    .bind(&e_rid)
+    .bind(&e_desc)
+    .bind(&e_cur)
+    .bind(&e_at)
+    .bind(&e_corr)
+    .fetch_all(&mut *conn)
+    .await?;
+    let fresh: Vec<&Entry> = if inserted.len() == entries.len() {
+        entries.iter().collect()
+    } else {
+        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+        tracing::info!(
+            entries = entries.len() - inserted.len(),
+            "entries posted before: not posted again"
+        );
+        entries
+            .iter()
+            .filter(|e| inserted.contains(&e.id))
+            .collect()
+    };
+    if fresh.is_empty() {
+        return Ok(fresh);
+    }
+
     let mut p_entry = Vec::new();
     let mut p_org = Vec::new();
     let mut p_account = Vec::new();
@@ -301,17 +341,8 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     let mut p_credit = Vec::new();
     let mut accounts: BTreeMap<(Uuid, String, String), (Decimal, Decimal)> = BTreeMap::new();
     let mut parties: BTreeMap<PartyKey, (Decimal, Decimal)> = BTreeMap::new();
-    for entry in entries {
+    for entry in &fresh {
         let org = entry.source.organization_id;
-        e_id.push(entry.id);
-        e_org.push(org);
-        e_source.push(entry.source.event_id);
-        e_rtype.push(entry.reference_type);
-        e_rid.push(entry.reference_id);
-        e_desc.push(entry.description.as_str());
-        e_cur.push(entry.currency.as_str());
-        e_at.push(entry.source.occurred_at);
-        e_corr.push(entry.source.correlation_id.as_str());
         for l in &entry.lines {
             p_entry.push(entry.id);
             p_org.push(org);
@@ -340,29 +371,6 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
             }
         }
     }
-
-    // The transaction's `now()`: the entries' `posted_at` (their column's default) and the
-    // time their announcements carry.
-    let posted_at: DateTime<Utc> = sqlx::query_scalar("select now()")
-        .fetch_one(&mut *conn)
-        .await?;
-    sqlx::query(
-        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id,
-                                      description, currency, occurred_at, correlation_id)
-         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
-                              $7::text[], $8::timestamptz[], $9::text[])",
-    )
-    .bind(&e_id)
-    .bind(&e_org)
-    .bind(&e_source)
-    .bind(&e_rtype)
-    .bind(&e_rid)
-    .bind(&e_desc)
-    .bind(&e_cur)
-    .bind(&e_at)
-    .bind(&e_corr)
-    .execute(&mut *conn)
-    .await?;
 
     // One statement for all postings: the balance trigger checks each entry after it.
     sqlx::query(
@@ -418,7 +426,7 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
         .await?;
     }
 
-    announce(conn, entries, posted_at).await?;
+    announce(conn, &fresh, posted_at).await?;
 
     // Last: the organization's account rows are the only ones concurrent batches share,
     // so their row locks are held for the shortest time (and taken in key order).
@@ -442,7 +450,7 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     .bind(&a_c)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(fresh)
 }
 
 /// `LedgerEntryPosted` for each entry, into the outbox of the same transaction: the record
@@ -450,7 +458,7 @@ pub async fn post(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
 /// as it publishes any other row. `derived_from` names the entry the row announces.
 async fn announce(
     conn: &mut PgConnection,
-    entries: &[Entry],
+    entries: &[&Entry],
     posted_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let mut ids = Vec::with_capacity(entries.len());
