@@ -187,6 +187,38 @@ wait_for_pg() {
 	log "postgres ready on 127.0.0.1:$PG_PORT"
 }
 
+# Postgres settings for this workload (docs/operations.md, "Postgres settings"): the ledger
+# writes in large transactions, so WAL volume and checkpoints matter more than connection
+# count. Written with ALTER SYSTEM (postgresql.auto.conf) and applied by a reload; those that
+# need a restart (shared_buffers) take effect at once when this script started Postgres, else
+# at its next start. Durability is untouched: synchronous_commit and fsync stay on.
+# DHANMAN_PG_SETTINGS=off leaves the server's configuration alone.
+pg_workload_settings() { # started-by-this-run
+	[ "${DHANMAN_PG_SETTINGS:-on}" = off ] && return 0
+	local compression
+	compression=$(pg_psql -d postgres -tAc "select case when 'lz4' = any(enumvals) then 'lz4' else 'on' end
+		from pg_settings where name = 'wal_compression'" </dev/null)
+	pg_psql -d postgres </dev/null >/dev/null <<-SQL
+		alter system set shared_buffers = '1GB';
+		alter system set max_wal_size = '8GB';
+		alter system set checkpoint_timeout = '15min';
+		alter system set wal_compression = '$compression';
+		select pg_reload_conf();
+	SQL
+	if [ "$(pg_psql -d postgres -tAc 'select count(*) from pg_settings where pending_restart' </dev/null)" != 0 ]; then
+		local cluster ver name
+		cluster=$(pg_cluster || true)
+		if [ "$1" -eq 1 ] && [ -n "$cluster" ]; then
+			read -r ver name <<<"$cluster"
+			log "restarting PostgreSQL $ver/$name for its workload settings"
+			run_as_root bash -c "$CLOSE_FDS" _ pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" restart
+			wait_for_pg || die "PostgreSQL did not come back after its restart"
+		else
+			log "PostgreSQL has settings that take effect at its next restart (shared_buffers)"
+		fi
+	fi
+}
+
 ensure_postgres() {
 	if [ -n "${DATABASE_URL:-}" ]; then
 		command -v psql >/dev/null 2>&1 || apt_install postgresql-client
@@ -198,8 +230,9 @@ ensure_postgres() {
 
 	command -v pg_isready >/dev/null 2>&1 || apt_install postgresql-client
 
-	local fresh=0 cluster ver name
+	local fresh=0 started=0 cluster ver name
 	if ! pg_ready; then
+		started=1
 		cluster=$(pg_cluster || true)
 		if [ -z "$cluster" ]; then
 			log "PostgreSQL is not installed; installing it from Debian"
@@ -234,6 +267,8 @@ ensure_postgres() {
 			waited=$((waited + 1))
 		done
 	fi
+
+	pg_workload_settings "$started"
 
 	if [ "$(pg_psql -d postgres -tAc "select 1 from pg_database where datname='$PG_DB'" </dev/null)" != 1 ]; then
 		log "creating database $PG_DB"
