@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dhanman::{
+use dhanman_ops::{
     Config, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli,
     outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
 };
@@ -158,22 +158,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(config) => {
             config.monthly_schedule()?;
             let pool = config.pool().await?;
-            dhanman::migrate(&pool).await?;
-            dhanman::ensure_topics(&config).await?;
-            let listener = dhanman::bind_api(&config).await?;
-            dhanman::run_all(&config, listener, pool, dhanman::stop_on_signals()?).await
+            dhanman_ops::migrate(&pool).await?;
+            dhanman_ops::ensure_topics(&config).await?;
+            let listener = dhanman_ops::bind_api(&config).await?;
+            dhanman::run_all(&config, listener, pool, dhanman_ops::stop_on_signals()?).await
         }
         Command::Api(config) => {
             let pool = config.pool().await?;
-            let listener = dhanman::bind_api(&config).await?;
-            dhanman::run_api(&config, listener, pool, dhanman::stop_on_signals()?).await
+            let listener = dhanman_ops::bind_api(&config).await?;
+            dhanman::run_api(&config, listener, pool, dhanman_ops::stop_on_signals()?).await
         }
         Command::Relay(config) => {
-            let metrics = dhanman::telemetry::bind_metrics(&config).await?;
+            let metrics = dhanman_ops::bind_metrics(&config).await?;
             let pool = config.pool().await?;
-            dhanman::ensure_topics(&config).await?;
-            let relay = dhanman::run_relay(&config, pool, dhanman::stop_on_signals()?);
-            dhanman::telemetry::with_metrics(metrics, relay).await
+            dhanman_ops::ensure_topics(&config).await?;
+            let relay = dhanman::run_relay(&config, pool, dhanman_ops::stop_on_signals()?);
+            dhanman_ops::with_metrics(metrics, relay).await
         }
         Command::Process { name, config } => {
             if !dhanman::PROCESSORS.contains(&name.as_str()) {
@@ -182,16 +182,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dhanman::PROCESSORS.join(", ")
                 );
             }
-            let metrics = dhanman::telemetry::bind_metrics(&config).await?;
+            let metrics = dhanman_ops::bind_metrics(&config).await?;
             let pool = config.pool().await?;
-            dhanman::ensure_topics(&config).await?;
-            let stop = dhanman::stop_on_signals()?;
+            dhanman_ops::ensure_topics(&config).await?;
+            let stop = dhanman_ops::stop_on_signals()?;
             let processor = dhanman::run_processor(&config, &name, pool, stop);
-            dhanman::telemetry::with_metrics(metrics, processor).await
+            dhanman_ops::with_metrics(metrics, processor).await
         }
         Command::Migrate { database_url } => {
             let pool = connect(&database_url).await?;
-            dhanman::migrate(&pool).await?;
+            dhanman_ops::migrate(&pool).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -212,7 +212,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(config) => {
-            demo::run(&config).await?;
+            demo::run(&config, |config, listener, pool, stop| async move {
+                dhanman::run_all(&config, listener, pool, stop).await
+            })
+            .await?;
             // The pipeline has stopped; what is left (its in-process gateway and SMTP
             // server, idle connections) needs no teardown.
             use std::io::Write;

@@ -30,7 +30,7 @@ fn yaml(path: &Path) -> Value {
 
 /// Variables `dhanman`'s `Config` reads, from its clap definition.
 fn config_env() -> BTreeSet<String> {
-    dhanman::Config::augment_args(clap::Command::new("dhanman"))
+    dhanman_ops::Config::augment_args(clap::Command::new("dhanman"))
         .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())

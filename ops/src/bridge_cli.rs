@@ -100,7 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         prefetch,
         config,
     } = *args;
-    let metrics = crate::telemetry::bind_metrics(&config).await?;
+    let metrics = crate::bind_metrics(&config).await?;
     let pool = config.pool().await?;
     let found: Option<(Uuid,)> = sqlx::query_as("select id from organizations where id = $1")
         .bind(organization_id)
@@ -155,5 +155,5 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("RabbitMQ bridge stopped");
         Ok(())
     };
-    crate::telemetry::with_metrics(metrics, bridge).await
+    crate::with_metrics(metrics, bridge).await
 }

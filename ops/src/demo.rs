@@ -120,7 +120,13 @@ const RESIDENTS: &[(&str, &str, &str)] = &[
     ("Meera Iyer", "C-301", "5100.75"),
 ];
 
-pub async fn run(config: &Config) -> anyhow::Result<()> {
+/// Runs the demo against `pipeline`, which runs every part of the pipeline in this process
+/// (what `dhanman up` runs) until its stop is requested.
+pub async fn run<P, F>(config: &Config, pipeline: P) -> anyhow::Result<()>
+where
+    P: FnOnce(Config, tokio::net::TcpListener, sqlx::PgPool, dhanman_processors::Stop) -> F,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let mut config = config.clone();
     let pool = config.pool().await?;
     crate::migrate(&pool).await?;
@@ -152,7 +158,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let stopper = dhanman_processors::Stopper::default();
     let pipeline = {
         let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
-        tokio::spawn(async move { crate::run_all(&config, listener, pool, stop).await })
+        tokio::spawn(pipeline(config, listener, pool, stop))
     };
     let shown = society(&config, &pool, base, mailbox.as_ref()).await;
     // The pipeline stops as `dhanman up` does on SIGTERM: its consumers leave their

@@ -215,7 +215,7 @@ fn scripts() -> PathBuf {
     // The binary runs from the repository (cargo run, or target/), whose scripts restart
     // the services; DHANMAN_SCRIPTS names them otherwise.
     std::env::var_os("DHANMAN_SCRIPTS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts"),
         PathBuf::from,
     )
 }

@@ -63,7 +63,7 @@ impl Fleet {
                     child: None,
                 },
             );
-            for processor in crate::PROCESSORS {
+            for processor in &dhanman_processors::catalog::NAMES {
                 parts.insert(
                     format!("{processor}-{n}"),
                     Part {
