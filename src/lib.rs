@@ -5,7 +5,6 @@
 pub mod telemetry;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use dhanman_connectors::relay::Relay;
@@ -46,14 +45,14 @@ pub async fn run_api(
         pool.clone(),
         probe,
         config.lag.scope(&config.topic_prefix, None),
-        Duration::from_millis(config.lag_interval_ms),
+        config.lag_interval,
     )));
     // The ledger audit, in every API process (it only reads): its gauge, and a line of
     // `/readyz` from its latest report.
     let audit_report = Arc::new(tokio::sync::RwLock::new(None));
     let _audit = AbortOnDrop(tokio::spawn(dhanman_processors::audit::run_periodically(
         pool.clone(),
-        Duration::from_millis(config.audit_interval_ms),
+        config.audit_interval,
         audit_report.clone(),
     )));
     telemetry::register_api_metrics(&payments);

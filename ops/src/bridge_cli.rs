@@ -124,7 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         policy: dhanman_producers::purchase::ApprovalPolicy {
             cfo_threshold: config.po_cfo_threshold,
         },
-        kafka_bootstrap: config.kafka_bootstrap_servers.clone(),
+        kafka_bootstrap: config.kafka_bootstrap_servers.to_string(),
         topic_prefix: config.topic_prefix.clone(),
         group_id: format!("{}dhanman.rabbitmq-bridge", config.topic_prefix),
     };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rust_decimal::Decimal;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::Config;
@@ -138,17 +139,19 @@ where
         gateway,
         dhanman_devpeers::Switches::default(),
     ));
-    // Notifications go to an SMTP server of the demo's own, in-process, unless SMTP_URL
-    // names one (Mailpit of the compose file, say).
-    let mailbox = match std::env::var_os("SMTP_URL") {
-        Some(_) => None,
-        None => {
-            let sink = dhanman_devpeers::smtp::SmtpSink::start()
-                .await
-                .context("starting the demo's SMTP server")?;
-            config.smtp_url = sink.url();
-            Some(sink)
-        }
+    // Notifications go to an SMTP server of the demo's own, in-process, unless
+    // DHANMAN_SMTP_URL or SMTP_URL names one (Mailpit of the compose file, say).
+    let smtp_named = [crate::SMTP_URL.name, crate::SMTP_URL.alias]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some());
+    let mailbox = if smtp_named {
+        None
+    } else {
+        let sink = dhanman_devpeers::smtp::SmtpSink::start()
+            .await
+            .context("starting the demo's SMTP server")?;
+        config.smtp_url = sink.url().into();
+        Some(sink)
     };
     // An ephemeral port: the demo must not collide with a running `dhanman up`.
     config.http_addr.set_port(0);
@@ -431,7 +434,7 @@ async fn society(
         None => println!(
             "notifications: {counts} (delivered over SMTP_URL, {}; those it does not take \
              wait and retry)",
-            config.smtp_url
+            config.smtp_url.expose_secret()
         ),
     }
     if let Some(busy) = busy {

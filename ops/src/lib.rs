@@ -27,7 +27,10 @@ pub mod schemas_cli;
 mod settings;
 pub mod startup;
 
-pub use settings::{Config, Connections, LagSettings};
+pub use settings::{
+    ALIASED, Aliased, Config, Connections, DATABASE_URL, DatabaseUrl, KAFKA_BOOTSTRAP_SERVERS,
+    KafkaBootstrapServers, LagSettings, SCHEMA_REGISTRY_URL, SMTP_URL, SchemaRegistryUrl, SmtpUrl,
+};
 pub use startup::{
     MIGRATOR, ProcessorJob, STOP_TIMEOUT, bind_api, bind_metrics, ensure_topics, migrate,
     register_local_schemas, stop_on_signals, with_metrics, with_processor,
