@@ -1,142 +1,23 @@
-//! The `dhanman` binary's library: configuration, start-up of each part, and the demo and
-//! benchmark commands. `main.rs` only parses arguments and calls in here.
+//! The `dhanman` binary's wiring: each part of the pipeline started with its settings and
+//! run until it is asked to stop. `main.rs` only parses arguments and calls in here or into
+//! the operations commands of `dhanman-ops`.
 
-// The operations commands (the `*_cli` modules, the demo, the benchmark and the campaign)
-// print their reports: stdout is their interface.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
-
-pub mod audit_cli;
-pub mod bench;
-pub mod bridge_cli;
-pub mod campaign;
-pub mod demo;
-pub mod dlq_cli;
-pub mod jobs_cli;
-pub mod lag_cli;
-pub mod offsets_cli;
-pub mod outbox_cli;
-pub mod rebuild_cli;
-pub mod registry_cli;
-pub mod replay_cli;
-pub mod schemas_cli;
-mod settings;
 pub mod telemetry;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use dhanman_connectors::relay::Relay;
+use dhanman_ops::{Config, ProcessorJob, STOP_TIMEOUT, register_local_schemas, with_processor};
 use dhanman_processors::catalog;
 use dhanman_processors::runtime::AbortOnDrop;
 use dhanman_processors::{Runtime, Stop, Stopper};
-use dhanman_schemas::topics;
 use sqlx::PgPool;
-
-/// The migrations of every part, applied by `dhanman migrate` and by tests.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Processors `dhanman process <name>` can run ([`catalog::PROCESSORS`]).
 pub const PROCESSORS: &[&str] = &catalog::NAMES;
 
-pub use settings::{Config, Connections, LagSettings};
 pub use telemetry::init_telemetry;
-
-/// Registers every local schema version (oldest first) in the embedded registry, under the
-/// subjects of the installation's topics: the registry the API serves then holds what the
-/// relay and the processors read and write, so they need no credentials to change it. A
-/// local schema the registry refuses (an incompatible change) stops the start.
-pub async fn register_local_schemas(pool: &PgPool, topic_prefix: &str) -> anyhow::Result<()> {
-    let registry = dhanman_registry::Registry::new(pool.clone());
-    let mut records: Vec<_> = dhanman_schemas::Catalog::global().all().collect();
-    records.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-    for record in records {
-        let subject = topics::subject(&format!("{topic_prefix}{}", record.topic), &record.name);
-        let parsed = dhanman_registry::ParsedSchema::parse(record.text)
-            .with_context(|| format!("{} v{}", record.name, record.version))?;
-        registry
-            .register_schema(&subject, &parsed, Default::default())
-            .await
-            .with_context(|| {
-                format!(
-                    "registering {} v{} under {subject} in the embedded registry",
-                    record.name, record.version
-                )
-            })?;
-    }
-    Ok(())
-}
-
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("applying migrations")?;
-    Ok(())
-}
-
-/// Every topic the pipeline owns, with its dead-letter topic.
-pub fn all_topics(prefix: &str) -> Vec<String> {
-    topics::ALL
-        .iter()
-        .flat_map(|t| {
-            [
-                format!("{prefix}{t}"),
-                format!("{prefix}{}", topics::dlq(t)),
-            ]
-        })
-        .collect()
-}
-
-pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
-    dhanman_connectors::kafka::ensure_replicated_topics(
-        &config.kafka_bootstrap_servers,
-        &all_topics(&config.topic_prefix),
-        config.topic_partitions,
-        config.topic_replicas,
-    )
-    .await
-    .context("creating topics (KAFKA_BOOTSTRAP_SERVERS)")
-}
-
-pub async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the API to {} (DHANMAN_HTTP_ADDR)",
-                config.http_addr
-            )
-        })
-}
-
-/// How long a stopping process waits for its parts to finish what they hold.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A stop for the process: SIGTERM or SIGINT (Ctrl-C) asks its parts to stop; a second
-/// signal ends the process at once.
-pub fn stop_on_signals() -> anyhow::Result<Stop> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let stopper = Stopper::default();
-    let stop = stopper.signal();
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(
-            signal = name,
-            "stopping: finishing what is in hand (a second signal ends the process now)"
-        );
-        stopper.stop();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: ending the process now");
-        std::process::exit(130);
-    });
-    Ok(stop)
-}
 
 pub async fn run_api(
     config: &Config,
@@ -164,14 +45,14 @@ pub async fn run_api(
         pool.clone(),
         probe,
         config.lag.scope(&config.topic_prefix, None),
-        Duration::from_millis(config.lag_interval_ms),
+        config.lag_interval,
     )));
     // The ledger audit, in every API process (it only reads): its gauge, and a line of
     // `/readyz` from its latest report.
     let audit_report = Arc::new(tokio::sync::RwLock::new(None));
     let _audit = AbortOnDrop(tokio::spawn(dhanman_processors::audit::run_periodically(
         pool.clone(),
-        Duration::from_millis(config.audit_interval_ms),
+        config.audit_interval,
         audit_report.clone(),
     )));
     telemetry::register_api_metrics(&payments);
@@ -194,28 +75,6 @@ pub async fn run_relay(config: &Config, pool: PgPool, stop: Stop) -> anyhow::Res
         .run_until(stop.into_requested())
         .await;
     Ok(())
-}
-
-/// Something done with a processor, whatever its type: running it live, replaying it.
-pub trait ProcessorJob {
-    fn with<P: dhanman_processors::Processor>(
-        self,
-        processor: P,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
-/// Builds the processor `name` and hands it to `job`.
-pub async fn with_processor<J: ProcessorJob>(
-    name: &str,
-    config: &Config,
-    job: J,
-) -> anyhow::Result<()> {
-    let spec = catalog::find(name)?;
-    if spec.name == "ledger" {
-        // Rules naming an account the chart lacks stop the start, not the first batch.
-        config.ledger_accounts().await?;
-    }
-    job.with((spec.build)(&config.processor_settings())).await
 }
 
 /// The live consumer of a processor, in its group, until `stop`.

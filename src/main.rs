@@ -3,10 +3,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dhanman::{
-    Config, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli, jobs_cli, lag_cli, offsets_cli,
-    outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
+use dhanman_ops::{
+    Config, DATABASE_URL, DatabaseUrl, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli,
+    jobs_cli, lag_cli, offsets_cli, outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
 };
+use secrecy::ExposeSecret;
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
 #[derive(Debug, Parser)]
@@ -33,8 +34,8 @@ enum Command {
     },
     /// Apply database migrations.
     Migrate {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        database_url: DatabaseUrl,
     },
     /// Organizations (housing societies).
     Orgs {
@@ -98,8 +99,8 @@ enum OrgsCommand {
         /// Email of the organization's first administrator, who owns the key.
         #[arg(long)]
         admin_email: Option<String>,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        database_url: DatabaseUrl,
     },
 }
 
@@ -147,10 +148,10 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
-    sqlx::PgPool::connect(database_url)
+async fn connect(database_url: &DatabaseUrl) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::PgPool::connect(database_url.expose_secret())
         .await
-        .context("connecting to Postgres (DATABASE_URL)")
+        .with_context(|| format!("connecting to Postgres ({})", DATABASE_URL.names()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -158,22 +159,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(config) => {
             config.monthly_schedule()?;
             let pool = config.pool().await?;
-            dhanman::migrate(&pool).await?;
-            dhanman::ensure_topics(&config).await?;
-            let listener = dhanman::bind_api(&config).await?;
-            dhanman::run_all(&config, listener, pool, dhanman::stop_on_signals()?).await
+            dhanman_ops::migrate(&pool).await?;
+            dhanman_ops::ensure_topics(&config).await?;
+            let listener = dhanman_ops::bind_api(&config).await?;
+            dhanman::run_all(&config, listener, pool, dhanman_ops::stop_on_signals()?).await
         }
         Command::Api(config) => {
             let pool = config.pool().await?;
-            let listener = dhanman::bind_api(&config).await?;
-            dhanman::run_api(&config, listener, pool, dhanman::stop_on_signals()?).await
+            let listener = dhanman_ops::bind_api(&config).await?;
+            dhanman::run_api(&config, listener, pool, dhanman_ops::stop_on_signals()?).await
         }
         Command::Relay(config) => {
-            let metrics = dhanman::telemetry::bind_metrics(&config).await?;
+            let metrics = dhanman_ops::bind_metrics(&config).await?;
             let pool = config.pool().await?;
-            dhanman::ensure_topics(&config).await?;
-            let relay = dhanman::run_relay(&config, pool, dhanman::stop_on_signals()?);
-            dhanman::telemetry::with_metrics(metrics, relay).await
+            dhanman_ops::ensure_topics(&config).await?;
+            let relay = dhanman::run_relay(&config, pool, dhanman_ops::stop_on_signals()?);
+            dhanman_ops::with_metrics(metrics, relay).await
         }
         Command::Process { name, config } => {
             if !dhanman::PROCESSORS.contains(&name.as_str()) {
@@ -182,16 +183,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dhanman::PROCESSORS.join(", ")
                 );
             }
-            let metrics = dhanman::telemetry::bind_metrics(&config).await?;
+            let metrics = dhanman_ops::bind_metrics(&config).await?;
             let pool = config.pool().await?;
-            dhanman::ensure_topics(&config).await?;
-            let stop = dhanman::stop_on_signals()?;
+            dhanman_ops::ensure_topics(&config).await?;
+            let stop = dhanman_ops::stop_on_signals()?;
             let processor = dhanman::run_processor(&config, &name, pool, stop);
-            dhanman::telemetry::with_metrics(metrics, processor).await
+            dhanman_ops::with_metrics(metrics, processor).await
         }
         Command::Migrate { database_url } => {
             let pool = connect(&database_url).await?;
-            dhanman::migrate(&pool).await?;
+            dhanman_ops::migrate(&pool).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -212,7 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(config) => {
-            demo::run(&config).await?;
+            demo::run(&config, |config, listener, pool, stop| async move {
+                dhanman::run_all(&config, listener, pool, stop).await
+            })
+            .await?;
             // The pipeline has stopped; what is left (its in-process gateway and SMTP
             // server, idle connections) needs no teardown.
             use std::io::Write;
@@ -256,6 +260,12 @@ mod tests {
         }
     }
 
+    /// clap's own checks of the definitions (one id per argument of each command, ...).
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
     /// docs/configuration.md has a row for every variable any command reads, showing its
     /// default, and no row for a variable nothing reads.
     #[test]
@@ -270,6 +280,13 @@ mod tests {
                     .chars()
                     .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
                     .then_some((variable, default))
+            })
+            .collect();
+        let lines: BTreeMap<&str, &str> = page
+            .lines()
+            .filter_map(|line| {
+                let (variable, _) = line.strip_prefix("| `")?.split_once('`')?;
+                Some((variable, line))
             })
             .collect();
         let mut read = BTreeSet::new();
@@ -298,6 +315,32 @@ mod tests {
             }
             read.insert(variable);
         });
+        // A setting read under its `DHANMAN_` name and, when that is unset, its standard
+        // name: both have a row, the standard one naming the other; clap knows no default of
+        // it, so the page's is checked here.
+        for setting in dhanman_ops::ALIASED {
+            if !read.contains(setting.name) {
+                wrong.push(format!("{} is read by no command", setting.name));
+                continue;
+            }
+            match lines.get(setting.alias) {
+                Some(line) if line.contains(&format!("`{}`", setting.name)) => {}
+                Some(_) => wrong.push(format!(
+                    "{}: its row does not name {}",
+                    setting.alias, setting.name
+                )),
+                None => wrong.push(format!("{} has no row", setting.alias)),
+            }
+            if let (Some(default), Some(shown)) = (setting.default, rows.get(setting.name))
+                && !shown.contains(&format!("`{default}`"))
+            {
+                wrong.push(format!(
+                    "{}: default {default:?}, the page says {shown:?}",
+                    setting.name
+                ));
+            }
+            read.insert(setting.alias.to_string());
+        }
         for variable in rows.keys() {
             if !read.contains(*variable) && !OUTSIDE_CLAP.contains(variable) {
                 wrong.push(format!("{variable} is documented and no command reads it"));

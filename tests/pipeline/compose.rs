@@ -28,13 +28,21 @@ fn yaml(path: &Path) -> Value {
     value
 }
 
-/// Variables `dhanman`'s `Config` reads, from its clap definition.
+/// Variables `dhanman`'s `Config` reads, from its clap definition, with the standard names
+/// some of them fall back on.
 fn config_env() -> BTreeSet<String> {
-    dhanman::Config::augment_args(clap::Command::new("dhanman"))
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect()
+    let mut read: BTreeSet<String> =
+        dhanman_ops::Config::augment_args(clap::Command::new("dhanman"))
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+    for setting in dhanman_ops::ALIASED {
+        if read.contains(setting.name) {
+            read.insert(setting.alias.to_string());
+        }
+    }
+    read
 }
 
 /// Read outside `Config`: the log filter and format (`init_telemetry`).

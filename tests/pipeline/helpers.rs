@@ -95,7 +95,7 @@ impl TestDb {
         let pool = PgPool::connect(&url)
             .await
             .expect("connect to test database");
-        dhanman::MIGRATOR.run(&pool).await.expect("migrate");
+        dhanman_ops::MIGRATOR.run(&pool).await.expect("migrate");
         TestDb {
             name,
             url,

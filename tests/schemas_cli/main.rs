@@ -757,7 +757,7 @@ impl TestDb {
         let pool = PgPool::connect(&url)
             .await
             .expect("connect to test database");
-        dhanman::MIGRATOR.run(&pool).await.expect("migrate");
+        dhanman_ops::MIGRATOR.run(&pool).await.expect("migrate");
         pool.close().await;
         TestDb {
             name,

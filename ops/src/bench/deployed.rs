@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
 use tokio::process::{Child, Command};
 
 use super::common::{self, Common, ScratchDb, Society};
@@ -40,7 +41,7 @@ impl Backlog {
 impl Deployed {
     /// Starts `dhanman up` and waits until its API answers `/readyz`.
     pub async fn start(common: &Common, db_pool: u32) -> anyhow::Result<Deployed> {
-        let db = ScratchDb::create(&common.database_url, 4).await?;
+        let db = ScratchDb::create(common.database_url.expose_secret(), 4).await?;
         let prefix = common::topic_prefix();
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -50,17 +51,21 @@ impl Deployed {
         let exe = std::env::current_exe().context("finding this executable")?;
         let spawned = Command::new(exe)
             .arg("up")
-            .env("DATABASE_URL", &db.url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &common.kafka_bootstrap_servers)
+            .env("DHANMAN_DATABASE_URL", &db.url)
+            .env(
+                "DHANMAN_KAFKA_BOOTSTRAP_SERVERS",
+                &*common.kafka_bootstrap_servers,
+            )
             .env("DHANMAN_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("DHANMAN_TOPIC_PREFIX", &prefix)
             .env("DHANMAN_DB_POOL", db_pool.to_string())
             // The benchmark measures what the pipeline sustains, not what a key is allowed.
             .env("DHANMAN_API_RATE_LIMIT", "0")
             // No mail server: invoice emails wait in the delivery log, retried with backoff.
-            .env("SMTP_URL", "smtp://127.0.0.1:9")
+            .env("DHANMAN_SMTP_URL", "smtp://127.0.0.1:9")
             .env("DHANMAN_SMTP_MAX_ATTEMPTS", "1000000")
             .env_remove("SCHEMA_REGISTRY_URL")
+            .env_remove("DHANMAN_SCHEMA_REGISTRY_URL")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -81,7 +86,7 @@ impl Deployed {
             prefix,
             db,
             log,
-            bootstrap: common.kafka_bootstrap_servers.clone(),
+            bootstrap: common.kafka_bootstrap_servers.to_string(),
             probe,
         };
         if let Err(e) = deployed.wait_ready().await {

@@ -25,6 +25,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, TopicPartitionList};
 use rust_decimal::Decimal;
+use secrecy::ExposeSecret;
 use sqlx::{Connection, Executor, PgPool};
 use uuid::Uuid;
 
@@ -73,7 +74,7 @@ pub struct Stage {
 
 impl Stage {
     pub async fn open(common: &Common, partitions: i32) -> anyhow::Result<Stage> {
-        let db = ScratchDb::create(&common.database_url, 8).await?;
+        let db = ScratchDb::create(common.database_url.expose_secret(), 8).await?;
         let prefix = common::topic_prefix();
         match Self::serve(common, db, &prefix, partitions).await {
             Ok(stage) => Ok(stage),
@@ -117,7 +118,7 @@ impl Stage {
                 registry_url,
                 prefix: prefix.to_string(),
                 topics,
-                bootstrap: common.kafka_bootstrap_servers.clone(),
+                bootstrap: common.kafka_bootstrap_servers.to_string(),
                 api,
             }),
             Err(e) => Err((db, e)),

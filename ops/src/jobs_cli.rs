@@ -39,8 +39,8 @@ struct RunArgs {
     /// Days from the issue date (the first of the period) to the due date.
     #[arg(long, env = "DHANMAN_MONTHLY_DUE_DAYS", default_value_t = 10)]
     due_days: u32,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
+    #[command(flatten)]
+    database_url: crate::DatabaseUrl,
 }
 
 fn parse_period(s: &str) -> Result<String, String> {
@@ -70,9 +70,10 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn run_job(args: &RunArgs) -> anyhow::Result<monthly::Summary> {
-    let pool = sqlx::PgPool::connect(&args.database_url)
+    use secrecy::ExposeSecret;
+    let pool = sqlx::PgPool::connect(args.database_url.expose_secret())
         .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+        .with_context(|| format!("connecting to Postgres ({})", crate::DATABASE_URL.names()))?;
     match args.job {
         Job::MonthlyInvoices => monthly::run(&pool, &args.period, args.organization, args.due_days)
             .await

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use secrecy::ExposeSecret;
 use sqlx::{Executor, PgPool};
 use uuid::Uuid;
 
@@ -47,14 +48,10 @@ pub struct Args {
     /// Keep the campaign's database and logs afterwards.
     #[arg(long)]
     pub keep: bool,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:19092"
-    )]
-    pub kafka_bootstrap_servers: String,
+    #[command(flatten)]
+    pub database_url: crate::DatabaseUrl,
+    #[command(flatten)]
+    pub kafka_bootstrap_servers: crate::KafkaBootstrapServers,
 }
 
 /// What one round does.
@@ -84,21 +81,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let id = Uuid::now_v7().simple().to_string();
     let id = &id[id.len() - 10..];
     let db_name = format!("dhanman_campaign_{id}");
-    let admin = PgPool::connect(&args.database_url)
+    let admin = PgPool::connect(args.database_url.expose_secret())
         .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+        .with_context(|| format!("connecting to Postgres ({})", crate::DATABASE_URL.names()))?;
     admin
         .execute(sqlx::AssertSqlSafe(format!("create database {db_name}")))
         .await?;
     admin.close().await;
-    let mut url = reqwest::Url::parse(&args.database_url).context("DATABASE_URL")?;
+    let mut url = reqwest::Url::parse(args.database_url.expose_secret())
+        .with_context(|| crate::DATABASE_URL.names())?;
     url.set_path(&db_name);
     let database_url = url.to_string();
     let dir = std::env::temp_dir().join(format!("dhanman-campaign-{id}"));
     std::fs::create_dir_all(&dir)?;
     let outcome = campaign(&args, &database_url, &format!("campaign{id}."), &dir).await;
     if !args.keep {
-        if let Ok(admin) = PgPool::connect(&args.database_url).await {
+        if let Ok(admin) = PgPool::connect(args.database_url.expose_secret()).await {
             let _ = admin
                 .execute(sqlx::AssertSqlSafe(format!(
                     "drop database if exists {db_name} with (force)"
@@ -144,7 +142,7 @@ async fn campaign(
         replicas: if args.kafka_nodes > 1 { 3 } else { 1 },
         binary: std::env::current_exe()?,
         database_url: database_url.to_string(),
-        bootstrap: args.kafka_bootstrap_servers.clone(),
+        bootstrap: args.kafka_bootstrap_servers.to_string(),
         prefix: prefix.to_string(),
         gateway_url,
         smtp_url: smtp.url(),
@@ -215,7 +213,7 @@ fn scripts() -> PathBuf {
     // The binary runs from the repository (cargo run, or target/), whose scripts restart
     // the services; DHANMAN_SCRIPTS names them otherwise.
     std::env::var_os("DHANMAN_SCRIPTS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts"),
         PathBuf::from,
     )
 }

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -49,7 +50,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let db = ScratchDb::create(&args.common.database_url, args.db_pool).await?;
+    let db = ScratchDb::create(args.common.database_url.expose_secret(), args.db_pool).await?;
     let measured = measure(&args, &db.pool).await;
     db.drop().await;
     measured?.print(args.common.json);

@@ -76,10 +76,13 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
         let output = tokio::process::Command::new(&exe)
             .args(["replay", "--processor", "ledger", "--topic", topic])
             .args(["--from", "beginning", "--execute", "--json"])
-            .env("DATABASE_URL", &stage.db.url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &common.kafka_bootstrap_servers)
+            .env("DHANMAN_DATABASE_URL", &stage.db.url)
+            .env(
+                "DHANMAN_KAFKA_BOOTSTRAP_SERVERS",
+                &*common.kafka_bootstrap_servers,
+            )
             .env("DHANMAN_TOPIC_PREFIX", &stage.prefix)
-            .env("SCHEMA_REGISTRY_URL", &stage.registry_url)
+            .env("DHANMAN_SCHEMA_REGISTRY_URL", &stage.registry_url)
             .env("DHANMAN_BATCH_SIZE", args.shape.batch_size.to_string())
             .stdin(Stdio::null())
             .output()

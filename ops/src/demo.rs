@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rust_decimal::Decimal;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::Config;
@@ -120,7 +121,13 @@ const RESIDENTS: &[(&str, &str, &str)] = &[
     ("Meera Iyer", "C-301", "5100.75"),
 ];
 
-pub async fn run(config: &Config) -> anyhow::Result<()> {
+/// Runs the demo against `pipeline`, which runs every part of the pipeline in this process
+/// (what `dhanman up` runs) until its stop is requested.
+pub async fn run<P, F>(config: &Config, pipeline: P) -> anyhow::Result<()>
+where
+    P: FnOnce(Config, tokio::net::TcpListener, sqlx::PgPool, dhanman_processors::Stop) -> F,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let mut config = config.clone();
     let pool = config.pool().await?;
     crate::migrate(&pool).await?;
@@ -132,17 +139,19 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         gateway,
         dhanman_devpeers::Switches::default(),
     ));
-    // Notifications go to an SMTP server of the demo's own, in-process, unless SMTP_URL
-    // names one (Mailpit of the compose file, say).
-    let mailbox = match std::env::var_os("SMTP_URL") {
-        Some(_) => None,
-        None => {
-            let sink = dhanman_devpeers::smtp::SmtpSink::start()
-                .await
-                .context("starting the demo's SMTP server")?;
-            config.smtp_url = sink.url();
-            Some(sink)
-        }
+    // Notifications go to an SMTP server of the demo's own, in-process, unless
+    // DHANMAN_SMTP_URL or SMTP_URL names one (Mailpit of the compose file, say).
+    let smtp_named = [crate::SMTP_URL.name, crate::SMTP_URL.alias]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some());
+    let mailbox = if smtp_named {
+        None
+    } else {
+        let sink = dhanman_devpeers::smtp::SmtpSink::start()
+            .await
+            .context("starting the demo's SMTP server")?;
+        config.smtp_url = sink.url().into();
+        Some(sink)
     };
     // An ephemeral port: the demo must not collide with a running `dhanman up`.
     config.http_addr.set_port(0);
@@ -152,7 +161,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let stopper = dhanman_processors::Stopper::default();
     let pipeline = {
         let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
-        tokio::spawn(async move { crate::run_all(&config, listener, pool, stop).await })
+        tokio::spawn(pipeline(config, listener, pool, stop))
     };
     let shown = society(&config, &pool, base, mailbox.as_ref()).await;
     // The pipeline stops as `dhanman up` does on SIGTERM: its consumers leave their
@@ -425,7 +434,7 @@ async fn society(
         None => println!(
             "notifications: {counts} (delivered over SMTP_URL, {}; those it does not take \
              wait and retry)",
-            config.smtp_url
+            config.smtp_url.expose_secret()
         ),
     }
     if let Some(busy) = busy {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dhanman_processors::audit::{self, AuditReport};
+use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
@@ -58,7 +59,7 @@ pub async fn run(args: Args) -> ExitCode {
 /// whole tables and take seconds on large books: sqlx's slow-statement warnings are off,
 /// the summary line is what the command says.
 async fn connect(connections: &crate::Connections) -> Result<sqlx::PgPool, sqlx::Error> {
-    let options: PgConnectOptions = connections.database_url.parse()?;
+    let options: PgConnectOptions = connections.database_url.expose_secret().parse()?;
     let options = options.disable_statement_logging();
     options.connect().await?.close().await?;
     Ok(PgPoolOptions::new()

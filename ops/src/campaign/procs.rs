@@ -63,7 +63,7 @@ impl Fleet {
                     child: None,
                 },
             );
-            for processor in crate::PROCESSORS {
+            for processor in &dhanman_processors::catalog::NAMES {
                 parts.insert(
                     format!("{processor}-{n}"),
                     Part {
@@ -112,24 +112,25 @@ impl Fleet {
         let mut command = Command::new(&shared.binary);
         command
             .args(&part.args)
-            .env("DATABASE_URL", &shared.database_url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &shared.bootstrap)
+            .env("DHANMAN_DATABASE_URL", &shared.database_url)
+            .env("DHANMAN_KAFKA_BOOTSTRAP_SERVERS", &shared.bootstrap)
             .env("DHANMAN_TOPIC_PREFIX", &shared.prefix)
             .env("DHANMAN_TOPIC_REPLICAS", shared.replicas.to_string())
             .env("DHANMAN_GATEWAY_URL", &shared.gateway_url)
-            .env("SMTP_URL", &shared.smtp_url)
+            .env("DHANMAN_SMTP_URL", &shared.smtp_url)
             .env("DHANMAN_SMTP_MAX_ATTEMPTS", "1000000")
             .env("DHANMAN_LAG_INTERVAL_MS", "1000")
             .env("DHANMAN_HTTP_ADDR", api)
             .env("RUST_LOG", "info,rdkafka=warn,sqlx=warn")
             .env_remove("SCHEMA_REGISTRY_URL")
+            .env_remove("DHANMAN_SCHEMA_REGISTRY_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         if let (None, Some(first)) = (part.port, registry) {
             command.env(
-                "SCHEMA_REGISTRY_URL",
+                "DHANMAN_SCHEMA_REGISTRY_URL",
                 format!("http://127.0.0.1:{first}/schema-registry"),
             );
         }

@@ -100,7 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         prefetch,
         config,
     } = *args;
-    let metrics = crate::telemetry::bind_metrics(&config).await?;
+    let metrics = crate::bind_metrics(&config).await?;
     let pool = config.pool().await?;
     let found: Option<(Uuid,)> = sqlx::query_as("select id from organizations where id = $1")
         .bind(organization_id)
@@ -124,7 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         policy: dhanman_producers::purchase::ApprovalPolicy {
             cfo_threshold: config.po_cfo_threshold,
         },
-        kafka_bootstrap: config.kafka_bootstrap_servers.clone(),
+        kafka_bootstrap: config.kafka_bootstrap_servers.to_string(),
         topic_prefix: config.topic_prefix.clone(),
         group_id: format!("{}dhanman.rabbitmq-bridge", config.topic_prefix),
     };
@@ -155,5 +155,5 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("RabbitMQ bridge stopped");
         Ok(())
     };
-    crate::telemetry::with_metrics(metrics, bridge).await
+    crate::with_metrics(metrics, bridge).await
 }

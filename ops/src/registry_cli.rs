@@ -26,28 +26,29 @@ enum UsersCommand {
     /// `basic.auth.user.info`, or `SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO`).
     Add {
         name: String,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        database_url: crate::DatabaseUrl,
     },
     /// Lists the users (never their secrets).
     List {
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        database_url: crate::DatabaseUrl,
     },
     /// Revokes a user: its writes are refused from now on.
     Revoke {
         name: String,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        database_url: crate::DatabaseUrl,
     },
 }
 
-async fn pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
-    sqlx::PgPool::connect(url)
+async fn pool(url: &crate::DatabaseUrl) -> anyhow::Result<sqlx::PgPool> {
+    use secrecy::ExposeSecret;
+    sqlx::PgPool::connect(url.expose_secret())
         .await
-        .context("connecting to Postgres (DATABASE_URL)")
+        .with_context(|| format!("connecting to Postgres ({})", crate::DATABASE_URL.names()))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

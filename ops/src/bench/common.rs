@@ -15,14 +15,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
 pub struct Common {
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:19092"
-    )]
-    pub kafka_bootstrap_servers: String,
+    #[command(flatten)]
+    pub database_url: crate::DatabaseUrl,
+    #[command(flatten)]
+    pub kafka_bootstrap_servers: crate::KafkaBootstrapServers,
     /// Repetitions of each measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,

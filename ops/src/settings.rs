@@ -1,0 +1,907 @@
+//! The settings every part reads, from flags and the environment (docs/configuration.md
+//! lists each; a test checks the page against these definitions).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dhanman_processors::{RuntimeConfig, catalog, notifier};
+use dhanman_schemas::Codec;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// Settings, all from the environment (see docs/configuration.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub database_url: DatabaseUrl,
+    #[command(flatten)]
+    pub kafka_bootstrap_servers: KafkaBootstrapServers,
+    #[command(flatten)]
+    pub schema_registry_url: SchemaRegistryUrl,
+    /// `user:secret` of a registry user, sent as HTTP basic auth (Confluent's
+    /// `basic.auth.user.info`): the relay registers a local schema it does not find with
+    /// it. Unset: look-ups only (the embedded registry has the local schemas from the
+    /// API's start).
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub schema_registry_user_info: Option<secrecy::SecretString>,
+    /// Address the API listens on.
+    #[arg(long, env = "DHANMAN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Where `dhanman relay` and `dhanman process <name>` serve `/metrics` and `/healthz`;
+    /// unset: nowhere. (The API serves its own; in `dhanman up` it covers every part.)
+    #[arg(long, env = "DHANMAN_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Partitions of the topics the pipeline creates.
+    #[arg(long, env = "DHANMAN_TOPIC_PARTITIONS", default_value_t = 4)]
+    pub topic_partitions: i32,
+    /// Replicas of each partition of the topics the pipeline creates (3 on a cluster of
+    /// three brokers, with `min.insync.replicas` 2).
+    #[arg(long, env = "DHANMAN_TOPIC_REPLICAS", default_value_t = 1)]
+    pub topic_replicas: i32,
+    /// Requests per second one API key may make to one API process (sustained; 0: no
+    /// limit); past it, 429 with `Retry-After`.
+    #[arg(long, env = "DHANMAN_API_RATE_LIMIT", default_value_t = dhanman_api::rate_limit::DEFAULT_PER_SECOND)]
+    pub api_rate_limit: u32,
+    /// Requests one API key may make at once above its sustained rate.
+    #[arg(long, env = "DHANMAN_API_RATE_BURST", default_value_t = dhanman_api::rate_limit::DEFAULT_BURST)]
+    pub api_rate_burst: u32,
+    /// How long a query with `?consistent_with=` waits for the ledger, in milliseconds.
+    #[arg(
+        long = "consistency-wait-ms",
+        env = "DHANMAN_CONSISTENCY_WAIT_MS",
+        default_value = "5000",
+        value_name = "CONSISTENCY_WAIT_MS",
+        value_parser = parse_millis
+    )]
+    pub consistency_wait: Duration,
+    /// Accounts the ledger's posting rules use instead of the defaults, as `key=code` pairs
+    /// (`revenue=4100,bank=1010`; keys: bank, revenue, salaries_payable, salary_expense,
+    /// expenses, payable, reserved_budget, commitments). Each must be in the chart of
+    /// accounts. Entries posted before a change keep theirs until `dhanman replay
+    /// --processor ledger --correct --execute`.
+    #[arg(long, env = "DHANMAN_LEDGER_ACCOUNTS")]
+    pub ledger_accounts: Option<dhanman_processors::ledger::Accounts>,
+    /// Largest batch a processor applies in one transaction.
+    #[arg(long, env = "DHANMAN_BATCH_SIZE", default_value_t = dhanman_processors::runtime::DEFAULT_MAX_BATCH)]
+    pub batch_size: usize,
+    /// Prefix of every topic name, to share a cluster between installations or tests.
+    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Concurrent transactions a processor splits each batch into, by partition.
+    #[arg(long, env = "DHANMAN_LANES", default_value_t = dhanman_processors::runtime::DEFAULT_LANES)]
+    pub lanes: usize,
+    /// Postgres connections per process.
+    #[arg(long, env = "DHANMAN_DB_POOL", default_value_t = 10)]
+    pub db_pool: u32,
+    /// When `dhanman up` runs the monthly-invoices job for the current month (UTC), as a
+    /// cron expression with seconds (`0 0 6 1 * *`: 06:00 on the first); unset: never.
+    #[arg(long, env = "DHANMAN_MONTHLY_INVOICES_CRON")]
+    pub monthly_invoices_cron: Option<String>,
+    /// Days from a monthly invoice's issue date to its due date.
+    #[arg(long, env = "DHANMAN_MONTHLY_DUE_DAYS", default_value_t = 10)]
+    pub monthly_due_days: u32,
+    /// Base URL of the payment gateway the payment saga charges (`dhanman gateway`
+    /// listens here by default).
+    #[arg(
+        long,
+        env = "DHANMAN_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub gateway_url: String,
+    /// Limit of one gateway request, connect to last byte, in milliseconds.
+    #[arg(
+        long = "gateway-timeout-ms",
+        env = "DHANMAN_GATEWAY_TIMEOUT_MS",
+        default_value = "5000",
+        value_name = "GATEWAY_TIMEOUT_MS",
+        value_parser = parse_millis
+    )]
+    pub gateway_timeout: Duration,
+    /// Retries of a gateway request after a transient failure (timeout, 5xx, connection
+    /// lost), with exponential backoff and jitter.
+    #[arg(long, env = "DHANMAN_GATEWAY_RETRIES", default_value_t = 3)]
+    pub gateway_retries: usize,
+    /// Delay before the first retry, in milliseconds; doubles each retry.
+    #[arg(
+        long = "gateway-backoff-ms",
+        env = "DHANMAN_GATEWAY_BACKOFF_MS",
+        default_value = "200",
+        value_name = "GATEWAY_BACKOFF_MS",
+        value_parser = parse_millis
+    )]
+    pub gateway_backoff: Duration,
+    /// Consecutive transient gateway failures that open the circuit breaker.
+    #[arg(long, env = "DHANMAN_GATEWAY_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub gateway_breaker_threshold: u32,
+    /// How long the open breaker fails calls fast before it lets a trial through, in ms.
+    #[arg(
+        long = "gateway-breaker-cool-down-ms",
+        env = "DHANMAN_GATEWAY_BREAKER_COOL_DOWN_MS",
+        default_value = "30000",
+        value_name = "GATEWAY_BREAKER_COOL_DOWN_MS",
+        value_parser = parse_millis
+    )]
+    pub gateway_breaker_cool_down: Duration,
+    /// How often unfinished payment sagas are resumed (besides at start-up), in ms.
+    #[arg(
+        long = "payment-recovery-interval-ms",
+        env = "DHANMAN_PAYMENT_RECOVERY_INTERVAL_MS",
+        default_value = "30000",
+        value_name = "PAYMENT_RECOVERY_INTERVAL_MS",
+        value_parser = parse_millis
+    )]
+    pub payment_recovery_interval: Duration,
+    /// Testing switch: abort the process at a payment saga crash point (`after-start`,
+    /// `after-charge`, `after-complete`, `before-refund`, `after-refund`).
+    #[arg(long, env = "DHANMAN_FAULT_CRASH_AT", hide = true, value_parser = dhanman_payments::CrashPoint::parse)]
+    pub fault_crash_at: Option<dhanman_payments::CrashPoint>,
+    /// How often the API process samples consumer lag (for `/metrics` and `GET /v1/lag`), in ms.
+    #[arg(
+        long = "lag-interval-ms",
+        env = "DHANMAN_LAG_INTERVAL_MS",
+        default_value = "5000",
+        value_name = "LAG_INTERVAL_MS",
+        value_parser = parse_millis
+    )]
+    pub lag_interval: Duration,
+    #[command(flatten)]
+    pub lag: LagSettings,
+    /// How often each API process audits the ledger (`/metrics`, `/readyz`), in ms.
+    #[arg(
+        long = "audit-interval-ms",
+        env = "DHANMAN_AUDIT_INTERVAL_MS",
+        default_value = "60000",
+        value_name = "AUDIT_INTERVAL_MS",
+        value_parser = parse_millis
+    )]
+    pub audit_interval: Duration,
+    /// How long published outbox rows are kept (`dhanman up` prunes older ones).
+    #[arg(long, env = "DHANMAN_RETENTION_OUTBOX", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention_outbox: Duration,
+    /// How long idempotency keys are kept: a client's retry window.
+    #[arg(long, env = "DHANMAN_RETENTION_IDEMPOTENCY", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention_idempotency: Duration,
+    /// How long the processors' gate rows (`processed_events`) are kept behind their
+    /// groups' offsets.
+    #[arg(long, env = "DHANMAN_RETENTION_GATE", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub retention_gate: Duration,
+    /// How often `dhanman up` prunes by those retentions.
+    #[arg(long, env = "DHANMAN_RETENTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+    /// Purchase orders above this amount need the CFO's approval as well as a manager's.
+    #[arg(long, env = "DHANMAN_PO_CFO_THRESHOLD", default_value = "50000")]
+    pub po_cfo_threshold: rust_decimal::Decimal,
+    #[command(flatten)]
+    pub smtp_url: SmtpUrl,
+    /// From address of every notification email.
+    #[arg(
+        long,
+        env = "DHANMAN_MAIL_FROM",
+        default_value = "Dhanman <no-reply@dhanman.invalid>"
+    )]
+    pub mail_from: String,
+    /// Directory of per-organization template overrides,
+    /// `<dir>/<organization_id>/<template>.{subject,txt,html}`; unset: embedded defaults only.
+    #[arg(long, env = "DHANMAN_TEMPLATE_DIR")]
+    pub template_dir: Option<std::path::PathBuf>,
+    /// SMTP attempts of a notification before it is dead-lettered (transient failures).
+    #[arg(long, env = "DHANMAN_SMTP_MAX_ATTEMPTS", default_value_t = 5)]
+    pub smtp_max_attempts: u32,
+    /// Delay before a notification's first retry, in milliseconds; doubles each attempt.
+    #[arg(
+        long = "smtp-backoff-ms",
+        env = "DHANMAN_SMTP_BACKOFF_MS",
+        default_value = "1000",
+        value_name = "SMTP_BACKOFF_MS",
+        value_parser = parse_millis
+    )]
+    pub smtp_backoff: Duration,
+    /// Longest delay between two attempts of a notification, in milliseconds.
+    #[arg(
+        long = "smtp-backoff-max-ms",
+        env = "DHANMAN_SMTP_BACKOFF_MAX_MS",
+        default_value = "300000",
+        value_name = "SMTP_BACKOFF_MAX_MS",
+        value_parser = parse_millis
+    )]
+    pub smtp_backoff_max: Duration,
+    /// Limit of one SMTP conversation (connect to the reply to DATA), in milliseconds.
+    #[arg(
+        long = "smtp-timeout-ms",
+        env = "DHANMAN_SMTP_TIMEOUT_MS",
+        default_value = "30000",
+        value_name = "SMTP_TIMEOUT_MS",
+        value_parser = parse_millis
+    )]
+    pub smtp_timeout: Duration,
+    /// How long a claimed notification is left to its sender before another takes it over
+    /// (after a crash), in milliseconds; longer than the SMTP timeout.
+    #[arg(
+        long = "smtp-lease-ms",
+        env = "DHANMAN_SMTP_LEASE_MS",
+        default_value = "120000",
+        value_name = "SMTP_LEASE_MS",
+        value_parser = parse_millis
+    )]
+    pub smtp_lease: Duration,
+    /// Notifications in flight at once per process.
+    #[arg(long, env = "DHANMAN_SMTP_CONCURRENCY", default_value_t = 8)]
+    pub smtp_concurrency: usize,
+    /// Days before an invoice's due date its payment reminder goes out (at 00:00 UTC); a
+    /// time already past when the invoice is seen means the scheduler's next tick.
+    #[arg(long, env = "DHANMAN_REMINDER_DAYS_BEFORE", default_value_t = dhanman_processors::reminders::DEFAULT_DAYS_BEFORE)]
+    pub reminder_days_before: u32,
+    /// How often the reminder scheduler looks for due timers, in milliseconds.
+    #[arg(
+        long = "reminder-tick-ms",
+        env = "DHANMAN_REMINDER_TICK_MS",
+        default_value = "1000",
+        value_name = "REMINDER_TICK_MS",
+        value_parser = parse_millis
+    )]
+    pub reminder_tick: Duration,
+}
+
+impl Config {
+    pub fn registry_url(&self) -> String {
+        match self.schema_registry_url.get() {
+            Some(url) => url.to_string(),
+            None => crate::schemas_cli::embedded_registry_url(self.http_addr),
+        }
+    }
+
+    pub fn retention(&self) -> dhanman_connectors::retention::Retention {
+        dhanman_connectors::retention::Retention {
+            outbox: self.retention_outbox,
+            idempotency: self.retention_idempotency,
+            gate: self.retention_gate,
+        }
+    }
+
+    pub fn embedded_registry(&self) -> bool {
+        self.schema_registry_url.get().is_none()
+    }
+
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(self.db_pool)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(self.database_url.expose_secret())
+            .await
+            .with_context(|| format!("connecting to Postgres ({})", DATABASE_URL.names()))
+    }
+
+    pub fn codec(&self) -> anyhow::Result<Arc<Codec>> {
+        let credentials = self
+            .schema_registry_user_info
+            .as_ref()
+            .map(|info| dhanman_schemas::codec::Credentials::parse(info.expose_secret()))
+            .transpose()
+            .context("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO")?;
+        Ok(Arc::new(
+            Codec::connect(&self.registry_url(), credentials)?
+                .with_topic_prefix(&self.topic_prefix),
+        ))
+    }
+
+    /// The topics `processor` reads, as named on the broker.
+    pub fn topics_of(&self, processor: &impl dhanman_processors::Processor) -> Vec<String> {
+        processor
+            .topics()
+            .iter()
+            .map(|t| format!("{}{t}", self.topic_prefix))
+            .collect()
+    }
+
+    /// The ledger's accounts, checked against the chart when they are not the defaults.
+    pub async fn ledger_accounts(&self) -> anyhow::Result<dhanman_processors::ledger::Accounts> {
+        use sqlx::Connection;
+        let Some(accounts) = self.ledger_accounts.clone() else {
+            return Ok(Default::default());
+        };
+        let mut conn = sqlx::PgConnection::connect(self.database_url.expose_secret())
+            .await
+            .with_context(|| format!("connecting to Postgres ({})", DATABASE_URL.names()))?;
+        accounts
+            .verify(&mut conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("DHANMAN_LEDGER_ACCOUNTS: {e}"))?;
+        Ok(accounts)
+    }
+
+    /// What building the processors and their companions takes.
+    pub fn processor_settings(&self) -> catalog::Settings {
+        let mut sender =
+            notifier::sender::SenderConfig::new(self.smtp_url.expose_secret(), &self.mail_from);
+        sender.max_attempts = self.smtp_max_attempts;
+        sender.backoff = self.smtp_backoff;
+        sender.max_backoff = self.smtp_backoff_max;
+        sender.timeout = self.smtp_timeout;
+        sender.lease = self.smtp_lease;
+        sender.concurrency = self.smtp_concurrency;
+        catalog::Settings {
+            template_dir: self.template_dir.clone(),
+            reminder_days_before: self.reminder_days_before,
+            reminder_tick: self.reminder_tick,
+            sender,
+            ledger_accounts: self.ledger_accounts.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        let mut config = RuntimeConfig::new(&self.kafka_bootstrap_servers);
+        config.max_batch = self.batch_size;
+        config.lanes = self.lanes;
+        config.topic_prefix = self.topic_prefix.clone();
+        config
+    }
+
+    /// The monthly-invoices schedule, if one is set; a bad expression is an error naming
+    /// the variable.
+    pub fn monthly_schedule(&self) -> anyhow::Result<Option<cron::Schedule>> {
+        match self.monthly_invoices_cron.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(expr) => expr.parse().map(Some).with_context(|| {
+                format!("DHANMAN_MONTHLY_INVOICES_CRON {expr:?} is not a cron expression")
+            }),
+        }
+    }
+
+    pub fn app_state(&self, pool: PgPool) -> dhanman_api::AppState {
+        dhanman_api::AppState {
+            pool,
+            consistency_wait: self.consistency_wait,
+            gate_retention: self.retention_gate,
+            applied: Default::default(),
+            approval_policy: dhanman_producers::purchase::ApprovalPolicy {
+                cfo_threshold: self.po_cfo_threshold,
+            },
+            payments: None,
+            ledger_audit: None,
+            lag_rules: self.lag.rules(),
+            rate_limit: dhanman_api::rate_limit::KeyRateLimit::new(
+                self.api_rate_limit,
+                self.api_rate_burst,
+            ),
+        }
+    }
+
+    /// The payment saga with its gateway client (not yet recovering; see [`run_api`]).
+    pub fn payments(&self, pool: PgPool) -> anyhow::Result<dhanman_payments::Payments> {
+        let gateway = dhanman_payments::GatewayClient::new(dhanman_payments::GatewaySettings {
+            url: self.gateway_url.clone(),
+            timeout: self.gateway_timeout,
+            retries: self.gateway_retries,
+            backoff: self.gateway_backoff,
+            breaker_threshold: self.gateway_breaker_threshold,
+            breaker_cool_down: self.gateway_breaker_cool_down,
+        })
+        .context("building the payment gateway client (DHANMAN_GATEWAY_URL)")?;
+        Ok(dhanman_payments::Payments::new(
+            pool,
+            gateway,
+            self.fault_crash_at,
+            self.payment_recovery_interval,
+        ))
+    }
+}
+
+/// How lag is judged and how much of a cluster is sampled (see docs/operations.md,
+/// "Consumer lag").
+#[derive(Debug, Clone, clap::Args)]
+pub struct LagSettings {
+    /// Samples of each partition the lag status judges (the newest ones).
+    #[arg(long, env = "DHANMAN_LAG_WINDOW", default_value_t = 10, value_parser = clap::value_parser!(u16).range(2..=100))]
+    pub lag_window: u16,
+    /// Lag, in records, a partition may have and still count as caught up.
+    #[arg(long, env = "DHANMAN_LAG_ALLOWED", default_value_t = 0)]
+    pub lag_allowed: u32,
+    /// Most partitions one lag sample measures: the pipeline's groups always, other groups
+    /// while they fit (the rest are counted in `dhanman_lag_groups_left_out`).
+    #[arg(long, env = "DHANMAN_LAG_MAX_PARTITIONS", default_value_t = dhanman_connectors::lag::MAX_PARTITIONS)]
+    pub lag_max_partitions: usize,
+}
+
+impl LagSettings {
+    pub fn rules(&self) -> dhanman_connectors::lag::status::Rules {
+        dhanman_connectors::lag::status::Rules {
+            window: usize::from(self.lag_window),
+            allowed_lag: i64::from(self.lag_allowed),
+        }
+    }
+
+    /// What a lag sample covers: every group of the installation's topics, or one.
+    pub fn scope(
+        &self,
+        topic_prefix: &str,
+        group: Option<String>,
+    ) -> dhanman_connectors::lag::Scope {
+        dhanman_connectors::lag::Scope {
+            group,
+            topic_prefix: topic_prefix.to_string(),
+            rules: self.rules(),
+            max_partitions: self.lag_max_partitions,
+        }
+    }
+}
+
+/// Where the operations tools connect: Postgres and the broker.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connections {
+    #[command(flatten)]
+    pub database_url: DatabaseUrl,
+    #[command(flatten)]
+    pub kafka_bootstrap_servers: KafkaBootstrapServers,
+    /// Prefix of every topic name of the installation.
+    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+}
+
+impl Connections {
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPool::connect(self.database_url.expose_secret())
+            .await
+            .with_context(|| format!("connecting to Postgres ({})", DATABASE_URL.names()))
+    }
+}
+
+/// A number of milliseconds, as the `*_MS` variables give them.
+fn parse_millis(raw: &str) -> Result<Duration, std::num::ParseIntError> {
+    raw.parse().map(Duration::from_millis)
+}
+
+fn parse_secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(raw.to_string()))
+}
+
+/// A setting read from its flag or its `DHANMAN_` variable, else from the standard variable
+/// other tools read (psql, Kafka's and Confluent's clients): one prefix for every setting,
+/// and environments written for those tools still work. The `DHANMAN_` name wins when both
+/// are set.
+#[derive(Debug, Clone, Copy)]
+pub struct Aliased {
+    /// The flag, without its dashes.
+    pub flag: &'static str,
+    /// The `DHANMAN_` variable (the one `--help` shows).
+    pub name: &'static str,
+    /// The standard variable, read when neither the flag nor `name` is given.
+    pub alias: &'static str,
+    help: &'static str,
+    /// Used when none of the three is given; `None`: the setting is required.
+    pub default: Option<&'static str>,
+    /// Kept out of `--help` and of error messages: it may carry a password.
+    secret: bool,
+}
+
+pub const DATABASE_URL: Aliased = Aliased {
+    flag: "database-url",
+    name: "DHANMAN_DATABASE_URL",
+    alias: "DATABASE_URL",
+    help: "Postgres connection string",
+    default: None,
+    secret: true,
+};
+
+pub const KAFKA_BOOTSTRAP_SERVERS: Aliased = Aliased {
+    flag: "kafka-bootstrap-servers",
+    name: "DHANMAN_KAFKA_BOOTSTRAP_SERVERS",
+    alias: "KAFKA_BOOTSTRAP_SERVERS",
+    help: "Kafka bootstrap servers",
+    default: Some("127.0.0.1:19092"),
+    secret: false,
+};
+
+pub const SCHEMA_REGISTRY_URL: Aliased = Aliased {
+    flag: "schema-registry-url",
+    name: "DHANMAN_SCHEMA_REGISTRY_URL",
+    alias: "SCHEMA_REGISTRY_URL",
+    help: "Confluent-compatible schema registry; none means the embedded one, served by the \
+           API at `http://<DHANMAN_HTTP_ADDR>/schema-registry`",
+    default: None,
+    secret: false,
+};
+
+pub const SMTP_URL: Aliased = Aliased {
+    flag: "smtp-url",
+    name: "DHANMAN_SMTP_URL",
+    alias: "SMTP_URL",
+    help: "SMTP server the notifier sends through, `smtp://host[:port]` (plain SMTP, no TLS)",
+    default: Some("smtp://127.0.0.1:2525"),
+    secret: true,
+};
+
+/// Every setting with a standard name beside its `DHANMAN_` one (docs/configuration.md
+/// lists both).
+pub const ALIASED: [Aliased; 4] = [
+    DATABASE_URL,
+    KAFKA_BOOTSTRAP_SERVERS,
+    SCHEMA_REGISTRY_URL,
+    SMTP_URL,
+];
+
+impl Aliased {
+    /// Both variables, for messages: `DHANMAN_DATABASE_URL or DATABASE_URL`.
+    pub fn names(&self) -> String {
+        format!("{} or {}", self.name, self.alias)
+    }
+
+    fn arg(&self) -> clap::Arg {
+        let otherwise = match self.default {
+            Some(default) => format!("; neither: {default}"),
+            None => String::new(),
+        };
+        clap::Arg::new(self.flag)
+            .long(self.flag)
+            .value_name(self.alias)
+            .env(self.name)
+            .hide_env_values(self.secret)
+            .help(format!(
+                "{} (${} when ${} is unset{otherwise})",
+                self.help, self.alias, self.name
+            ))
+    }
+
+    /// The value: the flag, else `name`, else `alias`, else the default (`lookup` reads a
+    /// variable; an empty one counts as unset). `None`: a setting without a default that is
+    /// nowhere given.
+    pub fn resolve(
+        &self,
+        matches: &clap::ArgMatches,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        // The variables are read through `lookup` rather than taken from what clap read, so
+        // that the order is one function of the command line and the environment.
+        let flag = match matches.value_source(self.flag) {
+            Some(clap::parser::ValueSource::CommandLine) => {
+                matches.get_one::<String>(self.flag).cloned()
+            }
+            _ => None,
+        };
+        let variable = |name: &str| lookup(name).filter(|value| !value.is_empty());
+        flag.or_else(|| variable(self.name))
+            .or_else(|| variable(self.alias))
+            .or_else(|| self.default.map(str::to_string))
+    }
+
+    /// [`Aliased::resolve`] of a required setting; its absence is an error naming both
+    /// variables and the flag.
+    pub fn require(
+        &self,
+        matches: &clap::ArgMatches,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, clap::Error> {
+        self.resolve(matches, lookup).ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                format!(
+                    "{} is not set: set {} (or pass --{})",
+                    self.help,
+                    self.names(),
+                    self.flag
+                ),
+            )
+        })
+    }
+}
+
+/// What production resolves against: the process's environment.
+fn environment(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// One [`Aliased`] setting as a clap argument of its own, resolved as clap parses.
+macro_rules! aliased_arg {
+    ($type:ty, $setting:expr, $from_matches:expr) => {
+        impl clap::Args for $type {
+            fn augment_args(command: clap::Command) -> clap::Command {
+                command.arg($setting.arg())
+            }
+            fn augment_args_for_update(command: clap::Command) -> clap::Command {
+                command.arg($setting.arg())
+            }
+        }
+
+        impl clap::FromArgMatches for $type {
+            fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+                $from_matches(matches, environment)
+            }
+            fn update_from_arg_matches(
+                &mut self,
+                matches: &clap::ArgMatches,
+            ) -> Result<(), clap::Error> {
+                *self = $from_matches(matches, environment)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+/// Where Postgres is ([`DATABASE_URL`]); it may carry a password.
+#[derive(Debug, Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    pub fn from_matches(
+        matches: &clap::ArgMatches,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, clap::Error> {
+        let url = DATABASE_URL.require(matches, lookup)?;
+        Ok(Self(url.into()))
+    }
+}
+
+impl ExposeSecret<str> for DatabaseUrl {
+    fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+aliased_arg!(DatabaseUrl, DATABASE_URL, DatabaseUrl::from_matches);
+
+/// The brokers ([`KAFKA_BOOTSTRAP_SERVERS`]), `host:port[,host:port...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaBootstrapServers(String);
+
+impl KafkaBootstrapServers {
+    pub fn from_matches(
+        matches: &clap::ArgMatches,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, clap::Error> {
+        KAFKA_BOOTSTRAP_SERVERS.require(matches, lookup).map(Self)
+    }
+}
+
+impl std::ops::Deref for KafkaBootstrapServers {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KafkaBootstrapServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+aliased_arg!(
+    KafkaBootstrapServers,
+    KAFKA_BOOTSTRAP_SERVERS,
+    KafkaBootstrapServers::from_matches
+);
+
+/// A schema registry of the installation's own ([`SCHEMA_REGISTRY_URL`]), if it has one.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaRegistryUrl(Option<String>);
+
+impl SchemaRegistryUrl {
+    pub fn from_matches(
+        matches: &clap::ArgMatches,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, clap::Error> {
+        Ok(Self(SCHEMA_REGISTRY_URL.resolve(matches, lookup)))
+    }
+
+    /// The URL; `None` means the embedded registry.
+    pub fn get(&self) -> Option<&str> {
+        self.0.as_deref().filter(|url| !url.is_empty())
+    }
+}
+
+aliased_arg!(
+    SchemaRegistryUrl,
+    SCHEMA_REGISTRY_URL,
+    SchemaRegistryUrl::from_matches
+);
+
+/// The SMTP server notifications go through ([`SMTP_URL`]); it may carry credentials.
+#[derive(Debug, Clone)]
+pub struct SmtpUrl(SecretString);
+
+impl SmtpUrl {
+    pub fn from_matches(
+        matches: &clap::ArgMatches,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, clap::Error> {
+        SMTP_URL.require(matches, lookup).map(Self::from)
+    }
+}
+
+impl From<String> for SmtpUrl {
+    fn from(url: String) -> Self {
+        Self(url.into())
+    }
+}
+
+impl ExposeSecret<str> for SmtpUrl {
+    fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+aliased_arg!(SmtpUrl, SMTP_URL, SmtpUrl::from_matches);
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use clap::{Args, FromArgMatches};
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    /// `argv` parsed by clap as the arguments of `A`. A variable clap reads from this
+    /// process's environment does not matter: the settings resolve variables through the
+    /// lookup each test gives.
+    fn matches<A: Args>(argv: &[&str]) -> clap::ArgMatches {
+        A::augment_args(clap::Command::new("dhanman"))
+            .try_get_matches_from(argv)
+            .expect("arguments")
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    fn database_url(argv: &[&str], vars: &[(&str, &str)]) -> Result<String, clap::Error> {
+        DatabaseUrl::from_matches(&matches::<DatabaseUrl>(argv), env(vars))
+            .map(|url| url.expose_secret().to_string())
+    }
+
+    #[test]
+    fn clap_reads_the_dhanman_names() {
+        for setting in ALIASED {
+            let arg = setting.arg();
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(setting.name));
+            assert!(setting.name.starts_with("DHANMAN_"), "{setting:?}");
+            assert_eq!(setting.name, format!("DHANMAN_{}", setting.alias));
+        }
+    }
+
+    #[test]
+    fn the_dhanman_name_wins_over_the_standard_one() {
+        let both = [
+            ("DHANMAN_DATABASE_URL", "postgres://db/dhanman"),
+            ("DATABASE_URL", "postgres://db/other"),
+        ];
+        assert_eq!(
+            database_url(&["dhanman"], &both).unwrap(),
+            "postgres://db/dhanman"
+        );
+        let both = [
+            ("DHANMAN_KAFKA_BOOTSTRAP_SERVERS", "kafka-a:9092"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "kafka-b:9092"),
+        ];
+        let servers = KafkaBootstrapServers::from_matches(
+            &matches::<KafkaBootstrapServers>(&["dhanman"]),
+            env(&both),
+        )
+        .unwrap();
+        assert_eq!(&*servers, "kafka-a:9092");
+    }
+
+    #[test]
+    fn the_standard_name_alone_is_read() {
+        let alone = [("DATABASE_URL", "postgres://db/other")];
+        assert_eq!(
+            database_url(&["dhanman"], &alone).unwrap(),
+            "postgres://db/other"
+        );
+        let alone = [("SCHEMA_REGISTRY_URL", "http://registry:8081")];
+        let registry = SchemaRegistryUrl::from_matches(
+            &matches::<SchemaRegistryUrl>(&["dhanman"]),
+            env(&alone),
+        )
+        .unwrap();
+        assert_eq!(registry.get(), Some("http://registry:8081"));
+        let alone = [("SMTP_URL", "smtp://mail:1025")];
+        let smtp = SmtpUrl::from_matches(&matches::<SmtpUrl>(&["dhanman"]), env(&alone)).unwrap();
+        assert_eq!(smtp.expose_secret(), "smtp://mail:1025");
+    }
+
+    #[test]
+    fn the_flag_wins_over_both_variables() {
+        let both = [
+            ("DHANMAN_DATABASE_URL", "postgres://db/dhanman"),
+            ("DATABASE_URL", "postgres://db/other"),
+        ];
+        let argv = ["dhanman", "--database-url", "postgres://db/flag"];
+        assert_eq!(database_url(&argv, &both).unwrap(), "postgres://db/flag");
+    }
+
+    #[test]
+    fn an_empty_variable_counts_as_unset() {
+        let vars = [
+            ("DHANMAN_DATABASE_URL", ""),
+            ("DATABASE_URL", "postgres://db/other"),
+        ];
+        assert_eq!(
+            database_url(&["dhanman"], &vars).unwrap(),
+            "postgres://db/other"
+        );
+    }
+
+    #[test]
+    fn a_missing_database_url_names_both_variables() {
+        let error = database_url(&["dhanman"], &[]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("DHANMAN_DATABASE_URL or DATABASE_URL")
+                && message.contains("--database-url"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unset_settings_with_a_default_take_it() {
+        let servers = KafkaBootstrapServers::from_matches(
+            &matches::<KafkaBootstrapServers>(&["dhanman"]),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(&*servers, "127.0.0.1:19092");
+        let smtp = SmtpUrl::from_matches(&matches::<SmtpUrl>(&["dhanman"]), env(&[])).unwrap();
+        assert_eq!(smtp.expose_secret(), "smtp://127.0.0.1:2525");
+        let registry =
+            SchemaRegistryUrl::from_matches(&matches::<SchemaRegistryUrl>(&["dhanman"]), env(&[]))
+                .unwrap();
+        assert_eq!(registry.get(), None);
+    }
+
+    fn config(argv: &[&str]) -> Config {
+        let mut full = vec![
+            "dhanman",
+            "--database-url",
+            "postgres://owner:hunter2@db/books",
+        ];
+        full.extend_from_slice(argv);
+        Config::from_arg_matches(&matches::<Config>(&full)).expect("a config")
+    }
+
+    #[test]
+    fn milliseconds_become_durations() {
+        let config = config(&["--consistency-wait-ms", "250", "--smtp-lease-ms", "90000"]);
+        assert_eq!(config.consistency_wait, Duration::from_millis(250));
+        assert_eq!(config.smtp_lease, Duration::from_secs(90));
+        // The defaults are milliseconds too.
+        assert_eq!(config.gateway_timeout, Duration::from_secs(5));
+        assert_eq!(config.gateway_breaker_cool_down, Duration::from_secs(30));
+        assert_eq!(config.reminder_tick, Duration::from_secs(1));
+        assert!(
+            Config::augment_args(clap::Command::new("dhanman"))
+                .try_get_matches_from(["dhanman", "--lag-interval-ms", "5s"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_secrets() {
+        let config = config(&["--smtp-url", "smtp://mailer:s3cret@mail:25"]);
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert_eq!(
+            config.database_url.expose_secret(),
+            "postgres://owner:hunter2@db/books"
+        );
+    }
+}
