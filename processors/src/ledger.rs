@@ -21,6 +21,7 @@
 
 pub mod accounts;
 pub mod correct;
+pub mod read;
 
 use std::collections::BTreeMap;
 
