@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 /// Whether `processor` (its [`crate::Processor::name`]) has applied the event `event_id`.
 pub async fn has_applied(pool: &PgPool, processor: &str, event_id: Uuid) -> sqlx::Result<bool> {
-    let found: Option<(Uuid,)> = sqlx::query_as(
+    let found = sqlx::query_scalar!(
         "select event_id from processed_events where processor = $1 and event_id = $2",
+        processor,
+        event_id
     )
-    .bind(processor)
-    .bind(event_id)
     .fetch_optional(pool)
     .await?;
     Ok(found.is_some())

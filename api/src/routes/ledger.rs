@@ -29,13 +29,13 @@ async fn customer_name(
     organization_id: Uuid,
     customer_id: Uuid,
 ) -> Result<Option<String>, ApiError> {
-    let found: Option<(String,)> =
-        sqlx::query_as("select name from customers where id = $1 and organization_id = $2")
-            .bind(customer_id)
-            .bind(organization_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(found.map(|(name,)| name))
+    Ok(sqlx::query_scalar!(
+        "select name from customers where id = $1 and organization_id = $2",
+        customer_id,
+        organization_id
+    )
+    .fetch_optional(pool)
+    .await?)
 }
 
 pub async fn customer_balance(

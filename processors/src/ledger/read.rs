@@ -82,15 +82,16 @@ fn type_rank(account_type: &str) -> u8 {
 
 /// The account `code` of the chart, if there is one.
 pub async fn account(pool: &PgPool, code: &str) -> sqlx::Result<Option<Account>> {
-    let found: Option<(String, String)> =
-        sqlx::query_as("select name, type from accounts where code = $1")
-            .bind(code)
-            .fetch_optional(pool)
-            .await?;
-    Ok(found.map(|(name, account_type)| Account {
+    let found = sqlx::query!(
+        "select name, type as account_type from accounts where code = $1",
+        code
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.map(|r| Account {
         code: code.to_string(),
-        name,
-        account_type,
+        name: r.name,
+        account_type: r.account_type,
     }))
 }
 
@@ -100,21 +101,26 @@ pub async fn account_balances(
     organization_id: Uuid,
     account: &Account,
 ) -> sqlx::Result<Vec<AccountBalance>> {
-    let rows: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
-        "select currency::text as currency, debit_total, credit_total from account_balances
-          where organization_id = $1 and account_code = $2 order by currency",
+    let rows = sqlx::query!(
+        r#"select currency::text as "currency!", debit_total, credit_total
+             from account_balances
+            where organization_id = $1 and account_code = $2 order by currency"#,
+        organization_id,
+        account.code
     )
-    .bind(organization_id)
-    .bind(&account.code)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(currency, debit, credit)| AccountBalance {
-            currency,
-            debit_total: money(debit),
-            credit_total: money(credit),
-            balance: money(normal_balance(&account.account_type, debit, credit)),
+        .map(|r| AccountBalance {
+            balance: money(normal_balance(
+                &account.account_type,
+                r.debit_total,
+                r.credit_total,
+            )),
+            currency: r.currency,
+            debit_total: money(r.debit_total),
+            credit_total: money(r.credit_total),
         })
         .collect())
 }
@@ -125,23 +131,24 @@ pub async fn customer_balances(
     organization_id: Uuid,
     customer_id: Uuid,
 ) -> sqlx::Result<Vec<ReceivableBalance>> {
-    let rows: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
-        "select currency::text as currency, debit_total, credit_total from party_balances
-          where organization_id = $1 and account_code = $3 and party_type = 'customer'
-            and party_id = $2 order by currency",
+    let rows = sqlx::query!(
+        r#"select currency::text as "currency!", debit_total, credit_total
+             from party_balances
+            where organization_id = $1 and account_code = $3 and party_type = 'customer'
+              and party_id = $2 order by currency"#,
+        organization_id,
+        customer_id,
+        AR
     )
-    .bind(organization_id)
-    .bind(customer_id)
-    .bind(AR)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(currency, debit, credit)| ReceivableBalance {
-            currency,
-            invoiced: money(debit),
-            settled: money(credit),
-            balance: money(debit - credit),
+        .map(|r| ReceivableBalance {
+            currency: r.currency,
+            invoiced: money(r.debit_total),
+            settled: money(r.credit_total),
+            balance: money(r.debit_total - r.credit_total),
         })
         .collect())
 }
@@ -183,12 +190,13 @@ pub async fn trial_balance(
     pool: &PgPool,
     organization_id: Uuid,
 ) -> sqlx::Result<Vec<TrialCurrency>> {
-    let rows: Vec<(String, String, String, String, Decimal, Decimal)> = sqlx::query_as(
-        "select a.code, a.name, a.type, b.currency::text, b.debit_total, b.credit_total
-           from account_balances b join accounts a on a.code = b.account_code
-          where b.organization_id = $1 order by b.currency, a.code",
+    let rows = sqlx::query!(
+        r#"select a.code, a.name, a.type as account_type, b.currency::text as "currency!",
+                  b.debit_total, b.credit_total
+             from account_balances b join accounts a on a.code = b.account_code
+            where b.organization_id = $1 order by b.currency, a.code"#,
+        organization_id
     )
-    .bind(organization_id)
     .fetch_all(pool)
     .await?;
 
@@ -203,18 +211,18 @@ pub async fn trial_balance(
     }
 
     let mut by_currency: BTreeMap<String, Column> = BTreeMap::new();
-    for (code, name, account_type, currency, debit, credit) in rows {
-        let net = debit - credit;
+    for r in rows {
+        let net = r.debit_total - r.credit_total;
         let (dr, cr) = if net >= Decimal::ZERO {
             (net, Decimal::ZERO)
         } else {
             (Decimal::ZERO, -net)
         };
-        let column = by_currency.entry(currency).or_default();
+        let column = by_currency.entry(r.currency).or_default();
         column.debits += dr;
         column.credits += cr;
-        let totals = column.by_type.entry(type_rank(&account_type)).or_insert((
-            account_type.clone(),
+        let totals = column.by_type.entry(type_rank(&r.account_type)).or_insert((
+            r.account_type.clone(),
             Decimal::ZERO,
             Decimal::ZERO,
         ));
@@ -222,9 +230,9 @@ pub async fn trial_balance(
         totals.2 += cr;
         column.accounts.push(TrialAccount {
             account: Account {
-                code,
-                name,
-                account_type,
+                code: r.code,
+                name: r.name,
+                account_type: r.account_type,
             },
             debit: money(dr),
             credit: money(cr),

@@ -52,40 +52,27 @@ pub async fn entries(
     fetch: i64,
 ) -> sqlx::Result<Vec<Entry>> {
     let (after_at, after_id) = after.unzip();
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: Uuid,
-        source_event_id: Uuid,
-        reference_type: String,
-        description: String,
-        currency: String,
-        occurred_at: DateTime<Utc>,
-        account_code: String,
-        party_type: Option<String>,
-        party_id: Option<Uuid>,
-        debit: Decimal,
-        credit: Decimal,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "with page as (
-             select * from journal_entries
-              where organization_id = $1 and reference_id = $2
-                and ($3::timestamptz is null or (occurred_at, id) > ($3, $4))
-                and (reference_type <> 'salary' or $6)
-              order by occurred_at, id
-              limit $5
-         )
-         select e.id, e.source_event_id, e.reference_type, e.description, e.currency::text as currency,
-                e.occurred_at, p.account_code, p.party_type, p.party_id, p.debit, p.credit
-           from page e join postings p on p.entry_id = e.id
-          order by e.occurred_at, e.id, p.id",
+    let rows = sqlx::query!(
+        r#"with page as (
+               select * from journal_entries
+                where organization_id = $1 and reference_id = $2
+                  and ($3::timestamptz is null or (occurred_at, id) > ($3, $4))
+                  and (reference_type <> 'salary' or $6)
+                order by occurred_at, id
+                limit $5
+           )
+           select e.id, e.source_event_id, e.reference_type, e.description,
+                  e.currency::text as "currency!", e.occurred_at, p.account_code, p.party_type,
+                  p.party_id, p.debit, p.credit
+             from page e join postings p on p.entry_id = e.id
+            order by e.occurred_at, e.id, p.id"#,
+        organization_id,
+        reference_id,
+        after_at,
+        after_id,
+        fetch,
+        with_salaries
     )
-    .bind(organization_id)
-    .bind(reference_id)
-    .bind(after_at)
-    .bind(after_id)
-    .bind(fetch)
-    .bind(with_salaries)
     .fetch_all(pool)
     .await?;
     let mut entries: Vec<Entry> = Vec::new();

@@ -89,74 +89,64 @@ pub async fn statement(
     let to_end = to.and_then(|d| d.succ_opt()).map(day_start);
     let (after_at, after_id) = after.unzip();
     // Everything before the page: before `from`, and the pages already read.
-    let opening: Vec<(String, Decimal)> = if from_at.is_some() || after_at.is_some() {
-        sqlx::query_as(
-            "select e.currency::text, sum(p.debit - p.credit)
-               from postings p join journal_entries e on e.id = p.entry_id
-              where p.party_id = $2 and p.party_type = 'customer'
-                and p.account_code = $6 and p.organization_id = $1
-                and (e.occurred_at < $3 or (e.occurred_at, p.id) <= ($4, $5))
-              group by e.currency",
+    let opening = if from_at.is_some() || after_at.is_some() {
+        sqlx::query!(
+            r#"select e.currency::text as "currency!", sum(p.debit - p.credit) as "balance!"
+                 from postings p join journal_entries e on e.id = p.entry_id
+                where p.party_id = $2 and p.party_type = 'customer'
+                  and p.account_code = $6 and p.organization_id = $1
+                  and (e.occurred_at < $3 or (e.occurred_at, p.id) <= ($4, $5))
+                group by e.currency"#,
+            organization_id,
+            customer_id,
+            from_at,
+            after_at,
+            after_id,
+            AR
         )
-        .bind(organization_id)
-        .bind(customer_id)
-        .bind(from_at)
-        .bind(after_at)
-        .bind(after_id)
-        .bind(AR)
         .fetch_all(pool)
         .await?
+        .into_iter()
+        .map(|r| (r.currency, r.balance))
+        .collect()
     } else {
         Vec::new()
     };
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: i64,
-        currency: String,
-        occurred_at: DateTime<Utc>,
-        entry_id: Uuid,
-        description: String,
-        reference_type: String,
-        reference_id: Uuid,
-        debit: Decimal,
-        credit: Decimal,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "select p.id, e.currency::text as currency, e.occurred_at, e.id as entry_id,
-                e.description, e.reference_type, e.reference_id, p.debit, p.credit
-           from postings p join journal_entries e on e.id = p.entry_id
-          where p.party_id = $2 and p.party_type = 'customer' and p.account_code = $8
-            and p.organization_id = $1
-            and ($3::timestamptz is null or e.occurred_at >= $3)
-            and ($4::timestamptz is null or e.occurred_at < $4)
-            and ($5::timestamptz is null or (e.occurred_at, p.id) > ($5, $6))
-          order by e.occurred_at, p.id
-          limit $7",
+    let lines = sqlx::query!(
+        r#"select p.id, e.currency::text as "currency!", e.occurred_at, e.id as entry_id,
+                  e.description, e.reference_type, e.reference_id, p.debit, p.credit
+             from postings p join journal_entries e on e.id = p.entry_id
+            where p.party_id = $2 and p.party_type = 'customer' and p.account_code = $8
+              and p.organization_id = $1
+              and ($3::timestamptz is null or e.occurred_at >= $3)
+              and ($4::timestamptz is null or e.occurred_at < $4)
+              and ($5::timestamptz is null or (e.occurred_at, p.id) > ($5, $6))
+            order by e.occurred_at, p.id
+            limit $7"#,
+        organization_id,
+        customer_id,
+        from_at,
+        to_end,
+        after_at,
+        after_id,
+        fetch,
+        AR
     )
-    .bind(organization_id)
-    .bind(customer_id)
-    .bind(from_at)
-    .bind(to_end)
-    .bind(after_at)
-    .bind(after_id)
-    .bind(fetch)
-    .bind(AR)
     .fetch_all(pool)
-    .await?;
-    let lines = rows
-        .into_iter()
-        .map(|r| Line {
-            posting_id: r.id,
-            entry_id: r.entry_id,
-            occurred_at: r.occurred_at,
-            description: r.description,
-            reference_type: r.reference_type,
-            reference_id: r.reference_id,
-            currency: r.currency,
-            debit: r.debit,
-            credit: r.credit,
-        })
-        .collect();
+    .await?
+    .into_iter()
+    .map(|r| Line {
+        posting_id: r.id,
+        entry_id: r.entry_id,
+        occurred_at: r.occurred_at,
+        description: r.description,
+        reference_type: r.reference_type,
+        reference_id: r.reference_id,
+        currency: r.currency,
+        debit: r.debit,
+        credit: r.credit,
+    })
+    .collect();
     Ok(Statement { opening, lines })
 }
 
