@@ -108,7 +108,7 @@ fn statement_date(raw: Option<&str>, field: &str) -> Result<Option<NaiveDate>, A
 }
 
 /// The customer's receivable lines between two days, with running balance, per currency,
-/// a page of lines at a time (see [`read::statement`]).
+/// a page of lines at a time (see [`read::statement()`]).
 pub async fn customer_statement(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -1,11 +1,13 @@
 //! The ledger's read side: what the API serves from the books the poster keeps —
-//! balances (materialized by the poster in [`account_balances`]/[`customer_balances`]),
-//! the trial balance, a customer's statement ([`statement`]) and the entries of a
-//! reference ([`entries`]). Every read is scoped to one organization; money comes back
-//! with two decimal places, as the API shows it.
+//! balances (the poster materializes them: [`account_balances`], [`customer_balances`]),
+//! the [`trial_balance`], a customer's [`statement()`] and the [`entries()`] of a reference.
+//! Every read of the books is scoped to one organization (the chart of accounts,
+//! [`account`], is shared); money comes back with two decimal places, as the API shows it.
 //!
-//! The structs serialize as the API's JSON bodies; the HTTP concerns (parameters, 4xx,
-//! authorization, page cursors) stay in the API.
+//! The structs serialize to the API's JSON bodies. The API renders them through
+//! `serde_json::Value`, whose object keys are sorted, so the order of fields here is not
+//! the order in a body. The HTTP concerns (parameters, 4xx, authorization, page cursors)
+//! stay in the API.
 
 pub mod entries;
 pub mod statement;
