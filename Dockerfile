@@ -4,7 +4,7 @@
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
-# sqlx's compile-time checked queries, if any, build from the committed .sqlx/ data (no database here).
+# sqlx's compile-time checked queries build from the committed .sqlx/ data (no database here).
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 COPY . .

@@ -11,7 +11,7 @@ SHELL := bash
 DEV_ENV := dev_env="$$(scripts/dev-services.sh)" && eval "$$dev_env"
 BENCH_ARGS ?=
 
-.PHONY: help demo test lint bench services stop reset-broker
+.PHONY: help demo test lint bench services stop reset-broker sqlx
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-9s %s\n", $$1, $$2}'
@@ -24,6 +24,22 @@ test: ## start the services and run every test of the workspace
 
 lint: ## rustfmt check and clippy with warnings as errors
 	cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
+
+# The checked queries' data is written by the query macros themselves when they build
+# online (SQLX_OFFLINE=false) with SQLX_OFFLINE_DIR set; the crates that hold checked
+# queries are touched so that their macros run again. The migrations are applied with psql,
+# each in one transaction as `dhanman migrate` does, so a query without data yet does not
+# stop the build that would migrate.
+SQLX_DB := dhanman_sqlx
+SQLX_CRATES := processors/src/lib.rs api/src/lib.rs
+
+sqlx: ## refresh .sqlx/ (offline data of the checked queries) from a freshly migrated database
+	$(DEV_ENV) && db="$${DATABASE_URL%/*}/$(SQLX_DB)" \
+	  && psql -q "$$DATABASE_URL" -c 'drop database if exists $(SQLX_DB)' -c 'create database $(SQLX_DB)' \
+	  && for f in migrations/*.sql; do psql -q -1 -v ON_ERROR_STOP=1 "$$db" -f "$$f" >/dev/null; done \
+	  && rm -rf .sqlx && mkdir .sqlx && touch $(SQLX_CRATES) \
+	  && SQLX_OFFLINE=false DATABASE_URL="$$db" SQLX_OFFLINE_DIR="$$PWD/.sqlx" \
+	     cargo check --workspace --all-targets
 
 bench: ## start the services and run the benchmark (extra arguments: BENCH_ARGS="...")
 	$(DEV_ENV) && cargo run --release --bin dhanman -- bench $(BENCH_ARGS)

@@ -7,11 +7,13 @@
 //! transaction; one listening connection per API process wakes every waiter) and looks
 //! again. At most [`MAX_WAITERS`] queries wait at once per process; more are answered 503
 //! with `Retry-After` rather than queued, so tokens that will never be applied (a random
-//! uuid) cannot pile up.
+//! uuid) cannot pile up. Whether an event is applied is the processors' to say
+//! ([`has_applied`]); parsing the token and bounding the wait are this module's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dhanman_processors::applied::has_applied;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Semaphore, watch};
@@ -65,7 +67,7 @@ impl Applied {
 }
 
 pub async fn wait_for_ledger(state: &AppState, token: Option<&str>) -> Result<(), ApiError> {
-    wait_for(state, "ledger", token).await
+    wait_for(state, dhanman_processors::ledger::read::LEDGER, token).await
 }
 
 /// Waits until `processor` has applied the event `token` names.
@@ -87,7 +89,7 @@ pub async fn wait_for(
     if dhanman_connectors::retention::made_at(event_id).is_some_and(|at| at < horizon) {
         return Ok(());
     }
-    if applied(&state.pool, processor, event_id).await? {
+    if has_applied(&state.pool, processor, event_id).await? {
         return Ok(());
     }
     let _permit = state
@@ -115,19 +117,8 @@ pub async fn wait_for(
             // No listener any more: look again now and then.
             tokio::time::sleep(left.min(Duration::from_millis(250))).await;
         }
-        if applied(&state.pool, processor, event_id).await? {
+        if has_applied(&state.pool, processor, event_id).await? {
             return Ok(());
         }
     }
-}
-
-async fn applied(pool: &PgPool, processor: &str, event_id: Uuid) -> Result<bool, ApiError> {
-    let found: Option<(Uuid,)> = sqlx::query_as(
-        "select event_id from processed_events where processor = $1 and event_id = $2",
-    )
-    .bind(processor)
-    .bind(event_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(found.is_some())
 }

@@ -22,6 +22,7 @@
 
 pub mod accounts;
 pub mod correct;
+pub mod read;
 
 use std::collections::BTreeMap;
 

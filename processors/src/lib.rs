@@ -1,11 +1,15 @@
 //! Consumers of the pipeline: the runtime that every processor plugs into (`runtime`), the
 //! processors themselves (one module each), the list of them all (`catalog`), and the loop
-//! their companion workers share (`companion`).
+//! their companion workers share (`companion`). The ledger's read side sits beside its
+//! poster (`ledger::read`: balances, the trial balance, statements, entries), and
+//! `applied` answers whether a processor has applied an event (consistency tokens); the
+//! API serves both.
 //!
 //! A processor never produces to Kafka or calls a peer inside a batch: its effects are rows
 //! written in the batch's transaction (events through the outbox, emails through the
 //! delivery log), so a batch that rolls back leaves nothing behind.
 
+pub mod applied;
 pub mod approvals;
 pub mod audit;
 pub mod balances;

@@ -10,7 +10,7 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (status, mut body) = match sqlx::query("select 1").execute(&state.pool).await {
+    let (status, mut body) = match sqlx::query_scalar!("select 1").fetch_one(&state.pool).await {
         Ok(_) => (StatusCode::OK, json!({"status": "ready", "database": "up"})),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

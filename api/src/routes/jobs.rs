@@ -18,7 +18,7 @@ pub struct RunsQuery {
     pub after: Option<String>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 struct JobRun {
     id: Uuid,
     run_id: Uuid,
@@ -40,17 +40,18 @@ pub async fn runs(
 ) -> Result<Json<Value>, ApiError> {
     let page = PageRequest::<(DateTime<Utc>, Uuid)>::parse(q.limit.as_deref(), q.after.as_deref())?;
     let (after_at, after_id) = page.after.unzip();
-    let mut runs: Vec<JobRun> = sqlx::query_as(
+    let mut runs = sqlx::query_as!(
+        JobRun,
         "select id, run_id, job, period, started_at, finished_at, created, skipped, failed,
                 failures
            from job_runs where organization_id = $1
             and ($2::timestamptz is null or (started_at, id) < ($2, $3))
           order by started_at desc, id desc limit $4",
+        caller.organization_id,
+        after_at,
+        after_id,
+        page.fetch()
     )
-    .bind(caller.organization_id)
-    .bind(after_at)
-    .bind(after_id)
-    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
     let next = page.finish(&mut runs, |r| (r.started_at, r.id));

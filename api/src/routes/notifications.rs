@@ -33,7 +33,7 @@ pub struct NotificationQuery {
 /// A delivery's place in the log: newest first, then by event, recipient and template.
 type Key = (DateTime<Utc>, Uuid, String, String);
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 struct Delivery {
     event_id: Uuid,
     recipient: String,
@@ -71,7 +71,8 @@ pub async fn list(
         }
         None => (None, None, None, None),
     };
-    let mut deliveries: Vec<Delivery> = sqlx::query_as(
+    let mut deliveries = sqlx::query_as!(
+        Delivery,
         "select event_id, recipient, template, event_type, status, attempts, subject,
                 message_id, reason, last_error, correlation_id, created_at, next_attempt_at,
                 sent_at
@@ -83,15 +84,15 @@ pub async fn list(
                  or (created_at = $4 and (event_id, recipient, template) > ($5, $6, $7)))
           order by created_at desc, event_id, recipient, template
           limit $8",
+        caller.organization_id,
+        q.recipient.as_deref().map(str::trim),
+        q.status.as_deref(),
+        at,
+        event,
+        recipient,
+        template,
+        page.fetch()
     )
-    .bind(caller.organization_id)
-    .bind(q.recipient.as_deref().map(str::trim))
-    .bind(q.status.as_deref())
-    .bind(at)
-    .bind(event)
-    .bind(recipient)
-    .bind(template)
-    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
     let next = page.finish(&mut deliveries, |d| {

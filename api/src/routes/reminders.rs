@@ -20,7 +20,7 @@ pub struct ReminderQuery {
 }
 
 /// One timer. `state`: scheduled, fired, cancelled or skipped_no_address.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 pub struct ReminderTimer {
     invoice_id: Uuid,
     customer_id: Option<Uuid>,
@@ -53,15 +53,16 @@ pub async fn reminder(
             .map_err(|_| ApiError::validation("invoice_id", "must be a UUID"))?,
     };
     wait_for(&state, "reminders", q.consistent_with.as_deref()).await?;
-    let timer: Option<ReminderTimer> = sqlx::query_as(
+    let timer = sqlx::query_as!(
+        ReminderTimer,
         "select invoice_id, customer_id, state, fire_at, due_date, amount,
                 btrim(currency) as currency, cancel_reason, cancelled_by_event_id,
                 fired_command_id, fired_by, attempts, last_error, created_at, updated_at
            from payment_reminders
           where invoice_id = $1 and organization_id = $2",
+        invoice_id,
+        caller.organization_id
     )
-    .bind(invoice_id)
-    .bind(caller.organization_id)
     .fetch_optional(&state.pool)
     .await?;
     timer
