@@ -1,6 +1,8 @@
 //! The outbox relay: publishes outbox rows in id order with an idempotent producer, then
-//! marks them published. Woken by `NOTIFY dhanman_outbox` (a trigger on insert) and, as a
-//! safety net, by a timer.
+//! marks them published. It publishes batch after batch while rows wait, and looks again
+//! every [`POLL_INTERVAL`] while the outbox is empty. (It polls rather than being woken by
+//! a `NOTIFY` from each writer: a notifying transaction holds a cluster-wide lock through
+//! its commit, which would make every command's commit wait for the one before it.)
 //!
 //! One relay publishes at a time (a Postgres advisory lock), so records of one key leave
 //! in the order their transactions wrote them; more relays are hot standbys. A crash
@@ -13,13 +15,12 @@
 //! the `dhanman_outbox_parked` gauge show it until it is fixed and unparked.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dhanman_schemas::Codec;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -30,6 +31,13 @@ use crate::{Error, Result};
 
 /// Counter, label `topic` (physical name): records published and acknowledged.
 pub const PUBLISHED: &str = "dhanman_events_published_total";
+
+/// How often an idle relay looks for new rows: the most it adds to an event's way to Kafka.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often an idle relay checks that it still holds the lock (and retries taking it while
+/// it is a standby).
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// After an interruption (database or broker down): from 200 ms, doubling, at most 10 s.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -77,7 +85,7 @@ impl Relay {
             producer,
             codec,
             batch_size: 1000,
-            poll_interval: Duration::from_secs(1),
+            poll_interval: POLL_INTERVAL,
             topic_prefix: String::new(),
         }
     }
@@ -118,13 +126,12 @@ impl Relay {
     /// `Ok`).
     async fn lead(&self, mut stop: std::pin::Pin<&mut impl Future<Output = ()>>) -> Result<()> {
         let mut leadership = tokio::select! {
-            leadership = Leadership::acquire(&self.pool, leader::RELAY_LOCK, self.poll_interval) => leadership?,
+            leadership = Leadership::acquire(&self.pool, leader::RELAY_LOCK, LOCK_CHECK_INTERVAL) => leadership?,
             () = stop.as_mut() => return Ok(()),
         };
         tracing::info!("outbox relay is the active publisher");
         let result = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen("dhanman_outbox").await?;
+            let mut checked = Instant::now();
             loop {
                 let published = self.publish_batch().await?;
                 // Between batches only: a batch is published and marked whole.
@@ -135,9 +142,12 @@ impl Relay {
                 }
                 if published < self.batch_size as usize {
                     // Keep the lock connection alive and detect its loss while idle.
-                    leadership.check().await?;
+                    if checked.elapsed() >= LOCK_CHECK_INTERVAL {
+                        leadership.check().await?;
+                        checked = Instant::now();
+                    }
                     tokio::select! {
-                        _ = tokio::time::timeout(self.poll_interval, listener.recv()) => {}
+                        () = tokio::time::sleep(self.poll_interval) => {}
                         () = stop.as_mut() => return Ok(()),
                     }
                 }
