@@ -33,7 +33,7 @@ use crate::retry::Backoff;
 /// Counter, label `topic` (physical name): records published and acknowledged.
 pub const PUBLISHED: &str = "dhanman_events_published_total";
 
-/// The W3C trace context header outbox rows carry (see `dhanman_producers::trace`).
+/// The W3C trace context header outbox rows carry (see `dhanman_plumbing::trace`).
 const TRACEPARENT: &str = "traceparent";
 
 /// After an interruption (database or broker down): from 200 ms, doubling, at most 10 s.

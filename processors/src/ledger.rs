@@ -450,7 +450,7 @@ async fn announce(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx
     // The trace context of the event each entry posts; the relay keeps it.
     let headers: Vec<serde_json::Value> = entries
         .iter()
-        .map(|e| dhanman_producers::trace::headers_for_source(e.source.event_id))
+        .map(|e| dhanman_plumbing::trace::headers_for_source(e.source.event_id))
         .collect();
     sqlx::query(
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers)
