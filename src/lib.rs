@@ -69,7 +69,7 @@ pub async fn run_api(
 
 /// The relay until `stop`: it finishes the batch it is publishing, then releases its lock.
 pub async fn run_relay(config: &Config, pool: PgPool, stop: Stop) -> anyhow::Result<()> {
-    let producer = dhanman_connectors::kafka::idempotent_producer(&config.kafka_bootstrap_servers)?;
+    let producer = dhanman_plumbing::kafka::idempotent_producer(&config.kafka_bootstrap_servers)?;
     Relay::new(pool, producer, config.codec()?)
         .with_topic_prefix(&config.topic_prefix)
         .run_until(stop.into_requested())

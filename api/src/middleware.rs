@@ -10,7 +10,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use dhanman_producers::trace::{self, TraceParent};
+use dhanman_plumbing::trace::{self, TraceParent};
 use tracing::Instrument;
 
 pub const HEADER: &str = "x-correlation-id";

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use dhanman_plumbing::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::groups::GroupInfo;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::kafka::client_config;
 use crate::{Error, Result};
 
 /// How long one look at the coordinator may take.

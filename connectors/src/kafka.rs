@@ -1,44 +1,14 @@
-//! Kafka client settings shared by every part that talks to the broker.
+//! Broker-facing tools built on the shared client configuration
+//! ([`dhanman_plumbing::kafka`]): topics, probes, offsets by time, reading a topic back.
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use dhanman_plumbing::kafka::client_config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::Result;
-
-/// The client id a part of the pipeline gives the broker: the part, the host and the
-/// process, so that `kafka-consumer-groups --describe` and `dhanman offsets show` tell the
-/// members of a group apart (`dhanman-ledger-host-4242`).
-pub fn client_id(part: &str) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    format!("dhanman-{part}-{host}-{}", std::process::id())
-}
-
-/// Base client configuration for a bootstrap list.
-pub fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("client.id", "dhanman")
-        // The development broker listens and advertises on 127.0.0.1 only.
-        .set("broker.address.family", "v4");
-    config
-}
-
-/// An idempotent producer: retries never duplicate or reorder records of a partition.
-pub fn idempotent_producer(bootstrap: &str) -> Result<FutureProducer> {
-    Ok(client_config(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "none")
-        .set("message.timeout.ms", "30000")
-        .create()?)
-}
 
 /// Creates the topics that do not exist yet, with one replica; existing ones are left as
 /// they are.

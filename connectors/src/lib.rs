@@ -2,6 +2,8 @@
 //! wrote to the outbox, and the broker-facing tools (topics, offsets by time, consumer
 //! groups, lag, offsets, dead letters), and the bridge to the .NET services' RabbitMQ.
 //!
+//! Every Kafka client starts from the shared configuration in `dhanman_plumbing::kafka`.
+//!
 //! It moves and measures records; it holds no business rule (commands live in `producers`,
 //! postings and projections in `processors`).
 

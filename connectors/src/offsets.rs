@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dhanman_plumbing::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -17,7 +18,7 @@ use sqlx::PgPool;
 
 pub use crate::groups::Authority;
 use crate::groups::{self, Group};
-use crate::kafka::{TimeLookup, client_config, offset_for_time, partition_count};
+use crate::kafka::{TimeLookup, offset_for_time, partition_count};
 use crate::{Error, Result};
 
 /// Where to move each partition.

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use dhanman_connectors::kafka::{TimeLookup, client_config, offset_for_time};
+use dhanman_connectors::kafka::{TimeLookup, offset_for_time};
 use dhanman_connectors::offsets::{self, TopicSpec};
+use dhanman_plumbing::kafka::client_config;
 use dhanman_processors::runtime::{BatchReport, Survey};
 use dhanman_processors::{Incoming, Processor, Runtime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

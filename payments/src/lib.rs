@@ -69,4 +69,10 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<dhanman_plumbing::Error> for Error {
+    fn from(e: dhanman_plumbing::Error) -> Self {
+        Error::Command(e.into())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

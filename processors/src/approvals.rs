@@ -2,7 +2,7 @@
 //! give an approval the order needs (from the users projection), written to the outbox in
 //! the batch's transaction. The requester is never asked to approve their own order.
 
-use dhanman_producers::outbox;
+use dhanman_plumbing::outbox;
 use dhanman_schemas::Event;
 use dhanman_schemas::events::{Envelope, POSubmitted, SendApprovalRequest};
 use dhanman_schemas::topics;

@@ -27,7 +27,7 @@ pub mod read;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use dhanman_producers::trace;
+use dhanman_plumbing::trace;
 use dhanman_schemas::Event;
 use dhanman_schemas::events::{Envelope, LedgerEntryPosted, PostingLine, Record, record_headers};
 use dhanman_schemas::topics;

@@ -7,7 +7,8 @@
 //!
 //! A processor never produces to Kafka or calls a peer inside a batch: its effects are rows
 //! written in the batch's transaction (events through the outbox, emails through the
-//! delivery log), so a batch that rolls back leaves nothing behind.
+//! delivery log), so a batch that rolls back leaves nothing behind. It writes the outbox
+//! through `dhanman_plumbing`, never through the command side (`producers`).
 
 pub mod applied;
 pub mod approvals;

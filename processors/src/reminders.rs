@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use dhanman_connectors::retry::Backoff;
-use dhanman_producers::outbox;
+use dhanman_plumbing::outbox;
 use dhanman_schemas::Event;
 use dhanman_schemas::events::{
     Envelope, InvoiceCreated, InvoiceVoided, PaymentReceived, SendPaymentReminder,
@@ -561,7 +561,7 @@ async fn fire(conn: &mut PgConnection, timer: &DueTimer, instance_id: Uuid) -> R
         due_date,
     };
     let command_id = outbox::enqueue(conn, &command).await.map_err(|e| match e {
-        dhanman_producers::Error::Database(db) => Error::Database(db),
+        dhanman_plumbing::Error::Database(db) => Error::Database(db),
         other => Error::Config(other.to_string()),
     })?;
     sqlx::query(

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use dhanman_plumbing::outbox;
 use dhanman_schemas::events::{FieldError, InvoiceCreated, SendInvoiceEmail};
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -16,7 +17,7 @@ use crate::invoice_email::first_email;
 use crate::sales::{
     CheckedInvoice, CreatedInvoice, NewInvoice, check_invoice, insert_invoices, invoice_created,
 };
-use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 /// Invoices one batch may hold.
 pub const MAX_BATCH: usize = 1000;

@@ -4,6 +4,7 @@
 //! The notifier sends one email per command and recipient; `InvoiceCreated` itself tells no
 //! one, so a service that issues its own command (one bridged from RabbitMQ) is not doubled.
 
+use dhanman_plumbing::outbox;
 use dhanman_schemas::events::{
     Envelope, FieldError, SendInvoiceEmail, check_invoice_template, invoice_email,
 };
@@ -13,7 +14,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::sales::CreatedInvoice;
-use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +114,7 @@ pub async fn issue_with_invoice(
             .fetch_optional(&mut *conn)
             .await?;
     let command = first_email(caller, invoice, email.and_then(|(e,)| e).as_deref());
-    outbox::enqueue(conn, &command).await
+    Ok(outbox::enqueue(conn, &command).await?)
 }
 
 /// The command [`issue_with_invoice`] writes, for a customer whose address is `email`.

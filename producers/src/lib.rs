@@ -2,6 +2,9 @@
 //! causes to the outbox in one Postgres transaction (no dual writes), and returns a
 //! consistency token (the event id) that queries can wait on.
 //!
+//! The outbox writer and the trace context it records are shared plumbing
+//! (`dhanman_plumbing`).
+//!
 //! It never talks to Kafka (the relay publishes what it writes) and never reads the
 //! processors' projections: a command decides on the command side's own rows.
 
@@ -11,12 +14,10 @@ pub mod invoice_batch;
 pub mod invoice_email;
 pub mod monthly;
 pub mod orgs;
-pub mod outbox;
 pub mod payroll;
 pub mod purchase;
 pub mod receipts;
 pub mod sales;
-pub mod trace;
 pub mod users;
 
 use dhanman_schemas::events::FieldError;
@@ -43,6 +44,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An outbox write fails as the command would have: on the database or on encoding.
+impl From<dhanman_plumbing::Error> for Error {
+    fn from(e: dhanman_plumbing::Error) -> Self {
+        match e {
+            dhanman_plumbing::Error::Database(e) => Error::Database(e),
+            dhanman_plumbing::Error::Encode(e) => Error::Encode(e),
+        }
+    }
+}
 
 /// Who is calling: every command and query runs inside one organization.
 #[derive(Debug, Clone)]

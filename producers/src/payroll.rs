@@ -1,6 +1,7 @@
 //! Payroll commands: salaries posted for a pay period.
 
 use chrono::{DateTime, Utc};
+use dhanman_plumbing::outbox;
 use dhanman_schemas::events::{Envelope, FieldError, SalaryPosted, check_money, check_period};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -8,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::input::Amount;
-use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

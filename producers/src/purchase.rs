@@ -11,6 +11,7 @@
 //! the bills of an order never add up to more than the order.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use dhanman_plumbing::outbox;
 use dhanman_schemas::events::{
     BillCreated, Envelope, FieldError, POApproved, PORejected, POSubmitted, PoItem, check_money,
 };
@@ -21,7 +22,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::input::{Amount, Day};
-use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 /// Largest number of line items on one order.
 pub const MAX_ITEMS: usize = 100;

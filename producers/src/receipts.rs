@@ -3,13 +3,14 @@
 //! the notifier reads the payment's `PaymentReceived`; a copy is a command of its own, so a
 //! delivery of its own.
 
+use dhanman_plumbing::outbox;
 use dhanman_schemas::events::{Envelope, FieldError, SendPaymentReceipt};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 /// The request takes no field today; an empty object (or no body) is the whole of it.
 #[derive(Debug, Default, Deserialize)]

@@ -1,6 +1,7 @@
 //! Sales commands: customers (residents), invoices and payments.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use dhanman_plumbing::outbox;
 use dhanman_schemas::events::{
     Envelope, FieldError, InvoiceCreated, InvoiceVoided, PaymentReceived, check_money, check_period,
 };
@@ -10,7 +11,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::input::{Amount, Day, check_email};
-use crate::{BOOKKEEPERS, Caller, Error, Result, outbox};
+use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, FieldError> {
     match value.as_deref().map(str::trim) {

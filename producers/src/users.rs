@@ -11,13 +11,14 @@
 //! when the email is recorded as sent.
 
 use chrono::{DateTime, Duration, Utc};
+use dhanman_plumbing::outbox;
 use dhanman_schemas::events::{Envelope, FieldError, UserCreated};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::orgs::IssuedKey;
-use crate::{Caller, Error, Result, outbox};
+use crate::{Caller, Error, Result};
 
 /// Roles a user (and so a key) can have.
 pub const ROLES: &[&str] = &["admin", "accountant", "approver", "manager", "cfo"];

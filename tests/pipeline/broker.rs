@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dhanman_connectors::kafka::{TimeLookup, client_config, ensure_topics, offset_for_time};
+use dhanman_connectors::kafka::{TimeLookup, ensure_topics, offset_for_time};
+use dhanman_plumbing::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use uuid::Uuid;

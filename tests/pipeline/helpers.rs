@@ -158,7 +158,7 @@ async fn drop_topics_and_groups(prefixes: &[String]) -> dhanman_connectors::Resu
         move || -> dhanman_connectors::Result<(Vec<String>, Vec<String>)> {
             let ours = |name: &str| prefixes.iter().any(|p| name.starts_with(p.as_str()));
             let probe: rdkafka::consumer::BaseConsumer =
-                dhanman_connectors::kafka::client_config(&bootstrap()).create()?;
+                dhanman_plumbing::kafka::client_config(&bootstrap()).create()?;
             let topics = dhanman_connectors::groups::topics(&probe)?
                 .into_keys()
                 .filter(|t| ours(t))
@@ -175,7 +175,7 @@ async fn drop_topics_and_groups(prefixes: &[String]) -> dhanman_connectors::Resu
     .expect("the broker look-up task")?;
     dhanman_connectors::kafka::delete_topics(&bootstrap(), &topics).await?;
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        dhanman_connectors::kafka::client_config(&bootstrap()).create()?;
+        dhanman_plumbing::kafka::client_config(&bootstrap()).create()?;
     let names: Vec<&str> = groups.iter().map(String::as_str).collect();
     // A group whose members have not timed out yet is not empty and stays; the broker
     // drops it once it is empty and its offsets are gone with the topics.
@@ -621,7 +621,7 @@ impl Api {
 }
 
 pub fn producer() -> FutureProducer {
-    dhanman_connectors::kafka::idempotent_producer(&bootstrap()).expect("producer")
+    dhanman_plumbing::kafka::idempotent_producer(&bootstrap()).expect("producer")
 }
 
 pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
@@ -680,7 +680,7 @@ impl Read {
 
 /// Reads `n` records of a topic from the beginning (a throwaway group).
 pub async fn read_topic(topic: &str, n: usize) -> Vec<Read> {
-    let consumer: StreamConsumer = dhanman_connectors::kafka::client_config(&bootstrap())
+    let consumer: StreamConsumer = dhanman_plumbing::kafka::client_config(&bootstrap())
         .set("group.id", format!("test-reader-{}", Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -306,7 +306,7 @@ async fn lag_agrees_with_kafka_consumer_groups_for_our_group_and_a_foreign_one()
     // A group that is not the pipeline's: it reads five invoices, commits, and stays.
     let invoices = setup.topic("dhanman.sales.invoices");
     let foreign = format!("{}foreign-reader", setup.topic_prefix);
-    let reader: StreamConsumer = dhanman_connectors::kafka::client_config(&bootstrap())
+    let reader: StreamConsumer = dhanman_plumbing::kafka::client_config(&bootstrap())
         .set("group.id", &foreign)
         .set("client.id", "foreign-reader")
         .set("enable.auto.commit", "false")
@@ -422,7 +422,7 @@ async fn a_stopped_group_is_stop_and_a_healthy_one_ok_ours_or_another_clients() 
     // the invoices and commits each one, keeping up.
     let invoices = setup.topic("dhanman.sales.invoices");
     let foreign = format!("billing-export-{}", uuid::Uuid::new_v4().simple());
-    let reader: StreamConsumer = dhanman_connectors::kafka::client_config(&bootstrap())
+    let reader: StreamConsumer = dhanman_plumbing::kafka::client_config(&bootstrap())
         .set("group.id", &foreign)
         .set("client.id", "billing-export")
         .set("enable.auto.commit", "false")

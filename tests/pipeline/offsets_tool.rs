@@ -188,7 +188,7 @@ async fn offsets_are_shown_planned_refused_while_live_and_reset_in_both_places()
     let committed = tokio::task::spawn_blocking({
         let (group, invoices) = (group.clone(), invoices.clone());
         move || {
-            let consumer: BaseConsumer = dhanman_connectors::kafka::client_config(&bootstrap())
+            let consumer: BaseConsumer = dhanman_plumbing::kafka::client_config(&bootstrap())
                 .set("group.id", &group)
                 .create()
                 .unwrap();

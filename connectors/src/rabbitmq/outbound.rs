@@ -54,13 +54,17 @@ pub async fn run(pool: PgPool, codec: Arc<Codec>, settings: Settings, stop: Stop
 }
 
 fn consumer(settings: &Settings) -> Result<StreamConsumer, Error> {
-    let consumer: StreamConsumer = crate::kafka::client_config(&settings.kafka_bootstrap)
-        .set("group.id", &settings.group_id)
-        .set("client.id", crate::kafka::client_id("rabbitmq-bridge"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer: StreamConsumer =
+        dhanman_plumbing::kafka::client_config(&settings.kafka_bootstrap)
+            .set("group.id", &settings.group_id)
+            .set(
+                "client.id",
+                dhanman_plumbing::kafka::client_id("rabbitmq-bridge"),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
     let topics: Vec<String> = TOPICS
         .iter()
         .map(|t| format!("{}{t}", settings.topic_prefix))

@@ -182,7 +182,7 @@ pub async fn drop_topics_and_groups(bootstrap: &str, prefix: &str) -> anyhow::Re
         let (bootstrap, prefix) = (bootstrap.to_string(), prefix.to_string());
         move || -> anyhow::Result<(Vec<String>, Vec<String>)> {
             let probe: rdkafka::consumer::BaseConsumer =
-                dhanman_connectors::kafka::client_config(&bootstrap).create()?;
+                dhanman_plumbing::kafka::client_config(&bootstrap).create()?;
             let topics = dhanman_connectors::groups::topics(&probe)?
                 .into_keys()
                 .filter(|t| t.starts_with(&prefix))
@@ -198,7 +198,7 @@ pub async fn drop_topics_and_groups(bootstrap: &str, prefix: &str) -> anyhow::Re
     .await??;
     dhanman_connectors::kafka::delete_topics(bootstrap, &topics).await?;
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        dhanman_connectors::kafka::client_config(bootstrap).create()?;
+        dhanman_plumbing::kafka::client_config(bootstrap).create()?;
     let names: Vec<&str> = groups.iter().map(String::as_str).collect();
     // A group whose members have not timed out yet stays; the broker drops it once empty.
     let _ = admin

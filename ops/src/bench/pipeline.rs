@@ -386,7 +386,7 @@ pub async fn produce(
     payments: &str,
     records: &[(bool, String, Vec<u8>)],
 ) -> anyhow::Result<f64> {
-    let producer = dhanman_connectors::kafka::idempotent_producer(bootstrap)?;
+    let producer = dhanman_plumbing::kafka::idempotent_producer(bootstrap)?;
     let start = Instant::now();
     let mut pending = Vec::with_capacity(records.len());
     for (is_invoice, key, value) in records {
@@ -420,7 +420,7 @@ pub async fn raw_consume(
     topics: &[String],
     expected: usize,
 ) -> anyhow::Result<f64> {
-    let consumer: StreamConsumer = dhanman_connectors::kafka::client_config(bootstrap)
+    let consumer: StreamConsumer = dhanman_plumbing::kafka::client_config(bootstrap)
         .set("group.id", format!("{prefix}raw-{}", Uuid::now_v7()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -657,7 +657,7 @@ async fn seed_pattern(
          create table seed_postings (id bigserial primary key, entry_id uuid references seed_entries(id), account_code text, party_id uuid, debit numeric(18,2), credit numeric(18,2))",
     )
     .await?;
-    let consumer: StreamConsumer = dhanman_connectors::kafka::client_config(bootstrap)
+    let consumer: StreamConsumer = dhanman_plumbing::kafka::client_config(bootstrap)
         .set("group.id", format!("{prefix}seed-{}", Uuid::now_v7()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

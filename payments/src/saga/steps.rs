@@ -3,8 +3,9 @@
 //! `PaymentReceived` in one transaction), compensate (refund a charge that can no longer
 //! be kept), or fail (`PaymentFailed`, no ledger change).
 
+use dhanman_plumbing::outbox;
+use dhanman_producers::Error as CommandError;
 use dhanman_producers::sales::{self, PaymentRow, lock_invoice};
-use dhanman_producers::{Error as CommandError, outbox};
 use dhanman_schemas::events::{Envelope, PaymentFailed};
 use serde_json::{Value, json};
 use sqlx::PgConnection;

@@ -534,9 +534,9 @@ pub async fn dead_letter(
         "reason": failure.reason,
     });
     let value = serde_json::to_vec(&value).unwrap_or_default();
-    dhanman_producers::outbox::enqueue_raw(
+    dhanman_plumbing::outbox::enqueue_raw(
         conn,
-        dhanman_producers::outbox::RawRecord {
+        dhanman_plumbing::outbox::RawRecord {
             id,
             topic: &topics::dlq(topics::NOTIFICATION_COMMANDS),
             key: Some(key.recipient.as_bytes()),

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dhanman_plumbing::kafka::{client_config, client_id};
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext};
 use sqlx::PgPool;
 
 use super::{Incoming, MEMBER_TIMEOUT, Processor, Runtime};
@@ -156,15 +157,10 @@ impl<P: Processor> Runtime<P> {
             runtime: tokio::runtime::Handle::current(),
             assigned: Arc::default(),
         };
-        let mut config: ClientConfig = ClientConfig::new();
+        let mut config = client_config(&self.config.bootstrap_servers);
         config
-            .set("bootstrap.servers", &self.config.bootstrap_servers)
-            .set("broker.address.family", "v4")
             .set("group.id", &group)
-            .set(
-                "client.id",
-                dhanman_connectors::kafka::client_id(self.processor.name()),
-            )
+            .set("client.id", client_id(self.processor.name()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

@@ -74,9 +74,9 @@ pub(super) async fn dead_letter(
     if exists.is_some() {
         return Ok(());
     }
-    dhanman_producers::outbox::enqueue_raw(
+    dhanman_plumbing::outbox::enqueue_raw(
         conn,
-        dhanman_producers::outbox::RawRecord {
+        dhanman_plumbing::outbox::RawRecord {
             id,
             topic: &topics::dlq(logical_topic),
             key: record.key.as_deref(),

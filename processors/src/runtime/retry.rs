@@ -53,12 +53,12 @@ impl From<sqlx::Error> for ApplyError {
     }
 }
 
-/// A command or outbox write refused for what it holds (not the database's state) is
-/// poison; a database failure is classed as the database's.
-impl From<dhanman_producers::Error> for ApplyError {
-    fn from(e: dhanman_producers::Error) -> Self {
+/// An outbox write refused for what it holds (not the database's state) is poison; a
+/// database failure is classed as the database's.
+impl From<dhanman_plumbing::Error> for ApplyError {
+    fn from(e: dhanman_plumbing::Error) -> Self {
         match e {
-            dhanman_producers::Error::Database(db) => db.into(),
+            dhanman_plumbing::Error::Database(db) => db.into(),
             other => ApplyError::Poison(other.to_string()),
         }
     }
@@ -141,13 +141,11 @@ mod tests {
             "down",
         ));
         assert_eq!(ApplyError::from(down).class(), Class::Transient);
-        // What a command refuses for its content never succeeds on a retry.
-        let refused = dhanman_producers::Error::Conflict("already approved".into());
-        assert_eq!(ApplyError::from(refused).class(), Class::Poison);
+        // What an outbox write refuses for its content never succeeds on a retry.
         let encode = serde_json::from_str::<u8>("x").unwrap_err();
-        let encode = dhanman_producers::Error::Encode(encode);
+        let encode = dhanman_plumbing::Error::Encode(encode);
         assert_eq!(ApplyError::from(encode).class(), Class::Poison);
-        let closed = dhanman_producers::Error::Database(sqlx::Error::PoolClosed);
+        let closed = dhanman_plumbing::Error::Database(sqlx::Error::PoolClosed);
         assert_eq!(ApplyError::from(closed).class(), Class::Transient);
     }
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use dhanman_producers::trace::{self, TraceParent};
+use dhanman_plumbing::trace::{self, TraceParent};
 use dhanman_schemas::{Event, topics};
 use sqlx::PgConnection;
 use uuid::Uuid;

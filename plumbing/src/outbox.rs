@@ -1,4 +1,5 @@
-//! Writes to the outbox table, inside the caller's transaction.
+//! Writes to the outbox table, inside the caller's transaction: the one table this crate
+//! knows. The relay in `connectors` publishes what is written here.
 
 use dhanman_schemas::events::{Record, record_headers};
 use serde_json::Value as Json;

@@ -1,0 +1,22 @@
+//! Plumbing shared by the command side (`producers`, `payments`, the API) and the consumer
+//! side (`processors`, the relay and the other `connectors`): the outbox writer
+//! ([`outbox`]), the W3C trace context that travels with the work ([`trace`]), and the
+//! Kafka client configuration every part of the pipeline starts from ([`kafka`]).
+//!
+//! It knows no command, processor, route or table other than the outbox, and depends on
+//! none of `producers`, `processors`, `connectors` or `api`: they depend on it.
+
+pub mod kafka;
+pub mod outbox;
+pub mod trace;
+
+/// Failures of an outbox write.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("encoding the event: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
