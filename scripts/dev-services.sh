@@ -195,14 +195,10 @@ wait_for_pg() {
 # DHANMAN_PG_SETTINGS=off leaves the server's configuration alone.
 pg_workload_settings() { # started-by-this-run
 	[ "${DHANMAN_PG_SETTINGS:-on}" = off ] && return 0
-	local compression
-	compression=$(pg_psql -d postgres -tAc "select case when 'lz4' = any(enumvals) then 'lz4' else 'on' end
-		from pg_settings where name = 'wal_compression'" </dev/null)
 	pg_psql -d postgres </dev/null >/dev/null <<-SQL
 		alter system set shared_buffers = '1GB';
 		alter system set max_wal_size = '8GB';
 		alter system set checkpoint_timeout = '15min';
-		alter system set wal_compression = '$compression';
 		select pg_reload_conf();
 	SQL
 	if [ "$(pg_psql -d postgres -tAc 'select count(*) from pg_settings where pending_restart' </dev/null)" != 0 ]; then

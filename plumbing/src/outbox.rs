@@ -16,36 +16,59 @@ pub async fn enqueue<R: Record>(conn: &mut PgConnection, record: &R) -> Result<U
 
 /// Queues records for the relay in one statement, in their order.
 pub async fn enqueue_many<R: Record>(conn: &mut PgConnection, records: &[R]) -> Result<()> {
-    let mut ids = Vec::with_capacity(records.len());
-    let mut keys = Vec::with_capacity(records.len());
-    let mut payloads = Vec::with_capacity(records.len());
-    let mut all_headers = Vec::with_capacity(records.len());
-    for record in records {
-        let envelope = record.envelope();
-        let mut headers = record_headers(R::NAME, envelope.event_id, &envelope.correlation_id);
-        crate::trace::add_to_headers(
-            &mut headers,
-            crate::trace::for_outbox(envelope.causation_id.as_deref()),
-        );
-        ids.push(envelope.event_id);
-        keys.push(record.key());
-        payloads.push(serde_json::to_value(record)?);
-        all_headers.push(headers);
-    }
+    let rows = records.iter().map(row).collect::<Result<Vec<_>>>()?;
+    enqueue_rows(conn, &rows).await
+}
+
+/// A record as its outbox row will hold it; [`enqueue_rows`] writes rows of different
+/// record types in one statement.
+pub struct Row {
+    event_id: Uuid,
+    topic: &'static str,
+    key: String,
+    name: &'static str,
+    version: i32,
+    payload: Json,
+    headers: Json,
+}
+
+/// The row `record` becomes: its JSON, and headers carrying its name, ids and the trace it
+/// continues (a new one when it continues none).
+pub fn row<R: Record>(record: &R) -> Result<Row> {
+    let envelope = record.envelope();
+    let mut headers = record_headers(R::NAME, envelope.event_id, &envelope.correlation_id);
+    crate::trace::add_to_headers(
+        &mut headers,
+        crate::trace::for_outbox(envelope.causation_id.as_deref()),
+    );
+    Ok(Row {
+        event_id: envelope.event_id,
+        topic: R::TOPIC,
+        key: record.key(),
+        name: R::NAME,
+        version: R::WRITE_VERSION as i32,
+        payload: serde_json::to_value(record)?,
+        headers,
+    })
+}
+
+/// Queues rows for the relay in one statement, in their order.
+pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
     sqlx::query(
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
-         select id, $2, k, $3, $4, p, h
-           from unnest($1::uuid[], $5::text[], $6::jsonb[], $7::jsonb[]) with ordinality
-                as u(id, k, p, h, n)
+         select id, t, k, r, v, p, h
+           from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[],
+                       $7::jsonb[]) with ordinality
+                as u(id, t, k, r, v, p, h, n)
           order by n",
     )
-    .bind(&ids)
-    .bind(R::TOPIC)
-    .bind(R::NAME)
-    .bind(R::WRITE_VERSION as i32)
-    .bind(&keys)
-    .bind(&payloads)
-    .bind(&all_headers)
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.topic).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.name).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

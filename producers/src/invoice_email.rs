@@ -99,25 +99,10 @@ pub async fn email_invoice(
     })
 }
 
-/// The first email of an invoice just created, in the same transaction, caused by its
-/// `InvoiceCreated`. A customer without an address gets the command with an empty
-/// recipient: the notifier records it as skipped, with the reason, where it can be seen.
-pub async fn issue_with_invoice(
-    conn: &mut PgConnection,
-    caller: &Caller,
-    invoice: &CreatedInvoice,
-) -> Result<Uuid> {
-    let email: Option<(Option<String>,)> =
-        sqlx::query_as("select email from customers where id = $1 and organization_id = $2")
-            .bind(invoice.customer_id)
-            .bind(caller.organization_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let command = first_email(caller, invoice, email.and_then(|(e,)| e).as_deref());
-    Ok(outbox::enqueue(conn, &command).await?)
-}
-
-/// The command [`issue_with_invoice`] writes, for a customer whose address is `email`.
+/// The first email of an invoice just created, caused by its `InvoiceCreated` and written
+/// with it ([`crate::sales::create_invoice_with_id`]), for a customer whose address is
+/// `email`. A customer without one gets the command with an empty recipient: the notifier
+/// records it as skipped, with the reason, where it can be seen.
 pub fn first_email(
     caller: &Caller,
     invoice: &CreatedInvoice,

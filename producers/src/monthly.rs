@@ -207,8 +207,8 @@ async fn invoice_customer(pool: &PgPool, caller: &Caller, input: NewInvoice) -> 
     if claimed == 0 {
         return Ok(Outcome::Skipped);
     }
-    let created = sales::create_invoice_with_id(&mut tx, caller, input, invoice_id).await?;
-    crate::invoice_email::issue_with_invoice(&mut tx, caller, &created).await?;
+    sales::create_invoice_with_id(&mut tx, caller, input, invoice_id, sales::FirstEmail::Send)
+        .await?;
     tx.commit().await?;
     Ok(Outcome::Created)
 }

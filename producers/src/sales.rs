@@ -112,19 +112,34 @@ pub struct CreatedInvoice {
     pub consistency_token: Uuid,
 }
 
-/// The customer must exist in the caller's organization and be active.
-async fn active_customer(conn: &mut PgConnection, caller: &Caller, id: Uuid) -> Result<()> {
-    let active: Option<(bool,)> =
-        sqlx::query_as("select active from customers where id = $1 and organization_id = $2")
-            .bind(id)
-            .bind(caller.organization_id)
-            .fetch_optional(conn)
-            .await?;
-    match active {
-        Some((true,)) => Ok(()),
-        Some((false,)) => Err(FieldError::new("customer_id", "customer is inactive").into()),
+/// The customer must exist in the caller's organization and be active; returns their email
+/// address, if they have one.
+async fn active_customer(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Option<String>> {
+    let found: Option<(bool, Option<String>)> = sqlx::query_as(
+        "select active, email from customers where id = $1 and organization_id = $2",
+    )
+    .bind(id)
+    .bind(caller.organization_id)
+    .fetch_optional(conn)
+    .await?;
+    match found {
+        Some((true, email)) => Ok(email),
+        Some((false, _)) => Err(FieldError::new("customer_id", "customer is inactive").into()),
         None => Err(FieldError::new("customer_id", "no such customer in this organization").into()),
     }
+}
+
+/// Whether an invoice's first email goes out with it, in the same transaction: the API's
+/// and the monthly job's invoices send it; an invoice another system made (the bridge's)
+/// leaves the email to that system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstEmail {
+    Send,
+    NotOurs,
 }
 
 pub async fn create_invoice(
@@ -133,9 +148,7 @@ pub async fn create_invoice(
     input: NewInvoice,
 ) -> Result<CreatedInvoice> {
     caller.require(BOOKKEEPERS, "creating an invoice")?;
-    let created = create_invoice_with_id(conn, caller, input, Uuid::now_v7()).await?;
-    crate::invoice_email::issue_with_invoice(conn, caller, &created).await?;
-    Ok(created)
+    create_invoice_with_id(conn, caller, input, Uuid::now_v7(), FirstEmail::Send).await
 }
 
 /// An invoice's input with every rule checked that needs no database.
@@ -286,16 +299,17 @@ pub async fn insert_invoices(
 }
 
 /// [`create_invoice`] under an id the caller chose (the monthly job claims its row with
-/// it before the invoice exists), without its email: the caller issues it
-/// ([`crate::invoice_email::issue_with_invoice`]) unless the email is someone else's to send.
+/// it before the invoice exists). Its `InvoiceCreated` and, when `email` says so, its first
+/// email ([`crate::invoice_email::first_email`]) go to the outbox in one statement.
 pub async fn create_invoice_with_id(
     conn: &mut PgConnection,
     caller: &Caller,
     input: NewInvoice,
     invoice_id: Uuid,
+    email: FirstEmail,
 ) -> Result<CreatedInvoice> {
     let input = check_invoice(input)?;
-    active_customer(conn, caller, input.customer_id).await?;
+    let address = active_customer(conn, caller, input.customer_id).await?;
     let invoice_number = input.number(invoice_id);
     let event = invoice_created(caller, input, invoice_id, invoice_number);
     if let Err(e) = insert_invoices(conn, caller, std::slice::from_ref(&event)).await {
@@ -308,7 +322,12 @@ pub async fn create_invoice_with_id(
         });
     }
     let created = CreatedInvoice::of(&event);
-    outbox::enqueue(conn, &event).await?;
+    let mut rows = vec![outbox::row(&event)?];
+    if email == FirstEmail::Send {
+        let command = crate::invoice_email::first_email(caller, &created, address.as_deref());
+        rows.push(outbox::row(&command)?);
+    }
+    outbox::enqueue_rows(conn, &rows).await?;
     tracing::info!(%invoice_id, customer_id = %created.customer_id, amount = %created.amount,
                    event_id = %created.consistency_token, "invoice created");
     Ok(created)

@@ -406,9 +406,15 @@ async fn run_command(
     // maps its messages again from the same bytes, so cloning here is what keeps them.
     let event = match inbound.clone() {
         Inbound::InvoiceCreated { invoice_id, input } => {
-            sales::create_invoice_with_id(conn, caller, input, invoice_id)
-                .await?
-                .consistency_token
+            sales::create_invoice_with_id(
+                conn,
+                caller,
+                input,
+                invoice_id,
+                sales::FirstEmail::NotOurs,
+            )
+            .await?
+            .consistency_token
         }
         Inbound::PaymentReceived { payment_id, input } => {
             sales::record_manual_payment_with_id(conn, caller, input, payment_id)
