@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
-use dhanman_processors::ledger::Ledger;
-use dhanman_processors::{Runtime, RuntimeConfig};
 use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived, Record};
 use dhanman_schemas::{Codec, Event, topics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -147,7 +145,10 @@ pub struct Measured {
     pub pipeline_per_s: f64,
     pub seed_events: usize,
     pub seed_pattern_per_s: f64,
-    pub peak_rss_bytes: u64,
+    /// The ledger processor's (`dhanman process ledger`).
+    pub processor_peak_rss_bytes: u64,
+    /// This process's: the producer and the records it made, the raw measurements.
+    pub bench_peak_rss_bytes: u64,
 }
 
 impl Measured {
@@ -203,8 +204,13 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
         Row::new("seed pattern (per event)", m.seed_pattern_per_s, "events/s")
             .against("lower raw limit", lower),
         Row::new(
+            "peak RSS (dhanman process ledger)",
+            m.processor_peak_rss_bytes as f64 / 1048576.0,
+            "MiB",
+        ),
+        Row::new(
             "peak RSS (this process)",
-            m.peak_rss_bytes as f64 / 1048576.0,
+            m.bench_peak_rss_bytes as f64 / 1048576.0,
             "MiB",
         ),
     ];
@@ -224,7 +230,9 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
             m.pipeline_events,
             m.seed_events
         ),
-        "peak RSS is this process's (producer, records in memory, processor)".into(),
+        "the pipeline runs `dhanman process ledger` as a child process; this process's peak \
+         RSS is the producer's and the records it made"
+            .into(),
     ];
     r.field("events", m.events);
     r.field("pipeline_per_s", m.pipeline_per_s);
@@ -232,7 +240,8 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
     r.field("raw_copy_per_s", m.raw_copy_per_s);
     r.field("seed_pattern_per_s", m.seed_pattern_per_s);
     r.field("ratio_to_limit", m.ratio_to_limit());
-    r.field("peak_rss_bytes", m.peak_rss_bytes);
+    r.field("peak_rss_bytes", m.processor_peak_rss_bytes);
+    r.field("bench_peak_rss_bytes", m.bench_peak_rss_bytes);
     r.field("produce_per_s", m.produce_per_s);
     r
 }
@@ -266,7 +275,7 @@ async fn measure(
         common,
         format!("running the ledger processor over {records} events ..."),
     );
-    let (counted, secs) = run_pipeline(shape, stage, bootstrap, records).await?;
+    let applied = run_pipeline(shape, stage, bootstrap, records).await?;
     check_books(pool, org, records).await?;
 
     let sample = shape.baseline_events.min(records).max(1);
@@ -289,11 +298,12 @@ async fn measure(
         produce_per_s: records as f64 / produce_secs,
         raw_consume_per_s: common::median(&consume),
         raw_copy_per_s: common::median(&copy),
-        pipeline_events: counted,
-        pipeline_per_s: counted as f64 / secs,
+        pipeline_events: applied.events,
+        pipeline_per_s: applied.events as f64 / applied.secs,
+        processor_peak_rss_bytes: applied.peak_rss_bytes,
         seed_events: sample,
         seed_pattern_per_s: sample as f64 / seed_secs,
-        peak_rss_bytes: common::peak_rss_bytes(None).unwrap_or(0),
+        bench_peak_rss_bytes: common::peak_rss_bytes(None).unwrap_or(0),
     })
 }
 
@@ -560,28 +570,46 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
     Ok(secs)
 }
 
-/// Runs the ledger processor over the topics; returns (events timed, seconds). Timing
-/// starts once the first batch is in, so joining the consumer group is not counted.
+/// What the ledger processor did over the topics.
+pub struct Applied {
+    /// Events timed (those of the first batch are not, unless it held them all).
+    pub events: usize,
+    pub secs: f64,
+    /// The processor process's peak resident set.
+    pub peak_rss_bytes: u64,
+}
+
+/// Runs the ledger processor over the topics as it is deployed: `dhanman process ledger`
+/// (this executable) as a child process on the run's database, topic prefix and registry,
+/// so that its memory is its own (read from `/proc`). Timing starts once the first batch
+/// is in, so starting the process and joining the consumer group are not counted; it ends
+/// when the group's stored offsets reach the end of the topics.
 pub async fn run_pipeline(
     shape: &Shape,
     stage: &Stage,
     bootstrap: &str,
     expected: usize,
-) -> anyhow::Result<(usize, f64)> {
+) -> anyhow::Result<Applied> {
     let pool = &stage.db.pool;
-    let group = format!("{}ledger", stage.prefix);
-    let mut config = RuntimeConfig::new(bootstrap);
-    config.group_id = Some(group.clone());
-    config.max_batch = shape.batch_size;
-    config.lanes = shape.lanes;
-    let runtime = Runtime::new(
-        Ledger::with_topics(stage.topics.to_vec()),
-        pool.clone(),
-        stage.codec.clone(),
-        config,
-    );
-    let stopper = dhanman_processors::Stopper::default();
-    let task = tokio::spawn(runtime.run_until(stopper.signal()));
+    let group = format!("{}dhanman.ledger", stage.prefix);
+    let log = std::env::temp_dir().join(format!("dhanman-bench-{}ledger.log", stage.prefix));
+    let mut child =
+        tokio::process::Command::new(std::env::current_exe().context("finding this executable")?)
+            .args(["process", "ledger"])
+            .env("DHANMAN_DATABASE_URL", &stage.db.url)
+            .env("DHANMAN_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("DHANMAN_SCHEMA_REGISTRY_URL", &stage.registry_url)
+            .env("DHANMAN_TOPIC_PREFIX", &stage.prefix)
+            .env("DHANMAN_BATCH_SIZE", shape.batch_size.to_string())
+            .env("DHANMAN_LANES", shape.lanes.to_string())
+            .env_remove("DHANMAN_METRICS_ADDR")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting dhanman process ledger")?;
     let started = Instant::now();
     let mut first: Option<(Instant, usize)> = None;
     loop {
@@ -601,8 +629,11 @@ pub async fn run_pipeline(
         if done >= expected {
             break;
         }
-        if task.is_finished() {
-            bail!("the ledger processor stopped early");
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the ledger processor exited early ({status}); log: {}",
+                log.display()
+            );
         }
         if started.elapsed() > Duration::from_secs(1800) {
             bail!("pipeline did not finish in 30 minutes ({done}/{expected})");
@@ -610,18 +641,40 @@ pub async fn run_pipeline(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let finished = Instant::now();
-    // Out of its group and closed before the topics are deleted, so that it does not
-    // fetch (and log errors about) topics that are gone.
-    stopper.stop();
-    task.await
-        .context("the ledger processor task")?
-        .context("the ledger processor")?;
-    let (t0, n0) = first.context("no progress observed")?;
-    if n0 >= expected {
-        // All in the first batch (a small run): timed from the start, the join included.
-        return Ok((expected, (finished - started).as_secs_f64()));
+    let peak_rss_bytes = common::peak_rss_bytes(child.id()).unwrap_or(0);
+    // Stopped as an operator stops it (SIGTERM: out of its group, closed), before the
+    // topics are deleted, so that it does not fetch topics that are gone.
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
     }
-    Ok((expected - n0, (finished - t0).as_secs_f64()))
+    match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => bail!(
+            "the ledger processor stopped with {status}; log: {}",
+            log.display()
+        ),
+        Ok(Err(e)) => return Err(e).context("waiting for the ledger processor"),
+        Err(_) => {
+            let _ = child.kill().await;
+            bail!("the ledger processor did not stop within 40 s of SIGTERM");
+        }
+    }
+    let _ = std::fs::remove_file(&log);
+    let (t0, n0) = first.context("no progress observed")?;
+    let (events, secs) = if n0 >= expected {
+        // All in the first batch (a small run): timed from the start, the start included.
+        (expected, (finished - started).as_secs_f64())
+    } else {
+        (expected - n0, (finished - t0).as_secs_f64())
+    };
+    Ok(Applied {
+        events,
+        secs,
+        peak_rss_bytes,
+    })
 }
 
 /// The books after the run: one entry per event, two postings each, balanced.

@@ -40,7 +40,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             raw_consume_per_s: m.raw_consume_per_s,
             raw_copy_per_s: m.raw_copy_per_s,
             ratio_to_limit: m.ratio_to_limit(),
-            peak_rss_bytes: m.peak_rss_bytes,
+            peak_rss_bytes: m.processor_peak_rss_bytes,
         });
     }
     let mut r = Report::new(
@@ -53,12 +53,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .against("lower raw limit", s.raw_consume_per_s.min(s.raw_copy_per_s)),
         );
         r.rows.push(Row::new(
-            format!("{} events, peak RSS", s.events),
+            format!("{} events, peak RSS of the processor", s.events),
             s.peak_rss_bytes as f64 / 1048576.0,
             "MiB",
         ));
     }
-    r.notes = vec!["peak RSS is this process's during each size (reset between sizes)".into()];
+    r.notes = vec!["peak RSS is the ledger processor's (`dhanman process ledger`, a child process started for each size)".into()];
     r.field("sizes", &sizes);
     r.print(args.common.json);
     Ok(())
