@@ -45,14 +45,14 @@ pub async fn run_api(
         pool.clone(),
         probe,
         config.lag.scope(&config.topic_prefix, None),
-        config.lag_interval,
+        config.lag_interval_ms.get(),
     )));
     // The ledger audit, in every API process (it only reads): its gauge, and a line of
     // `/readyz` from its latest report.
     let audit_report = Arc::new(tokio::sync::RwLock::new(None));
     let _audit = AbortOnDrop(tokio::spawn(dhanman_processors::audit::run_periodically(
         pool.clone(),
-        config.audit_interval,
+        config.audit_interval_ms.get(),
         audit_report.clone(),
     )));
     telemetry::register_api_metrics(&payments);

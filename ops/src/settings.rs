@@ -54,14 +54,8 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_API_RATE_BURST", default_value_t = dhanman_api::rate_limit::DEFAULT_BURST)]
     pub api_rate_burst: u32,
     /// How long a query with `?consistent_with=` waits for the ledger, in milliseconds.
-    #[arg(
-        long = "consistency-wait-ms",
-        env = "DHANMAN_CONSISTENCY_WAIT_MS",
-        default_value = "5000",
-        value_name = "CONSISTENCY_WAIT_MS",
-        value_parser = parse_millis
-    )]
-    pub consistency_wait: Duration,
+    #[arg(long, env = "DHANMAN_CONSISTENCY_WAIT_MS", default_value = "5000")]
+    pub consistency_wait_ms: Millis,
     /// Accounts the ledger's posting rules use instead of the defaults, as `key=code` pairs
     /// (`revenue=4100,bank=1010`; keys: bank, revenue, salaries_payable, salary_expense,
     /// expenses, payable, reserved_budget, commitments). Each must be in the chart of
@@ -97,72 +91,44 @@ pub struct Config {
     )]
     pub gateway_url: String,
     /// Limit of one gateway request, connect to last byte, in milliseconds.
-    #[arg(
-        long = "gateway-timeout-ms",
-        env = "DHANMAN_GATEWAY_TIMEOUT_MS",
-        default_value = "5000",
-        value_name = "GATEWAY_TIMEOUT_MS",
-        value_parser = parse_millis
-    )]
-    pub gateway_timeout: Duration,
+    #[arg(long, env = "DHANMAN_GATEWAY_TIMEOUT_MS", default_value = "5000")]
+    pub gateway_timeout_ms: Millis,
     /// Retries of a gateway request after a transient failure (timeout, 5xx, connection
     /// lost), with exponential backoff and jitter.
     #[arg(long, env = "DHANMAN_GATEWAY_RETRIES", default_value_t = 3)]
     pub gateway_retries: usize,
     /// Delay before the first retry, in milliseconds; doubles each retry.
-    #[arg(
-        long = "gateway-backoff-ms",
-        env = "DHANMAN_GATEWAY_BACKOFF_MS",
-        default_value = "200",
-        value_name = "GATEWAY_BACKOFF_MS",
-        value_parser = parse_millis
-    )]
-    pub gateway_backoff: Duration,
+    #[arg(long, env = "DHANMAN_GATEWAY_BACKOFF_MS", default_value = "200")]
+    pub gateway_backoff_ms: Millis,
     /// Consecutive transient gateway failures that open the circuit breaker.
     #[arg(long, env = "DHANMAN_GATEWAY_BREAKER_THRESHOLD", default_value_t = 5)]
     pub gateway_breaker_threshold: u32,
     /// How long the open breaker fails calls fast before it lets a trial through, in ms.
     #[arg(
-        long = "gateway-breaker-cool-down-ms",
+        long,
         env = "DHANMAN_GATEWAY_BREAKER_COOL_DOWN_MS",
-        default_value = "30000",
-        value_name = "GATEWAY_BREAKER_COOL_DOWN_MS",
-        value_parser = parse_millis
+        default_value = "30000"
     )]
-    pub gateway_breaker_cool_down: Duration,
+    pub gateway_breaker_cool_down_ms: Millis,
     /// How often unfinished payment sagas are resumed (besides at start-up), in ms.
     #[arg(
-        long = "payment-recovery-interval-ms",
+        long,
         env = "DHANMAN_PAYMENT_RECOVERY_INTERVAL_MS",
-        default_value = "30000",
-        value_name = "PAYMENT_RECOVERY_INTERVAL_MS",
-        value_parser = parse_millis
+        default_value = "30000"
     )]
-    pub payment_recovery_interval: Duration,
+    pub payment_recovery_interval_ms: Millis,
     /// Testing switch: abort the process at a payment saga crash point (`after-start`,
     /// `after-charge`, `after-complete`, `before-refund`, `after-refund`).
     #[arg(long, env = "DHANMAN_FAULT_CRASH_AT", hide = true, value_parser = dhanman_payments::CrashPoint::parse)]
     pub fault_crash_at: Option<dhanman_payments::CrashPoint>,
     /// How often the API process samples consumer lag (for `/metrics` and `GET /v1/lag`), in ms.
-    #[arg(
-        long = "lag-interval-ms",
-        env = "DHANMAN_LAG_INTERVAL_MS",
-        default_value = "5000",
-        value_name = "LAG_INTERVAL_MS",
-        value_parser = parse_millis
-    )]
-    pub lag_interval: Duration,
+    #[arg(long, env = "DHANMAN_LAG_INTERVAL_MS", default_value = "5000")]
+    pub lag_interval_ms: Millis,
     #[command(flatten)]
     pub lag: LagSettings,
     /// How often each API process audits the ledger (`/metrics`, `/readyz`), in ms.
-    #[arg(
-        long = "audit-interval-ms",
-        env = "DHANMAN_AUDIT_INTERVAL_MS",
-        default_value = "60000",
-        value_name = "AUDIT_INTERVAL_MS",
-        value_parser = parse_millis
-    )]
-    pub audit_interval: Duration,
+    #[arg(long, env = "DHANMAN_AUDIT_INTERVAL_MS", default_value = "60000")]
+    pub audit_interval_ms: Millis,
     /// How long published outbox rows are kept (`dhanman up` prunes older ones).
     #[arg(long, env = "DHANMAN_RETENTION_OUTBOX", default_value = "7days", value_parser = humantime::parse_duration)]
     pub retention_outbox: Duration,
@@ -196,42 +162,18 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_SMTP_MAX_ATTEMPTS", default_value_t = 5)]
     pub smtp_max_attempts: u32,
     /// Delay before a notification's first retry, in milliseconds; doubles each attempt.
-    #[arg(
-        long = "smtp-backoff-ms",
-        env = "DHANMAN_SMTP_BACKOFF_MS",
-        default_value = "1000",
-        value_name = "SMTP_BACKOFF_MS",
-        value_parser = parse_millis
-    )]
-    pub smtp_backoff: Duration,
+    #[arg(long, env = "DHANMAN_SMTP_BACKOFF_MS", default_value = "1000")]
+    pub smtp_backoff_ms: Millis,
     /// Longest delay between two attempts of a notification, in milliseconds.
-    #[arg(
-        long = "smtp-backoff-max-ms",
-        env = "DHANMAN_SMTP_BACKOFF_MAX_MS",
-        default_value = "300000",
-        value_name = "SMTP_BACKOFF_MAX_MS",
-        value_parser = parse_millis
-    )]
-    pub smtp_backoff_max: Duration,
+    #[arg(long, env = "DHANMAN_SMTP_BACKOFF_MAX_MS", default_value = "300000")]
+    pub smtp_backoff_max_ms: Millis,
     /// Limit of one SMTP conversation (connect to the reply to DATA), in milliseconds.
-    #[arg(
-        long = "smtp-timeout-ms",
-        env = "DHANMAN_SMTP_TIMEOUT_MS",
-        default_value = "30000",
-        value_name = "SMTP_TIMEOUT_MS",
-        value_parser = parse_millis
-    )]
-    pub smtp_timeout: Duration,
+    #[arg(long, env = "DHANMAN_SMTP_TIMEOUT_MS", default_value = "30000")]
+    pub smtp_timeout_ms: Millis,
     /// How long a claimed notification is left to its sender before another takes it over
     /// (after a crash), in milliseconds; longer than the SMTP timeout.
-    #[arg(
-        long = "smtp-lease-ms",
-        env = "DHANMAN_SMTP_LEASE_MS",
-        default_value = "120000",
-        value_name = "SMTP_LEASE_MS",
-        value_parser = parse_millis
-    )]
-    pub smtp_lease: Duration,
+    #[arg(long, env = "DHANMAN_SMTP_LEASE_MS", default_value = "120000")]
+    pub smtp_lease_ms: Millis,
     /// Notifications in flight at once per process.
     #[arg(long, env = "DHANMAN_SMTP_CONCURRENCY", default_value_t = 8)]
     pub smtp_concurrency: usize,
@@ -240,14 +182,8 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_REMINDER_DAYS_BEFORE", default_value_t = dhanman_processors::reminders::DEFAULT_DAYS_BEFORE)]
     pub reminder_days_before: u32,
     /// How often the reminder scheduler looks for due timers, in milliseconds.
-    #[arg(
-        long = "reminder-tick-ms",
-        env = "DHANMAN_REMINDER_TICK_MS",
-        default_value = "1000",
-        value_name = "REMINDER_TICK_MS",
-        value_parser = parse_millis
-    )]
-    pub reminder_tick: Duration,
+    #[arg(long, env = "DHANMAN_REMINDER_TICK_MS", default_value = "1000")]
+    pub reminder_tick_ms: Millis,
 }
 
 impl Config {
@@ -322,15 +258,15 @@ impl Config {
         let mut sender =
             notifier::sender::SenderConfig::new(self.smtp_url.expose_secret(), &self.mail_from);
         sender.max_attempts = self.smtp_max_attempts;
-        sender.backoff = self.smtp_backoff;
-        sender.max_backoff = self.smtp_backoff_max;
-        sender.timeout = self.smtp_timeout;
-        sender.lease = self.smtp_lease;
+        sender.backoff = self.smtp_backoff_ms.get();
+        sender.max_backoff = self.smtp_backoff_max_ms.get();
+        sender.timeout = self.smtp_timeout_ms.get();
+        sender.lease = self.smtp_lease_ms.get();
         sender.concurrency = self.smtp_concurrency;
         catalog::Settings {
             template_dir: self.template_dir.clone(),
             reminder_days_before: self.reminder_days_before,
-            reminder_tick: self.reminder_tick,
+            reminder_tick: self.reminder_tick_ms.get(),
             sender,
             ledger_accounts: self.ledger_accounts.clone().unwrap_or_default(),
         }
@@ -358,7 +294,7 @@ impl Config {
     pub fn app_state(&self, pool: PgPool) -> dhanman_api::AppState {
         dhanman_api::AppState {
             pool,
-            consistency_wait: self.consistency_wait,
+            consistency_wait: self.consistency_wait_ms.get(),
             gate_retention: self.retention_gate,
             applied: Default::default(),
             approval_policy: dhanman_producers::purchase::ApprovalPolicy {
@@ -378,18 +314,18 @@ impl Config {
     pub fn payments(&self, pool: PgPool) -> anyhow::Result<dhanman_payments::Payments> {
         let gateway = dhanman_payments::GatewayClient::new(dhanman_payments::GatewaySettings {
             url: self.gateway_url.clone(),
-            timeout: self.gateway_timeout,
+            timeout: self.gateway_timeout_ms.get(),
             retries: self.gateway_retries,
-            backoff: self.gateway_backoff,
+            backoff: self.gateway_backoff_ms.get(),
             breaker_threshold: self.gateway_breaker_threshold,
-            breaker_cool_down: self.gateway_breaker_cool_down,
+            breaker_cool_down: self.gateway_breaker_cool_down_ms.get(),
         })
         .context("building the payment gateway client (DHANMAN_GATEWAY_URL)")?;
         Ok(dhanman_payments::Payments::new(
             pool,
             gateway,
             self.fault_crash_at,
-            self.payment_recovery_interval,
+            self.payment_recovery_interval_ms.get(),
         ))
     }
 }
@@ -453,9 +389,22 @@ impl Connections {
     }
 }
 
-/// A number of milliseconds, as the `*_MS` variables give them.
-fn parse_millis(raw: &str) -> Result<Duration, std::num::ParseIntError> {
-    raw.parse().map(Duration::from_millis)
+/// A duration given as a number of milliseconds, as the `*_MS` settings give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(Duration);
+
+impl Millis {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Millis {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        raw.parse().map(|ms| Millis(Duration::from_millis(ms)))
+    }
 }
 
 fn parse_secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -615,12 +564,15 @@ mod tests {
     #[test]
     fn milliseconds_become_durations() {
         let config = config(&["--consistency-wait-ms", "250", "--smtp-lease-ms", "90000"]);
-        assert_eq!(config.consistency_wait, Duration::from_millis(250));
-        assert_eq!(config.smtp_lease, Duration::from_secs(90));
+        assert_eq!(config.consistency_wait_ms.get(), Duration::from_millis(250));
+        assert_eq!(config.smtp_lease_ms.get(), Duration::from_secs(90));
         // The defaults are milliseconds too.
-        assert_eq!(config.gateway_timeout, Duration::from_secs(5));
-        assert_eq!(config.gateway_breaker_cool_down, Duration::from_secs(30));
-        assert_eq!(config.reminder_tick, Duration::from_secs(1));
+        assert_eq!(config.gateway_timeout_ms.get(), Duration::from_secs(5));
+        assert_eq!(
+            config.gateway_breaker_cool_down_ms.get(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(config.reminder_tick_ms.get(), Duration::from_secs(1));
         assert!(
             Config::augment_args(clap::Command::new("dhanman"))
                 .try_get_matches_from(["dhanman", "--lag-interval-ms", "5s"])

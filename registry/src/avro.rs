@@ -538,6 +538,9 @@ mod tests {
                 {"name":"list","type":{"type":"array","items":"n.F"}},
                 {"name":"map","type":{"type":"map","values":{"type":"string","avro.java.string":"String"}}}
             ]}"#,
+            // A custom property holding a float that takes the full precision of an f64 to
+            // print: read back to the same number, or the form would drift on each pass.
+            r#"{"type":"fixed","name":"Money","size":17,"lqrcale":3333133333e+32}"#,
         ];
         for text in texts {
             let once = parsed(text).into_normalized().unwrap();
