@@ -1,5 +1,6 @@
 //! Bad input: every refusal is a 4xx with a JSON body naming the field, and nothing is
-//! written. The API runs in-process, served on a real socket.
+//! written (a body too large is refused with `Connection: close`, its rest never read). The
+//! API runs in-process, served on a real socket.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -132,7 +133,13 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
         .post(format!("{base}/v1/invoices"))
         .header("content-type", "application/json")
         .body(huge);
-    assert_refused(&api.send(big).await, 413, "body");
+    let too_large = api.send(big).await;
+    assert_refused(&too_large, 413, "body");
+    // The unread rest of the body leaves the connection unusable: the client is told so.
+    assert_eq!(
+        too_large.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
 
     // Payments: over-precise and unknown invoice.
     assert_refused(
