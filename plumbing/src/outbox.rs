@@ -30,6 +30,18 @@ pub struct Row {
     version: i32,
     payload: Json,
     headers: Json,
+    derived_from: Option<Uuid>,
+}
+
+impl Row {
+    /// The same row, naming the row its record announces (`outbox.derived_from`: the ledger's
+    /// announcement of a journal entry names the entry).
+    pub fn announcing(self, source: Uuid) -> Row {
+        Row {
+            derived_from: Some(source),
+            ..self
+        }
+    }
 }
 
 /// The row `record` becomes: its JSON, and headers carrying its name, ids and the trace it
@@ -49,17 +61,19 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
         version: R::WRITE_VERSION as i32,
         payload: serde_json::to_value(record)?,
         headers,
+        derived_from: None,
     })
 }
 
 /// Queues rows for the relay in one statement, in their order.
 pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
     sqlx::query(
-        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
-         select id, t, k, r, v, p, h
+        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers,
+                             derived_from)
+         select id, t, k, r, v, p, h, d
            from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[],
-                       $7::jsonb[]) with ordinality
-                as u(id, t, k, r, v, p, h, n)
+                       $7::jsonb[], $8::uuid[]) with ordinality
+                as u(id, t, k, r, v, p, h, d, n)
           order by n",
     )
     .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
@@ -69,6 +83,7 @@ pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.derived_from).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -27,9 +27,9 @@ pub mod read;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use dhanman_plumbing::trace;
+use dhanman_plumbing::outbox;
 use dhanman_schemas::Event;
-use dhanman_schemas::events::{Envelope, LedgerEntryPosted, PostingLine, Record, record_headers};
+use dhanman_schemas::events::{Envelope, LedgerEntryPosted, PostingLine};
 use dhanman_schemas::topics;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
@@ -454,53 +454,27 @@ pub async fn post<'a>(
     Ok(fresh)
 }
 
-/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction: the record
-/// itself and its headers (with the trace of the event it posts), so the relay publishes it
-/// as it publishes any other row. `derived_from` names the entry the row announces.
+/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction, written as
+/// every record is ([`outbox::row`]: the record, its headers, the trace of the event it
+/// posts), with the entry it announces as the row's `derived_from`.
 async fn announce(
     conn: &mut PgConnection,
     entries: &[&Entry],
     posted_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let mut ids = Vec::with_capacity(entries.len());
-    let mut keys = Vec::with_capacity(entries.len());
-    let mut entry_ids = Vec::with_capacity(entries.len());
-    let mut payloads = Vec::with_capacity(entries.len());
-    let mut headers = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let record = announcement(entry, posted_at);
-        let mut h = record_headers(
-            LedgerEntryPosted::NAME,
-            record.envelope.event_id,
-            &record.envelope.correlation_id,
-        );
-        if let Some(span) = trace::current(record.envelope.causation_id.as_deref()) {
-            trace::add_to_headers(&mut h, span);
-        }
-        ids.push(record.envelope.event_id);
-        keys.push(record.key());
-        entry_ids.push(entry.id);
-        payloads.push(serde_json::to_value(&record).map_err(|e| sqlx::Error::Encode(e.into()))?);
-        headers.push(h);
-    }
-    sqlx::query(
-        "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload,
-                             derived_from, headers)
-         select id, $2, k, $3, $4, p, e, h
-           from unnest($1::uuid[], $5::text[], $6::jsonb[], $7::uuid[], $8::jsonb[])
-                as u(id, k, p, e, h)",
-    )
-    .bind(&ids)
-    .bind(LedgerEntryPosted::TOPIC)
-    .bind(LedgerEntryPosted::NAME)
-    .bind(LedgerEntryPosted::WRITE_VERSION as i32)
-    .bind(&keys)
-    .bind(&payloads)
-    .bind(&entry_ids)
-    .bind(&headers)
-    .execute(conn)
-    .await?;
-    Ok(())
+    let written = async {
+        let rows = entries
+            .iter()
+            .map(|entry| {
+                outbox::row(&announcement(entry, posted_at)).map(|r| r.announcing(entry.id))
+            })
+            .collect::<dhanman_plumbing::Result<Vec<_>>>()?;
+        outbox::enqueue_rows(conn, &rows).await
+    };
+    written.await.map_err(|e| match e {
+        dhanman_plumbing::Error::Database(db) => db,
+        other => sqlx::Error::Encode(other.into()),
+    })
 }
 
 /// The record announcing `entry`, posted at `posted_at` (the wire carries milliseconds).

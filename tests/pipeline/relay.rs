@@ -254,11 +254,13 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
     assert_eq!(now[0].1["entry_id"], json!(now[0].0.to_string()));
     assert_eq!(now[0].1["lines"].as_array().map(Vec::len), Some(2));
 
-    // The earlier form: no record, headers holding at most the trace (none here).
+    // The earlier form: no record, headers holding only the trace.
     sqlx::raw_sql(
         "alter table outbox drop constraint outbox_has_value;
          alter table outbox add constraint outbox_has_value check (true);
-         update outbox set payload = null, headers = '{}' where derived_from is not null",
+         update outbox set payload = null,
+                           headers = headers - 'event_id' - 'record_name' - 'correlation_id'
+          where derived_from is not null",
     )
     .execute(&db.pool)
     .await

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::AR;
-pub use entries::{Entry, EntryLine, entries};
+pub use entries::{Entry, entries};
 pub use statement::{Statement, StatementCurrency, StatementLine, statement};
 
 /// The ledger's name in the gate (`processed_events`), for consistency waits.

@@ -2,7 +2,7 @@
 //! oldest first, a page of entries at a time.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
+use dhanman_schemas::events::PostingLine;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,18 +12,8 @@ use super::money;
 /// A page's sort key: the entry's time, then its id.
 pub type EntryKey = (DateTime<Utc>, Uuid);
 
-/// One posting line of an entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EntryLine {
-    pub account_code: String,
-    pub party_type: Option<String>,
-    pub party_id: Option<Uuid>,
-    pub debit: Decimal,
-    pub credit: Decimal,
-}
-
 /// A journal entry with its lines, in posting order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
     pub entry_id: Uuid,
     pub source_event_id: Uuid,
@@ -32,7 +22,7 @@ pub struct Entry {
     pub description: String,
     pub currency: String,
     pub occurred_at: DateTime<Utc>,
-    pub lines: Vec<EntryLine>,
+    pub lines: Vec<PostingLine>,
 }
 
 impl Entry {
@@ -77,7 +67,7 @@ pub async fn entries(
     .await?;
     let mut entries: Vec<Entry> = Vec::new();
     for r in rows {
-        let line = EntryLine {
+        let line = PostingLine {
             account_code: r.account_code,
             party_type: r.party_type,
             party_id: r.party_id,
