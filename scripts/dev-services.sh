@@ -195,12 +195,19 @@ wait_for_pg() {
 # DHANMAN_PG_SETTINGS=off leaves the server's configuration alone.
 pg_workload_settings() { # started-by-this-run
 	[ "${DHANMAN_PG_SETTINGS:-on}" = off ] && return 0
-	pg_psql -d postgres </dev/null >/dev/null <<-SQL
-		alter system set shared_buffers = '1GB';
-		alter system set max_wal_size = '8GB';
-		alter system set checkpoint_timeout = '15min';
-		select pg_reload_conf();
-	SQL
+	# Written and reloaded only when postgresql.auto.conf does not hold them yet.
+	local written
+	written=$(pg_psql -d postgres -tAc "select string_agg(name || '=' || setting, ' ' order by name)
+		from pg_file_settings where sourcefile like '%postgresql.auto.conf'
+		and name in ('checkpoint_timeout', 'max_wal_size', 'shared_buffers')" </dev/null)
+	if [ "$written" != "checkpoint_timeout=15min max_wal_size=8GB shared_buffers=1GB" ]; then
+		pg_psql -d postgres </dev/null >/dev/null <<-SQL
+			alter system set shared_buffers = '1GB';
+			alter system set max_wal_size = '8GB';
+			alter system set checkpoint_timeout = '15min';
+			select pg_reload_conf();
+		SQL
+	fi
 	if [ "$(pg_psql -d postgres -tAc 'select count(*) from pg_settings where pending_restart' </dev/null)" != 0 ]; then
 		local cluster ver name
 		cluster=$(pg_cluster || true)
