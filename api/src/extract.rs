@@ -31,7 +31,9 @@ where
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        let key = dhanman_producers::orgs::authenticate(&state.pool, key)
+        let key = state
+            .keys
+            .authenticate(&state.pool, key)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         if let Some(limit) = &state.rate_limit {

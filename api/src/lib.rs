@@ -8,6 +8,7 @@
 pub mod consistency;
 mod error;
 mod extract;
+pub mod key_cache;
 mod middleware;
 mod openapi;
 mod page;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// The ledger audit's line of `/readyz`, asked for on each request; `None` where no
     /// audit runs (in-process tests).
     pub ledger_audit: Option<StatusLine>,
+    /// API keys that authenticated lately.
+    pub keys: key_cache::KeyCache,
     /// Requests per API key; `None`: unlimited.
     pub rate_limit: Option<rate_limit::KeyRateLimit>,
     /// How `GET /v1/lag` judges each partition's status.
@@ -66,6 +69,7 @@ impl AppState {
             payments: None,
             ledger_audit: None,
             lag_rules: Default::default(),
+            keys: key_cache::KeyCache::new(key_cache::DEFAULT_TTL),
             rate_limit: rate_limit::KeyRateLimit::new(
                 rate_limit::DEFAULT_PER_SECOND,
                 rate_limit::DEFAULT_BURST,

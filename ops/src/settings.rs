@@ -53,6 +53,11 @@ pub struct Config {
     /// Requests one API key may make at once above its sustained rate.
     #[arg(long, env = "DHANMAN_API_RATE_BURST", default_value_t = dhanman_api::rate_limit::DEFAULT_BURST)]
     pub api_rate_burst: u32,
+    /// How long an API process believes a key that authenticated without asking the
+    /// database again, in milliseconds (0: every request asks). A key revoked through
+    /// another API process keeps working here for at most this long.
+    #[arg(long, env = "DHANMAN_API_KEY_CACHE_MS", default_value = "1000")]
+    pub api_key_cache_ms: Millis,
     /// How long a query with `?consistent_with=` waits for the ledger, in milliseconds.
     #[arg(long, env = "DHANMAN_CONSISTENCY_WAIT_MS", default_value = "5000")]
     pub consistency_wait_ms: Millis,
@@ -303,6 +308,7 @@ impl Config {
             payments: None,
             ledger_audit: None,
             lag_rules: self.lag.rules(),
+            keys: dhanman_api::key_cache::KeyCache::new(self.api_key_cache_ms.get()),
             rate_limit: dhanman_api::rate_limit::KeyRateLimit::new(
                 self.api_rate_limit,
                 self.api_rate_burst,

@@ -3,16 +3,19 @@
 //!
 //! Keys are scoped to (organization, user, key): another user who sends the same key
 //! neither gets this user's response nor a conflict. The API checks the caller's role
-//! before it claims a key, so a stored response is never served to a caller who may not
+//! before it runs a command, so a stored response is never served to a caller who may not
 //! run the command.
 //!
-//! The key is claimed inside the command's transaction. A concurrent retry blocks on the
-//! primary key until the first transaction ends, then sees its stored response: two
-//! identical requests never both execute.
+//! The key is recorded, with the response, by the last statement of the command's
+//! transaction ([`record`]). A concurrent retry runs its command too, then blocks on the
+//! key's primary key until the first transaction ends: if that one committed, the retry's
+//! transaction is rolled back and the first response is answered ([`earlier`]); two
+//! identical requests never both take effect. A retry whose command fails (its invoice
+//! number now taken by the first) is answered the first response as well.
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{Error, Result};
@@ -20,11 +23,18 @@ use crate::{Error, Result};
 /// The user of keys stored before keys were scoped to users (no user has it).
 pub const LEGACY_USER: Uuid = Uuid::nil();
 
-pub enum Claim {
-    /// First use of the key: run the command, then [`store`] its response.
-    New,
-    /// The key was used with the same request: here is the response it got.
-    Replay { status: u16, body: Json },
+/// A key as a request names it: whose, which, and the hash of the request it came with.
+pub struct Key<'a> {
+    pub organization_id: Uuid,
+    pub user_id: Uuid,
+    pub key: &'a str,
+    pub request_hash: Vec<u8>,
+}
+
+/// What an earlier use of the key answered.
+pub struct Replay {
+    pub status: u16,
+    pub body: Json,
 }
 
 pub fn request_hash(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
@@ -37,82 +47,65 @@ pub fn request_hash(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-pub async fn claim(
+/// Records the key with the command's response, in the command's transaction. `false`:
+/// the key was used before (committed meanwhile, or stored before keys had users); roll
+/// the transaction back and answer [`earlier`].
+pub async fn record(
     conn: &mut PgConnection,
-    organization_id: Uuid,
-    user_id: Uuid,
-    key: &str,
-    hash: &[u8],
-) -> Result<Claim> {
+    key: &Key<'_>,
+    status: u16,
+    body: &Json,
+) -> Result<bool> {
     let inserted = sqlx::query(
         "insert into idempotency_keys
              (organization_id, user_id, idempotency_key, request_hash, response_status, response_body)
-         values ($1, $2, $3, $4, 0, 'null') on conflict do nothing",
+         select $1, $2, $3, $4, $5, $6
+          where not exists (select 1 from idempotency_keys
+                             where organization_id = $1 and user_id = $7 and idempotency_key = $3)
+         on conflict do nothing",
     )
-    .bind(organization_id)
-    .bind(user_id)
-    .bind(key)
-    .bind(hash)
-    .execute(&mut *conn)
+    .bind(key.organization_id)
+    .bind(key.user_id)
+    .bind(key.key)
+    .bind(&key.request_hash)
+    .bind(i32::from(status))
+    .bind(body)
+    .bind(LEGACY_USER)
+    .execute(conn)
     .await?
     .rows_affected();
-    if inserted == 1 {
-        // A key stored before keys had users may be this user's retry, or someone else's:
-        // neither replayed nor executed again.
-        let (legacy,): (bool,) = sqlx::query_as(
-            "select exists (select 1 from idempotency_keys
-                             where organization_id = $1 and user_id = $2 and idempotency_key = $3)",
-        )
-        .bind(organization_id)
-        .bind(LEGACY_USER)
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await?;
-        if legacy {
-            return Err(Error::Conflict(
-                "Idempotency-Key was used before keys were scoped to users; use a new key".into(),
-            ));
-        }
-        return Ok(Claim::New);
-    }
-    let (stored_hash, status, body): (Vec<u8>, i32, Json) = sqlx::query_as(
-        "select request_hash, response_status, response_body from idempotency_keys
-          where organization_id = $1 and user_id = $2 and idempotency_key = $3",
+    Ok(inserted == 1)
+}
+
+/// The response an earlier use of the key got, if it was used: `Err(Conflict)` when it came
+/// with another request, or before keys were scoped to users (neither replayed nor run
+/// again).
+pub async fn earlier(pool: &PgPool, key: &Key<'_>) -> Result<Option<Replay>> {
+    let stored: Vec<(Uuid, Vec<u8>, i32, Json)> = sqlx::query_as(
+        "select user_id, request_hash, response_status, response_body from idempotency_keys
+          where organization_id = $1 and user_id in ($2, $3) and idempotency_key = $4",
     )
-    .bind(organization_id)
-    .bind(user_id)
-    .bind(key)
-    .fetch_one(&mut *conn)
+    .bind(key.organization_id)
+    .bind(key.user_id)
+    .bind(LEGACY_USER)
+    .bind(key.key)
+    .fetch_all(pool)
     .await?;
-    if stored_hash != hash {
+    if stored.iter().any(|(user, ..)| *user == LEGACY_USER) {
+        return Err(Error::Conflict(
+            "Idempotency-Key was used before keys were scoped to users; use a new key".into(),
+        ));
+    }
+    let Some((_, hash, status, body)) = stored.into_iter().next() else {
+        return Ok(None);
+    };
+    if hash != key.request_hash {
         return Err(Error::Conflict(
             "Idempotency-Key was already used with a different request".into(),
         ));
     }
-    Ok(Claim::Replay {
+    Ok(Some(Replay {
         status: status as u16,
         body,
-    })
-}
-
-pub async fn store(
-    conn: &mut PgConnection,
-    organization_id: Uuid,
-    user_id: Uuid,
-    key: &str,
-    status: u16,
-    body: &Json,
-) -> Result<()> {
-    sqlx::query(
-        "update idempotency_keys set response_status = $4, response_body = $5
-          where organization_id = $1 and user_id = $2 and idempotency_key = $3",
-    )
-    .bind(organization_id)
-    .bind(user_id)
-    .bind(key)
-    .bind(i32::from(status))
-    .bind(body)
-    .execute(conn)
-    .await?;
-    Ok(())
+    }))
 }

@@ -77,7 +77,7 @@ pub(crate) fn random_secret(prefix: &str) -> String {
     format!("{prefix}{hex}")
 }
 
-pub(crate) fn key_hash(key: &str) -> Vec<u8> {
+pub fn key_hash(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 

@@ -7,7 +7,10 @@
 //! revoked one; the last admin key is not revoked (409). An `Idempotency-Key` replays only
 //! to its user and only after the role check (a manager is 403, another accountant's same
 //! key runs their own command, a different body under someone else's key is no 409; a
-//! pre-upgrade key is 409). Salaries and the notification log: 403 naming the role for
+//! pre-upgrade key is 409); eight identical keyed requests at once create one invoice and
+//! answer it eight times, and a retry whose command would now fail answers the first
+//! response. A key revoked in the database by another process is refused here within the
+//! key cache's time to live. Salaries and the notification log: 403 naming the role for
 //! managers, approvers and CFOs, 200 for admin and accountant; a salary's ledger entry is
 //! listed to admin and accountant and to nobody else
 
@@ -590,5 +593,96 @@ async fn salaries_are_read_by_the_bookkeepers_only() {
         assert_eq!(r.body["entries"], json!([]), "{}", r.body);
     }
     assert_eq!(accountant.api.get("/v1/notifications").await.status, 200);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_at_once_take_effect_once() {
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let admin = Api::new(&base, &org_key(&db, "Lotus Towers").await);
+    let nisha = admin.customer("Nisha").await;
+    let events_before = command_events(&db).await;
+
+    // Eight identical requests at once: every one answers the same invoice, one exists.
+    let body = json!({"customer_id": nisha, "amount": "1500", "due_date": "2026-12-10"});
+    let replies = futures_util::future::join_all(
+        (0..8).map(|_| post_keyed(&admin, "/v1/invoices", "inv-at-once", body.clone())),
+    )
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body, replies[0].body);
+    }
+    assert_eq!(db.count("select count(*) from invoices").await, 1);
+    assert_eq!(
+        command_events(&db).await - events_before,
+        2,
+        "one InvoiceCreated and its first email"
+    );
+
+    // A retry whose command would now fail (its invoice number is taken, by the first)
+    // answers the first response.
+    let numbered = json!({"customer_id": nisha, "amount": "80", "due_date": "2026-12-10",
+                          "invoice_number": "LT-7"});
+    let first = post_keyed(&admin, "/v1/invoices", "inv-numbered", numbered.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let retry = post_keyed(&admin, "/v1/invoices", "inv-numbered", numbered).await;
+    assert_eq!(retry.status, 201, "{}", retry.body);
+    assert_eq!(retry.body, first.body);
+    // Another body under the key is a conflict, whether its command would succeed or not.
+    for other in [
+        json!({"customer_id": nisha, "amount": "81", "due_date": "2026-12-10"}),
+        json!({"customer_id": nisha, "amount": "81", "due_date": "2026-12-10",
+               "invoice_number": "LT-7"}),
+    ] {
+        let r = post_keyed(&admin, "/v1/invoices", "inv-numbered", other).await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(
+            r.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Idempotency-Key")),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(db.count("select count(*) from invoices").await, 2);
+    assert_eq!(db.count("select count(*) from idempotency_keys").await, 2);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_by_another_process_is_refused_within_the_key_cache_time() {
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let admin = Api::new(&base, &org_key(&db, "Lotus Towers").await);
+    let accountant = invite(&db, &admin, "acc@lotus.example", "Asha", "accountant").await;
+    assert_eq!(accountant.api.get("/v1/keys").await.status, 200);
+
+    // Revoked in the database, as another API process's revocation would: this process
+    // believed the key for at most its cache's time to live.
+    sqlx::query("update api_keys set revoked_at = now() where id = $1")
+        .bind(accountant.key_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    let limit = dhanman_api::key_cache::DEFAULT_TTL + std::time::Duration::from_secs(4);
+    loop {
+        let r = accountant.api.get("/v1/keys").await;
+        if r.status == 401 {
+            assert_refused(&r, 401, "Authorization");
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            revoked.elapsed() < limit,
+            "the revoked key still works after {:?}",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The administrator's key, never revoked, still works.
+    assert_eq!(admin.get("/v1/keys").await.status, 200);
     db.drop_db().await;
 }

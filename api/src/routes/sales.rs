@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use dhanman_producers::idempotency::{self, Claim};
+use dhanman_producers::idempotency;
 use dhanman_producers::invoice_batch;
 use dhanman_producers::invoice_email::{self, EmailInvoice};
 use dhanman_producers::receipts::{self, EmailReceipt};
@@ -64,6 +64,8 @@ impl<'a> Gate<'a> {
 /// the stored response for a retried `Idempotency-Key`. The caller's role is checked
 /// first (`gate`): a replay is never served to someone who may not run the command. Keys
 /// are the caller's own (organization, user, key): another user's same key is another key.
+/// The key is recorded by the transaction's last statement; a retry's own work is rolled
+/// back (see [`idempotency`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_command<I, O, F, const LIMIT: usize>(
     state: &AppState,
@@ -83,31 +85,45 @@ where
     caller.require(gate.roles, gate.what)?;
     let user_id = caller.user(gate.what)?;
     let key = idempotency_key(headers)?;
+    let key = key.as_deref().map(|key| idempotency::Key {
+        organization_id: caller.organization_id,
+        user_id,
+        key,
+        request_hash: idempotency::request_hash("POST", path, &body.bytes),
+    });
     let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key {
-        let hash = idempotency::request_hash("POST", path, &body.bytes);
-        if let Claim::Replay { status, body } =
-            idempotency::claim(&mut tx, caller.organization_id, user_id, key, &hash).await?
-        {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            return Ok((status, Json(body)));
+    let output = match command(&mut tx, caller, body.value).await {
+        Ok(output) => output,
+        Err(e) => {
+            drop(tx);
+            return match &key {
+                Some(key) => replay(state, key).await?.ok_or_else(|| e.into()),
+                None => Err(e.into()),
+            };
         }
-    }
-    let output = command(&mut tx, caller, body.value).await?;
+    };
     let response = serde_json::to_value(&output).map_err(ApiError::internal)?;
-    if let Some(key) = &key {
-        idempotency::store(
-            &mut tx,
-            caller.organization_id,
-            user_id,
-            key,
-            success.as_u16(),
-            &response,
-        )
-        .await?;
+    if let Some(key) = &key
+        && !idempotency::record(&mut tx, key, success.as_u16(), &response).await?
+    {
+        drop(tx);
+        return replay(state, key)
+            .await?
+            .ok_or_else(|| ApiError::internal("an idempotency key taken is not found"));
     }
     tx.commit().await?;
     Ok((success, Json(response)))
+}
+
+/// The earlier response to `key`, if it was used.
+async fn replay(
+    state: &AppState,
+    key: &idempotency::Key<'_>,
+) -> Result<Option<CommandReply>, ApiError> {
+    Ok(idempotency::earlier(&state.pool, key).await?.map(|r| {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+        (status, Json(r.body))
+    }))
 }
 
 pub async fn create_customer(

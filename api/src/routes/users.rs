@@ -64,6 +64,7 @@ pub async fn revoke_key(
     let mut tx = state.pool.begin().await?;
     let key = orgs::revoke_key(&mut tx, &caller, key_id).await?;
     tx.commit().await?;
+    state.keys.forget();
     Ok(Json(key))
 }
 
@@ -79,6 +80,7 @@ pub async fn rotate_key(
     let mut tx = state.pool.begin().await?;
     let key = orgs::rotate_key(&mut tx, &caller, key_id).await?;
     tx.commit().await?;
+    state.keys.forget();
     Ok((StatusCode::CREATED, Json(key)))
 }
 
