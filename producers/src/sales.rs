@@ -112,25 +112,55 @@ pub struct CreatedInvoice {
     pub consistency_token: Uuid,
 }
 
-/// The customer must exist in the caller's organization and be active; returns their email
-/// address, if they have one.
-async fn active_customer(
+/// Why no invoice was written for `id`: the customer is not in the caller's organization,
+/// or is inactive.
+async fn customer_refusal(conn: &mut PgConnection, caller: &Caller, id: Uuid) -> Error {
+    let active: Result<Option<bool>, _> =
+        sqlx::query_scalar("select active from customers where id = $1 and organization_id = $2")
+            .bind(id)
+            .bind(caller.organization_id)
+            .fetch_optional(conn)
+            .await;
+    match active {
+        Ok(Some(true)) => Error::Conflict("the customer changed meanwhile; try again".into()),
+        Ok(Some(false)) => FieldError::new("customer_id", "customer is inactive").into(),
+        Ok(None) => FieldError::new("customer_id", "no such customer in this organization").into(),
+        Err(e) => e.into(),
+    }
+}
+
+/// Writes the invoice of `event` if its customer is in the caller's organization and
+/// active, in one statement; answers the customer's email address (if they have one), or
+/// `None` when no invoice was written (see [`customer_refusal`]).
+async fn insert_invoice_of_active_customer(
     conn: &mut PgConnection,
     caller: &Caller,
-    id: Uuid,
-) -> Result<Option<String>> {
-    let found: Option<(bool, Option<String>)> = sqlx::query_as(
-        "select active, email from customers where id = $1 and organization_id = $2",
+    event: &InvoiceCreated,
+) -> Result<Option<Option<String>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "with customer as (
+             select id, email from customers
+              where id = $3 and organization_id = $2 and active
+         ), invoice as (
+             insert into invoices (id, organization_id, customer_id, invoice_number, amount,
+                                   currency, issue_date, due_date, description, period)
+             select $1, $2, id, $4, $5, $6, $7, $8, $9, $10 from customer
+             returning customer_id
+         )
+         select email from customer join invoice on invoice.customer_id = customer.id",
     )
-    .bind(id)
+    .bind(event.invoice_id)
     .bind(caller.organization_id)
+    .bind(event.customer_id)
+    .bind(&event.invoice_number)
+    .bind(event.amount)
+    .bind(&event.currency)
+    .bind(event.issue_date)
+    .bind(event.due_date)
+    .bind(event.description.as_deref())
+    .bind(event.period.as_deref())
     .fetch_optional(conn)
-    .await?;
-    match found {
-        Some((true, email)) => Ok(email),
-        Some((false, _)) => Err(FieldError::new("customer_id", "customer is inactive").into()),
-        None => Err(FieldError::new("customer_id", "no such customer in this organization").into()),
-    }
+    .await
 }
 
 /// Whether an invoice's first email goes out with it, in the same transaction: the API's
@@ -309,18 +339,19 @@ pub async fn create_invoice_with_id(
     email: FirstEmail,
 ) -> Result<CreatedInvoice> {
     let input = check_invoice(input)?;
-    let address = active_customer(conn, caller, input.customer_id).await?;
     let invoice_number = input.number(invoice_id);
     let event = invoice_created(caller, input, invoice_id, invoice_number);
-    if let Err(e) = insert_invoices(conn, caller, std::slice::from_ref(&event)).await {
-        return Err(match e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict(format!(
+    let address = match insert_invoice_of_active_customer(conn, caller, &event).await {
+        Ok(Some(address)) => address,
+        Ok(None) => return Err(customer_refusal(conn, caller, event.customer_id).await),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            return Err(Error::Conflict(format!(
                 "invoice_number {} already exists in this organization",
                 event.invoice_number
-            )),
-            e => e.into(),
-        });
-    }
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let created = CreatedInvoice::of(&event);
     let mut rows = vec![outbox::row(&event)?];
     if email == FirstEmail::Send {
