@@ -113,6 +113,8 @@ pub async fn create_invoices(
         rows.into_iter().map(|(id, a, e)| (id, (a, e))).collect();
 
     let mut accepted: Vec<(usize, Uuid, String, CheckedInvoice)> = Vec::new();
+    // Numbers asked for, to look up; one made from a new invoice's id is taken by no one.
+    let mut chosen: Vec<String> = Vec::new();
     let mut numbers_seen: HashSet<String> = HashSet::new();
     for (index, invoice) in checked {
         let problem = match customers.get(&invoice.customer_id) {
@@ -132,18 +134,25 @@ pub async fn create_invoices(
             results[index] = Some(ItemResult::conflict(index, message));
             continue;
         }
+        if invoice.chosen_number().is_some() {
+            chosen.push(number.clone());
+        }
         accepted.push((index, id, number, invoice));
     }
-    let numbers: Vec<&str> = accepted.iter().map(|(_, _, n, _)| n.as_str()).collect();
-    let taken: Vec<(String,)> = sqlx::query_as(
-        "select invoice_number from invoices
-          where organization_id = $1 and invoice_number = any($2)",
-    )
-    .bind(caller.organization_id)
-    .bind(&numbers)
-    .fetch_all(&mut *conn)
-    .await?;
-    let taken: HashSet<String> = taken.into_iter().map(|(n,)| n).collect();
+    let taken: HashSet<String> = if chosen.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar(
+            "select invoice_number from invoices
+              where organization_id = $1 and invoice_number = any($2)",
+        )
+        .bind(caller.organization_id)
+        .bind(&chosen)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect()
+    };
 
     let mut events: Vec<InvoiceCreated> = Vec::with_capacity(accepted.len());
     let mut emails: Vec<SendInvoiceEmail> = Vec::with_capacity(accepted.len());
@@ -167,8 +176,14 @@ pub async fn create_invoices(
         created_at.push(index);
     }
     insert(conn, caller, &events).await?;
-    outbox::enqueue_many(conn, &events).await?;
-    outbox::enqueue_many(conn, &emails).await?;
+    let mut rows = Vec::with_capacity(events.len() + emails.len());
+    for event in &events {
+        rows.push(outbox::row(event)?);
+    }
+    for email in &emails {
+        rows.push(outbox::row(email)?);
+    }
+    outbox::enqueue_rows(conn, &rows).await?;
     for (event, index) in events.iter().zip(created_at) {
         results[index] = Some(ItemResult {
             index,

@@ -195,11 +195,19 @@ pub struct CheckedInvoice {
 }
 
 impl CheckedInvoice {
-    /// The number asked for, else one made from the invoice's id.
+    /// The number asked for, if one was.
+    pub fn chosen_number(&self) -> Option<&str> {
+        self.invoice_number
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+    }
+
+    /// The number asked for, else one made from the invoice's id (unique as the id is).
     pub fn number(&self, invoice_id: Uuid) -> String {
-        match self.invoice_number.as_deref().map(str::trim) {
-            Some(n) if !n.is_empty() => n.to_string(),
-            _ => format!("INV-{}", invoice_id.simple()),
+        match self.chosen_number() {
+            Some(n) => n.to_string(),
+            None => format!("INV-{}", invoice_id.simple()),
         }
     }
 }
