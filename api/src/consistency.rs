@@ -89,6 +89,8 @@ pub async fn wait_for(
     if dhanman_connectors::retention::made_at(event_id).is_some_and(|at| at < horizon) {
         return Ok(());
     }
+    // Subscribed before the first look: a batch committed while it runs is heard.
+    let mut batches = state.applied.batches.subscribe();
     if has_applied(&state.pool, processor, event_id).await? {
         return Ok(());
     }
@@ -102,7 +104,6 @@ pub async fn wait_for(
                 "{MAX_WAITERS} queries are already waiting for the pipeline; retry shortly"
             ))
         })?;
-    let mut batches = state.applied.batches.subscribe();
     let deadline = Instant::now() + state.consistency_wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

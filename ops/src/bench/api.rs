@@ -282,7 +282,7 @@ async fn loads(
 }
 
 /// Warm-up commands under keys of their own.
-fn warm(
+pub(super) fn warm(
     invoices: &Invoices,
     path: &'static str,
 ) -> Arc<dyn Fn(u64) -> load::Command + Send + Sync> {

@@ -3,6 +3,7 @@
 //! through the API with the command's consistency token (`?consistent_with=`: the read
 //! waits until the ledger has applied that event), answers. The raw limit beside it is the
 //! same read without a token (the round trip of a balance read that waits for nothing).
+//! Commands of the first `--warm-up` seconds, at the same rate, are not measured.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,10 @@ pub struct Args {
     /// Seconds the commands are sent for.
     #[arg(long, default_value_t = 30)]
     pub seconds: u64,
+    /// Seconds of commands at the same rate before, not measured (connections opened,
+    /// statements prepared, every consumer group joined).
+    #[arg(long, default_value_t = 3)]
+    pub warm_up: u64,
     /// Most commands in flight.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
@@ -92,6 +97,16 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
         &args.common,
         format!("{} commands/s for {duration:?} ...", args.rate),
     );
+
+    load::open_loop(
+        commands.clone(),
+        args.connections,
+        f64::from(args.rate),
+        Duration::from_secs(args.warm_up),
+        super::api::warm(&invoices, "/v1/invoices"),
+        None,
+    )
+    .await;
 
     let (sink, mut answered) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
     let freshness = Arc::new(Mutex::new(Vec::new()));
