@@ -123,6 +123,8 @@ async fn the_freshness_path_times_each_command_until_its_balance_reflects_it() {
         "20",
         "--seconds",
         "2",
+        "--warm-up",
+        "1",
         "--connections",
         "4",
         "--customers",
