@@ -254,8 +254,11 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
     let cfo = crate::keys::invite(&db, &admin, "cfo@lotus.example", "Chitra", "cfo").await;
     let asha = admin.customer("Asha Rao").await;
     let vikram = admin.customer("Vikram Shah").await;
-    let inv1 = invoice(&admin, asha, "3500.00").await.0;
-    invoice(&admin, vikram, "4200.50").await;
+    // The consistency tokens of what the ledger posts.
+    let mut posted: Vec<Value> = Vec::new();
+    let (inv1, token) = invoice(&admin, asha, "3500.00").await;
+    posted.push(token.into());
+    posted.push(invoice(&admin, vikram, "4200.50").await.1.into());
     let r = admin
         .post(
             "/v1/payments/manual",
@@ -263,6 +266,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    posted.push(r.body["consistency_token"].clone());
     let vendor = Uuid::new_v4();
     let items = json!([{"description": "Lift overhaul", "quantity": 1, "unit_price": "60000.00"}]);
     let r = requester
@@ -280,6 +284,9 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
             .post(&format!("/v1/purchase-orders/{po}/approve"), json!({}))
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
+        if r.body["status"] == "approved" {
+            posted.push(r.body["consistency_token"].clone());
+        }
     }
     let r = admin
         .post(
@@ -289,6 +296,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    posted.push(r.body["consistency_token"].clone());
     let r = admin
         .post(
             "/v1/salaries",
@@ -297,6 +305,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    posted.push(r.body["consistency_token"].clone());
     let r = admin
         .post(
             "/v1/users",
@@ -496,7 +505,22 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
         .await;
     assert_eq!(email, 1);
 
-    // The books: equal once both have posted everything (entries balance either way).
+    // The books: equal once both have posted everything (entries balance either way). The
+    // API's month is the measure once the ledger has applied each of its events.
+    assert_eq!(posted.len(), 6, "{posted:?}");
+    for token in &posted {
+        let token = token.as_str().expect("a consistency token");
+        db.wait_count(
+            "the API's month to be posted",
+            &format!(
+                "select count(*) from processed_events
+                  where processor = 'ledger' and event_id = '{token}'"
+            ),
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
     let expected = books(&db, api_org).await;
     assert!(
         expected.iter().any(|(code, _, _)| code == "2100"),

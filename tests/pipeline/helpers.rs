@@ -216,9 +216,18 @@ pub async fn wait_group_empty(group: &str, within: Duration) {
 
 /// The API served in-process on a real socket, over the test's database; its base URL.
 pub async fn serve_api(db: &TestDb) -> String {
+    serve_state(api_state(db)).await
+}
+
+/// The state [`serve_api`] serves, to change before [`serve_state`].
+pub fn api_state(db: &TestDb) -> dhanman_api::AppState {
+    dhanman_api::AppState::new(db.pool.clone(), Duration::from_millis(300))
+}
+
+/// Serves `state` in-process on a port of its own; returns the base URL.
+pub async fn serve_state(state: dhanman_api::AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = dhanman_api::AppState::new(db.pool.clone(), Duration::from_millis(300));
     tokio::spawn(dhanman_api::serve(listener, state));
     format!("http://{addr}")
 }
