@@ -242,6 +242,16 @@ fn full_name(name: &str, namespace: Option<&str>) -> String {
     }
 }
 
+/// The full name a definition of `name` gets in `namespace`: qualified even when it is a
+/// primitive's name (an enum called `string` in `a.b` is `a.b.string`, as apache-avro reads
+/// it; a reference `string` is the primitive).
+fn defined_name(name: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(space) if !space.is_empty() && !name.contains('.') => format!("{space}.{name}"),
+        _ => name.to_owned(),
+    }
+}
+
 fn namespace_of(full: &str) -> Option<&str> {
     full.rsplit_once('.').map(|(space, _)| space)
 }
@@ -296,8 +306,8 @@ impl Form {
     fn named(self, map: &serde_json::Map<String, Value>, namespace: Option<&str>) -> Node {
         let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
         let full = match map.get("namespace").and_then(Value::as_str) {
-            Some(space) if !name.contains('.') => full_name(name, Some(space)),
-            _ => full_name(name, namespace),
+            Some(space) if !name.contains('.') => defined_name(name, Some(space)),
+            _ => defined_name(name, namespace),
         };
         let inner = namespace_of(&full);
         let mut node = self.attributes(map, Kind::Named, |form, key, value| match key {
@@ -541,6 +551,8 @@ mod tests {
             // A custom property holding a float that takes the full precision of an f64 to
             // print: read back to the same number, or the form would drift on each pass.
             r#"{"type":"fixed","name":"Money","size":17,"lqrcale":3333133333e+32}"#,
+            // A named type whose name is a primitive's, in a namespace.
+            r#"{"type":"enum","name":"string","namespace":"a.b","symbols":["OPEN","VOID","PAID"],"default":"OPEN","aliases":["State"]}"#,
         ];
         for text in texts {
             let once = parsed(text).into_normalized().unwrap();
