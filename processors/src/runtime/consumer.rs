@@ -148,6 +148,11 @@ impl ConsumerContext for StoredOffsets {
     }
 }
 
+/// Batches of records librdkafka fetches ahead per partition: enough that the next batch
+/// is there when one commits, against its default of 100,000 records a partition (up to
+/// 64 MiB), which was a third of a ledger's peak memory (BENCHMARKS.md).
+const PREFETCH_BATCHES: usize = 10;
+
 impl<P: Processor> Runtime<P> {
     pub(super) fn consumer(&self) -> Result<StreamConsumer<StoredOffsets>> {
         let group = self.group_id();
@@ -166,7 +171,13 @@ impl<P: Processor> Runtime<P> {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", MEMBER_TIMEOUT.as_millis().to_string())
             .set("heartbeat.interval.ms", "1000")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set(
+                "queued.min.messages",
+                (PREFETCH_BATCHES * self.config.max_batch)
+                    .max(1000)
+                    .to_string(),
+            );
         Ok(config.create_with_context(context)?)
     }
 
