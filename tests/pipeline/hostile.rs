@@ -266,7 +266,38 @@ async fn crafted_avro_is_dead_lettered_and_the_pipeline_keeps_running() {
         Duration::from_secs(90),
     )
     .await;
-    let dead = read_topic(&setup.topic(&topics::dlq(topics::INVOICES)), 2).await;
+    // Every group reading the topic dead-letters each crafted record once: the ledger's
+    // two, read past whatever other groups' letters the relay published before them, in
+    // the order of their source offsets.
+    let dlq = topics::dlq(topics::INVOICES);
+    let ledger_letters = format!(
+        "select count(*) from outbox
+          where topic = '{dlq}' and headers->>'dlq.processor' = 'ledger'"
+    );
+    db.wait_count(
+        "the ledger's dead letters",
+        &ledger_letters,
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    let through_ledgers = db
+        .count(&format!(
+            "select count(*) from outbox where topic = '{dlq}' and id <= (
+                 select max(id) from outbox
+                  where topic = '{dlq}' and headers->>'dlq.processor' = 'ledger')"
+        ))
+        .await;
+    let mut dead: Vec<_> = read_topic(&setup.topic(&dlq), through_ledgers as usize)
+        .await
+        .into_iter()
+        .filter(|d| d.header("dlq.processor") == Some("ledger"))
+        .collect();
+    dead.sort_by_key(|d| {
+        d.header("dlq.source.offset")
+            .and_then(|o| o.parse::<i64>().ok())
+    });
+    assert_eq!(dead.len(), 2, "{dead:?}");
     let classes: Vec<&str> = dead
         .iter()
         .filter_map(|d| d.header("dlq.error.class"))
