@@ -313,7 +313,7 @@ impl Form {
         let mut node = self.attributes(map, Kind::Named, |form, key, value| match key {
             "name" => Some(Node::Text(full.clone())),
             "aliases" => Some(form.aliases(value, |alias| full_name(alias, inner))),
-            "fields" => Some(Node::List(
+            "fields" if value.is_array() => Some(Node::List(
                 value
                     .as_array()
                     .into_iter()
@@ -551,6 +551,9 @@ mod tests {
             // A custom property holding a float that takes the full precision of an f64 to
             // print: read back to the same number, or the form would drift on each pass.
             r#"{"type":"fixed","name":"Money","size":17,"lqrcale":3333133333e+32}"#,
+            // A `fields` that holds no list, on a type that has no fields: a custom attribute.
+            r#"{"type":"fixed","name":"Money","size":4,"fields":"Money"}"#,
+            r#"{"type":"fixed","name":"Money","namespace":"a.b","size":4,"fields":"Money"}"#,
             // A named type whose name is a primitive's, in a namespace.
             r#"{"type":"enum","name":"string","namespace":"a.b","symbols":["OPEN","VOID","PAID"],"default":"OPEN","aliases":["State"]}"#,
         ];
