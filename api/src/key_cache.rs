@@ -43,7 +43,7 @@ impl KeyCache {
         if let Some(owner) = cache.get(&hash) {
             return Ok(Some(owner));
         }
-        let owner = orgs::authenticate(pool, key).await?;
+        let owner = orgs::authenticate_hash(pool, &hash).await?;
         if let Some(owner) = &owner {
             cache.insert(hash, owner.clone());
         }

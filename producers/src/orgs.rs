@@ -160,6 +160,11 @@ pub(crate) async fn insert_key(
 /// Whom a key speaks for, if it is one of ours and not revoked. Records its use, at most
 /// once a minute per key, so that authenticating stays a read almost always.
 pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<KeyOwner>> {
+    authenticate_hash(pool, &key_hash(key)).await
+}
+
+/// [`authenticate`] for a key already hashed with [`key_hash`].
+pub async fn authenticate_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<KeyOwner>> {
     let owner = sqlx::query_as(
         "with k as (
              select id, organization_id, user_id, role, last_used_at from api_keys
@@ -171,7 +176,7 @@ pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<KeyOwner>> 
          )
          select id as key_id, organization_id, user_id, role from k",
     )
-    .bind(key_hash(key))
+    .bind(hash)
     .fetch_optional(pool)
     .await?;
     Ok(owner)

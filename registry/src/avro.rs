@@ -232,13 +232,13 @@ fn write_json(value: &Value, out: &mut String) {
     }
 }
 
-/// `name` qualified by `namespace` unless it is a primitive or already a full name.
+/// A reference `name` qualified by `namespace` unless it is a primitive or already a full
+/// name.
 fn full_name(name: &str, namespace: Option<&str>) -> String {
-    match namespace {
-        Some(space) if !space.is_empty() && !name.contains('.') && !PRIMITIVES.contains(&name) => {
-            format!("{space}.{name}")
-        }
-        _ => name.to_owned(),
+    if PRIMITIVES.contains(&name) {
+        name.to_owned()
+    } else {
+        defined_name(name, namespace)
     }
 }
 
