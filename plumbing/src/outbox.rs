@@ -3,7 +3,9 @@
 
 use dhanman_schemas::events::{Record, record_headers};
 use serde_json::Value as Json;
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use crate::Result;
@@ -67,7 +69,7 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
 
 /// Queues rows for the relay in one statement, in their order.
 pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
-    sqlx::query(
+    let query = sqlx::query(
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers,
                              derived_from)
          select id, t, k, r, v, p, h, d
@@ -75,18 +77,29 @@ pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
                        $7::jsonb[], $8::uuid[]) with ordinality
                 as u(id, t, k, r, v, p, h, d, n)
           order by n",
-    )
-    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.topic).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.name).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.derived_from).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+    );
+    bind_rows(query, rows.iter())
+        .bind(rows.iter().map(|r| r.derived_from).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// Binds `rows` as the next seven parameters, arrays of: event ids (`uuid[]`), topics,
+/// message keys, record names (`text[]`), schema versions (`int[]`), payloads and headers
+/// (`jsonb[]`); for a statement that queues rows along with other writes.
+pub fn bind_rows<'q, 'r: 'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    rows: impl Iterator<Item = &'r Row> + Clone,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(rows.clone().map(|r| r.event_id).collect::<Vec<_>>())
+        .bind(rows.clone().map(|r| r.topic).collect::<Vec<_>>())
+        .bind(rows.clone().map(|r| r.key.as_str()).collect::<Vec<_>>())
+        .bind(rows.clone().map(|r| r.name).collect::<Vec<_>>())
+        .bind(rows.clone().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.clone().map(|r| &r.payload).collect::<Vec<_>>())
+        .bind(rows.map(|r| &r.headers).collect::<Vec<_>>())
 }
 
 /// A record forwarded byte for byte (a dead letter), with its own headers.

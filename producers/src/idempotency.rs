@@ -12,6 +12,10 @@
 //! transaction is rolled back and the first response is answered ([`earlier`]); two
 //! identical requests never both take effect. A retry whose command fails (its invoice
 //! number now taken by the first) is answered the first response as well.
+//!
+//! A command whose writes are one statement records the key in that statement
+//! ([`Recording`]) and runs without a transaction: a retry's statement fails on the key's
+//! primary key ([`taken`]) and the first response is answered the same way.
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -29,6 +33,23 @@ pub struct Key<'a> {
     pub user_id: Uuid,
     pub key: &'a str,
     pub request_hash: Vec<u8>,
+}
+
+/// A key and the status its response gets, for a command that records the key in its own
+/// single statement (no transaction; see [`crate::sales::create_invoice`]).
+#[derive(Clone, Copy)]
+pub struct Recording<'a> {
+    pub key: &'a Key<'a>,
+    pub status: u16,
+}
+
+/// The key's primary key: a statement that records a key fails on it when a request with
+/// the same key committed meanwhile ([`taken`]; answer [`earlier`]).
+pub const PRIMARY_KEY: &str = "idempotency_keys_pkey";
+
+/// A key recorded meanwhile by a request running at the same time.
+pub fn taken() -> Error {
+    Error::Conflict("Idempotency-Key was taken by a request running at the same time".into())
 }
 
 /// What an earlier use of the key answered.

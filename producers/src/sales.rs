@@ -7,9 +7,11 @@ use dhanman_schemas::events::{
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::idempotency;
 use crate::input::{Amount, Day, check_email};
 use crate::{BOOKKEEPERS, Caller, Error, Result};
 
@@ -130,14 +132,21 @@ async fn customer_refusal(conn: &mut PgConnection, caller: &Caller, id: Uuid) ->
 }
 
 /// Writes the invoice of `event` if its customer is in the caller's organization and
-/// active, in one statement; answers the customer's email address (if they have one), or
-/// `None` when no invoice was written (see [`customer_refusal`]).
-async fn insert_invoice_of_active_customer(
+/// active, its outbox `rows` (a row marked `true` is the customer's email: its `recipient`
+/// is set to the customer's address, or left empty) and, given one, the idempotency key with
+/// the command's response, all in one statement. `false`: nothing was written (see
+/// [`customer_refusal`]; or the key was used before keys had users). A key taken by a
+/// request that committed meanwhile fails on its primary key, as a duplicate invoice number
+/// fails on its unique key.
+async fn insert_invoice_with_rows(
     conn: &mut PgConnection,
     caller: &Caller,
     event: &InvoiceCreated,
-) -> Result<Option<Option<String>>, sqlx::Error> {
-    sqlx::query_scalar(
+    rows: &[(outbox::Row, bool)],
+    key: Option<(&idempotency::Recording<'_>, Json)>,
+) -> Result<bool, sqlx::Error> {
+    let (recording, response) = key.unzip();
+    let query = sqlx::query(
         "with customer as (
              select id, email from customers
               where id = $3 and organization_id = $2 and active
@@ -145,9 +154,29 @@ async fn insert_invoice_of_active_customer(
              insert into invoices (id, organization_id, customer_id, invoice_number, amount,
                                    currency, issue_date, due_date, description, period)
              select $1, $2, id, $4, $5, $6, $7, $8, $9, $10 from customer
+              where not exists (select 1 from idempotency_keys
+                                 where organization_id = $2 and user_id = $11
+                                   and idempotency_key = $13)
              returning customer_id
+         ), queued as (
+             insert into outbox (event_id, topic, message_key, record_name, schema_version,
+                                 payload, headers)
+             select u.id, u.t, u.k, u.r, u.v,
+                    case when u.to_customer
+                         then jsonb_set(u.p, '{recipient}', to_jsonb(coalesce(btrim(customer.email), '')))
+                         else u.p end,
+                    u.h
+               from invoice join customer on customer.id = invoice.customer_id,
+                    unnest($17::uuid[], $18::text[], $19::text[], $20::text[], $21::int[],
+                           $22::jsonb[], $23::jsonb[], $24::bool[]) with ordinality
+                    as u(id, t, k, r, v, p, h, to_customer, n)
+              order by u.n
+         ), keyed as (
+             insert into idempotency_keys (organization_id, user_id, idempotency_key,
+                                           request_hash, response_status, response_body)
+             select $2, $12, $13, $14, $15, $16 from invoice where $13::text is not null
          )
-         select email from customer join invoice on invoice.customer_id = customer.id",
+         select 1 from invoice",
     )
     .bind(event.invoice_id)
     .bind(caller.organization_id)
@@ -159,8 +188,17 @@ async fn insert_invoice_of_active_customer(
     .bind(event.due_date)
     .bind(event.description.as_deref())
     .bind(event.period.as_deref())
-    .fetch_optional(conn)
-    .await
+    .bind(idempotency::LEGACY_USER)
+    .bind(recording.map(|r| r.key.user_id))
+    .bind(recording.map(|r| r.key.key))
+    .bind(recording.map(|r| r.key.request_hash.as_slice()))
+    .bind(recording.map(|r| i32::from(r.status)))
+    .bind(response);
+    let written = outbox::bind_rows(query, rows.iter().map(|(r, _)| r))
+        .bind(rows.iter().map(|(_, to_customer)| *to_customer).collect::<Vec<_>>())
+        .fetch_optional(conn)
+        .await?;
+    Ok(written.is_some())
 }
 
 /// Whether an invoice's first email goes out with it, in the same transaction: the API's
@@ -172,13 +210,16 @@ pub enum FirstEmail {
     NotOurs,
 }
 
+/// An invoice through the API: one statement writes it, its events and, given `key`, the
+/// idempotency key with the response (no transaction: one round trip).
 pub async fn create_invoice(
     conn: &mut PgConnection,
     caller: &Caller,
     input: NewInvoice,
+    key: Option<idempotency::Recording<'_>>,
 ) -> Result<CreatedInvoice> {
     caller.require(BOOKKEEPERS, "creating an invoice")?;
-    create_invoice_with_id(conn, caller, input, Uuid::now_v7(), FirstEmail::Send).await
+    write_invoice(conn, caller, input, Uuid::now_v7(), FirstEmail::Send, key).await
 }
 
 /// An invoice's input with every rule checked that needs no database.
@@ -337,8 +378,7 @@ pub async fn insert_invoices(
 }
 
 /// [`create_invoice`] under an id the caller chose (the monthly job claims its row with
-/// it before the invoice exists). Its `InvoiceCreated` and, when `email` says so, its first
-/// email ([`crate::invoice_email::first_email`]) go to the outbox in one statement.
+/// it before the invoice exists), in the caller's transaction, without a key.
 pub async fn create_invoice_with_id(
     conn: &mut PgConnection,
     caller: &Caller,
@@ -346,12 +386,39 @@ pub async fn create_invoice_with_id(
     invoice_id: Uuid,
     email: FirstEmail,
 ) -> Result<CreatedInvoice> {
+    write_invoice(conn, caller, input, invoice_id, email, None).await
+}
+
+/// The invoice, its `InvoiceCreated` and, when `email` says so, its first email
+/// ([`crate::invoice_email::first_email`]), in one statement ([`insert_invoice_with_rows`]).
+async fn write_invoice(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    input: NewInvoice,
+    invoice_id: Uuid,
+    email: FirstEmail,
+    key: Option<idempotency::Recording<'_>>,
+) -> Result<CreatedInvoice> {
     let input = check_invoice(input)?;
     let invoice_number = input.number(invoice_id);
     let event = invoice_created(caller, input, invoice_id, invoice_number);
-    let address = match insert_invoice_of_active_customer(conn, caller, &event).await {
-        Ok(Some(address)) => address,
-        Ok(None) => return Err(customer_refusal(conn, caller, event.customer_id).await),
+    let created = CreatedInvoice::of(&event);
+    let mut rows = vec![(outbox::row(&event)?, false)];
+    if email == FirstEmail::Send {
+        // The recipient is the customer's address, read by the statement that checks them.
+        let command = crate::invoice_email::first_email(caller, &created, None);
+        rows.push((outbox::row(&command)?, true));
+    }
+    let key = match &key {
+        Some(recording) => Some((recording, serde_json::to_value(&created)?)),
+        None => None,
+    };
+    match insert_invoice_with_rows(conn, caller, &event, &rows, key).await {
+        Ok(true) => {}
+        Ok(false) => return Err(customer_refusal(conn, caller, event.customer_id).await),
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some(idempotency::PRIMARY_KEY) => {
+            return Err(idempotency::taken());
+        }
         Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
             return Err(Error::Conflict(format!(
                 "invoice_number {} already exists in this organization",
@@ -359,14 +426,7 @@ pub async fn create_invoice_with_id(
             )));
         }
         Err(e) => return Err(e.into()),
-    };
-    let created = CreatedInvoice::of(&event);
-    let mut rows = vec![outbox::row(&event)?];
-    if email == FirstEmail::Send {
-        let command = crate::invoice_email::first_email(caller, &created, address.as_deref());
-        rows.push(outbox::row(&command)?);
     }
-    outbox::enqueue_rows(conn, &rows).await?;
     tracing::info!(%invoice_id, customer_id = %created.customer_id, amount = %created.amount,
                    event_id = %created.consistency_token, "invoice created");
     Ok(created)

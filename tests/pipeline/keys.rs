@@ -506,6 +506,29 @@ async fn an_idempotency_key_is_its_users_own_and_replays_only_after_the_role_che
     .await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(db.count("select count(*) from customers").await, 3);
+
+    // An invoice records its key in the one statement that writes it: the same rules.
+    let invoice = json!({"customer_id": theirs.body["id"], "amount": "1500.00",
+                         "due_date": "2099-01-10"});
+    let first = post_keyed(&accountant.api, "/v1/invoices", "inv-1", invoice.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let retry = post_keyed(&accountant.api, "/v1/invoices", "inv-1", invoice.clone()).await;
+    assert_eq!((retry.status, &retry.body), (201, &first.body));
+    let other = json!({"customer_id": theirs.body["id"], "amount": "9.00",
+                       "due_date": "2099-01-10"});
+    let r = post_keyed(&accountant.api, "/v1/invoices", "inv-1", other.clone()).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = post_keyed(&manager.api, "/v1/invoices", "inv-1", invoice.clone()).await;
+    assert_forbidden(&r, "manager");
+    let r = post_keyed(&accountant.api, "/v1/invoices", "before-upgrade", other).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(db.count("select count(*) from invoices").await, 1);
+    assert_eq!(
+        db.count("select count(*) from outbox where payload->>'invoice_id' is not null")
+            .await,
+        2,
+        "its InvoiceCreated and its first email, once"
+    );
     db.drop_db().await;
 }
 

@@ -60,12 +60,50 @@ impl<'a> Gate<'a> {
     }
 }
 
+/// The caller's role, checked before anything else (a stored response included), and the
+/// request's `Idempotency-Key`, if it has one (its text is in `text`). Keys are the caller's
+/// own (organization, user, key): another user's same key is another key.
+fn gate_and_key<'k>(
+    headers: &HeaderMap,
+    caller: &Caller,
+    gate: Gate<'_>,
+    path: &str,
+    body: &[u8],
+    text: &'k mut Option<String>,
+) -> Result<Option<idempotency::Key<'k>>, ApiError> {
+    caller.require(gate.roles, gate.what)?;
+    let user_id = caller.user(gate.what)?;
+    *text = idempotency_key(headers)?;
+    Ok(text.as_deref().map(|key| idempotency::Key {
+        organization_id: caller.organization_id,
+        user_id,
+        key,
+        request_hash: idempotency::request_hash("POST", path, body),
+    }))
+}
+
+/// A command that failed: the response an earlier use of its key got, if one did, else the
+/// failure.
+async fn failed(
+    state: &AppState,
+    key: Option<&idempotency::Key<'_>>,
+    e: dhanman_producers::Error,
+) -> Result<CommandReply, ApiError> {
+    match key {
+        Some(key) => replay(state, key).await?.ok_or_else(|| e.into()),
+        None => Err(e.into()),
+    }
+}
+
+fn reply<O: Serialize>(success: StatusCode, output: &O) -> Result<CommandReply, ApiError> {
+    let response = serde_json::to_value(output).map_err(ApiError::internal)?;
+    Ok((success, Json(response)))
+}
+
 /// Runs a command in one transaction, answering `success` with its output, or replaying
-/// the stored response for a retried `Idempotency-Key`. The caller's role is checked
-/// first (`gate`): a replay is never served to someone who may not run the command. Keys
-/// are the caller's own (organization, user, key): another user's same key is another key.
-/// The key is recorded by the transaction's last statement; a retry's own work is rolled
-/// back (see [`idempotency`]).
+/// the stored response for a retried `Idempotency-Key` ([`gate_and_key`]). The key is
+/// recorded by the transaction's last statement; a retry's own work is rolled back (see
+/// [`idempotency`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_command<I, O, F, const LIMIT: usize>(
     state: &AppState,
@@ -82,29 +120,19 @@ where
     O: Serialize,
     F: AsyncFnOnce(&mut PgConnection, &Caller, I) -> CommandResult<O>,
 {
-    caller.require(gate.roles, gate.what)?;
-    let user_id = caller.user(gate.what)?;
-    let key = idempotency_key(headers)?;
-    let key = key.as_deref().map(|key| idempotency::Key {
-        organization_id: caller.organization_id,
-        user_id,
-        key,
-        request_hash: idempotency::request_hash("POST", path, &body.bytes),
-    });
+    let mut text = None;
+    let key = gate_and_key(headers, caller, gate, path, &body.bytes, &mut text)?;
     let mut tx = state.pool.begin().await?;
     let output = match command(&mut tx, caller, body.value).await {
         Ok(output) => output,
         Err(e) => {
             drop(tx);
-            return match &key {
-                Some(key) => replay(state, key).await?.ok_or_else(|| e.into()),
-                None => Err(e.into()),
-            };
+            return failed(state, key.as_ref(), e).await;
         }
     };
-    let response = serde_json::to_value(&output).map_err(ApiError::internal)?;
+    let (status, Json(response)) = reply(success, &output)?;
     if let Some(key) = &key
-        && !idempotency::record(&mut tx, key, success.as_u16(), &response).await?
+        && !idempotency::record(&mut tx, key, status.as_u16(), &response).await?
     {
         drop(tx);
         return replay(state, key)
@@ -112,7 +140,40 @@ where
             .ok_or_else(|| ApiError::internal("an idempotency key taken is not found"));
     }
     tx.commit().await?;
-    Ok((success, Json(response)))
+    Ok((status, Json(response)))
+}
+
+/// [`run_command`] for a command whose writes, the key's record included, are one
+/// statement ([`idempotency::Recording`]): no transaction, so one round trip.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_statement<I, O, F, const LIMIT: usize>(
+    state: &AppState,
+    headers: &HeaderMap,
+    caller: &Caller,
+    gate: Gate<'_>,
+    path: &str,
+    body: JsonBody<I, LIMIT>,
+    success: StatusCode,
+    command: F,
+) -> Result<CommandReply, ApiError>
+where
+    I: DeserializeOwned,
+    O: Serialize,
+    F: AsyncFnOnce(&mut PgConnection, &Caller, I, Option<idempotency::Recording<'_>>) -> CommandResult<O>,
+{
+    let mut text = None;
+    let key = gate_and_key(headers, caller, gate, path, &body.bytes, &mut text)?;
+    let recording = key.as_ref().map(|key| idempotency::Recording {
+        key,
+        status: success.as_u16(),
+    });
+    let mut conn = state.pool.acquire().await?;
+    let outcome = command(&mut conn, caller, body.value, recording).await;
+    drop(conn);
+    match outcome {
+        Ok(output) => reply(success, &output),
+        Err(e) => failed(state, key.as_ref(), e).await,
+    }
 }
 
 /// The earlier response to `key`, if it was used.
@@ -151,7 +212,7 @@ pub async fn create_invoice(
     headers: HeaderMap,
     body: JsonBody<NewInvoice>,
 ) -> Result<CommandReply, ApiError> {
-    run_command(
+    run_statement(
         &state,
         &headers,
         &caller,
