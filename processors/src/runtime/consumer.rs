@@ -148,10 +148,20 @@ impl ConsumerContext for StoredOffsets {
     }
 }
 
-/// Batches of records librdkafka fetches ahead per partition: enough that the next batch
-/// is there when one commits, against its default of 100,000 records a partition (up to
-/// 64 MiB), which was a third of a ledger's peak memory (BENCHMARKS.md).
-const PREFETCH_BATCHES: usize = 10;
+/// Batches of records librdkafka keeps fetched ahead per partition: enough that the next
+/// batch is there when one commits (with [`FETCH_QUEUE_BACKOFF_MS`]), against its default
+/// of 100,000 records a partition.
+const PREFETCH_BATCHES: usize = 2;
+
+/// How soon librdkafka looks again at a partition whose queue was full: its default of a
+/// second starves a queue of two batches (the ledger drains one in about 100 ms).
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
+/// Most bytes one fetch brings per partition (a larger record still comes whole): records
+/// keep their fetch's buffer alive until the last of them is processed, so at librdkafka's
+/// 1 MiB the buffers were half a ledger's peak memory; 256 KiB keeps the rate
+/// (BENCHMARKS.md, "The ledger's memory").
+const PARTITION_FETCH_BYTES: &str = "262144";
 
 impl<P: Processor> Runtime<P> {
     pub(super) fn consumer(&self) -> Result<StreamConsumer<StoredOffsets>> {
@@ -172,6 +182,8 @@ impl<P: Processor> Runtime<P> {
             .set("session.timeout.ms", MEMBER_TIMEOUT.as_millis().to_string())
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false")
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+            .set("max.partition.fetch.bytes", PARTITION_FETCH_BYTES)
             .set(
                 "queued.min.messages",
                 (PREFETCH_BATCHES * self.config.max_batch)
