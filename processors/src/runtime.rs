@@ -68,7 +68,9 @@ pub struct RuntimeConfig {
     pub max_batch: usize,
     /// Concurrent transactions per batch, by partition (see [`Runtime::run`]).
     pub lanes: usize,
-    /// How long to wait for more records once a batch has its first one.
+    /// How long to wait for more records once a batch has its first one (5 ms: the records
+    /// of one relay batch arrive within it; 20 ms added its whole wait to every event's way
+    /// to the ledger below full load; BENCHMARKS.md).
     pub linger: Duration,
     pub max_backoff: Duration,
     /// Physical topics are `<prefix><logical name>`; processors and the outbox speak
@@ -83,7 +85,7 @@ impl RuntimeConfig {
             group_id: None,
             max_batch: DEFAULT_MAX_BATCH,
             lanes: DEFAULT_LANES,
-            linger: Duration::from_millis(20),
+            linger: Duration::from_millis(5),
             max_backoff: Duration::from_secs(5),
             topic_prefix: String::new(),
         }
