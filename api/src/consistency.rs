@@ -2,21 +2,26 @@
 //! `?consistent_with=<token>` waits, bounded, until the processor behind the query (the
 //! ledger, for most) has applied that event.
 //!
-//! A waiting query holds no database connection: it looks once, then sleeps until a
-//! processor says it committed a batch (`NOTIFY dhanman_applied`, sent in each batch's
-//! transaction; one listening connection per API process wakes every waiter) and looks
-//! again. At most [`MAX_WAITERS`] queries wait at once per process; more are answered 503
-//! with `Retry-After` rather than queued, so tokens that will never be applied (a random
-//! uuid) cannot pile up. Whether an event is applied is the processors' to say
-//! ([`has_applied`]); parsing the token and bounding the wait are this module's.
+//! A waiting query holds no database connection: it registers its token, looks once, then
+//! sleeps. When a processor says it committed a batch (`NOTIFY dhanman_applied` with its
+//! name, sent in each batch's transaction; one listening connection per API process), one
+//! look for every token waiting on that processor wakes those it finds applied: a batch
+//! costs one query, not one per waiter. A waiter also looks on its own each second while
+//! nothing wakes it (a notification lost while the listener reconnects). At most
+//! [`MAX_WAITERS`] queries wait at once per process; more are answered 503 with
+//! `Retry-After` rather than queued, so tokens that will never be applied (a random uuid)
+//! cannot pile up. Whether an event is applied is the processors' to say ([`has_applied`],
+//! [`applied_among`]); parsing the token and bounding the wait are this module's.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dhanman_processors::applied::has_applied;
+use dhanman_processors::applied::{applied_among, has_applied};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use uuid::Uuid;
 
 use crate::{ApiError, AppState};
@@ -27,43 +32,177 @@ pub const CHANNEL: &str = "dhanman_applied";
 /// Queries that may wait for consistency at once, per API process.
 pub const MAX_WAITERS: usize = 64;
 
-/// What waiting queries share: the count of batches committed since the process started
-/// (as far as the listener heard), and the permits to wait.
-#[derive(Clone)]
+/// Tokens waited on: per processor, per event, the senders that wake its waiters.
+type Pending = HashMap<String, HashMap<Uuid, Vec<oneshot::Sender<()>>>>;
+
+/// What waiting queries share: the tokens waited on, the processors heard from since the
+/// last look, and the permits to wait.
+#[derive(Clone, Default)]
 pub struct Applied {
-    batches: watch::Sender<u64>,
-    waiters: Arc<Semaphore>,
+    shared: Arc<Shared>,
 }
 
-impl Default for Applied {
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Processors that committed a batch since their waiters' tokens were last looked up.
+    heard: Mutex<Vec<String>>,
+    wake: Notify,
+    waiters: Semaphore,
+    /// Whether the listener is listening now.
+    listening: AtomicBool,
+    /// Waits answered by a batch's look (not by their own).
+    woken: AtomicU64,
+}
+
+impl Default for Shared {
     fn default() -> Self {
-        Applied {
-            batches: watch::Sender::new(0),
-            waiters: Arc::new(Semaphore::new(MAX_WAITERS)),
+        Shared {
+            pending: Mutex::default(),
+            heard: Mutex::default(),
+            wake: Notify::new(),
+            waiters: Semaphore::new(MAX_WAITERS),
+            listening: AtomicBool::new(false),
+            woken: AtomicU64::new(0),
         }
     }
 }
 
 impl Applied {
-    /// Listens on [`CHANNEL`] until the task is dropped, reconnecting after a failure;
-    /// waiters look again on their own every second while nothing is heard.
+    /// Listens on [`CHANNEL`] until the task is dropped, reconnecting after a failure, and
+    /// looks up the tokens waiting on each processor heard from.
     pub async fn listen(self, pool: PgPool) {
+        tokio::join!(self.hear(&pool), self.look(&pool));
+    }
+
+    async fn hear(&self, pool: &PgPool) {
         loop {
             let listening = async {
-                let mut listener = PgListener::connect_with(&pool).await?;
+                let mut listener = PgListener::connect_with(pool).await?;
                 listener.listen(CHANNEL).await?;
+                self.shared.listening.store(true, Ordering::Relaxed);
                 loop {
-                    listener.recv().await?;
-                    self.batches.send_modify(|n| *n += 1);
+                    let notification = listener.recv().await?;
+                    let processor = notification.payload();
+                    let waited_on = lock(&self.shared.pending).contains_key(processor);
+                    if waited_on {
+                        let mut heard = lock(&self.shared.heard);
+                        if !heard.iter().any(|p| p == processor) {
+                            heard.push(processor.to_string());
+                        }
+                        self.shared.wake.notify_one();
+                    }
                 }
             };
             let failed: Result<(), sqlx::Error> = listening.await;
+            self.shared.listening.store(false, Ordering::Relaxed);
             if let Err(e) = failed {
                 tracing::debug!(error = %e, "consistency listener lost its connection; reconnecting");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+
+    /// One look per processor heard from, for all the tokens waiting on it; batches heard
+    /// during a look are looked at together after it.
+    async fn look(&self, pool: &PgPool) {
+        loop {
+            self.shared.wake.notified().await;
+            let heard = std::mem::take(&mut *lock(&self.shared.heard));
+            for processor in heard {
+                let ids: Vec<Uuid> = match lock(&self.shared.pending).get(&processor) {
+                    Some(events) => events.keys().copied().collect(),
+                    None => continue,
+                };
+                match applied_among(pool, &processor, &ids).await {
+                    Ok(applied) => self.woken(&processor, &applied),
+                    // The waiters look on their own within a second.
+                    Err(e) => tracing::debug!(error = %e, "looking up consistency tokens"),
+                }
+            }
+        }
+    }
+
+    /// Wakes the waiters of `applied` events of `processor`.
+    fn woken(&self, processor: &str, applied: &[Uuid]) {
+        let mut pending = lock(&self.shared.pending);
+        let Some(events) = pending.get_mut(processor) else {
+            return;
+        };
+        for id in applied {
+            for waiter in events.remove(id).into_iter().flatten() {
+                let _ = waiter.send(());
+            }
+        }
+        if events.is_empty() {
+            pending.remove(processor);
+        }
+    }
+
+    /// Whether committed batches are heard now (the listener is connected and listening).
+    pub fn is_listening(&self) -> bool {
+        self.shared.listening.load(Ordering::Relaxed)
+    }
+
+    /// Tokens waited on now.
+    pub fn waiting(&self) -> usize {
+        lock(&self.shared.pending).values().map(HashMap::len).sum()
+    }
+
+    /// Waits answered since the process started by the look a batch's notification caused
+    /// (the rest were applied at their first look, found by their own look, or expired).
+    pub fn woken_total(&self) -> u64 {
+        self.shared.woken.load(Ordering::Relaxed)
+    }
+
+    /// Registers a waiter for `event_id` of `processor`, until the registration is dropped.
+    fn register<'a>(&'a self, processor: &'a str, event_id: Uuid) -> Registration<'a> {
+        let (wake, woken) = oneshot::channel();
+        lock(&self.shared.pending)
+            .entry(processor.to_string())
+            .or_default()
+            .entry(event_id)
+            .or_default()
+            .push(wake);
+        Registration {
+            applied: self,
+            processor,
+            event_id,
+            woken,
+        }
+    }
+}
+
+/// A waiter's place among the tokens waited on; dropped (answered, given up, or the request
+/// gone), it is forgotten, so tokens never applied do not pile up.
+struct Registration<'a> {
+    applied: &'a Applied,
+    processor: &'a str,
+    event_id: Uuid,
+    woken: oneshot::Receiver<()>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.woken.close();
+        let mut pending = lock(&self.applied.shared.pending);
+        let Some(events) = pending.get_mut(self.processor) else {
+            return;
+        };
+        if let Some(waiters) = events.get_mut(&self.event_id) {
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                events.remove(&self.event_id);
+            }
+        }
+        if events.is_empty() {
+            pending.remove(self.processor);
+        }
+    }
+}
+
+/// The lock of shared state no code panics while holding.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub async fn wait_for_ledger(state: &AppState, token: Option<&str>) -> Result<(), ApiError> {
@@ -89,21 +228,16 @@ pub async fn wait_for(
     if dhanman_connectors::retention::made_at(event_id).is_some_and(|at| at < horizon) {
         return Ok(());
     }
-    // Subscribed before the first look: a batch committed while it runs is heard.
-    let mut batches = state.applied.batches.subscribe();
+    // Registered before the first look: a batch committed while it runs wakes it.
+    let mut registration = state.applied.register(processor, event_id);
     if has_applied(&state.pool, processor, event_id).await? {
         return Ok(());
     }
-    let _permit = state
-        .applied
-        .waiters
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::Busy(format!(
-                "{MAX_WAITERS} queries are already waiting for the pipeline; retry shortly"
-            ))
-        })?;
+    let _permit = state.applied.shared.waiters.try_acquire().map_err(|_| {
+        ApiError::Busy(format!(
+            "{MAX_WAITERS} queries are already waiting for the pipeline; retry shortly"
+        ))
+    })?;
     let deadline = Instant::now() + state.consistency_wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -113,10 +247,15 @@ pub async fn wait_for(
                 state.consistency_wait.as_millis()
             )));
         }
-        let heard = tokio::time::timeout(left.min(Duration::from_secs(1)), batches.changed()).await;
-        if let Ok(Err(_)) = heard {
-            // No listener any more: look again now and then.
-            tokio::time::sleep(left.min(Duration::from_millis(250))).await;
+        match tokio::time::timeout(left.min(Duration::from_secs(1)), &mut registration.woken).await
+        {
+            Ok(Ok(())) => {
+                state.applied.shared.woken.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Forgotten without an answer (cannot happen while this waits); look on its own.
+            Ok(Err(_)) => tokio::time::sleep(left.min(Duration::from_millis(250))).await,
+            Err(_) => {}
         }
         if has_applied(&state.pool, processor, event_id).await? {
             return Ok(());

@@ -16,3 +16,18 @@ pub async fn has_applied(pool: &PgPool, processor: &str, event_id: Uuid) -> sqlx
     .await?;
     Ok(found.is_some())
 }
+
+/// Which of `event_ids` `processor` has applied, in one look.
+pub async fn applied_among(
+    pool: &PgPool,
+    processor: &str,
+    event_ids: &[Uuid],
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "select event_id from processed_events where processor = $1 and event_id = any($2)",
+    )
+    .bind(processor)
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await
+}

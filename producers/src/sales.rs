@@ -195,7 +195,11 @@ async fn insert_invoice_with_rows(
     .bind(recording.map(|r| i32::from(r.status)))
     .bind(response);
     let written = outbox::bind_rows(query, rows.iter().map(|(r, _)| r))
-        .bind(rows.iter().map(|(_, to_customer)| *to_customer).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, to_customer)| *to_customer)
+                .collect::<Vec<_>>(),
+        )
         .fetch_optional(conn)
         .await?;
     Ok(written.is_some())

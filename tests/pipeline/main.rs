@@ -11,6 +11,7 @@ mod bench;
 mod bridge;
 mod broker;
 mod compose;
+mod consistency;
 mod corrections;
 mod crash;
 mod dashboard;

@@ -159,7 +159,12 @@ pub(super) async fn run_statement<I, O, F, const LIMIT: usize>(
 where
     I: DeserializeOwned,
     O: Serialize,
-    F: AsyncFnOnce(&mut PgConnection, &Caller, I, Option<idempotency::Recording<'_>>) -> CommandResult<O>,
+    F: AsyncFnOnce(
+        &mut PgConnection,
+        &Caller,
+        I,
+        Option<idempotency::Recording<'_>>,
+    ) -> CommandResult<O>,
 {
     let mut text = None;
     let key = gate_and_key(headers, caller, gate, path, &body.bytes, &mut text)?;

@@ -1,0 +1,87 @@
+//! Consistency waits in the API: a query given a token waits until the processor's batch
+//! that applies it commits, and is answered by the one look that batch's notification
+//! causes for every token waiting on that processor (not by a look of its own), with
+//! another processor's batch heard before it; a wait that ends, answered or expired, leaves
+//! no token behind. The API runs in-process on a real socket against a real Postgres; the batch is a
+//! gate row and its `NOTIFY`, committed together as a processor commits them.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// What a processor's batch commits for consistency: its gate row and its notification.
+async fn commit_batch(db: &TestDb, processor: &str, event_id: Uuid) {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into processed_events (processor, event_id, topic, partition, \"offset\")
+         values ($1, $2, 'dhanman.invoices', 0, 0)",
+    )
+    .bind(processor)
+    .bind(event_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("select pg_notify('dhanman_applied', $1)")
+        .bind(processor)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_query_is_answered_by_the_look_its_processors_batch_causes() {
+    let db = TestDb::new().await;
+    let mut state = api_state(&db);
+    state.consistency_wait = Duration::from_secs(30);
+    let applied = state.applied.clone();
+    let base = serve_state(state).await;
+    let api = Api::new(&base, &org_key(&db, "Waiting Society").await);
+    eventually(
+        "the consistency listener",
+        Duration::from_secs(10),
+        || async { applied.is_listening().then_some(()) },
+    )
+    .await;
+
+    let token = Uuid::now_v7();
+    let read = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.get(&format!("/v1/trial-balance?consistent_with={token}"))
+                .await
+        }
+    });
+    eventually("the query to wait", Duration::from_secs(10), || async {
+        (applied.waiting() == 1).then_some(())
+    })
+    .await;
+    // Another processor's batch is heard first; the query waits on the ledger's.
+    commit_batch(&db, "reminders", token).await;
+    commit_batch(&db, "ledger", token).await;
+    let reply = read.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(applied.woken_total(), 1, "answered by the batch's look");
+    assert_eq!(applied.waiting(), 0);
+
+    // A wait that expires leaves no token behind either.
+    let mut state = api_state(&db);
+    state.consistency_wait = Duration::from_millis(200);
+    let expiring = state.applied.clone();
+    let api = Api::new(
+        &serve_state(state).await,
+        &org_key(&db, "Hurried Society").await,
+    );
+    let reply = api
+        .get(&format!(
+            "/v1/trial-balance?consistent_with={}",
+            Uuid::now_v7()
+        ))
+        .await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert_eq!(reply.body["error"], "not_yet_consistent");
+    assert_eq!((expiring.waiting(), expiring.woken_total()), (0, 0));
+    db.drop_db().await;
+}
