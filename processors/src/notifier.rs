@@ -30,6 +30,8 @@
 pub mod sender;
 pub mod templates;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use dhanman_schemas::events::{Envelope, invoice_email};
 use dhanman_schemas::{Event, topics};
@@ -97,8 +99,9 @@ impl Processor for Notifier {
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
         let mut to_send = 0;
+        let mut lookups = Lookups::of_batch(conn, events).await?;
         for event in events {
-            let planned = plan(conn, event).await?;
+            let planned = plan(conn, &mut lookups, event).await?;
             for p in planned {
                 if record(conn, &self.templates, event, p).await? {
                     to_send += 1;
@@ -275,14 +278,15 @@ struct Paid<'a> {
 /// The receipt for a payment: to the customer's address, or to the one a command names.
 async fn receipt(
     conn: &mut PgConnection,
+    lookups: &mut Lookups,
     org: Uuid,
     ctx: serde_json::Map<String, Json>,
     paid: Paid<'_>,
     to: Option<&str>,
 ) -> Result<Vec<Planned>, sqlx::Error> {
-    let customer = customer(conn, org, paid.customer_id).await?;
+    let customer = lookups.customer(conn, org, paid.customer_id).await?;
     let number = match paid.invoice_id {
-        Some(id) => invoice(conn, org, id).await?.number,
+        Some(id) => lookups.invoice(conn, org, id).await?.number,
         None => None,
     };
     let recipient = match to {
@@ -301,7 +305,11 @@ async fn receipt(
 }
 
 /// Decides what `event` asks to send, looking up names and addresses.
-async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sqlx::Error> {
+async fn plan(
+    conn: &mut PgConnection,
+    lookups: &mut Lookups,
+    event: &Event,
+) -> Result<Vec<Planned>, sqlx::Error> {
     let envelope = event.envelope();
     let org = envelope.organization_id;
     let needs_org = !matches!(
@@ -317,15 +325,15 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
     if !needs_org {
         return Ok(Vec::new());
     }
-    let org_name = organization_name(conn, org).await?;
+    let org_name = lookups.organization_name(conn, org).await?;
     let ctx = base(envelope, &org_name);
     let planned = match event {
         // An invoice's email is a command the invoicing side issues with it (or later, for a
         // copy), as a service on RabbitMQ does: the event itself tells no one, so a bridged
         // service's own command is not doubled by one of ours.
         Event::SendInvoiceEmail(c) => {
-            let customer = customer(conn, org, c.customer_id).await?;
-            let invoice = invoice(conn, org, c.invoice_id).await?;
+            let customer = lookups.customer(conn, org, c.customer_id).await?;
+            let invoice = lookups.invoice(conn, org, c.invoice_id).await?;
             let recipient = match c.recipient.trim() {
                 "" => customer.recipient(c.customer_id),
                 address => Recipient::Address(address.to_string()),
@@ -351,7 +359,7 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
                 method: &e.method,
                 reference: e.reference.as_deref(),
             };
-            receipt(conn, org, ctx, paid, None).await?
+            receipt(conn, lookups, org, ctx, paid, None).await?
         }
         Event::SendPaymentReceipt(c) => {
             // A copy says what the first receipt said: how it was paid, from the payment.
@@ -370,11 +378,11 @@ async fn plan(conn: &mut PgConnection, event: &Event) -> Result<Vec<Planned>, sq
                 method: &method,
                 reference: reference.as_deref(),
             };
-            receipt(conn, org, ctx, paid, Some(&c.recipient)).await?
+            receipt(conn, lookups, org, ctx, paid, Some(&c.recipient)).await?
         }
         Event::SendPaymentReminder(c) => {
-            let customer = customer(conn, org, c.customer_id).await?;
-            let invoice = invoice(conn, org, c.invoice_id).await?;
+            let customer = lookups.customer(conn, org, c.customer_id).await?;
+            let invoice = lookups.invoice(conn, org, c.invoice_id).await?;
             vec![Planned {
                 template: Template::Reminder,
                 recipient: Recipient::Address(c.recipient.clone()),
@@ -575,20 +583,169 @@ async fn po_decided(
     }])
 }
 
-async fn organization_name(conn: &mut PgConnection, org: Uuid) -> Result<String, sqlx::Error> {
-    let row: Option<(String,)> = sqlx::query_as("select name from organizations where id = $1")
+/// What a batch's emails read from the command side (organization names, customers,
+/// invoices), each read once per batch: those of the batch's invoice emails and payment
+/// reminders in one query per table before it is planned ([`Lookups::of_batch`]), any
+/// other on its first use. One that is not there reads as what an email says without it.
+#[derive(Default)]
+struct Lookups {
+    organizations: HashMap<Uuid, String>,
+    customers: HashMap<(Uuid, Uuid), Customer>,
+    invoices: HashMap<(Uuid, Uuid), InvoiceFacts>,
+}
+
+impl Lookups {
+    async fn of_batch(conn: &mut PgConnection, events: &[&Event]) -> Result<Self, sqlx::Error> {
+        let mut lookups = Lookups::default();
+        let parties: Vec<(Uuid, Uuid, Uuid)> = events
+            .iter()
+            .filter_map(|event| {
+                let org = event.envelope().organization_id;
+                match event {
+                    Event::SendInvoiceEmail(c) => Some((org, c.customer_id, c.invoice_id)),
+                    Event::SendPaymentReminder(c) => Some((org, c.customer_id, c.invoice_id)),
+                    _ => None,
+                }
+            })
+            .collect();
+        if parties.is_empty() {
+            return Ok(lookups);
+        }
+        let orgs: Vec<Uuid> = parties.iter().map(|p| p.0).collect();
+        let customers: Vec<Uuid> = parties.iter().map(|p| p.1).collect();
+        let invoices: Vec<Uuid> = parties.iter().map(|p| p.2).collect();
+        let names: Vec<(Uuid, String)> =
+            sqlx::query_as("select id, name from organizations where id = any($1)")
+                .bind(&orgs)
+                .fetch_all(&mut *conn)
+                .await?;
+        lookups.organizations.extend(names);
+        let found: Vec<(Uuid, Uuid, String, Option<String>)> = sqlx::query_as(
+            "select c.organization_id, c.id, c.name, c.email
+               from customers c join unnest($1::uuid[], $2::uuid[]) as k(org, id)
+                 on c.organization_id = k.org and c.id = k.id",
+        )
+        .bind(&orgs)
+        .bind(&customers)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (org, id, name, email) in found {
+            lookups
+                .customers
+                .insert((org, id), Customer { name, email });
+        }
+        let found: Vec<(Uuid, Uuid, String, NaiveDate, Option<String>)> = sqlx::query_as(
+            "select i.organization_id, i.id, i.invoice_number, i.issue_date, i.description
+               from invoices i join unnest($1::uuid[], $2::uuid[]) as k(org, id)
+                 on i.organization_id = k.org and i.id = k.id",
+        )
+        .bind(&orgs)
+        .bind(&invoices)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (org, id, number, issue_date, description) in found {
+            lookups.invoices.insert(
+                (org, id),
+                InvoiceFacts::found(number, issue_date, description),
+            );
+        }
+        for (org, customer, invoice) in parties {
+            lookups
+                .organizations
+                .entry(org)
+                .or_insert_with(|| NO_ORGANIZATION_NAME.into());
+            lookups
+                .customers
+                .entry((org, customer))
+                .or_insert_with(Customer::absent);
+            lookups
+                .invoices
+                .entry((org, invoice))
+                .or_insert_with(InvoiceFacts::absent);
+        }
+        Ok(lookups)
+    }
+
+    async fn organization_name(
+        &mut self,
+        conn: &mut PgConnection,
+        org: Uuid,
+    ) -> Result<String, sqlx::Error> {
+        if let Some(name) = self.organizations.get(&org) {
+            return Ok(name.clone());
+        }
+        let row: Option<(String,)> = sqlx::query_as("select name from organizations where id = $1")
+            .bind(org)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let name = row.map_or_else(|| NO_ORGANIZATION_NAME.into(), |(n,)| n);
+        self.organizations.insert(org, name.clone());
+        Ok(name)
+    }
+
+    async fn customer(
+        &mut self,
+        conn: &mut PgConnection,
+        org: Uuid,
+        id: Uuid,
+    ) -> Result<Customer, sqlx::Error> {
+        if let Some(customer) = self.customers.get(&(org, id)) {
+            return Ok(customer.clone());
+        }
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "select name, email from customers where id = $1 and organization_id = $2",
+        )
+        .bind(id)
         .bind(org)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.map(|(n,)| n).unwrap_or_else(|| "Your society".into()))
+        let customer = row.map_or_else(Customer::absent, |(name, email)| Customer { name, email });
+        self.customers.insert((org, id), customer.clone());
+        Ok(customer)
+    }
+
+    async fn invoice(
+        &mut self,
+        conn: &mut PgConnection,
+        org: Uuid,
+        id: Uuid,
+    ) -> Result<InvoiceFacts, sqlx::Error> {
+        if let Some(invoice) = self.invoices.get(&(org, id)) {
+            return Ok(invoice.clone());
+        }
+        let row: Option<(String, NaiveDate, Option<String>)> = sqlx::query_as(
+            "select invoice_number, issue_date, description from invoices
+              where id = $1 and organization_id = $2",
+        )
+        .bind(id)
+        .bind(org)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let invoice = row.map_or_else(InvoiceFacts::absent, |(number, issue_date, description)| {
+            InvoiceFacts::found(number, issue_date, description)
+        });
+        self.invoices.insert((org, id), invoice.clone());
+        Ok(invoice)
+    }
 }
 
+/// An organization's name in an email when its row is not there.
+const NO_ORGANIZATION_NAME: &str = "Your society";
+
+#[derive(Clone)]
 struct Customer {
     name: String,
     email: Option<String>,
 }
 
 impl Customer {
+    fn absent() -> Self {
+        Customer {
+            name: "Resident".into(),
+            email: None,
+        }
+    }
+
     fn recipient(&self, id: Uuid) -> Recipient {
         match self.email.as_deref().map(str::trim) {
             Some(email) if !email.is_empty() => Recipient::Address(email.to_string()),
@@ -600,48 +757,29 @@ impl Customer {
     }
 }
 
-async fn customer(conn: &mut PgConnection, org: Uuid, id: Uuid) -> Result<Customer, sqlx::Error> {
-    let row: Option<(String, Option<String>)> =
-        sqlx::query_as("select name, email from customers where id = $1 and organization_id = $2")
-            .bind(id)
-            .bind(org)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let (name, email) = row.unwrap_or_else(|| ("Resident".into(), None));
-    Ok(Customer { name, email })
-}
-
+#[derive(Clone)]
 struct InvoiceFacts {
     number: Option<String>,
     issue_date: Option<NaiveDate>,
     description: Option<String>,
 }
 
-async fn invoice(
-    conn: &mut PgConnection,
-    org: Uuid,
-    id: Uuid,
-) -> Result<InvoiceFacts, sqlx::Error> {
-    let row: Option<(String, NaiveDate, Option<String>)> = sqlx::query_as(
-        "select invoice_number, issue_date, description from invoices
-          where id = $1 and organization_id = $2",
-    )
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(match row {
-        Some((number, issue_date, description)) => InvoiceFacts {
+impl InvoiceFacts {
+    fn found(number: String, issue_date: NaiveDate, description: Option<String>) -> Self {
+        InvoiceFacts {
             number: Some(number),
             issue_date: Some(issue_date),
             description,
-        },
-        None => InvoiceFacts {
+        }
+    }
+
+    fn absent() -> Self {
+        InvoiceFacts {
             number: None,
             issue_date: None,
             description: None,
-        },
-    })
+        }
+    }
 }
 
 struct Order {
