@@ -29,8 +29,10 @@ use crate::{ApiError, AppState};
 /// The channel processors notify on after each committed batch.
 pub const CHANNEL: &str = "dhanman_applied";
 
-/// Queries that may wait for consistency at once, per API process.
-pub const MAX_WAITERS: usize = 64;
+/// Queries that may wait for consistency at once, per API process: three quarters of the
+/// requests it serves at once ([`crate::MAX_IN_FLIGHT`]), so waits never crowd out commands.
+/// A wait costs no connection and no query of its own per batch, only its registration.
+pub const MAX_WAITERS: usize = crate::MAX_IN_FLIGHT / 4 * 3;
 
 /// Tokens waited on: per processor, per event, the senders that wake its waiters.
 type Pending = HashMap<String, HashMap<Uuid, Vec<oneshot::Sender<()>>>>;

@@ -114,7 +114,8 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     let readers_done = {
         let (readers, freshness, failures) = (readers.clone(), freshness.clone(), failures.clone());
         tokio::spawn(async move {
-            let in_flight = Arc::new(Semaphore::new(512));
+            // No more reads wait at once than the API lets wait (past that it answers 503).
+            let in_flight = Arc::new(Semaphore::new(dhanman_api::consistency::MAX_WAITERS));
             let mut polls = tokio::task::JoinSet::new();
             while let Some((at, body)) = answered.recv().await {
                 let customer = body["customer_id"].as_str().unwrap_or_default().to_string();
