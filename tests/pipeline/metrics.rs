@@ -86,6 +86,21 @@ fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// What the last scrape still lacked, printed if the test fails waiting for it.
+#[derive(Default)]
+struct Missing(std::sync::Mutex<Vec<String>>);
+
+impl Drop for Missing {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "still missing at the last scrape: {:?}",
+                self.0.lock().unwrap()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
     let db = TestDb::new().await;
@@ -111,13 +126,14 @@ async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
 
     let url = format!("{}/metrics", setup.base_url());
     let dlq = setup.topic(&topics::dlq(topics::INVOICES));
+    let missing = Missing::default();
     let text = eventually(
         "every metric on /metrics, and the poison record in the DLQ",
         // The lag gauges wait for a sample of every group on the cluster: on a busy
         // machine running the whole suite, that can take a while.
         Duration::from_secs(120),
         || {
-            let (url, dlq) = (url.clone(), dlq.clone());
+            let (url, dlq, missing) = (url.clone(), dlq.clone(), &missing);
             async move {
                 let text = scrape(&url).await?;
                 let present = names(&text);
@@ -125,9 +141,19 @@ async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
                 // Every processor reading the topic dead-letters the record on its own
                 // time: wait for the ledger's.
                 let ledger_letter = [r#"processor="ledger""#, r#"class="undecodable""#, &topic];
-                let complete = EXPORTED.iter().all(|m| present.contains(*m))
-                    && sum(&text, "dhanman_dlq_size", &[&topic]) >= 1.0
-                    && sum(&text, "dhanman_dlq_records_total", &ledger_letter) >= 1.0;
+                let mut absent: Vec<String> = EXPORTED
+                    .iter()
+                    .filter(|m| !present.contains(**m))
+                    .map(|m| m.to_string())
+                    .collect();
+                if sum(&text, "dhanman_dlq_size", &[&topic]) < 1.0 {
+                    absent.push(format!("dhanman_dlq_size of {dlq}"));
+                }
+                if sum(&text, "dhanman_dlq_records_total", &ledger_letter) < 1.0 {
+                    absent.push("the ledger's dead letter".into());
+                }
+                let complete = absent.is_empty();
+                *missing.0.lock().unwrap() = absent;
                 complete.then_some(text)
             }
         },
