@@ -98,14 +98,18 @@ impl Processor for Notifier {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
-        let mut to_send = 0;
         let mut lookups = Lookups::of_batch(conn, events).await?;
+        let mut deliveries = Vec::new();
         for event in events {
-            let planned = plan(conn, &mut lookups, event).await?;
-            for p in planned {
-                if record(conn, &self.templates, event, p).await? {
-                    to_send += 1;
-                }
+            for p in plan(conn, &mut lookups, event).await? {
+                deliveries.extend(render(&self.templates, event, p));
+            }
+        }
+        let inserted = insert(conn, &deliveries).await?;
+        let mut to_send = 0;
+        for (delivery, new) in deliveries.into_iter().zip(inserted) {
+            if after_insert(conn, delivery, new).await? {
+                to_send += 1;
             }
         }
         if to_send > 0 {
@@ -145,18 +149,28 @@ pub fn message_id(event_id: Uuid, recipient: &str, template: &str) -> String {
     format!("<{}@dhanman.notifications>", id.simple())
 }
 
-/// Renders and inserts one delivery row; true when a new row waits to be sent.
-async fn record(
-    conn: &mut PgConnection,
-    templates: &Templates,
-    event: &Event,
-    planned: Planned,
-) -> Result<bool, sqlx::Error> {
+/// One row of the delivery log, rendered and waiting for the batch's insert.
+struct Delivery<'a> {
+    envelope: &'a Envelope,
+    event_type: &'a str,
+    source_topic: &'static str,
+    recipient: String,
+    template: &'static str,
+    subject: String,
+    text: String,
+    html: String,
+    status: &'static str,
+    reason: Option<String>,
+}
+
+/// Renders one planned message into its delivery row: `pending` with its parts, `skipped`
+/// for a party without an address, `dead_lettered` when its template does not render.
+fn render<'a>(templates: &Templates, event: &'a Event, planned: Planned) -> Option<Delivery<'a>> {
     let envelope = event.envelope();
     let template = planned.template.name();
-    let (recipient, skipped) = match &planned.recipient {
-        Recipient::Address(a) => (a.clone(), None),
-        Recipient::Missing { party, reason } => (party.clone(), Some(reason.clone())),
+    let (recipient, skipped) = match planned.recipient {
+        Recipient::Address(a) => (a, None),
+        Recipient::Missing { party, reason } => (party, Some(reason)),
     };
     let mut context = planned.context;
     if let Json::Object(map) = &mut context {
@@ -179,36 +193,102 @@ async fn record(
         (Some(reason), _) => ("skipped", Some(reason), None),
         (None, Some(Ok(r))) => ("pending", None, Some(r)),
         (None, Some(Err(e))) => ("dead_lettered", Some(e), None),
-        (None, None) => return Ok(false),
+        (None, None) => return None,
     };
     let (subject, text, html) = parts
         .map(|r| (r.subject, r.text, r.html))
         .unwrap_or_default();
-    let inserted = sqlx::query(
+    Some(Delivery {
+        envelope,
+        event_type: event.name(),
+        source_topic: source_topic(event),
+        recipient,
+        template,
+        subject,
+        text,
+        html,
+        status,
+        reason,
+    })
+}
+
+/// Inserts the batch's delivery rows in one statement, each `on conflict do nothing`;
+/// for each row, whether it is new (false: logged before, by an earlier delivery of the
+/// same record or by the same key earlier in this batch).
+async fn insert(conn: &mut PgConnection, rows: &[Delivery<'_>]) -> Result<Vec<bool>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let new: Vec<(Uuid, String, String)> = sqlx::query_as(
         "insert into notification_deliveries
              (event_id, recipient, template, organization_id, correlation_id, event_type,
               source_topic, message_id, subject, body_text, body_html, status, reason)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         on conflict do nothing",
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[],
+                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                              $11::text[], $12::text[], $13::text[])
+         on conflict do nothing
+         returning event_id, recipient, template",
     )
-    .bind(envelope.event_id)
-    .bind(&recipient)
-    .bind(template)
-    .bind(envelope.organization_id)
-    .bind(&envelope.correlation_id)
-    .bind(event.name())
-    .bind(source_topic(event))
-    .bind(message_id(envelope.event_id, &recipient, template))
-    .bind(&subject)
-    .bind(&text)
-    .bind(&html)
-    .bind(status)
-    .bind(&reason)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
+    .bind(rows.iter().map(|r| r.envelope.event_id).collect::<Vec<_>>())
+    .bind(column(rows, |r| Some(&r.recipient)))
+    .bind(column(rows, |r| Some(r.template)))
+    .bind(
+        rows.iter()
+            .map(|r| r.envelope.organization_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(rows, |r| Some(&r.envelope.correlation_id)))
+    .bind(column(rows, |r| Some(r.event_type)))
+    .bind(column(rows, |r| Some(r.source_topic)))
+    .bind(
+        rows.iter()
+            .map(|r| message_id(r.envelope.event_id, &r.recipient, r.template))
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(rows, |r| Some(&r.subject)))
+    .bind(column(rows, |r| Some(&r.text)))
+    .bind(column(rows, |r| Some(&r.html)))
+    .bind(column(rows, |r| Some(r.status)))
+    .bind(column(rows, |r| r.reason.as_deref()))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut new: std::collections::HashSet<(Uuid, String, String)> = new.into_iter().collect();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            new.remove(&(
+                r.envelope.event_id,
+                r.recipient.clone(),
+                r.template.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// One text column of `rows`, for `unnest`.
+fn column<'r>(
+    rows: &'r [Delivery<'_>],
+    f: impl Fn(&'r Delivery<'_>) -> Option<&'r str>,
+) -> Vec<Option<&'r str>> {
+    rows.iter().map(f).collect()
+}
+
+/// What follows a row's insert: its metric and log line, and a dead letter for one whose
+/// template did not render. True when a new row waits to be sent.
+async fn after_insert(
+    conn: &mut PgConnection,
+    delivery: Delivery<'_>,
+    new: bool,
+) -> Result<bool, sqlx::Error> {
+    let Delivery {
+        envelope,
+        recipient,
+        template,
+        status,
+        reason,
+        ..
+    } = delivery;
+    if !new {
         tracing::debug!(correlation_id = %envelope.correlation_id, event_id = %envelope.event_id,
             %recipient, template, "delivery already logged");
         return Ok(false);

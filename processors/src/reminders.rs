@@ -89,18 +89,38 @@ impl Processor for Reminders {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
-        for event in events {
-            match event {
-                Event::InvoiceCreated(invoice) => {
-                    schedule(conn, invoice, self.days_before).await?;
-                }
+        let mut rest = events;
+        while let Some((first, after)) = rest.split_first() {
+            // Invoices in a row (each invoice once) are scheduled by one statement; a
+            // payment or void between them is applied in its place, so the order holds.
+            let run = invoices_in_a_row(rest);
+            if !run.is_empty() {
+                schedule(conn, &run, self.days_before).await?;
+                rest = &rest[run.len()..];
+                continue;
+            }
+            match first {
                 Event::InvoiceVoided(void) => on_void(conn, void).await?,
                 Event::PaymentReceived(payment) => on_payment(conn, payment).await?,
                 _ => {}
             }
+            rest = after;
         }
         Ok(())
     }
+}
+
+/// The `InvoiceCreated` events `events` starts with, up to the first other event or the
+/// second of one invoice.
+fn invoices_in_a_row<'e>(events: &[&'e Event]) -> Vec<&'e InvoiceCreated> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .map_while(|event| match event {
+            Event::InvoiceCreated(invoice) if seen.insert(invoice.invoice_id) => Some(invoice),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Why an invoice needs no reminder any more, if it does not.
@@ -117,71 +137,90 @@ impl Settled {
             Settled::Voided => "voided",
         }
     }
+
+    fn from_reason(reason: &str) -> Option<Settled> {
+        match reason {
+            "paid" => Some(Settled::Paid),
+            "voided" => Some(Settled::Voided),
+            _ => None,
+        }
+    }
 }
 
-/// Whether the invoice is settled: by the command side's `invoices` row when this database
-/// has one (read under a share lock when `lock`), else by the payments seen on the topic
-/// against `amount` (the invoice's amount, when known).
+/// Whether an invoice is settled, in SQL over `u(invoice_id, amount)` left-joined to its
+/// `invoices` row `i`: `'paid'`, `'voided'` or null. By the command side's row when this
+/// database has one (its status, or its payments adding up to its amount), else by the
+/// payments seen on the topic against `u.amount` (the invoice's amount, when known).
+macro_rules! settled_sql {
+    () => {
+        "case when i.status = 'paid' then 'paid'
+              when i.status = 'void' then 'voided'
+              when i.id is not null then
+                  case when (select coalesce(sum(p.amount), 0) from payments p
+                              where p.invoice_id = i.id) >= i.amount
+                       then 'paid' end
+              when (select coalesce(sum(r.amount), 0) from payment_reminder_payments r
+                     where r.invoice_id = u.invoice_id) >= u.amount
+                   then 'paid'
+         end"
+    };
+}
+
+/// Whether one invoice is settled ([`settled_sql`]); its `invoices` row, if any, is read
+/// under a share lock when `lock`.
 async fn settled(
     conn: &mut PgConnection,
     invoice_id: Uuid,
     amount: Option<Decimal>,
     lock: bool,
 ) -> Result<Option<Settled>, sqlx::Error> {
-    let sql = if lock {
-        "select status, amount from invoices where id = $1 for share"
-    } else {
-        "select status, amount from invoices where id = $1"
-    };
-    let invoice: Option<(String, Decimal)> = sqlx::query_as(sql)
-        .bind(invoice_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some((status, invoice_amount)) = invoice {
-        return Ok(match status.as_str() {
-            "paid" => Some(Settled::Paid),
-            "void" => Some(Settled::Voided),
-            _ => {
-                let (paid,): (Decimal,) = sqlx::query_as(
-                    "select coalesce(sum(amount), 0) from payments where invoice_id = $1",
-                )
-                .bind(invoice_id)
-                .fetch_one(&mut *conn)
-                .await?;
-                (paid >= invoice_amount).then_some(Settled::Paid)
-            }
-        });
+    if lock {
+        sqlx::query("select 1 from invoices where id = $1 for share")
+            .bind(invoice_id)
+            .execute(&mut *conn)
+            .await?;
     }
-    let Some(amount) = amount else {
-        return Ok(None);
-    };
-    let (paid,): (Decimal,) = sqlx::query_as(
-        "select coalesce(sum(amount), 0) from payment_reminder_payments where invoice_id = $1",
-    )
+    let reason: Option<String> = sqlx::query_scalar(concat!(
+        "select ",
+        settled_sql!(),
+        " from (select $1::uuid, $2::numeric) u(invoice_id, amount)
+          left join invoices i on i.id = u.invoice_id"
+    ))
     .bind(invoice_id)
+    .bind(amount)
     .fetch_one(&mut *conn)
     .await?;
-    Ok((paid >= amount).then_some(Settled::Paid))
+    Ok(reason.as_deref().and_then(Settled::from_reason))
 }
 
+/// Schedules a timer for each invoice (distinct invoices) in one statement, cancelled at
+/// once for an invoice already settled ([`settled_sql`]).
 async fn schedule(
     conn: &mut PgConnection,
-    invoice: &InvoiceCreated,
+    invoices: &[&InvoiceCreated],
     days_before: u32,
 ) -> Result<(), sqlx::Error> {
-    let settled = settled(conn, invoice.invoice_id, Some(invoice.amount), false).await?;
-    let (state, cancel_reason) = match settled {
-        Some(s) => ("cancelled", Some(s.reason())),
-        None => ("scheduled", None),
-    };
-    let fire_at = fire_at(invoice.due_date, days_before);
     // An existing row keeps its state; a tombstone only learns what the invoice says, for
     // readers of the API.
-    let written: Option<(String, bool)> = sqlx::query_as(
-        "insert into payment_reminders
+    let written: Vec<(Uuid, bool, Option<String>)> = sqlx::query_as(concat!(
+        "with input as (
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[],
+                                  $5::numeric[], $6::text[], $7::date[], $8::text[], $9::uuid[])
+                 with ordinality
+                 as u(invoice_id, organization_id, customer_id, fire_at, amount, currency,
+                      due_date, correlation_id, event_id, n)),
+         judged as (
+             select u.*, ",
+        settled_sql!(),
+        " as settled
+               from input u left join invoices i on i.id = u.invoice_id)
+         insert into payment_reminders
              (invoice_id, organization_id, customer_id, state, fire_at, amount, currency,
               due_date, correlation_id, created_by_event_id, cancel_reason)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         select invoice_id, organization_id, customer_id,
+                case when settled is null then 'scheduled' else 'cancelled' end,
+                fire_at, amount, currency, due_date, correlation_id, event_id, settled
+           from judged order by n
          on conflict (invoice_id) do update
             set customer_id = excluded.customer_id, amount = excluded.amount,
                 currency = excluded.currency, due_date = excluded.due_date,
@@ -189,36 +228,66 @@ async fn schedule(
                 created_by_event_id = excluded.created_by_event_id, updated_at = now()
           where payment_reminders.created_by_event_id is null
             and payment_reminders.state <> 'scheduled'
-         returning state, (xmax = 0)",
+         returning invoice_id, (xmax = 0), cancel_reason"
+    ))
+    .bind(invoices.iter().map(|i| i.invoice_id).collect::<Vec<_>>())
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.envelope.organization_id)
+            .collect::<Vec<_>>(),
     )
-    .bind(invoice.invoice_id)
-    .bind(invoice.envelope.organization_id)
-    .bind(invoice.customer_id)
-    .bind(state)
-    .bind(fire_at)
-    .bind(invoice.amount)
-    .bind(&invoice.currency)
-    .bind(invoice.due_date)
-    .bind(&invoice.envelope.correlation_id)
-    .bind(invoice.envelope.event_id)
-    .bind(cancel_reason)
-    .fetch_optional(&mut *conn)
+    .bind(invoices.iter().map(|i| i.customer_id).collect::<Vec<_>>())
+    .bind(
+        invoices
+            .iter()
+            .map(|i| fire_at(i.due_date, days_before))
+            .collect::<Vec<_>>(),
+    )
+    .bind(invoices.iter().map(|i| i.amount).collect::<Vec<_>>())
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(invoices.iter().map(|i| i.due_date).collect::<Vec<_>>())
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.envelope.correlation_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.envelope.event_id)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
     .await?;
-    tracing::info!(
-        correlation_id = %invoice.envelope.correlation_id,
-        invoice_id = %invoice.invoice_id,
-        %fire_at,
-        outcome = match &written {
+    let written: std::collections::HashMap<Uuid, (bool, Option<String>)> = written
+        .into_iter()
+        .map(|(id, new, reason)| (id, (new, reason)))
+        .collect();
+    for invoice in invoices {
+        let outcome = match written.get(&invoice.invoice_id) {
             None => "timer exists, kept as it is",
-            Some((_, false)) => "cancelled before the invoice was seen, kept cancelled",
-            Some((_, true)) if settled.is_some() => "invoice already settled, not scheduled",
-            Some((_, true)) => "scheduled",
-        },
-        "payment reminder"
-    );
-    if matches!(written, Some((_, true))) && settled.is_some() {
-        metrics::counter!("dhanman_reminders_cancelled_total", "reason" => "settled_before_scheduling")
-            .increment(1);
+            Some((false, _)) => "cancelled before the invoice was seen, kept cancelled",
+            Some((true, Some(_))) => {
+                metrics::counter!("dhanman_reminders_cancelled_total", "reason" => "settled_before_scheduling")
+                    .increment(1);
+                "invoice already settled, not scheduled"
+            }
+            Some((true, None)) => "scheduled",
+        };
+        tracing::info!(
+            correlation_id = %invoice.envelope.correlation_id,
+            invoice_id = %invoice.invoice_id,
+            fire_at = %fire_at(invoice.due_date, days_before),
+            outcome,
+            "payment reminder"
+        );
     }
     Ok(())
 }
@@ -588,6 +657,50 @@ mod tests {
         assert_eq!(fire_at(due, 3).to_rfc3339(), "2026-12-07T00:00:00+00:00");
         assert_eq!(fire_at(due, 0).to_rfc3339(), "2026-12-10T00:00:00+00:00");
         assert_eq!(fire_at(due, 30).to_rfc3339(), "2026-11-10T00:00:00+00:00");
+    }
+
+    fn invoice(invoice_id: Uuid) -> Event {
+        Event::InvoiceCreated(InvoiceCreated {
+            envelope: Envelope::new(Uuid::now_v7(), "c", None),
+            invoice_id,
+            customer_id: Uuid::now_v7(),
+            invoice_number: "INV-1".into(),
+            amount: "100.00".parse().unwrap(),
+            currency: "INR".into(),
+            issue_date: "2026-12-01".parse().unwrap(),
+            due_date: "2026-12-10".parse().unwrap(),
+            description: None,
+            period: None,
+            tax_amount: None,
+        })
+    }
+
+    #[test]
+    fn a_run_of_invoices_ends_at_another_event_or_an_invoice_seen_twice() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let void = Event::InvoiceVoided(InvoiceVoided {
+            envelope: Envelope::new(Uuid::now_v7(), "c", None),
+            invoice_id: a,
+            customer_id: Uuid::now_v7(),
+            amount: "100.00".parse().unwrap(),
+            currency: "INR".into(),
+            reason: "duplicate".into(),
+        });
+        let events = [
+            invoice(a),
+            invoice(b),
+            void,
+            invoice(c),
+            invoice(a),
+            invoice(c),
+        ];
+        let events: Vec<&Event> = events.iter().collect();
+        let ids = |run: Vec<&InvoiceCreated>| run.iter().map(|i| i.invoice_id).collect::<Vec<_>>();
+        assert_eq!(ids(invoices_in_a_row(&events)), [a, b]);
+        assert!(invoices_in_a_row(&events[2..]).is_empty());
+        assert_eq!(ids(invoices_in_a_row(&events[3..])), [c, a]);
+        assert_eq!(ids(invoices_in_a_row(&events[5..])), [c]);
+        assert!(invoices_in_a_row(&[]).is_empty());
     }
 
     #[test]
