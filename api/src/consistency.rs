@@ -217,50 +217,97 @@ pub async fn wait_for(
     processor: &str,
     token: Option<&str>,
 ) -> Result<(), ApiError> {
-    let Some(token) = token else { return Ok(()) };
-    let event_id: Uuid = token.parse().map_err(|_| {
-        ApiError::validation(
-            "consistent_with",
-            "must be a consistency token returned by a command",
-        )
-    })?;
-    // Made before the gate's retention: applied long ago (its gate row may be pruned).
-    let horizon = chrono::Utc::now()
-        - chrono::Duration::from_std(state.gate_retention).unwrap_or(chrono::Duration::MAX);
-    if dhanman_connectors::retention::made_at(event_id).is_some_and(|at| at < horizon) {
+    let Some(wait) = Wait::begin(state, processor, token)? else {
         return Ok(());
-    }
-    // Registered before the first look: a batch committed while it runs wakes it.
-    let mut registration = state.applied.register(processor, event_id);
-    if has_applied(&state.pool, processor, event_id).await? {
-        return Ok(());
-    }
-    let _permit = state.applied.shared.waiters.try_acquire().map_err(|_| {
-        ApiError::Busy(format!(
-            "{MAX_WAITERS} queries are already waiting for the pipeline; retry shortly"
-        ))
-    })?;
-    let deadline = Instant::now() + state.consistency_wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ApiError::NotYetConsistent(format!(
-                "the {processor} processor has not applied event {event_id} within {} ms; retry later",
-                state.consistency_wait.as_millis()
-            )));
+    };
+    let applied = has_applied(&state.pool, processor, wait.event_id).await?;
+    wait.finish(applied).await
+}
+
+/// A wait for a token, begun: registered before its first look, which the caller makes
+/// (with [`has_applied`], or inside its own read, in one statement) and hands to
+/// [`Wait::finish`]. A batch committed between the two wakes it.
+pub struct Wait<'a> {
+    state: &'a AppState,
+    processor: &'a str,
+    event_id: Uuid,
+    registration: Registration<'a>,
+}
+
+impl<'a> Wait<'a> {
+    /// Parses `token` (400 naming `consistent_with`) and registers the wait; `None` when
+    /// there is nothing to wait for (no token, or one made before the gate's retention).
+    pub fn begin(
+        state: &'a AppState,
+        processor: &'a str,
+        token: Option<&str>,
+    ) -> Result<Option<Wait<'a>>, ApiError> {
+        let Some(token) = token else { return Ok(None) };
+        let event_id: Uuid = token.parse().map_err(|_| {
+            ApiError::validation(
+                "consistent_with",
+                "must be a consistency token returned by a command",
+            )
+        })?;
+        // Made before the gate's retention: applied long ago (its gate row may be pruned).
+        let horizon = chrono::Utc::now()
+            - chrono::Duration::from_std(state.gate_retention).unwrap_or(chrono::Duration::MAX);
+        if dhanman_connectors::retention::made_at(event_id).is_some_and(|at| at < horizon) {
+            return Ok(None);
         }
-        match tokio::time::timeout(left.min(Duration::from_secs(1)), &mut registration.woken).await
-        {
-            Ok(Ok(())) => {
-                state.applied.shared.woken.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Wait {
+            state,
+            processor,
+            event_id,
+            registration: state.applied.register(processor, event_id),
+        }))
+    }
+
+    /// The event waited for.
+    pub fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+
+    /// Returns at once when the first look found the event `applied`, else waits (bounded)
+    /// for a batch's look, or its own each second, to find it.
+    pub async fn finish(self, applied: bool) -> Result<(), ApiError> {
+        let Wait {
+            state,
+            processor,
+            event_id,
+            mut registration,
+        } = self;
+        if applied {
+            return Ok(());
+        }
+        let _permit = state.applied.shared.waiters.try_acquire().map_err(|_| {
+            ApiError::Busy(format!(
+                "{MAX_WAITERS} queries are already waiting for the pipeline; retry shortly"
+            ))
+        })?;
+        let deadline = Instant::now() + state.consistency_wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ApiError::NotYetConsistent(format!(
+                    "the {processor} processor has not applied event {event_id} within {} ms; retry later",
+                    state.consistency_wait.as_millis()
+                )));
+            }
+            match tokio::time::timeout(left.min(Duration::from_secs(1)), &mut registration.woken)
+                .await
+            {
+                Ok(Ok(())) => {
+                    state.applied.shared.woken.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // Forgotten without an answer (cannot happen while this waits); look on its own.
+                Ok(Err(_)) => tokio::time::sleep(left.min(Duration::from_millis(250))).await,
+                Err(_) => {}
+            }
+            if has_applied(&state.pool, processor, event_id).await? {
                 return Ok(());
             }
-            // Forgotten without an answer (cannot happen while this waits); look on its own.
-            Ok(Err(_)) => tokio::time::sleep(left.min(Duration::from_millis(250))).await,
-            Err(_) => {}
-        }
-        if has_applied(&state.pool, processor, event_id).await? {
-            return Ok(());
         }
     }
 }

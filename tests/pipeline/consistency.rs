@@ -2,8 +2,10 @@
 //! that applies it commits, and is answered by the one look that batch's notification
 //! causes for every token waiting on that processor (not by a look of its own), with
 //! another processor's batch heard before it; a wait that ends, answered or expired, leaves
-//! no token behind. The API runs in-process on a real socket against a real Postgres; the batch is a
-//! gate row and its `NOTIFY`, committed together as a processor commits them.
+//! no token behind. A customer's balance takes its first look in the same round trip as the
+//! customer (applied already: no wait at all). The API runs in-process on a real socket
+//! against a real Postgres; the batch is a gate row and its `NOTIFY`, committed together as
+//! a processor commits them.
 
 use std::time::Duration;
 
@@ -83,5 +85,64 @@ async fn a_waiting_query_is_answered_by_the_look_its_processors_batch_causes() {
     assert_eq!(reply.status, 409, "{}", reply.body);
     assert_eq!(reply.body["error"], "not_yet_consistent");
     assert_eq!((expiring.waiting(), expiring.woken_total()), (0, 0));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_balance_takes_its_first_look_with_the_customer_and_waits_only_when_it_must() {
+    let db = TestDb::new().await;
+    let mut state = api_state(&db);
+    state.consistency_wait = Duration::from_secs(30);
+    let applied = state.applied.clone();
+    let base = serve_state(state).await;
+    let api = Api::new(&base, &org_key(&db, "Balance Society").await);
+    let customer = api.customer("Asha").await;
+    eventually(
+        "the consistency listener",
+        Duration::from_secs(10),
+        || async { applied.is_listening().then_some(()) },
+    )
+    .await;
+    let balance = |token: Uuid| format!("/v1/customers/{customer}/balance?consistent_with={token}");
+
+    // Applied already: answered by the read's own first look, nothing waits.
+    let done = Uuid::now_v7();
+    commit_batch(&db, "ledger", done).await;
+    let reply = api.get(&balance(done)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["name"], "Asha");
+    assert_eq!((applied.waiting(), applied.woken_total()), (0, 0));
+
+    // Not yet: the read waits for the ledger's batch and is woken by its look.
+    let token = Uuid::now_v7();
+    let read = tokio::spawn({
+        let (api, path) = (api.clone(), balance(token));
+        async move { api.get(&path).await }
+    });
+    eventually("the read to wait", Duration::from_secs(10), || async {
+        (applied.waiting() == 1).then_some(())
+    })
+    .await;
+    commit_batch(&db, "ledger", token).await;
+    let reply = read.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!((applied.waiting(), applied.woken_total()), (0, 1));
+
+    // Another organization's (or no) customer: 404 at once, no wait left behind; a token
+    // that is not one: 422 naming it.
+    let stranger = format!(
+        "/v1/customers/{}/balance?consistent_with={}",
+        Uuid::now_v7(),
+        Uuid::now_v7()
+    );
+    let reply = api.get(&stranger).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(applied.waiting(), 0);
+    let reply = api
+        .get(&format!(
+            "/v1/customers/{customer}/balance?consistent_with=soon"
+        ))
+        .await;
+    assert_refused(&reply, 422, "consistent_with");
     db.drop_db().await;
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::consistency::wait_for_ledger;
+use crate::consistency::{Wait, wait_for_ledger};
 use crate::extract::{Auth, Params, path_uuid};
 use crate::page::PageRequest;
 use crate::{ApiError, AppState};
@@ -38,6 +38,28 @@ async fn customer_name(
     .await?)
 }
 
+/// The customer's name, if the customer is the organization's, and in the same round trip
+/// a consistent read's first look: whether the ledger has applied `event` (the look of
+/// [`dhanman_processors::applied::has_applied`]; false without an event).
+async fn customer_and_first_look(
+    pool: &PgPool,
+    organization_id: Uuid,
+    customer_id: Uuid,
+    event: Option<Uuid>,
+) -> Result<Option<(String, bool)>, ApiError> {
+    Ok(sqlx::query_as(
+        "select c.name,
+                exists(select 1 from processed_events where processor = $3 and event_id = $4)
+           from customers c where c.id = $1 and c.organization_id = $2",
+    )
+    .bind(customer_id)
+    .bind(organization_id)
+    .bind(read::LEDGER)
+    .bind(event)
+    .fetch_optional(pool)
+    .await?)
+}
+
 pub async fn customer_balance(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -45,10 +67,16 @@ pub async fn customer_balance(
     Params(q): Params<Consistent>,
 ) -> Result<Json<Value>, ApiError> {
     let customer_id = path_uuid(&id, "customer")?;
-    let Some(name) = customer_name(&state.pool, caller.organization_id, customer_id).await? else {
+    let wait = Wait::begin(&state, read::LEDGER, q.consistent_with.as_deref())?;
+    let event = wait.as_ref().map(Wait::event_id);
+    let looked =
+        customer_and_first_look(&state.pool, caller.organization_id, customer_id, event).await?;
+    let Some((name, applied)) = looked else {
         return Err(ApiError::NotFound("customer".into()));
     };
-    wait_for_ledger(&state, q.consistent_with.as_deref()).await?;
+    if let Some(wait) = wait {
+        wait.finish(applied).await?;
+    }
     let balances =
         read::customer_balances(&state.pool, caller.organization_id, customer_id).await?;
     Ok(Json(json!({
