@@ -12,6 +12,8 @@
 //!   on the topic add up to its amount. A cancel that finds no timer leaves a tombstone
 //!   (a cancelled row), which is what makes a payment or void that is consumed before the
 //!   invoice (they travel on different topics) win over the later `InvoiceCreated`.
+//!   A batch's invoices up to its first payment or void are scheduled by one statement,
+//!   which judges whether each is settled too; payments and voids keep their places.
 //!
 //! The scheduler half ([`Scheduler`]) claims due timers with `for update skip locked`, so
 //! any number of instances fire each timer once, and in the same transaction re-checks the
