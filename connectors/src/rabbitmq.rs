@@ -125,6 +125,8 @@ pub enum Error {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ did not confirm a publish: {0}")]
     Unconfirmed(String),
+    #[error("RabbitMQ connection lost: {0}")]
+    Lost(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -133,11 +135,49 @@ pub enum Error {
     Codec(#[from] dhanman_schemas::Error),
 }
 
-/// Connects, naming the connection so RabbitMQ's tools show who it is.
-pub async fn connect(url: &str, side: &str) -> lapin::Result<Connection> {
+/// The longest one exchange with RabbitMQ may take (connecting, a publish and its confirm,
+/// an acknowledgement) before the session ends and reconnects: a server that closes the
+/// connection cleanly can leave an operation in flight unanswered rather than failed.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// How often a session waiting for work checks that its connection is still up.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// `op`, or [`Error::Lost`] naming `what` when RabbitMQ has not answered within
+/// [`ANSWER_WITHIN`].
+pub(crate) async fn answered<T, E: Into<Error>>(
+    what: &str,
+    op: impl Future<Output = Result<T, E>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(ANSWER_WITHIN, op).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Error::Lost(format!(
+            "no answer to {what} within {ANSWER_WITHIN:?}"
+        ))),
+    }
+}
+
+/// Ticks every [`CHECK_EVERY`] for [`still_connected`], from one interval after now.
+pub(crate) fn connection_checks() -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY)
+}
+
+/// [`Error::Lost`] once the connection is down, for a session whose consumer stream would
+/// not end by itself.
+pub(crate) fn still_connected(connection: &Connection) -> Result<(), Error> {
+    if connection.status().connected() {
+        Ok(())
+    } else {
+        Err(Error::Lost("the connection is closed".into()))
+    }
+}
+
+/// Connects, naming the connection so RabbitMQ's tools show who it is; bounded by
+/// [`ANSWER_WITHIN`].
+pub async fn connect(url: &str, side: &str) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("dhanman-bridge-{side}").into());
-    Connection::connect(url, properties).await
+    answered("connecting", Connection::connect(url, properties)).await
 }
 
 /// Declares (idempotently) the exchanges the .NET services publish to, the bridge's

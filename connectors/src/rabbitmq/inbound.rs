@@ -78,10 +78,15 @@ async fn session(pool: &PgPool, settings: &Settings, mut stop: StopSignal) -> Re
         prefetch = settings.prefetch,
         "RabbitMQ bridge consuming"
     );
+    let mut checks = super::connection_checks();
     loop {
         let first = tokio::select! {
             next = deliveries.next() => next,
             () = stop.wait() => return Ok(()),
+            _ = checks.tick() => {
+                super::still_connected(&connection)?;
+                continue;
+            }
         };
         let Some(first) = first else {
             return Err(Error::Unconfirmed("the consumers were cancelled".into()));
@@ -165,7 +170,11 @@ async fn handle(
     for (delivery, plan) in batch.iter().zip(&plans) {
         match plan {
             Plan::Dead { class, reason } => {
-                dead_letter(dead_letters, settings, delivery, class, reason).await?;
+                super::answered(
+                    "a dead letter's publish",
+                    dead_letter(dead_letters, settings, delivery, class, reason),
+                )
+                .await?;
                 metrics::counter!(INBOUND, "outcome" => "dead_lettered").increment(1);
                 metrics::counter!(DEAD_LETTERS, "class" => *class).increment(1);
             }
@@ -174,7 +183,11 @@ async fn handle(
         }
     }
     for delivery in &batch {
-        delivery.ack(BasicAckOptions::default()).await?;
+        super::answered(
+            "an acknowledgement",
+            delivery.ack(BasicAckOptions::default()),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -89,10 +89,15 @@ async fn session(
     let consumer = consumer(settings)?;
     metrics::gauge!(super::CONNECTED, "side" => "outbound").set(1.0);
     tracing::info!(exchange = %settings.events_exchange, group = %settings.group_id, "RabbitMQ bridge publishing our events");
+    let mut checks = super::connection_checks();
     loop {
         let first = tokio::select! {
             message = consumer.recv() => message?.detach(),
             () = stop.wait() => return Ok(()),
+            _ = checks.tick() => {
+                super::still_connected(&connection)?;
+                continue;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < settings.batch_size {
@@ -213,21 +218,20 @@ async fn publish_batch(
             .with_timestamp(r.occurred_at)
             .with_app_id(ORIGIN.into())
             .with_headers(headers);
-        let confirm = channel
-            .basic_publish(
-                settings.events_exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                r.body.as_bytes(),
-                properties,
-            )
-            .await?;
+        let publish = channel.basic_publish(
+            settings.events_exchange.as_str().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            r.body.as_bytes(),
+            properties,
+        );
+        let confirm = super::answered("a publish", publish).await?;
         confirms.push(confirm);
         sent.push(r);
     }
     // Pipelined: every publish is out before the first confirm is awaited.
     for (confirm, r) in confirms.into_iter().zip(&sent) {
-        match confirm.await? {
+        match super::answered("a publish's confirm", confirm).await? {
             Confirmation::Ack(_) => {
                 metrics::counter!(OUTBOUND, "type" => r.type_name).increment(1);
             }
