@@ -123,20 +123,23 @@ impl TestDb {
         }
     }
 
-    /// Polls `sql` (a `select count(*)`) until it reaches `at_least`.
+    /// Polls `sql` (a count) until it reaches `at_least`; a timeout names the last count.
     pub async fn wait_count(&self, what: &str, sql: &str, at_least: i64, timeout: Duration) {
-        eventually(what, timeout, || {
-            let pool = self.pool.clone();
-            let sql = sql.to_string();
-            async move {
-                let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n >= at_least).then_some(())
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_string()))
+                .fetch_one(&self.pool)
+                .await
+                .map(|(n,)| n);
+            if n.as_ref().is_ok_and(|n| *n >= at_least) {
+                return;
             }
-        })
-        .await
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}: {at_least} wanted, last count {n:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
