@@ -144,6 +144,20 @@ async fn the_freshness_path_times_each_command_until_its_balance_reflects_it() {
     assert!(r["max_ms"].as_f64() >= r["p99_ms"].as_f64(), "{r}");
     assert_eq!(r["failed"], 0, "{r}");
     assert!(r["measured"].as_u64().unwrap() >= 30, "{r}");
+    // By the second: every measured command in one, none slower than the slowest overall.
+    let seconds = r["per_second"].as_array().expect("per_second");
+    let counted: u64 = seconds
+        .iter()
+        .map(|s| s["commands"].as_u64().unwrap())
+        .sum();
+    assert_eq!(Some(counted), r["measured"].as_u64(), "{r}");
+    assert!(
+        seconds
+            .iter()
+            .all(|s| s["max_ms"].as_f64() <= r["max_ms"].as_f64()
+                && s["p50_ms"].as_f64() <= s["max_ms"].as_f64()),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
@@ -109,6 +110,7 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     .await;
 
     let (sink, mut answered) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
+    let started = Instant::now();
     let freshness = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let readers_done = {
@@ -132,10 +134,10 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
                 polls.spawn(async move {
                     let _permit = in_flight.acquire_owned().await;
                     match reflected(&readers, &customer, &token).await {
-                        Ok(()) => freshness
-                            .lock()
-                            .await
-                            .push(at.elapsed().as_secs_f64() * 1000.0),
+                        Ok(()) => freshness.lock().await.push((
+                            at.saturating_duration_since(started),
+                            at.elapsed().as_secs_f64() * 1000.0,
+                        )),
                         Err(e) => failures.lock().await.push(format!("{e:#}")),
                     }
                 });
@@ -172,7 +174,9 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     }
     plain.sort_by(f64::total_cmp);
 
-    let mut times = std::mem::take(&mut *freshness.lock().await);
+    let timed = std::mem::take(&mut *freshness.lock().await);
+    let seconds = per_second(&timed);
+    let mut times: Vec<f64> = timed.into_iter().map(|(_, ms)| ms).collect();
     times.sort_by(f64::total_cmp);
     let failures = failures.lock().await.clone();
     if times.is_empty() {
@@ -224,6 +228,16 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
         ),
         "the API's per-key rate limit is off (DHANMAN_API_RATE_LIMIT=0)".into(),
     ];
+    if let Some(worst) = seconds.iter().max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms)) {
+        r.notes.push(format!(
+            "by the second the command was answered: p99 over 100 ms in {} of {} seconds; the worst, second {}: p99 {:.0} ms ({} commands)",
+            seconds.iter().filter(|s| s.p99_ms > 100.0).count(),
+            seconds.len(),
+            worst.second,
+            worst.p99_ms,
+            worst.commands
+        ));
+    }
     r.field("rate", args.rate);
     r.field("measured", times.len());
     r.field("p50_ms", p50);
@@ -234,5 +248,38 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     r.field("answered_per_s", outcome.rate());
     r.field("failed", outcome.failed + failures.len());
     r.field("peak_rss_bytes", peak);
+    r.field("per_second", &seconds);
     Ok(r)
+}
+
+/// The commands answered in one second of the measurement, and how fresh they were.
+#[derive(Debug, Serialize)]
+struct Second {
+    second: u64,
+    commands: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Freshness by the second in which each command was answered (from the measurement's
+/// start): where a tail comes from, when it comes in bursts.
+fn per_second(timed: &[(Duration, f64)]) -> Vec<Second> {
+    let mut by_second: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (at, ms) in timed {
+        by_second.entry(at.as_secs()).or_default().push(*ms);
+    }
+    by_second
+        .into_iter()
+        .map(|(second, mut times)| {
+            times.sort_by(f64::total_cmp);
+            Second {
+                second,
+                commands: times.len(),
+                p50_ms: common::percentile(&times, 50.0),
+                p99_ms: common::percentile(&times, 99.0),
+                max_ms: times.last().copied().unwrap_or(0.0),
+            }
+        })
+        .collect()
 }
