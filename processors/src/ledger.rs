@@ -540,28 +540,17 @@ fn unzip5<A, B, C, D, E>(rows: impl Iterator<Item = (A, B, C, D, E)>) -> Columns
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dhanman_schemas::events::{InvoiceCreated, PaymentReceived, SalaryPosted};
-
-    fn envelope() -> Envelope {
-        Envelope::new(Uuid::now_v7(), "c", None)
-    }
+    use crate::fixtures::envelope;
+    use dhanman_schemas::events::{PaymentReceived, SalaryPosted};
 
     #[test]
     fn every_entry_balances_and_follows_the_table() {
         let customer = Uuid::now_v7();
-        let invoice = Event::InvoiceCreated(InvoiceCreated {
-            envelope: envelope(),
-            invoice_id: Uuid::now_v7(),
-            customer_id: customer,
-            invoice_number: "INV-9".into(),
-            amount: "2500.00".parse().unwrap(),
-            currency: "INR".into(),
-            issue_date: "2026-12-01".parse().unwrap(),
-            due_date: "2026-12-10".parse().unwrap(),
-            description: None,
-            period: None,
-            tax_amount: None,
-        });
+        let invoice = Event::InvoiceCreated(crate::fixtures::invoice(
+            Uuid::now_v7(),
+            customer,
+            "2500.00",
+        ));
         let payment = Event::PaymentReceived(PaymentReceived {
             envelope: envelope(),
             payment_id: Uuid::now_v7(),

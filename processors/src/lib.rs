@@ -16,6 +16,8 @@ pub mod audit;
 pub mod balances;
 pub mod catalog;
 pub mod companion;
+#[cfg(test)]
+mod fixtures;
 pub mod ledger;
 pub mod notifier;
 pub mod reminders;

@@ -662,26 +662,18 @@ mod tests {
     }
 
     fn invoice(invoice_id: Uuid) -> Event {
-        Event::InvoiceCreated(InvoiceCreated {
-            envelope: Envelope::new(Uuid::now_v7(), "c", None),
+        Event::InvoiceCreated(crate::fixtures::invoice(
             invoice_id,
-            customer_id: Uuid::now_v7(),
-            invoice_number: "INV-1".into(),
-            amount: "100.00".parse().unwrap(),
-            currency: "INR".into(),
-            issue_date: "2026-12-01".parse().unwrap(),
-            due_date: "2026-12-10".parse().unwrap(),
-            description: None,
-            period: None,
-            tax_amount: None,
-        })
+            Uuid::now_v7(),
+            "100.00",
+        ))
     }
 
     #[test]
     fn a_run_of_invoices_ends_at_another_event_or_an_invoice_seen_twice() {
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let void = Event::InvoiceVoided(InvoiceVoided {
-            envelope: Envelope::new(Uuid::now_v7(), "c", None),
+            envelope: crate::fixtures::envelope(),
             invoice_id: a,
             customer_id: Uuid::now_v7(),
             amount: "100.00".parse().unwrap(),

@@ -123,24 +123,12 @@ fn amounts_keep_two_places_and_exact_decimals() {
 
 #[test]
 fn the_events_and_references_audited_are_those_the_ledger_posts() {
+    use crate::fixtures::envelope;
     use dhanman_schemas::Event;
-    use dhanman_schemas::events::{Envelope, InvoiceVoided, PaymentFailed};
-    let envelope = || Envelope::new(Uuid::now_v7(), "c", None);
+    use dhanman_schemas::events::{InvoiceVoided, PaymentFailed};
     let (invoice_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
     let amount: Decimal = "10.00".parse().unwrap();
-    let invoice = Event::InvoiceCreated(InvoiceCreated {
-        envelope: envelope(),
-        invoice_id,
-        customer_id,
-        invoice_number: "INV-1".into(),
-        amount,
-        currency: "INR".into(),
-        issue_date: "2026-12-01".parse().unwrap(),
-        due_date: "2026-12-10".parse().unwrap(),
-        description: None,
-        period: None,
-        tax_amount: None,
-    });
+    let invoice = Event::InvoiceCreated(crate::fixtures::invoice(invoice_id, customer_id, "10.00"));
     let void = Event::InvoiceVoided(InvoiceVoided {
         envelope: envelope(),
         invoice_id,
