@@ -28,15 +28,13 @@ pub const SAMPLER_ACTIVE: &str = "dhanman_sampler_active";
 /// The outbox's backlog: (unpublished rows, seconds the oldest has waited); parked rows
 /// are not waiting to be published and are counted by [`outbox_parked`].
 pub async fn outbox_backlog(pool: &PgPool) -> Result<(i64, f64)> {
-    // Both read the partial index of unpublished rows; the oldest is the lowest id.
-    let (depth,): (i64,) = sqlx::query_as(
-        "select count(*) from outbox where published_at is null and parked_at is null",
-    )
-    .fetch_one(pool)
-    .await?;
+    // Both read the queue of unpublished ids; the oldest is the lowest id.
+    let (depth,): (i64,) = sqlx::query_as("select count(*) from outbox_pending")
+        .fetch_one(pool)
+        .await?;
     let oldest: Option<(f64,)> = sqlx::query_as(
         "select greatest(extract(epoch from now() - created_at), 0)::float8
-           from outbox where published_at is null and parked_at is null order by id limit 1",
+           from outbox where id = (select min(id) from outbox_pending)",
     )
     .fetch_optional(pool)
     .await?;
@@ -45,11 +43,10 @@ pub async fn outbox_backlog(pool: &PgPool) -> Result<(i64, f64)> {
 
 /// Outbox rows parked by the relay.
 pub async fn outbox_parked(pool: &PgPool) -> Result<i64> {
-    let (parked,): (i64,) = sqlx::query_as(
-        "select count(*) from outbox where parked_at is not null and published_at is null",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (parked,): (i64,) =
+        sqlx::query_as("select count(*) from outbox where parked_at is not null")
+            .fetch_one(pool)
+            .await?;
     Ok(parked)
 }
 

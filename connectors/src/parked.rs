@@ -26,7 +26,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ParkedRow>> {
     Ok(sqlx::query_as(
         "select id, event_id, topic, record_name, created_at, parked_at,
                 coalesce(parked_reason, '') as reason
-           from outbox where parked_at is not null and published_at is null
+           from outbox where parked_at is not null
           order by id",
     )
     .fetch_all(pool)
@@ -36,9 +36,11 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ParkedRow>> {
 /// Puts parked rows (`ids`, or all of them) back in line for the relay; returns how many.
 pub async fn unpark(pool: &PgPool, ids: Option<&[i64]>) -> Result<u64> {
     let done = sqlx::query(
-        "update outbox set parked_at = null, parked_reason = null
-          where parked_at is not null and published_at is null
-            and ($1::bigint[] is null or id = any($1))",
+        "with unparked as (
+             update outbox set parked_at = null, parked_reason = null
+              where parked_at is not null and ($1::bigint[] is null or id = any($1))
+             returning id)
+         insert into outbox_pending (id) select id from unparked",
     )
     .bind(ids)
     .execute(pool)

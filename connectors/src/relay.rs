@@ -1,12 +1,13 @@
 //! The outbox relay: publishes outbox rows in id order with an idempotent producer, then
-//! marks them published. It publishes batch after batch while rows wait, and looks again
+//! takes them out of the queue of rows waiting (`outbox_pending`, which a trigger fills as
+//! rows are written; the rows themselves are never rewritten). It publishes batch after batch while rows wait, and looks again
 //! every [`POLL_INTERVAL`] while the outbox is empty. (It polls rather than being woken by
 //! a `NOTIFY` from each writer: a notifying transaction holds a cluster-wide lock through
 //! its commit, which would make every command's commit wait for the one before it.)
 //!
 //! One relay publishes at a time (a Postgres advisory lock), so records of one key leave
 //! in the order their transactions wrote them; more relays are hot standbys. A crash
-//! between publishing and marking republishes a few records: consumers deduplicate by
+//! between publishing and dequeuing republishes a few records: consumers deduplicate by
 //! event id, so that is harmless.
 //!
 //! A row that can never be published as it is (its payload does not encode under its
@@ -97,13 +98,13 @@ impl Relay {
     }
 
     /// Runs until the task is dropped. Errors (database or broker down) are logged and
-    /// retried with backoff; nothing is marked published that was not acknowledged.
+    /// retried with backoff; no row leaves the queue that was not acknowledged.
     pub async fn run(self) {
         self.run_until(std::future::pending()).await
     }
 
     /// [`Relay::run`] until `stop` resolves: the batch being published is acknowledged and
-    /// marked first, and the lock is released, so a standby relay takes over at once.
+    /// dequeued first, and the lock is released, so a standby relay takes over at once.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         let mut delays = RETRY.delays();
@@ -134,7 +135,7 @@ impl Relay {
             let mut checked = Instant::now();
             loop {
                 let published = self.publish_batch().await?;
-                // Between batches only: a batch is published and marked whole.
+                // Between batches only: a batch is published and dequeued whole.
                 tokio::select! {
                     biased;
                     () = stop.as_mut() => return Ok(()),
@@ -158,12 +159,15 @@ impl Relay {
         result
     }
 
-    /// Publishes up to one batch; returns how many rows it published.
+    /// Publishes up to one batch; returns how many rows it published. (The queue's ids are
+    /// taken first as an array: a join would let the planner scan the whole outbox.)
     pub async fn publish_batch(&self) -> Result<usize> {
         let rows = sqlx::query(
             "select id, event_id, topic, message_key, record_name, schema_version, payload, raw_value,
                     headers
-               from outbox where published_at is null and parked_at is null order by id limit $1",
+               from outbox
+              where id = any(array(select id from outbox_pending order by id limit $1))
+              order by id",
         )
         .bind(self.batch_size)
         .fetch_all(&self.pool)
@@ -195,8 +199,8 @@ impl Relay {
             None => {
                 let name: String = row.try_get("record_name")?;
                 let version: i32 = row.try_get("schema_version")?;
-                // Only a row published before its writer stored records (an entry's
-                // announcement of that time) lacks one; the outbox's check keeps it published.
+                // Only a row written before its writer stored records (an entry's
+                // announcement of that time, published then) lacks one.
                 let payload: Json = row
                     .try_get::<Option<Json>, _>("payload")?
                     .ok_or_else(|| Error::Outbox(format!("row {event_id} has no record")))?;
@@ -223,7 +227,7 @@ impl Relay {
         })
     }
 
-    /// Sends the records, then marks those the broker acknowledged; one the broker refuses
+    /// Sends the records, then dequeues those the broker acknowledged; one the broker refuses
     /// for itself is parked, any other failure stops the batch (it is retried).
     async fn publish(&self, pending: Vec<Pending>) -> Result<usize> {
         // Enqueue all, then await in order: the producer pipelines them, and idempotence
@@ -285,16 +289,16 @@ impl Relay {
                         .await?;
                 }
                 Ok(Err((e, _))) => {
-                    self.mark(&ids).await?;
+                    self.dequeue(&ids).await?;
                     return Err(e.into());
                 }
                 Err(_canceled) => {
-                    self.mark(&ids).await?;
+                    self.dequeue(&ids).await?;
                     return Err(rdkafka::error::KafkaError::Canceled.into());
                 }
             }
         }
-        self.mark(&ids).await?;
+        self.dequeue(&ids).await?;
         Ok(ids.len())
     }
 
@@ -305,19 +309,22 @@ impl Relay {
             %reason,
             "outbox row parked: it cannot be published as it is; see `dhanman outbox parked`"
         );
-        sqlx::query("update outbox set parked_at = now(), parked_reason = $2 where id = $1")
-            .bind(id)
-            .bind(reason)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "with dequeued as (delete from outbox_pending where id = $1)
+             update outbox set parked_at = now(), parked_reason = $2 where id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    async fn mark(&self, ids: &[i64]) -> Result<()> {
+    async fn dequeue(&self, ids: &[i64]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query("update outbox set published_at = now() where id = any($1)")
+        sqlx::query("delete from outbox_pending where id = any($1)")
             .bind(ids)
             .execute(&self.pool)
             .await?;

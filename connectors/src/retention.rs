@@ -1,7 +1,8 @@
 //! Retention: the tables that would otherwise grow forever, pruned in small batches.
 //!
-//! - `outbox`: rows published more than `outbox` ago. The relay never reads a published
-//!   row again; the records are on their topics.
+//! - `outbox`: rows published (no longer queued, not parked) and written more than
+//!   `outbox` ago. The relay never reads a published row again; the records are on their
+//!   topics.
 //! - `idempotency_keys`: keys stored more than `idempotency` ago. A retry with such a key
 //!   is a new command: the retry window of a client is this retention.
 //! - `processed_events` (the gate): rows older than `gate` whose group has stored offsets
@@ -97,7 +98,10 @@ pub async fn prune(
     let outbox = drain(
         pool,
         "delete from outbox where id in (
-            select id from outbox where published_at < $1 order by id limit $2)",
+            select id from outbox o
+             where created_at < $1 and parked_at is null
+               and not exists (select from outbox_pending p where p.id = o.id)
+             order by id limit $2)",
         || vec![Bound::Time(outbox_before)],
     )
     .await?;

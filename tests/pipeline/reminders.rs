@@ -491,8 +491,8 @@ async fn no_reminder_for_an_invoice_paid_before_its_payment_event_is_consumed() 
     let second_payment = pay(second.clone(), "700.00").await;
     assert_eq!(
         db.count(&format!(
-            "select count(*) from outbox where published_at is null
-              and event_id in ('{first_payment}', '{second_token}', '{second_payment}')"
+            "select count(*) from outbox_pending join outbox using (id)
+              where event_id in ('{first_payment}', '{second_token}', '{second_payment}')"
         ))
         .await,
         3,

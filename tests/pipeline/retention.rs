@@ -14,7 +14,7 @@ use crate::helpers::*;
 async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let up = setup.spawn(&["up"]);
+    let mut up = setup.spawn(&["up"]);
     setup.wait_ready(&up).await;
     let (_, key) = create_org(&setup, "Pruned Court").await;
     let api = Api::new(&setup.base_url(), &key);
@@ -40,10 +40,7 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
     ledger_applied(&api, keyed.body["consistency_token"].as_str().unwrap()).await;
     // Everything published, every event applied.
     eventually("the outbox to drain", Duration::from_secs(60), || async {
-        (db.count("select count(*) from outbox where published_at is null")
-            .await
-            == 0)
-            .then_some(())
+        (db.count("select count(*) from outbox_pending").await == 0).then_some(())
     })
     .await;
     let entries = db.count("select count(*) from journal_entries").await;
@@ -52,7 +49,21 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
         .await;
     assert_eq!(entries, 7);
 
-    // A gate row not yet behind its group's offset, and a row not yet published, stay.
+    // A gate row not yet behind its group's offset, an outbox row not yet published and a
+    // parked one stay. (The pipeline stops first, so no relay publishes the row meanwhile.)
+    let status = up.stop().await;
+    assert!(status.success(), "{status}: {}", up.log_text());
+    let (waiting, parked) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    sqlx::query(
+        "insert into outbox (event_id, topic, message_key, raw_value, headers, parked_at)
+         values ($1, 'dhanman.sales.invoices', 'k', 'x', '{}', null),
+                ($2, 'dhanman.sales.invoices', 'k', 'x', '{}', now())",
+    )
+    .bind(waiting)
+    .bind(parked)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     sqlx::query(
         "insert into processed_events (processor, event_id, topic, partition, \"offset\")
          values ('ledger', $1, $2, 0, 1000000)",
@@ -75,6 +86,31 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
     assert!(pruned.outbox >= 7, "{pruned:?}");
     assert_eq!(pruned.idempotency_keys, 1, "{pruned:?}");
     assert_eq!(pruned.processed_events as i64, gate_before, "{pruned:?}");
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from outbox where event_id in ('{waiting}', '{parked}')"
+        ))
+        .await,
+        2,
+        "the unpublished and the parked row stay"
+    );
+    assert_eq!(
+        db.count("select count(*) from outbox_pending").await,
+        1,
+        "only the unpublished row waits for the relay; the parked one waits to be unparked"
+    );
+    // Those two rows hold no record: taken away before the pipeline starts again.
+    sqlx::query(
+        "with gone as (delete from outbox where event_id in ($1, $2) returning id)
+         delete from outbox_pending where id in (select id from gone)",
+    )
+    .bind(waiting)
+    .bind(parked)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
     assert_eq!(
         db.count("select count(*) from processed_events where processor = 'ledger'")
             .await,

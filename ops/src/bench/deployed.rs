@@ -139,11 +139,7 @@ impl Deployed {
     }
 
     pub async fn backlog(&self) -> anyhow::Result<Backlog> {
-        let (outbox,): (i64,) = sqlx::query_as(
-            "select count(*) from outbox where published_at is null and parked_at is null",
-        )
-        .fetch_one(&self.db.pool)
-        .await?;
+        let (outbox, _) = dhanman_connectors::gauges::outbox_backlog(&self.db.pool).await?;
         let scope = dhanman_connectors::lag::Scope {
             topic_prefix: self.prefix.clone(),
             ..Default::default()

@@ -4,7 +4,8 @@
 //!
 //! - raw consume: records/s a plain consumer reads the topics at, decoding nothing;
 //! - raw COPY: events/s Postgres takes when the rows the ledger writes per event (a gate
-//!   row, an entry, two postings, an announcement in the outbox) are `COPY`ed into tables
+//!   row, an entry, two postings, an announcement in the outbox and its place in the relay's
+//!   queue) are `COPY`ed into tables
 //!   with the same indexes, constraints and insert triggers as the pipeline's;
 //! - pipeline: events/s the ledger processor turns into balanced postings and balances
 //!   (decode, gate, entries, postings, balances, announcements, offsets);
@@ -216,7 +217,8 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
     ];
     r.notes = vec![
         format!(
-            "raw COPY: per event a gate row, a journal entry, two postings and an outbox row, \
+            "raw COPY: per event a gate row, a journal entry, two postings and an outbox row \
+             (queued for the relay by the outbox's trigger), \
              COPYed into tables with the pipeline's indexes, constraints and insert triggers \
              (balances are upserts, not COPYable, and left out)"
         ),
@@ -463,12 +465,19 @@ pub async fn raw_consume(
 }
 
 /// The tables the ledger writes a row (or two) per event into.
-const PER_EVENT_TABLES: [&str; 4] = ["processed_events", "journal_entries", "postings", "outbox"];
+/// (`outbox_pending` is filled by the outbox's trigger, so it comes before the outbox.)
+const PER_EVENT_TABLES: [&str; 5] = [
+    "processed_events",
+    "journal_entries",
+    "postings",
+    "outbox_pending",
+    "outbox",
+];
 
 /// `COPY` of the rows the ledger writes for `n` events (a gate row, an entry, two postings,
 /// an announcement) into tables made `like` the pipeline's, `including all` (keys, unique
 /// and check constraints, indexes, defaults) with its insert triggers (the balance and
-/// organization checks, the outbox notification), in one transaction; returns the seconds
+/// organization checks, the outbox's queue for the relay), in one transaction; returns the seconds
 /// the COPYs and the commit took. The session's search path puts those tables first, so
 /// the triggers check against them.
 async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {

@@ -75,11 +75,7 @@ pub async fn settle(pool: &PgPool, bootstrap: &str, prefix: &str, api: &str) -> 
     let mut quiet = 0;
     let mut busy = String::new();
     while tokio::time::Instant::now() < deadline {
-        let (outbox,): (i64,) = sqlx::query_as(
-            "select count(*) from outbox where published_at is null and parked_at is null",
-        )
-        .fetch_one(pool)
-        .await?;
+        let (outbox, _) = dhanman_connectors::gauges::outbox_backlog(pool).await?;
         let (sagas,): (i64,) = sqlx::query_as(
             "select count(*) from payment_sagas where state in ('started', 'charging', 'charged')",
         )
