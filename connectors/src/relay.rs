@@ -160,14 +160,16 @@ impl Relay {
     }
 
     /// Publishes up to one batch; returns how many rows it published. (The queue's ids are
-    /// taken first as an array: a join would let the planner scan the whole outbox.)
+    /// taken first as an array and joined by the outbox's key: a plain join would let the
+    /// planner scan the whole outbox.) An id whose row is gone (deleted by hand) is taken
+    /// out of the queue with a warning rather than read again forever.
     pub async fn publish_batch(&self) -> Result<usize> {
         let rows = sqlx::query(
-            "select id, event_id, topic, message_key, record_name, schema_version, payload, raw_value,
-                    headers
-               from outbox
-              where id = any(array(select id from outbox_pending order by id limit $1))
-              order by id",
+            "select q.id, o.event_id, o.topic, o.message_key, o.record_name, o.schema_version,
+                    o.payload, o.raw_value, o.headers
+               from unnest(array(select id from outbox_pending order by id limit $1)) q (id)
+               left join outbox o on o.id = q.id
+              order by q.id",
         )
         .bind(self.batch_size)
         .fetch_all(&self.pool)
@@ -176,7 +178,12 @@ impl Relay {
             return Ok(0);
         }
         let mut pending = Vec::with_capacity(rows.len());
+        let mut rowless = Vec::new();
         for row in &rows {
+            if row.try_get::<Option<Uuid>, _>("event_id")?.is_none() {
+                rowless.push(row.try_get::<i64, _>("id")?);
+                continue;
+            }
             match self.record(row).await {
                 Ok(record) => pending.push(record),
                 Err(e) if e.is_unpublishable() => {
@@ -184,6 +191,13 @@ impl Relay {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if !rowless.is_empty() {
+            tracing::warn!(
+                outbox_ids = ?rowless,
+                "queued outbox ids whose rows are gone: taken out of the queue"
+            );
+            self.dequeue(&rowless).await?;
         }
         self.publish(pending).await
     }

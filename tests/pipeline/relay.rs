@@ -60,7 +60,8 @@ async fn a_relay_stopped_with_sigterm_hands_over_to_the_standby_and_publishes_no
 
 /// One poison outbox row (a payload its schema cannot encode) among good ones: the relay
 /// parks it with the reason and publishes every other row, in order; the gauge and
-/// `dhanman outbox parked` show it; fixed and unparked, it is published once.
+/// `dhanman outbox parked` show it; fixed and unparked, it is published once. A queued id
+/// whose row was deleted by hand is taken out of the queue with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_outbox_row_is_parked_and_the_rest_are_published() {
     let db = TestDb::new().await;
@@ -73,6 +74,10 @@ async fn a_poison_outbox_row_is_parked_and_the_rest_are_published() {
     let api = Api::new(&setup.base_url(), &key);
     let customer = api.customer("Asha").await;
     invoice(&api, customer, "10.00").await;
+    sqlx::query("insert into outbox_pending (id) values (0)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let poison = uuid::Uuid::now_v7();
     sqlx::query(
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers)
@@ -99,6 +104,17 @@ async fn a_poison_outbox_row_is_parked_and_the_rest_are_published() {
     .await
     .unwrap();
     assert!(reason.contains("invalid record"), "{reason}");
+    relay
+        .wait_for_log(
+            "queued outbox ids whose rows are gone",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(
+        db.count("select count(*) from outbox_pending where id = 0")
+            .await,
+        0
+    );
     let topic = setup.topic("dhanman.sales.invoices");
     let probe = dhanman_connectors::kafka::probe(&bootstrap()).expect("a broker probe");
     // The topic's size as the broker reports it (a metadata answer just after the topic's
