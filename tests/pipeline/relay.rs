@@ -2,7 +2,8 @@
 //! Stopped with SIGTERM, it finishes its batch, releases the lock and exits 0, and the
 //! standby publishes from where it stopped: every event reaches the topic once. An
 //! announcement of the form written before the ledger stored its records is migrated to
-//! exactly the record and headers the ledger writes now.
+//! exactly the record and headers the ledger writes now, and an outbox of the form that
+//! marked rows published keeps exactly its unpublished rows queued.
 
 use std::time::Duration;
 
@@ -283,17 +284,72 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
     .execute(&db.pool)
     .await
     .unwrap();
+    run_migration(&db, "20261204000060_ledger_announces_its_entries.sql").await;
+    let migrated: Vec<(Uuid, Value, Value)> =
+        sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(migrated, now);
+    db.drop_db().await;
+}
+
+/// Runs one migration's file again, on a database put back in the form before it.
+async fn run_migration(db: &TestDb, file: &str) {
     let migration = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("migrations/20261204000060_ledger_announces_its_entries.sql"),
+            .join("migrations")
+            .join(file),
     )
     .unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(migration))
         .execute(&db.pool)
         .await
         .unwrap();
-    let migrated: Vec<(Uuid, Value, Value)> =
-        sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
-    assert_eq!(migrated, now);
+}
+
+/// An outbox of the form before the queue of waiting ids (a row marked published in a
+/// column of its own) is migrated with its unpublished rows queued, in order, and its
+/// published and parked rows not; rows written afterwards are queued by the trigger, a row
+/// written parked is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_of_the_earlier_form_keeps_exactly_its_unpublished_rows_queued() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "drop trigger outbox_queue on outbox;
+         drop function outbox_queue();
+         drop table outbox_pending;
+         drop index outbox_parked;
+         alter table outbox add column published_at timestamptz;
+         create index outbox_pending on outbox (id) where published_at is null and parked_at is null;
+         create index outbox_parked on outbox (id) where parked_at is not null and published_at is null;
+         insert into outbox (event_id, topic, message_key, raw_value, headers, published_at, parked_at)
+         values (gen_random_uuid(), 't', 'published', 'x', '{}', now(), null),
+                (gen_random_uuid(), 't', 'waiting-1', 'x', '{}', null, null),
+                (gen_random_uuid(), 't', 'parked', 'x', '{}', null, now()),
+                (gen_random_uuid(), 't', 'waiting-2', 'x', '{}', null, null);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    run_migration(&db, "20261204000065_outbox_pending_apart.sql").await;
+    let queued = || async {
+        sqlx::query_as::<_, (String,)>(
+            "select message_key from outbox_pending join outbox using (id) order by id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key,)| key)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(queued().await, ["waiting-1", "waiting-2"]);
+    sqlx::raw_sql(
+        "insert into outbox (event_id, topic, message_key, raw_value, headers, parked_at)
+         values (gen_random_uuid(), 't', 'written-parked', 'x', '{}', now()),
+                (gen_random_uuid(), 't', 'written', 'x', '{}', null);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(queued().await, ["waiting-1", "waiting-2", "written"]);
     db.drop_db().await;
 }
