@@ -1,9 +1,10 @@
 //! The outbox relay: publishes outbox rows in id order with an idempotent producer, then
 //! takes them out of the queue of rows waiting (`outbox_pending`, which a trigger fills as
-//! rows are written; the rows themselves are never rewritten). It publishes batch after batch while rows wait, and looks again
-//! every [`POLL_INTERVAL`] while the outbox is empty. (It polls rather than being woken by
-//! a `NOTIFY` from each writer: a notifying transaction holds a cluster-wide lock through
-//! its commit, which would make every command's commit wait for the one before it.)
+//! rows are written; the rows themselves are never rewritten). It publishes batch after
+//! batch while rows wait, and looks again every [`POLL_INTERVAL`] while the outbox is
+//! empty. (It polls rather than being woken by a `NOTIFY` from each writer: a notifying
+//! transaction holds a cluster-wide lock through its commit, which would make every
+//! command's commit wait for the one before it.)
 //!
 //! One relay publishes at a time (a Postgres advisory lock), so records of one key leave
 //! in the order their transactions wrote them; more relays are hot standbys. A crash
