@@ -21,7 +21,8 @@
 //! A welcome's invitation token is not in `UserCreated`: it is read from the short-lived
 //! `invitation_emails` row the command side wrote with the user, and it leaves the database
 //! (row deleted, copy in the rendered bodies blanked) in the transaction that records the
-//! email as sent or dead-lettered (a trigger of `notification_deliveries`).
+//! email as sent or dead-lettered (a trigger of `notification_deliveries`), or in the
+//! invitation's acceptance if the invited person was quicker than that record.
 //!
 //! `POSubmitted` itself sends nothing: the approvals processor turns it into one
 //! `SendApprovalRequest` per approver, and each of those is emailed. A party without an

@@ -8,7 +8,8 @@
 //! first key ([`accept_invitation`]). The token is never in the event (so never on Kafka):
 //! the database keeps its SHA-256 in `invitations`, and the raw token only in a short-lived
 //! `invitation_emails` row that the notifier reads to render the email and that is deleted
-//! when the email is recorded as sent.
+//! when the email is recorded as sent, or when the invitation is accepted (which blanks the
+//! delivery log's copy itself if that comes first).
 
 use chrono::{DateTime, Duration, Utc};
 use dhanman_plumbing::outbox;
@@ -205,6 +206,20 @@ pub async fn accept_invitation(
         .execute(&mut *conn)
         .await?;
     // Accepted: whatever copy of the token is still waiting for the email is of no use.
+    // The welcome may be sent but not yet recorded as sent (the invited person read it
+    // first): its logged copy is blanked here, since the trigger that blanks it when the
+    // email is recorded finds the token gone. The delivery row is locked before the token's
+    // row, in the order the notifier's recording locks them.
+    sqlx::query(
+        "update notification_deliveries d
+            set body_text = replace(d.body_text, e.token, '[removed once sent]'),
+                body_html = replace(d.body_html, e.token, '[removed once sent]')
+           from invitation_emails e
+          where e.invitation_id = $1 and d.event_id = e.event_id and d.template = 'welcome'",
+    )
+    .bind(invitation_id)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("delete from invitation_emails where invitation_id = $1")
         .bind(invitation_id)
         .execute(&mut *conn)

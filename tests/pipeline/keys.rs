@@ -1,7 +1,8 @@
 //! In-process: a created user gets an invitation and no key, the token is in no outbox row
 //! and only hashed in `invitations`; accepting it without a key answers the key once (a
 //! second acceptance, an unknown, missing or expired token: 422 `token`; six racing
-//! acceptances of one token: one key); `GET /v1/keys` lists every key to an admin and one's
+//! acceptances of one token: one key; accepted before its welcome is recorded as sent, the
+//! logged copy of the token is blanked all the same); `GET /v1/keys` lists every key to an admin and one's
 //! own to others, never a secret; a non-admin revokes nobody else's key and nobody rotates
 //! another's (403); a rotation answers a new secret and the old key is 401 at once, as is a
 //! revoked one; the last admin key is not revoked (409). An `Idempotency-Key` replays only
@@ -281,6 +282,66 @@ async fn a_created_user_gets_an_invitation_and_only_its_token_gets_the_key_once(
         )
         .await;
     assert_forbidden(&r, "manager");
+    db.drop_db().await;
+}
+
+/// The invited person may read the welcome and accept before the notifier has recorded it
+/// as sent: the delivery log's copy of the token is blanked by the acceptance then (the
+/// recording finds the token gone and blanks nothing), and recording it sent afterwards
+/// changes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_accepted_before_its_email_is_recorded_sent_leaves_no_token_logged() {
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let admin = Api::new(&base, &org_key(&db, "Lotus Towers").await);
+    let r = admin
+        .post(
+            "/v1/users",
+            json!({"email": "fast@lotus.example", "name": "Farhan", "role": "cfo"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id: Uuid = r.body["user_id"].as_str().unwrap().parse().unwrap();
+    let secret = invitation_token(&db, id).await;
+    // The welcome as the notifier logs it while it sends: the token in both bodies.
+    sqlx::query(
+        "insert into notification_deliveries
+             (event_id, recipient, template, organization_id, correlation_id, event_type,
+              source_topic, message_id, subject, body_text, body_html, status)
+         select e.event_id, 'fast@lotus.example', 'welcome', i.organization_id, 'c',
+                'UserCreated', 't', 'm', 'Welcome', 'Your code: ' || e.token,
+                '<p>' || e.token || '</p>', 'sending'
+           from invitation_emails e join invitations i on i.id = e.invitation_id
+          where i.user_id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let logged = "select body_text || ' ' || body_html from notification_deliveries";
+    let body = || async {
+        sqlx::query_scalar::<_, String>(logged)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert!(body().await.contains(&secret));
+
+    let accepted = accept_invitation(&base, json!({ "token": secret })).await;
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+    assert_eq!(
+        body().await,
+        "Your code: [removed once sent] <p>[removed once sent]</p>"
+    );
+    assert_eq!(db.count("select count(*) from invitation_emails").await, 0);
+    sqlx::query("update notification_deliveries set status = 'sent', sent_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        body().await,
+        "Your code: [removed once sent] <p>[removed once sent]</p>"
+    );
     db.drop_db().await;
 }
 
