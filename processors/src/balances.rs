@@ -1,9 +1,10 @@
 //! Rebuilding the materialized balances from the immutable postings: the ledger's
 //! projection, recomputed into shadow tables and swapped in atomically while the pipeline
-//! runs. The swap's transaction first takes an EXCLUSIVE lock on both balance tables: a
-//! ledger batch that already touched them finishes first, one that has not waits (its
-//! postings are not committed, so not counted, and it adds them to the rebuilt rows after).
-//! Readers are never blocked and see the old balances or the new ones, nothing between.
+//! runs. The swap's transaction first takes an EXCLUSIVE lock on both balance tables (in
+//! the order the ledger writes them): a ledger batch that already touched them finishes
+//! first, one that has not waits (its postings are not committed, so not counted, and it
+//! adds them to the rebuilt rows after). Readers are never blocked and see the old
+//! balances or the new ones, nothing between.
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -24,7 +25,9 @@ pub struct RebuildReport {
 /// Recomputes both balance tables from the postings; swaps them in when `execute`.
 pub async fn rebuild(pool: &PgPool, execute: bool) -> Result<RebuildReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("lock table account_balances, party_balances in exclusive mode")
+    // In the order a ledger batch writes them (party rows, then account rows): the other
+    // order deadlocks with a batch that has written its party rows and not yet its accounts.
+    sqlx::query("lock table party_balances, account_balances in exclusive mode")
         .execute(&mut *tx)
         .await?;
     sqlx::query(

@@ -3,7 +3,9 @@
 //! afterwards a dry run finds no difference, the customer owes exactly the invoices and the
 //! trial balance balances. The users projection damaged by hand (a row lost, a name
 //! changed): the dry run counts the differences and drops its shadow; `--execute` restores
-//! every row; the live processor then writes into the rebuilt table
+//! every row; the live processor then writes into the rebuilt table. A rebuild that
+//! starts while a ledger batch has written its party rows and not yet its account rows
+//! waits for the batch instead of deadlocking with it.
 
 use serde_json::json;
 
@@ -185,5 +187,55 @@ async fn the_users_projection_is_rebuilt_from_its_topic_into_a_shadow_and_swappe
         "{after}"
     );
     drop(up);
+    db.drop_db().await;
+}
+
+/// A ledger batch writes its party balances, then its account balances, in one
+/// transaction; a rebuild starting between the two waits for the batch and then succeeds
+/// (it locks the tables in the same order), and the batch commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_between_a_batchs_party_and_account_rows_waits_for_it() {
+    let db = TestDb::new().await;
+    let org = uuid::Uuid::now_v7();
+    let mut batch = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into party_balances (organization_id, account_code, party_type, party_id,
+                                     currency, debit_total, credit_total)
+         values ($1, '1200', 'customer', $2, 'INR', 10, 0)",
+    )
+    .bind(org)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&mut *batch)
+    .await
+    .unwrap();
+    let pool = db.pool.clone();
+    let rebuild =
+        tokio::spawn(async move { dhanman_processors::balances::rebuild(&pool, true).await });
+    eventually(
+        "the rebuild to wait for the batch's lock",
+        std::time::Duration::from_secs(30),
+        || async {
+            (db.count(
+                "select count(*) from pg_locks l join pg_class c on c.oid = l.relation
+                  where not l.granted and c.relname in ('party_balances', 'account_balances')",
+            )
+            .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    sqlx::query(
+        "insert into account_balances (organization_id, account_code, currency, debit_total,
+                                       credit_total)
+         values ($1, '1200', 'INR', 10, 0)",
+    )
+    .bind(org)
+    .execute(&mut *batch)
+    .await
+    .expect("the batch's account rows, with a rebuild waiting");
+    batch.commit().await.unwrap();
+    let report = rebuild.await.unwrap().expect("the rebuild after the batch");
+    assert!(report.executed);
     db.drop_db().await;
 }
