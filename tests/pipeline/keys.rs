@@ -60,9 +60,8 @@ pub async fn accept_invitation(base: &str, body: Value) -> Reply {
     }
 }
 
-/// Creates a user as `admin` (the answer holds an invitation and no key) and accepts the
-/// invitation with the token from the database.
-pub async fn invite(db: &TestDb, admin: &Api, email: &str, name: &str, role: &str) -> Invited {
+/// `POST /v1/users` as `admin`, answered 201: the new user's id and the answer.
+pub async fn create_user(admin: &Api, email: &str, name: &str, role: &str) -> (Uuid, Reply) {
     let r = admin
         .post(
             "/v1/users",
@@ -70,6 +69,14 @@ pub async fn invite(db: &TestDb, admin: &Api, email: &str, name: &str, role: &st
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    let id: Uuid = r.body["user_id"].as_str().unwrap().parse().unwrap();
+    (id, r)
+}
+
+/// Creates a user as `admin` (the answer holds an invitation and no key) and accepts the
+/// invitation with the token from the database.
+pub async fn invite(db: &TestDb, admin: &Api, email: &str, name: &str, role: &str) -> Invited {
+    let (id, r) = create_user(admin, email, name, role).await;
     assert_eq!(r.body["role"], role, "{}", r.body);
     // The administrator holds no secret of the new user.
     assert!(r.body.get("api_key").is_none(), "{}", r.body);
@@ -81,7 +88,6 @@ pub async fn invite(db: &TestDb, admin: &Api, email: &str, name: &str, role: &st
         r.body
     );
     assert_eq!(r.body["invitation"]["delivery"], "email", "{}", r.body);
-    let id: Uuid = r.body["user_id"].as_str().unwrap().parse().unwrap();
     let secret = invitation_token(db, id).await;
     let accepted = accept_invitation(&admin.base, json!({ "token": secret })).await;
     assert_eq!(accepted.status, 201, "{}", accepted.body);
@@ -123,20 +129,13 @@ async fn a_created_user_gets_an_invitation_and_only_its_token_gets_the_key_once(
     let base = serve_api(&db).await;
     let admin = Api::new(&base, &org_key(&db, "Lotus Towers").await);
 
-    let r = admin
-        .post(
-            "/v1/users",
-            json!({"email": "mgr@lotus.example", "name": "Meera", "role": "manager"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    let (user_id, r) = create_user(&admin, "mgr@lotus.example", "Meera", "manager").await;
     assert!(
         r.body.get("api_key").is_none(),
         "no key for the admin: {}",
         r.body
     );
     assert!(!r.body.to_string().contains("dhm_"), "{}", r.body);
-    let user_id: Uuid = r.body["user_id"].as_str().unwrap().parse().unwrap();
     let invitation = &r.body["invitation"];
     let expires: chrono::DateTime<chrono::Utc> =
         invitation["expires_at"].as_str().unwrap().parse().unwrap();
@@ -294,14 +293,7 @@ async fn an_invitation_accepted_before_its_email_is_recorded_sent_leaves_no_toke
     let db = TestDb::new().await;
     let base = serve_api(&db).await;
     let admin = Api::new(&base, &org_key(&db, "Lotus Towers").await);
-    let r = admin
-        .post(
-            "/v1/users",
-            json!({"email": "fast@lotus.example", "name": "Farhan", "role": "cfo"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id: Uuid = r.body["user_id"].as_str().unwrap().parse().unwrap();
+    let (id, _) = create_user(&admin, "fast@lotus.example", "Farhan", "cfo").await;
     let secret = invitation_token(&db, id).await;
     // The welcome as the notifier logs it while it sends: the token in both bodies.
     sqlx::query(
