@@ -30,8 +30,9 @@ pub struct Row {
     key: String,
     name: &'static str,
     version: i32,
-    payload: Json,
-    headers: Json,
+    /// The record's JSON and its headers' as text: the columns are `json`, kept as written.
+    payload: String,
+    headers: String,
     derived_from: Option<Uuid>,
 }
 
@@ -61,8 +62,8 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
         key: record.key(),
         name: R::NAME,
         version: R::WRITE_VERSION as i32,
-        payload: serde_json::to_value(record)?,
-        headers,
+        payload: serde_json::to_string(record)?,
+        headers: headers.to_string(),
         derived_from: None,
     })
 }
@@ -73,8 +74,8 @@ pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers,
                              derived_from)
          select id, t, k, r, v, p, h, d
-           from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[],
-                       $7::jsonb[], $8::uuid[]) with ordinality
+           from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::json[],
+                       $7::json[], $8::uuid[]) with ordinality
                 as u(id, t, k, r, v, p, h, d, n)
           order by n",
     );
@@ -87,7 +88,8 @@ pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
 
 /// Binds `rows` as the next seven parameters, arrays of: event ids (`uuid[]`), topics,
 /// message keys, record names (`text[]`), schema versions (`int[]`), payloads and headers
-/// (`jsonb[]`); for a statement that queues rows along with other writes.
+/// (JSON as `text[]`: cast them `::json[]`); for a statement that queues rows along with
+/// other writes.
 pub fn bind_rows<'q, 'r: 'q>(
     query: Query<'q, Postgres, PgArguments>,
     rows: impl Iterator<Item = &'r Row> + Clone,
@@ -98,8 +100,8 @@ pub fn bind_rows<'q, 'r: 'q>(
         .bind(rows.clone().map(|r| r.key.as_str()).collect::<Vec<_>>())
         .bind(rows.clone().map(|r| r.name).collect::<Vec<_>>())
         .bind(rows.clone().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.clone().map(|r| &r.payload).collect::<Vec<_>>())
-        .bind(rows.map(|r| &r.headers).collect::<Vec<_>>())
+        .bind(rows.clone().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+        .bind(rows.map(|r| r.headers.as_str()).collect::<Vec<_>>())
 }
 
 /// A record forwarded byte for byte (a dead letter), with its own headers.

@@ -77,10 +77,12 @@ pub async fn record(
     status: u16,
     body: &Json,
 ) -> Result<bool> {
+    // The column is `json`, kept as the text written: bound as text, not as `jsonb`.
+    let body = body.to_string();
     let inserted = sqlx::query(
         "insert into idempotency_keys
              (organization_id, user_id, idempotency_key, request_hash, response_status, response_body)
-         select $1, $2, $3, $4, $5, $6
+         select $1, $2, $3, $4, $5, $6::json
           where not exists (select 1 from idempotency_keys
                              where organization_id = $1 and user_id = $7 and idempotency_key = $3)
          on conflict do nothing",

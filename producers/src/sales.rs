@@ -14,7 +14,6 @@ use dhanman_schemas::events::{
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -141,7 +140,7 @@ async fn customer_refusal(conn: &mut PgConnection, caller: &Caller, id: Uuid) ->
 /// Writes the invoice of `event` if its customer is in the caller's organization and
 /// active, its outbox `rows` (a row marked `true` is the customer's email: its `recipient`
 /// is set to the customer's address, or left empty) and, given one, the idempotency key with
-/// the command's response, all in one statement. `false`: nothing was written (see
+/// the command's response (its JSON text), all in one statement. `false`: nothing was written (see
 /// [`customer_refusal`]; or the key was used before keys had users). A key taken by a
 /// request that committed meanwhile fails on its primary key, as a duplicate invoice number
 /// fails on its unique key.
@@ -150,7 +149,7 @@ async fn insert_invoice_with_rows(
     caller: &Caller,
     event: &InvoiceCreated,
     rows: &[(outbox::Row, bool)],
-    key: Option<(&idempotency::Recording<'_>, Json)>,
+    key: Option<(&idempotency::Recording<'_>, String)>,
 ) -> Result<bool, sqlx::Error> {
     let (recording, response) = key.unzip();
     let query = sqlx::query(
@@ -170,18 +169,19 @@ async fn insert_invoice_with_rows(
                                  payload, headers)
              select u.id, u.t, u.k, u.r, u.v,
                     case when u.to_customer
-                         then jsonb_set(u.p, '{recipient}', to_jsonb(coalesce(btrim(customer.email), '')))
+                         then jsonb_set(u.p::jsonb, '{recipient}',
+                                        to_jsonb(coalesce(btrim(customer.email), '')))::json
                          else u.p end,
                     u.h
                from invoice join customer on customer.id = invoice.customer_id,
                     unnest($17::uuid[], $18::text[], $19::text[], $20::text[], $21::int[],
-                           $22::jsonb[], $23::jsonb[], $24::bool[]) with ordinality
+                           $22::json[], $23::json[], $24::bool[]) with ordinality
                     as u(id, t, k, r, v, p, h, to_customer, n)
               order by u.n
          ), keyed as (
              insert into idempotency_keys (organization_id, user_id, idempotency_key,
                                            request_hash, response_status, response_body)
-             select $2, $12, $13, $14, $15, $16 from invoice where $13::text is not null
+             select $2, $12, $13, $14, $15, $16::json from invoice where $13::text is not null
          )
          select 1 from invoice",
     )
@@ -421,7 +421,7 @@ async fn write_invoice(
         rows.push((outbox::row(&command)?, true));
     }
     let key = match &key {
-        Some(recording) => Some((recording, serde_json::to_value(&created)?)),
+        Some(recording) => Some((recording, serde_json::to_string(&created)?)),
         None => None,
     };
     match insert_invoice_with_rows(conn, caller, &event, &rows, key).await {

@@ -3,7 +3,8 @@
 //! standby publishes from where it stopped: every event reaches the topic once. An
 //! announcement of the form written before the ledger stored its records is migrated to
 //! exactly the record and headers the ledger writes now, and an outbox of the form that
-//! marked rows published keeps exactly its unpublished rows queued.
+//! marked rows published keeps exactly its unpublished rows queued; bodies kept as `jsonb`
+//! before are the same JSON after the migration to `json`.
 
 use std::time::Duration;
 
@@ -272,9 +273,12 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
     assert_eq!(now[0].1["lines"].as_array().map(Vec::len), Some(2));
 
     // The earlier form: no record, headers holding only the trace (and the outbox of that
-    // time, which marked its rows published in a column of their own).
+    // time, which marked its rows published in a column of their own and kept its bodies
+    // as `jsonb`).
     sqlx::raw_sql(
-        "alter table outbox add column published_at timestamptz;
+        "alter table outbox add column published_at timestamptz,
+                           alter column payload type jsonb,
+                           alter column headers type jsonb;
          alter table outbox drop constraint outbox_has_value;
          alter table outbox add constraint outbox_has_value check (true);
          update outbox set payload = null,
@@ -351,5 +355,94 @@ async fn an_outbox_of_the_earlier_form_keeps_exactly_its_unpublished_rows_queued
     .await
     .unwrap();
     assert_eq!(queued().await, ["waiting-1", "waiting-2", "written"]);
+    db.drop_db().await;
+}
+
+/// Bodies kept as `jsonb` before (records' payloads and headers, stored responses) are the
+/// same JSON after the migration that keeps them as written text (`json`), and the columns
+/// keep no planner statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_kept_as_jsonb_are_the_same_json_after_the_migration_to_json() {
+    use dhanman_processors::ledger;
+    use dhanman_schemas::Event;
+
+    let db = TestDb::new().await;
+    let org = dhanman_producers::orgs::create_organization(&db.pool, "Body Court", None)
+        .await
+        .unwrap()
+        .organization_id;
+    sqlx::raw_sql(
+        "alter table outbox alter column payload type jsonb,
+                            alter column headers type jsonb;
+         alter table idempotency_keys alter column response_body type jsonb;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let entries: Vec<ledger::Entry> = [("INV-1", "1250.50"), ("INV-2", "99.99")]
+        .iter()
+        .map(|(number, amount)| {
+            let event = Event::InvoiceCreated(invoice_created(org, Uuid::now_v7(), number, amount));
+            ledger::entry_for(&event).unwrap()
+        })
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    ledger::post(&mut tx, &entries).await.unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query(
+        "insert into idempotency_keys (organization_id, user_id, idempotency_key, request_hash,
+                                       response_status, response_body)
+         values ($1, '00000000-0000-0000-0000-000000000000', 'k', '\\x00', 201, $2)",
+    )
+    .bind(org)
+    .bind(json!({"invoice_id": "i-1", "amount": "1250.50", "lines": [1, {"a": null}]}))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let bodies = "select payload, headers from outbox order by id";
+    let stored = "select response_body from idempotency_keys";
+    let outbox_before: Vec<(Value, Value)> =
+        sqlx::query_as(bodies).fetch_all(&db.pool).await.unwrap();
+    let keys_before: Vec<Value> = sqlx::query_scalar(stored)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox_before.len(),
+        3,
+        "the organization's event and the ledger's two announcements"
+    );
+    assert_eq!(
+        outbox_before[1].0["lines"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    run_migration(&db, "20261205000066_bodies_kept_as_json_text.sql").await;
+    let outbox_after: Vec<(Value, Value)> =
+        sqlx::query_as(bodies).fetch_all(&db.pool).await.unwrap();
+    let keys_after: Vec<Value> = sqlx::query_scalar(stored)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox_after, outbox_before);
+    assert_eq!(keys_after, keys_before);
+    let columns: Vec<(String, String, i16)> = sqlx::query_as(
+        "select attname::text, format_type(atttypid, atttypmod), attstattarget::int2
+           from pg_attribute
+          where attrelid in ('outbox'::regclass, 'idempotency_keys'::regclass)
+            and attname in ('payload', 'headers', 'response_body')
+          order by attname",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        columns,
+        [
+            ("headers".to_string(), "json".to_string(), 0),
+            ("payload".to_string(), "json".to_string(), 0),
+            ("response_body".to_string(), "json".to_string(), 0),
+        ]
+    );
     db.drop_db().await;
 }

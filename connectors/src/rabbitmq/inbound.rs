@@ -372,7 +372,7 @@ async fn apply_one(
             .execute(&mut *conn)
             .await?;
         // The echo guard: the outbound side does not send this event back to RabbitMQ.
-        sqlx::query("update outbox set headers = headers || $2 where event_id = $1")
+        sqlx::query("update outbox set headers = (headers::jsonb || $2)::json where event_id = $1")
             .bind(event_id)
             .bind(serde_json::json!({
                 KAFKA_ORIGIN_HEADER: FROM_RABBITMQ,
