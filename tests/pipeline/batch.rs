@@ -167,4 +167,6 @@ async fn a_batch_judges_each_invoice_alone_and_is_one_command() {
     let r = batch(&api, None, &huge).await;
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(db.count("select count(*) from invoices").await, invoices);
+    drop(up);
+    db.drop_db().await;
 }

@@ -239,4 +239,6 @@ async fn a_moved_revenue_account_corrects_a_month_by_reversal_once() {
         "{}",
         payments.stdout
     );
+    drop(up);
+    db.drop_db().await;
 }

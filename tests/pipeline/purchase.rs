@@ -461,6 +461,8 @@ async fn users_orders_approvals_and_bills_end_to_end() {
     let inr = &trial.body["currencies"][0];
     assert_eq!(inr["balanced"], true, "{}", trial.body);
     assert_eq!(inr["total_debit"], inr["total_credit"], "{}", trial.body);
+    drop(up);
+    db.drop_db().await;
 }
 
 /// `POST /v1/purchase-orders/{po}/approve` with an `Idempotency-Key`.
