@@ -1,7 +1,8 @@
 //! Every `dhanman bench` path, run once at a tiny size through the real binary with
 //! `--json`: each prints one object with its fields, its rates positive, its raw limits
 //! measured beside them, the books intact (replay changes no balance, the e2e audit is
-//! clean). No timing is asserted; this keeps the benchmarks from rotting.
+//! clean, every invoice the api path counts written by a command of its own). No timing is
+//! asserted; this keeps the benchmarks from rotting.
 
 use serde_json::Value;
 
@@ -62,12 +63,14 @@ async fn the_pipeline_path_reports_its_rate_beside_raw_consume_and_raw_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_path_reports_commands_latencies_the_bare_baseline_and_batches() {
+    // Two runs: the second's commands must be its own (a key of the first used again would be
+    // answered from its stored response), which the path checks against the invoices written.
     let r = bench(&[
         "api",
         "--seconds",
         "1",
         "--runs",
-        "1",
+        "2",
         "--connections",
         "4",
         "--customers",
@@ -92,6 +95,13 @@ async fn the_api_path_reports_commands_latencies_the_bare_baseline_and_batches()
     );
     assert!(r["p99_ms"].as_f64() >= r["p50_ms"].as_f64(), "{r}");
     assert_eq!(r["failed"], 0, "{r}");
+    // At least the two runs' single invoices and batches, each written once.
+    let timed =
+        2.0 * (r["commands_per_s"].as_f64().unwrap() + r["batch_invoices_per_s"].as_f64().unwrap());
+    assert!(
+        r["invoices_written"].as_f64().unwrap() >= timed * 0.5,
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

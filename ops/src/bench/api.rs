@@ -134,7 +134,7 @@ async fn measure(args: &Args, pool: &PgPool) -> anyhow::Result<Report> {
         });
     let (bare_base, bare_task) = serve(bare).await?;
 
-    let result = loads(args, &society, &api_base, &bare_base).await;
+    let result = loads(args, pool, &society, &api_base, &bare_base).await;
     api.abort();
     bare_task.abort();
     result
@@ -142,6 +142,7 @@ async fn measure(args: &Args, pool: &PgPool) -> anyhow::Result<Report> {
 
 async fn loads(
     args: &Args,
+    pool: &PgPool,
     society: &common::Society,
     api_base: &str,
     bare_base: &str,
@@ -151,40 +152,23 @@ async fn loads(
     let invoices = Invoices::new(&society.customers);
     let api = Arc::new(Client::new(api_base, &society.api_key, args.connections)?);
     let bare = Arc::new(Client::new(bare_base, &society.api_key, args.connections)?);
-    let single = {
-        let invoices = invoices.clone();
-        Arc::new(move |seq| invoices.single("/v1/invoices", seq))
-            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
-    };
-    let bare_single = {
-        let invoices = invoices.clone();
-        Arc::new(move |seq| invoices.single("/bare/invoices", seq))
-            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
-    };
 
     // Connections opened and statements prepared before anything is timed.
     let runs = args.common.runs();
     super::pipeline::status(&args.common, format!("warming up ({warm_up:?} each) ..."));
-    load::closed_loop(
-        api.clone(),
-        args.connections,
-        warm_up,
-        warm(&invoices, "/v1/invoices"),
-        None,
-    )
-    .await;
-    load::closed_loop(
-        bare.clone(),
-        args.connections,
-        warm_up,
-        warm(&invoices, "/bare/invoices"),
-        None,
-    )
-    .await;
+    let mut answered = 0;
+    for (client, path) in [(&api, "/v1/invoices"), (&bare, "/bare/invoices")] {
+        let warm = warm(&invoices, path);
+        let o = load::closed_loop(client.clone(), args.connections, warm_up, warm, None).await;
+        answered += o.ok;
+    }
 
     let (mut commands, mut baseline, mut batch) = (Vec::new(), Vec::new(), Vec::new());
     let (mut api_outcomes, mut bare_outcomes) = (Outcome::default(), Outcome::default());
     for run in 1..=runs {
+        // Every run's commands under keys of their own: a key used again would be answered
+        // from its stored response, a replay instead of a command.
+        let invoices = Invoices::new(&society.customers);
         super::pipeline::status(
             &args.common,
             format!(
@@ -192,27 +176,29 @@ async fn loads(
                 args.connections
             ),
         );
-        let o = load::closed_loop(
-            api.clone(),
-            args.connections,
-            duration,
-            single.clone(),
-            None,
-        )
-        .await;
+        let single = singles(&invoices, "/v1/invoices");
+        let o = load::closed_loop(api.clone(), args.connections, duration, single, None).await;
         commands.push(o.rate());
+        answered += o.ok;
         merge(&mut api_outcomes, o);
-        let o = load::closed_loop(
-            bare.clone(),
-            args.connections,
-            duration,
-            bare_single.clone(),
-            None,
-        )
-        .await;
+        let single = singles(&invoices, "/bare/invoices");
+        let o = load::closed_loop(bare.clone(), args.connections, duration, single, None).await;
         baseline.push(o.rate());
+        answered += o.ok;
         merge(&mut bare_outcomes, o);
-        batch.push(batch_load(args, &invoices, api.clone(), duration).await?);
+        let (rate, created) = batch_load(args, &invoices, api.clone(), duration).await?;
+        batch.push(rate);
+        answered += created;
+    }
+    // Each invoice answered was written by its own command: none was a replay, and none
+    // written went unanswered except by a request that failed in transport.
+    let written = invoices_written(pool).await?;
+    let failed = api_outcomes.failed + bare_outcomes.failed;
+    if written < answered as i64 || written > (answered + failed) as i64 {
+        anyhow::bail!(
+            "{answered} invoices answered as created but {written} written ({failed} requests \
+             failed): the counts are not of distinct commands"
+        );
     }
     if api_outcomes.ok == 0 {
         anyhow::bail!(
@@ -276,9 +262,25 @@ async fn loads(
     r.field("batch_invoices_per_s", batch_invoices_per_s);
     r.field("batch_size", args.batch_size);
     r.field("connections", args.connections);
-    r.field("failed", api_outcomes.failed + bare_outcomes.failed);
+    r.field("failed", failed);
+    r.field("invoices_written", written);
     r.field("peak_rss_bytes", peak);
     Ok(r)
+}
+
+/// Single invoices to `path`, each under a key of its own.
+fn singles(
+    invoices: &Invoices,
+    path: &'static str,
+) -> Arc<dyn Fn(u64) -> load::Command + Send + Sync> {
+    let invoices = invoices.clone();
+    Arc::new(move |seq| invoices.single(path, seq))
+}
+
+async fn invoices_written(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("select count(*) from invoices")
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Warm-up commands under keys of their own.
@@ -304,13 +306,14 @@ fn merge(into: &mut Outcome, o: Outcome) {
     }
 }
 
-/// Invoices/s created through the batch endpoint: items answered 201, per second.
+/// Invoices/s created through the batch endpoint (items answered 201, per second), and
+/// how many.
 async fn batch_load(
     args: &Args,
     invoices: &Invoices,
     client: Arc<Client>,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, usize)> {
     let size = args.batch_size.clamp(1, 1000);
     let make = {
         let invoices = invoices.clone();
@@ -334,5 +337,5 @@ async fn batch_load(
             outcome.first_failure.unwrap_or_default()
         );
     }
-    Ok(created as f64 / outcome.seconds)
+    Ok((created as f64 / outcome.seconds, created))
 }
