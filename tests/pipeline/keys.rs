@@ -9,8 +9,8 @@
 //! to its user and only after the role check (a manager is 403, another accountant's same
 //! key runs their own command, a different body under someone else's key is no 409; a
 //! pre-upgrade key is 409); eight identical keyed requests at once create one invoice and
-//! answer it eight times, and a retry whose command would now fail answers the first
-//! response. A key revoked in the database by another process is refused here within the
+//! answer it eight times, locking no row of their organization, and a retry whose command
+//! would now fail answers the first response. A key revoked in the database by another process is refused here within the
 //! key cache's time to live. Salaries and the notification log: 403 naming the role for
 //! managers, approvers and CFOs, 200 for admin and accountant; a salary's ledger entry is
 //! listed to admin and accountant and to nobody else
@@ -679,6 +679,14 @@ async fn identical_requests_at_once_take_effect_once() {
     let admin = Api::new(&base, &org_key(&db, "Lotus Towers").await);
     let nisha = admin.customer("Nisha").await;
     let events_before = command_events(&db).await;
+    // The organization's row as its last locker or writer left it (`xmax`).
+    let organization_row = || async {
+        sqlx::query_scalar::<_, String>("select xmax::text from organizations")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    let organization_before = organization_row().await;
 
     // Eight identical requests at once: every one answers the same invoice, one exists.
     let body = json!({"customer_id": nisha, "amount": "1500", "due_date": "2026-12-10"});
@@ -691,6 +699,9 @@ async fn identical_requests_at_once_take_effect_once() {
         assert_eq!(r.body, replies[0].body);
     }
     assert_eq!(db.count("select count(*) from invoices").await, 1);
+    // Recording the key locked no row of the organization: commands of one organization do
+    // not all lock its one row.
+    assert_eq!(organization_row().await, organization_before);
     assert_eq!(
         command_events(&db).await - events_before,
         2,
