@@ -10,10 +10,11 @@
 //! key runs their own command, a different body under someone else's key is no 409; a
 //! pre-upgrade key is 409); eight identical keyed requests at once create one invoice and
 //! answer it eight times, locking no row of their organization, and a retry whose command
-//! would now fail answers the first response. A key revoked in the database by another process is refused here within the
-//! key cache's time to live. Salaries and the notification log: 403 naming the role for
-//! managers, approvers and CFOs, 200 for admin and accountant; a salary's ledger entry is
-//! listed to admin and accountant and to nobody else
+//! would now fail answers the first response. A key revoked in the database by another
+//! process is refused here within the key cache's time to live. Salaries and the
+//! notification log: 403 naming the role for managers, approvers and CFOs, 200 for admin
+//! and accountant; a salary's ledger entry is listed to admin and accountant and to nobody
+//! else
 
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -247,24 +247,8 @@ async fn the_relay_registers_new_subjects_only_as_a_registry_user() {
 /// ledger writes now: the relay publishes both forms the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledger_writes() {
-    use dhanman_processors::ledger;
-    use dhanman_schemas::Event;
-
     let db = TestDb::new().await;
-    let org = dhanman_producers::orgs::create_organization(&db.pool, "Migration Court", None)
-        .await
-        .unwrap()
-        .organization_id;
-    let entries: Vec<ledger::Entry> = [("INV-1", "1250.50"), ("INV-2", "99.99")]
-        .iter()
-        .map(|(number, amount)| {
-            let event = Event::InvoiceCreated(invoice_created(org, Uuid::now_v7(), number, amount));
-            ledger::entry_for(&event).unwrap()
-        })
-        .collect();
-    let mut tx = db.pool.begin().await.unwrap();
-    ledger::post(&mut tx, &entries).await.unwrap();
-    tx.commit().await.unwrap();
+    organization_with_two_entries(&db, "Migration Court").await;
     let written = "select derived_from, payload, headers from outbox
                     where derived_from is not null order by derived_from";
     let now: Vec<(Uuid, Value, Value)> = sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
@@ -293,6 +277,29 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
         sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
     assert_eq!(migrated, now);
     db.drop_db().await;
+}
+
+/// An organization with the ledger's entries of two invoices posted, each announced by a
+/// row in the outbox; its id.
+async fn organization_with_two_entries(db: &TestDb, name: &str) -> Uuid {
+    use dhanman_processors::ledger;
+    use dhanman_schemas::Event;
+
+    let org = dhanman_producers::orgs::create_organization(&db.pool, name, None)
+        .await
+        .unwrap()
+        .organization_id;
+    let entries: Vec<ledger::Entry> = [("INV-1", "1250.50"), ("INV-2", "99.99")]
+        .iter()
+        .map(|(number, amount)| {
+            let event = Event::InvoiceCreated(invoice_created(org, Uuid::now_v7(), number, amount));
+            ledger::entry_for(&event).unwrap()
+        })
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    ledger::post(&mut tx, &entries).await.unwrap();
+    tx.commit().await.unwrap();
+    org
 }
 
 /// Runs one migration's file again, on a database put back in the form before it.
@@ -363,14 +370,8 @@ async fn an_outbox_of_the_earlier_form_keeps_exactly_its_unpublished_rows_queued
 /// keep no planner statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_kept_as_jsonb_are_the_same_json_after_the_migration_to_json() {
-    use dhanman_processors::ledger;
-    use dhanman_schemas::Event;
-
     let db = TestDb::new().await;
-    let org = dhanman_producers::orgs::create_organization(&db.pool, "Body Court", None)
-        .await
-        .unwrap()
-        .organization_id;
+    let org = organization_with_two_entries(&db, "Body Court").await;
     sqlx::raw_sql(
         "alter table outbox alter column payload type jsonb,
                             alter column headers type jsonb;
@@ -379,16 +380,6 @@ async fn bodies_kept_as_jsonb_are_the_same_json_after_the_migration_to_json() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let entries: Vec<ledger::Entry> = [("INV-1", "1250.50"), ("INV-2", "99.99")]
-        .iter()
-        .map(|(number, amount)| {
-            let event = Event::InvoiceCreated(invoice_created(org, Uuid::now_v7(), number, amount));
-            ledger::entry_for(&event).unwrap()
-        })
-        .collect();
-    let mut tx = db.pool.begin().await.unwrap();
-    ledger::post(&mut tx, &entries).await.unwrap();
-    tx.commit().await.unwrap();
     sqlx::query(
         "insert into idempotency_keys (organization_id, user_id, idempotency_key, request_hash,
                                        response_status, response_body)
