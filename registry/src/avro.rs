@@ -286,7 +286,9 @@ impl Form {
                     return self.schema(inner, namespace);
                 }
                 match kind.and_then(Value::as_str) {
-                    Some("record" | "error" | "enum" | "fixed") => self.named(map, namespace),
+                    Some(kind @ ("record" | "error" | "enum" | "fixed")) => {
+                        self.named(map, namespace, matches!(kind, "record" | "error"))
+                    }
                     Some("array" | "map") => {
                         self.attributes(map, Kind::Other, |form, key, value| {
                             matches!(key, "items" | "values").then(|| form.schema(value, namespace))
@@ -302,8 +304,15 @@ impl Form {
         }
     }
 
-    /// A record, enum or fixed: a full `name` replaces `name` + `namespace`.
-    fn named(self, map: &serde_json::Map<String, Value>, namespace: Option<&str>) -> Node {
+    /// A record, enum or fixed: a full `name` replaces `name` + `namespace`. Only a record
+    /// (`has_fields`) has fields; on an enum or a fixed, `fields` is a custom attribute, kept
+    /// as written as apache-avro keeps it (names in it are not qualified).
+    fn named(
+        self,
+        map: &serde_json::Map<String, Value>,
+        namespace: Option<&str>,
+        has_fields: bool,
+    ) -> Node {
         let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
         let full = match map.get("namespace").and_then(Value::as_str) {
             Some(space) if !name.contains('.') => defined_name(name, Some(space)),
@@ -313,7 +322,7 @@ impl Form {
         let mut node = self.attributes(map, Kind::Named, |form, key, value| match key {
             "name" => Some(Node::Text(full.clone())),
             "aliases" => Some(form.aliases(value, |alias| full_name(alias, inner))),
-            "fields" if value.is_array() => Some(Node::List(
+            "fields" if has_fields && value.is_array() => Some(Node::List(
                 value
                     .as_array()
                     .into_iter()
@@ -554,6 +563,10 @@ mod tests {
             // A `fields` that holds no list, on a type that has no fields: a custom attribute.
             r#"{"type":"fixed","name":"Money","size":4,"fields":"Money"}"#,
             r#"{"type":"fixed","name":"Money","namespace":"a.b","size":4,"fields":"Money"}"#,
+            // Found by fuzzing: a list of fields on a fixed (or an enum) is a custom attribute
+            // too, so the names in it stay as written, not qualified by the namespace.
+            r#"{"type":"record","name":"Outer","namespace":"n","fields":[{"name":"inner","type":{"type":"fixed","name":"Inner","size":17,"fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["X"]}}]}}]}"#,
+            r#"{"type":"enum","name":"E","namespace":"n","symbols":["X"],"fields":[{"name":"f","type":{"type":"fixed","name":"F","size":1}}]}"#,
             // A named type whose name is a primitive's, in a namespace.
             r#"{"type":"enum","name":"string","namespace":"a.b","symbols":["OPEN","VOID","PAID"],"default":"OPEN","aliases":["State"]}"#,
         ];
