@@ -354,14 +354,18 @@ impl Form {
         })
     }
 
+    /// A list of names, qualified (and in the normalized form sorted). Anything else, a list
+    /// holding a number for one, is copied as written: apache-avro reads no aliases from it,
+    /// and a number turned into a name could be one it refuses.
     fn aliases(self, aliases: &Value, qualify: impl Fn(&str) -> String) -> Node {
-        let Some(list) = aliases.as_array() else {
+        let names: Option<Vec<String>> = aliases.as_array().and_then(|list| {
+            list.iter()
+                .map(|alias| alias.as_str().map(&qualify))
+                .collect()
+        });
+        let Some(mut names) = names else {
             return Node::Json(aliases.clone());
         };
-        let mut names: Vec<String> = list
-            .iter()
-            .map(|alias| alias.as_str().map_or_else(|| alias.to_string(), &qualify))
-            .collect();
         if self == Self::Normalized {
             names.sort();
         }
@@ -567,6 +571,10 @@ mod tests {
             // too, so the names in it stay as written, not qualified by the namespace.
             r#"{"type":"record","name":"Outer","namespace":"n","fields":[{"name":"inner","type":{"type":"fixed","name":"Inner","size":17,"fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["X"]}}]}}]}"#,
             r#"{"type":"enum","name":"E","namespace":"n","symbols":["X"],"fields":[{"name":"f","type":{"type":"fixed","name":"F","size":1}}]}"#,
+            // Found by fuzzing: aliases that are not all names are copied as written (a
+            // number in them was written as the name "3333", which apache-avro refuses).
+            r#"{"type":"enum","name":"Status","namespace":"a.b","symbols":["OPEN"],"aliases":[3333,"State"]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"f","type":"int","aliases":["g",7]}]}"#,
             // A named type whose name is a primitive's, in a namespace.
             r#"{"type":"enum","name":"string","namespace":"a.b","symbols":["OPEN","VOID","PAID"],"default":"OPEN","aliases":["State"]}"#,
         ];
