@@ -154,6 +154,14 @@ async fn the_freshness_path_times_each_command_until_its_balance_reflects_it() {
     assert!(r["max_ms"].as_f64() >= r["p99_ms"].as_f64(), "{r}");
     assert_eq!(r["failed"], 0, "{r}");
     assert!(r["measured"].as_u64().unwrap() >= 30, "{r}");
+    // Second 0 began during this test, before now.
+    let from = chrono::DateTime::parse_from_rfc3339(r["measured_from"].as_str().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("measured_from: {e}: {r}"));
+    let ago = chrono::Utc::now().signed_duration_since(from);
+    assert!(
+        ago > chrono::TimeDelta::seconds(2) && ago < chrono::TimeDelta::minutes(5),
+        "{r}"
+    );
     // By the second: every measured command in one, none slower than the slowest overall.
     let seconds = r["per_second"].as_array().expect("per_second");
     let counted: u64 = seconds

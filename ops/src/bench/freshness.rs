@@ -111,6 +111,7 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
 
     let (sink, mut answered) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
     let started = Instant::now();
+    let measured_from = chrono::Utc::now();
     let freshness = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let readers_done = {
@@ -249,6 +250,10 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     r.field("failed", outcome.failed + failures.len());
     r.field("peak_rss_bytes", peak);
     r.field("per_second", &seconds);
+    r.field(
+        "measured_from",
+        measured_from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
     Ok(r)
 }
 
