@@ -271,11 +271,14 @@ impl Registry {
     }
 
     /// Rows stored before the identity form existed carry a fingerprint of the parsing
-    /// canonical form and no normalized fingerprint; Postgres cannot compute the new ones, so
-    /// the first registration or lookup of each process does (an empty no-op afterwards).
+    /// canonical form, rows stored before a change of the forms the old forms' fingerprints;
+    /// a migration marks them with no normalized fingerprint. Postgres cannot compute the new
+    /// ones, so the first registration or lookup of each process does (an empty no-op
+    /// afterwards).
     ///
-    /// Different canonical forms always have different identity forms, so the rewritten
-    /// fingerprints stay unique.
+    /// Different canonical forms always have different identity forms, and each change of
+    /// the forms kept apart what they kept apart before, so the rewritten fingerprints stay
+    /// unique.
     async fn upgrade_fingerprints(&self) -> Result<()> {
         if self.fingerprints_upgraded.load(Ordering::Acquire) {
             return Ok(());

@@ -211,3 +211,68 @@ async fn fingerprints_stored_before_the_identity_form_are_upgraded(pool: PgPool)
     .unwrap();
     assert_eq!(pending, 0);
 }
+
+/// Rows stored before the forms last changed (a `fields` list on a fixed, aliases that are not
+/// all names) hold the old forms' fingerprints; the migration that marks them has the
+/// registry recompute them, so the same text registered again is found, not stored twice.
+#[sqlx::test(migrations = "../migrations")]
+async fn fingerprints_of_forms_before_their_last_change_are_recomputed(pool: PgPool) {
+    const FIXED_WITH_FIELDS: &str = r#"{"type":"record","name":"Outer","namespace":"n","fields":[{"name":"inner","type":{"type":"fixed","name":"Inner","size":4,"fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["X"]}}]}}]}"#;
+    const ALIASES_NOT_ALL_NAMES: &str = r#"{"type":"enum","name":"Status","namespace":"a.b","symbols":["OPEN"],"aliases":[3333,"State"]}"#;
+    // The rows as the forms before left them: other fingerprints for the same texts.
+    for (id, text) in [(1, FIXED_WITH_FIELDS), (2, ALIASES_NOT_ALL_NAMES)] {
+        sqlx::query(
+            "INSERT INTO schema_registry_schemas
+                    (id, fingerprint, normalized_fingerprint, canonical, schema)
+             OVERRIDING SYSTEM VALUE
+             VALUES ($1, sha256(convert_to('old form ' || $1, 'UTF8')),
+                     sha256(convert_to('old normalized form ' || $1, 'UTF8')), $2, $3)",
+        )
+        .bind(id)
+        .bind(ParsedSchema::parse(text).unwrap().canonical)
+        .bind(text)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO schema_registry_subject_versions (subject, version, schema_id)
+             VALUES ('forms-value', $1, $1)",
+        )
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("SELECT setval(pg_get_serial_sequence('schema_registry_schemas', 'id'), 2)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../../migrations/20261205000068_schema_forms_recomputed.sql"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let app = spawn_app(pool.clone()).await;
+    app.put_config("/config/forms-value", "NONE").await;
+    assert_eq!(app.register_ok("forms-value", FIXED_WITH_FIELDS).await, 1);
+    assert_eq!(
+        app.register_ok("elsewhere-value", ALIASES_NOT_ALL_NAMES)
+            .await,
+        2
+    );
+    assert_eq!(
+        app.get("/subjects/forms-value/versions").await.1,
+        json!([1, 2])
+    );
+    for (id, text) in [(1, FIXED_WITH_FIELDS), (2, ALIASES_NOT_ALL_NAMES)] {
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT fingerprint FROM schema_registry_schemas WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(stored, ParsedSchema::parse(text).unwrap().fingerprint);
+    }
+}
