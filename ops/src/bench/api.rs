@@ -269,7 +269,7 @@ async fn loads(
 }
 
 /// Single invoices to `path`, each under a key of its own.
-fn singles(
+pub(super) fn singles(
     invoices: &Invoices,
     path: &'static str,
 ) -> Arc<dyn Fn(u64) -> load::Command + Send + Sync> {

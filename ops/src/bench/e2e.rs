@@ -99,11 +99,7 @@ async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report>
         &society.api_key,
         args.connections,
     )?);
-    let make = {
-        let invoices = invoices.clone();
-        Arc::new(move |seq| invoices.single("/v1/invoices", seq))
-            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
-    };
+    let make = super::api::singles(&invoices, "/v1/invoices");
     let hold = Duration::from_secs(args.hold_seconds.max(3));
     let mut steps = Vec::new();
     let mut sustained_per_s = 0;

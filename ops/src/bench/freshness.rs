@@ -88,11 +88,7 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
         args.connections,
     )?);
     let readers = Arc::new(Client::new(&deployed.base, &society.api_key, 256)?);
-    let make = {
-        let invoices = invoices.clone();
-        Arc::new(move |seq| invoices.single("/v1/invoices", seq))
-            as Arc<dyn Fn(u64) -> load::Command + Send + Sync>
-    };
+    let make = super::api::singles(&invoices, "/v1/invoices");
     let duration = Duration::from_secs(args.seconds.max(1));
     super::pipeline::status(
         &args.common,

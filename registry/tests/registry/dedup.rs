@@ -160,32 +160,15 @@ async fn normalize_stores_the_normalized_form(pool: PgPool) {
 /// and no normalized fingerprint; the registry rewrites them before it matches anything.
 #[sqlx::test(migrations = "../migrations")]
 async fn fingerprints_stored_before_the_identity_form_are_upgraded(pool: PgPool) {
-    for (id, text) in [(1, user_schema()), (2, WITH_DEFAULT.to_owned())] {
-        let parsed = ParsedSchema::parse(&text).unwrap();
-        sqlx::query(
-            "INSERT INTO schema_registry_schemas (id, fingerprint, canonical, schema)
-             OVERRIDING SYSTEM VALUE
-             VALUES ($1, sha256(convert_to($2, 'UTF8')), $2, $3)",
-        )
-        .bind(id)
-        .bind(&parsed.canonical)
-        .bind(&text)
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO schema_registry_subject_versions (subject, version, schema_id)
-             VALUES ('legacy-value', $1, $1)",
-        )
-        .bind(id)
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
-    sqlx::query("SELECT setval(pg_get_serial_sequence('schema_registry_schemas', 'id'), 2)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (first, second) = (user_schema(), WITH_DEFAULT.to_owned());
+    store_as_before(
+        &pool,
+        "legacy-value",
+        &[&first, &second],
+        "sha256(convert_to($2, 'UTF8'))",
+        "NULL",
+    )
+    .await;
 
     let app = spawn_app(pool.clone()).await;
     assert_eq!(
@@ -220,33 +203,14 @@ async fn fingerprints_of_forms_before_their_last_change_are_recomputed(pool: PgP
     const FIXED_WITH_FIELDS: &str = r#"{"type":"record","name":"Outer","namespace":"n","fields":[{"name":"inner","type":{"type":"fixed","name":"Inner","size":4,"fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["X"]}}]}}]}"#;
     const ALIASES_NOT_ALL_NAMES: &str = r#"{"type":"enum","name":"Status","namespace":"a.b","symbols":["OPEN"],"aliases":[3333,"State"]}"#;
     // The rows as the forms before left them: other fingerprints for the same texts.
-    for (id, text) in [(1, FIXED_WITH_FIELDS), (2, ALIASES_NOT_ALL_NAMES)] {
-        sqlx::query(
-            "INSERT INTO schema_registry_schemas
-                    (id, fingerprint, normalized_fingerprint, canonical, schema)
-             OVERRIDING SYSTEM VALUE
-             VALUES ($1, sha256(convert_to('old form ' || $1, 'UTF8')),
-                     sha256(convert_to('old normalized form ' || $1, 'UTF8')), $2, $3)",
-        )
-        .bind(id)
-        .bind(ParsedSchema::parse(text).unwrap().canonical)
-        .bind(text)
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO schema_registry_subject_versions (subject, version, schema_id)
-             VALUES ('forms-value', $1, $1)",
-        )
-        .bind(id)
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
-    sqlx::query("SELECT setval(pg_get_serial_sequence('schema_registry_schemas', 'id'), 2)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    store_as_before(
+        &pool,
+        "forms-value",
+        &[FIXED_WITH_FIELDS, ALIASES_NOT_ALL_NAMES],
+        "sha256(convert_to('old form ' || $1, 'UTF8'))",
+        "sha256(convert_to('old normalized form ' || $1, 'UTF8'))",
+    )
+    .await;
     sqlx::raw_sql(include_str!(
         "../../../migrations/20261205000068_schema_forms_recomputed.sql"
     ))
@@ -275,4 +239,44 @@ async fn fingerprints_of_forms_before_their_last_change_are_recomputed(pool: PgP
                 .unwrap();
         assert_eq!(stored, ParsedSchema::parse(text).unwrap().fingerprint);
     }
+}
+
+/// Stores `texts` as an earlier registry left them: ids and versions of `subject` 1, 2, ...
+/// in order, with `fingerprint` and `normalized` (SQL of `$1`, the id, and `$2`, the
+/// parsing canonical form) as their fingerprints, and the id sequence past them.
+async fn store_as_before(
+    pool: &PgPool,
+    subject: &str,
+    texts: &[&str],
+    fingerprint: &str,
+    normalized: &str,
+) {
+    for (id, text) in (1..).zip(texts) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO schema_registry_schemas
+                    (id, fingerprint, normalized_fingerprint, canonical, schema)
+             OVERRIDING SYSTEM VALUE
+             VALUES ($1::int, {fingerprint}, {normalized}, $2, $3)"
+        )))
+        .bind(id)
+        .bind(ParsedSchema::parse(text).unwrap().canonical)
+        .bind(*text)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO schema_registry_subject_versions (subject, version, schema_id)
+             VALUES ($1, $2, $2)",
+        )
+        .bind(subject)
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("SELECT setval(pg_get_serial_sequence('schema_registry_schemas', 'id'), $1)")
+        .bind(texts.len() as i64)
+        .execute(pool)
+        .await
+        .unwrap();
 }
