@@ -13,7 +13,9 @@
 //!   (a cancelled row), which is what makes a payment or void that is consumed before the
 //!   invoice (they travel on different topics) win over the later `InvoiceCreated`.
 //!   A batch's invoices up to its first payment or void are scheduled by one statement,
-//!   which judges whether each is settled too; payments and voids keep their places.
+//!   which judges whether each is settled too; the payments and voids up to the next
+//!   invoice are applied by one more, as if one after the other (each payment judged
+//!   with the payments before it, the first event that settles an invoice cancelling it).
 //!
 //! The scheduler half ([`Scheduler`]) claims due timers with `for update skip locked`, so
 //! any number of instances fire each timer once, and in the same transaction re-checks the
@@ -32,9 +34,7 @@ use chrono::{DateTime, Days, NaiveDate, Utc};
 use dhanman_connectors::retry::Backoff;
 use dhanman_plumbing::outbox;
 use dhanman_schemas::Event;
-use dhanman_schemas::events::{
-    Envelope, InvoiceCreated, InvoiceVoided, PaymentReceived, SendPaymentReminder,
-};
+use dhanman_schemas::events::{Envelope, InvoiceCreated, SendPaymentReminder};
 use dhanman_schemas::topics;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
@@ -92,21 +92,22 @@ impl Processor for Reminders {
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
         let mut rest = events;
-        while let Some((first, after)) = rest.split_first() {
-            // Invoices in a row (each invoice once) are scheduled by one statement; a
-            // payment or void between them is applied in its place, so the order holds.
+        while !rest.is_empty() {
+            // Invoices in a row (each invoice once) are scheduled by one statement, and the
+            // payments and voids up to the next invoice are applied by another, so the
+            // order of the batch holds.
             let run = invoices_in_a_row(rest);
             if !run.is_empty() {
                 schedule(conn, &run, self.days_before).await?;
                 rest = &rest[run.len()..];
                 continue;
             }
-            match first {
-                Event::InvoiceVoided(void) => on_void(conn, void).await?,
-                Event::PaymentReceived(payment) => on_payment(conn, payment).await?,
-                _ => {}
-            }
-            rest = after;
+            let len = rest
+                .iter()
+                .take_while(|event| !matches!(event, Event::InvoiceCreated(_)))
+                .count();
+            settle(conn, &settlements(&rest[..len])).await?;
+            rest = &rest[len..];
         }
         Ok(())
     }
@@ -152,19 +153,28 @@ impl Settled {
 /// Whether an invoice is settled, in SQL over `u(invoice_id, amount)` left-joined to its
 /// `invoices` row `i`: `'paid'`, `'voided'` or null. By the command side's row when this
 /// database has one (its status, or its payments adding up to its amount), else by the
-/// payments seen on the topic against `u.amount` (the invoice's amount, when known).
+/// payments seen on the topic against `u.amount` (the invoice's amount, when known). The
+/// optional argument is an SQL expression over `u` added to the payments stored on the
+/// topic's side: those of the same statement, which its own reads do not see.
 macro_rules! settled_sql {
     () => {
-        "case when i.status = 'paid' then 'paid'
+        settled_sql!("0")
+    };
+    ($also_paid:literal) => {
+        concat!(
+            "case when i.status = 'paid' then 'paid'
               when i.status = 'void' then 'voided'
               when i.id is not null then
                   case when (select coalesce(sum(p.amount), 0) from payments p
                               where p.invoice_id = i.id) >= i.amount
                        then 'paid' end
               when (select coalesce(sum(r.amount), 0) from payment_reminder_payments r
-                     where r.invoice_id = u.invoice_id) >= u.amount
+                     where r.invoice_id = u.invoice_id) + ",
+            $also_paid,
+            " >= u.amount
                    then 'paid'
          end"
+        )
     };
 }
 
@@ -294,85 +304,153 @@ async fn schedule(
     Ok(())
 }
 
-async fn on_void(conn: &mut PgConnection, void: &InvoiceVoided) -> Result<(), sqlx::Error> {
-    cancel(conn, &void.envelope, void.invoice_id, Settled::Voided).await
+/// A payment naming an invoice, or a void, as [`settle`] takes it.
+#[derive(Debug)]
+struct Settlement<'e> {
+    envelope: &'e Envelope,
+    invoice_id: Uuid,
+    /// The payment's id and amount; `None` for a void.
+    payment: Option<(Uuid, Decimal)>,
 }
 
-async fn on_payment(conn: &mut PgConnection, payment: &PaymentReceived) -> Result<(), sqlx::Error> {
-    // A payment on account (no invoice) cancels nothing.
-    let Some(invoice_id) = payment.invoice_id else {
+/// The payments naming an invoice and the voids among `events`, in order. A payment on
+/// account (no invoice) cancels nothing.
+fn settlements<'e>(events: &[&'e Event]) -> Vec<Settlement<'e>> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::InvoiceVoided(void) => Some(Settlement {
+                envelope: &void.envelope,
+                invoice_id: void.invoice_id,
+                payment: None,
+            }),
+            Event::PaymentReceived(payment) => payment.invoice_id.map(|invoice_id| Settlement {
+                envelope: &payment.envelope,
+                invoice_id,
+                payment: Some((payment.payment_id, payment.amount)),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Applies payments and voids in one statement, as if one after the other. Each payment is
+/// noted against its invoice (once per payment id) and judged with the payments before it
+/// ([`settled_sql`]); a void settles its invoice. The first event that settles an invoice
+/// cancels its scheduled timer, or leaves a tombstone when there is none yet; a fired,
+/// skipped or already cancelled timer stays as it is.
+async fn settle(conn: &mut PgConnection, run: &[Settlement<'_>]) -> Result<(), sqlx::Error> {
+    if run.is_empty() {
         return Ok(());
-    };
-    sqlx::query(
-        "insert into payment_reminder_payments (invoice_id, payment_id, event_id, amount)
-         values ($1, $2, $3, $4) on conflict do nothing",
+    }
+    // Per event in order: how it settles its invoice (null: it does not), whether it is
+    // the first of its invoice to, and what its cancel did (null: nothing to cancel).
+    let judged: Vec<(Option<String>, bool, Option<bool>)> = sqlx::query_as(concat!(
+        "with input as (
+             select * from unnest($1::uuid[], $2::uuid[], $3::numeric[], $4::uuid[],
+                                  $5::uuid[], $6::text[])
+                 with ordinality
+                 as e(invoice_id, payment_id, paid, event_id, organization_id,
+                      correlation_id, n)),
+         noted as (
+             insert into payment_reminder_payments (invoice_id, payment_id, event_id, amount)
+             select invoice_id, payment_id, event_id, paid from input
+              where payment_id is not null order by n
+             on conflict do nothing
+             returning invoice_id, payment_id),
+         firsts as (
+             select e.*, e.n = min(e.n) over (partition by e.invoice_id, e.payment_id) as first
+               from input e),
+         counted as (
+             select f.*,
+                    sum(case when f.first and exists (
+                                  select 1 from noted w
+                                   where w.invoice_id = f.invoice_id
+                                     and w.payment_id = f.payment_id)
+                             then f.paid else 0 end)
+                        over (partition by f.invoice_id order by f.n) as run_paid
+               from firsts f),
+         judged as (
+             select u.n, u.invoice_id, u.event_id, u.organization_id, u.correlation_id,
+                    case when u.payment_id is null then 'voided' else ",
+        settled_sql!("u.run_paid"),
+        " end as settled
+               from (select c.*, t.amount from counted c
+                       left join payment_reminders t on t.invoice_id = c.invoice_id) u
+               left join invoices i on i.id = u.invoice_id),
+         first_settling as (
+             select distinct on (invoice_id) * from judged
+              where settled is not null order by invoice_id, n),
+         cancelled as (
+             insert into payment_reminders
+                 (invoice_id, organization_id, state, correlation_id, cancelled_by_event_id,
+                  cancel_reason)
+             select invoice_id, organization_id, 'cancelled', correlation_id, event_id, settled
+               from first_settling
+             on conflict (invoice_id) do update
+                set state = 'cancelled',
+                    cancelled_by_event_id = excluded.cancelled_by_event_id,
+                    cancel_reason = excluded.cancel_reason, updated_at = now()
+              where payment_reminders.state = 'scheduled'
+             returning invoice_id, (xmax = 0) as tombstone)
+         select j.settled, coalesce(f.n = j.n, false), c.tombstone
+           from judged j
+           left join first_settling f on f.invoice_id = j.invoice_id
+           left join cancelled c on c.invoice_id = j.invoice_id
+          order by j.n"
+    ))
+    .bind(run.iter().map(|s| s.invoice_id).collect::<Vec<_>>())
+    .bind(
+        run.iter()
+            .map(|s| s.payment.map(|(id, _)| id))
+            .collect::<Vec<_>>(),
     )
-    .bind(invoice_id)
-    .bind(payment.payment_id)
-    .bind(payment.envelope.event_id)
-    .bind(payment.amount)
-    .execute(&mut *conn)
+    .bind(
+        run.iter()
+            .map(|s| s.payment.map(|(_, amount)| amount))
+            .collect::<Vec<_>>(),
+    )
+    .bind(run.iter().map(|s| s.envelope.event_id).collect::<Vec<_>>())
+    .bind(
+        run.iter()
+            .map(|s| s.envelope.organization_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        run.iter()
+            .map(|s| s.envelope.correlation_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
     .await?;
-    let amount: Option<(Option<Decimal>,)> =
-        sqlx::query_as("select amount from payment_reminders where invoice_id = $1")
-            .bind(invoice_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    match settled(conn, invoice_id, amount.and_then(|(a,)| a), false).await? {
-        Some(how) => cancel(conn, &payment.envelope, invoice_id, how).await,
-        None => {
+    for (settlement, (settled, first, tombstone)) in run.iter().zip(judged) {
+        let correlation_id = &settlement.envelope.correlation_id;
+        let invoice_id = settlement.invoice_id;
+        let Some(how) = settled.as_deref().and_then(Settled::from_reason) else {
             tracing::info!(
-                correlation_id = %payment.envelope.correlation_id,
+                %correlation_id,
                 %invoice_id,
                 "payment does not settle the invoice (or the invoice is not known yet); reminder kept"
             );
-            Ok(())
+            continue;
+        };
+        let outcome = match (first, tombstone) {
+            (true, Some(true)) => "tombstone left for an invoice not seen yet",
+            (true, Some(false)) => "cancelled",
+            _ => "nothing to cancel",
+        };
+        if first && tombstone.is_some() {
+            metrics::counter!("dhanman_reminders_cancelled_total", "reason" => how.reason())
+                .increment(1);
         }
+        tracing::info!(
+            %correlation_id,
+            %invoice_id,
+            reason = how.reason(),
+            outcome,
+            "payment reminder cancel"
+        );
     }
-}
-
-/// Cancels a scheduled timer, or leaves a tombstone when there is none yet. A fired,
-/// skipped or already cancelled timer stays as it is.
-async fn cancel(
-    conn: &mut PgConnection,
-    by: &Envelope,
-    invoice_id: Uuid,
-    how: Settled,
-) -> Result<(), sqlx::Error> {
-    let changed: Option<(bool,)> = sqlx::query_as(
-        "insert into payment_reminders
-             (invoice_id, organization_id, state, correlation_id, cancelled_by_event_id,
-              cancel_reason)
-         values ($1, $2, 'cancelled', $3, $4, $5)
-         on conflict (invoice_id) do update
-            set state = 'cancelled', cancelled_by_event_id = excluded.cancelled_by_event_id,
-                cancel_reason = excluded.cancel_reason, updated_at = now()
-          where payment_reminders.state = 'scheduled'
-         returning (xmax = 0)",
-    )
-    .bind(invoice_id)
-    .bind(by.organization_id)
-    .bind(&by.correlation_id)
-    .bind(by.event_id)
-    .bind(how.reason())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let outcome = match changed {
-        Some((true,)) => "tombstone left for an invoice not seen yet",
-        Some((false,)) => "cancelled",
-        None => "nothing to cancel",
-    };
-    if changed.is_some() {
-        metrics::counter!("dhanman_reminders_cancelled_total", "reason" => how.reason())
-            .increment(1);
-    }
-    tracing::info!(
-        correlation_id = %by.correlation_id,
-        %invoice_id,
-        reason = how.reason(),
-        outcome,
-        "payment reminder cancel"
-    );
     Ok(())
 }
 
@@ -652,6 +730,7 @@ async fn fire(conn: &mut PgConnection, timer: &DueTimer, instance_id: Uuid) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dhanman_schemas::events::{InvoiceVoided, PaymentReceived};
 
     #[test]
     fn a_reminder_goes_out_days_before_the_due_date_at_midnight_utc() {
@@ -695,6 +774,52 @@ mod tests {
         assert_eq!(ids(invoices_in_a_row(&events[3..])), [c, a]);
         assert_eq!(ids(invoices_in_a_row(&events[5..])), [c]);
         assert!(invoices_in_a_row(&[]).is_empty());
+    }
+
+    #[test]
+    fn settlements_are_the_voids_and_the_payments_naming_an_invoice_in_order() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let payment = |invoice_id| PaymentReceived {
+            envelope: crate::fixtures::envelope(),
+            payment_id: Uuid::now_v7(),
+            invoice_id,
+            customer_id: Uuid::now_v7(),
+            amount: "40.00".parse().unwrap(),
+            currency: "INR".into(),
+            method: "upi".into(),
+            reference: None,
+        };
+        let (to_a, on_account) = (payment(Some(a)), payment(None));
+        let void = InvoiceVoided {
+            envelope: crate::fixtures::envelope(),
+            invoice_id: b,
+            customer_id: Uuid::now_v7(),
+            amount: "100.00".parse().unwrap(),
+            currency: "INR".into(),
+            reason: "duplicate".into(),
+        };
+        let events = [
+            Event::PaymentReceived(on_account),
+            Event::InvoiceVoided(void.clone()),
+            invoice(a),
+            Event::PaymentReceived(to_a.clone()),
+        ];
+        let events: Vec<&Event> = events.iter().collect();
+        let run: Vec<_> = settlements(&events)
+            .iter()
+            .map(|s| (s.envelope.event_id, s.invoice_id, s.payment))
+            .collect();
+        assert_eq!(
+            run,
+            [
+                (void.envelope.event_id, b, None),
+                (
+                    to_a.envelope.event_id,
+                    a,
+                    Some((to_a.payment_id, to_a.amount))
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! reset to 0, `processed_events` rows deleted) re-creates no fired or cancelled timer and
 //! sends nothing twice; an invoice paid on the command side while its `PaymentReceived`
 //! waits unpublished is cancelled at firing, and one seen only after it was paid is never
-//! scheduled; `GET /v1/reminders` (404 for another organization, 422 `invoice_id`)
+//! scheduled; `GET /v1/reminders` (404 for another organization, 422 `invoice_id`); the
+//! payments and voids of one batch, applied by one statement, end the timers as applying
+//! them one batch each does (the settling event, a payment counted once however often it
+//! is reported, a void before or after a full payment)
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dhanman_schemas::Codec;
 use dhanman_schemas::events::{Envelope, InvoiceCreated, InvoiceVoided, PaymentReceived, Record};
+use dhanman_schemas::{Codec, Event};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -531,5 +534,181 @@ async fn no_reminder_for_an_invoice_paid_before_its_payment_event_is_consumed() 
     let second_timer = timer(&db, second_id).await.unwrap();
     assert_eq!(second_timer.state, "cancelled", "{second_timer:?}");
     assert_eq!(all_reminders(&db).await, 0);
+    db.drop_db().await;
+}
+
+/// The payments and voids of one scenario, in the order they are applied, and the
+/// invoices they name (known on the topic only, 1,000.00 each, scheduled beforehand).
+struct Settlements {
+    /// Paid 400 and 600 (the second payment reported twice): cancelled by the 600.
+    paid_in_two: InvoiceCreated,
+    /// Paid 500, reported twice: the repeat must not count, so it stays scheduled.
+    paid_once_reported_twice: InvoiceCreated,
+    /// Voided, then paid in full: cancelled by the void.
+    voided_then_paid: InvoiceCreated,
+    /// Paid in full, then voided: cancelled by the payment.
+    paid_then_voided: InvoiceCreated,
+    /// Named by nothing: stays scheduled.
+    untouched: InvoiceCreated,
+    /// Not seen yet: one paid 700 (noted, no tombstone), one voided (tombstone).
+    unseen_paid: Uuid,
+    unseen_voided: Uuid,
+    events: Vec<Event>,
+}
+
+impl Settlements {
+    fn new(org: Uuid, customer: Uuid) -> Self {
+        let invoice = || invoice_created(org, customer, "1000.00");
+        let (paid_in_two, paid_once_reported_twice, voided_then_paid, paid_then_voided) =
+            (invoice(), invoice(), invoice(), invoice());
+        let (unseen_paid, unseen_voided) = (Uuid::now_v7(), Uuid::now_v7());
+        let pay =
+            |invoice_id, amount| Event::PaymentReceived(paid(org, customer, invoice_id, amount));
+        let void = |invoice_id| Event::InvoiceVoided(voided(org, customer, invoice_id));
+        // The same payment in a second event (another report of it, not a replay).
+        let again = |event: &Event| {
+            let Event::PaymentReceived(p) = event else {
+                unreachable!()
+            };
+            let mut p = p.clone();
+            p.envelope = Envelope::new(org, "reported-again", None);
+            Event::PaymentReceived(p)
+        };
+        let second = pay(paid_in_two.invoice_id, "600.00");
+        let once = pay(paid_once_reported_twice.invoice_id, "500.00");
+        let mut on_account = payment(org, customer, 90_000, "on-account");
+        on_account.invoice_id = None;
+        let events = vec![
+            pay(paid_in_two.invoice_id, "400.00"),
+            void(voided_then_paid.invoice_id),
+            once.clone(),
+            pay(paid_then_voided.invoice_id, "1000.00"),
+            second.clone(),
+            again(&second),
+            again(&once),
+            pay(voided_then_paid.invoice_id, "1000.00"),
+            void(paid_then_voided.invoice_id),
+            Event::PaymentReceived(on_account),
+            pay(unseen_paid, "700.00"),
+            void(unseen_voided),
+        ];
+        Settlements {
+            paid_in_two,
+            paid_once_reported_twice,
+            voided_then_paid,
+            paid_then_voided,
+            untouched: invoice(),
+            unseen_paid,
+            unseen_voided,
+            events,
+        }
+    }
+
+    fn invoices(&self) -> Vec<Event> {
+        [
+            &self.paid_in_two,
+            &self.paid_once_reported_twice,
+            &self.voided_then_paid,
+            &self.paid_then_voided,
+            &self.untouched,
+        ]
+        .map(|i| Event::InvoiceCreated(i.clone()))
+        .to_vec()
+    }
+
+    fn event_id(&self, at: usize) -> Option<Uuid> {
+        Some(self.events[at].envelope().event_id)
+    }
+
+    /// The timers as applying the events one after the other leaves them.
+    async fn check(&self, db: &TestDb) {
+        let cancelled =
+            |t: Option<Timer>| t.map(|t| (t.state, t.cancel_reason, t.cancelled_by_event_id));
+        let by = |reason: &str, at| {
+            Some((
+                "cancelled".to_string(),
+                Some(reason.to_string()),
+                self.event_id(at),
+            ))
+        };
+        let scheduled = Some(("scheduled".to_string(), None, None));
+        assert_eq!(
+            cancelled(timer(db, self.paid_in_two.invoice_id).await),
+            by("paid", 4)
+        );
+        assert_eq!(
+            cancelled(timer(db, self.paid_once_reported_twice.invoice_id).await),
+            scheduled
+        );
+        assert_eq!(
+            cancelled(timer(db, self.voided_then_paid.invoice_id).await),
+            by("voided", 1)
+        );
+        assert_eq!(
+            cancelled(timer(db, self.paid_then_voided.invoice_id).await),
+            by("paid", 3)
+        );
+        assert_eq!(
+            cancelled(timer(db, self.untouched.invoice_id).await),
+            scheduled
+        );
+        assert_eq!(timer(db, self.unseen_paid).await, None);
+        assert_eq!(
+            cancelled(timer(db, self.unseen_voided).await),
+            by("voided", 11)
+        );
+        let noted: Vec<(Uuid, Decimal, i64)> = sqlx::query_as(
+            "select invoice_id, sum(amount), count(*) from payment_reminder_payments
+              where invoice_id = any($1) group by invoice_id order by invoice_id",
+        )
+        .bind([
+            self.paid_in_two.invoice_id,
+            self.paid_once_reported_twice.invoice_id,
+            self.unseen_paid,
+        ])
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let mut expected = vec![
+            (self.paid_in_two.invoice_id, Decimal::from(1000), 2),
+            (
+                self.paid_once_reported_twice.invoice_id,
+                Decimal::from(500),
+                1,
+            ),
+            (self.unseen_paid, Decimal::from(700), 1),
+        ];
+        expected.sort();
+        assert_eq!(noted, expected);
+    }
+}
+
+/// The processor applies a batch's payments and voids in one statement: the timers end as
+/// if the events had been applied one batch each (checked against exactly that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_and_voids_in_one_batch_end_as_one_after_the_other() {
+    use dhanman_processors::Processor;
+    use dhanman_processors::reminders::Reminders;
+    let db = TestDb::new().await;
+    let processor = Reminders::new(30);
+    let (org, customer) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut conn = db.pool.acquire().await.unwrap();
+    let apply = async |conn: &mut sqlx::PgConnection, events: &[Event]| {
+        let events: Vec<&Event> = events.iter().collect();
+        processor.apply(conn, &events).await.unwrap();
+    };
+
+    let together = Settlements::new(org, customer);
+    apply(&mut conn, &together.invoices()).await;
+    apply(&mut conn, &together.events).await;
+    together.check(&db).await;
+
+    let apart = Settlements::new(org, customer);
+    apply(&mut conn, &apart.invoices()).await;
+    for event in &apart.events {
+        apply(&mut conn, std::slice::from_ref(event)).await;
+    }
+    apart.check(&db).await;
+    drop(conn);
     db.drop_db().await;
 }
