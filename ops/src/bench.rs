@@ -9,6 +9,7 @@ mod e2e;
 mod freshness;
 mod load;
 mod pipeline;
+mod reminders;
 mod replay;
 mod scaling;
 
@@ -36,6 +37,9 @@ enum Path {
     E2e(e2e::Args),
     /// The time from an invoice's 201 until the customer's balance reflects it.
     Freshness(freshness::Args),
+    /// The reminders processor over invoices and the payments naming them, against raw
+    /// consume and raw COPY of the rows it writes.
+    Reminders(reminders::Args),
     /// `dhanman replay --execute` over events already applied: its rate, and no balance
     /// changed.
     Replay(replay::Args),
@@ -50,6 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(Path::Api(args)) => api::run(args).await,
         Some(Path::E2e(args)) => e2e::run(args).await,
         Some(Path::Freshness(args)) => freshness::run(args).await,
+        Some(Path::Reminders(args)) => reminders::run(args).await,
         Some(Path::Replay(args)) => replay::run(args).await,
         Some(Path::Scaling(args)) => scaling::run(args).await,
     }

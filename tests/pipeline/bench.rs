@@ -1,7 +1,8 @@
 //! Every `dhanman bench` path, run once at a tiny size through the real binary with
 //! `--json`: each prints one object with its fields, its rates positive, its raw limits
 //! measured beside them, the books intact (replay changes no balance, the e2e audit is
-//! clean, every invoice the api path counts written by a command of its own). No timing is
+//! clean, every invoice the api path counts written by a command of its own, the reminders
+//! path's timers as its events say). No timing is
 //! asserted; this keeps the benchmarks from rotting.
 
 use serde_json::Value;
@@ -175,6 +176,25 @@ async fn the_freshness_path_times_each_command_until_its_balance_reflects_it() {
             .all(|s| s["max_ms"].as_f64() <= r["max_ms"].as_f64()
                 && s["p50_ms"].as_f64() <= s["max_ms"].as_f64()),
         "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reminders_path_reports_its_rate_beside_raw_consume_and_raw_copy() {
+    // 1,001 events: the last invoice has no payment. The path fails unless the timers end
+    // as the events say (one per invoice, those paid in full cancelled, every payment noted).
+    let r = bench(&["reminders", "--events", "1001", "--runs", "1"]).await;
+    assert_eq!(r["path"], "reminders");
+    assert_eq!(r["events"], 1001);
+    positive(
+        &r,
+        &[
+            "reminders_per_s",
+            "raw_consume_per_s",
+            "raw_copy_per_s",
+            "ratio_to_limit",
+            "peak_rss_bytes",
+        ],
     );
 }
 

@@ -323,11 +323,28 @@ pub async fn fill(
     stage: &Stage,
     events: usize,
 ) -> anyhow::Result<(Uuid, (usize, f64))> {
+    let org = organization(stage).await?;
+    let records = make_records(&stage.codec, org, events).await?;
+    let secs = produce_to(common, stage, &records).await?;
+    Ok((org, (records.len(), secs)))
+}
+
+/// The organization a run's events belong to, made as `dhanman orgs create` makes one.
+pub async fn organization(stage: &Stage) -> anyhow::Result<Uuid> {
     let org =
         dhanman_producers::orgs::create_organization(&stage.db.pool, "Benchmark Society", None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let records = make_records(&stage.codec, org.organization_id, events).await?;
+    Ok(org.organization_id)
+}
+
+/// Produces `records` (invoices or not, key, value) to the stage's topics; returns the
+/// seconds it took.
+pub async fn produce_to(
+    common: &Common,
+    stage: &Stage,
+    records: &[(bool, String, Vec<u8>)],
+) -> anyhow::Result<f64> {
     let [invoices, payments] = &stage.topics;
     status(
         common,
@@ -336,14 +353,7 @@ pub async fn fill(
             records.len()
         ),
     );
-    let secs = produce(
-        &common.kafka_bootstrap_servers,
-        invoices,
-        payments,
-        &records,
-    )
-    .await?;
-    Ok((org.organization_id, (records.len(), secs)))
+    produce(&common.kafka_bootstrap_servers, invoices, payments, records).await
 }
 
 /// Encoded records: invoices and payments for 1,000 residents, alternating.
@@ -475,39 +485,10 @@ const PER_EVENT_TABLES: [&str; 5] = [
 ];
 
 /// `COPY` of the rows the ledger writes for `n` events (a gate row, an entry, two postings,
-/// an announcement) into tables made `like` the pipeline's, `including all` (keys, unique
-/// and check constraints, indexes, defaults) with its insert triggers (the balance and
-/// organization checks, the outbox's queue for the relay), in one transaction; returns the seconds
-/// the COPYs and the commit took. The session's search path puts those tables first, so
-/// the triggers check against them.
+/// an announcement) into tables made as [`copy_like`] makes them; returns the seconds the
+/// COPYs and the commit took.
 async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    conn.execute("drop schema if exists bench_raw cascade; create schema bench_raw")
-        .await?;
-    for table in PER_EVENT_TABLES {
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "create table bench_raw.{table} (like public.{table} including all)"
-        )))
-        .await?;
-        let triggers: Vec<(String,)> = sqlx::query_as(
-            "select pg_get_triggerdef(oid) from pg_trigger
-              where tgrelid = $1::regclass and not tgisinternal
-                and tgtype & 4 = 4", // fires on INSERT
-        )
-        .bind(format!("public.{table}"))
-        .fetch_all(&mut conn)
-        .await?;
-        for (def,) in triggers {
-            let def = def.replace(
-                &format!(" ON public.{table} "),
-                &format!(" ON bench_raw.{table} "),
-            );
-            conn.execute(sqlx::AssertSqlSafe(def)).await?;
-        }
-    }
-    conn.execute("set search_path = bench_raw, public").await?;
-
     let (mut gate, mut entries, mut postings, mut outbox) =
         (String::new(), String::new(), String::new(), String::new());
     for i in 0..n {
@@ -557,6 +538,45 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             &outbox,
         ),
     ];
+    copy_like(url, &PER_EVENT_TABLES, &copies).await
+}
+
+/// `COPY`s each `(table (columns), rows)` of `copies` into a table made `like` the
+/// pipeline's `including all` (keys, unique and check constraints, indexes, defaults) with
+/// its insert triggers, in one transaction, and checks that each took every row; returns
+/// the seconds the COPYs and the commit took. `tables` are made in a schema of their own,
+/// in that order, and the session's search path puts them first, so the triggers check
+/// against them.
+pub async fn copy_like(
+    url: &str,
+    tables: &[&str],
+    copies: &[(&str, &String)],
+) -> anyhow::Result<f64> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    conn.execute("drop schema if exists bench_raw cascade; create schema bench_raw")
+        .await?;
+    for table in tables {
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "create table bench_raw.{table} (like public.{table} including all)"
+        )))
+        .await?;
+        let triggers: Vec<(String,)> = sqlx::query_as(
+            "select pg_get_triggerdef(oid) from pg_trigger
+              where tgrelid = $1::regclass and not tgisinternal
+                and tgtype & 4 = 4", // fires on INSERT
+        )
+        .bind(format!("public.{table}"))
+        .fetch_all(&mut conn)
+        .await?;
+        for (def,) in triggers {
+            let def = def.replace(
+                &format!(" ON public.{table} "),
+                &format!(" ON bench_raw.{table} "),
+            );
+            conn.execute(sqlx::AssertSqlSafe(def)).await?;
+        }
+    }
+    conn.execute("set search_path = bench_raw, public").await?;
     let start = Instant::now();
     let mut tx = conn.begin().await?;
     for (target, data) in copies {
@@ -568,18 +588,24 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
     }
     tx.commit().await?;
     let secs = start.elapsed().as_secs_f64();
-    let (rows,): (i64,) = sqlx::query_as("select count(*) from bench_raw.postings")
+    for (target, data) in copies {
+        let table = target.split_whitespace().next().unwrap_or_default();
+        let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select count(*) from bench_raw.{table}"
+        )))
         .fetch_one(&mut conn)
         .await?;
-    if rows as usize != 2 * n {
-        bail!("COPY wrote {rows} postings, expected {}", 2 * n);
+        let lines = data.lines().count();
+        if rows as usize != lines {
+            bail!("COPY wrote {rows} rows into {table}, expected {lines}");
+        }
     }
     conn.execute("drop schema bench_raw cascade").await?;
     conn.close().await?;
     Ok(secs)
 }
 
-/// What the ledger processor did over the topics.
+/// What a processor did over the topics.
 pub struct Applied {
     /// Events timed (those of the first batch are not, unless it held them all).
     pub events: usize,
@@ -588,29 +614,53 @@ pub struct Applied {
     pub peak_rss_bytes: u64,
 }
 
-/// Runs the ledger processor over the topics as it is deployed: `dhanman process ledger`
-/// (this executable) as a child process on the run's database, topic prefix and registry,
-/// so that its memory is its own (read from `/proc`). Timing starts once the first batch
-/// is in, so starting the process and joining the consumer group are not counted; it ends
-/// when the group's stored offsets reach the end of the topics.
+/// Runs the ledger processor over the topics ([`run_processor`]).
 pub async fn run_pipeline(
     shape: &Shape,
     stage: &Stage,
     bootstrap: &str,
     expected: usize,
 ) -> anyhow::Result<Applied> {
+    let deployed = Deployed {
+        processor: "ledger",
+        batch_size: shape.batch_size,
+        lanes: shape.lanes,
+    };
+    run_processor(&deployed, stage, bootstrap, expected).await
+}
+
+/// A processor as a run deploys it.
+pub struct Deployed<'a> {
+    /// As `dhanman process` names it.
+    pub processor: &'a str,
+    pub batch_size: usize,
+    pub lanes: usize,
+}
+
+/// Runs a processor over the topics as it is deployed: `dhanman process <name>` (this
+/// executable) as a child process on the run's database, topic prefix and registry, so
+/// that its memory is its own (read from `/proc`). Timing starts once the first batch is
+/// in, so starting the process and joining the consumer group are not counted; it ends
+/// when the group's stored offsets reach the end of the topics.
+pub async fn run_processor(
+    deployed: &Deployed<'_>,
+    stage: &Stage,
+    bootstrap: &str,
+    expected: usize,
+) -> anyhow::Result<Applied> {
     let pool = &stage.db.pool;
-    let group = format!("{}dhanman.ledger", stage.prefix);
-    let log = std::env::temp_dir().join(format!("dhanman-bench-{}ledger.log", stage.prefix));
+    let name = deployed.processor;
+    let group = format!("{}dhanman.{name}", stage.prefix);
+    let log = std::env::temp_dir().join(format!("dhanman-bench-{}{name}.log", stage.prefix));
     let mut child =
         tokio::process::Command::new(std::env::current_exe().context("finding this executable")?)
-            .args(["process", "ledger"])
+            .args(["process", name])
             .env("DHANMAN_DATABASE_URL", &stage.db.url)
             .env("DHANMAN_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("DHANMAN_SCHEMA_REGISTRY_URL", &stage.registry_url)
             .env("DHANMAN_TOPIC_PREFIX", &stage.prefix)
-            .env("DHANMAN_BATCH_SIZE", shape.batch_size.to_string())
-            .env("DHANMAN_LANES", shape.lanes.to_string())
+            .env("DHANMAN_BATCH_SIZE", deployed.batch_size.to_string())
+            .env("DHANMAN_LANES", deployed.lanes.to_string())
             .env_remove("DHANMAN_METRICS_ADDR")
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
@@ -618,7 +668,7 @@ pub async fn run_pipeline(
             .stderr(std::fs::File::create(&log)?)
             .kill_on_drop(true)
             .spawn()
-            .context("starting dhanman process ledger")?;
+            .with_context(|| format!("starting dhanman process {name}"))?;
     let started = Instant::now();
     let mut first: Option<(Instant, usize)> = None;
     loop {
@@ -640,7 +690,7 @@ pub async fn run_pipeline(
         }
         if let Some(status) = child.try_wait()? {
             bail!(
-                "the ledger processor exited early ({status}); log: {}",
+                "the {name} processor exited early ({status}); log: {}",
                 log.display()
             );
         }
@@ -662,13 +712,13 @@ pub async fn run_pipeline(
     match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
         Ok(Ok(status)) if status.success() => {}
         Ok(Ok(status)) => bail!(
-            "the ledger processor stopped with {status}; log: {}",
+            "the {name} processor stopped with {status}; log: {}",
             log.display()
         ),
-        Ok(Err(e)) => return Err(e).context("waiting for the ledger processor"),
+        Ok(Err(e)) => return Err(e).with_context(|| format!("waiting for the {name} processor")),
         Err(_) => {
             let _ = child.kill().await;
-            bail!("the ledger processor did not stop within 40 s of SIGTERM");
+            bail!("the {name} processor did not stop within 40 s of SIGTERM");
         }
     }
     let _ = std::fs::remove_file(&log);
