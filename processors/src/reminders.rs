@@ -363,13 +363,11 @@ async fn settle(conn: &mut PgConnection, run: &[Settlement<'_>]) -> Result<(), s
                from input e),
          counted as (
              select f.*,
-                    sum(case when f.first and exists (
-                                  select 1 from noted w
-                                   where w.invoice_id = f.invoice_id
-                                     and w.payment_id = f.payment_id)
-                             then f.paid else 0 end)
+                    sum(case when f.first and w.payment_id is not null then f.paid else 0 end)
                         over (partition by f.invoice_id order by f.n) as run_paid
-               from firsts f),
+               from firsts f
+               left join noted w
+                 on w.invoice_id = f.invoice_id and w.payment_id = f.payment_id),
          judged as (
              select u.n, u.invoice_id, u.event_id, u.organization_id, u.correlation_id,
                     case when u.payment_id is null then 'voided' else ",
