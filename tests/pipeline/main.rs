@@ -15,6 +15,7 @@ mod consistency;
 mod corrections;
 mod crash;
 mod dashboard;
+mod database;
 mod demo;
 mod dlq;
 mod dlq_tool;

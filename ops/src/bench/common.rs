@@ -125,10 +125,11 @@ impl ScratchDb {
             .await?;
         admin.close().await;
         let url = database_url_for(admin_url, &name)?;
+        // Sessions as the pipeline's processes open them.
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(&url)
+            .connect_with(crate::connect_options(&url)?)
             .await?;
         let db = ScratchDb {
             name,
