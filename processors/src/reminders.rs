@@ -213,7 +213,8 @@ async fn schedule(
     days_before: u32,
 ) -> Result<(), sqlx::Error> {
     // An existing row keeps its state; a tombstone only learns what the invoice says, for
-    // readers of the API.
+    // readers of the API. Planned for each batch, as the notifier's look-ups are
+    // (`notifier::lookups`): a plan kept from when the tables were small reads them whole.
     let written: Vec<(Uuid, bool, Option<String>)> = sqlx::query_as(concat!(
         "with input as (
              select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[],
@@ -276,6 +277,7 @@ async fn schedule(
             .map(|i| i.envelope.event_id)
             .collect::<Vec<_>>(),
     )
+    .persistent(false)
     .fetch_all(&mut *conn)
     .await?;
     let written: std::collections::HashMap<Uuid, (bool, Option<String>)> = written
@@ -345,6 +347,7 @@ async fn settle(conn: &mut PgConnection, run: &[Settlement<'_>]) -> Result<(), s
     }
     // Per event in order: how it settles its invoice (null: it does not), whether it is
     // the first of its invoice to, and what its cancel did (null: nothing to cancel).
+    // Planned for each batch, as `schedule`'s statement is.
     let judged: Vec<(Option<String>, bool, Option<bool>)> = sqlx::query_as(concat!(
         "with input as (
              select * from unnest($1::uuid[], $2::uuid[], $3::numeric[], $4::uuid[],
@@ -419,6 +422,7 @@ async fn settle(conn: &mut PgConnection, run: &[Settlement<'_>]) -> Result<(), s
             .map(|s| s.envelope.correlation_id.as_str())
             .collect::<Vec<_>>(),
     )
+    .persistent(false)
     .fetch_all(&mut *conn)
     .await?;
     for (settlement, (settled, first, tombstone)) in run.iter().zip(judged) {

@@ -106,3 +106,203 @@ async fn an_invoices_payments_are_read_through_an_index() {
     assert_eq!((count, sum), (3, rust_decimal::Decimal::from(300)));
     db.drop_db().await;
 }
+
+/// What one round of small batches did to a table, in the transaction that ran them.
+async fn scans(conn: &mut sqlx::PgConnection, table: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "select seq_scan, coalesce(idx_scan, 0) from pg_stat_xact_user_tables
+          where relname = $1",
+    )
+    .bind(table)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// The tables a society's command side grows: `invoices` more invoices (each with a timer
+/// unless it is among `unscheduled`) and as many payments on account.
+async fn grow(
+    db: &TestDb,
+    org: uuid::Uuid,
+    customers: &[uuid::Uuid],
+    invoices: i32,
+    unscheduled: &[uuid::Uuid],
+) -> Vec<(uuid::Uuid, uuid::Uuid)> {
+    let made: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "insert into invoices (id, organization_id, customer_id, invoice_number, amount,
+                               currency, issue_date, due_date)
+         select gen_random_uuid(), $1, ($2::uuid[])[1 + n % cardinality($2)],
+                'INV-' || gen_random_uuid(), 900, 'INR', '2026-12-01', '2026-12-10'
+           from generate_series(1, $3) n
+         returning id, customer_id",
+    )
+    .bind(org)
+    .bind(customers)
+    .bind(invoices)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into payments (id, organization_id, customer_id, amount, currency, method)
+         select gen_random_uuid(), $1, ($2::uuid[])[1 + n % cardinality($2)], 100, 'INR', 'upi'
+           from generate_series(1, $3) n",
+    )
+    .bind(org)
+    .bind(customers)
+    .bind(invoices)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into payment_reminders (invoice_id, organization_id, customer_id, state,
+                                        fire_at, amount, currency, due_date)
+         select id, organization_id, customer_id, 'scheduled', '2026-11-10', amount, currency,
+                due_date
+           from invoices where id = any($1) and not id = any($2)",
+    )
+    .bind(made.iter().map(|i| i.0).collect::<Vec<_>>())
+    .bind(unscheduled)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    made
+}
+
+/// Rounds of small batches as a steady load makes them: the reminders processor schedules
+/// three invoices and applies a payment of one, the notifier looks up three emails' facts.
+async fn rounds(
+    conn: &mut sqlx::PgConnection,
+    org: uuid::Uuid,
+    invoices: &[(uuid::Uuid, uuid::Uuid)],
+) {
+    use dhanman_processors::notifier::{Notifier, Templates};
+    use dhanman_processors::reminders::Reminders;
+    use dhanman_schemas::Event;
+    use dhanman_schemas::events::{Envelope, SendInvoiceEmail};
+    let reminders = Reminders::new(30);
+    let notifier = Notifier::new(Templates::new(None));
+    for round in invoices.chunks(3) {
+        let created: Vec<Event> = round
+            .iter()
+            .map(|&(invoice_id, customer_id)| {
+                let mut e = invoice_created(org, customer_id, "INV", "900.00");
+                e.invoice_id = invoice_id;
+                Event::InvoiceCreated(e)
+            })
+            .collect();
+        let (invoice_id, customer_id) = round[0];
+        let mut paid = payment(org, customer_id, 90_000, "paid");
+        paid.invoice_id = Some(invoice_id);
+        let emails: Vec<Event> = round
+            .iter()
+            .map(|&(invoice_id, customer_id)| {
+                Event::SendInvoiceEmail(SendInvoiceEmail {
+                    envelope: Envelope::new(org, "email", None),
+                    invoice_id,
+                    customer_id,
+                    recipient: "r@example.org".into(),
+                    amount: "900.00".parse().unwrap(),
+                    currency: "INR".into(),
+                    due_date: "2026-12-10".parse().unwrap(),
+                    template: None,
+                })
+            })
+            .collect();
+        let paid = [Event::PaymentReceived(paid)];
+        for (processor, events) in [
+            (&reminders as &dyn Apply, &created[..]),
+            (&reminders, &paid[..]),
+            (&notifier, &emails[..]),
+        ] {
+            let events: Vec<&Event> = events.iter().collect();
+            processor.apply_to(conn, &events).await;
+        }
+    }
+}
+
+const LOOKED_UP: [&str; 4] = ["invoices", "customers", "payments", "payment_reminders"];
+
+/// Each table's (whole reads, look-ups by key) in the session's transaction so far.
+async fn all_scans(conn: &mut sqlx::PgConnection) -> Vec<(i64, i64)> {
+    let mut all = Vec::new();
+    for table in LOOKED_UP {
+        all.push(scans(conn, table).await);
+    }
+    all
+}
+
+/// Postgres plans a statement it has run five times once for any input, with the tables'
+/// statistics of that moment. Tables that grew since (a new society's first weeks, a
+/// backfill into a fresh database: faster than their statistics are renewed) must not turn
+/// a batch's look-ups into reads of whole tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_batches_look_up_by_key_and_read_no_table_whole() {
+    let db = TestDb::new().await;
+    let org = dhanman_producers::orgs::create_organization(&db.pool, "Busy Society", None)
+        .await
+        .unwrap()
+        .organization_id;
+    let customers: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "insert into customers (id, organization_id, name, email)
+         select gen_random_uuid(), $1, 'Resident ' || n, 'r' || n || '@example.org'
+           from generate_series(1, 2000) n
+         returning id",
+    )
+    .bind(org)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    // The first month: a few invoices, the statistics up to date.
+    let first = grow(&db, org, &customers, 36, &[]).await;
+    sqlx::query("delete from payment_reminders")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("analyze").execute(&db.pool).await.unwrap();
+
+    // A session of its own, one transaction, so that its counts are of these rounds alone.
+    let mut session = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut session).await.unwrap();
+    rounds(&mut tx, org, &first[..18]).await;
+
+    // Years more, before the statistics are renewed; the rest of the month's invoices
+    // have no timer yet.
+    let rest: Vec<uuid::Uuid> = first[18..].iter().map(|i| i.0).collect();
+    grow(&db, org, &customers, 20_000, &rest).await;
+    let before = all_scans(&mut tx).await;
+    rounds(&mut tx, org, &first[18..]).await;
+    let after = all_scans(&mut tx).await;
+    for ((table, (seq0, idx0)), (seq1, idx1)) in LOOKED_UP.iter().zip(before).zip(after) {
+        assert_eq!(
+            seq1 - seq0,
+            0,
+            "{table} read whole ({} look-ups by key)",
+            idx1 - idx0
+        );
+        assert!(idx1 > idx0, "{table} looked up by key");
+    }
+    drop(tx);
+    drop(session);
+    db.drop_db().await;
+}
+
+/// A processor applying a batch, whichever it is.
+trait Apply {
+    fn apply_to<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        events: &'a [&'a dhanman_schemas::Event],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+impl<P: dhanman_processors::Processor + Sync> Apply for P {
+    fn apply_to<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        events: &'a [&'a dhanman_schemas::Event],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move { self.apply(conn, events).await.unwrap() })
+    }
+}

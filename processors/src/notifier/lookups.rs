@@ -44,6 +44,11 @@ impl Lookups {
         let orgs: Vec<Uuid> = parties.iter().map(|p| p.0).collect();
         let customers: Vec<Uuid> = parties.iter().map(|p| p.1).collect();
         let invoices: Vec<Uuid> = parties.iter().map(|p| p.2).collect();
+        // The customers and invoices are joined to the batch's arrays by a statement planned
+        // for each batch (`persistent(false)`): planned once for any batch, Postgres keeps the
+        // plan the tables' sizes of that moment called for, and for tables small then that
+        // is a hash of the batch against a read of the whole table, however large it grows
+        // before its statistics are renewed.
         let names: Vec<(Uuid, String)> =
             sqlx::query_as("select id, name from organizations where id = any($1)")
                 .bind(&orgs)
@@ -57,6 +62,7 @@ impl Lookups {
         )
         .bind(&orgs)
         .bind(&customers)
+        .persistent(false)
         .fetch_all(&mut *conn)
         .await?;
         for (org, id, name, email) in found {
@@ -71,6 +77,7 @@ impl Lookups {
         )
         .bind(&orgs)
         .bind(&invoices)
+        .persistent(false)
         .fetch_all(&mut *conn)
         .await?;
         for (org, id, number, issue_date, description) in found {
