@@ -1,7 +1,9 @@
 //! How the pipeline uses Postgres: its processes open their sessions with JIT compilation
 //! off (`dhanman_ops::connect_options`, used by every process's pool), keeping options the
 //! URL sets itself; an invoice's payments are read through an index, not by reading every
-//! payment.
+//! payment; and small batches of the reminders processor and the notifier, after their
+//! statements have run while the tables were small, look invoices, customers, payments and
+//! timers up by key once the tables have grown past their statistics.
 
 use crate::helpers::*;
 
