@@ -199,12 +199,13 @@ pg_workload_settings() { # started-by-this-run
 	local written
 	written=$(pg_psql -d postgres -tAc "select string_agg(name || '=' || setting, ' ' order by name)
 		from pg_file_settings where sourcefile like '%postgresql.auto.conf'
-		and name in ('checkpoint_timeout', 'max_wal_size', 'shared_buffers')" </dev/null)
-	if [ "$written" != "checkpoint_timeout=15min max_wal_size=8GB shared_buffers=1GB" ]; then
+		and name in ('checkpoint_timeout', 'max_wal_size', 'random_page_cost', 'shared_buffers')" </dev/null)
+	if [ "$written" != "checkpoint_timeout=15min max_wal_size=8GB random_page_cost=1.1 shared_buffers=1GB" ]; then
 		pg_psql -d postgres </dev/null >/dev/null <<-SQL
 			alter system set shared_buffers = '1GB';
 			alter system set max_wal_size = '8GB';
 			alter system set checkpoint_timeout = '15min';
+			alter system set random_page_cost = 1.1;
 			select pg_reload_conf();
 		SQL
 	fi
