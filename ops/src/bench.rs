@@ -9,6 +9,7 @@ mod e2e;
 mod freshness;
 mod load;
 mod pipeline;
+mod raw;
 mod reminders;
 mod replay;
 mod scaling;

@@ -20,15 +20,16 @@ use anyhow::{Context, bail};
 use chrono::NaiveDate;
 use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived, Record};
 use dhanman_schemas::{Codec, Event, topics};
+use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Message, TopicPartitionList};
 use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
-use sqlx::{Connection, Executor, PgPool};
+use sqlx::{Executor, PgPool};
 use uuid::Uuid;
 
 use super::common::{self, Common, Report, Row, ScratchDb};
+use super::raw;
 
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
@@ -256,22 +257,11 @@ async fn measure(
 ) -> anyhow::Result<Measured> {
     common::reset_peak_rss();
     let pool = &stage.db.pool;
-    let [invoices, payments] = &stage.topics;
-    let org = fill(common, stage, events).await?;
-    let (records, produce_secs) = org.1;
-    let org = org.0;
+    let (org, (records, produce_secs)) = fill(common, stage, events).await?;
     let bootstrap = &common.kafka_bootstrap_servers;
-
-    let mut consume = Vec::new();
-    for _ in 0..common.runs() {
-        let secs = raw_consume(bootstrap, &stage.prefix, &stage.topics, records).await?;
-        consume.push(records as f64 / secs);
-    }
-    let mut copy = Vec::new();
-    for _ in 0..common.runs() {
-        let secs = raw_copy(&stage.db.url, org, records).await?;
-        copy.push(records as f64 / secs);
-    }
+    let raw_consume_per_s = raw::consume_per_s(common, stage, records).await?;
+    let raw_copy_per_s =
+        raw::per_s(common, records, || raw_copy(&stage.db.url, org, records)).await?;
 
     status(
         common,
@@ -294,12 +284,11 @@ async fn measure(
         sample,
     )
     .await?;
-    let _ = (invoices, payments);
     Ok(Measured {
         events: records,
         produce_per_s: records as f64 / produce_secs,
-        raw_consume_per_s: common::median(&consume),
-        raw_copy_per_s: common::median(&copy),
+        raw_consume_per_s,
+        raw_copy_per_s,
         pipeline_events: applied.events,
         pipeline_per_s: applied.events as f64 / applied.secs,
         processor_peak_rss_bytes: applied.peak_rss_bytes,
@@ -435,45 +424,6 @@ pub async fn produce(
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Reads every record of the topics from the beginning, touching only the payload length.
-pub async fn raw_consume(
-    bootstrap: &str,
-    prefix: &str,
-    topics: &[String],
-    expected: usize,
-) -> anyhow::Result<f64> {
-    let consumer: StreamConsumer = dhanman_plumbing::kafka::client_config(bootstrap)
-        .set("group.id", format!("{prefix}raw-{}", Uuid::now_v7()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata
-        .topics()
-        .iter()
-        .filter(|t| topics.iter().any(|n| n == t.name()))
-    {
-        for p in t.partitions() {
-            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
-    let start = Instant::now();
-    let mut seen = 0usize;
-    let mut bytes = 0usize;
-    while seen < expected {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .context("raw consume stalled for 30 s")??;
-        bytes += m.payload_len();
-        seen += 1;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    tracing::debug!(bytes, "raw consume done");
-    Ok(secs)
-}
-
 /// The tables the ledger writes a row (or two) per event into.
 /// (`outbox_pending` is filled by the outbox's trigger, so it comes before the outbox.)
 const PER_EVENT_TABLES: [&str; 5] = [
@@ -485,8 +435,8 @@ const PER_EVENT_TABLES: [&str; 5] = [
 ];
 
 /// `COPY` of the rows the ledger writes for `n` events (a gate row, an entry, two postings,
-/// an announcement) into tables made as [`copy_like`] makes them; returns the seconds the
-/// COPYs and the commit took.
+/// an announcement) into tables made as [`raw::copy_like`] makes them; returns the seconds
+/// the COPYs and the commit took.
 async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
     use std::fmt::Write;
     let (mut gate, mut entries, mut postings, mut outbox) =
@@ -538,71 +488,7 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             &outbox,
         ),
     ];
-    copy_like(url, &PER_EVENT_TABLES, &copies).await
-}
-
-/// `COPY`s each `(table (columns), rows)` of `copies` into a table made `like` the
-/// pipeline's `including all` (keys, unique and check constraints, indexes, defaults) with
-/// its insert triggers, in one transaction, and checks that each took every row; returns
-/// the seconds the COPYs and the commit took. `tables` are made in a schema of their own,
-/// in that order, and the session's search path puts them first, so the triggers check
-/// against them.
-pub async fn copy_like(
-    url: &str,
-    tables: &[&str],
-    copies: &[(&str, &String)],
-) -> anyhow::Result<f64> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    conn.execute("drop schema if exists bench_raw cascade; create schema bench_raw")
-        .await?;
-    for table in tables {
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "create table bench_raw.{table} (like public.{table} including all)"
-        )))
-        .await?;
-        let triggers: Vec<(String,)> = sqlx::query_as(
-            "select pg_get_triggerdef(oid) from pg_trigger
-              where tgrelid = $1::regclass and not tgisinternal
-                and tgtype & 4 = 4", // fires on INSERT
-        )
-        .bind(format!("public.{table}"))
-        .fetch_all(&mut conn)
-        .await?;
-        for (def,) in triggers {
-            let def = def.replace(
-                &format!(" ON public.{table} "),
-                &format!(" ON bench_raw.{table} "),
-            );
-            conn.execute(sqlx::AssertSqlSafe(def)).await?;
-        }
-    }
-    conn.execute("set search_path = bench_raw, public").await?;
-    let start = Instant::now();
-    let mut tx = conn.begin().await?;
-    for (target, data) in copies {
-        let mut copy = tx
-            .copy_in_raw(&format!("copy bench_raw.{target} from stdin"))
-            .await?;
-        copy.send(data.as_bytes()).await?;
-        copy.finish().await?;
-    }
-    tx.commit().await?;
-    let secs = start.elapsed().as_secs_f64();
-    for (target, data) in copies {
-        let table = target.split_whitespace().next().unwrap_or_default();
-        let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select count(*) from bench_raw.{table}"
-        )))
-        .fetch_one(&mut conn)
-        .await?;
-        let lines = data.lines().count();
-        if rows as usize != lines {
-            bail!("COPY wrote {rows} rows into {table}, expected {lines}");
-        }
-    }
-    conn.execute("drop schema bench_raw cascade").await?;
-    conn.close().await?;
-    Ok(secs)
+    raw::copy_like(url, &PER_EVENT_TABLES, &copies).await
 }
 
 /// What a processor did over the topics.

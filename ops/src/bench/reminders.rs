@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::common::{self, Common, Report, Row};
 use super::pipeline::{self, Deployed, Stage, status};
+use super::raw;
 
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
@@ -41,7 +42,7 @@ pub struct Args {
 /// The rows the processor writes a row into per event, in the order [`copy_like`] makes
 /// them.
 ///
-/// [`copy_like`]: pipeline::copy_like
+/// [`copy_like`]: raw::copy_like
 const PER_EVENT_TABLES: [&str; 3] = [
     "processed_events",
     "payment_reminders",
@@ -67,17 +68,9 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
     let produce_secs = pipeline::produce_to(common, stage, &records).await?;
     drop(records);
     let bootstrap = &common.kafka_bootstrap_servers;
-
-    let mut consume = Vec::new();
-    for _ in 0..common.runs() {
-        let secs = pipeline::raw_consume(bootstrap, &stage.prefix, &stage.topics, events).await?;
-        consume.push(events as f64 / secs);
-    }
-    let mut copy = Vec::new();
-    for _ in 0..common.runs() {
-        let secs = raw_copy(&stage.db.url, org, events).await?;
-        copy.push(events as f64 / secs);
-    }
+    let raw_consume_per_s = raw::consume_per_s(common, stage, events).await?;
+    let raw_copy_per_s =
+        raw::per_s(common, events, || raw_copy(&stage.db.url, org, events)).await?;
 
     status(
         common,
@@ -91,8 +84,6 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
     let applied = pipeline::run_processor(&deployed, stage, bootstrap, events).await?;
     check_timers(&stage.db.pool, org, events).await?;
 
-    let raw_consume_per_s = common::median(&consume);
-    let raw_copy_per_s = common::median(&copy);
     let reminders_per_s = applied.events as f64 / applied.secs;
     let lower = raw_consume_per_s.min(raw_copy_per_s);
     let mut r = Report::new(
@@ -261,5 +252,5 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             &payments,
         ),
     ];
-    pipeline::copy_like(url, &PER_EVENT_TABLES, &copies).await
+    raw::copy_like(url, &PER_EVENT_TABLES, &copies).await
 }

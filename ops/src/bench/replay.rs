@@ -11,8 +11,9 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::common::{self, Common, Report, Row};
+use super::common::{Common, Report, Row};
 use super::pipeline::{self, Shape, Stage};
+use super::raw;
 
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
@@ -110,18 +111,7 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
         bail!("the replays read {records} records, {events} were applied");
     }
 
-    let mut consume = Vec::new();
-    for _ in 0..common.runs() {
-        let secs = pipeline::raw_consume(
-            &common.kafka_bootstrap_servers,
-            &stage.prefix,
-            &stage.topics,
-            events,
-        )
-        .await?;
-        consume.push(events as f64 / secs);
-    }
-    let raw_consume_per_s = common::median(&consume);
+    let raw_consume_per_s = raw::consume_per_s(common, stage, events).await?;
     let replay_per_s = records as f64 / seconds;
 
     let mut r = Report::new(
