@@ -177,6 +177,7 @@ async fn rounds(
     org: uuid::Uuid,
     invoices: &[(uuid::Uuid, uuid::Uuid)],
 ) {
+    use dhanman_processors::Processor;
     use dhanman_processors::notifier::{Notifier, Templates};
     use dhanman_processors::reminders::Reminders;
     use dhanman_schemas::Event;
@@ -210,15 +211,12 @@ async fn rounds(
                 })
             })
             .collect();
-        let paid = [Event::PaymentReceived(paid)];
-        for (processor, events) in [
-            (&reminders as &dyn Apply, &created[..]),
-            (&reminders, &paid[..]),
-            (&notifier, &emails[..]),
-        ] {
-            let events: Vec<&Event> = events.iter().collect();
-            processor.apply_to(conn, &events).await;
-        }
+        let paid = Event::PaymentReceived(paid);
+        let created: Vec<&Event> = created.iter().collect();
+        let emails: Vec<&Event> = emails.iter().collect();
+        reminders.apply(conn, &created).await.unwrap();
+        reminders.apply(conn, &[&paid]).await.unwrap();
+        notifier.apply(conn, &emails).await.unwrap();
     }
 }
 
@@ -288,23 +286,4 @@ async fn small_batches_look_up_by_key_and_read_no_table_whole() {
     drop(tx);
     drop(session);
     db.drop_db().await;
-}
-
-/// A processor applying a batch, whichever it is.
-trait Apply {
-    fn apply_to<'a>(
-        &'a self,
-        conn: &'a mut sqlx::PgConnection,
-        events: &'a [&'a dhanman_schemas::Event],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
-}
-
-impl<P: dhanman_processors::Processor + Sync> Apply for P {
-    fn apply_to<'a>(
-        &'a self,
-        conn: &'a mut sqlx::PgConnection,
-        events: &'a [&'a dhanman_schemas::Event],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move { self.apply(conn, events).await.unwrap() })
-    }
 }
