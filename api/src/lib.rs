@@ -8,6 +8,7 @@
 pub mod consistency;
 mod error;
 mod extract;
+pub mod invoice_writer;
 pub mod key_cache;
 mod middleware;
 mod openapi;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub rate_limit: Option<rate_limit::KeyRateLimit>,
     /// How `GET /v1/lag` judges each partition's status.
     pub lag_rules: dhanman_connectors::lag::status::Rules,
+    /// Where `POST /v1/invoices` hands its invoices, to be written in groups.
+    pub invoices: invoice_writer::InvoiceWriter,
 }
 
 /// A line `/readyz` reports without failing on it, computed when asked.
@@ -58,9 +61,11 @@ pub type StatusLine =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = serde_json::Value> + Send>> + Send + Sync>;
 
 impl AppState {
-    /// State with the default policies; callers set fields to change them.
+    /// State with the default policies; callers set fields to change them. Starts the
+    /// invoice writers on the current Tokio runtime.
     pub fn new(pool: PgPool, consistency_wait: Duration) -> Self {
         AppState {
+            invoices: invoice_writer::InvoiceWriter::start(pool.clone()),
             pool,
             consistency_wait,
             gate_retention: Duration::from_secs(30 * 24 * 3600),

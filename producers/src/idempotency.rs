@@ -28,18 +28,19 @@ use crate::{Error, Result};
 pub const LEGACY_USER: Uuid = Uuid::nil();
 
 /// A key as a request names it: whose, which, and the hash of the request it came with.
-pub struct Key<'a> {
+#[derive(Debug, Clone)]
+pub struct Key {
     pub organization_id: Uuid,
     pub user_id: Uuid,
-    pub key: &'a str,
+    pub key: String,
     pub request_hash: Vec<u8>,
 }
 
 /// A key and the status its response gets, for a command that records the key in its own
-/// single statement (no transaction; see [`crate::sales::create_invoice`]).
+/// single statement (no transaction; see [`crate::sales::write_prepared`]).
 #[derive(Clone, Copy)]
 pub struct Recording<'a> {
-    pub key: &'a Key<'a>,
+    pub key: &'a Key,
     pub status: u16,
 }
 
@@ -71,12 +72,7 @@ pub fn request_hash(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
 /// Records the key with the command's response, in the command's transaction. `false`:
 /// the key was used before (committed meanwhile, or stored before keys had users); roll
 /// the transaction back and answer [`earlier`].
-pub async fn record(
-    conn: &mut PgConnection,
-    key: &Key<'_>,
-    status: u16,
-    body: &Json,
-) -> Result<bool> {
+pub async fn record(conn: &mut PgConnection, key: &Key, status: u16, body: &Json) -> Result<bool> {
     // The column is `json`, kept as the text written: bound as text, not as `jsonb`.
     let body = body.to_string();
     let inserted = sqlx::query(
@@ -89,7 +85,7 @@ pub async fn record(
     )
     .bind(key.organization_id)
     .bind(key.user_id)
-    .bind(key.key)
+    .bind(&key.key)
     .bind(&key.request_hash)
     .bind(i32::from(status))
     .bind(body)
@@ -103,7 +99,7 @@ pub async fn record(
 /// The response an earlier use of the key got, if it was used: `Err(Conflict)` when it came
 /// with another request, or before keys were scoped to users (neither replayed nor run
 /// again).
-pub async fn earlier(pool: &PgPool, key: &Key<'_>) -> Result<Option<Replay>> {
+pub async fn earlier(pool: &PgPool, key: &Key) -> Result<Option<Replay>> {
     let stored: Vec<(Uuid, Vec<u8>, i32, Json)> = sqlx::query_as(
         "select user_id, request_hash, response_status, response_body from idempotency_keys
           where organization_id = $1 and user_id in ($2, $3) and idempotency_key = $4",
@@ -111,7 +107,7 @@ pub async fn earlier(pool: &PgPool, key: &Key<'_>) -> Result<Option<Replay>> {
     .bind(key.organization_id)
     .bind(key.user_id)
     .bind(LEGACY_USER)
-    .bind(key.key)
+    .bind(&key.key)
     .fetch_all(pool)
     .await?;
     if stored.iter().any(|(user, ..)| *user == LEGACY_USER) {

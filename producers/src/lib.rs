@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod input;
 pub mod invoice_batch;
 pub mod invoice_email;
+pub mod invoice_group;
 pub mod monthly;
 pub mod orgs;
 pub mod payroll;

@@ -122,11 +122,11 @@ pub struct CreatedInvoice {
 
 /// Why no invoice was written for `id`: the customer is not in the caller's organization,
 /// or is inactive.
-async fn customer_refusal(conn: &mut PgConnection, caller: &Caller, id: Uuid) -> Error {
+async fn customer_refusal(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> Error {
     let active: Result<Option<bool>, _> =
         sqlx::query_scalar("select active from customers where id = $1 and organization_id = $2")
             .bind(id)
-            .bind(caller.organization_id)
+            .bind(organization_id)
             .fetch_optional(conn)
             .await;
     match active {
@@ -146,7 +146,7 @@ async fn customer_refusal(conn: &mut PgConnection, caller: &Caller, id: Uuid) ->
 /// fails on its unique key.
 async fn insert_invoice_with_rows(
     conn: &mut PgConnection,
-    caller: &Caller,
+    organization_id: Uuid,
     event: &InvoiceCreated,
     rows: &[(outbox::Row, bool)],
     key: Option<(&idempotency::Recording<'_>, String)>,
@@ -186,7 +186,7 @@ async fn insert_invoice_with_rows(
          select 1 from invoice",
     )
     .bind(event.invoice_id)
-    .bind(caller.organization_id)
+    .bind(organization_id)
     .bind(event.customer_id)
     .bind(&event.invoice_number)
     .bind(event.amount)
@@ -197,7 +197,7 @@ async fn insert_invoice_with_rows(
     .bind(event.period.as_deref())
     .bind(idempotency::LEGACY_USER)
     .bind(recording.map(|r| r.key.user_id))
-    .bind(recording.map(|r| r.key.key))
+    .bind(recording.map(|r| r.key.key.as_str()))
     .bind(recording.map(|r| r.key.request_hash.as_slice()))
     .bind(recording.map(|r| i32::from(r.status)))
     .bind(response);
@@ -219,18 +219,6 @@ async fn insert_invoice_with_rows(
 pub enum FirstEmail {
     Send,
     NotOurs,
-}
-
-/// An invoice through the API: one statement writes it, its events and, given `key`, the
-/// idempotency key with the response (no transaction: one round trip).
-pub async fn create_invoice(
-    conn: &mut PgConnection,
-    caller: &Caller,
-    input: NewInvoice,
-    key: Option<idempotency::Recording<'_>>,
-) -> Result<CreatedInvoice> {
-    caller.require(BOOKKEEPERS, "creating an invoice")?;
-    write_invoice(conn, caller, input, Uuid::now_v7(), FirstEmail::Send, key).await
 }
 
 /// An invoice's input with every rule checked that needs no database.
@@ -324,6 +312,13 @@ pub fn invoice_created(
 }
 
 impl CreatedInvoice {
+    /// The invoice's line in the log, once it is written.
+    pub(crate) fn log(&self) {
+        tracing::info!(invoice_id = %self.invoice_id, customer_id = %self.customer_id,
+                       amount = %self.amount, event_id = %self.consistency_token,
+                       "invoice created");
+    }
+
     pub fn of(event: &InvoiceCreated) -> Self {
         CreatedInvoice {
             invoice_id: event.invoice_id,
@@ -388,8 +383,9 @@ pub async fn insert_invoices(
     Ok(())
 }
 
-/// [`create_invoice`] under an id the caller chose (the monthly job claims its row with
-/// it before the invoice exists), in the caller's transaction, without a key.
+/// An invoice under an id the caller chose (the monthly job claims its row with it before
+/// the invoice exists), in the caller's transaction, without a key: [`prepare_invoice`]
+/// and [`write_prepared`].
 pub async fn create_invoice_with_id(
     conn: &mut PgConnection,
     caller: &Caller,
@@ -397,19 +393,29 @@ pub async fn create_invoice_with_id(
     invoice_id: Uuid,
     email: FirstEmail,
 ) -> Result<CreatedInvoice> {
-    write_invoice(conn, caller, input, invoice_id, email, None).await
+    let invoice = prepare_invoice(caller, input, invoice_id, email)?;
+    write_prepared(conn, caller.organization_id, &invoice, None).await?;
+    Ok(invoice.created)
 }
 
-/// The invoice, its `InvoiceCreated` and, when `email` says so, its first email
-/// ([`crate::invoice_email::first_email`]), in one statement ([`insert_invoice_with_rows`]).
-async fn write_invoice(
-    conn: &mut PgConnection,
+/// An invoice command checked and made ready to write: its event, its answer and its outbox
+/// rows (a row marked `true` is the customer's email: the statement that writes it sets
+/// its `recipient` to the customer's address, read by the check of the customer).
+pub struct PreparedInvoice {
+    pub event: InvoiceCreated,
+    pub created: CreatedInvoice,
+    pub rows: Vec<(outbox::Row, bool)>,
+}
+
+/// The invoice of `input` under `invoice_id`, its `InvoiceCreated` and, when `email` says
+/// so, its first email ([`crate::invoice_email::first_email`]), checked and encoded; the
+/// caller's role is its caller's to check. Nothing is written.
+pub fn prepare_invoice(
     caller: &Caller,
     input: NewInvoice,
     invoice_id: Uuid,
     email: FirstEmail,
-    key: Option<idempotency::Recording<'_>>,
-) -> Result<CreatedInvoice> {
+) -> Result<PreparedInvoice> {
     let input = check_invoice(input)?;
     let invoice_number = input.number(invoice_id);
     let event = invoice_created(caller, input, invoice_id, invoice_number);
@@ -420,27 +426,48 @@ async fn write_invoice(
         let command = crate::invoice_email::first_email(caller, &created, None);
         rows.push((outbox::row(&command)?, true));
     }
+    Ok(PreparedInvoice {
+        event,
+        created,
+        rows,
+    })
+}
+
+/// A prepared invoice of `organization_id`, its rows and, given `key`, the key with the
+/// command's response, in one statement ([`insert_invoice_with_rows`]); each refusal
+/// named as the command answers it.
+pub async fn write_prepared(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    invoice: &PreparedInvoice,
+    key: Option<idempotency::Recording<'_>>,
+) -> Result<()> {
+    let event = &invoice.event;
     let key = match &key {
-        Some(recording) => Some((recording, serde_json::to_string(&created)?)),
+        Some(recording) => Some((recording, serde_json::to_string(&invoice.created)?)),
         None => None,
     };
-    match insert_invoice_with_rows(conn, caller, &event, &rows, key).await {
+    match insert_invoice_with_rows(conn, organization_id, event, &invoice.rows, key).await {
         Ok(true) => {}
-        Ok(false) => return Err(customer_refusal(conn, caller, event.customer_id).await),
-        Err(sqlx::Error::Database(db)) if db.constraint() == Some(idempotency::PRIMARY_KEY) => {
-            return Err(idempotency::taken());
-        }
-        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-            return Err(Error::Conflict(format!(
-                "invoice_number {} already exists in this organization",
-                event.invoice_number
-            )));
-        }
-        Err(e) => return Err(e.into()),
+        Ok(false) => return Err(customer_refusal(conn, organization_id, event.customer_id).await),
+        Err(e) => return Err(write_failure(e, &event.invoice_number)),
     }
-    tracing::info!(%invoice_id, customer_id = %created.customer_id, amount = %created.amount,
-                   event_id = %created.consistency_token, "invoice created");
-    Ok(created)
+    invoice.created.log();
+    Ok(())
+}
+
+/// What a failed write of an invoice answers: a key taken meanwhile, a number taken, or
+/// the database's error.
+fn write_failure(e: sqlx::Error, invoice_number: &str) -> Error {
+    match e {
+        sqlx::Error::Database(db) if db.constraint() == Some(idempotency::PRIMARY_KEY) => {
+            idempotency::taken()
+        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict(format!(
+            "invoice_number {invoice_number} already exists in this organization"
+        )),
+        e => e.into(),
+    }
 }
 
 /// An invoice as it stands: the command side's own row, with what has been paid on it.

@@ -22,6 +22,7 @@ mod dlq_tool;
 mod e2e;
 mod evolution;
 mod flows;
+mod grouped;
 mod helpers;
 mod hostile;
 mod interop;

@@ -9,7 +9,7 @@ use dhanman_producers::invoice_batch;
 use dhanman_producers::invoice_email::{self, EmailInvoice};
 use dhanman_producers::receipts::{self, EmailReceipt};
 use dhanman_producers::sales::{
-    self, Invoice, NewCustomer, NewInvoice, NewManualPayment, VoidInvoice,
+    self, FirstEmail, Invoice, NewCustomer, NewInvoice, NewManualPayment, VoidInvoice,
 };
 use dhanman_producers::{BOOKKEEPERS, Caller, Result as CommandResult};
 use dhanman_schemas::events::FieldError;
@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::ledger::Consistent;
 use crate::consistency::wait_for_ledger;
@@ -61,20 +62,18 @@ impl<'a> Gate<'a> {
 }
 
 /// The caller's role, checked before anything else (a stored response included), and the
-/// request's `Idempotency-Key`, if it has one (its text is in `text`). Keys are the caller's
-/// own (organization, user, key): another user's same key is another key.
-fn gate_and_key<'k>(
+/// request's `Idempotency-Key`, if it has one. Keys are the caller's own (organization,
+/// user, key): another user's same key is another key.
+fn gate_and_key(
     headers: &HeaderMap,
     caller: &Caller,
     gate: Gate<'_>,
     path: &str,
     body: &[u8],
-    text: &'k mut Option<String>,
-) -> Result<Option<idempotency::Key<'k>>, ApiError> {
+) -> Result<Option<idempotency::Key>, ApiError> {
     caller.require(gate.roles, gate.what)?;
     let user_id = caller.user(gate.what)?;
-    *text = idempotency_key(headers)?;
-    Ok(text.as_deref().map(|key| idempotency::Key {
+    Ok(idempotency_key(headers)?.map(|key| idempotency::Key {
         organization_id: caller.organization_id,
         user_id,
         key,
@@ -86,7 +85,7 @@ fn gate_and_key<'k>(
 /// failure.
 async fn failed(
     state: &AppState,
-    key: Option<&idempotency::Key<'_>>,
+    key: Option<&idempotency::Key>,
     e: dhanman_producers::Error,
 ) -> Result<CommandReply, ApiError> {
     match key {
@@ -120,8 +119,7 @@ where
     O: Serialize,
     F: AsyncFnOnce(&mut PgConnection, &Caller, I) -> CommandResult<O>,
 {
-    let mut text = None;
-    let key = gate_and_key(headers, caller, gate, path, &body.bytes, &mut text)?;
+    let key = gate_and_key(headers, caller, gate, path, &body.bytes)?;
     let mut tx = state.pool.begin().await?;
     let output = match command(&mut tx, caller, body.value).await {
         Ok(output) => output,
@@ -143,48 +141,10 @@ where
     Ok((status, Json(response)))
 }
 
-/// [`run_command`] for a command whose writes, the key's record included, are one
-/// statement ([`idempotency::Recording`]): no transaction, so one round trip.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run_statement<I, O, F, const LIMIT: usize>(
-    state: &AppState,
-    headers: &HeaderMap,
-    caller: &Caller,
-    gate: Gate<'_>,
-    path: &str,
-    body: JsonBody<I, LIMIT>,
-    success: StatusCode,
-    command: F,
-) -> Result<CommandReply, ApiError>
-where
-    I: DeserializeOwned,
-    O: Serialize,
-    F: AsyncFnOnce(
-        &mut PgConnection,
-        &Caller,
-        I,
-        Option<idempotency::Recording<'_>>,
-    ) -> CommandResult<O>,
-{
-    let mut text = None;
-    let key = gate_and_key(headers, caller, gate, path, &body.bytes, &mut text)?;
-    let recording = key.as_ref().map(|key| idempotency::Recording {
-        key,
-        status: success.as_u16(),
-    });
-    let mut conn = state.pool.acquire().await?;
-    let outcome = command(&mut conn, caller, body.value, recording).await;
-    drop(conn);
-    match outcome {
-        Ok(output) => reply(success, &output),
-        Err(e) => failed(state, key.as_ref(), e).await,
-    }
-}
-
 /// The earlier response to `key`, if it was used.
 async fn replay(
     state: &AppState,
-    key: &idempotency::Key<'_>,
+    key: &idempotency::Key,
 ) -> Result<Option<CommandReply>, ApiError> {
     Ok(idempotency::earlier(&state.pool, key).await?.map(|r| {
         let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
@@ -211,23 +171,28 @@ pub async fn create_customer(
     .await
 }
 
+/// `POST /v1/invoices`: written by the invoice writers, in a group with the invoices that
+/// arrive meanwhile ([`crate::invoice_writer`]), answered as if written alone.
 pub async fn create_invoice(
     State(state): State<AppState>,
     Auth(caller): Auth,
     headers: HeaderMap,
     body: JsonBody<NewInvoice>,
 ) -> Result<CommandReply, ApiError> {
-    run_statement(
-        &state,
-        &headers,
-        &caller,
-        Gate::bookkeepers("creating an invoice"),
-        "/v1/invoices",
-        body,
-        StatusCode::CREATED,
-        sales::create_invoice,
-    )
-    .await
+    let gate = Gate::bookkeepers("creating an invoice");
+    let key = gate_and_key(&headers, &caller, gate, "/v1/invoices", &body.bytes)?;
+    let prepared = sales::prepare_invoice(&caller, body.value, Uuid::now_v7(), FirstEmail::Send);
+    let written = match prepared {
+        Ok(invoice) => {
+            let org = caller.organization_id;
+            state.invoices.write(org, invoice, key.clone()).await
+        }
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(created) => reply(StatusCode::CREATED, &created),
+        Err(e) => failed(&state, key.as_ref(), e).await,
+    }
 }
 
 /// Largest body of `POST /v1/invoices/batch` (1,000 invoices of a few hundred bytes).

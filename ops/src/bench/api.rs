@@ -32,8 +32,9 @@ pub struct Args {
     /// Seconds each load runs (after a warm-up of up to a second).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Keep-alive connections of the load generator, each with one request in flight.
-    #[arg(long, default_value_t = 32)]
+    /// Keep-alive connections of the load generator, each with one request in flight:
+    /// enough that the server, not the generator's waiting, sets the rate.
+    #[arg(long, default_value_t = 128)]
     pub connections: usize,
     /// Customers the invoices are spread over.
     #[arg(long, default_value_t = 1000)]
