@@ -18,13 +18,15 @@ use dhanman_producers::invoice_group::{self, Grouped};
 use dhanman_producers::sales::{CreatedInvoice, PreparedInvoice};
 use dhanman_producers::{Error, Result};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 /// Invoices one statement writes at most.
 pub const MAX_GROUP: usize = 64;
 
-/// Tasks writing groups at once, each on a connection of the pool while it writes.
+/// Tasks writing groups at once, on connections of their own
+/// ([`invoice_group::session`]).
 pub const WRITERS: usize = 2;
 
 /// Invoices waiting for a writer at most; a command beyond them waits to be queued.
@@ -43,8 +45,13 @@ pub struct InvoiceWriter {
 }
 
 impl InvoiceWriter {
-    /// Starts [`WRITERS`] writers on `pool` (on the current Tokio runtime).
-    pub fn start(pool: PgPool) -> Self {
+    /// Starts [`WRITERS`] writers on the database of `pool`, in sessions of their own
+    /// (opened when first needed; on the current Tokio runtime).
+    pub fn start(pool: &PgPool) -> Self {
+        let options = invoice_group::session((*pool.connect_options()).clone());
+        let pool = PgPoolOptions::new()
+            .max_connections(WRITERS as u32)
+            .connect_lazy_with(options);
         let (jobs, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..WRITERS {

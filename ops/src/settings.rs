@@ -300,7 +300,7 @@ impl Config {
 
     pub fn app_state(&self, pool: PgPool) -> dhanman_api::AppState {
         dhanman_api::AppState {
-            invoices: dhanman_api::invoice_writer::InvoiceWriter::start(pool.clone()),
+            invoices: dhanman_api::invoice_writer::InvoiceWriter::start(&pool),
             pool,
             consistency_wait: self.consistency_wait_ms.get(),
             gate_retention: self.retention_gate,

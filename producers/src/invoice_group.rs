@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 
 use dhanman_plumbing::outbox;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -73,6 +74,13 @@ pub async fn write_group(conn: &mut PgConnection, group: &[Grouped]) -> Vec<Resu
     results
 }
 
+/// The settings of a session that writes groups: no table is read whole where an index
+/// can find the rows (the statement's look-ups are by primary key), whatever the tables'
+/// sizes were when its plan was made.
+pub fn session(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("enable_seqscan", "off")])
+}
+
 async fn write_alone(conn: &mut PgConnection, grouped: &Grouped) -> Result<()> {
     write_prepared(
         conn,
@@ -90,9 +98,11 @@ fn failed(e: &sqlx::Error) -> Error {
     )))
 }
 
-/// The group's invoices, outbox rows and keys in one statement, which is planned for each
-/// group (its customers are looked up by key however large the table has grown since a
-/// plan was kept); the ids of the invoices written.
+/// The group's invoices, outbox rows and keys in one statement; the ids of the invoices
+/// written. Each invoice's customer and key are looked up one by one (a lateral look-up
+/// and a scalar one, never a join the planner may turn into a read of a whole table), by
+/// key in a session of [`session`]: the plan Postgres keeps for the statement stays right
+/// however large the tables grow after it was made.
 async fn insert_group(
     conn: &mut PgConnection,
     group: &[Grouped],
@@ -124,44 +134,49 @@ async fn insert_group(
                                   $11::uuid[], $12::text[], $13::bytea[], $14::text[])
                  with ordinality as i(id, org, customer, number, amount, currency, issued, due,
                                       descr, period, user_id, key, hash, response, n)
+         ), checked as (
+             select i.*, c.email
+               from item i
+               cross join lateral (select c.email from customers c
+                                    where c.id = i.customer and c.organization_id = i.org
+                                      and c.active
+                                    limit 1) c
+              where i.key is null
+                 or (select 1 from idempotency_keys k
+                      where k.organization_id = i.org and k.user_id = $15
+                        and k.idempotency_key = i.key
+                      limit 1) is null
          ), invoice as (
              insert into invoices (id, organization_id, customer_id, invoice_number, amount,
                                    currency, issue_date, due_date, description, period)
-             select i.id, i.org, c.id, i.number, i.amount, i.currency, i.issued, i.due,
-                    i.descr, i.period
-               from item i
-               join customers c on c.id = i.customer and c.organization_id = i.org and c.active
-              where i.key is null
-                 or not exists (select 1 from idempotency_keys k
-                                 where k.organization_id = i.org and k.user_id = $15
-                                   and k.idempotency_key = i.key)
-              order by i.n
-             returning id, customer_id
+             select id, org, customer, number, amount, currency, issued, due, descr, period
+               from checked
+              order by n
+             returning id
          ), queued as (
              insert into outbox (event_id, topic, message_key, record_name, schema_version,
                                  payload, headers)
              select u.id, u.t, u.k, u.r, u.v,
                     case when u.to_customer
                          then jsonb_set(u.p::jsonb, '{recipient}',
-                                        to_jsonb(coalesce(btrim(c.email), '')))::json
+                                        to_jsonb(coalesce(btrim(i.email), '')))::json
                          else u.p end,
                     u.h
                from unnest($17::uuid[], $18::text[], $19::text[], $20::text[], $21::int[],
                            $22::json[], $23::json[], $24::bool[], $25::uuid[]) with ordinality
                     as u(id, t, k, r, v, p, h, to_customer, invoice, n)
+               join checked i on i.id = u.invoice
                join invoice on invoice.id = u.invoice
-               join customers c on c.id = invoice.customer_id
               order by u.n
          ), keyed as (
              insert into idempotency_keys (organization_id, user_id, idempotency_key,
                                            request_hash, response_status, response_body)
              select i.org, i.user_id, i.key, i.hash, $16, i.response::json
-               from item i join invoice on invoice.id = i.id
+               from checked i join invoice on invoice.id = i.id
               where i.key is not null
          )
          select id from invoice",
     )
-    .persistent(false)
     .bind(events().map(|e| e.invoice_id).collect::<Vec<_>>())
     .bind(group.iter().map(|g| g.organization_id).collect::<Vec<_>>())
     .bind(events().map(|e| e.customer_id).collect::<Vec<_>>())

@@ -110,7 +110,7 @@ async fn an_invoices_payments_are_read_through_an_index() {
 }
 
 /// What one round of small batches did to a table, in the transaction that ran them.
-async fn scans(conn: &mut sqlx::PgConnection, table: &str) -> (i64, i64) {
+pub(crate) async fn scans(conn: &mut sqlx::PgConnection, table: &str) -> (i64, i64) {
     sqlx::query_as(
         "select seq_scan, coalesce(idx_scan, 0) from pg_stat_xact_user_tables
           where relname = $1",

@@ -5,11 +5,13 @@
 //! its first email addressed to its customer, and each key its stored response. A group
 //! with a number or a key taken (inside the group or before it) writes each command alone:
 //! the first of two takes the number or the key, the other is answered 409, and nothing is
-//! written twice. Through the API, many invoices sent at once are each answered, each
-//! created once, and a retry with a key answers the first response.
+//! written twice. The statement's plan, kept from while the tables were small, still looks
+//! customers and keys up by key after they grew (the writers' sessions, `session`). Through
+//! the API, many invoices sent at once are each answered, each created once, and a retry
+//! with a key answers the first response.
 
 use dhanman_producers::idempotency::{Key, request_hash};
-use dhanman_producers::invoice_group::{Grouped, write_group};
+use dhanman_producers::invoice_group::{Grouped, session, write_group};
 use dhanman_producers::sales::{self, FirstEmail, NewCustomer, NewInvoice, prepare_invoice};
 use dhanman_producers::{Caller, Error};
 use futures_util::future::join_all;
@@ -296,4 +298,66 @@ async fn invoices_sent_at_once_are_each_answered_and_created_once() {
         .await
         .unwrap();
     assert_eq!(invoices, 192);
+}
+
+/// Postgres keeps one plan for a statement it has run five times, made with the tables'
+/// sizes of that moment. The writers' statement, planned while the tables were small, still
+/// looks customers and keys up by key once they have grown.
+#[tokio::test]
+async fn groups_look_customers_and_keys_up_by_key_after_the_tables_grew() {
+    let db = TestDb::new().await;
+    let s = society(&db).await;
+    sqlx::query("analyze").execute(&db.pool).await.unwrap();
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+    let mut session = sqlx::ConnectOptions::connect(&session(options))
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut session).await.unwrap();
+    let mut n = 0;
+    let mut round = async |tx: &mut sqlx::PgConnection| {
+        let group: Vec<Grouped> = (0..3)
+            .map(|i| {
+                n += 1;
+                let customer = if i % 2 == 0 { s.asha } else { s.bela };
+                s.command(customer, None, Some(&format!("plan-{n}")))
+            })
+            .collect();
+        let answered = outcomes(write_group(tx, &group).await);
+        assert_eq!(answered, vec!["created"; 3]);
+    };
+    for _ in 0..8 {
+        round(&mut tx).await;
+    }
+    // The society's next years, before the statistics are renewed.
+    sqlx::query(
+        "insert into customers (id, organization_id, name)
+         select gen_random_uuid(), $1, 'Resident ' || n from generate_series(1, 20000) n",
+    )
+    .bind(s.caller.organization_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into idempotency_keys (organization_id, user_id, idempotency_key, request_hash,
+                                       response_status, response_body)
+         select $1, $2, 'earlier-' || n, '\\x00', 201, '{}' from generate_series(1, 50000) n",
+    )
+    .bind(s.caller.organization_id)
+    .bind(s.caller.user_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let tables = ["customers", "idempotency_keys"];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(crate::database::scans(&mut tx, table).await);
+    }
+    for _ in 0..4 {
+        round(&mut tx).await;
+    }
+    for (table, (seq0, idx0)) in tables.into_iter().zip(before) {
+        let (seq1, idx1) = crate::database::scans(&mut tx, table).await;
+        assert_eq!(seq1 - seq0, 0, "{table} read whole");
+        assert!(idx1 > idx0, "{table} looked up by key");
+    }
 }
