@@ -229,6 +229,8 @@ async fn a_group_answers_each_invoice_as_writing_it_alone_would() {
     .await
     .unwrap();
     assert_eq!(counts, (5, 10, 3));
+    drop(conn);
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,6 +300,7 @@ async fn invoices_sent_at_once_are_each_answered_and_created_once() {
         .await
         .unwrap();
     assert_eq!(invoices, 192);
+    db.drop_db().await;
 }
 
 /// Postgres keeps one plan for a statement it has run five times, made with the tables'
@@ -360,4 +363,7 @@ async fn groups_look_customers_and_keys_up_by_key_after_the_tables_grew() {
         assert_eq!(seq1 - seq0, 0, "{table} read whole");
         assert!(idx1 > idx0, "{table} looked up by key");
     }
+    drop(tx);
+    drop(session);
+    db.drop_db().await;
 }
