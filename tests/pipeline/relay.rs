@@ -392,9 +392,15 @@ async fn bodies_kept_as_jsonb_are_the_same_json_after_the_migration_to_json() {
     .unwrap();
     let bodies = "select payload, headers from outbox order by id";
     let stored = "select response_body from idempotency_keys";
-    let outbox_before: Vec<(Value, Value)> =
-        sqlx::query_as(bodies).fetch_all(&db.pool).await.unwrap();
+    // Read unprepared: a session that prepared them before the migration may not run them
+    // after it ("cached plan must not change result type").
+    let outbox_before: Vec<(Value, Value)> = sqlx::query_as(bodies)
+        .persistent(false)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     let keys_before: Vec<Value> = sqlx::query_scalar(stored)
+        .persistent(false)
         .fetch_all(&db.pool)
         .await
         .unwrap();
@@ -409,9 +415,13 @@ async fn bodies_kept_as_jsonb_are_the_same_json_after_the_migration_to_json() {
     );
 
     run_migration(&db, "20261205000066_bodies_kept_as_json_text.sql").await;
-    let outbox_after: Vec<(Value, Value)> =
-        sqlx::query_as(bodies).fetch_all(&db.pool).await.unwrap();
+    let outbox_after: Vec<(Value, Value)> = sqlx::query_as(bodies)
+        .persistent(false)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     let keys_after: Vec<Value> = sqlx::query_scalar(stored)
+        .persistent(false)
         .fetch_all(&db.pool)
         .await
         .unwrap();
