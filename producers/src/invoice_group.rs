@@ -42,11 +42,20 @@ impl Grouped {
 /// The status a created invoice is answered (and its key stored) with.
 const CREATED: u16 = 201;
 
+/// Invoices the writers took, each command once (a counter).
+pub const INVOICES: &str = "dhanman_invoice_writer_invoices_total";
+
+/// Statements the writers ran to write them: one a group, one more for each invoice then
+/// written alone (a counter). `INVOICES / STATEMENTS` is the invoices a statement wrote.
+pub const STATEMENTS: &str = "dhanman_invoice_writer_statements_total";
+
 /// Writes `group`: one result per command, in order, each what writing it alone would
 /// have answered.
 pub async fn write_group(conn: &mut PgConnection, group: &[Grouped]) -> Vec<Result<()>> {
+    metrics::counter!(INVOICES).increment(group.len() as u64);
+    metrics::counter!(STATEMENTS).increment(1);
     if group.len() == 1 {
-        return vec![write_alone(conn, &group[0]).await];
+        return vec![write_alone_once(conn, &group[0]).await];
     }
     let written = match insert_group(conn, group).await {
         Ok(written) => written,
@@ -54,7 +63,7 @@ pub async fn write_group(conn: &mut PgConnection, group: &[Grouped]) -> Vec<Resu
             tracing::debug!(error = %db, size = group.len(), "invoice group written one by one");
             let mut results = Vec::with_capacity(group.len());
             for grouped in group {
-                results.push(write_alone(conn, grouped).await);
+                results.push(write_alone_again(conn, grouped).await);
             }
             return results;
         }
@@ -68,7 +77,7 @@ pub async fn write_group(conn: &mut PgConnection, group: &[Grouped]) -> Vec<Resu
             grouped.invoice.created.log();
             results.push(Ok(()));
         } else {
-            results.push(write_alone(conn, grouped).await);
+            results.push(write_alone_again(conn, grouped).await);
         }
     }
     results
@@ -81,7 +90,13 @@ pub fn session(options: PgConnectOptions) -> PgConnectOptions {
     options.options([("enable_seqscan", "off")])
 }
 
-async fn write_alone(conn: &mut PgConnection, grouped: &Grouped) -> Result<()> {
+/// An invoice its group's statement did not write, written alone: a statement more.
+async fn write_alone_again(conn: &mut PgConnection, grouped: &Grouped) -> Result<()> {
+    metrics::counter!(STATEMENTS).increment(1);
+    write_alone_once(conn, grouped).await
+}
+
+async fn write_alone_once(conn: &mut PgConnection, grouped: &Grouped) -> Result<()> {
     write_prepared(
         conn,
         grouped.organization_id,

@@ -35,6 +35,9 @@ pub const EXPORTED: &[&str] = &[
     // api/src/middleware.rs
     "dhanman_http_requests_total",
     "dhanman_http_request_duration_seconds",
+    // producers/src/invoice_group.rs
+    "dhanman_invoice_writer_invoices_total",
+    "dhanman_invoice_writer_statements_total",
     // payments/src/lib.rs
     "dhanman_gateway_breaker_state",
     "dhanman_gateway_requests_total",
