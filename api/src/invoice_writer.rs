@@ -46,11 +46,13 @@ pub struct InvoiceWriter {
 
 impl InvoiceWriter {
     /// Starts [`WRITERS`] writers on the database of `pool`, in sessions of their own
-    /// (opened when first needed; on the current Tokio runtime).
+    /// (opened when first needed, waited for as long as `pool`'s; on the current Tokio
+    /// runtime).
     pub fn start(pool: &PgPool) -> Self {
         let options = invoice_group::session((*pool.connect_options()).clone());
         let pool = PgPoolOptions::new()
             .max_connections(WRITERS as u32)
+            .acquire_timeout(pool.options().get_acquire_timeout())
             .connect_lazy_with(options);
         let (jobs, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
