@@ -96,31 +96,30 @@ async fn write_groups(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<Job>>>) {
     loop {
         {
             let mut waiting = waiting.lock().await;
-            let Some(first) = waiting.recv().await else {
+            let Some(mut job) = waiting.recv().await else {
                 return;
             };
-            let mut next = Some(first);
-            while let Some(Job { grouped, answer }) = next.take() {
-                group.push(grouped);
-                answers.push(answer);
-                if group.len() < MAX_GROUP {
-                    next = waiting.try_recv().ok();
+            loop {
+                group.push(job.grouped);
+                answers.push(job.answer);
+                if group.len() == MAX_GROUP {
+                    break;
+                }
+                match waiting.try_recv() {
+                    Ok(next) => job = next,
+                    Err(_) => break,
                 }
             }
         }
         let results = match pool.acquire().await {
             Ok(mut conn) => invoice_group::write_group(&mut conn, &group).await,
-            Err(e) => group.iter().map(|_| Err(unavailable(&e))).collect(),
+            Err(e) => group
+                .iter()
+                .map(|_| Err(invoice_group::failed(&e)))
+                .collect(),
         };
         for ((grouped, answer), result) in group.drain(..).zip(answers.drain(..)).zip(results) {
             let _ = answer.send(result.map(|()| grouped.invoice.created));
         }
     }
-}
-
-/// A group's share of a pool that had no connection to give.
-fn unavailable(e: &sqlx::Error) -> Error {
-    Error::Database(sqlx::Error::Protocol(format!(
-        "no connection for an invoice: {e}"
-    )))
 }

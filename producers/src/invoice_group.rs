@@ -19,7 +19,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::idempotency::{self, Key, Recording};
-use crate::sales::{PreparedInvoice, write_prepared};
+use crate::sales::{PreparedInvoice, queue_rows_sql, write_prepared};
 use crate::{Error, Result};
 
 /// One single-invoice command of a group: its organization, its invoice and its
@@ -106,8 +106,9 @@ async fn write_alone_once(conn: &mut PgConnection, grouped: &Grouped) -> Result<
     .await
 }
 
-/// One command's share of an error that failed its whole group.
-fn failed(e: &sqlx::Error) -> Error {
+/// One command's share of an error that failed its whole group (its connection, or the
+/// pool that had none to give).
+pub fn failed(e: &sqlx::Error) -> Error {
     Error::Database(sqlx::Error::Protocol(format!(
         "writing an invoice group: {e}"
     )))
@@ -142,7 +143,7 @@ async fn insert_group(
                 .map(move |(r, to)| (r, *to, invoice_id))
         })
         .collect();
-    let query = sqlx::query(
+    let query = sqlx::query(concat!(
         "with item as (
              select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::numeric[],
                                   $6::text[], $7::date[], $8::date[], $9::text[], $10::text[],
@@ -168,15 +169,9 @@ async fn insert_group(
                from checked
               order by n
              returning id
-         ), queued as (
-             insert into outbox (event_id, topic, message_key, record_name, schema_version,
-                                 payload, headers)
-             select u.id, u.t, u.k, u.r, u.v,
-                    case when u.to_customer
-                         then jsonb_set(u.p::jsonb, '{recipient}',
-                                        to_jsonb(coalesce(btrim(i.email), '')))::json
-                         else u.p end,
-                    u.h
+         ), queued as (",
+        queue_rows_sql!("i.email"),
+        "
                from unnest($17::uuid[], $18::text[], $19::text[], $20::text[], $21::int[],
                            $22::json[], $23::json[], $24::bool[], $25::uuid[]) with ordinality
                     as u(id, t, k, r, v, p, h, to_customer, invoice, n)
@@ -190,8 +185,8 @@ async fn insert_group(
                from checked i join invoice on invoice.id = i.id
               where i.key is not null
          )
-         select id from invoice",
-    )
+         select id from invoice"
+    ))
     .bind(events().map(|e| e.invoice_id).collect::<Vec<_>>())
     .bind(group.iter().map(|g| g.organization_id).collect::<Vec<_>>())
     .bind(events().map(|e| e.customer_id).collect::<Vec<_>>())

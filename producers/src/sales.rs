@@ -137,6 +137,28 @@ async fn customer_refusal(conn: &mut PgConnection, organization_id: Uuid, id: Uu
     }
 }
 
+/// The head of the statement that writes an invoice command's outbox rows, `u` (from
+/// [`outbox::bind_rows`], with `to_customer`): a row marked `to_customer` is the customer's
+/// email, its `recipient` set to `$email` (the customer's address as the statement read
+/// it), or left empty. Shared by the single and the grouped invoice statements.
+macro_rules! queue_rows_sql {
+    ($email:literal) => {
+        concat!(
+            "insert into outbox (event_id, topic, message_key, record_name, schema_version,
+                                 payload, headers)
+             select u.id, u.t, u.k, u.r, u.v,
+                    case when u.to_customer
+                         then jsonb_set(u.p::jsonb, '{recipient}',
+                                        to_jsonb(coalesce(btrim(",
+            $email,
+            "), '')))::json
+                         else u.p end,
+                    u.h"
+        )
+    };
+}
+pub(crate) use queue_rows_sql;
+
 /// Writes the invoice of `event` if its customer is in the caller's organization and
 /// active, its outbox `rows` (a row marked `true` is the customer's email: its `recipient`
 /// is set to the customer's address, or left empty) and, given one, the idempotency key with
@@ -152,7 +174,7 @@ async fn insert_invoice_with_rows(
     key: Option<(&idempotency::Recording<'_>, String)>,
 ) -> Result<bool, sqlx::Error> {
     let (recording, response) = key.unzip();
-    let query = sqlx::query(
+    let query = sqlx::query(concat!(
         "with customer as (
              select id, email from customers
               where id = $3 and organization_id = $2 and active
@@ -164,15 +186,9 @@ async fn insert_invoice_with_rows(
                                  where organization_id = $2 and user_id = $11
                                    and idempotency_key = $13)
              returning customer_id
-         ), queued as (
-             insert into outbox (event_id, topic, message_key, record_name, schema_version,
-                                 payload, headers)
-             select u.id, u.t, u.k, u.r, u.v,
-                    case when u.to_customer
-                         then jsonb_set(u.p::jsonb, '{recipient}',
-                                        to_jsonb(coalesce(btrim(customer.email), '')))::json
-                         else u.p end,
-                    u.h
+         ), queued as (",
+        queue_rows_sql!("customer.email"),
+        "
                from invoice join customer on customer.id = invoice.customer_id,
                     unnest($17::uuid[], $18::text[], $19::text[], $20::text[], $21::int[],
                            $22::json[], $23::json[], $24::bool[]) with ordinality
@@ -183,8 +199,8 @@ async fn insert_invoice_with_rows(
                                            request_hash, response_status, response_body)
              select $2, $12, $13, $14, $15, $16::json from invoice where $13::text is not null
          )
-         select 1 from invoice",
-    )
+         select 1 from invoice"
+    ))
     .bind(event.invoice_id)
     .bind(organization_id)
     .bind(event.customer_id)
