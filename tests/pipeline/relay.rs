@@ -251,7 +251,13 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
     organization_with_two_entries(&db, "Migration Court").await;
     let written = "select derived_from, payload, headers from outbox
                     where derived_from is not null order by derived_from";
-    let now: Vec<(Uuid, Value, Value)> = sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
+    // Read unprepared: a pooled session that prepared the query while the bodies were
+    // `json` may not run it once they are `jsonb` ("cached plan must not change result type").
+    let now: Vec<(Uuid, Value, Value)> = sqlx::query_as(written)
+        .persistent(false)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(now.len(), 2);
     assert_eq!(now[0].1["entry_id"], json!(now[0].0.to_string()));
     assert_eq!(now[0].1["lines"].as_array().map(Vec::len), Some(2));
@@ -273,8 +279,11 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
     .await
     .unwrap();
     run_migration(&db, "20261204000060_ledger_announces_its_entries.sql").await;
-    let migrated: Vec<(Uuid, Value, Value)> =
-        sqlx::query_as(written).fetch_all(&db.pool).await.unwrap();
+    let migrated: Vec<(Uuid, Value, Value)> = sqlx::query_as(written)
+        .persistent(false)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(migrated, now);
     db.drop_db().await;
 }
