@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use dhanman_producers::Caller;
 use dhanman_schemas::events::FieldError;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::middleware::CorrelationId;
 use crate::{ApiError, AppState, MAX_BODY_BYTES};
@@ -112,13 +113,10 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     }
 }
 
-/// Parses JSON and reports which field was wrong: 400 for malformed JSON, 422 for a
-/// well-formed body with a wrong or unknown field.
-/// One item of a batch, judged as [`parse_json`] judges a body: the error names the field
-/// inside the item (empty: the item itself).
-pub fn parse_item<T: DeserializeOwned>(item: &serde_json::Value) -> Result<T, FieldError> {
-    let bytes = serde_json::to_vec(item).map_err(|e| FieldError::new("", e.to_string()))?;
-    parse_json(&bytes).map_err(|e| match e {
+/// One item of a batch (its JSON text as sent), judged as [`parse_json`] judges a body:
+/// the error names the field inside the item (empty: the item itself).
+pub fn parse_item<T: DeserializeOwned>(item: &RawValue) -> Result<T, FieldError> {
+    parse_json(item.get().as_bytes()).map_err(|e| match e {
         ApiError::Validation { field, message } | ApiError::BadRequest { field, message } => {
             FieldError::new(if field == "body" { "" } else { &field }, message)
         }
@@ -126,6 +124,8 @@ pub fn parse_item<T: DeserializeOwned>(item: &serde_json::Value) -> Result<T, Fi
     })
 }
 
+/// Parses JSON and reports which field was wrong: 400 for malformed JSON, 422 for a
+/// well-formed body with a wrong or unknown field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would take `[...]` for a struct's fields in order; commands are objects.
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {

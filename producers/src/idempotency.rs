@@ -17,7 +17,6 @@
 //! ([`Recording`]) and runs without a transaction: a retry's statement fails on the key's
 //! primary key ([`taken`]) and the first response is answered the same way.
 
-use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -56,7 +55,8 @@ pub fn taken() -> Error {
 /// What an earlier use of the key answered.
 pub struct Replay {
     pub status: u16,
-    pub body: Json,
+    /// The response's JSON text, as it was answered.
+    pub body: String,
 }
 
 pub fn request_hash(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
@@ -69,12 +69,11 @@ pub fn request_hash(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-/// Records the key with the command's response, in the command's transaction. `false`:
-/// the key was used before (committed meanwhile, or stored before keys had users); roll
-/// the transaction back and answer [`earlier`].
-pub async fn record(conn: &mut PgConnection, key: &Key, status: u16, body: &Json) -> Result<bool> {
+/// Records the key with the command's response (its JSON text), in the command's
+/// transaction. `false`: the key was used before (committed meanwhile, or stored before
+/// keys had users); roll the transaction back and answer [`earlier`].
+pub async fn record(conn: &mut PgConnection, key: &Key, status: u16, body: &str) -> Result<bool> {
     // The column is `json`, kept as the text written: bound as text, not as `jsonb`.
-    let body = body.to_string();
     let inserted = sqlx::query(
         "insert into idempotency_keys
              (organization_id, user_id, idempotency_key, request_hash, response_status, response_body)
@@ -100,8 +99,8 @@ pub async fn record(conn: &mut PgConnection, key: &Key, status: u16, body: &Json
 /// with another request, or before keys were scoped to users (neither replayed nor run
 /// again).
 pub async fn earlier(pool: &PgPool, key: &Key) -> Result<Option<Replay>> {
-    let stored: Vec<(Uuid, Vec<u8>, i32, Json)> = sqlx::query_as(
-        "select user_id, request_hash, response_status, response_body from idempotency_keys
+    let stored: Vec<(Uuid, Vec<u8>, i32, String)> = sqlx::query_as(
+        "select user_id, request_hash, response_status, response_body::text from idempotency_keys
           where organization_id = $1 and user_id in ($2, $3) and idempotency_key = $4",
     )
     .bind(key.organization_id)

@@ -103,7 +103,10 @@ pub async fn create_invoices(
         .into_iter()
         .collect();
     let rows: Vec<(Uuid, bool, Option<String>)> = sqlx::query_as(
-        "select id, active, email from customers where organization_id = $1 and id = any($2)",
+        "select c.id, c.active, c.email
+           from unnest($2::uuid[]) as u(id)
+           join customers c on c.id = u.id
+          where c.organization_id = $1",
     )
     .bind(caller.organization_id)
     .bind(&ids)

@@ -2,8 +2,9 @@
 //! amount, an unknown customer, an unknown field, a non-object: 422 naming
 //! `invoices[i].<field>`; a number taken earlier in the batch or before it: 409), the
 //! others are created with their events and first emails, in order, and the ledger posts
-//! them; the same `Idempotency-Key` answers the same results and creates nothing; an empty
-//! or oversized batch is refused whole, naming `invoices` (422) or the body (413).
+//! them; the same `Idempotency-Key` answers the same bytes and creates nothing; an empty
+//! or oversized batch is refused whole, naming `invoices` (422) or the body (413); a large
+//! batch's stored response is compressed with lz4.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -146,7 +147,10 @@ async fn a_batch_judges_each_invoice_alone_and_is_one_command() {
     let invoices = db.count("select count(*) from invoices").await;
     let again = batch(&api, Some("elm-batch-1"), &body).await;
     assert_eq!(again.status, 200);
-    assert_eq!(again.body, r.body);
+    assert_eq!(
+        again.text, r.text,
+        "the same bytes: the response stored is the one answered"
+    );
     assert_eq!(db.count("select count(*) from invoices").await, invoices);
 
     // Refused whole: empty, too many, not a list, too large a body.
@@ -167,6 +171,29 @@ async fn a_batch_judges_each_invoice_alone_and_is_one_command() {
     let r = batch(&api, None, &huge).await;
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(db.count("select count(*) from invoices").await, invoices);
+
+    // A large batch's stored response (hundreds of bytes an item) is compressed with lz4.
+    let large = json!({"invoices": vec![item(bela, "2.00", None); 100]});
+    let r = batch(&api, Some("elm-batch-large"), &large).await;
+    assert_eq!(
+        (r.status, &r.body["created"]),
+        (200, &json!(100)),
+        "{}",
+        r.body
+    );
+    let compression: Option<String> = sqlx::query_scalar(
+        "select pg_column_compression(response_body) from idempotency_keys
+          where idempotency_key = 'elm-batch-large'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        compression.as_deref(),
+        Some("lz4"),
+        "{} bytes",
+        r.text.len()
+    );
     drop(up);
     db.drop_db().await;
 }

@@ -582,6 +582,23 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub headers: reqwest::header::HeaderMap,
+    /// The body's bytes as answered.
+    pub text: String,
+}
+
+impl Reply {
+    /// An answer read whole: its body parsed, or kept as a string when it is not JSON.
+    pub async fn read(response: reqwest::Response) -> reqwest::Result<Reply> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await?;
+        Ok(Reply {
+            status,
+            body: serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone())),
+            headers,
+            text,
+        })
+    }
 }
 
 impl Api {
@@ -599,15 +616,7 @@ impl Api {
             .send()
             .await
             .expect("HTTP request");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply {
-            status,
-            body,
-            headers,
-        }
+        Reply::read(response).await.expect("body")
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {

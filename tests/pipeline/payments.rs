@@ -167,14 +167,7 @@ async fn try_pay(api: &Api, key: Option<&str>, body: Value) -> Option<Reply> {
         request = request.header("idempotency-key", key);
     }
     let response = request.send().await.ok()?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.ok()?;
-    Some(Reply {
-        status,
-        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        headers,
-    })
+    Reply::read(response).await.ok()
 }
 
 pub(crate) async fn pay(api: &Api, key: &str, invoice: &str, method: &str) -> Reply {

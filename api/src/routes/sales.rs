@@ -15,7 +15,7 @@ use dhanman_producers::{BOOKKEEPERS, Caller, Result as CommandResult};
 use dhanman_schemas::events::FieldError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -24,7 +24,9 @@ use crate::consistency::wait_for_ledger;
 use crate::extract::{Auth, JsonBody, OptionalJsonBody, Params, parse_item, path_uuid};
 use crate::{ApiError, AppState};
 
-pub(super) type CommandReply = (StatusCode, Json<Value>);
+/// A command's status and response, the JSON text answered and stored under its key: a
+/// replay answers the same bytes.
+pub(super) type CommandReply = (StatusCode, Json<Box<RawValue>>);
 
 pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
@@ -95,7 +97,7 @@ async fn failed(
 }
 
 fn reply<O: Serialize>(success: StatusCode, output: &O) -> Result<CommandReply, ApiError> {
-    let response = serde_json::to_value(output).map_err(ApiError::internal)?;
+    let response = serde_json::value::to_raw_value(output).map_err(ApiError::internal)?;
     Ok((success, Json(response)))
 }
 
@@ -130,7 +132,7 @@ where
     };
     let (status, Json(response)) = reply(success, &output)?;
     if let Some(key) = &key
-        && !idempotency::record(&mut tx, key, status.as_u16(), &response).await?
+        && !idempotency::record(&mut tx, key, status.as_u16(), response.get()).await?
     {
         drop(tx);
         return replay(state, key)
@@ -146,10 +148,12 @@ async fn replay(
     state: &AppState,
     key: &idempotency::Key,
 ) -> Result<Option<CommandReply>, ApiError> {
-    Ok(idempotency::earlier(&state.pool, key).await?.map(|r| {
-        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-        (status, Json(r.body))
-    }))
+    let Some(r) = idempotency::earlier(&state.pool, key).await? else {
+        return Ok(None);
+    };
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    let body = RawValue::from_string(r.body).map_err(ApiError::internal)?;
+    Ok(Some((status, Json(body))))
 }
 
 pub async fn create_customer(
@@ -201,7 +205,8 @@ pub const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvoiceBatch {
-    invoices: Option<Vec<Value>>,
+    /// Each item's JSON text, parsed on its own so that its errors are its own.
+    invoices: Option<Vec<Box<RawValue>>>,
 }
 
 /// Up to 1,000 invoices in one command: each item judged on its own (`results`, in order).
@@ -223,7 +228,7 @@ pub async fn create_invoice_batch(
             let items = input
                 .invoices
                 .ok_or_else(|| FieldError::new("invoices", "is required"))?;
-            let items = items.iter().map(parse_item).collect();
+            let items = items.iter().map(|item| parse_item(item)).collect();
             invoice_batch::create_invoices(conn, caller, items).await
         },
     )

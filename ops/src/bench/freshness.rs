@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::common::{self, Common, Report, Row};
@@ -105,7 +104,7 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     )
     .await;
 
-    let (sink, mut answered) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
+    let (sink, mut answered): (load::Sink, _) = tokio::sync::mpsc::unbounded_channel();
     let started = Instant::now();
     let measured_from = chrono::Utc::now();
     let freshness = Arc::new(Mutex::new(Vec::new()));
@@ -117,11 +116,10 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
             let in_flight = Arc::new(Semaphore::new(dhanman_api::consistency::MAX_WAITERS));
             let mut polls = tokio::task::JoinSet::new();
             while let Some((at, body)) = answered.recv().await {
-                let customer = body["customer_id"].as_str().unwrap_or_default().to_string();
-                let token = body["consistency_token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+                let Created {
+                    customer_id: customer,
+                    consistency_token: token,
+                } = serde_json::from_slice(&body).unwrap_or_default();
                 let (readers, freshness, failures, in_flight) = (
                     readers.clone(),
                     freshness.clone(),
@@ -283,4 +281,11 @@ fn per_second(timed: &[(Duration, f64)]) -> Vec<Second> {
             }
         })
         .collect()
+}
+
+/// What the benchmark reads of a created invoice's answer.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Created {
+    customer_id: String,
+    consistency_token: String,
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc};
@@ -102,8 +103,9 @@ impl Outcome {
     }
 }
 
-/// Where 2xx bodies go (with when they were answered), for callers that read them.
-pub type Sink = mpsc::UnboundedSender<(Instant, Value)>;
+/// Where 2xx bodies go (with when they were answered), for callers that read them: the
+/// bytes as answered, each caller parsing only what it reads.
+pub type Sink = mpsc::UnboundedSender<(Instant, Bytes)>;
 
 pub struct Client {
     http: reqwest::Client,
@@ -135,7 +137,7 @@ impl Client {
         &self.key
     }
 
-    async fn post(&self, command: &Command) -> Result<Value, String> {
+    async fn post(&self, command: &Command) -> Result<Bytes, String> {
         let reply = self
             .http
             .post(self.url(command.path))
@@ -146,11 +148,11 @@ impl Client {
             .await
             .map_err(|e| format!("{e}"))?;
         let status = reply.status();
-        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        let body = reply.bytes().await.map_err(|e| format!("{status}: {e}"))?;
         if status.is_success() {
             Ok(body)
         } else {
-            Err(format!("{status}: {body}"))
+            Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
         }
     }
 }
@@ -172,7 +174,7 @@ impl Tally {
         })
     }
 
-    async fn record(&self, since: Instant, result: Result<Value, String>, sink: Option<&Sink>) {
+    async fn record(&self, since: Instant, result: Result<Bytes, String>, sink: Option<&Sink>) {
         match result {
             Ok(body) => {
                 let now = Instant::now();
