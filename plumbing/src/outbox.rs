@@ -1,7 +1,8 @@
 //! Writes to the outbox table, inside the caller's transaction: the one table this crate
 //! knows. The relay in `connectors` publishes what is written here.
 
-use dhanman_schemas::events::{Record, record_headers};
+use dhanman_schemas::events::Record;
+use serde::Serialize;
 use serde_json::Value as Json;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
@@ -47,15 +48,27 @@ impl Row {
     }
 }
 
+/// Headers every published record carries, so that consumers and operators can follow a
+/// piece of work without decoding the payload: its name, its ids and the trace it continues
+/// (`traceparent`). Written as a JSON object, its keys in this order.
+#[derive(Serialize)]
+struct Headers<'a> {
+    correlation_id: &'a str,
+    event_id: Uuid,
+    record_name: &'static str,
+    traceparent: String,
+}
+
 /// The row `record` becomes: its JSON, and headers carrying its name, ids and the trace it
 /// continues (a new one when it continues none).
 pub fn row<R: Record>(record: &R) -> Result<Row> {
     let envelope = record.envelope();
-    let mut headers = record_headers(R::NAME, envelope.event_id, &envelope.correlation_id);
-    crate::trace::add_to_headers(
-        &mut headers,
-        crate::trace::for_outbox(envelope.causation_id.as_deref()),
-    );
+    let headers = Headers {
+        correlation_id: &envelope.correlation_id,
+        event_id: envelope.event_id,
+        record_name: R::NAME,
+        traceparent: crate::trace::for_outbox(envelope.causation_id.as_deref()).to_string(),
+    };
     Ok(Row {
         event_id: envelope.event_id,
         topic: R::TOPIC,
@@ -63,7 +76,7 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
         name: R::NAME,
         version: R::WRITE_VERSION as i32,
         payload: serde_json::to_string(record)?,
-        headers: headers.to_string(),
+        headers: serde_json::to_string(&headers)?,
         derived_from: None,
     })
 }
@@ -129,4 +142,49 @@ pub async fn enqueue_raw(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dhanman_schemas::events::Envelope;
+
+    use super::*;
+    use crate::trace::{HEADER, TraceParent};
+
+    #[derive(Serialize)]
+    struct Probe {
+        #[serde(flatten)]
+        envelope: Envelope,
+    }
+
+    impl Record for Probe {
+        const NAME: &'static str = "dhanman.test.Probe";
+        const TOPIC: &'static str = "dhanman.test";
+        fn envelope(&self) -> &Envelope {
+            &self.envelope
+        }
+        fn key(&self) -> String {
+            "probe".into()
+        }
+    }
+
+    #[test]
+    fn a_rows_headers_name_the_record_its_ids_and_a_trace_in_sorted_order() {
+        let probe = Probe {
+            envelope: Envelope::new(Uuid::now_v7(), "corr-1", None),
+        };
+        let row = row(&probe).unwrap();
+        let headers: serde_json::Map<String, Json> = serde_json::from_str(&row.headers).unwrap();
+        assert_eq!(headers.len(), 4, "{}", row.headers);
+        assert_eq!(headers["correlation_id"], "corr-1");
+        assert_eq!(headers["event_id"], probe.envelope.event_id.to_string());
+        assert_eq!(headers["record_name"], "dhanman.test.Probe");
+        let trace = headers[HEADER].as_str().unwrap();
+        assert!(TraceParent::parse(trace).is_some(), "{trace}");
+        // The text as rows written before held it: keys sorted.
+        let at = |key: &str| row.headers.find(&format!("\"{key}\":")).unwrap();
+        assert!(at("correlation_id") < at("event_id"));
+        assert!(at("event_id") < at("record_name"));
+        assert!(at("record_name") < at(HEADER));
+    }
 }

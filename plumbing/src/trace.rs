@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde_json::Value as Json;
 use uuid::Uuid;
 
 /// The HTTP and Kafka header name.
@@ -153,15 +152,6 @@ pub fn current(causation_id: Option<&str>) -> Option<TraceParent> {
 /// trace for work that runs outside any (scheduled jobs, timers).
 pub fn for_outbox(causation_id: Option<&str>) -> TraceParent {
     current(causation_id).unwrap_or_else(TraceParent::new_root)
-}
-
-/// Adds `traceparent` to a headers object (the outbox's JSON form of Kafka headers),
-/// keeping one that is already there.
-pub fn add_to_headers(headers: &mut Json, span: TraceParent) {
-    if let Json::Object(map) = headers {
-        map.entry(HEADER)
-            .or_insert_with(|| Json::String(span.to_string()));
-    }
 }
 
 #[cfg(test)]

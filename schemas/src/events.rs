@@ -37,16 +37,6 @@ impl Envelope {
     }
 }
 
-/// Headers every published record carries, so that consumers and operators can follow a
-/// piece of work without decoding the payload.
-pub fn record_headers(record_name: &str, event_id: Uuid, correlation_id: &str) -> Json {
-    serde_json::json!({
-        "event_id": event_id.to_string(),
-        "record_name": record_name,
-        "correlation_id": correlation_id,
-    })
-}
-
 /// A record type: its Avro full name, topic and the version this binary writes.
 pub trait Record: Serialize {
     const NAME: &'static str;
