@@ -24,8 +24,11 @@ COPY --from=builder /usr/local/bin/dhanman /usr/local/bin/dhanman
 WORKDIR /app
 COPY --chown=dhanman migrations ./migrations
 USER dhanman
+# MALLOC_ARENA_MAX: two of glibc's malloc arenas instead of up to eight per core (every
+# Kafka client thread would make its own); see docs/operations.md, "Memory".
 ENV RUST_LOG=info \
-    DHANMAN_HTTP_ADDR=0.0.0.0:8080
+    DHANMAN_HTTP_ADDR=0.0.0.0:8080 \
+    MALLOC_ARENA_MAX=2
 # 8080: the API (and its /metrics); 9464: /metrics and /healthz of the relay and the
 # processors when DHANMAN_METRICS_ADDR is set (docker-compose.yml sets it; curl probes it).
 EXPOSE 8080 9464
