@@ -26,8 +26,9 @@ use uuid::Uuid;
 pub const MAX_GROUP: usize = 64;
 
 /// Tasks writing groups at once, on connections of their own
-/// ([`invoice_group::session`]).
-pub const WRITERS: usize = 2;
+/// ([`invoice_group::session`]), unless configured (`DHANMAN_INVOICE_WRITERS`): the best of
+/// one to eight on 2 cores.
+pub const DEFAULT_WRITERS: usize = 2;
 
 /// Invoices waiting for a writer at most; a command beyond them waits to be queued.
 const QUEUE: usize = 1024;
@@ -45,18 +46,19 @@ pub struct InvoiceWriter {
 }
 
 impl InvoiceWriter {
-    /// Starts [`WRITERS`] writers on the database of `pool`, in sessions of their own
-    /// (opened when first needed, waited for as long as `pool`'s; on the current Tokio
-    /// runtime).
-    pub fn start(pool: &PgPool) -> Self {
+    /// Starts `writers` writers (at least one) on the database of `pool`, in sessions of
+    /// their own (opened when first needed, waited for as long as `pool`'s; on the current
+    /// Tokio runtime).
+    pub fn start(pool: &PgPool, writers: usize) -> Self {
+        let writers = writers.max(1);
         let options = invoice_group::session((*pool.connect_options()).clone());
         let pool = PgPoolOptions::new()
-            .max_connections(WRITERS as u32)
+            .max_connections(u32::try_from(writers).unwrap_or(u32::MAX))
             .acquire_timeout(pool.options().get_acquire_timeout())
             .connect_lazy_with(options);
         let (jobs, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
-        for _ in 0..WRITERS {
+        for _ in 0..writers {
             tokio::spawn(write_groups(pool.clone(), waiting.clone()));
         }
         InvoiceWriter { jobs }

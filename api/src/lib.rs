@@ -65,7 +65,7 @@ impl AppState {
     /// invoice writers on the current Tokio runtime.
     pub fn new(pool: PgPool, consistency_wait: Duration) -> Self {
         AppState {
-            invoices: invoice_writer::InvoiceWriter::start(&pool),
+            invoices: invoice_writer::InvoiceWriter::start(&pool, invoice_writer::DEFAULT_WRITERS),
             pool,
             consistency_wait,
             gate_retention: Duration::from_secs(30 * 24 * 3600),

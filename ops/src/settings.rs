@@ -80,6 +80,15 @@ pub struct Config {
     /// Postgres connections per process.
     #[arg(long, env = "DHANMAN_DB_POOL", default_value_t = 10)]
     pub db_pool: u32,
+    /// Invoice writers of a process that serves the API (1 to 64), each with a Postgres
+    /// session of its own besides `DHANMAN_DB_POOL`.
+    #[arg(
+        long,
+        env = "DHANMAN_INVOICE_WRITERS",
+        default_value_t = dhanman_api::invoice_writer::DEFAULT_WRITERS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64)
+    )]
+    pub invoice_writers: usize,
     /// When `dhanman up` runs the monthly-invoices job for the current month (UTC), as a
     /// cron expression with seconds (`0 0 6 1 * *`: 06:00 on the first); unset: never.
     #[arg(long, env = "DHANMAN_MONTHLY_INVOICES_CRON")]
@@ -300,7 +309,10 @@ impl Config {
 
     pub fn app_state(&self, pool: PgPool) -> dhanman_api::AppState {
         dhanman_api::AppState {
-            invoices: dhanman_api::invoice_writer::InvoiceWriter::start(&pool),
+            invoices: dhanman_api::invoice_writer::InvoiceWriter::start(
+                &pool,
+                self.invoice_writers,
+            ),
             pool,
             consistency_wait: self.consistency_wait_ms.get(),
             gate_retention: self.retention_gate,

@@ -83,11 +83,17 @@ pub async fn write_group(conn: &mut PgConnection, group: &[Grouped]) -> Vec<Resu
     results
 }
 
+/// The `application_name` of the sessions that write groups (`pg_stat_activity` shows
+/// them apart from the API's pool).
+pub const APPLICATION_NAME: &str = "dhanman invoice writer";
+
 /// The settings of a session that writes groups: no table is read whole where an index
 /// can find the rows (the statement's look-ups are by primary key), whatever the tables'
 /// sizes were when its plan was made.
 pub fn session(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([("enable_seqscan", "off")])
+    options
+        .options([("enable_seqscan", "off")])
+        .application_name(APPLICATION_NAME)
 }
 
 /// An invoice its group's statement did not write, written alone: a statement more.

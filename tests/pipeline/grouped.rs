@@ -8,10 +8,11 @@
 //! written twice. The statement's plan, kept from while the tables were small, still looks
 //! customers and keys up by key after they grew (the writers' sessions, `session`). Through
 //! the API, many invoices sent at once are each answered, each created once, and a retry
-//! with a key answers the first response.
+//! with a key answers the first response. `DHANMAN_INVOICE_WRITERS` sets how many writers
+//! (and sessions) there are; 0 is refused at start.
 
 use dhanman_producers::idempotency::{Key, request_hash};
-use dhanman_producers::invoice_group::{Grouped, session, write_group};
+use dhanman_producers::invoice_group::{APPLICATION_NAME, Grouped, session, write_group};
 use dhanman_producers::sales::{self, FirstEmail, NewCustomer, NewInvoice, prepare_invoice};
 use dhanman_producers::{Caller, Error};
 use futures_util::future::join_all;
@@ -365,5 +366,54 @@ async fn groups_look_customers_and_keys_up_by_key_after_the_tables_grew() {
     }
     drop(tx);
     drop(session);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_are_as_many_as_configured() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let mut none = setup.spawn_with_env(&["up"], &[("DHANMAN_INVOICE_WRITERS", "0")]);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), none.child.wait())
+        .await
+        .expect("up refuses no writers")
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        none.log_text().contains("INVOICE_WRITERS"),
+        "{}",
+        none.log_text()
+    );
+
+    let up = setup.spawn_with_env(&["up"], &[("DHANMAN_INVOICE_WRITERS", "1")]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "One Writer Court").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let asha = api.customer("Asha").await;
+    let replies = join_all((0..64).map(|i| {
+        api.post(
+            "/v1/invoices",
+            json!({"customer_id": asha, "amount": format!("{}.00", 10 + i),
+                   "due_date": "2026-12-31"}),
+        )
+    }))
+    .await;
+    assert!(
+        replies.iter().all(|r| r.status == 201),
+        "{}",
+        replies[0].body
+    );
+    assert_eq!(db.count("select count(*) from invoices").await, 64);
+    // Every one of them was written through the one writer's session.
+    let sessions: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and application_name = $1",
+    )
+    .bind(APPLICATION_NAME)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sessions, 1);
+    drop(up);
     db.drop_db().await;
 }
