@@ -189,6 +189,9 @@ pub async fn run_all(
     pool: PgPool,
     mut stop: Stop,
 ) -> anyhow::Result<()> {
+    // Before any part starts: a processor registers its series at zero when it joins its
+    // group, and what is recorded before the recorder exists is lost.
+    dhanman_api::prometheus::install();
     let stopper = Stopper::default();
     let mut parts = tokio::task::JoinSet::new();
     if let Some(schedule) = config.monthly_schedule()? {
