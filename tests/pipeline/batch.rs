@@ -4,7 +4,9 @@
 //! others are created with their events and first emails, in order, and the ledger posts
 //! them; the same `Idempotency-Key` answers the same bytes and creates nothing; an empty
 //! or oversized batch is refused whole, naming `invoices` (422) or the body (413); a large
-//! batch's stored response is compressed with lz4.
+//! batch's stored response is compressed with lz4. Hostile items (nested 20,000 deep, a
+//! deep value in a known field, a field given twice) are each a 422 of their own, beside
+//! good items created.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -195,5 +197,48 @@ async fn a_batch_judges_each_invoice_alone_and_is_one_command() {
         r.text.len()
     );
     drop(up);
+    db.drop_db().await;
+}
+
+/// A batch's items as sent, hostile ones included: each is judged alone and none turns into
+/// a 500. An item nested 20,000 deep is not an object; a deep value in a known field names
+/// that field; a field given twice names the item; the good items are still created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_items_are_each_refused_alone() {
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let api = Api::new(&base, &org_key(&db, "Hostile Heights").await);
+    let asha = api.customer("Asha").await;
+    let good = item(asha, "10.00", None).to_string();
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+    let body = format!(
+        r#"{{"invoices": [{good}, {deep}, {{"customer_id": "{asha}", "amount": "1", "due_date": "2026-12-10", "description": {deep}}}, {{"customer_id": "{asha}", "customer_id": "{asha}", "amount": "1", "due_date": "2026-12-10"}}, {good}]}}"#
+    );
+    let request = api
+        .http
+        .post(format!("{base}/v1/invoices/batch"))
+        .header("content-type", "application/json")
+        .body(body);
+    let r = api.send(request).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let outcome: Vec<(u64, Option<&str>)> = r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["status"].as_u64().unwrap(), x["field"].as_str()))
+        .collect();
+    assert_eq!(
+        outcome,
+        vec![
+            (201, None),
+            (422, Some("invoices[1]")),
+            (422, Some("invoices[2].description")),
+            (422, Some("invoices[3]")),
+            (201, None),
+        ],
+        "{}",
+        r.body
+    );
+    assert_eq!(db.count("select count(*) from invoices").await, 2);
     db.drop_db().await;
 }
