@@ -373,17 +373,9 @@ async fn groups_look_customers_and_keys_up_by_key_after_the_tables_grew() {
 async fn the_writers_are_as_many_as_configured() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let mut none = setup.spawn_with_env(&["up"], &[("DHANMAN_INVOICE_WRITERS", "0")]);
-    let status = tokio::time::timeout(std::time::Duration::from_secs(30), none.child.wait())
-        .await
-        .expect("up refuses no writers")
-        .unwrap();
-    assert!(!status.success());
-    assert!(
-        none.log_text().contains("INVOICE_WRITERS"),
-        "{}",
-        none.log_text()
-    );
+    setup
+        .refuses_to_start(&["up"], ("DHANMAN_INVOICE_WRITERS", "0"), "INVOICE_WRITERS")
+        .await;
 
     let up = setup.spawn_with_env(&["up"], &[("DHANMAN_INVOICE_WRITERS", "1")]);
     setup.wait_ready(&up).await;

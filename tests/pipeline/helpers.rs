@@ -300,9 +300,14 @@ impl Proc {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+        self.exited(Duration::from_secs(60)).await
+    }
+
+    /// Waits up to `within` for the process to exit and returns how it did.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("not stopped within 60 s: {}", self.log_text()))
+            .unwrap_or_else(|_| panic!("not exited within {within:?}: {}", self.log_text()))
             .expect("wait for the process")
     }
 }
@@ -353,6 +358,16 @@ impl Setup {
     }
 
     /// Like [`Setup::spawn`], with variables added or overridden (e.g. `DATABASE_URL`).
+    /// Starts `args` with the setting `(variable, value)` and checks the process refuses
+    /// it: it exits unsuccessfully and its log holds `named`.
+    pub async fn refuses_to_start(&self, args: &[&str], setting: (&str, &str), named: &str) {
+        let mut refused = self.spawn_with_env(args, &[setting]);
+        let status = refused.exited(Duration::from_secs(30)).await;
+        assert!(!status.success(), "{setting:?}: {status}");
+        let log = refused.log_text();
+        assert!(log.contains(named), "{log}");
+    }
+
     pub fn spawn_with_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
         let log = std::env::temp_dir().join(format!(
             "dhanman-{}-{}.log",

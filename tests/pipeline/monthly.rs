@@ -266,17 +266,10 @@ async fn the_schedule_in_up_bills_the_current_month_once() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
 
-    let mut bad = setup.spawn_with_env(&["up"], &[("DHANMAN_MONTHLY_INVOICES_CRON", "every day")]);
-    let status = tokio::time::timeout(Duration::from_secs(30), bad.child.wait())
-        .await
-        .expect("up refuses a bad schedule")
-        .unwrap();
-    assert!(!status.success());
-    assert!(
-        bad.log_text().contains("DHANMAN_MONTHLY_INVOICES_CRON"),
-        "{}",
-        bad.log_text()
-    );
+    let cron = "DHANMAN_MONTHLY_INVOICES_CRON";
+    setup
+        .refuses_to_start(&["up"], (cron, "every day"), cron)
+        .await;
 
     // Every second: each tick after the first finds the invoice claimed and skips it.
     let up = setup.spawn_with_env(&["up"], &[("DHANMAN_MONTHLY_INVOICES_CRON", "* * * * * *")]);

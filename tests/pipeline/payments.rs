@@ -523,10 +523,7 @@ async fn a_crash_at_every_saga_step_is_finished_on_restart_with_one_charge() {
             reply.as_ref().is_none_or(|r| r.status >= 500),
             "{point}: the process should die before answering"
         );
-        let status = tokio::time::timeout(Duration::from_secs(30), up.child.wait())
-            .await
-            .expect("the process aborts")
-            .unwrap();
+        let status = up.exited(Duration::from_secs(30)).await;
         assert!(!status.success(), "{point}: {status}");
 
         // Restart without it: recovery finishes the saga before the API serves.
@@ -629,10 +626,7 @@ async fn a_charge_for_an_invoice_voided_meanwhile_is_refunded_even_across_crashe
                 reply.is_none_or(|r| r.status >= 500),
                 "{name}: should crash"
             );
-            let status = tokio::time::timeout(Duration::from_secs(30), up.child.wait())
-                .await
-                .expect("the process aborts")
-                .unwrap();
+            let status = up.exited(Duration::from_secs(30)).await;
             assert!(!status.success(), "{name}: {status}");
             up = spawn_up(&setup, &env);
             setup.wait_ready(&up).await;
