@@ -2,7 +2,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dhanman_ops::{
     Config, DATABASE_URL, DatabaseUrl, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli,
     jobs_cli, lag_cli, offsets_cli, outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
@@ -106,7 +106,7 @@ enum OrgsCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // The demo, the benchmark and `schemas` print results; their logs stay quiet unless asked for.
     let quiet = matches!(
         cli.command,
@@ -146,6 +146,25 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, or its error: one naming a flag whose value came from the environment
+/// says which variable held it.
+fn parse_cli() -> Cli {
+    let error = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(error) => error,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let Some(variable) =
+        dhanman_ops::refused_variable(&error, &Cli::command(), &argv, |n| std::env::var(n).ok())
+    else {
+        error.exit()
+    };
+    let text = error.render().to_string();
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    eprint!("{first}\n  (read from {variable})\n{rest}");
+    std::process::exit(error.exit_code())
 }
 
 async fn connect(database_url: &DatabaseUrl) -> anyhow::Result<sqlx::PgPool> {

@@ -30,7 +30,7 @@ pub mod startup;
 pub use settings::{
     ALIASED, Aliased, Config, Connections, DATABASE_URL, DatabaseUrl, KAFKA_BOOTSTRAP_SERVERS,
     KafkaBootstrapServers, LagSettings, SCHEMA_REGISTRY_URL, SMTP_URL, SchemaRegistryUrl, SmtpUrl,
-    connect_options,
+    connect_options, refused_variable,
 };
 pub use startup::{
     MIGRATOR, ProcessorJob, STOP_TIMEOUT, bind_api, bind_metrics, ensure_topics, migrate,

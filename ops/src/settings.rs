@@ -40,11 +40,16 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Partitions of the topics the pipeline creates.
-    #[arg(long, env = "DHANMAN_TOPIC_PARTITIONS", default_value_t = 4)]
+    #[arg(long, env = "DHANMAN_TOPIC_PARTITIONS", default_value_t = 4, value_parser = at_least_one::<i32>())]
     pub topic_partitions: i32,
     /// Replicas of each partition of the topics the pipeline creates (3 on a cluster of
     /// three brokers, with `min.insync.replicas` 2).
-    #[arg(long, env = "DHANMAN_TOPIC_REPLICAS", default_value_t = 1)]
+    #[arg(
+        long,
+        env = "DHANMAN_TOPIC_REPLICAS",
+        default_value_t = 1,
+        value_parser = clap::builder::RangedI64ValueParser::<i32>::new().range(1..=i64::from(i16::MAX))
+    )]
     pub topic_replicas: i32,
     /// Requests per second one API key may make to one API process (sustained; 0: no
     /// limit); past it, 429 with `Retry-After`.
@@ -68,17 +73,32 @@ pub struct Config {
     /// --processor ledger --correct --execute`.
     #[arg(long, env = "DHANMAN_LEDGER_ACCOUNTS")]
     pub ledger_accounts: Option<dhanman_processors::ledger::Accounts>,
-    /// Largest batch a processor applies in one transaction.
-    #[arg(long, env = "DHANMAN_BATCH_SIZE", default_value_t = dhanman_processors::runtime::DEFAULT_MAX_BATCH)]
+    /// Largest batch a processor applies in one transaction (1 to 100,000).
+    #[arg(
+        long,
+        env = "DHANMAN_BATCH_SIZE",
+        default_value_t = dhanman_processors::runtime::DEFAULT_MAX_BATCH,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000)
+    )]
     pub batch_size: usize,
     /// Prefix of every topic name, to share a cluster between installations or tests.
     #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
-    /// Concurrent transactions a processor splits each batch into, by partition.
-    #[arg(long, env = "DHANMAN_LANES", default_value_t = dhanman_processors::runtime::DEFAULT_LANES)]
+    /// Concurrent transactions a processor splits each batch into, by partition (1 to 64).
+    #[arg(
+        long,
+        env = "DHANMAN_LANES",
+        default_value_t = dhanman_processors::runtime::DEFAULT_LANES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64)
+    )]
     pub lanes: usize,
-    /// Postgres connections per process.
-    #[arg(long, env = "DHANMAN_DB_POOL", default_value_t = 10)]
+    /// Postgres connections per process (1 to 1,000).
+    #[arg(
+        long,
+        env = "DHANMAN_DB_POOL",
+        default_value_t = 10,
+        value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=1000)
+    )]
     pub db_pool: u32,
     /// Invoice writers of a process that serves the API (1 to 64), each with a Postgres
     /// session of its own besides `DHANMAN_DB_POOL`.
@@ -105,7 +125,7 @@ pub struct Config {
     )]
     pub gateway_url: String,
     /// Limit of one gateway request, connect to last byte, in milliseconds.
-    #[arg(long, env = "DHANMAN_GATEWAY_TIMEOUT_MS", default_value = "5000")]
+    #[arg(long, env = "DHANMAN_GATEWAY_TIMEOUT_MS", default_value = "5000", value_parser = Millis::positive)]
     pub gateway_timeout_ms: Millis,
     /// Retries of a gateway request after a transient failure (timeout, 5xx, connection
     /// lost), with exponential backoff and jitter.
@@ -115,7 +135,7 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_GATEWAY_BACKOFF_MS", default_value = "200")]
     pub gateway_backoff_ms: Millis,
     /// Consecutive transient gateway failures that open the circuit breaker.
-    #[arg(long, env = "DHANMAN_GATEWAY_BREAKER_THRESHOLD", default_value_t = 5)]
+    #[arg(long, env = "DHANMAN_GATEWAY_BREAKER_THRESHOLD", default_value_t = 5, value_parser = at_least_one::<u32>())]
     pub gateway_breaker_threshold: u32,
     /// How long the open breaker fails calls fast before it lets a trial through, in ms.
     #[arg(
@@ -128,7 +148,8 @@ pub struct Config {
     #[arg(
         long,
         env = "DHANMAN_PAYMENT_RECOVERY_INTERVAL_MS",
-        default_value = "30000"
+        default_value = "30000",
+        value_parser = Millis::positive
     )]
     pub payment_recovery_interval_ms: Millis,
     /// Testing switch: abort the process at a payment saga crash point (`after-start`,
@@ -136,12 +157,12 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_FAULT_CRASH_AT", hide = true, value_parser = dhanman_payments::CrashPoint::parse)]
     pub fault_crash_at: Option<dhanman_payments::CrashPoint>,
     /// How often the API process samples consumer lag (for `/metrics` and `GET /v1/lag`), in ms.
-    #[arg(long, env = "DHANMAN_LAG_INTERVAL_MS", default_value = "5000")]
+    #[arg(long, env = "DHANMAN_LAG_INTERVAL_MS", default_value = "5000", value_parser = Millis::positive)]
     pub lag_interval_ms: Millis,
     #[command(flatten)]
     pub lag: LagSettings,
     /// How often each API process audits the ledger (`/metrics`, `/readyz`), in ms.
-    #[arg(long, env = "DHANMAN_AUDIT_INTERVAL_MS", default_value = "60000")]
+    #[arg(long, env = "DHANMAN_AUDIT_INTERVAL_MS", default_value = "60000", value_parser = Millis::positive)]
     pub audit_interval_ms: Millis,
     /// How long published outbox rows are kept (`dhanman up` prunes older ones).
     #[arg(long, env = "DHANMAN_RETENTION_OUTBOX", default_value = "7days", value_parser = humantime::parse_duration)]
@@ -154,7 +175,7 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_RETENTION_GATE", default_value = "30days", value_parser = humantime::parse_duration)]
     pub retention_gate: Duration,
     /// How often `dhanman up` prunes by those retentions.
-    #[arg(long, env = "DHANMAN_RETENTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DHANMAN_RETENTION_INTERVAL", default_value = "1h", value_parser = positive_duration)]
     pub retention_interval: Duration,
     /// Purchase orders above this amount need the CFO's approval as well as a manager's.
     #[arg(long, env = "DHANMAN_PO_CFO_THRESHOLD", default_value = "50000")]
@@ -173,7 +194,7 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_TEMPLATE_DIR")]
     pub template_dir: Option<std::path::PathBuf>,
     /// SMTP attempts of a notification before it is dead-lettered (transient failures).
-    #[arg(long, env = "DHANMAN_SMTP_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "DHANMAN_SMTP_MAX_ATTEMPTS", default_value_t = 5, value_parser = at_least_one::<u32>())]
     pub smtp_max_attempts: u32,
     /// Delay before a notification's first retry, in milliseconds; doubles each attempt.
     #[arg(long, env = "DHANMAN_SMTP_BACKOFF_MS", default_value = "1000")]
@@ -182,21 +203,21 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_SMTP_BACKOFF_MAX_MS", default_value = "300000")]
     pub smtp_backoff_max_ms: Millis,
     /// Limit of one SMTP conversation (connect to the reply to DATA), in milliseconds.
-    #[arg(long, env = "DHANMAN_SMTP_TIMEOUT_MS", default_value = "30000")]
+    #[arg(long, env = "DHANMAN_SMTP_TIMEOUT_MS", default_value = "30000", value_parser = Millis::positive)]
     pub smtp_timeout_ms: Millis,
     /// How long a claimed notification is left to its sender before another takes it over
     /// (after a crash), in milliseconds; longer than the SMTP timeout.
-    #[arg(long, env = "DHANMAN_SMTP_LEASE_MS", default_value = "120000")]
+    #[arg(long, env = "DHANMAN_SMTP_LEASE_MS", default_value = "120000", value_parser = Millis::positive)]
     pub smtp_lease_ms: Millis,
     /// Notifications in flight at once per process.
-    #[arg(long, env = "DHANMAN_SMTP_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "DHANMAN_SMTP_CONCURRENCY", default_value_t = 8, value_parser = at_least_one::<usize>())]
     pub smtp_concurrency: usize,
     /// Days before an invoice's due date its payment reminder goes out (at 00:00 UTC); a
     /// time already past when the invoice is seen means the scheduler's next tick.
     #[arg(long, env = "DHANMAN_REMINDER_DAYS_BEFORE", default_value_t = dhanman_processors::reminders::DEFAULT_DAYS_BEFORE)]
     pub reminder_days_before: u32,
     /// How often the reminder scheduler looks for due timers, in milliseconds.
-    #[arg(long, env = "DHANMAN_REMINDER_TICK_MS", default_value = "1000")]
+    #[arg(long, env = "DHANMAN_REMINDER_TICK_MS", default_value = "1000", value_parser = Millis::positive)]
     pub reminder_tick_ms: Millis,
 }
 
@@ -363,7 +384,12 @@ pub struct LagSettings {
     pub lag_allowed: u32,
     /// Most partitions one lag sample measures: the pipeline's groups always, other groups
     /// while they fit (the rest are counted in `dhanman_lag_groups_left_out`).
-    #[arg(long, env = "DHANMAN_LAG_MAX_PARTITIONS", default_value_t = dhanman_connectors::lag::MAX_PARTITIONS)]
+    #[arg(
+        long,
+        env = "DHANMAN_LAG_MAX_PARTITIONS",
+        default_value_t = dhanman_connectors::lag::MAX_PARTITIONS,
+        value_parser = at_least_one::<usize>()
+    )]
     pub lag_max_partitions: usize,
 }
 
@@ -417,6 +443,85 @@ pub struct Millis(Duration);
 impl Millis {
     pub fn get(self) -> Duration {
         self.0
+    }
+
+    /// A period or a limit: zero would spin a loop or fail every call at once.
+    fn positive(raw: &str) -> Result<Millis, String> {
+        match raw.parse::<Millis>() {
+            Ok(Millis(d)) if d.is_zero() => Err("must be at least 1 (milliseconds)".into()),
+            Ok(ms) => Ok(ms),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// A count that must be at least one (zero would do nothing, or nothing at all forever).
+fn at_least_one<T>() -> clap::builder::RangedI64ValueParser<T>
+where
+    T: TryFrom<i64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<i64>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    clap::builder::RangedI64ValueParser::<T>::new().range(1..)
+}
+
+/// The variable and value a refused setting was read from, when it came from one: clap's
+/// error names the flag (`--db-pool <DB_POOL>`) even when the value was `DHANMAN_DB_POOL`'s.
+/// `None` when the flag itself was given (in `argv`) or the argument reads no variable.
+pub fn refused_variable(
+    error: &clap::Error,
+    command: &clap::Command,
+    argv: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let clap::error::ContextValue::String(arg) = error.get(clap::error::ContextKind::InvalidArg)?
+    else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let flag = format!("--{long}");
+    if argv
+        .iter()
+        .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+    {
+        return None;
+    }
+    // The flag may be one of several subcommands': it names a variable only when all of
+    // those that read one read the same.
+    let mut args = Vec::new();
+    args_named(command, long, &mut args);
+    let arg = *args.first()?;
+    let name = arg.get_env()?;
+    if args.iter().any(|a| a.get_env() != Some(name)) {
+        return None;
+    }
+    let name = name.to_string_lossy().into_owned();
+    let value = env(&name)?;
+    Some(if args.iter().any(|a| a.is_hide_env_values_set()) {
+        name
+    } else {
+        format!("{name}={value}")
+    })
+}
+
+/// Every argument of `command` and its subcommands whose flag is `--long` and which reads a
+/// variable.
+fn args_named<'c>(command: &'c clap::Command, long: &str, found: &mut Vec<&'c clap::Arg>) {
+    found.extend(
+        command
+            .get_arguments()
+            .filter(|a| a.get_long() == Some(long) && a.get_env().is_some()),
+    );
+    for sub in command.get_subcommands() {
+        args_named(sub, long, found);
+    }
+}
+
+/// An interval of a periodic task: zero would spin it.
+fn positive_duration(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -528,6 +633,89 @@ mod tests {
         let alone = [("SMTP_URL", "smtp://mail:1025")];
         let smtp = SmtpUrl::from_matches(&matches::<SmtpUrl>(&["dhanman"]), env(&alone)).unwrap();
         assert_eq!(smtp.expose_secret(), "smtp://mail:1025");
+    }
+
+    /// A refusal of `argv` under `vars`, and the variable it says the value came from.
+    fn refusal(argv: &[&str], vars: &[(&str, &str)]) -> Option<String> {
+        let command = Config::augment_args(clap::Command::new("dhanman"));
+        let with_env = env(vars);
+        let mut args: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        // clap reads the process's environment, which a test must not change: the
+        // variables' values are given to it as the flags they stand for, unless named.
+        for (name, value) in vars {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == *name))
+                .expect("a variable of Config");
+            if !argv.iter().any(|a| a.starts_with("--")) {
+                args.push(format!("--{}={value}", arg.get_long().expect("a flag")));
+            }
+        }
+        let error = command
+            .clone()
+            .try_get_matches_from(&args)
+            .expect_err("refused");
+        let given: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        refused_variable(&error, &command, &given, with_env)
+    }
+
+    #[test]
+    fn a_refused_value_names_the_variable_it_came_from() {
+        assert_eq!(
+            refusal(&["dhanman"], &[("DHANMAN_DB_POOL", "0")]).as_deref(),
+            Some("DHANMAN_DB_POOL=0")
+        );
+        assert_eq!(
+            refusal(&["dhanman"], &[("DHANMAN_RETENTION_INTERVAL", "0s")]).as_deref(),
+            Some("DHANMAN_RETENTION_INTERVAL=0s")
+        );
+        // Given as a flag, the error's own words name it.
+        assert_eq!(
+            refusal(&["dhanman", "--lanes=0"], &[("DHANMAN_LANES", "2")]),
+            None
+        );
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_stall_or_spin() {
+        for (flag, refused, kept) in [
+            ("--db-pool", "0", "1"),
+            ("--batch-size", "0", "1"),
+            ("--batch-size", "100001", "100000"),
+            ("--lanes", "0", "64"),
+            ("--topic-partitions", "0", "1"),
+            ("--topic-replicas", "0", "3"),
+            ("--invoice-writers", "65", "64"),
+            ("--lag-interval-ms", "0", "1"),
+            ("--audit-interval-ms", "0", "1"),
+            ("--reminder-tick-ms", "0", "1"),
+            ("--payment-recovery-interval-ms", "0", "1"),
+            ("--gateway-timeout-ms", "0", "1"),
+            ("--gateway-breaker-threshold", "0", "1"),
+            ("--smtp-max-attempts", "0", "1"),
+            ("--smtp-concurrency", "0", "1"),
+            ("--smtp-timeout-ms", "0", "1"),
+            ("--smtp-lease-ms", "0", "1"),
+            ("--retention-interval", "0s", "1s"),
+            ("--lag-max-partitions", "0", "1"),
+        ] {
+            let parse = |value: &str| {
+                Config::augment_args(clap::Command::new("dhanman")).try_get_matches_from([
+                    "dhanman",
+                    "--database-url=postgres://db/x",
+                    flag,
+                    value,
+                ])
+            };
+            let error = parse(refused).expect_err(flag);
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag}"
+            );
+            assert!(error.to_string().contains(flag), "{flag}: {error}");
+            parse(kept).unwrap_or_else(|e| panic!("{flag} {kept}: {e}"));
+        }
     }
 
     #[test]

@@ -374,7 +374,11 @@ async fn the_writers_are_as_many_as_configured() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
     setup
-        .refuses_to_start(&["up"], ("DHANMAN_INVOICE_WRITERS", "0"), "INVOICE_WRITERS")
+        .refuses_to_start(
+            &["up"],
+            ("DHANMAN_INVOICE_WRITERS", "0"),
+            "DHANMAN_INVOICE_WRITERS=0",
+        )
         .await;
 
     let up = setup.spawn_with_env(&["up"], &[("DHANMAN_INVOICE_WRITERS", "1")]);

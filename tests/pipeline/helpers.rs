@@ -357,7 +357,6 @@ impl Setup {
         self.spawn_with_env(args, &[])
     }
 
-    /// Like [`Setup::spawn`], with variables added or overridden (e.g. `DATABASE_URL`).
     /// Starts `args` with the setting `(variable, value)` and checks the process refuses
     /// it: it exits unsuccessfully and its log holds `named`.
     pub async fn refuses_to_start(&self, args: &[&str], setting: (&str, &str), named: &str) {
@@ -368,6 +367,7 @@ impl Setup {
         assert!(log.contains(named), "{log}");
     }
 
+    /// Like [`Setup::spawn`], with variables added or overridden (e.g. `DATABASE_URL`).
     pub fn spawn_with_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
         let log = std::env::temp_dir().join(format!(
             "dhanman-{}-{}.log",
@@ -494,6 +494,8 @@ pub async fn command_events(db: &TestDb) -> i64 {
 /// What a finished `dhanman` command printed.
 pub struct CliRun {
     pub ok: bool,
+    /// The exit code; `None` when a signal ended the process.
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -530,6 +532,7 @@ pub async fn dhanman_with_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]
         .expect("run dhanman");
     CliRun {
         ok: output.status.success(),
+        code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }

@@ -45,5 +45,6 @@ mod reminders;
 mod replay;
 mod retention;
 mod salaries;
+mod settings;
 mod statement;
 mod void;
