@@ -159,7 +159,7 @@ pub async fn create_invoices(
 
     let mut events: Vec<InvoiceCreated> = Vec::with_capacity(accepted.len());
     let mut emails: Vec<SendInvoiceEmail> = Vec::with_capacity(accepted.len());
-    let mut created_at: Vec<usize> = Vec::with_capacity(accepted.len());
+    let mut answers: Vec<(usize, CreatedInvoice)> = Vec::with_capacity(accepted.len());
     for (index, id, number, invoice) in accepted {
         if taken.contains(&number) {
             let message = format!("invoice_number {number} already exists in this organization");
@@ -170,13 +170,10 @@ pub async fn create_invoices(
             .get(&invoice.customer_id)
             .and_then(|(_, e)| e.clone());
         let event = invoice_created(caller, invoice, id, number);
-        emails.push(first_email(
-            caller,
-            &CreatedInvoice::of(&event),
-            email.as_deref(),
-        ));
+        let created = CreatedInvoice::of(&event);
+        emails.push(first_email(caller, &created, email.as_deref()));
         events.push(event);
-        created_at.push(index);
+        answers.push((index, created));
     }
     insert(conn, caller, &events).await?;
     let mut rows = Vec::with_capacity(events.len() + emails.len());
@@ -187,11 +184,11 @@ pub async fn create_invoices(
         rows.push(outbox::row(email)?);
     }
     outbox::enqueue_rows(conn, &rows).await?;
-    for (event, index) in events.iter().zip(created_at) {
+    for (index, created) in answers {
         results[index] = Some(ItemResult {
             index,
             status: 201,
-            invoice: Some(CreatedInvoice::of(event)),
+            invoice: Some(created),
             error: None,
             field: None,
             message: None,
