@@ -99,6 +99,6 @@ fi
 if [ "$wipe" -eq 1 ]; then
 	log "deleting the broker's storage ($KAFKA_DATA); the next start formats a new cluster"
 	rm -rf "$KAFKA_DATA"
-	log "stored offsets in Postgres now point past the new, empty logs: the processors say so at"
-	log "start; move them with 'dhanman offsets reset --group G --to-earliest --execute' or drop the database"
+	log "stored offsets in Postgres now point past the new, empty logs: a processor assigned such a"
+	log "partition reads it from the start and moves its offset back; drop the database to start over"
 fi

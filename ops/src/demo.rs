@@ -132,7 +132,6 @@ where
     let pool = config.pool().await?;
     crate::migrate(&pool).await?;
     crate::ensure_topics(&config).await?;
-    offsets_within_logs(&config, &pool).await?;
     // The development payment gateway, in-process on an ephemeral port, for the saga.
     let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     config.gateway_url = format!("http://{}", gateway.local_addr()?);
@@ -503,46 +502,6 @@ async fn settle(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(Some(busy))
-}
-
-/// Refuses to start when a processor's stored offset lies past the end of its partition's
-/// log: the broker holds fewer records than the database says were read (its storage was
-/// wiped, or it lost records after a crash). The processors would read nothing there until
-/// the log grew past that offset, and the demo would wait for books that never settle.
-async fn offsets_within_logs(config: &Config, pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    let mut past = Vec::new();
-    for (group, _) in processor_reads(config) {
-        let plan = dhanman_connectors::offsets::plan(
-            pool,
-            &config.kafka_bootstrap_servers,
-            &group,
-            &[],
-            None,
-        )
-        .await
-        .with_context(|| format!("reading the offsets of group {group}"))?;
-        for row in plan.partitions {
-            if let Some(stored) = row.current.filter(|stored| *stored > row.log_end) {
-                past.push(format!(
-                    "  {group} on {}[{}]: stored offset {stored}, log end {}",
-                    row.topic, row.partition, row.log_end
-                ));
-            }
-        }
-    }
-    if past.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "the broker holds fewer records than this database's processors have read (its storage \
-         was wiped, or it lost records after a crash):\n{}\nThe processors would read nothing \
-         there until those logs grew past the stored offsets, so the demo's books would never \
-         settle. On a development machine, start both over: `make reset-broker`, and drop \
-         the database DATABASE_URL names (`make demo` creates `dhanman` again); or move each \
-         group named here: `dhanman offsets reset --group <group> --to-earliest --execute` \
-         (docs/broker.md)",
-        past.join("\n")
-    )
 }
 
 /// Every processor's consumer group and the topics it reads.

@@ -1,5 +1,8 @@
 //! On assignment the consumer seeks to the offsets stored in Postgres, not to Kafka's
-//! committed offsets (which trail them after a crash between the two commits).
+//! committed offsets (which trail them after a crash between the two commits); a stored
+//! offset past the log's end (a recreated topic, a broker that lost records) starts the
+//! partition from the log's start and is brought back within the log, so that no later
+//! assignment skips the records below it.
 
 use std::time::Duration;
 
@@ -89,6 +92,73 @@ async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
         "{}",
         processor.log_text()
     );
+    drop((processor, api));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_past_the_log_end_reads_from_the_start_and_comes_back() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (api, org) = api_with_org(&setup, "Lost Records Society").await;
+    let codec = setup.codec();
+    let topic = setup.topic(topics::PAYMENTS);
+    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 4)
+        .await
+        .unwrap();
+    let customer = Uuid::now_v7();
+    let producer = producer();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let e = payment(org, customer, 2000 + i, &format!("lost-{i}"));
+        let value = codec.encode(&e).await.unwrap();
+        let delivery = producer
+            .send(
+                FutureRecord::to(&topic).key(&e.key()).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        sent.push((delivery.partition, delivery.offset));
+    }
+    let (partition, end) = (sent[0].0, sent[4].1 + 1);
+
+    // The database says the group read a thousand records the log no longer has.
+    let group = format!("{}dhanman.ledger", setup.topic_prefix);
+    sqlx::query(
+        "insert into consumer_offsets (group_id, topic, partition, next_offset) values ($1, $2, $3, 1000)",
+    )
+    .bind(&group)
+    .bind(&topic)
+    .bind(partition)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let processor = setup.spawn(&["process", "ledger"]);
+    db.wait_count(
+        "the five payments the log holds to be applied",
+        "select count(*) from processed_events",
+        5,
+        Duration::from_secs(60),
+    )
+    .await;
+    let stored = format!(
+        "select count(*) from consumer_offsets
+          where group_id = '{group}' and topic = '{topic}' and partition = {partition}
+            and next_offset = {end}"
+    );
+    db.wait_count(
+        "the stored offset back at the log's end",
+        &stored,
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    processor
+        .wait_for_log("past the end of the log", Duration::from_secs(5))
+        .await;
     drop((processor, api));
     db.drop_db().await;
 }

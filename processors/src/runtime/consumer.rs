@@ -76,6 +76,53 @@ impl StoredOffsets {
     }
 }
 
+impl StoredOffsets {
+    /// Where to start on a partition whose stored offset is `stored`: there, unless it lies
+    /// past the log's end (the topic was recreated, or the broker lost records it had
+    /// acknowledged). Then from the log's start, each event already applied skipped by its
+    /// gate, and the stored offset is brought back to that start: left past the end, it would
+    /// only grow again once the log passed it, and a member assigned the partition between
+    /// (after a restart) would skip every record below it.
+    fn within_log(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        partition: i32,
+        stored: i64,
+    ) -> i64 {
+        let Ok((start, end)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
+        else {
+            return stored;
+        };
+        if stored <= end {
+            return stored;
+        }
+        tracing::error!(
+            group = %self.group, %topic, partition, stored, log_end = end, log_start = start,
+            "the stored offset is past the end of the log (topic recreated or broker data \
+             lost?); reading the partition from the log's start, events already applied skipped"
+        );
+        let lowered = tokio::task::block_in_place(|| {
+            self.runtime.block_on(
+                sqlx::query(
+                    "update consumer_offsets set next_offset = $4, updated_at = now()
+                      where group_id = $1 and topic = $2 and partition = $3 and next_offset = $5",
+                )
+                .bind(&self.group)
+                .bind(topic)
+                .bind(partition)
+                .bind(start)
+                .bind(stored)
+                .execute(&self.pool),
+            )
+        });
+        if let Err(e) = lowered {
+            tracing::error!(group = %self.group, %topic, partition, error = %e, "lowering the stored offset");
+        }
+        start
+    }
+}
+
 impl ConsumerContext for StoredOffsets {
     fn rebalance(
         &self,
@@ -88,27 +135,11 @@ impl ConsumerContext for StoredOffsets {
                 match self.load(tpl) {
                     Ok(stored) => {
                         for ((topic, partition), offset) in &stored {
+                            let from = self.within_log(base_consumer, topic, *partition, *offset);
                             if let Err(e) =
-                                tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset))
+                                tpl.set_partition_offset(topic, *partition, Offset::Offset(from))
                             {
                                 tracing::error!(%topic, partition, error = %e, "setting stored offset");
-                            }
-                            // Past the log's end, the member would wait for records that
-                            // will never come (the topic was recreated or the broker lost
-                            // data): say so, and how to move on.
-                            let end = base_consumer
-                                .fetch_watermarks(topic, *partition, Duration::from_secs(5))
-                                .map(|(_, high)| high);
-                            if let Ok(end) = end
-                                && *offset > end
-                            {
-                                tracing::error!(
-                                    group = %self.group, %topic, partition, stored = offset, log_end = end,
-                                    "the stored offset is past the end of the log (topic recreated or \
-                                     broker data lost?); nothing is read here until the log grows \
-                                     past it: see `dhanman offsets reset --group {} --topic {topic}:{partition}`",
-                                    self.group
-                                );
                             }
                         }
                         tracing::info!(group = %self.group, partitions = tpl.count(), from_postgres = stored.len(), "partitions assigned");
