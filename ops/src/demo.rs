@@ -163,7 +163,10 @@ where
         let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
         tokio::spawn(pipeline(config, listener, pool, stop))
     };
-    let shown = society(&config, &pool, base, mailbox.as_ref()).await;
+    let shown = match joined(&config).await {
+        Ok(()) => society(&config, &pool, base, mailbox.as_ref()).await,
+        Err(e) => Err(e),
+    };
     // The pipeline stops as `dhanman up` does on SIGTERM: its consumers leave their
     // groups, so the next run's join at once.
     stopper.stop();
@@ -502,6 +505,54 @@ async fn settle(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(Some(busy))
+}
+
+/// How long the demo waits for its processors to join their groups.
+const JOIN_WITHIN: Duration = Duration::from_secs(90);
+
+/// Waits until this process's member holds its share in every processor's group and the
+/// group is stable, so that the story's reads with `consistent_with` wait on the processors'
+/// work, not on their joins: a broker restarted moments before, or a member of an earlier
+/// run that vanished without leaving, can keep a group rebalancing for longer than such a
+/// read waits. Says so when that takes a while.
+async fn joined(config: &Config) -> anyhow::Result<()> {
+    let ours = format!("-{}", std::process::id());
+    let started = tokio::time::Instant::now();
+    let mut said = false;
+    loop {
+        let mut waiting = Vec::new();
+        for (group, _) in processor_reads(config) {
+            let described =
+                dhanman_connectors::offsets::describe(&config.kafka_bootstrap_servers, &group)
+                    .await
+                    .with_context(|| format!("describing group {group}"))?;
+            let member = described
+                .members
+                .iter()
+                .any(|m| m.client_id.ends_with(&ours));
+            if described.state != "Stable" || !member {
+                waiting.push(format!("{group} ({})", described.state));
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let waited = started.elapsed();
+        if waited > JOIN_WITHIN {
+            bail!(
+                "the processors did not join their consumer groups within {JOIN_WITHIN:?}: {}",
+                waiting.join(", ")
+            );
+        }
+        if !said && waited > Duration::from_secs(5) {
+            eprintln!(
+                "waiting for the processors to join their consumer groups: {}",
+                waiting.join(", ")
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Every processor's consumer group and the topics it reads.
