@@ -4,10 +4,9 @@
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use dhanman_ops::{
-    Config, DATABASE_URL, DatabaseUrl, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli,
-    jobs_cli, lag_cli, offsets_cli, outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
+    Config, DatabaseUrl, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli, jobs_cli, lag_cli,
+    offsets_cli, outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
 };
-use secrecy::ExposeSecret;
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
 #[derive(Debug, Parser)]
@@ -167,12 +166,6 @@ fn parse_cli() -> Cli {
     std::process::exit(error.exit_code())
 }
 
-async fn connect(database_url: &DatabaseUrl) -> anyhow::Result<sqlx::PgPool> {
-    sqlx::PgPool::connect(database_url.expose_secret())
-        .await
-        .with_context(|| format!("connecting to Postgres ({})", DATABASE_URL.names()))
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(config) => {
@@ -210,7 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dhanman_ops::with_metrics(metrics, processor).await
         }
         Command::Migrate { database_url } => {
-            let pool = connect(&database_url).await?;
+            let pool = database_url.pool().await?;
             dhanman_ops::migrate(&pool).await?;
             eprintln!("migrations applied");
             Ok(())
@@ -223,7 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     database_url,
                 },
         } => {
-            let pool = connect(&database_url).await?;
+            let pool = database_url.pool().await?;
             let created =
                 dhanman_producers::orgs::create_organization(&pool, &name, admin_email.as_deref())
                     .await

@@ -70,10 +70,7 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn run_job(args: &RunArgs) -> anyhow::Result<monthly::Summary> {
-    use secrecy::ExposeSecret;
-    let pool = sqlx::PgPool::connect(args.database_url.expose_secret())
-        .await
-        .with_context(|| format!("connecting to Postgres ({})", crate::DATABASE_URL.names()))?;
+    let pool = args.database_url.pool().await?;
     match args.job {
         Job::MonthlyInvoices => monthly::run(&pool, &args.period, args.organization, args.due_days)
             .await

@@ -2,7 +2,7 @@
 //! Writes to it (register, delete, config, mode, import) need HTTP basic auth as one of
 //! these users; reads are open.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use dhanman_registry::users;
 
 #[derive(Debug, clap::Args)]
@@ -45,10 +45,7 @@ enum UsersCommand {
 }
 
 async fn pool(url: &crate::DatabaseUrl) -> anyhow::Result<sqlx::PgPool> {
-    use secrecy::ExposeSecret;
-    sqlx::PgPool::connect(url.expose_secret())
-        .await
-        .with_context(|| format!("connecting to Postgres ({})", crate::DATABASE_URL.names()))
+    url.pool().await
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

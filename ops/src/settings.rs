@@ -242,14 +242,11 @@ impl Config {
     }
 
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
-        let options = connect_options(self.database_url.expose_secret())
-            .with_context(|| format!("reading {}", DATABASE_URL.names()))?;
-        PgPoolOptions::new()
-            .max_connections(self.db_pool)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .with_context(|| format!("connecting to Postgres ({})", DATABASE_URL.names()))
+        open_pool(
+            self.database_url.expose_secret(),
+            PgPoolOptions::new().max_connections(self.db_pool),
+        )
+        .await
     }
 
     pub fn codec(&self) -> anyhow::Result<Arc<Codec>> {
@@ -430,10 +427,52 @@ pub struct Connections {
 
 impl Connections {
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
-        PgPool::connect(self.database_url.expose_secret())
-            .await
-            .with_context(|| format!("connecting to Postgres ({})", DATABASE_URL.names()))
+        self.database_url.pool().await
     }
+}
+
+impl DatabaseUrl {
+    /// A pool of the default size on this database ([`open_pool`]).
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        open_pool(self.expose_secret(), PgPoolOptions::new()).await
+    }
+}
+
+/// A pool on the database `url` names, sessions opened as [`connect_options`] says, or an
+/// error saying where it tried (host, port, database; never the password) and why: sqlx's
+/// own answer when no session opened in time is a bare time-out, so one more attempt,
+/// alone, finds the reason (refused, a password, a database that does not exist).
+pub async fn open_pool(url: &str, pool: PgPoolOptions) -> anyhow::Result<PgPool> {
+    let options =
+        connect_options(url).with_context(|| format!("reading {}", DATABASE_URL.names()))?;
+    let place = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    let failed = match pool
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await
+    {
+        Ok(pool) => return Ok(pool),
+        Err(sqlx::Error::PoolTimedOut) => {
+            use sqlx::Connection;
+            match sqlx::PgConnection::connect_with(&options).await {
+                Ok(_) => sqlx::Error::PoolTimedOut,
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    // Its text alone: sqlx's errors repeat their source in their own words.
+    Err(anyhow::anyhow!("{failed}")).with_context(|| {
+        format!(
+            "connecting to Postgres at {place} ({})",
+            DATABASE_URL.names()
+        )
+    })
 }
 
 /// A duration given as a number of milliseconds, as the `*_MS` settings give them.

@@ -59,6 +59,7 @@ pub fn all_topics(prefix: &str) -> Vec<String> {
 }
 
 pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
+    reach_broker(&config.kafka_bootstrap_servers).await?;
     dhanman_connectors::kafka::ensure_replicated_topics(
         &config.kafka_bootstrap_servers,
         &all_topics(&config.topic_prefix),
@@ -67,6 +68,43 @@ pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
     )
     .await
     .context("creating topics (KAFKA_BOOTSTRAP_SERVERS)")
+}
+
+/// How long a start waits for the broker to answer before it gives up.
+pub const BROKER_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the broker answers a metadata request, saying every few seconds what it is
+/// waiting for and why (a broker still starting, a wrong address), and fails after
+/// [`BROKER_WAIT`] naming the address and the setting, instead of a silent minute and a
+/// bare time-out from the topics' creation.
+async fn reach_broker(bootstrap: &str) -> anyhow::Result<()> {
+    let probe = dhanman_connectors::kafka::probe(bootstrap).with_context(|| {
+        format!(
+            "the broker's address {bootstrap:?} ({})",
+            crate::KAFKA_BOOTSTRAP_SERVERS.names()
+        )
+    })?;
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = std::time::Instant::now();
+        let client = probe.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer;
+            client
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|_| ())
+        })
+        .await?;
+        let Err(e) = answer else { return Ok(()) };
+        if started.elapsed() >= BROKER_WAIT {
+            anyhow::bail!(
+                "the broker at {bootstrap} ({}) did not answer within {BROKER_WAIT:?}: {e}",
+                crate::KAFKA_BOOTSTRAP_SERVERS.names()
+            );
+        }
+        tracing::warn!(%bootstrap, error = %e, "waiting for the broker");
+        tokio::time::sleep(Duration::from_secs(5).saturating_sub(attempt.elapsed())).await;
+    }
 }
 
 pub async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {

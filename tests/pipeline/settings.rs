@@ -1,6 +1,10 @@
 //! A setting that would panic, stall or spin a process (a pool of no connections, batches of
 //! nothing, an interval of zero) is refused before the process starts: it exits with code 2,
-//! naming the variable and the value it read, and no panic.
+//! naming the variable and the value it read, and no panic. A start that cannot reach
+//! Postgres says where it tried and why; one that cannot reach the broker says it is waiting
+//! for it, and why, instead of a silent minute.
+
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -33,5 +37,35 @@ async fn settings_that_would_stall_or_spin_are_refused_naming_the_variable() {
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("'--lanes <LANES>'"), "{}", run.stderr);
     assert!(!run.stderr.contains("read from"), "{}", run.stderr);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_cannot_reach_its_services_says_where_and_why() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let closed = free_port();
+    let nowhere = format!("postgres://postgres@127.0.0.1:{closed}/dhanman");
+    let run = dhanman_with_env(&setup, &["migrate"], &[("DHANMAN_DATABASE_URL", &nowhere)]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&format!(
+            "connecting to Postgres at 127.0.0.1:{closed}/dhanman"
+        )) && run.stderr.contains("Connection refused"),
+        "{}",
+        run.stderr
+    );
+
+    let broker = format!("127.0.0.1:{closed}");
+    let mut waiting = setup.spawn_with_env(&["relay"], &[("KAFKA_BOOTSTRAP_SERVERS", &broker)]);
+    waiting
+        .wait_for_log("waiting for the broker", Duration::from_secs(30))
+        .await;
+    assert!(
+        waiting.log_text().contains(&broker),
+        "{}",
+        waiting.log_text()
+    );
+    waiting.kill().await;
     db.drop_db().await;
 }
