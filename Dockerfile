@@ -25,7 +25,8 @@ WORKDIR /app
 COPY --chown=dhanman migrations ./migrations
 USER dhanman
 # MALLOC_ARENA_MAX: two of glibc's malloc arenas instead of up to eight per core (every
-# Kafka client thread would make its own); see docs/operations.md, "Memory".
+# Kafka client thread would make its own); see docs/operations.md, "Memory". The binary
+# sets it for itself when it is unset; set here, it starts once, not twice.
 ENV RUST_LOG=info \
     DHANMAN_HTTP_ADDR=0.0.0.0:8080 \
     MALLOC_ARENA_MAX=2

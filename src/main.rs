@@ -103,8 +103,47 @@ enum OrgsCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    with_two_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main_async()),
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The variable glibc reads, once, when a process starts: how many malloc arenas it may make.
+const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
+
+/// Two of glibc's malloc arenas, unless `MALLOC_ARENA_MAX` says otherwise (docs/operations.md,
+/// "Memory"): by default a thread that finds the arenas locked makes one more, up to eight
+/// per core, and each keeps the memory freed into it. glibc reads the variable only as a
+/// process starts, so a process started without it starts itself again with it: the same
+/// process (id, arguments, environment besides), before any thread of its own. Where that
+/// fails it runs on with glibc's default, and says so.
+fn with_two_malloc_arenas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(ARENA_MAX).is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let (Ok(exe), Some(arg0)) = (std::env::current_exe(), args.next()) else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .arg0(arg0)
+        .args(args)
+        .env(ARENA_MAX, "2")
+        .exec();
+    eprintln!("warning: running with glibc's default malloc arenas ({ARENA_MAX} unset): {error}");
+}
+
+async fn main_async() -> std::process::ExitCode {
     let cli = parse_cli();
     // The demo, the benchmark and `schemas` print results; their logs stay quiet unless asked for.
     let quiet = matches!(

@@ -2,7 +2,8 @@
 //! nothing, an interval of zero) is refused before the process starts: it exits with code 2,
 //! naming the variable and the value it read, and no panic. A start that cannot reach
 //! Postgres says where it tried and why; one that cannot reach the broker says it is waiting
-//! for it, and why, instead of a silent minute.
+//! for it, and why, instead of a silent minute. A process started without
+//! `MALLOC_ARENA_MAX` runs with two malloc arenas; one started with it keeps its value.
 
 use std::time::Duration;
 
@@ -67,5 +68,47 @@ async fn a_start_that_cannot_reach_its_services_says_where_and_why() {
         waiting.log_text()
     );
     waiting.kill().await;
+    db.drop_db().await;
+}
+
+/// `MALLOC_ARENA_MAX` in the environment the process `pid` runs with, once it has one.
+async fn arena_max(pid: u32) -> String {
+    eventually(
+        "the process's MALLOC_ARENA_MAX",
+        Duration::from_secs(30),
+        || async move {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            environ
+                .split(|b| *b == 0)
+                .filter_map(|v| v.strip_prefix(b"MALLOC_ARENA_MAX="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .next()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_runs_with_two_malloc_arenas_unless_told_otherwise() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    // Unset here, it must become 2; set for the whole test run, it must be kept.
+    let inherited = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into());
+    let mut relay = setup.spawn(&["relay"]);
+    let pid = relay.child.id().expect("the relay is running");
+    assert_eq!(arena_max(pid).await, inherited);
+    // The process it became does its work.
+    relay
+        .wait_for_log(
+            "outbox relay is the active publisher",
+            Duration::from_secs(30),
+        )
+        .await;
+    relay.kill().await;
+
+    let mut told = setup.spawn_with_env(&["relay"], &[("MALLOC_ARENA_MAX", "4")]);
+    let pid = told.child.id().expect("the relay is running");
+    assert_eq!(arena_max(pid).await, "4");
+    told.kill().await;
     db.drop_db().await;
 }

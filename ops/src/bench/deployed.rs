@@ -38,10 +38,6 @@ impl Backlog {
     }
 }
 
-/// glibc's malloc arenas: every thread that meets a locked arena makes another, and each
-/// keeps its freed memory.
-const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
-
 impl Deployed {
     /// Starts `dhanman up` and waits until its API answers `/readyz`.
     pub async fn start(common: &Common, db_pool: u32) -> anyhow::Result<Deployed> {
@@ -71,11 +67,6 @@ impl Deployed {
             .env_remove("SCHEMA_REGISTRY_URL")
             .env_remove("DHANMAN_SCHEMA_REGISTRY_URL")
             .env("RUST_LOG", "warn")
-            // As the image runs it (Dockerfile, docs/operations.md "Memory"), unless set here.
-            .env(
-                ARENA_MAX,
-                std::env::var(ARENA_MAX).unwrap_or_else(|_| "2".into()),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
