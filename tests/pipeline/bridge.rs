@@ -99,6 +99,7 @@ async fn publish(messages: &[Value]) -> usize {
         .output()
         .await
         .expect("run the publisher");
+    let _ = std::fs::remove_file(&file);
     assert!(
         output.status.success(),
         "publisher: {}",

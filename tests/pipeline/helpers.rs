@@ -312,9 +312,14 @@ impl Proc {
     }
 }
 
+/// The process is killed; a passing test leaves no log behind, a failing one keeps the logs
+/// of the processes it still held, for the reader.
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
