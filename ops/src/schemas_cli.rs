@@ -105,7 +105,7 @@ struct LocalArgs {
     #[arg(long = "subject", value_name = "SUBJECT")]
     subjects: Vec<String>,
     /// Prefix of every topic name, hence of every subject.
-    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
+    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "", value_parser = crate::settings::topic_prefix)]
     topic_prefix: String,
 }
 

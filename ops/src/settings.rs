@@ -82,7 +82,7 @@ pub struct Config {
     )]
     pub batch_size: usize,
     /// Prefix of every topic name, to share a cluster between installations or tests.
-    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
+    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "", value_parser = topic_prefix)]
     pub topic_prefix: String,
     /// Concurrent transactions a processor splits each batch into, by partition (1 to 64).
     #[arg(
@@ -178,7 +178,7 @@ pub struct Config {
     #[arg(long, env = "DHANMAN_RETENTION_INTERVAL", default_value = "1h", value_parser = positive_duration)]
     pub retention_interval: Duration,
     /// Purchase orders above this amount need the CFO's approval as well as a manager's.
-    #[arg(long, env = "DHANMAN_PO_CFO_THRESHOLD", default_value = "50000")]
+    #[arg(long, env = "DHANMAN_PO_CFO_THRESHOLD", default_value = "50000", value_parser = not_negative)]
     pub po_cfo_threshold: rust_decimal::Decimal,
     #[command(flatten)]
     pub smtp_url: SmtpUrl,
@@ -421,7 +421,7 @@ pub struct Connections {
     #[command(flatten)]
     pub kafka_bootstrap_servers: KafkaBootstrapServers,
     /// Prefix of every topic name of the installation.
-    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "")]
+    #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "", value_parser = topic_prefix)]
     pub topic_prefix: String,
 }
 
@@ -552,6 +552,43 @@ fn args_named<'c>(command: &'c clap::Command, long: &str, found: &mut Vec<&'c cl
     );
     for sub in command.get_subcommands() {
         args_named(sub, long, found);
+    }
+}
+
+/// A topic prefix the broker accepts in every topic name it makes: Kafka's characters
+/// (letters, digits, `.`, `_`, `-`), and short enough that the longest name with it, a
+/// dead-letter topic's, stays within Kafka's 249.
+pub(crate) fn topic_prefix(raw: &str) -> Result<String, String> {
+    if let Some(c) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed in a topic name (letters, digits, '.', '_' and '-' are)"
+        ));
+    }
+    let longest = dhanman_schemas::topics::ALL
+        .iter()
+        .map(|t| dhanman_schemas::topics::dlq(t).len())
+        .max()
+        .unwrap_or(0);
+    if raw.len() + longest > 249 {
+        return Err(format!(
+            "at most {} characters: topic names are at most 249",
+            249 - longest
+        ));
+    }
+    Ok(raw.to_string())
+}
+
+/// An amount that must not be negative.
+fn not_negative(raw: &str) -> Result<rust_decimal::Decimal, String> {
+    match raw.parse::<rust_decimal::Decimal>() {
+        Ok(amount) if amount.is_sign_negative() && !amount.is_zero() => {
+            Err("must not be negative".into())
+        }
+        Ok(amount) => Ok(amount),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -737,13 +774,15 @@ mod tests {
             ("--smtp-lease-ms", "0", "1"),
             ("--retention-interval", "0s", "1s"),
             ("--lag-max-partitions", "0", "1"),
+            ("--topic-prefix", "a b.", "team-a_1."),
+            ("--topic-prefix", &"p".repeat(240), &"p".repeat(200)),
+            ("--po-cfo-threshold", "-5", "0"),
         ] {
             let parse = |value: &str| {
                 Config::augment_args(clap::Command::new("dhanman")).try_get_matches_from([
-                    "dhanman",
-                    "--database-url=postgres://db/x",
-                    flag,
-                    value,
+                    "dhanman".to_string(),
+                    "--database-url=postgres://db/x".to_string(),
+                    format!("{flag}={value}"),
                 ])
             };
             let error = parse(refused).expect_err(flag);

@@ -518,11 +518,14 @@ pub async fn dhanman(setup: &Setup, args: &[&str]) -> CliRun {
     dhanman_with_env(setup, args, &[]).await
 }
 
-/// [`dhanman`] with more variables set.
+/// How long a command run to completion may take before the test fails (and the process
+/// is killed) instead of waiting for ever.
+const COMMAND_WITHIN: Duration = Duration::from_secs(300);
+
+/// [`dhanman`] with more variables set, or set otherwise.
 pub async fn dhanman_with_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> CliRun {
     let output = Command::new(env!("CARGO_BIN_EXE_dhanman"))
         .args(args)
-        .envs(env.iter().copied())
         .env("DATABASE_URL", &setup.database_url)
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
         .env("DHANMAN_TOPIC_PREFIX", &setup.topic_prefix)
@@ -532,8 +535,13 @@ pub async fn dhanman_with_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]
         )
         .env_remove("SCHEMA_REGISTRY_URL")
         .env_remove("SMTP_URL")
-        .output()
+        // Last, so that a test may set any of the above otherwise.
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(COMMAND_WITHIN, output)
         .await
+        .unwrap_or_else(|_| panic!("dhanman {args:?} did not finish within {COMMAND_WITHIN:?}"))
         .expect("run dhanman");
     CliRun {
         ok: output.status.success(),

@@ -23,6 +23,8 @@ async fn settings_that_would_stall_or_spin_are_refused_naming_the_variable() {
         (&["process", "notifier"], "DHANMAN_SMTP_CONCURRENCY", "0"),
         (&["relay"], "DHANMAN_TOPIC_PARTITIONS", "0"),
         (&["relay"], "DHANMAN_DB_POOL", "99999999999"),
+        (&["up"], "DHANMAN_TOPIC_PREFIX", "a b/"),
+        (&["up"], "DHANMAN_PO_CFO_THRESHOLD", "-5"),
     ] {
         let run = dhanman_with_env(&setup, args, &[(variable, value)]).await;
         let said = &run.stderr;
