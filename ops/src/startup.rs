@@ -71,7 +71,7 @@ pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
 }
 
 /// How long a start waits for the broker to answer before it gives up.
-pub const BROKER_WAIT: Duration = Duration::from_secs(60);
+const BROKER_WAIT: Duration = Duration::from_secs(60);
 
 /// Waits until the broker answers a metadata request, saying every few seconds what it is
 /// waiting for and why (a broker still starting, a wrong address), and fails after

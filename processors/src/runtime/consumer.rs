@@ -74,9 +74,7 @@ impl StoredOffsets {
         })?;
         Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
     }
-}
 
-impl StoredOffsets {
     /// Where to start on a partition whose stored offset is `stored`: there, unless it lies
     /// past the log's end (the topic was recreated, or the broker lost records it had
     /// acknowledged). Then from the log's start, each event already applied skipped by its
