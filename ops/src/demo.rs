@@ -47,9 +47,14 @@ impl Client {
 
     /// The same API as a user the society invited: the code of their welcome email,
     /// exchanged for their own key (the administrator who created them never sees it).
+    /// The email is the one the notifier sent for this society (by its Message-ID): the
+    /// same address may have been invited by an earlier run's society, whose welcome the
+    /// notifier can deliver to this run's server if that run stopped before it could.
     async fn as_invited(
         &self,
         mailbox: Option<&dhanman_devpeers::smtp::SmtpSink>,
+        pool: &sqlx::PgPool,
+        organization_id: uuid::Uuid,
         email: &str,
     ) -> anyhow::Result<Client> {
         let sink = mailbox.context(
@@ -57,10 +62,21 @@ impl Client {
         )?;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let token = loop {
+            let ours: Vec<String> = sqlx::query_scalar(
+                "select message_id from notification_deliveries
+                  where organization_id = $1 and recipient = $2 and template = 'welcome'
+                    and status = 'sent'",
+            )
+            .bind(organization_id)
+            .bind(email)
+            .fetch_all(pool)
+            .await?;
+            let ours: std::collections::HashSet<&str> =
+                ours.iter().map(|id| id.trim_matches(['<', '>'])).collect();
             let found = sink
                 .messages()
                 .iter()
-                .filter(|m| m.to.iter().any(|to| to == email))
+                .filter(|m| ours.contains(m.message_id().trim_matches(['<', '>'])))
                 .find_map(|m| {
                     m.text()
                         .lines()
@@ -289,7 +305,11 @@ async fn society(
         client
             .get(&format!("/v1/users?consistent_with={token}"))
             .await?;
-        approvers.push(client.as_invited(mailbox, email).await?);
+        approvers.push(
+            client
+                .as_invited(mailbox, pool, organization_id, email)
+                .await?,
+        );
     }
     let [manager, cfo] = <[Client; 2]>::try_from(approvers)
         .map_err(|_| anyhow::anyhow!("two approvers expected"))?;

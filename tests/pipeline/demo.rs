@@ -3,7 +3,8 @@
 //! received by its in-process SMTP server (five invoices, three receipts, two approval
 //! requests among them). Run again right after a run that was killed (its members still in
 //! their groups until their sessions time out), it waits for its processors to join before
-//! it reads, and passes.
+//! it reads, and passes. A welcome email an earlier run's society left pending for the same
+//! address, delivered to this run's SMTP server, is not the invitation it redeems.
 
 use std::time::Duration;
 
@@ -68,5 +69,45 @@ async fn a_demo_right_after_a_killed_one_waits_for_its_processors_to_join() {
     let run = dhanman(&setup, &["demo"]).await;
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("balanced: true"), "{}", run.stdout);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_left_pending_by_an_earlier_society_is_not_redeemed() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    // An earlier society invited the same manager; its run stopped before the email went.
+    let (earlier, _) = create_org(&setup, "Green Meadows Co-operative Housing Society").await;
+    let stale = uuid::Uuid::now_v7();
+    sqlx::query(
+        "insert into notification_deliveries
+             (event_id, recipient, template, organization_id, correlation_id, event_type,
+              source_topic, message_id, subject, body_text)
+         values ($1, 'manager@greenmeadows.example', 'welcome', $2, 'earlier-run',
+                 'UserCreated', 'dhanman.common.users', $3, 'Welcome',
+                 'Your invitation code:\n\n    dhi_0000000000000000000000000000000000000000\n')",
+    )
+    .bind(stale)
+    .bind(earlier)
+    .bind(format!("<{stale}@earlier.example>"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let run = dhanman(&setup, &["demo"]).await;
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("approved by manager and cfo"),
+        "{}",
+        run.stdout
+    );
+    // The earlier society's email did reach this run's server.
+    let status: String =
+        sqlx::query_scalar("select status from notification_deliveries where event_id = $1")
+            .bind(stale)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "sent");
     db.drop_db().await;
 }
