@@ -537,23 +537,32 @@ const JOIN_WITHIN: Duration = Duration::from_secs(90);
 /// read waits. Says so when that takes a while.
 async fn joined(config: &Config) -> anyhow::Result<()> {
     let ours = format!("-{}", std::process::id());
+    let groups: Vec<String> = processor_reads(config)
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect();
+    // One client asks the coordinators for the whole wait.
+    let probe = dhanman_connectors::kafka::probe(&config.kafka_bootstrap_servers)?;
     let started = tokio::time::Instant::now();
     let mut said = false;
     loop {
-        let mut waiting = Vec::new();
-        for (group, _) in processor_reads(config) {
-            let described =
-                dhanman_connectors::offsets::describe(&config.kafka_bootstrap_servers, &group)
-                    .await
+        let (client, asked, ours) = (probe.clone(), groups.clone(), ours.clone());
+        let waiting = tokio::task::spawn_blocking(move || {
+            let mut waiting = Vec::new();
+            for group in asked {
+                let described = dhanman_connectors::groups::describe(&client, &group)
                     .with_context(|| format!("describing group {group}"))?;
-            let member = described
-                .members
-                .iter()
-                .any(|m| m.client_id.ends_with(&ours));
-            if described.state != "Stable" || !member {
-                waiting.push(format!("{group} ({})", described.state));
+                let member = described
+                    .members
+                    .iter()
+                    .any(|m| m.client_id.ends_with(&ours));
+                if described.state != "Stable" || !member {
+                    waiting.push(format!("{group} ({})", described.state));
+                }
             }
-        }
+            anyhow::Ok(waiting)
+        })
+        .await??;
         if waiting.is_empty() {
             return Ok(());
         }

@@ -13,27 +13,26 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
-    let db = TestDb::new().await;
-    let setup = Setup::new(&db);
-    let (api, org) = api_with_org(&setup, "Offsets Society").await;
-    let codec = setup.codec();
-    let topic = setup.topic(topics::PAYMENTS);
-    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 4)
+/// `n` payments of one new customer of `org` sent to `topic` (created with 4 partitions):
+/// each one's partition, offset and event id, all on one partition, in order.
+async fn payments_of_one_customer(
+    setup: &Setup,
+    org: Uuid,
+    topic: &str,
+    n: i64,
+    tag: &str,
+) -> Vec<(i32, i64, Uuid)> {
+    dhanman_connectors::kafka::ensure_topics(&bootstrap(), &[topic.to_string()], 4)
         .await
         .unwrap();
-
-    // Ten payments of one customer: one partition, offsets in order.
-    let customer = Uuid::now_v7();
-    let producer = producer();
+    let (codec, producer, customer) = (setup.codec(), producer(), Uuid::now_v7());
     let mut sent = Vec::new();
-    for i in 0..10 {
-        let e = payment(org, customer, 1000 + i, &format!("offsets-{i}"));
+    for i in 0..n {
+        let e = payment(org, customer, 1000 + i, &format!("{tag}-{i}"));
         let value = codec.encode(&e).await.unwrap();
         let delivery = producer
             .send(
-                FutureRecord::to(&topic).key(&e.key()).payload(&value),
+                FutureRecord::to(topic).key(&e.key()).payload(&value),
                 Duration::from_secs(30),
             )
             .await
@@ -41,6 +40,17 @@ async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
             .unwrap();
         sent.push((delivery.partition, delivery.offset, e.envelope.event_id));
     }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (api, org) = api_with_org(&setup, "Offsets Society").await;
+    let topic = setup.topic(topics::PAYMENTS);
+    // Ten payments of one customer: one partition, offsets in order.
+    let sent = payments_of_one_customer(&setup, org, &topic, 10, "offsets").await;
     let partition = sent[0].0;
     assert!(sent.iter().all(|(p, _, _)| *p == partition));
 
@@ -101,27 +111,8 @@ async fn a_stored_offset_past_the_log_end_reads_from_the_start_and_comes_back() 
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
     let (api, org) = api_with_org(&setup, "Lost Records Society").await;
-    let codec = setup.codec();
     let topic = setup.topic(topics::PAYMENTS);
-    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 4)
-        .await
-        .unwrap();
-    let customer = Uuid::now_v7();
-    let producer = producer();
-    let mut sent = Vec::new();
-    for i in 0..5 {
-        let e = payment(org, customer, 2000 + i, &format!("lost-{i}"));
-        let value = codec.encode(&e).await.unwrap();
-        let delivery = producer
-            .send(
-                FutureRecord::to(&topic).key(&e.key()).payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        sent.push((delivery.partition, delivery.offset));
-    }
+    let sent = payments_of_one_customer(&setup, org, &topic, 5, "lost").await;
     let (partition, end) = (sent[0].0, sent[4].1 + 1);
 
     // The database says the group read a thousand records the log no longer has.
