@@ -235,7 +235,7 @@ fn look_at_cluster(
             .entry(group.clone())
             .or_insert((Authority::Postgres, None));
     }
-    let mut partitions = look_at(probe, wanted(&[], &committed), true)?;
+    let mut partitions = look_at(probe, wanted(&[], &committed), &our_groups, true)?;
     // A processor group reads a partition it has no offset for from the log's start
     // (`auto.offset.reset=earliest`), so such a partition lags by all it holds; of any
     // other group only what it committed is known (as `kafka-consumer-groups` shows it).
@@ -291,9 +291,11 @@ pub async fn unread(
     .fetch_all(pool)
     .await?;
     let (probe, wanted) = (probe.clone(), wanted(reads, &committed));
-    let mut partitions = tokio::task::spawn_blocking(move || look_at(&probe, wanted, false))
-        .await
-        .map_err(|e| crate::Error::Broker(format!("lag probe failed: {e}")))??;
+    let groups: BTreeSet<String> = groups.into_iter().collect();
+    let mut partitions =
+        tokio::task::spawn_blocking(move || look_at(&probe, wanted, &groups, false))
+            .await
+            .map_err(|e| crate::Error::Broker(format!("lag probe failed: {e}")))??;
     partitions.retain(|p| p.lag > 0);
     Ok(partitions)
 }
@@ -516,19 +518,29 @@ fn wanted(reads: &[(String, Vec<String>)], committed: &[(String, String, i32, i6
 
 /// [`look`] over `wanted`: every partition of each (group, topic), also those the group has
 /// not read yet (from the log's start).
-fn look_at(consumer: &BaseConsumer, wanted: Wanted, ages: bool) -> Result<Vec<PartitionLag>> {
+///
+/// An offset outside the log is read where the group's consumer will read next: below the
+/// log's start, at the start (the records between are gone); past the end, at the start for
+/// a group of `from_start` (a processor's runtime starts such a partition there, see
+/// `StoredOffsets::within_log`), so its lag is the whole log rather than 0, and at the end
+/// for any other group (what a consumer's default `auto.offset.reset=latest` does).
+fn look_at(
+    consumer: &BaseConsumer,
+    wanted: Wanted,
+    from_start: &BTreeSet<String>,
+    ages: bool,
+) -> Result<Vec<PartitionLag>> {
     let timeout = Duration::from_secs(10);
     let mut out = Vec::new();
     for ((group, topic), known) in wanted {
         let count = partition_count(consumer, &topic, timeout)?;
         for partition in 0..count.max(known.keys().max().map_or(0, |p| p + 1)) {
             let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
-            let committed = known
-                .get(&partition)
-                .copied()
-                .flatten()
-                .unwrap_or(low)
-                .clamp(low, high.max(low));
+            let committed = match known.get(&partition).copied().flatten() {
+                Some(next) if next > high && from_start.contains(&group) => low,
+                Some(next) => next.clamp(low, high.max(low)),
+                None => low,
+            };
             let lag = (high - committed).max(0);
             out.push(PartitionLag {
                 group: group.clone(),

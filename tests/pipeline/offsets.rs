@@ -2,7 +2,8 @@
 //! committed offsets (which trail them after a crash between the two commits); a stored
 //! offset past the log's end (a recreated topic, a broker that lost records) starts the
 //! partition from the log's start and is brought back within the log, so that no later
-//! assignment skips the records below it.
+//! assignment skips the records below it; before that, `dhanman lag` counts such a
+//! partition's whole log as lag, not 0.
 
 use std::time::Duration;
 
@@ -126,6 +127,24 @@ async fn a_stored_offset_past_the_log_end_reads_from_the_start_and_comes_back() 
     .execute(&db.pool)
     .await
     .unwrap();
+
+    // Before any member takes it, the lag is what the processor will read: the whole log.
+    let run = dhanman(&setup, &["lag", "--json", "--group", &group]).await;
+    assert!(run.ok, "{}", run.stderr);
+    let report = run.json();
+    let lagging = report["groups"][0]["partitions"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["topic"] == topic && p["partition"] == partition)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no partition {partition} of {topic} in {report}"));
+    assert_eq!(
+        (&lagging["committed"], &lagging["log_end"], &lagging["lag"]),
+        (&0.into(), &end.into(), &end.into()),
+        "{lagging}"
+    );
 
     let processor = setup.spawn(&["process", "ledger"]);
     db.wait_count(
