@@ -211,7 +211,7 @@ pub fn read_to_end(
     from: &std::collections::BTreeMap<i32, i64>,
 ) -> Result<(Vec<StoredRecord>, std::collections::BTreeMap<i32, i64>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
     use std::collections::BTreeMap;
 
@@ -263,17 +263,11 @@ pub fn read_to_end(
         if m.offset() >= end {
             continue;
         }
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .filter_map(|h| {
-                        let value = String::from_utf8_lossy(h.value?).into_owned();
-                        Some((h.key.to_string(), value))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = dhanman_plumbing::kafka::headers_of(&m)
+            .0
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
         records.push(StoredRecord {
             partition: m.partition(),
             offset: m.offset(),

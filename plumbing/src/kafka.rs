@@ -40,3 +40,31 @@ pub fn idempotent_producer(bootstrap: &str) -> Result<FutureProducer, KafkaError
         .set("message.timeout.ms", "30000")
         .create()
 }
+
+/// A record's headers, names and values, in their order; and, if there was one, why a
+/// header could not be read. Kafka's protocol says a header's name is UTF-8, but a producer
+/// need not keep to it, and rdkafka panics on reading such a name: each header is read on
+/// its own under `catch_unwind`, so a hostile record costs its unreadable headers (and is
+/// poison to whoever needs all of them), never the process.
+pub fn headers_of<M: rdkafka::message::Message>(
+    message: &M,
+) -> (Vec<(String, Vec<u8>)>, Option<String>) {
+    use rdkafka::message::Headers;
+    let Some(headers) = message.headers() else {
+        return (Vec::new(), None);
+    };
+    let mut read = Vec::with_capacity(headers.count());
+    let mut unreadable = None;
+    for i in 0..headers.count() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| headers.try_get(i))) {
+            Ok(Some(h)) => read.push((h.key.to_string(), h.value.unwrap_or_default().to_vec())),
+            Ok(None) => {}
+            Err(_) => {
+                unreadable.get_or_insert_with(|| {
+                    format!("header {i} has a name that is not UTF-8 (Kafka's header names are)")
+                });
+            }
+        }
+    }
+    (read, unreadable)
+}

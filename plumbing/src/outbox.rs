@@ -117,10 +117,22 @@ pub fn bind_rows<'q, 'r: 'q>(
         .bind(rows.map(|r| r.headers.as_str()).collect::<Vec<_>>())
 }
 
+/// Bytes as Postgres can hold them in `text` and `json`: UTF-8, with invalid sequences and
+/// NUL (which neither type accepts) each replaced by U+FFFD.
+pub fn postgres_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
+    }
+}
+
 /// A record forwarded byte for byte (a dead letter), with its own headers.
 pub struct RawRecord<'a> {
     pub id: Uuid,
     pub topic: &'a str,
+    /// Kept as text ([`postgres_text`]).
     pub key: Option<&'a [u8]>,
     pub value: &'a [u8],
     pub headers: Json,
@@ -136,7 +148,7 @@ pub async fn enqueue_raw(
     )
     .bind(record.id)
     .bind(record.topic)
-    .bind(record.key.map(|k| String::from_utf8_lossy(k).into_owned()))
+    .bind(record.key.map(postgres_text))
     .bind(record.value)
     .bind(record.headers)
     .execute(conn)
@@ -166,6 +178,12 @@ mod tests {
         fn key(&self) -> String {
             "probe".into()
         }
+    }
+
+    #[test]
+    fn text_for_postgres_has_no_nul_and_no_invalid_utf8() {
+        assert_eq!(postgres_text(b"plain"), "plain");
+        assert_eq!(postgres_text(b"a\0b\xffc"), "a\u{FFFD}b\u{FFFD}c");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -132,12 +132,11 @@ struct Ready {
 }
 
 fn origin(message: &OwnedMessage) -> Option<String> {
-    let headers = message.headers()?;
+    let (headers, _) = dhanman_plumbing::kafka::headers_of(message);
     headers
-        .iter()
-        .find(|h| h.key == KAFKA_ORIGIN_HEADER)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .into_iter()
+        .find(|(k, _)| k == KAFKA_ORIGIN_HEADER)
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
 }
 
 async fn publish_batch(

@@ -107,6 +107,12 @@ impl<P: Processor> Runtime<P> {
     }
 
     pub(super) async fn decode_unguarded(&self, record: &Incoming) -> Result<Decoded> {
+        if let Some(defect) = &record.defect {
+            return Ok(Decoded::Poison {
+                class: "undecodable",
+                reason: defect.clone(),
+            });
+        }
         let Some(payload) = record.payload.as_deref() else {
             return Ok(Decoded::Poison {
                 class: "undecodable",
@@ -155,6 +161,7 @@ mod tests {
             key: None,
             payload: None,
             headers: vec![],
+            defect: None,
         }
     }
 

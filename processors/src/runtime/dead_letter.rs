@@ -4,6 +4,7 @@
 //! processor and the attempts. The same source record always yields the same dead letter.
 
 use chrono::Utc;
+use dhanman_plumbing::outbox::postgres_text;
 use dhanman_schemas::topics;
 use serde_json::{Value as Json, json};
 use sqlx::PgConnection;
@@ -13,6 +14,22 @@ pub use dhanman_schemas::topics::dlq_headers;
 
 use super::Incoming;
 use crate::{Error, Result};
+
+/// The longest error a dead letter names, in bytes: enough for any error of the pipeline's
+/// own; a longer one (a decoder quoting a huge value) is cut, saying so.
+const MAX_REASON: usize = 4096;
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked when cut.
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ... ({} bytes cut)", &text[..end], text.len() - end).into()
+}
 
 pub(super) struct DeadLetter<'a> {
     pub(super) record: &'a Incoming,
@@ -36,15 +53,15 @@ pub(super) async fn dead_letter(
         reason,
         attempts,
     } = letter;
+    // The record's headers and key as text, the error cut to a size: whatever bytes a
+    // hostile record carries, its dead letter can be written (else the batch would fail
+    // again on every attempt and hold its partition).
     let mut headers = serde_json::Map::new();
     for (k, v) in &record.headers {
-        headers.insert(
-            k.clone(),
-            Json::String(String::from_utf8_lossy(v).into_owned()),
-        );
+        headers.insert(postgres_text(k.as_bytes()), Json::String(postgres_text(v)));
     }
     let context = json!({
-        ERROR: reason,
+        ERROR: postgres_text(cut(reason, MAX_REASON).as_bytes()),
         ERROR_CLASS: class,
         SOURCE_TOPIC: record.topic,
         SOURCE_PARTITION: record.partition.to_string(),
@@ -87,4 +104,18 @@ pub(super) async fn dead_letter(
     .await
     .map_err(Error::Database)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary_saying_how_much() {
+        assert_eq!(cut("short", 10), "short");
+        let long = "é".repeat(3000); // 6000 bytes
+        let cut = cut(&long, MAX_REASON);
+        assert!(cut.starts_with(&"é".repeat(2048)), "{cut}");
+        assert!(cut.ends_with(" ... (1904 bytes cut)"), "{cut}");
+    }
 }

@@ -3,7 +3,7 @@
 //! new events inside the batch's transaction).
 
 use futures_util::future::BoxFuture;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use sqlx::PgConnection;
 
 use dhanman_schemas::Event;
@@ -19,18 +19,14 @@ pub struct Incoming {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// What makes the record poison before its value is even decoded: a header rdkafka
+    /// cannot read (see [`dhanman_plumbing::kafka::headers_of`]).
+    pub defect: Option<String>,
 }
 
 impl Incoming {
     pub fn from_message<M: Message>(m: &M) -> Self {
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (headers, defect) = dhanman_plumbing::kafka::headers_of(m);
         Incoming {
             topic: m.topic().to_string(),
             partition: m.partition(),
@@ -38,6 +34,7 @@ impl Incoming {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
+            defect,
         }
     }
 
