@@ -129,28 +129,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         group_id: format!("{}dhanman.rabbitmq-bridge", config.topic_prefix),
     };
     let stop = StopSignal::new(crate::stop_on_signals()?.into_requested());
-    let inbound = (direction != Direction::Outbound).then(|| {
-        tokio::spawn(rabbitmq::inbound::run(
+    // Each side runs until the stop is asked for. One that panics (a defect some message
+    // brings out) ends the bridge at once, the other side with it, so that the service
+    // manager starts it again: never one side down behind a process that looks alive.
+    let mut sides = tokio::task::JoinSet::new();
+    if direction != Direction::Outbound {
+        sides.spawn(rabbitmq::inbound::run(
             pool.clone(),
             settings.clone(),
             stop.clone(),
-        ))
-    });
-    let outbound = if direction != Direction::Inbound {
+        ));
+    }
+    if direction != Direction::Inbound {
         crate::ensure_topics(&config).await?;
         let codec = config.codec()?;
-        Some(tokio::spawn(rabbitmq::outbound::run(
+        sides.spawn(rabbitmq::outbound::run(
             pool.clone(),
             codec,
             settings.clone(),
             stop.clone(),
-        )))
-    } else {
-        None
-    };
+        ));
+    }
     let bridge = async move {
-        for task in [inbound, outbound].into_iter().flatten() {
-            task.await.context("a bridge task panicked")?;
+        while let Some(ended) = sides.join_next().await {
+            ended.context("a side of the bridge panicked")?;
         }
         tracing::info!("RabbitMQ bridge stopped");
         Ok(())

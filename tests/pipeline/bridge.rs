@@ -6,11 +6,13 @@
 //! applied once; malformed, unknown and refused messages land in the dead-letter exchange
 //! with the reason and are counted; our own events go out to `dhanman.events` as the JSON
 //! .NET reads, with the event id as `message_id`, and nothing that came from RabbitMQ goes
-//! back; RabbitMQ restarted mid-stream loses and doubles nothing.
+//! back; RabbitMQ restarted mid-stream loses and doubles nothing; a correlation id longer
+//! than an AMQP property holds goes out cut, and the bridge goes on.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use dhanman_schemas::events::{InvoiceCreated, Record};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -698,5 +700,70 @@ async fn rabbitmq_restarted_mid_stream_loses_and_doubles_nothing() {
         bridge.log_text()
     );
     drop(bridge);
+    db.drop_db().await;
+}
+
+/// An event whose correlation id is longer than an AMQP property holds (255 bytes; Kafka
+/// sets no limit) goes out with it cut on a character boundary, and the bridge goes on to
+/// publish the next: lapin panicked on it, and the outbound side died unnoticed, again
+/// after every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlation_id_longer_than_amqp_holds_is_cut_not_a_panic() {
+    let _one = RABBITMQ.lock().await;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api = setup.spawn(&["api"]);
+    setup.wait_ready(&api).await;
+    let (org, _) = create_org(&setup, "Long Story Society").await;
+    let names = Names::new();
+    let env = names.env(org, free_port());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    wait_declared(&names).await;
+    let (_observer, mut observed) = observe(&names.events).await;
+
+    // 254 ASCII bytes, then a two-byte character across the 255th: cut before it.
+    let long = format!("{}é{}", "c".repeat(254), "x".repeat(100));
+    let mut first = invoice_created(org, Uuid::now_v7(), "LONG-1", "10.00");
+    first.envelope.correlation_id = long.clone();
+    let second = invoice_created(org, Uuid::now_v7(), "LONG-2", "20.00");
+    let (codec, topic) = (
+        setup.codec(),
+        setup.topic(dhanman_schemas::topics::INVOICES),
+    );
+    for invoice in [&first, &second] {
+        let json = serde_json::to_value(invoice).unwrap();
+        let value = codec
+            .encode_json(InvoiceCreated::NAME, 2, &json)
+            .await
+            .unwrap();
+        produce(&producer(), &topic, "one-customer", &value).await;
+    }
+
+    for (invoice, correlation_id) in [(&first, &long[..254]), (&second, "test-LONG-2")] {
+        let delivery = next_from_bridge(&mut observed).await;
+        assert_eq!(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some(invoice.envelope.event_id.to_string().as_str())
+        );
+        assert_eq!(
+            delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some(correlation_id)
+        );
+    }
+    assert!(
+        matches!(bridge.child.try_wait(), Ok(None)),
+        "the bridge exited: {}",
+        bridge.log_text()
+    );
+    bridge.stop().await;
     db.drop_db().await;
 }

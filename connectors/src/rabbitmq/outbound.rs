@@ -122,6 +122,22 @@ async fn session(
     }
 }
 
+/// `text` as an AMQP short string: at most 255 bytes, cut on a character boundary (a Kafka
+/// record's correlation id has no limit; lapin panics on a longer one).
+fn short_string(text: &str) -> ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        tracing::warn!(
+            bytes = text.len(),
+            "correlation id cut to the 255 bytes an AMQP property holds"
+        );
+    }
+    ShortString::from(&text[..end])
+}
+
 /// One record ready to publish.
 struct Ready {
     event_id: Uuid,
@@ -211,7 +227,7 @@ async fn publish_batch(
         let properties = BasicProperties::default()
             .with_type(r.type_name.into())
             .with_message_id(r.event_id.to_string().into())
-            .with_correlation_id(r.correlation_id.as_str().into())
+            .with_correlation_id(short_string(&r.correlation_id))
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_timestamp(r.occurred_at)
