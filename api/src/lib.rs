@@ -86,8 +86,8 @@ impl AppState {
 /// Request bodies above this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Requests one API process serves at once; more are answered 503 at once (load shed)
-/// instead of queueing behind a database pool that cannot serve them.
+/// Requests one API process serves at once, whatever their routes; more are answered 503 at
+/// once (load shed) instead of queueing behind a database pool that cannot serve them.
 pub const MAX_IN_FLIGHT: usize = 256;
 
 /// The longest a request may take, the wait for consistency included; past it, 408.
@@ -110,7 +110,12 @@ pub fn router(state: AppState) -> Router {
                     middleware::overloaded,
                 ))
                 .load_shed()
-                .concurrency_limit(MAX_IN_FLIGHT),
+                // One semaphore for the whole router: `Router::layer` gives every route (and
+                // method) a service of its own, so a plain concurrency limit would cap each
+                // route separately, not the process.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    MAX_IN_FLIGHT,
+                )),
         )
         .layer(axum::middleware::from_fn(middleware::http_metrics))
         .layer(axum::middleware::from_fn(middleware::correlation))

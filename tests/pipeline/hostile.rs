@@ -1,5 +1,6 @@
 //! Hostile input against the running API: what an attacker sends is refused with a 4xx
-//! naming the field, never a 500, never a panic, never a new metric series.
+//! naming the field, never a 500, never a panic, never a new metric series; and the cap on
+//! requests in flight is the process's, not each route's.
 
 use std::collections::BTreeSet;
 
@@ -513,5 +514,79 @@ async fn unanswerable_consistency_waits_are_capped_and_starve_nobody() {
     for reply in replies.iter().filter(|r| r.status == 503) {
         assert_eq!(reply.body["error"], "busy", "{}", reply.body);
     }
+    db.drop_db().await;
+}
+
+/// The cap on requests in flight is the process's, not each route's: with as many
+/// requests held open as the API serves at once (their bodies never come), spread over two
+/// routes, a request to a third is shed at once (503 `busy`), and served again once they
+/// are gone. With a limit per route, each route had its own 256 and the third was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_on_requests_in_flight_holds_for_the_whole_process() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let db = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let base = format!("http://{address}");
+    let state = dhanman_api::AppState::new(pool, Duration::from_secs(3));
+    tokio::spawn(dhanman_api::serve(listener, state));
+    let key = org_key(&db, "Crowded Society").await;
+
+    // A request to `path` whose body never comes: it holds its place until the timeout.
+    let hold = |path: &'static str| {
+        let key = key.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 64\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            (path, stream)
+        }
+    };
+    let mut held = Vec::new();
+    for i in 0..dhanman_api::MAX_IN_FLIGHT {
+        held.push(hold(["/v1/customers", "/v1/invoices"][i % 2]).await);
+    }
+    let probe = Api::new(&base, &key);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let shed = loop {
+        // A held request answered already (shed while a probe held a place) is sent again,
+        // so that all of them are in flight when the probe asks.
+        for (path, stream) in held.iter_mut() {
+            let mut buf = [0u8; 256];
+            let pending = matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if !pending {
+                *stream = hold(path).await.1;
+            }
+        }
+        let reply = probe.get("/v1/trial-balance").await;
+        if reply.status == 503 {
+            break reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a request beyond the process's cap was still served after 20 s: {}",
+            reply.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shed.body["error"], "busy", "{}", shed.body);
+
+    drop(held);
+    eventually(
+        "the API to serve again once the held requests are gone",
+        Duration::from_secs(20),
+        || async { (probe.get("/v1/trial-balance").await.status == 200).then_some(()) },
+    )
+    .await;
     db.drop_db().await;
 }
