@@ -76,7 +76,30 @@ fn decode<K: DeserializeOwned>(raw: &str) -> Result<K, ApiError> {
         return Err(refused());
     }
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| refused())?;
-    serde_json::from_slice(&bytes).map_err(|_| refused())
+    let key: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| refused())?;
+    if !holdable(&key) {
+        return Err(refused());
+    }
+    serde_json::from_value(key).map_err(|_| refused())
+}
+
+/// Whether every value of a decoded cursor is one Postgres takes as a parameter: a cursor
+/// is the caller's text, and a forged one may carry a NUL (which no `text` holds) or a
+/// timestamp thousands of years BC (past `timestamptz`'s range), which would otherwise be
+/// the database's error, a 500. The cursors the API gives out hold neither.
+fn holdable(value: &serde_json::Value) -> bool {
+    use chrono::{DateTime, Datelike, Utc};
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            !s.contains('\0')
+                && s.parse::<DateTime<Utc>>()
+                    .map_or(true, |t| (1..=9999).contains(&t.year()))
+        }
+        Value::Array(items) => items.iter().all(holdable),
+        Value::Object(fields) => fields.values().all(holdable),
+        Value::Null | Value::Bool(_) | Value::Number(_) => true,
+    }
 }
 
 #[cfg(test)]
@@ -119,12 +142,33 @@ mod tests {
             );
         }
         let other_shape = URL_SAFE_NO_PAD.encode(br#"["x", 1]"#);
-        for after in ["!!", "bm90IGpzb24", other_shape.as_str(), &"A".repeat(2000)] {
+        // Forged: well shaped, but past what Postgres takes.
+        let zero = "00000000-0000-0000-0000-000000000000";
+        let before_the_calendar =
+            URL_SAFE_NO_PAD.encode(format!(r#"["-5000-01-01T00:00:00Z", "{zero}"]"#));
+        let past_the_calendar =
+            URL_SAFE_NO_PAD.encode(format!(r#"["+12026-01-01T00:00:00Z", "{zero}"]"#));
+        for after in [
+            "!!",
+            "bm90IGpzb24",
+            other_shape.as_str(),
+            &"A".repeat(2000),
+            &before_the_calendar,
+            &past_the_calendar,
+        ] {
             let err = PageRequest::<Key>::parse(None, Some(after)).unwrap_err();
             assert!(
                 matches!(&err, ApiError::Validation { field, .. } if field == "after"),
                 "{after}: {err}"
             );
         }
+        let nul = URL_SAFE_NO_PAD.encode(format!(r#"["a\u0000", "{zero}"]"#));
+        let err = PageRequest::<(String, Uuid)>::parse(None, Some(&nul)).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Validation { field, .. } if field == "after"),
+            "{err}"
+        );
+        let fine = URL_SAFE_NO_PAD.encode(format!(r#"["a", "{zero}"]"#));
+        assert!(PageRequest::<(String, Uuid)>::parse(None, Some(&fine)).is_ok());
     }
 }

@@ -120,9 +120,20 @@ impl<'de> Deserialize<'de> for Day {
 }
 
 /// An email address a message can be sent to (`@` alone, spaces or a missing domain are
-/// not).
+/// not): a bare address (no display name, no domain literal), with one `@` and no white
+/// space, as the tables' checks hold it (`^[^@[:space:]]+@[^@[:space:]]+$`), so that what
+/// passes here is never refused by the database.
 pub fn check_email(field: &str, email: &str) -> Result<(), FieldError> {
-    if email.len() <= 254 && email_address::EmailAddress::is_valid(email) {
+    let options = email_address::Options {
+        allow_display_text: false,
+        allow_domain_literal: false,
+        ..Default::default()
+    };
+    let bare = email.matches('@').count() == 1 && !email.chars().any(char::is_whitespace);
+    if email.len() <= 254
+        && bare
+        && email_address::EmailAddress::parse_with_options(email, options).is_ok()
+    {
         Ok(())
     } else {
         Err(FieldError::new(field, "must be an email address"))
@@ -137,6 +148,24 @@ mod tests {
         serde_json::from_str::<Amount>(json)
             .map(Amount::value)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_email_is_a_bare_address_the_tables_accept() {
+        assert!(check_email("email", "asha@example.org").is_ok());
+        assert!(check_email("email", "asha.rao+bills@mail.example.org").is_ok());
+        for refused in [
+            "Asha <asha@example.org>",
+            "\"a b\"@example.org",
+            "\"a@b\"@example.org",
+            "asha@[192.168.0.1]",
+            "asha@",
+            "@example.org",
+            "asha example.org",
+        ] {
+            let e = check_email("email", refused).unwrap_err();
+            assert_eq!(e.field, "email", "{refused}");
+        }
     }
 
     #[test]

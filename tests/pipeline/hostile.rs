@@ -141,6 +141,17 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
             "email",
         ),
         ("/v1/customers", json!({"name": "Asha\u{0}"}), "name"),
+        // Addresses the mail standard allows and the tables' checks do not.
+        (
+            "/v1/customers",
+            json!({"name": "Asha", "email": "Asha <asha@example.org>"}),
+            "email",
+        ),
+        (
+            "/v1/users",
+            json!({"email": "\"a b\"@example.org", "name": "A", "role": "admin"}),
+            "email",
+        ),
         (
             "/v1/customers",
             json!({"name": "Asha", "monthly_charge": 3500.5}),
@@ -161,6 +172,22 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
             .get(&format!("/v1/customers/{customer}/statement?{query}"))
             .await;
         assert_refused(&reply, 422, field);
+    }
+    // A forged cursor: well shaped, but with a NUL, or a time before the calendar Postgres
+    // holds.
+    use base64::Engine;
+    let forged = |key: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.to_string())
+    };
+    let zero = uuid::Uuid::nil();
+    for path in [
+        format!("/v1/users?after={}", forged(json!(["a\u{0}", zero]))),
+        format!(
+            "/v1/jobs/runs?after={}",
+            forged(json!(["-5000-01-01T00:00:00Z", zero]))
+        ),
+    ] {
+        assert_refused(&api.get(&path).await, 422, "after");
     }
     // A path that is no text, or holds a NUL, is the API's JSON 400 naming the path (axum's
     // own answer is plain text; Postgres refuses a NUL in a parameter with an error).

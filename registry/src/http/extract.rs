@@ -32,10 +32,16 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
+        let Path(value) = Path::<T>::from_request_parts(parts, state)
             .await
-            .map(|Path(value)| Self(value))
-            .map_err(|_| Error::RouteNotFound)
+            .map_err(|_| Error::RouteNotFound)?;
+        // A NUL decodes fine, but no subject can hold one (Postgres's text cannot).
+        if parts.uri.path().contains("%00") {
+            return Err(Error::MalformedRequest(
+                "the path holds a NUL character".into(),
+            ));
+        }
+        Ok(Self(value))
     }
 }
 
@@ -59,9 +65,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .map(|Query(params)| Self(params))
-            .map_err(|rejection| Error::MalformedRequest(rejection.body_text()))
+        let Query(params) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map_err(|rejection| Error::MalformedRequest(rejection.body_text()))?;
+        if params
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(Error::MalformedRequest(
+                "a query parameter holds a NUL character".into(),
+            ));
+        }
+        Ok(Self(params))
     }
 }
 

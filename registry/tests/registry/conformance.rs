@@ -412,3 +412,37 @@ async fn concurrent_registrations_over_http_give_one_version(pool: PgPool) {
         );
     }
 }
+
+/// A NUL in a path segment or a query value (no subject can hold one: Postgres's text
+/// cannot) is the client's 400, in Confluent's shape, not the backend's 500.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_nul_in_the_path_or_the_query_is_a_400(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register_ok("users-value", &user_schema()).await;
+    for path in [
+        "/subjects/%00/versions",
+        "/subjects/users%00-value/versions/1",
+        "/subjects?subjectPrefix=%00",
+        "/config/%00",
+        "/schemas/ids/1/versions?subject=%00",
+    ] {
+        let (status, body) = app.get(path).await;
+        assert_eq!(
+            (status, body["error_code"].as_i64()),
+            (StatusCode::BAD_REQUEST, Some(400)),
+            "{path}: {body}"
+        );
+    }
+    assert_error(
+        &app.post("/subjects/%00", json!({ "schema": user_schema() }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        400,
+    );
+    assert_error(
+        &app.post("/subjects/%00/versions", json!({ "schema": user_schema() }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        400,
+    );
+}
