@@ -206,7 +206,49 @@ pub const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct NewInvoiceBatch {
     /// Each item's JSON text, parsed on its own so that its errors are its own.
+    #[serde(default, deserialize_with = "at_most_a_batch")]
     invoices: Option<Vec<Box<RawValue>>>,
+}
+
+/// A batch's items, refused as soon as the list holds more than a batch may: a body of a
+/// million tiny items is a 422 naming `invoices` before it becomes a million items in
+/// memory (and their results).
+fn at_most_a_batch<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Box<RawValue>>>, D::Error> {
+    use serde::de::{self, SeqAccess, Visitor};
+    use std::fmt;
+
+    struct Items;
+    impl<'de> Visitor<'de> for Items {
+        type Value = Option<Vec<Box<RawValue>>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a list of 1 to {} invoices", invoice_batch::MAX_BATCH)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(Items)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<Box<RawValue>>()? {
+                if items.len() == invoice_batch::MAX_BATCH {
+                    return Err(de::Error::custom(format!(
+                        "must hold 1 to {} invoices",
+                        invoice_batch::MAX_BATCH
+                    )));
+                }
+                items.push(item);
+            }
+            Ok(Some(items))
+        }
+    }
+    deserializer.deserialize_option(Items)
 }
 
 /// Up to 1,000 invoices in one command: each item judged on its own (`results`, in order).
@@ -352,4 +394,26 @@ async fn read_invoice(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound("invoice".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_refused_at_its_1001st_item_before_the_rest_is_read() {
+        // 1,001 items, then text that is not JSON: the refusal comes before it is reached.
+        let body = format!(r#"{{"invoices": [{}, oops"#, ["1"; 1001].join(","));
+        let err = serde_json::from_str::<NewInvoiceBatch>(&body).unwrap_err();
+        assert!(err.is_data(), "{err}");
+        assert!(err.to_string().contains("must hold 1 to 1000"), "{err}");
+        // A thousand are taken; a missing or null list is left to the command to name.
+        let body = format!(r#"{{"invoices": [{}]}}"#, ["1"; 1000].join(","));
+        let batch: NewInvoiceBatch = serde_json::from_str(&body).unwrap();
+        assert_eq!(batch.invoices.map(|i| i.len()), Some(1000));
+        for body in ["{}", r#"{"invoices": null}"#] {
+            let batch: NewInvoiceBatch = serde_json::from_str(body).unwrap();
+            assert!(batch.invoices.is_none(), "{body}");
+        }
+    }
 }
