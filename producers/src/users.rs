@@ -22,7 +22,7 @@ use crate::orgs::IssuedKey;
 use crate::{Caller, Error, Result};
 
 /// Roles a user (and so a key) can have.
-pub const ROLES: &[&str] = &["admin", "accountant", "approver", "manager", "cfo"];
+pub use dhanman_schemas::events::USER_ROLES as ROLES;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

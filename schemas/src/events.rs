@@ -502,6 +502,17 @@ impl Event {
     /// Business rules a record must meet before any processor acts on it; a record that
     /// fails them is poison, whatever its schema says.
     pub fn validate(&self) -> Result<()> {
+        // The nil id is no event's: a second event carrying it would be taken for the first
+        // by every processor's gate, and skipped without a word.
+        let envelope = self.envelope();
+        for (field, id) in [
+            ("event_id", envelope.event_id),
+            ("organization_id", envelope.organization_id),
+        ] {
+            if id.is_nil() {
+                return Err(FieldError::new(field, "must not be the nil UUID").into());
+            }
+        }
         match self {
             Event::InvoiceCreated(e) => {
                 check_money("amount", e.amount, &e.currency)?;
@@ -518,7 +529,10 @@ impl Event {
                 check_period("period", &e.period)?;
             }
             Event::PaymentFailed(e) => check_money("amount", e.amount, &e.currency)?,
-            Event::POSubmitted(e) => check_money("amount", e.amount, &e.currency)?,
+            Event::POSubmitted(e) => {
+                check_money("amount", e.amount, &e.currency)?;
+                check_approval_steps("required_approvers", &e.required_approvers)?;
+            }
             Event::POApproved(e) => check_money("amount", e.amount, &e.currency)?,
             Event::PORejected(e) => check_money("amount", e.amount, &e.currency)?,
             Event::BillCreated(e) => {
@@ -538,10 +552,60 @@ impl Event {
                 check_money("amount", e.amount, &e.currency)?;
                 check_date("due_date", e.due_date)?;
             }
-            Event::UserCreated(_) | Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
+            Event::UserCreated(e) => check_user(e)?,
+            Event::LedgerEntryPosted(_) | Event::Other { .. } => {}
         }
         Ok(())
     }
+}
+
+/// Roles a user (and so an API key) can have.
+pub const USER_ROLES: &[&str] = &["admin", "accountant", "approver", "manager", "cfo"];
+
+/// The approvals a purchase order can need ([`POSubmitted::required_approvers`]).
+pub const APPROVAL_STEPS: &[&str] = &["manager", "cfo"];
+
+/// An order's approvals: each one of [`APPROVAL_STEPS`], none twice (one record must not
+/// ask the same approvers twice, or a thousand times).
+pub fn check_approval_steps(field: &str, steps: &[String]) -> Result<(), FieldError> {
+    for (i, step) in steps.iter().enumerate() {
+        if !APPROVAL_STEPS.contains(&step.as_str()) {
+            return Err(FieldError::new(
+                &format!("{field}[{i}]"),
+                format!("must be one of {}", APPROVAL_STEPS.join(", ")),
+            ));
+        }
+        if steps[..i].contains(step) {
+            return Err(FieldError::new(
+                &format!("{field}[{i}]"),
+                format!("{step} is already required"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A user as the API creates one: a known role, a name, an address the directory holds.
+fn check_user(user: &UserCreated) -> Result<(), FieldError> {
+    if !USER_ROLES.contains(&user.role.as_str()) {
+        return Err(FieldError::new(
+            "role",
+            format!("must be one of {}", USER_ROLES.join(", ")),
+        ));
+    }
+    let name = user.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(FieldError::new("name", "must be 1 to 200 characters"));
+    }
+    let email = &user.email;
+    let bare = email.matches('@').count() == 1
+        && !email.starts_with('@')
+        && !email.ends_with('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !bare || email.len() > 254 {
+        return Err(FieldError::new("email", "must be an email address"));
+    }
+    Ok(())
 }
 
 /// `template` of a [`SendInvoiceEmail`] must be one of [`invoice_email::ALL`].
@@ -639,4 +703,77 @@ pub fn check_currency(currency: &str) -> Result<(), FieldError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(role: &str, email: &str) -> Event {
+        Event::UserCreated(UserCreated {
+            envelope: Envelope::new(Uuid::now_v7(), "corr", None),
+            user_id: Uuid::now_v7(),
+            email: email.into(),
+            name: "Asha".into(),
+            role: role.into(),
+        })
+    }
+
+    fn order(steps: &[&str]) -> Event {
+        Event::POSubmitted(POSubmitted {
+            envelope: Envelope::new(Uuid::now_v7(), "corr", None),
+            po_id: Uuid::now_v7(),
+            vendor_id: Uuid::now_v7(),
+            requester_id: Uuid::now_v7(),
+            amount: Decimal::new(100, 0),
+            currency: "INR".into(),
+            items: vec![],
+            required_approvers: steps.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn refused(event: &Event) -> String {
+        event.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_event_carries_the_nil_id() {
+        let mut event = user("admin", "asha@example.org");
+        assert!(event.validate().is_ok());
+        if let Event::UserCreated(u) = &mut event {
+            u.envelope.event_id = Uuid::nil();
+        }
+        assert!(refused(&event).contains("event_id"), "{}", refused(&event));
+        if let Event::UserCreated(u) = &mut event {
+            u.envelope.event_id = Uuid::now_v7();
+            u.envelope.organization_id = Uuid::nil();
+        }
+        assert!(refused(&event).contains("organization_id"));
+    }
+
+    #[test]
+    fn an_order_needs_each_known_approval_once() {
+        assert!(order(&[]).validate().is_ok());
+        assert!(order(&["manager", "cfo"]).validate().is_ok());
+        assert!(refused(&order(&["manager", "manager"])).contains("required_approvers[1]"));
+        assert!(refused(&order(&["treasurer"])).contains("required_approvers[0]"));
+    }
+
+    #[test]
+    fn a_user_has_a_known_role_and_an_address() {
+        assert!(refused(&user("owner", "asha@example.org")).contains("role"));
+        for email in [
+            "",
+            "asha",
+            "a@b@c",
+            "asha @example.org",
+            "@example.org",
+            "asha@",
+        ] {
+            assert!(
+                refused(&user("admin", email)).contains("email"),
+                "{email:?}"
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Poison records go to `<topic>.dlq` with headers naming the error and their origin;
 //! the records after them are posted; so are hostile records' (NUL bytes in the key and
 //! headers, a header name that is not UTF-8, written through Kafka's protocol itself),
-//! without stalling the partition or taking the process down.
+//! without stalling the partition or taking the process down; a user event naming a user
+//! of another organization is refused, and the user left as their organization made them.
 
 use std::time::Duration;
 
@@ -336,4 +337,74 @@ async fn produce_raw(
         (7, 0),
         "the broker refused the record"
     );
+}
+
+/// A `UserCreated` naming a user of another organization is dead-lettered (`rejected`),
+/// and the user stays as their own organization made them: it used to rewrite their
+/// address and role, and with them whom that organization's approval requests go to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_event_from_another_organization_is_refused_not_applied() {
+    use dhanman_schemas::events::{Envelope, UserCreated};
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api_proc = setup.spawn(&["api"]);
+    setup.wait_ready(&api_proc).await;
+    let _relay = setup.spawn(&["relay"]);
+    let _users = setup.spawn(&["process", "users"]);
+    let (ours, _) = create_org(&setup, "Our Society").await;
+    let (theirs, _) = create_org(&setup, "Their Society").await;
+    let user = |org: Uuid, user_id: Uuid, email: &str| UserCreated {
+        envelope: Envelope::new(org, "test-user", None),
+        user_id,
+        email: email.into(),
+        name: "Meera".into(),
+        role: "manager".into(),
+    };
+    let (meera, later) = (Uuid::now_v7(), Uuid::now_v7());
+    let events = [
+        user(ours, meera, "meera@ours.example"),
+        user(theirs, meera, "thief@theirs.example"),
+        user(ours, later, "later@ours.example"),
+    ];
+    let codec = setup.codec();
+    let topic = setup.topic(topics::USERS);
+    let mut values = Vec::new();
+    for event in &events {
+        let json = serde_json::to_value(event).unwrap();
+        values.push(
+            codec
+                .encode_json(UserCreated::NAME, 1, &json)
+                .await
+                .unwrap(),
+        );
+    }
+    produce_all(
+        &producer(),
+        values
+            .iter()
+            .map(|v| (topic.clone(), "one-key", v.as_slice())),
+    )
+    .await;
+
+    db.wait_count(
+        "the user after the foreign event to be applied",
+        &format!("select count(*) from user_directory where user_id = '{later}'"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let kept: (Uuid, String) =
+        sqlx::query_as("select organization_id, email from user_directory where user_id = $1")
+            .bind(meera)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, (ours, "meera@ours.example".to_string()));
+    let dead = read_topic(&setup.topic(&topics::dlq(topics::USERS)), 1).await;
+    assert_eq!(dead[0].header("dlq.error.class"), Some("rejected"));
+    assert_eq!(dead[0].header("dlq.source.offset"), Some("1"));
+    let reason = dead[0].header("dlq.error").unwrap_or_default();
+    assert!(reason.contains("another organization"), "{reason}");
+    db.drop_db().await;
 }
