@@ -290,13 +290,12 @@ impl Codec {
             .decode_with_schema(Some(bytes))
             .await
             .map_err(|e| {
-                let e = registry_error(e);
-                if e.is_transient() {
-                    // The converter caches failed lookups; a registry that was down must
-                    // be asked again next time.
-                    self.decoder.remove_errors_from_cache();
-                }
-                e
+                // The converter keeps failed lookups, every one, for ever: a registry that
+                // was down must be asked again next time, and records naming ids the
+                // registry never had (any of four billion) must not grow the process. The
+                // price is one lookup per such record; known schemas stay cached.
+                self.decoder.remove_errors_from_cache();
+                registry_error(e)
             })?
             .ok_or_else(|| Error::Undecodable("empty payload".into()))?;
         let name = decoded

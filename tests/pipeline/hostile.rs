@@ -1,6 +1,7 @@
 //! Hostile input against the running API: what an attacker sends is refused with a 4xx
-//! naming the field, never a 500, never a panic, never a new metric series; and the cap on
-//! requests in flight is the process's, not each route's.
+//! naming the field, never a 500, never a panic, never a new metric series; the cap on
+//! requests in flight is the process's, not each route's; and records naming schema ids
+//! the registry never had leave nothing behind in the codec.
 
 use std::collections::BTreeSet;
 
@@ -615,5 +616,66 @@ async fn the_cap_on_requests_in_flight_holds_for_the_whole_process() {
         || async { (probe.get("/v1/trial-balance").await.status == 200).then_some(()) },
     )
     .await;
+    db.drop_db().await;
+}
+
+/// Records naming schema ids the registry never had leave nothing behind in the codec: the
+/// same unknown id read twice is looked up twice (the decoder kept every failed lookup for
+/// the life of the process, so a flood of records with random ids grew it without bound),
+/// while a known schema is looked up once and then served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codec_keeps_no_failed_lookup() {
+    use dhanman_schemas::events::{InvoiceCreated, Record};
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api = setup.spawn(&["api"]);
+    setup.wait_ready(&api).await;
+    let (org, _) = create_org(&setup, "Lookup Society").await;
+    let writer = setup.codec();
+    let json =
+        serde_json::to_value(invoice_created(org, uuid::Uuid::now_v7(), "L-1", "5.00")).unwrap();
+    let known = writer
+        .encode_json(InvoiceCreated::NAME, 2, &json)
+        .await
+        .unwrap();
+    let mut unknown = known.clone();
+    unknown[1..5].copy_from_slice(&987_654u32.to_be_bytes());
+    let lookups = |id: &str| {
+        let setup = setup.clone();
+        let id = id.to_string();
+        async move {
+            let text = reqwest::get(format!("{}/metrics", setup.base_url()))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let wanted = "route=\"/schema-registry/schemas/ids/{id}\"";
+            text.lines()
+                .filter(|l| l.starts_with("dhanman_http_requests_total{") && l.contains(wanted))
+                .filter(|l| l.contains(&format!("status=\"{id}\"")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        }
+    };
+
+    let reader = setup.codec();
+    let (found_before, missing_before) = (lookups("200").await, lookups("404").await);
+    for _ in 0..2 {
+        assert!(reader.decode(&unknown).await.is_err());
+        assert!(reader.decode(&known).await.is_ok());
+    }
+    assert_eq!(
+        lookups("404").await - missing_before,
+        2.0,
+        "the unknown id, each time"
+    );
+    assert_eq!(
+        lookups("200").await - found_before,
+        1.0,
+        "the known one, once"
+    );
+    drop(api);
     db.drop_db().await;
 }
