@@ -7,7 +7,8 @@
 //! with the reason and are counted; our own events go out to `dhanman.events` as the JSON
 //! .NET reads, with the event id as `message_id`, and nothing that came from RabbitMQ goes
 //! back; RabbitMQ restarted mid-stream loses and doubles nothing; a correlation id longer
-//! than an AMQP property holds goes out cut, and the bridge goes on.
+//! than an AMQP property holds goes out cut, and the bridge goes on; message ids alike only
+//! once cut to what the table kept are still two messages.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -765,5 +766,62 @@ async fn a_correlation_id_longer_than_amqp_holds_is_cut_not_a_panic() {
         bridge.log_text()
     );
     bridge.stop().await;
+    db.drop_db().await;
+}
+
+/// Message ids that differ only past the 200th character, or only in characters that are
+/// not printable ASCII, are different messages, each applied once: the bridge kept the
+/// first 200 printable characters of an id, so the second of each pair was taken for the
+/// first's redelivery and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_ids_alike_once_cut_are_still_two_messages() {
+    let _one = RABBITMQ.lock().await;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (org, key) = create_org(&setup, "Cedar Heights").await;
+    let api_url = serve_api(&db).await;
+    let customer = Api::new(&api_url, &key).customer("Asha Rao").await;
+    let names = Names::new();
+    let env = names.env(org, free_port());
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("DHANMAN_BRIDGE_DIRECTION", "inbound"));
+    let _bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    wait_declared(&names).await;
+
+    let long = "m".repeat(200);
+    let ids = [
+        format!("{long}-1"),
+        format!("{long}-2"),
+        "inv-é".to_string(),
+        "inv-ü".to_string(),
+    ];
+    let messages: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            let mut m = msg(
+                &names.events,
+                "InvoiceCreatedEvent",
+                json!({"InvoiceId": Uuid::new_v4(), "CustomerId": customer, "Amount": 100,
+                       "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+            );
+            m["message_id"] = json!(id);
+            m
+        })
+        .collect();
+    assert_eq!(publish(&messages).await, 4);
+    db.wait_count(
+        "every message applied",
+        &format!("select count(*) from invoices where organization_id = '{org}'"),
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from rabbitmq_inbound where organization_id = '{org}'"
+        ))
+        .await,
+        4
+    );
     db.drop_db().await;
 }

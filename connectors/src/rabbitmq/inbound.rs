@@ -204,6 +204,15 @@ fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
 }
 
 /// Printable ASCII, at most `max` characters: what a message may put in an id or a log.
+/// The SHA-256 of `parts` one after the other, in lowercase hex.
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part);
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn printable(value: &str, max: usize) -> String {
     value
         .chars()
@@ -255,16 +264,16 @@ fn plan(delivery: &Delivery) -> Plan {
         }
     };
     let message_id = match properties.message_id().as_ref().map(|m| m.as_str().trim()) {
-        Some(id) if !id.is_empty() => printable(id, 200),
+        Some(id) if !id.is_empty() && printable(id, 200) == id => id.to_string(),
+        // An id with characters the table does not keep as they are, or longer than it
+        // keeps: its digest, so that two ids never become one (the second message would be
+        // taken for the first's redelivery and dropped).
+        Some(id) if !id.is_empty() => format!("id-sha256:{}", sha256_hex(&[id.as_bytes()])),
         // A publisher that sets no id: the content is the identity (its event's own ids).
-        _ => {
-            let mut hash = Sha256::new();
-            hash.update(type_name.as_bytes());
-            hash.update([0]);
-            hash.update(&delivery.data);
-            let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            format!("sha256:{digest}")
-        }
+        _ => format!(
+            "sha256:{}",
+            sha256_hex(&[type_name.as_bytes(), &[0], &delivery.data])
+        ),
     };
     let correlation_id = match properties.correlation_id().as_ref().map(|c| c.as_str()) {
         Some(c) if !printable(c, 128).trim().is_empty() => printable(c, 128),
