@@ -7,9 +7,9 @@
 //! | `unbalanced_entry`    | an entry whose debits differ from its credits, with fewer than two lines, or lines without an entry |
 //! | `trial_balance`       | an organization's account balances (the trial balance) do not net to zero in a currency |
 //! | `balance_mismatch`    | an `account_balances` or `party_balances` row differs from the sum of its postings (or is missing) |
-//! | `missing_entry`       | an event the ledger consumed (`processed_events`) that posts an entry has none |
+//! | `missing_entry`       | an event the ledger consumed with a gate row (`processed_events`) that posts an entry has none (the ledger gates such events by their entries: a row for one is a defect) |
 //! | `duplicate_entry`     | more than one entry for one reference (an invoice, its void, a payment, a salary, an order, a bill) |
-//! | `orphan_entry`        | an entry whose source event the ledger never consumed (within the gate's retention), or an invoice's reversal without the invoice's entry |
+//! | `orphan_entry`        | a reversal or correction of an entry that does not exist, or an invoice's reversal without the invoice's entry |
 //! | `receivable_mismatch` | a customer's receivable (1200, party customer) differs from their invoices less payments less voids on the command side |
 //!
 //! Whether a consumed event posts is known from the command side's outbox row (its record
@@ -18,13 +18,12 @@
 //! payment the command side does not have, shows as a `receivable_mismatch`.
 //!
 //! Retention prunes published outbox rows and old gate rows; entries are never pruned.
-//! `missing_entry` therefore covers the events whose outbox rows are kept, `orphan_entry`
-//! the entries posted since the oldest gate row the ledger keeps; the other checks read only
-//! the books, balances and command-side rows, which are kept whole.
+//! `missing_entry` therefore covers the events whose outbox rows are kept; the other checks
+//! read only the books, balances and command-side rows, which are kept whole.
 //!
 //! The command side runs ahead of the books while events are in flight: the receivable
 //! check counts only the invoices, payments and voids whose events the ledger has consumed
-//! (their entries, committed with the events' `processed_events` rows), so nothing in
+//! (their entries, which are the ledger's record of having consumed them), so nothing in
 //! flight is reported. The checks read whole tables (hash joins and aggregates, no query
 //! per row): their cost grows with the postings, see docs/operations.md.
 
@@ -512,30 +511,18 @@ async fn duplicate_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sq
         .collect())
 }
 
-/// Entries whose source event the ledger never consumed, reversals of an invoice that has
-/// no entry, and corrections (reversals and corrected entries) of an entry that does not
-/// exist.
+/// Reversals of an invoice that has no entry, and corrections (reversals and corrected
+/// entries) of an entry that does not exist.
 ///
-/// Gate rows are pruned after a retention (`DHANMAN_RETENTION_GATE`), entries never: only
-/// entries posted since the oldest gate row the ledger still has are held to one. An entry
-/// and its gate row commit in one transaction, so their `posted_at` and `processed_at` are
-/// the same `now()`; pruning takes the oldest rows, so what is older than every kept row
-/// may have lost its row to it.
+/// (An entry of the ledger's own is its record of having consumed its event: the entry's
+/// id is the event's, and the entry is the event's gate in `applied_events`. There is no
+/// second row for it to lack.)
 async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx::Error> {
     let rows: Vec<(Uuid, Uuid, String, Uuid, Uuid, bool)> = sqlx::query_as(
-        "select j.id, j.organization_id, j.reference_type, j.reference_id, j.source_event_id,
-                false
-           from journal_entries j
-          where j.posted_at >= (select min(processed_at) from processed_events
-                                 where processor = $1)
-            and j.reference_type not in ($4, $5)
-            and not exists (select 1 from processed_events pe
-                             where pe.processor = $1 and pe.event_id = j.source_event_id)
-         union all
-         select c.id, c.organization_id, c.reference_type, c.reference_id, c.source_event_id,
+        "select c.id, c.organization_id, c.reference_type, c.reference_id, c.source_event_id,
                 true
            from journal_entries c
-          where c.reference_type in ($4, $5)
+          where c.reference_type in ($3, $4)
             and not exists (select 1 from journal_entries x
                              where x.organization_id = c.organization_id
                                and x.id = c.reference_id)
@@ -543,14 +530,13 @@ async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx:
          select v.id, v.organization_id, v.reference_type, v.reference_id, v.source_event_id,
                 true
            from journal_entries v
-          where v.reference_type = $3
+          where v.reference_type = $2
             and not exists (select 1 from journal_entries i
                              where i.organization_id = v.organization_id
                                and i.reference_id = v.reference_id
-                               and i.reference_type = $2)
+                               and i.reference_type = $1)
           order by 1, 6",
     )
-    .bind(LEDGER)
     .bind(REF_INVOICE)
     .bind(REF_INVOICE_VOID)
     .bind(correct::REVERSAL)
@@ -559,19 +545,14 @@ async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx:
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(entry, org, rtype, rid, source, reversal)| Violation {
+        .map(|(entry, org, rtype, rid, _source, _)| Violation {
             kind: ORPHAN_ENTRY,
             organization_id: Some(org),
             subject: entry.to_string(),
-            detail: if reversal && rtype == REF_INVOICE_VOID {
+            detail: if rtype == REF_INVOICE_VOID {
                 format!("reverses invoice {rid}, which has no entry")
-            } else if reversal {
-                format!("{rtype} of entry {rid}, which does not exist")
             } else {
-                format!(
-                    "{rtype} {rid}: source event {source} was never consumed by the ledger \
-                     (no processed_events row)"
-                )
+                format!("{rtype} of entry {rid}, which does not exist")
             },
         })
         .collect())
@@ -581,9 +562,8 @@ async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx:
 /// customer; checked against the postings by [`balance_mismatches`]) against the command
 /// side's invoices less payments less voided invoices, each counted only once the ledger
 /// has consumed its event. An event's entry is the ledger's record of having consumed it
-/// (they commit in one transaction with its `processed_events` row; [`missing_entries`] and
-/// [`orphan_entries`] check that they go together), and names the invoice or payment it
-/// posts (`reference_id`): so no payload is parsed. The amounts, customers and currencies
+/// (its gate, see [`orphan_entries`]), and names the invoice or payment it posts
+/// (`reference_id`): so no payload is parsed. The amounts, customers and currencies
 /// are the command side's rows; a void takes its invoice's amount.
 async fn receivable_mismatches(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx::Error> {
     type Row = (

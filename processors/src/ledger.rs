@@ -121,6 +121,19 @@ fn line(account: &str, party: Party, debit: Decimal, credit: Decimal) -> Posting
     }
 }
 
+/// Whether `event` posts an entry ([`entry_under`] gives one for it, under any accounts).
+pub fn posts_entry(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::InvoiceCreated(_)
+            | Event::PaymentReceived(_)
+            | Event::InvoiceVoided(_)
+            | Event::SalaryPosted(_)
+            | Event::POApproved(_)
+            | Event::BillCreated(_)
+    )
+}
+
 /// The entry an event posts under the default accounts, if any.
 pub fn entry_for(event: &Event) -> Option<Entry> {
     entry_under(&accounts::DEFAULT, event)
@@ -235,6 +248,13 @@ impl Processor for Ledger {
 
     fn topics(&self) -> Vec<String> {
         self.topics.clone()
+    }
+
+    /// An event that posts an entry is gated by it: the entry's id is the event's, and the
+    /// journal's primary key takes no second (`applied_events` shows the entry as the
+    /// event applied). Only the events that post nothing get a `processed_events` row.
+    fn gated_by_effects(&self, event: &Event) -> bool {
+        posts_entry(event)
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
@@ -576,6 +596,7 @@ mod tests {
             (&salary, SALARY_EXPENSE, SALARIES_PAYABLE),
         ] {
             let entry = entry_for(event).unwrap();
+            assert!(posts_entry(event), "gated by its entry");
             let debits: Decimal = entry.lines.iter().map(|l| l.debit).sum();
             let credits: Decimal = entry.lines.iter().map(|l| l.credit).sum();
             assert_eq!(debits, credits);
@@ -610,6 +631,15 @@ mod tests {
             assert_ne!(announced, entry.id);
             assert_eq!(announced.as_bytes()[..6], entry.id.as_bytes()[..6]);
         }
+        // An event that posts nothing is not gated by an entry.
+        let user = Event::UserCreated(dhanman_schemas::events::UserCreated {
+            envelope: envelope(),
+            user_id: Uuid::now_v7(),
+            email: "asha@example.org".into(),
+            name: "Asha".into(),
+            role: "admin".into(),
+        });
+        assert!(entry_for(&user).is_none() && !posts_entry(&user));
     }
 
     #[test]
@@ -643,6 +673,7 @@ mod tests {
             let mut net: BTreeMap<String, Decimal> = BTreeMap::new();
             for e in events {
                 let entry = entry_for(e).unwrap();
+                assert!(posts_entry(e), "gated by its entry");
                 let debits: Decimal = entry.lines.iter().map(|l| l.debit).sum();
                 let credits: Decimal = entry.lines.iter().map(|l| l.credit).sum();
                 assert_eq!(debits, credits, "{}", entry.description);

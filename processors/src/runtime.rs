@@ -1,7 +1,8 @@
 //! The consumer runtime, written once for every processor.
 //!
 //! For each batch it opens one Postgres transaction holding: the processor's effects
-//! (applied only for events it has never applied: `processed_events` is the gate), any
+//! (applied only for events it has never applied: a `processed_events` row is the gate,
+//! or, for the events whose effects gate them, those effects), any
 //! outbox rows (emitted events, dead letters) and the group's next offsets. On assignment
 //! it seeks to the stored offsets. After the commit it commits the same offsets to Kafka,
 //! only so that lag tools see progress.

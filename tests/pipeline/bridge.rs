@@ -517,7 +517,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
         db.wait_count(
             "the API's month to be posted",
             &format!(
-                "select count(*) from processed_events
+                "select count(*) from applied_events
                   where processor = 'ledger' and event_id = '{token}'"
             ),
             1,

@@ -93,7 +93,7 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
 
     // Both members must own partitions before the kill.
     wait_owning("both processors", &[&a, &b]).await;
-    let processed = "select count(*) from processed_events";
+    let processed = "select count(*) from applied_events";
     db.wait_count(
         "processing to be under way",
         processed,
@@ -131,7 +131,7 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
         );
     }
     assert_eq!(
-        db.count("select count(*) from processed_events").await as usize,
+        db.count("select count(*) from applied_events").await as usize,
         EVENTS
     );
     assert_eq!(
@@ -220,7 +220,7 @@ async fn sigterm_of_one_of_two_processors_hands_its_partitions_over_and_exits_0(
             .map(|(k, v)| (invoices.clone(), k.as_str(), v.as_slice())),
     )
     .await;
-    let processed = "select count(*) from processed_events";
+    let processed = "select count(*) from applied_events";
     db.wait_count(
         "the first half",
         processed,

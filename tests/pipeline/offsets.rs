@@ -69,7 +69,7 @@ async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
     .unwrap();
 
     let processor = setup.spawn(&["process", "ledger"]);
-    let processed = "select count(*) from processed_events";
+    let processed = "select count(*) from applied_events";
     db.wait_count(
         "the last four payments to be applied",
         processed,
@@ -89,7 +89,7 @@ async fn a_processor_starts_where_postgres_says_not_where_kafka_says() {
         Duration::from_secs(60),
     )
     .await;
-    let applied: Vec<(Uuid,)> = sqlx::query_as("select event_id from processed_events")
+    let applied: Vec<(Uuid,)> = sqlx::query_as("select event_id from applied_events")
         .fetch_all(&db.pool)
         .await
         .unwrap();
@@ -149,7 +149,7 @@ async fn a_stored_offset_past_the_log_end_reads_from_the_start_and_comes_back() 
     let processor = setup.spawn(&["process", "ledger"]);
     db.wait_count(
         "the five payments the log holds to be applied",
-        "select count(*) from processed_events",
+        "select count(*) from applied_events",
         5,
         Duration::from_secs(60),
     )

@@ -44,7 +44,7 @@ async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
             .map(|(k, v)| (topic.clone(), k.as_str(), v.as_slice())),
     )
     .await;
-    let processed = "select count(*) from processed_events";
+    let processed = "select count(*) from applied_events";
     db.wait_count(
         "the first events to be applied",
         processed,

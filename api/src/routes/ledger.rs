@@ -49,7 +49,7 @@ async fn customer_and_first_look(
 ) -> Result<Option<(String, bool)>, ApiError> {
     Ok(sqlx::query_as(
         "select c.name,
-                exists(select 1 from processed_events where processor = $3 and event_id = $4)
+                exists(select 1 from applied_events where processor = $3 and event_id = $4)
            from customers c where c.id = $1 and c.organization_id = $2",
     )
     .bind(customer_id)

@@ -218,7 +218,7 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
     ];
     r.notes = vec![
         format!(
-            "raw COPY: per event a gate row, a journal entry, two postings and an outbox row \
+            "raw COPY: per event a journal entry (its own gate), two postings and an outbox row \
              (queued for the relay by the outbox's trigger), \
              COPYed into tables with the pipeline's indexes, constraints and insert triggers \
              (balances are upserts, not COPYable, and left out)"
@@ -424,28 +424,21 @@ pub async fn produce(
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// The tables the ledger writes a row (or two) per event into.
-/// (`outbox_pending` is filled by the outbox's trigger, so it comes before the outbox.)
-const PER_EVENT_TABLES: [&str; 5] = [
-    "processed_events",
-    "journal_entries",
-    "postings",
-    "outbox_pending",
-    "outbox",
-];
+/// The tables the ledger writes a row (or two) per event into: no gate row, as an event
+/// that posts is gated by its entry. (`outbox_pending` is filled by the outbox's trigger,
+/// so it comes before the outbox.)
+const PER_EVENT_TABLES: [&str; 4] = ["journal_entries", "postings", "outbox_pending", "outbox"];
 
-/// `COPY` of the rows the ledger writes for `n` events (a gate row, an entry, two postings,
-/// an announcement) into tables made as [`raw::copy_like`] makes them; returns the seconds
-/// the COPYs and the commit took.
+/// `COPY` of the rows the ledger writes for `n` events (an entry, its own gate; two
+/// postings; an announcement) into tables made as [`raw::copy_like`] makes them; returns
+/// the seconds the COPYs and the commit took.
 async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let (mut gate, mut entries, mut postings, mut outbox) =
-        (String::new(), String::new(), String::new(), String::new());
+    let (mut entries, mut postings, mut outbox) = (String::new(), String::new(), String::new());
     for i in 0..n {
         let event = Uuid::now_v7();
         let customer = Uuid::now_v7();
         let amount = format!("{}.{:02}", 1000 + i % 5000, i % 100);
-        let _ = writeln!(gate, "ledger\t{event}\tbench\t0\t{i}");
         let _ = writeln!(
             entries,
             "{event}\t{org}\t{event}\tinvoice\t{customer}\tInvoice B-{i}\tINR\t2026-12-01 00:00:00+00\tbench-{i}"
@@ -471,10 +464,6 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
         );
     }
     let copies = [
-        (
-            "processed_events (processor, event_id, topic, partition, \"offset\")",
-            &gate,
-        ),
         (
             "journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)",
             &entries,

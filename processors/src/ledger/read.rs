@@ -23,7 +23,7 @@ use super::AR;
 pub use entries::{Entry, entries};
 pub use statement::{Statement, StatementCurrency, StatementLine, statement};
 
-/// The ledger's name in the gate (`processed_events`), for consistency waits.
+/// The ledger's name in the gate (`applied_events`), for consistency waits.
 pub const LEDGER: &str = "ledger";
 
 /// An account of the chart.

@@ -50,9 +50,17 @@ impl Incoming {
 /// transaction. Everything else (batching, offsets, retries, DLQ) is the runtime's.
 pub trait Processor: Send + Sync + 'static {
     /// Stable name: the consumer group is `dhanman.<name>` and `processed_events` rows
-    /// carry it.
+    /// (and `applied_events`) carry it.
     fn name(&self) -> &str;
     fn topics(&self) -> Vec<String>;
+    /// Whether `event`'s own effects are its exactly-once gate: applying it writes a row
+    /// whose key is the event's id (a second attempt writes nothing), and the view
+    /// `applied_events` shows that row as the event applied. Such an event gets no
+    /// `processed_events` row; the runtime looks it up in the view instead. None by default.
+    fn gated_by_effects(&self, event: &Event) -> bool {
+        let _ = event;
+        false
+    }
     /// Applies events this processor has never applied, in offset order per partition.
     /// Must write only through `conn`. A [`ApplyError::Transient`] failure retries the
     /// batch; a [`ApplyError::Poison`] one (and a panic) marks the batch's events for
@@ -78,6 +86,7 @@ impl BoxedProcessor {
 trait DynProcessor: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn topics(&self) -> Vec<String>;
+    fn gated_by_effects(&self, event: &Event) -> bool;
     fn apply_boxed<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -92,6 +101,10 @@ impl<P: Processor> DynProcessor for P {
 
     fn topics(&self) -> Vec<String> {
         Processor::topics(self)
+    }
+
+    fn gated_by_effects(&self, event: &Event) -> bool {
+        Processor::gated_by_effects(self, event)
     }
 
     fn apply_boxed<'a>(
@@ -110,6 +123,10 @@ impl Processor for BoxedProcessor {
 
     fn topics(&self) -> Vec<String> {
         self.0.topics()
+    }
+
+    fn gated_by_effects(&self, event: &Event) -> bool {
+        self.0.gated_by_effects(event)
     }
 
     async fn apply(

@@ -47,7 +47,7 @@ impl<P: Processor> Runtime<P> {
     }
 
     /// What applying `batch` would do, per record type, without doing it: each event is
-    /// already applied (its gate row exists) or would be.
+    /// already applied (`applied_events` has it) or would be.
     pub async fn survey(&self, batch: &[Incoming]) -> Result<Survey> {
         let decoded = self.decode_all(batch).await?;
         let mut survey = Survey::default();
@@ -60,7 +60,7 @@ impl<P: Processor> Runtime<P> {
         }
         let ids: Vec<Uuid> = events.iter().map(|e| e.envelope().event_id).collect();
         let applied: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
-            "select event_id from processed_events where processor = $1 and event_id = any($2)",
+            "select event_id from applied_events where processor = $1 and event_id = any($2)",
         )
         .bind(self.processor.name())
         .bind(&ids)

@@ -1,4 +1,5 @@
-//! One batch, one Postgres transaction: the exactly-once gate (`processed_events`), the
+//! One batch, one Postgres transaction: the exactly-once gate (`processed_events`, or the
+//! processor's own rows for the events they gate, through `applied_events`), the
 //! processor's effects in a savepoint (isolating the poison record when a batch is
 //! refused), dead letters, the group's stored offsets and the wake-up of consistency
 //! waiters, all committed together.
@@ -57,7 +58,7 @@ impl<P: Processor> Runtime<P> {
             })
             .collect();
 
-        let fresh = mark_processed(&mut tx, &name, batch, &candidates).await?;
+        let fresh = mark_processed(&mut tx, self.processor.as_ref(), batch, &candidates).await?;
         report.duplicates = decoded.len() - poison.len() - fresh.len();
         let events: Vec<&Event> = fresh.iter().map(|(_, e)| *e).collect();
         // Each event continues the trace its record carries (a new one if it carries none);
@@ -89,7 +90,7 @@ impl<P: Processor> Runtime<P> {
                     let one = [*event];
                     let single: [(usize, &Event); 1] = [(*i, *event)];
                     let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-                    mark_processed(&mut sp, &name, batch, &single).await?;
+                    mark_processed(&mut sp, self.processor.as_ref(), batch, &single).await?;
                     let applied =
                         trace::in_batch(spans.clone(), self.apply_guarded(&mut sp, &one)).await;
                     match applied {
@@ -242,47 +243,80 @@ pub(super) fn record_outcomes(
     }
 }
 
-/// Inserts gate rows; returns the candidates this processor had not applied before.
-pub(super) async fn mark_processed<'e>(
+/// The gate: inserts gate rows for the candidates that need one and looks up those whose
+/// effects are their own gate ([`Processor::gated_by_effects`]) in `applied_events`;
+/// returns, in their order, the candidates this processor had not applied before.
+pub(super) async fn mark_processed<'e, P: Processor + ?Sized>(
     conn: &mut PgConnection,
-    processor: &str,
+    processor: &P,
     batch: &[Incoming],
     candidates: &[(usize, &'e Event)],
 ) -> Result<Vec<(usize, &'e Event)>> {
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = candidates
+    let name = processor.name();
+    let own: Vec<bool> = candidates
         .iter()
-        .map(|(_, e)| e.envelope().event_id)
+        .map(|(_, e)| processor.gated_by_effects(e))
         .collect();
-    let topics: Vec<&str> = candidates
+    let rows: Vec<(usize, &Event)> = candidates
         .iter()
-        .map(|(i, _)| batch[*i].topic.as_str())
+        .zip(&own)
+        .filter(|(_, own)| !**own)
+        .map(|(c, _)| *c)
         .collect();
-    let partitions: Vec<i32> = candidates
-        .iter()
-        .map(|(i, _)| batch[*i].partition)
-        .collect();
-    let offsets: Vec<i64> = candidates.iter().map(|(i, _)| batch[*i].offset).collect();
-    let new: Vec<(Uuid,)> = sqlx::query_as(
-        "insert into processed_events (processor, event_id, topic, partition, \"offset\")
-         select $1, * from unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])
-         on conflict do nothing returning event_id",
-    )
-    .bind(processor)
-    .bind(&ids)
-    .bind(&topics)
-    .bind(&partitions)
-    .bind(&offsets)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(Error::Database)?;
-    let new: HashSet<Uuid> = new.into_iter().map(|(id,)| id).collect();
+    let mut new: HashSet<Uuid> = HashSet::new();
+    if !rows.is_empty() {
+        let ids: Vec<Uuid> = rows.iter().map(|(_, e)| e.envelope().event_id).collect();
+        let topics: Vec<&str> = rows.iter().map(|(i, _)| batch[*i].topic.as_str()).collect();
+        let partitions: Vec<i32> = rows.iter().map(|(i, _)| batch[*i].partition).collect();
+        let offsets: Vec<i64> = rows.iter().map(|(i, _)| batch[*i].offset).collect();
+        let inserted: Vec<(Uuid,)> = sqlx::query_as(
+            "insert into processed_events (processor, event_id, topic, partition, \"offset\")
+             select $1, * from unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])
+             on conflict do nothing returning event_id",
+        )
+        .bind(name)
+        .bind(&ids)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::Database)?;
+        new.extend(inserted.into_iter().map(|(id,)| id));
+    }
+    let mut applied: HashSet<Uuid> = HashSet::new();
+    if rows.len() < candidates.len() {
+        let ids: Vec<Uuid> = candidates
+            .iter()
+            .zip(&own)
+            .filter(|(_, own)| **own)
+            .map(|((_, e), _)| e.envelope().event_id)
+            .collect();
+        let found: Vec<(Uuid,)> = sqlx::query_as(
+            "select event_id from applied_events where processor = $1 and event_id = any($2)",
+        )
+        .bind(name)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::Database)?;
+        applied.extend(found.into_iter().map(|(id,)| id));
+    }
     Ok(candidates
         .iter()
-        .filter(|(_, e)| new.contains(&e.envelope().event_id))
-        .copied()
+        .zip(&own)
+        .filter(|((_, e), own)| {
+            let id = e.envelope().event_id;
+            if **own {
+                !applied.contains(&id)
+            } else {
+                new.contains(&id)
+            }
+        })
+        .map(|(c, _)| *c)
         .collect())
 }
 
