@@ -1,7 +1,8 @@
 //! Retention: published outbox rows, idempotency keys and the gate rows behind their
-//! group's offsets are pruned, and what is still needed is kept; after the ledger's gate
-//! rows are gone, a replay of its topic from the beginning posts nothing twice (an entry's
-//! id is its event's), the books are unchanged and nothing is dead-lettered.
+//! group's offsets are pruned, and what is still needed is kept; the ledger keeps no gate
+//! row for an event it posts (the entry is its gate), and after its gate rows are gone, a
+//! replay of its topic from the beginning posts nothing twice (an entry's id is its
+//! event's), the books are unchanged and nothing is dead-lettered.
 
 use std::time::Duration;
 
@@ -48,6 +49,13 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
         .count("select count(*) from processed_events where processor = 'ledger'")
         .await;
     assert_eq!(entries, 7);
+    // Every event here posts: its entry is its gate, and the ledger wrote no gate row.
+    assert_eq!(gate_before, 0);
+    assert_eq!(
+        db.count("select count(*) from applied_events where processor = 'ledger'")
+            .await,
+        7
+    );
 
     // A gate row not yet behind its group's offset, an outbox row not yet published and a
     // parked one stay. (The pipeline stops first, so no relay publishes the row meanwhile.)
