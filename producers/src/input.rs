@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use dhanman_schemas::events::{FieldError, check_date};
+use dhanman_schemas::events::{FieldError, check_address, check_date};
 
 /// An amount of money as a command carries it: a JSON string holding an exact decimal
 /// (`"3500.00"`). A JSON number is refused, since JSON parsers pass numbers through binary
@@ -120,24 +120,19 @@ impl<'de> Deserialize<'de> for Day {
 }
 
 /// An email address a message can be sent to (`@` alone, spaces or a missing domain are
-/// not): a bare address (no display name, no domain literal), with one `@` and no white
-/// space, as the tables' checks hold it (`^[^@[:space:]]+@[^@[:space:]]+$`), so that what
-/// passes here is never refused by the database.
+/// not): a bare address (no display name, no domain literal) that is also one the tables'
+/// checks hold ([`check_address`]), so that what passes here is never refused by the
+/// database.
 pub fn check_email(field: &str, email: &str) -> Result<(), FieldError> {
     let options = email_address::Options {
         allow_display_text: false,
         allow_domain_literal: false,
         ..Default::default()
     };
-    let bare = email.matches('@').count() == 1 && !email.chars().any(char::is_whitespace);
-    if email.len() <= 254
-        && bare
-        && email_address::EmailAddress::parse_with_options(email, options).is_ok()
-    {
-        Ok(())
-    } else {
-        Err(FieldError::new(field, "must be an email address"))
-    }
+    check_address(field, email)?;
+    email_address::EmailAddress::parse_with_options(email, options)
+        .map(|_| ())
+        .map_err(|_| FieldError::new(field, "must be an email address"))
 }
 
 #[cfg(test)]

@@ -597,15 +597,23 @@ fn check_user(user: &UserCreated) -> Result<(), FieldError> {
     if name.is_empty() || name.chars().count() > 200 {
         return Err(FieldError::new("name", "must be 1 to 200 characters"));
     }
-    let email = &user.email;
-    let bare = email.matches('@').count() == 1
+    check_address("email", &user.email)
+}
+
+/// An address as the tables hold one (`^[^@[:space:]]+@[^@[:space:]]+$`): at most 254
+/// bytes, one `@` with text on each side, no white space or control character. What the
+/// API takes is stricter still (`dhanman_producers::input::check_email`).
+pub fn check_address(field: &str, email: &str) -> Result<(), FieldError> {
+    let bare = email.len() <= 254
+        && email.matches('@').count() == 1
         && !email.starts_with('@')
         && !email.ends_with('@')
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !bare || email.len() > 254 {
-        return Err(FieldError::new("email", "must be an email address"));
+    if bare {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be an email address"))
     }
-    Ok(())
 }
 
 /// `template` of a [`SendInvoiceEmail`] must be one of [`invoice_email::ALL`].

@@ -125,10 +125,7 @@ async fn session(
 /// `text` as an AMQP short string: at most 255 bytes, cut on a character boundary (a Kafka
 /// record's correlation id has no limit; lapin panics on a longer one).
 fn short_string(text: &str) -> ShortString {
-    let mut end = text.len().min(255);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = text.floor_char_boundary(255);
     if end < text.len() {
         tracing::warn!(
             bytes = text.len(),
