@@ -13,7 +13,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dhanman_schemas::events::{InvoiceCreated, Record};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -67,19 +66,34 @@ impl Names {
         }
     }
 
-    fn env(&self, org: Uuid, metrics_port: u16) -> Vec<(&'static str, String)> {
-        vec![
-            ("RABBITMQ_URL", rabbitmq_url()),
-            ("DHANMAN_BRIDGE_ORGANIZATION_ID", org.to_string()),
-            ("DHANMAN_RABBITMQ_EVENTS_EXCHANGE", self.events.clone()),
-            ("DHANMAN_RABBITMQ_COMMANDS_EXCHANGE", self.commands.clone()),
-            ("DHANMAN_RABBITMQ_QUEUE_PREFIX", self.queues.clone()),
+    /// `dhanman bridge rabbitmq` for `org` on these exchanges and queues, serving its
+    /// metrics on `metrics_port`, with the settings of `more` besides.
+    fn spawn_bridge(
+        &self,
+        setup: &Setup,
+        org: Uuid,
+        metrics_port: u16,
+        more: &[(&str, &str)],
+    ) -> Proc {
+        let (url, org, metrics) = (
+            rabbitmq_url(),
+            org.to_string(),
+            format!("127.0.0.1:{metrics_port}"),
+        );
+        let mut env = vec![
+            ("RABBITMQ_URL", url.as_str()),
+            ("DHANMAN_BRIDGE_ORGANIZATION_ID", org.as_str()),
+            ("DHANMAN_RABBITMQ_EVENTS_EXCHANGE", self.events.as_str()),
+            ("DHANMAN_RABBITMQ_COMMANDS_EXCHANGE", self.commands.as_str()),
+            ("DHANMAN_RABBITMQ_QUEUE_PREFIX", self.queues.as_str()),
             (
                 "DHANMAN_RABBITMQ_DEAD_LETTER_EXCHANGE",
-                self.dead_letters.clone(),
+                self.dead_letters.as_str(),
             ),
-            ("DHANMAN_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
-        ]
+            ("DHANMAN_METRICS_ADDR", metrics.as_str()),
+        ];
+        env.extend_from_slice(more);
+        setup.spawn_with_env(&["bridge", "rabbitmq"], &env)
     }
 }
 
@@ -323,9 +337,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
     let bridged_admin = Api::new(&setup.base_url(), &key);
     let names = Names::new();
     let metrics_port = free_port();
-    let env = names.env(org, metrics_port);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    let bridge = names.spawn_bridge(&setup, org, metrics_port, &[]);
     wait_declared(&names).await;
     let (_observer, mut observed) = observe(&names.events).await;
 
@@ -619,16 +631,15 @@ async fn rabbitmq_restarted_mid_stream_loses_and_doubles_nothing() {
     let api_url = serve_api(&db).await;
     let customer = Api::new(&api_url, &key).customer("Asha Rao").await;
     let names = Names::new();
-    let env = names.env(org, free_port());
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let metrics_port = free_port();
     // Small batches, so the stream is still flowing when RabbitMQ goes.
-    env.extend([
+    let small = [
         ("DHANMAN_RABBITMQ_PREFETCH", "20"),
         ("DHANMAN_BATCH_SIZE", "10"),
         ("DHANMAN_BRIDGE_DIRECTION", "inbound"),
-    ]);
+    ];
     // Declared by a first run; the whole stream waits in the queue for the second.
-    let mut first = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    let mut first = names.spawn_bridge(&setup, org, metrics_port, &small);
     wait_declared(&names).await;
     first.stop().await;
     const N: i64 = 3000;
@@ -644,7 +655,7 @@ async fn rabbitmq_restarted_mid_stream_loses_and_doubles_nothing() {
         })
         .collect();
     assert_eq!(publish(&messages).await as i64, N);
-    let bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    let bridge = names.spawn_bridge(&setup, org, metrics_port, &small);
     let applied = format!("select count(*) from rabbitmq_inbound where organization_id = '{org}'");
     db.wait_count("the stream to start", &applied, 1, Duration::from_secs(60))
         .await;
@@ -713,13 +724,9 @@ async fn a_correlation_id_longer_than_amqp_holds_is_cut_not_a_panic() {
     let _one = RABBITMQ.lock().await;
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api = setup.spawn(&["api"]);
-    setup.wait_ready(&api).await;
-    let (org, _) = create_org(&setup, "Long Story Society").await;
+    let (_api, org) = api_with_org(&setup, "Long Story Society").await;
     let names = Names::new();
-    let env = names.env(org, free_port());
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    let mut bridge = names.spawn_bridge(&setup, org, free_port(), &[]);
     wait_declared(&names).await;
     let (_observer, mut observed) = observe(&names.events).await;
 
@@ -733,11 +740,7 @@ async fn a_correlation_id_longer_than_amqp_holds_is_cut_not_a_panic() {
         setup.topic(dhanman_schemas::topics::INVOICES),
     );
     for invoice in [&first, &second] {
-        let json = serde_json::to_value(invoice).unwrap();
-        let value = codec
-            .encode_json(InvoiceCreated::NAME, 2, &json)
-            .await
-            .unwrap();
+        let value = codec.encode(invoice).await.unwrap();
         produce(&producer(), &topic, "one-customer", &value).await;
     }
 
@@ -782,10 +785,8 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
     let api_url = serve_api(&db).await;
     let customer = Api::new(&api_url, &key).customer("Asha Rao").await;
     let names = Names::new();
-    let env = names.env(org, free_port());
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("DHANMAN_BRIDGE_DIRECTION", "inbound"));
-    let _bridge = setup.spawn_with_env(&["bridge", "rabbitmq"], &env);
+    let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
+    let _bridge = names.spawn_bridge(&setup, org, free_port(), &inbound);
     wait_declared(&names).await;
 
     let long = "m".repeat(200);

@@ -130,25 +130,17 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
 async fn records_with_nul_bytes_or_a_header_name_not_utf8_are_dead_lettered() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api_proc = setup.spawn(&["api"]);
-    setup.wait_ready(&api_proc).await;
+    let (_api, org) = api_with_org(&setup, "Hostile Bytes Society").await;
     let _relay = setup.spawn(&["relay"]);
     let mut ledger = setup.spawn(&["process", "ledger"]);
-    let (org, _) = create_org(&setup, "Hostile Bytes Society").await;
     let codec = setup.codec();
     let topic = setup.topic(topics::INVOICES);
-    let encode = |e: &InvoiceCreated| {
-        let json = serde_json::to_value(e).unwrap();
-        let codec = &codec;
-        async move {
-            codec
-                .encode_json(InvoiceCreated::NAME, 2, &json)
-                .await
-                .unwrap()
-        }
-    };
     let unreadable = invoice(org, "HEADER-NAME", "10.00");
     let after = invoice(org, "AFTER", "20.00");
+    let (unreadable_value, after_value) = (
+        codec.encode(&unreadable).await.unwrap(),
+        codec.encode(&after).await.unwrap(),
+    );
 
     // All on partition 0, in this order.
     let producer = producer();
@@ -169,17 +161,16 @@ async fn records_with_nul_bytes_or_a_header_name_not_utf8_are_dead_lettered() {
         &topic,
         0,
         b"header-name",
-        &encode(&unreadable).await,
+        &unreadable_value,
         &[(b"\xff\xfe", b"x")],
     )
     .await;
-    let good = encode(&after).await;
     producer
         .send(
             FutureRecord::to(&topic)
                 .partition(0)
                 .key("after")
-                .payload(&good),
+                .payload(&after_value),
             Duration::from_secs(10),
         )
         .await
@@ -211,7 +202,7 @@ async fn records_with_nul_bytes_or_a_header_name_not_utf8_are_dead_lettered() {
     assert_eq!(second.header("dlq.error.class"), Some("undecodable"));
     let reason = second.header("dlq.error").unwrap_or_default();
     assert!(reason.contains("not UTF-8"), "{reason}");
-    assert_eq!(second.payload, encode(&unreadable).await);
+    assert_eq!(second.payload, unreadable_value);
     // The process that read them is the one that posted the record after them.
     assert!(
         matches!(ledger.child.try_wait(), Ok(None)),
@@ -348,12 +339,10 @@ async fn a_user_event_from_another_organization_is_refused_not_applied() {
 
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api_proc = setup.spawn(&["api"]);
-    setup.wait_ready(&api_proc).await;
+    let (_api, ours) = api_with_org(&setup, "Our Society").await;
+    let (theirs, _) = create_org(&setup, "Their Society").await;
     let _relay = setup.spawn(&["relay"]);
     let _users = setup.spawn(&["process", "users"]);
-    let (ours, _) = create_org(&setup, "Our Society").await;
-    let (theirs, _) = create_org(&setup, "Their Society").await;
     let user = |org: Uuid, user_id: Uuid, email: &str| UserCreated {
         envelope: Envelope::new(org, "test-user", None),
         user_id,
@@ -371,13 +360,7 @@ async fn a_user_event_from_another_organization_is_refused_not_applied() {
     let topic = setup.topic(topics::USERS);
     let mut values = Vec::new();
     for event in &events {
-        let json = serde_json::to_value(event).unwrap();
-        values.push(
-            codec
-                .encode_json(UserCreated::NAME, 1, &json)
-                .await
-                .unwrap(),
-        );
+        values.push(codec.encode(event).await.unwrap());
     }
     produce_all(
         &producer(),

@@ -235,6 +235,16 @@ pub async fn serve_state(state: dhanman_api::AppState) -> String {
     format!("http://{addr}")
 }
 
+/// The Prometheus text of the test's `dhanman api` (or `up`).
+pub async fn metrics_text(setup: &Setup) -> String {
+    reqwest::get(format!("{}/metrics", setup.base_url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// A new organization's administrator key.
 pub async fn org_key(db: &TestDb, name: &str) -> String {
     dhanman_producers::orgs::create_organization(&db.pool, name, None)

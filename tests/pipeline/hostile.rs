@@ -555,23 +555,15 @@ async fn the_cap_on_requests_in_flight_holds_for_the_whole_process() {
     use tokio::io::AsyncWriteExt;
 
     let db = TestDb::new().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&db.url)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let base = format!("http://{address}");
-    let state = dhanman_api::AppState::new(pool, Duration::from_secs(3));
-    tokio::spawn(dhanman_api::serve(listener, state));
+    let base = serve_api(&db).await;
+    let address = base.trim_start_matches("http://").to_string();
     let key = org_key(&db, "Crowded Society").await;
 
     // A request to `path` whose body never comes: it holds its place until the timeout.
     let hold = |path: &'static str| {
-        let key = key.clone();
+        let (key, address) = (key.clone(), address.clone());
         async move {
-            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
             let head = format!(
                 "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
                  Content-Type: application/json\r\nContent-Length: 64\r\n\r\n"
@@ -625,36 +617,27 @@ async fn the_cap_on_requests_in_flight_holds_for_the_whole_process() {
 /// while a known schema is looked up once and then served from the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_codec_keeps_no_failed_lookup() {
-    use dhanman_schemas::events::{InvoiceCreated, Record};
-
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api = setup.spawn(&["api"]);
-    setup.wait_ready(&api).await;
-    let (org, _) = create_org(&setup, "Lookup Society").await;
-    let writer = setup.codec();
-    let json =
-        serde_json::to_value(invoice_created(org, uuid::Uuid::now_v7(), "L-1", "5.00")).unwrap();
-    let known = writer
-        .encode_json(InvoiceCreated::NAME, 2, &json)
+    let (api, org) = api_with_org(&setup, "Lookup Society").await;
+    let known = setup
+        .codec()
+        .encode(&invoice_created(org, uuid::Uuid::now_v7(), "L-1", "5.00"))
         .await
         .unwrap();
     let mut unknown = known.clone();
     unknown[1..5].copy_from_slice(&987_654u32.to_be_bytes());
-    let lookups = |id: &str| {
-        let setup = setup.clone();
-        let id = id.to_string();
+    // The registry's answers to schema look-ups by id, of one status.
+    let lookups = |status: &'static str| {
+        let setup = &setup;
         async move {
-            let text = reqwest::get(format!("{}/metrics", setup.base_url()))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
             let wanted = "route=\"/schema-registry/schemas/ids/{id}\"";
-            text.lines()
+            let status = format!("status=\"{status}\"");
+            metrics_text(setup)
+                .await
+                .lines()
                 .filter(|l| l.starts_with("dhanman_http_requests_total{") && l.contains(wanted))
-                .filter(|l| l.contains(&format!("status=\"{id}\"")))
+                .filter(|l| l.contains(&status))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>()
         }

@@ -146,15 +146,6 @@ async fn lag_rises_while_the_ledger_is_stopped_and_drains_after() {
 
 /// Whether a process's `/metrics` carries the outbox gauge, which only the sampling
 /// process sets.
-async fn metrics_text(setup: &Setup) -> String {
-    reqwest::get(format!("{}/metrics", setup.base_url()))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 async fn exports_queue_gauges(setup: &Setup) -> bool {
     let text = metrics_text(setup).await;
     text.lines().any(|l| l.starts_with("dhanman_outbox_depth "))
