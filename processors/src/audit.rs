@@ -518,24 +518,22 @@ async fn duplicate_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sq
 /// id is the event's, and the entry is the event's gate in `applied_events`. There is no
 /// second row for it to lack.)
 async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx::Error> {
-    let rows: Vec<(Uuid, Uuid, String, Uuid, Uuid, bool)> = sqlx::query_as(
-        "select c.id, c.organization_id, c.reference_type, c.reference_id, c.source_event_id,
-                true
+    let rows: Vec<(Uuid, Uuid, String, Uuid)> = sqlx::query_as(
+        "select c.id, c.organization_id, c.reference_type, c.reference_id
            from journal_entries c
           where c.reference_type in ($3, $4)
             and not exists (select 1 from journal_entries x
                              where x.organization_id = c.organization_id
                                and x.id = c.reference_id)
          union all
-         select v.id, v.organization_id, v.reference_type, v.reference_id, v.source_event_id,
-                true
+         select v.id, v.organization_id, v.reference_type, v.reference_id
            from journal_entries v
           where v.reference_type = $2
             and not exists (select 1 from journal_entries i
                              where i.organization_id = v.organization_id
                                and i.reference_id = v.reference_id
                                and i.reference_type = $1)
-          order by 1, 6",
+          order by 1",
     )
     .bind(REF_INVOICE)
     .bind(REF_INVOICE_VOID)
@@ -545,7 +543,7 @@ async fn orphan_entries(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx:
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(entry, org, rtype, rid, _source, _)| Violation {
+        .map(|(entry, org, rtype, rid)| Violation {
             kind: ORPHAN_ENTRY,
             organization_id: Some(org),
             subject: entry.to_string(),

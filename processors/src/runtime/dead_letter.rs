@@ -50,12 +50,13 @@ pub(super) async fn dead_letter(
         reason,
         attempts,
     } = letter;
-    // The record's headers and key as text, the error cut to a size: whatever bytes a
+    // The record's header values and key as text, the error cut to a size: whatever bytes a
     // hostile record carries, its dead letter can be written (else the batch would fail
     // again on every attempt and hold its partition).
     let mut headers = serde_json::Map::new();
     for (k, v) in &record.headers {
-        headers.insert(postgres_text(k.as_bytes()), Json::String(postgres_text(v)));
+        // A name is text already, and holds no NUL: it was read as a C string.
+        headers.insert(k.clone(), Json::String(postgres_text(v)));
     }
     let context = json!({
         ERROR: postgres_text(cut(reason, MAX_REASON).as_bytes()),
