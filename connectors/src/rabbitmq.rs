@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use dhanman_producers::purchase::ApprovalPolicy;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use uuid::Uuid;
 
@@ -52,6 +52,14 @@ pub const OUTBOUND: &str = "dhanman_rabbitmq_outbound_published_total";
 pub const OUTBOUND_SKIPPED: &str = "dhanman_rabbitmq_outbound_skipped_total";
 /// Gauge, label `side` (`inbound`, `outbound`): 1 while connected to RabbitMQ.
 pub const CONNECTED: &str = "dhanman_rabbitmq_connected";
+/// Counter: inbound sessions ended by a delivery the AMQP client could not read.
+pub const UNREADABLE: &str = "dhanman_rabbitmq_unreadable_deliveries_total";
+
+/// Deliveries RabbitMQ makes of one message to the bridge's queues before it moves the
+/// message to the dead-letter exchange itself (`x-delivery-limit` of the quorum queues).
+/// What bounds a message that cannot be read at all: the AMQP client drops the connection
+/// on it before the bridge sees it, so only the server can count its returns.
+pub const DELIVERY_LIMIT: i32 = 20;
 
 /// A stop request any number of tasks can wait for.
 #[derive(Debug, Clone)]
@@ -135,6 +143,14 @@ pub enum Error {
     Codec(#[from] dhanman_schemas::Error),
 }
 
+impl Error {
+    /// What RabbitMQ sent could not be read (a short string that is not UTF-8, say): the
+    /// client has dropped the connection, and the message that did it comes back first.
+    pub fn unreadable(&self) -> bool {
+        matches!(self, Error::Amqp(e) if matches!(e.kind(), lapin::ErrorKind::ParsingError(_)))
+    }
+}
+
 /// The longest one exchange with RabbitMQ may take (connecting, a publish and its confirm,
 /// an acknowledgement) before the session ends and reconnects: a server that closes the
 /// connection cleanly can leave an operation in flight unanswered rather than failed.
@@ -181,7 +197,9 @@ pub async fn connect(url: &str, side: &str) -> Result<Connection, Error> {
 }
 
 /// Declares (idempotently) the exchanges the .NET services publish to, the bridge's
-/// queues bound to them, and the dead-letter exchange with its queue. All durable.
+/// queues bound to them, and the dead-letter exchange with its queue. All durable; the
+/// queues the bridge consumes are quorum queues that dead-letter a message after
+/// [`DELIVERY_LIMIT`] deliveries.
 pub async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -213,21 +231,41 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<()
             none(),
         )
         .await?;
-    for (name, exchange, key) in [
-        (settings.events_queue(), &settings.events_exchange, ""),
+    let mut consumed = FieldTable::default();
+    consumed.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    consumed.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(DELIVERY_LIMIT),
+    );
+    consumed.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(settings.dead_letter_exchange.as_str().into()),
+    );
+    for (name, exchange, key, arguments) in [
+        (
+            settings.events_queue(),
+            &settings.events_exchange,
+            "",
+            consumed.clone(),
+        ),
         (
             settings.commands_queue(),
             &settings.commands_exchange,
             settings.commands_routing_key.as_str(),
+            consumed,
         ),
         (
             settings.dead_letter_queue(),
             &settings.dead_letter_exchange,
             "",
+            none(),
         ),
     ] {
         channel
-            .queue_declare(name.as_str().into(), queue, none())
+            .queue_declare(name.as_str().into(), queue, arguments)
             .await?;
         channel
             .queue_bind(
@@ -242,29 +280,39 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<()
     Ok(())
 }
 
-/// Runs `session` until `stop`, reconnecting with backoff after each failure.
+/// Runs `session` until `stop`, reconnecting with backoff after each failure. The session
+/// is told whether the last one ended on a delivery it could not read ([`Error::unreadable`]):
+/// that is no outage, so it reconnects at once, for RabbitMQ to count the delivery.
 async fn supervise<F, Fut>(side: &'static str, mut stop: StopSignal, mut session: F)
 where
-    F: FnMut(StopSignal) -> Fut,
+    F: FnMut(StopSignal, bool) -> Fut,
     Fut: Future<Output = Result<(), Error>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    const FIRST: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST;
+    let mut unreadable = false;
     loop {
         let started = std::time::Instant::now();
-        let result = session(stop.clone()).await;
+        let result = session(stop.clone(), unreadable).await;
         metrics::gauge!(CONNECTED, "side" => side).set(0.0);
         match result {
             Ok(()) => return,
             Err(e) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(200);
+                unreadable = e.unreadable();
+                if unreadable || started.elapsed() > Duration::from_secs(30) {
+                    backoff = FIRST;
+                }
+                if unreadable {
+                    metrics::counter!(UNREADABLE).increment(1);
                 }
                 tracing::warn!(side, error = %e, retry_in = ?backoff, "RabbitMQ bridge interrupted");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = stop.wait() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                if !unreadable {
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
             }
         }
     }

@@ -6,7 +6,8 @@ confirms (`ConfirmSelect` + `WaitForConfirmsOrDie`).
     python dotnet_publisher.py URL MESSAGES.jsonl
         each line: {"exchange": ..., "routing_key": ..., "type": ..., "message_id": ...,
                     "correlation_id": ..., "body": "<the JSON text, as the serializer wrote it>"}
-        (a line may leave out type, message_id or correlation_id: that property is not set)
+        (a line may leave out type, message_id or correlation_id: that property is not set;
+        "message_id_hex" instead of "message_id" sets the id to those bytes, UTF-8 or not)
     python dotnet_publisher.py URL --invoices N --exchange X --customer C
         N InvoiceCreatedEvent messages for customer C, each with its own ids; prints the rate
         at which RabbitMQ confirmed them.
@@ -67,8 +68,11 @@ def main(argv):
                 if not line.strip():
                     continue
                 m = json.loads(line)
+                message_id = m.get("message_id")
+                if "message_id_hex" in m:
+                    message_id = bytes.fromhex(m["message_id_hex"])
                 publish(channel, m["exchange"], m.get("routing_key", ""), m["body"], m.get("type"),
-                        m.get("message_id"), m.get("correlation_id"))
+                        message_id, m.get("correlation_id"))
                 count += 1
     connection.close()
     print(count)

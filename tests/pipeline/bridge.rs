@@ -8,7 +8,9 @@
 //! .NET reads, with the event id as `message_id`, and nothing that came from RabbitMQ goes
 //! back; RabbitMQ restarted mid-stream loses and doubles nothing; a correlation id longer
 //! than an AMQP property holds goes out cut, and the bridge goes on; message ids alike only
-//! once cut to what the table kept are still two messages.
+//! once cut to what the table kept are still two messages; a message the AMQP client cannot
+//! read is dead-lettered by RabbitMQ at the queues' delivery limit while the messages around
+//! it are applied, once.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -155,6 +157,25 @@ async fn wait_declared(names: &Names) {
         },
     )
     .await
+}
+
+/// The messages ready in `queue` (a passive declare).
+async fn queue_depth(queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let depth = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count();
+    let _ = conn.close(200, "".into()).await;
+    depth
 }
 
 /// A queue of the test's own bound to `exchange`, to see what is published there.
@@ -824,5 +845,80 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
         .await,
         4
     );
+    db.drop_db().await;
+}
+
+/// A message whose `message_id` is not UTF-8 cannot be read by the AMQP client, which drops
+/// the connection before the bridge sees the message; RabbitMQ hands it back first each
+/// time, so it held the bridge's inbound side for ever. The quorum queue counts its
+/// deliveries and moves it to the dead-letter exchange at the limit; meanwhile the bridge
+/// takes one message at a time, so the messages published around it are applied, each
+/// once, and none of them is dead-lettered with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied() {
+    let _one = RABBITMQ.lock().await;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (org, key) = create_org(&setup, "Unreadable Towers").await;
+    let api_url = serve_api(&db).await;
+    let customer = Api::new(&api_url, &key).customer("Ravi Iyer").await;
+    let names = Names::new();
+    let port = free_port();
+    let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
+    let mut bridge = names.spawn_bridge(&setup, org, port, &inbound);
+    wait_declared(&names).await;
+
+    let invoice = |n: u32, id: Uuid| {
+        msg(
+            &names.events,
+            "InvoiceCreatedEvent",
+            json!({"InvoiceId": id, "CustomerId": customer, "Amount": 100 + n,
+                   "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+        )
+    };
+    let mut messages: Vec<Value> = (0..10).map(|n| invoice(n, Uuid::new_v4())).collect();
+    let unreadable_invoice = Uuid::new_v4();
+    let mut unreadable = invoice(99, unreadable_invoice);
+    unreadable["message_id_hex"] = json!("696e762dfffe");
+    unreadable.as_object_mut().unwrap().remove("message_id");
+    messages.insert(5, unreadable);
+    assert_eq!(publish(&messages).await, 11);
+
+    db.wait_count(
+        "the ten readable messages applied",
+        &format!("select count(*) from invoices where organization_id = '{org}'"),
+        10,
+        Duration::from_secs(120),
+    )
+    .await;
+    let dead_letters = format!("{}.dead-letters", names.queues);
+    eventually(
+        "RabbitMQ to dead-letter the unreadable message",
+        Duration::from_secs(120),
+        || async { (queue_depth(&dead_letters).await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(queue_depth(&format!("{}.events", names.queues)).await, 0);
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from invoices where id = '{unreadable_invoice}'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from rabbitmq_inbound where organization_id = '{org}'"
+        ))
+        .await,
+        10
+    );
+    assert!(metric(port, "dhanman_rabbitmq_unreadable_deliveries_total").await >= 1.0);
+    assert!(
+        matches!(bridge.child.try_wait(), Ok(None)),
+        "the bridge exited: {}",
+        bridge.log_text()
+    );
+    bridge.stop().await;
     db.drop_db().await;
 }

@@ -44,47 +44,110 @@ const ROLE: &str = "accountant";
 /// Runs the inbound side until `stop`, reconnecting after RabbitMQ or Postgres failures.
 pub async fn run(pool: PgPool, settings: Settings, stop: StopSignal) {
     let settings = &settings;
-    super::supervise("inbound", stop, |stop| session(&pool, settings, stop)).await
+    super::supervise("inbound", stop, |stop, careful| {
+        session(&pool, settings, careful, stop)
+    })
+    .await
 }
 
-async fn session(pool: &PgPool, settings: &Settings, mut stop: StopSignal) -> Result<(), Error> {
+/// How a round of consuming ended without a failure.
+enum Round {
+    Stopped,
+    /// A careful round read what it had to: consume with the full prefetch again.
+    Relax,
+}
+
+/// One connection. After a delivery that could not be read (`careful`), it first consumes
+/// one message at a time: the unreadable message comes back first (RabbitMQ returns the
+/// deliveries of a dropped connection to the head of the queue), so it alone is counted
+/// again each time it drops the connection, not the prefetch of innocent messages around
+/// it, until RabbitMQ dead-letters it at [`super::DELIVERY_LIMIT`]. Once a prefetch's worth
+/// of messages has been applied that way, it goes back to the full prefetch.
+async fn session(
+    pool: &PgPool,
+    settings: &Settings,
+    mut careful: bool,
+    mut stop: StopSignal,
+) -> Result<(), Error> {
     let connection = super::connect(&settings.url, "inbound").await?;
-    let channel = connection.create_channel().await?;
-    super::declare(&channel, settings).await?;
-    channel
-        .basic_qos(settings.prefetch, BasicQosOptions::default())
-        .await?;
     let dead_letters = connection.create_channel().await?;
+    super::declare(&dead_letters, settings).await?;
     dead_letters
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut streams = Vec::new();
-    for queue in [settings.events_queue(), settings.commands_queue()] {
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("dhanman-bridge-{}", Uuid::new_v4().simple()).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+    loop {
+        let channel = connection.create_channel().await?;
+        let prefetch = if careful { 1 } else { settings.prefetch };
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        streams.push(consumer);
+        let mut streams = Vec::new();
+        for queue in [settings.events_queue(), settings.commands_queue()] {
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("dhanman-bridge-{}", Uuid::new_v4().simple()).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            streams.push(consumer);
+        }
+        let deliveries = futures_util::stream::select_all(streams);
+        metrics::gauge!(super::CONNECTED, "side" => "inbound").set(1.0);
+        tracing::info!(
+            events = %settings.events_queue(),
+            commands = %settings.commands_queue(),
+            prefetch,
+            "RabbitMQ bridge consuming"
+        );
+        let until = careful.then_some(usize::from(settings.prefetch));
+        match consume(
+            pool,
+            settings,
+            &connection,
+            &dead_letters,
+            deliveries,
+            until,
+            &mut stop,
+        )
+        .await?
+        {
+            Round::Stopped => return Ok(()),
+            Round::Relax => {
+                // At most the one delivery in flight goes back, counted once more.
+                super::answered(
+                    "closing a channel",
+                    channel.close(200, "full prefetch".into()),
+                )
+                .await?;
+                careful = false;
+            }
+        }
     }
-    let mut deliveries = futures_util::stream::select_all(streams);
-    metrics::gauge!(super::CONNECTED, "side" => "inbound").set(1.0);
-    tracing::info!(
-        events = %settings.events_queue(),
-        commands = %settings.commands_queue(),
-        prefetch = settings.prefetch,
-        "RabbitMQ bridge consuming"
-    );
+}
+
+/// Applies batches of deliveries until `stop`, or until `until` messages have been acknowledged.
+async fn consume(
+    pool: &PgPool,
+    settings: &Settings,
+    connection: &lapin::Connection,
+    dead_letters: &Channel,
+    mut deliveries: impl futures_util::Stream<Item = lapin::Result<Delivery>> + Unpin,
+    until: Option<usize>,
+    stop: &mut StopSignal,
+) -> Result<Round, Error> {
+    let mut acknowledged = 0;
     let mut checks = super::connection_checks();
     loop {
+        if until.is_some_and(|until| acknowledged >= until) {
+            return Ok(Round::Relax);
+        }
         let first = tokio::select! {
             next = deliveries.next() => next,
-            () = stop.wait() => return Ok(()),
+            () = stop.wait() => return Ok(Round::Stopped),
             _ = checks.tick() => {
-                super::still_connected(&connection)?;
+                super::still_connected(connection)?;
                 continue;
             }
         };
@@ -99,7 +162,8 @@ async fn session(pool: &PgPool, settings: &Settings, mut stop: StopSignal) -> Re
                 _ => break,
             }
         }
-        handle(pool, settings, &dead_letters, batch, &mut stop).await?;
+        acknowledged += batch.len();
+        handle(pool, settings, dead_letters, batch, stop).await?;
     }
 }
 

@@ -47,7 +47,7 @@ pub const TOPICS: &[&str] = &[
 /// confirmed and recorded is read again from the committed offsets).
 pub async fn run(pool: PgPool, codec: Arc<Codec>, settings: Settings, stop: StopSignal) {
     let (pool, codec, settings) = (&pool, &codec, &settings);
-    super::supervise("outbound", stop, |stop| {
+    super::supervise("outbound", stop, |stop, _| {
         session(pool, codec, settings, stop)
     })
     .await
