@@ -333,9 +333,35 @@ fn settlements<'e>(events: &[&'e Event]) -> Vec<Settlement<'e>> {
 /// ([`settled_sql`]); a void settles its invoice. The first event that settles an invoice
 /// cancels its scheduled timer, or leaves a tombstone when there is none yet; a fired,
 /// skipped or already cancelled timer stays as it is.
-async fn settle(conn: &mut PgConnection, run: &[Settlement<'_>]) -> Result<(), sqlx::Error> {
+///
+/// An invoice belongs to one organization (its timer's, or the command side's): a payment
+/// or void naming it under another is refused, the batch with it, for the runtime to
+/// dead-letter that record, never a cancel of someone else's reminder.
+async fn settle(conn: &mut PgConnection, run: &[Settlement<'_>]) -> Result<(), ApplyError> {
     if run.is_empty() {
         return Ok(());
+    }
+    let foreign: Option<Uuid> = sqlx::query_scalar(
+        "select u.invoice_id from unnest($1::uuid[], $2::uuid[]) as u(invoice_id, organization_id)
+          where exists (select 1 from payment_reminders r
+                         where r.invoice_id = u.invoice_id
+                           and r.organization_id <> u.organization_id)
+             or exists (select 1 from invoices i
+                         where i.id = u.invoice_id and i.organization_id <> u.organization_id)
+          limit 1",
+    )
+    .bind(run.iter().map(|s| s.invoice_id).collect::<Vec<_>>())
+    .bind(
+        run.iter()
+            .map(|s| s.envelope.organization_id)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(invoice_id) = foreign {
+        return Err(ApplyError::Poison(format!(
+            "invoice_id: invoice {invoice_id} belongs to another organization"
+        )));
     }
     // Per event in order: how it settles its invoice (null: it does not), whether it is
     // the first of its invoice to, and what its cancel did (null: nothing to cancel).

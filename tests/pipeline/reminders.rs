@@ -8,13 +8,14 @@
 //! scheduled; `GET /v1/reminders` (404 for another organization, 422 `invoice_id`); the
 //! payments and voids of one batch, applied by one statement, end the timers as applying
 //! them one batch each does (the settling event, a payment counted once however often it
-//! is reported, a void before or after a full payment)
+//! is reported, a void before or after a full payment); a payment or void naming another
+//! organization's invoice is dead-lettered and cancels nothing
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dhanman_schemas::events::{Envelope, InvoiceCreated, InvoiceVoided, PaymentReceived, Record};
-use dhanman_schemas::{Codec, Event};
+use dhanman_schemas::{Codec, Event, topics};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -710,5 +711,55 @@ async fn payments_and_voids_in_one_batch_end_as_one_after_the_other() {
     }
     apart.check(&db).await;
     drop(conn);
+    db.drop_db().await;
+}
+
+/// An invoice belongs to one organization: a payment in full and a void that name it under
+/// another organization are dead-lettered (`rejected`, "another organization") and its
+/// timer stays scheduled. The processor took the organization a record named, so either
+/// cancelled another society's reminder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_or_void_from_another_organization_cancels_no_reminder() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (_api, ours) = api_with_org(&setup, "Our Society").await;
+    let (theirs, _) = create_org(&setup, "Their Society").await;
+    let _relay = setup.spawn(&["relay"]);
+    let _processor = scheduler(&setup, "0");
+    let codec = setup.codec();
+    let customer = Uuid::now_v7();
+    let invoice = invoice_created(ours, customer, "900.00");
+    let created = send(&setup, &codec, &invoice).await;
+    wait_applied(&db, &[created]).await;
+    assert_eq!(
+        timer(&db, invoice.invoice_id).await.unwrap().state,
+        "scheduled"
+    );
+
+    let payment = paid(theirs, customer, invoice.invoice_id, "900.00");
+    let void = voided(theirs, customer, invoice.invoice_id);
+    send(&setup, &codec, &payment).await;
+    send(&setup, &codec, &void).await;
+    for (topic, value) in [
+        (topics::PAYMENTS, codec.encode(&payment).await.unwrap()),
+        (topics::INVOICES, codec.encode(&void).await.unwrap()),
+    ] {
+        let dead = read_topic(&setup.topic(&topics::dlq(topic)), 1).await;
+        assert_eq!(dead[0].header("dlq.error.class"), Some("rejected"));
+        let reason = dead[0].header("dlq.error").unwrap_or_default();
+        assert!(reason.contains("another organization"), "{reason}");
+        assert_eq!(dead[0].payload, value);
+    }
+    let kept = timer(&db, invoice.invoice_id).await.unwrap();
+    assert_eq!(kept.state, "scheduled");
+    assert_eq!(kept.cancelled_by_event_id, None);
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from payment_reminder_payments where invoice_id = '{}'",
+            invoice.invoice_id
+        ))
+        .await,
+        0
+    );
     db.drop_db().await;
 }
