@@ -356,6 +356,9 @@ async fn settle(conn: &mut PgConnection, run: &[Settlement<'_>]) -> Result<(), A
             .map(|s| s.envelope.organization_id)
             .collect::<Vec<_>>(),
     )
+    // Planned for each batch, as the statement below is: a plan made once for any input
+    // reads the invoices whole once they outgrow the statistics it was made with.
+    .persistent(false)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(invoice_id) = foreign {

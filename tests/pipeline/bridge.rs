@@ -853,7 +853,8 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
 /// time, so it held the bridge's inbound side for ever. The quorum queue counts its
 /// deliveries and moves it to the dead-letter exchange at the limit; meanwhile the bridge
 /// takes one message at a time, so the messages published around it are applied, each
-/// once, and none of them is dead-lettered with it.
+/// once, and none of them is dead-lettered with it; after a prefetch's worth of messages
+/// (2 here) applied one at a time it takes the full prefetch again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied() {
     let _one = RABBITMQ.lock().await;
@@ -864,7 +865,10 @@ async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied(
     let customer = Api::new(&api_url, &key).customer("Ravi Iyer").await;
     let names = Names::new();
     let port = free_port();
-    let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
+    let inbound = [
+        ("DHANMAN_BRIDGE_DIRECTION", "inbound"),
+        ("DHANMAN_RABBITMQ_PREFETCH", "2"),
+    ];
     let mut bridge = names.spawn_bridge(&setup, org, port, &inbound);
     wait_declared(&names).await;
 
@@ -914,10 +918,17 @@ async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied(
         10
     );
     assert!(metric(port, "dhanman_rabbitmq_unreadable_deliveries_total").await >= 1.0);
+    let log = bridge.log_text();
+    let careful = log
+        .find("prefetch=1")
+        .expect("a session one message at a time");
+    assert!(
+        log.rfind("prefetch=2").is_some_and(|full| full > careful),
+        "no full prefetch after the careful session: {log}"
+    );
     assert!(
         matches!(bridge.child.try_wait(), Ok(None)),
-        "the bridge exited: {}",
-        bridge.log_text()
+        "the bridge exited: {log}"
     );
     bridge.stop().await;
     db.drop_db().await;
