@@ -99,6 +99,19 @@ impl Names {
     }
 }
 
+/// A new society with one resident (a customer, created through an API of the test's own):
+/// the society's id and the customer's.
+async fn society_with_resident(
+    setup: &Setup,
+    db: &TestDb,
+    society: &str,
+    resident: &str,
+) -> (Uuid, Uuid) {
+    let (org, key) = create_org(setup, society).await;
+    let api_url = serve_api(db).await;
+    (org, Api::new(&api_url, &key).customer(resident).await)
+}
+
 /// A message as the .NET service sends it; `body` is the serializer's text.
 fn msg(exchange: &str, type_name: &str, body: Value) -> Value {
     json!({"exchange": exchange, "type": type_name, "message_id": Uuid::new_v4().to_string(),
@@ -648,9 +661,7 @@ async fn rabbitmq_restarted_mid_stream_loses_and_doubles_nothing() {
     let _one = RABBITMQ.lock().await;
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let (org, key) = create_org(&setup, "Cedar Heights").await;
-    let api_url = serve_api(&db).await;
-    let customer = Api::new(&api_url, &key).customer("Asha Rao").await;
+    let (org, customer) = society_with_resident(&setup, &db, "Cedar Heights", "Asha Rao").await;
     let names = Names::new();
     let metrics_port = free_port();
     // Small batches, so the stream is still flowing when RabbitMQ goes.
@@ -802,9 +813,7 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
     let _one = RABBITMQ.lock().await;
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let (org, key) = create_org(&setup, "Cedar Heights").await;
-    let api_url = serve_api(&db).await;
-    let customer = Api::new(&api_url, &key).customer("Asha Rao").await;
+    let (org, customer) = society_with_resident(&setup, &db, "Cedar Heights", "Asha Rao").await;
     let names = Names::new();
     let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
     let _bridge = names.spawn_bridge(&setup, org, free_port(), &inbound);
@@ -860,9 +869,8 @@ async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied(
     let _one = RABBITMQ.lock().await;
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let (org, key) = create_org(&setup, "Unreadable Towers").await;
-    let api_url = serve_api(&db).await;
-    let customer = Api::new(&api_url, &key).customer("Ravi Iyer").await;
+    let (org, customer) =
+        society_with_resident(&setup, &db, "Unreadable Towers", "Ravi Iyer").await;
     let names = Names::new();
     let port = free_port();
     let inbound = [

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dhanman_schemas::Codec;
 use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived};
+use dhanman_schemas::{Codec, topics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -850,4 +850,14 @@ pub fn pg_addr(database_url: &str) -> String {
         url.host_str().unwrap_or("127.0.0.1"),
         url.port().unwrap_or(5432)
     )
+}
+
+/// Waits for the one dead letter of `topic` (the test's prefix added) and asserts it is
+/// `value` byte for byte, refused (`rejected`) as belonging to another organization.
+pub async fn assert_refused_as_another_organizations(setup: &Setup, topic: &str, value: &[u8]) {
+    let dead = read_topic(&setup.topic(&topics::dlq(topic)), 1).await;
+    assert_eq!(dead[0].header("dlq.error.class"), Some("rejected"));
+    let reason = dead[0].header("dlq.error").unwrap_or_default();
+    assert!(reason.contains("another organization"), "{reason}");
+    assert_eq!(dead[0].payload, value);
 }
