@@ -75,6 +75,9 @@ impl Invoices {
 pub struct Outcome {
     /// 2xx answers.
     pub ok: usize,
+    /// 2xx answers to requests sent while the load ran: an open loop's requests still
+    /// waiting for a connection when it ended (its queue, served after its time) are not.
+    pub ok_in_time: usize,
     /// Other answers and transport errors.
     pub failed: usize,
     /// Requests the open loop could not even start (too many waiting): the server fell
@@ -85,6 +88,9 @@ pub struct Outcome {
     pub latencies_ms: Vec<f64>,
     /// The first failure's status and body, to say why.
     pub first_failure: Option<String>,
+    /// An open loop's requests due but waiting for a connection, at each second of the load:
+    /// the queue in front of the server.
+    pub waiting_each_second: Vec<usize>,
 }
 
 impl Outcome {
@@ -194,14 +200,17 @@ impl Tally {
         }
     }
 
-    async fn outcome(&self, seconds: f64, dropped: usize) -> Outcome {
+    async fn outcome(&self, seconds: f64, dropped: usize, late: usize) -> Outcome {
+        let ok = self.ok.load(Ordering::Relaxed);
         Outcome {
-            ok: self.ok.load(Ordering::Relaxed),
+            ok,
+            ok_in_time: ok.saturating_sub(late),
             failed: self.failed.load(Ordering::Relaxed),
             dropped,
             seconds,
             latencies_ms: std::mem::take(&mut *self.latencies.lock().await),
             first_failure: self.first_failure.lock().await.clone(),
+            waiting_each_second: Vec::new(),
         }
     }
 }
@@ -238,7 +247,7 @@ pub async fn closed_loop(
         });
     }
     while workers.join_next().await.is_some() {}
-    tally.outcome(start.elapsed().as_secs_f64(), 0).await
+    tally.outcome(start.elapsed().as_secs_f64(), 0, 0).await
 }
 
 /// Commands at `rate` per second for `duration`, at most `connections` in flight; a
@@ -257,15 +266,21 @@ pub async fn open_loop(
     // Past this many requests waiting for a connection the load is only growing a queue.
     let max_waiting = (rate * 5.0).max(1000.0) as usize;
     let waiting = Arc::new(AtomicUsize::new(0));
+    // Answers to requests that got a connection only after the load's time.
+    let late = Arc::new(AtomicUsize::new(0));
     let mut dropped = 0;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(2));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut due: u64 = 0;
+    let mut waiting_each_second = Vec::new();
     loop {
         ticker.tick().await;
         let elapsed = start.elapsed();
+        if elapsed.as_secs() > waiting_each_second.len() as u64 && elapsed <= duration {
+            waiting_each_second.push(waiting.load(Ordering::Relaxed));
+        }
         let until = elapsed.min(duration).as_secs_f64();
         let target = (until * rate) as u64;
         while due < target {
@@ -277,20 +292,25 @@ pub async fn open_loop(
                 continue;
             }
             waiting.fetch_add(1, Ordering::Relaxed);
-            let (client, make, tally, sink, permits, waiting) = (
+            let (client, make, tally, sink, permits, waiting, late) = (
                 client.clone(),
                 make.clone(),
                 tally.clone(),
                 sink.clone(),
                 permits.clone(),
                 waiting.clone(),
+                late.clone(),
             );
             tasks.spawn(async move {
                 let permit = permits.acquire_owned().await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
+                let sent_late = start.elapsed() >= duration;
                 let command = make(seq);
                 let result = client.post(&command).await;
                 drop(permit);
+                if sent_late && result.is_ok() {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
                 tally.record(at, result, sink.as_ref()).await;
             });
         }
@@ -304,5 +324,13 @@ pub async fn open_loop(
     })
     .await;
     tasks.abort_all();
-    tally.outcome(duration.as_secs_f64(), dropped).await
+    let mut outcome = tally
+        .outcome(
+            duration.as_secs_f64(),
+            dropped,
+            late.load(Ordering::Relaxed),
+        )
+        .await;
+    outcome.waiting_each_second = waiting_each_second;
+    outcome
 }
