@@ -103,6 +103,12 @@ enum OrgsCommand {
     },
 }
 
+/// The process's own allocations go to jemalloc (docs/operations.md, "Memory"): under the
+/// API's load glibc's malloc took over a quarter of `dhanman up`'s CPU in locks, frees and
+/// consolidation. librdkafka, in C, allocates from glibc still (see [`with_two_malloc_arenas`]).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     with_two_malloc_arenas();
     match tokio::runtime::Builder::new_multi_thread()
@@ -120,8 +126,8 @@ fn main() -> std::process::ExitCode {
 /// The variable glibc reads, once, when a process starts: how many malloc arenas it may make.
 const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
 
-/// Two of glibc's malloc arenas, unless `MALLOC_ARENA_MAX` says otherwise (docs/operations.md,
-/// "Memory"): by default a thread that finds the arenas locked makes one more, up to eight
+/// Two of glibc's malloc arenas for what librdkafka allocates, unless `MALLOC_ARENA_MAX` says
+/// otherwise (docs/operations.md, "Memory"): by default a thread that finds the arenas locked makes one more, up to eight
 /// per core, and each keeps the memory freed into it. glibc reads the variable only as a
 /// process starts, so a process started without it starts itself again with it: the same
 /// process (id, arguments, environment besides), before any thread of its own. Where that
