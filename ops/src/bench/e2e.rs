@@ -100,6 +100,20 @@ fn bounded(values: &[f64], margin: f64) -> bool {
     last <= first + margin
 }
 
+/// The requests waiting for a connection, each second of the hold.
+fn queue_series(outcome: &load::Outcome) -> Vec<f64> {
+    outcome
+        .waiting_each_second
+        .iter()
+        .map(|&w| w as f64)
+        .collect()
+}
+
+/// The outbox depth, each second of the hold.
+fn outbox_series(samples: &[Backlog]) -> Vec<f64> {
+    samples.iter().map(|s| s.outbox as f64).collect()
+}
+
 /// The conditions of a sustained rate (see the module's note) that a hold at `rate` missed,
 /// each said in words; none when it was sustained.
 fn missed(rate: u32, answered: f64, outcome: &load::Outcome, samples: &[Backlog]) -> Vec<String> {
@@ -120,16 +134,11 @@ fn missed(rate: u32, answered: f64, outcome: &load::Outcome, samples: &[Backlog]
             "{answered:.0}/s answered during the hold, under 95% of {rate}/s"
         ));
     }
-    let queue: Vec<f64> = outcome
-        .waiting_each_second
-        .iter()
-        .map(|&w| w as f64)
-        .collect();
+    let queue = queue_series(outcome);
     if !bounded(&queue, margin) {
         missed.push("the requests waiting for a connection grew".into());
     }
-    let outbox: Vec<f64> = samples.iter().map(|s| s.outbox as f64).collect();
-    if !bounded(&outbox, margin) {
+    if !bounded(&outbox_series(samples), margin) {
         missed.push("the outbox grew".into());
     }
     let groups: std::collections::BTreeSet<&String> = samples
@@ -191,19 +200,14 @@ async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report>
             samples.push(deployed.backlog().await?);
         }
         let outcome = sending.await?;
-        let outbox: Vec<f64> = samples.iter().map(|s| s.outbox as f64).collect();
+        let outbox = outbox_series(&samples);
         let lag: Vec<f64> = samples.iter().map(|s| s.max_lag() as f64).collect();
         let answered = outcome.ok_in_time as f64 / hold.as_secs_f64();
         let missed = missed(rate, answered, &outcome, &samples);
         let sustained = missed.is_empty();
         let (outbox_first, outbox_last) = thirds(&outbox);
         let (lag_first, lag_last) = thirds(&lag);
-        let queue: Vec<f64> = outcome
-            .waiting_each_second
-            .iter()
-            .map(|&w| w as f64)
-            .collect();
-        let (queue_first, queue_last) = thirds(&queue);
+        let (queue_first, queue_last) = thirds(&queue_series(&outcome));
         steps.push(Step {
             rate,
             answered_per_s: answered,
