@@ -200,7 +200,15 @@ impl Tally {
         }
     }
 
-    async fn outcome(&self, seconds: f64, dropped: usize, late: usize) -> Outcome {
+    /// What the load saw; `late` of its answers came to requests sent after its time, and
+    /// `waiting_each_second` is an open loop's queue.
+    async fn outcome(
+        &self,
+        seconds: f64,
+        dropped: usize,
+        late: usize,
+        waiting_each_second: Vec<usize>,
+    ) -> Outcome {
         let ok = self.ok.load(Ordering::Relaxed);
         Outcome {
             ok,
@@ -210,7 +218,7 @@ impl Tally {
             seconds,
             latencies_ms: std::mem::take(&mut *self.latencies.lock().await),
             first_failure: self.first_failure.lock().await.clone(),
-            waiting_each_second: Vec::new(),
+            waiting_each_second,
         }
     }
 }
@@ -247,7 +255,9 @@ pub async fn closed_loop(
         });
     }
     while workers.join_next().await.is_some() {}
-    tally.outcome(start.elapsed().as_secs_f64(), 0, 0).await
+    tally
+        .outcome(start.elapsed().as_secs_f64(), 0, 0, Vec::new())
+        .await
 }
 
 /// Commands at `rate` per second for `duration`, at most `connections` in flight; a
@@ -324,13 +334,12 @@ pub async fn open_loop(
     })
     .await;
     tasks.abort_all();
-    let mut outcome = tally
+    tally
         .outcome(
             duration.as_secs_f64(),
             dropped,
             late.load(Ordering::Relaxed),
+            waiting_each_second,
         )
-        .await;
-    outcome.waiting_each_second = waiting_each_second;
-    outcome
+        .await
 }
