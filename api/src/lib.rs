@@ -86,39 +86,53 @@ impl AppState {
 /// Request bodies above this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Requests one API process serves at once, whatever their routes; more are answered 503 at
-/// once (load shed) instead of queueing behind a database pool that cannot serve them.
+/// Requests one API process serves at once, whatever their routes (the embedded schema
+/// registry's apart); more are answered 503 at once (load shed) instead of queueing behind a
+/// database pool that cannot serve them.
 pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Requests the embedded schema registry serves at once, on a budget of its own: the
+/// pipeline's own processes look schemas up there over HTTP (a processor's first read of
+/// each schema id, the relay's first write of each record), and under a flood of commands
+/// those look-ups must neither be shed nor take a command's place.
+pub const REGISTRY_MAX_IN_FLIGHT: usize = 32;
 
 /// The longest a request may take, the wait for consistency included; past it, 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
     let registry = dhanman_registry::router(state.pool.clone());
-    Router::new()
-        .merge(routes::router().layer(axum::middleware::from_fn(middleware::path_guard)))
-        .with_state(state)
-        .nest("/schema-registry", registry)
+    let api = routes::router()
+        .layer(axum::middleware::from_fn(middleware::path_guard))
+        .with_state(state);
+    shed_beyond(api, MAX_IN_FLIGHT, "requests")
+        .nest(
+            "/schema-registry",
+            shed_beyond(registry, REGISTRY_MAX_IN_FLIGHT, "schema registry requests"),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    middleware::overloaded,
-                ))
-                .load_shed()
-                // One semaphore for the whole router: `Router::layer` gives every route (and
-                // method) a service of its own, so a plain concurrency limit would cap each
-                // route separately, not the process.
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                    MAX_IN_FLIGHT,
-                )),
-        )
         .layer(axum::middleware::from_fn(middleware::http_metrics))
         .layer(axum::middleware::from_fn(middleware::correlation))
+}
+
+/// `router` serving at most `max` requests at once; more are answered 503 `busy` at once,
+/// naming the limit and `what` it counts.
+fn shed_beyond(router: Router, max: usize, what: &'static str) -> Router {
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |_: tower::BoxError| middleware::overloaded(max, what),
+            ))
+            .load_shed()
+            // One semaphore for the whole router: `Router::layer` gives every route (and
+            // method) a service of its own, so a plain concurrency limit would cap each
+            // route separately, not the process.
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max)),
+    )
 }
 
 /// Serves until the listener fails.
@@ -135,7 +149,9 @@ pub async fn serve_until(
 ) -> std::io::Result<()> {
     // One connection per process listens for committed batches (consistency waits).
     let listening = tokio::spawn(state.applied.clone().listen(state.pool.clone()));
-    let served = axum::serve(listener, router(state))
+    // Made into a service once: handing `axum::serve` the router itself builds every route
+    // again for each connection (about 60 KiB a connection, kept while it lives).
+    let served = axum::serve(listener, router(state).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await;
     listening.abort();

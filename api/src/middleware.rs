@@ -101,11 +101,11 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
     response
 }
 
-/// The answer to a request shed because [`crate::MAX_IN_FLIGHT`] are in flight.
-pub async fn overloaded(_: tower::BoxError) -> Response {
+/// The answer to a request shed because `max` `what` are in flight ([`crate::MAX_IN_FLIGHT`]
+/// requests, or [`crate::REGISTRY_MAX_IN_FLIGHT`] for the embedded schema registry).
+pub async fn overloaded(max: usize, what: &'static str) -> Response {
     crate::ApiError::Busy(format!(
-        "{} requests are in flight on this API process; retry shortly",
-        crate::MAX_IN_FLIGHT
+        "{max} {what} are in flight on this API process; retry shortly"
     ))
     .into_response()
 }

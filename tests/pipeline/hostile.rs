@@ -1,6 +1,7 @@
 //! Hostile input against the running API: what an attacker sends is refused with a 4xx
 //! naming the field, never a 500, never a panic, never a new metric series; the cap on
-//! requests in flight is the process's, not each route's; and records naming schema ids
+//! requests in flight is the process's, not each route's, and the embedded schema registry
+//! has one of its own; and records naming schema ids
 //! the registry never had leave nothing behind in the codec.
 
 use std::collections::BTreeSet;
@@ -545,61 +546,93 @@ async fn unanswerable_consistency_waits_are_capped_and_starve_nobody() {
     db.drop_db().await;
 }
 
-/// The cap on requests in flight is the process's, not each route's: with as many
-/// requests held open as the API serves at once (their bodies never come), spread over two
-/// routes, a request to a third is shed at once (503 `busy`), and served again once they
-/// are gone. With a limit per route, each route had its own 256 and the third was served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cap_on_requests_in_flight_holds_for_the_whole_process() {
-    use std::time::Duration;
+/// A request to `path` on `address` whose body never comes: it holds its place until the
+/// request timeout.
+async fn hold_open(address: &str, key: &str, path: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 64\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
 
-    let db = TestDb::new().await;
-    let base = serve_api(&db).await;
-    let address = base.trim_start_matches("http://").to_string();
-    let key = org_key(&db, "Crowded Society").await;
-
-    // A request to `path` whose body never comes: it holds its place until the timeout.
-    let hold = |path: &'static str| {
-        let (key, address) = (key.clone(), address.clone());
-        async move {
-            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-            let head = format!(
-                "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
-                 Content-Type: application/json\r\nContent-Length: 64\r\n\r\n"
-            );
-            stream.write_all(head.as_bytes()).await.unwrap();
-            (path, stream)
-        }
-    };
+/// Holds `count` requests open on `paths` in turn until a GET of `probe` is shed (503
+/// `busy`, whose message it returns); a held request answered meanwhile (shed while a probe
+/// held a place) is sent again, so that all of them are in flight when the probe asks.
+async fn hold_until_shed(
+    base: &str,
+    key: &str,
+    paths: &[&'static str],
+    count: usize,
+    probe: &str,
+) -> (Vec<(&'static str, tokio::net::TcpStream)>, String) {
+    use std::time::Duration;
+    let address = base.trim_start_matches("http://");
     let mut held = Vec::new();
-    for i in 0..dhanman_api::MAX_IN_FLIGHT {
-        held.push(hold(["/v1/customers", "/v1/invoices"][i % 2]).await);
+    for i in 0..count {
+        let path = paths[i % paths.len()];
+        held.push((path, hold_open(address, key, path).await));
     }
-    let probe = Api::new(&base, &key);
+    let api = Api::new(base, key);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let shed = loop {
-        // A held request answered already (shed while a probe held a place) is sent again,
-        // so that all of them are in flight when the probe asks.
+    loop {
         for (path, stream) in held.iter_mut() {
             let mut buf = [0u8; 256];
             let pending = matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
             if !pending {
-                *stream = hold(path).await.1;
+                *stream = hold_open(address, key, path).await;
             }
         }
-        let reply = probe.get("/v1/trial-balance").await;
+        let reply = api.get(probe).await;
         if reply.status == 503 {
-            break reply;
+            assert_eq!(reply.body["error"], "busy", "{}", reply.body);
+            return (
+                held,
+                reply.body["message"].as_str().unwrap_or("").to_string(),
+            );
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "a request beyond the process's cap was still served after 20 s: {}",
+            "{probe} was still served after 20 s with {count} requests held open: {}",
             reply.status
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(shed.body["error"], "busy", "{}", shed.body);
+    }
+}
+
+/// The cap on requests in flight is the process's, not each route's: with as many
+/// requests held open as the API serves at once (their bodies never come), spread over two
+/// routes, a request to a third is shed at once (503 `busy`), and served again once they
+/// are gone. With a limit per route, each route had its own 256 and the third was served.
+/// The embedded schema registry, where the pipeline's own processes look schemas up, keeps
+/// answering meanwhile: it has a budget of its own (with one budget, a processor's look-up
+/// at the start of a flood of commands took a command's place and a command was shed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_on_requests_in_flight_holds_for_the_whole_process() {
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let key = org_key(&db, "Crowded Society").await;
+
+    let (held, message) = hold_until_shed(
+        &base,
+        &key,
+        &["/v1/customers", "/v1/invoices"],
+        dhanman_api::MAX_IN_FLIGHT,
+        "/v1/trial-balance",
+    )
+    .await;
+    assert!(
+        message.starts_with(&format!("{} requests", dhanman_api::MAX_IN_FLIGHT)),
+        "{message}"
+    );
+    let probe = Api::new(&base, &key);
+    let registry = probe.get("/schema-registry/subjects").await;
+    assert_eq!(registry.status, 200, "{}", registry.body);
 
     drop(held);
     eventually(
@@ -608,6 +641,40 @@ async fn the_cap_on_requests_in_flight_holds_for_the_whole_process() {
         || async { (probe.get("/v1/trial-balance").await.status == 200).then_some(()) },
     )
     .await;
+    db.drop_db().await;
+}
+
+/// The embedded schema registry's own cap: with as many registry requests held open as it
+/// serves at once, one more is shed (503 `busy`, naming the registry's limit) while commands
+/// and reads of the API are served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_has_a_cap_of_its_own() {
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let key = org_key(&db, "Schema-Heavy Society").await;
+
+    let (_held, message) = hold_until_shed(
+        &base,
+        &key,
+        &["/schema-registry/subjects/held-value"],
+        dhanman_api::REGISTRY_MAX_IN_FLIGHT,
+        "/schema-registry/subjects",
+    )
+    .await;
+    assert!(
+        message.starts_with(&format!(
+            "{} schema registry requests",
+            dhanman_api::REGISTRY_MAX_IN_FLIGHT
+        )),
+        "{message}"
+    );
+    let api = Api::new(&base, &key);
+    let read = api.get("/v1/trial-balance").await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let created = api
+        .post("/v1/customers", serde_json::json!({"name": "Still Served"}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
     db.drop_db().await;
 }
 

@@ -114,7 +114,7 @@ async fn serve(router: axum::Router) -> anyhow::Result<(String, tokio::task::Joi
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = axum::serve(listener, router.into_make_service()).await;
     });
     Ok((base, task))
 }
