@@ -128,10 +128,11 @@ const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
 
 /// Two of glibc's malloc arenas for what librdkafka allocates, unless `MALLOC_ARENA_MAX`
 /// says otherwise (docs/operations.md, "Memory"): by default a thread that finds the arenas
-/// locked makes one more, up to eight per core, and each keeps the memory freed into it. glibc reads the variable only as a
-/// process starts, so a process started without it starts itself again with it: the same
-/// process (id, arguments, environment besides), before any thread of its own. Where that
-/// fails it runs on with glibc's default, and says so.
+/// locked makes one more, up to eight per core, and each keeps the memory freed into it.
+/// glibc reads the variable only as a process starts, so a process started without it
+/// starts itself again with it: the same process (id, arguments, environment besides),
+/// before any thread of its own. Where that fails it runs on with glibc's default, and says
+/// so.
 fn with_two_malloc_arenas() {
     use std::os::unix::process::CommandExt;
     if std::env::var_os(ARENA_MAX).is_some() {
