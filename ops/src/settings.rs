@@ -84,7 +84,7 @@ pub struct Config {
     /// Prefix of every topic name, to share a cluster between installations or tests.
     #[arg(long, env = "DHANMAN_TOPIC_PREFIX", default_value = "", value_parser = topic_prefix)]
     pub topic_prefix: String,
-    /// Concurrent transactions a processor splits each batch into, by partition (1 to 64).
+    /// Concurrent transactions a processor splits a large batch into, by key (1 to 64).
     #[arg(
         long,
         env = "DHANMAN_LANES",

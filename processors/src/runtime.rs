@@ -54,12 +54,12 @@ pub use survey::{Survey, TypeCounts};
 /// enough that a batch commits in a few hundred milliseconds (`BENCHMARKS.md`).
 pub const DEFAULT_MAX_BATCH: usize = 2000;
 
-/// Concurrent transactions a batch is split into (by partition) unless configured. One:
-/// on two cores more lanes measured no faster, and with more than one, records of one
-/// batch on different partitions commit in separate transactions, so a consistency
-/// token (which covers its own event) may be answered before an earlier event of another
-/// partition is applied.
-pub const DEFAULT_LANES: usize = 1;
+/// Concurrent transactions a batch is split into (by key) unless configured. Four: one
+/// transaction keeps one Postgres backend busy and leaves the second core mostly idle; on 2
+/// cores the ledger over a backlog went from 29-32 k to 48-49 k events/s with four lanes (two:
+/// 47 k, eight: 43-46 k; BENCHMARKS.md). A batch is split only when each lane gets at least
+/// a few hundred records, so below full load batches stay whole.
+pub const DEFAULT_LANES: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {

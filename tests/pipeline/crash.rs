@@ -1,8 +1,9 @@
 //! Two `dhanman process ledger` processes in one group share the partitions; one is
 //! SIGKILLed mid-stream of 12,000 events and restarted; entry and posting counts, sums and
-//! every customer's balance are exactly as sent. One of two stopped with SIGTERM exits 0
-//! and leaves the group at once (the broker describes the other as its only member); the
-//! coordinator hands the other every partition and the books are exact
+//! every customer's balance are exactly as sent; the same when a processor splitting its
+//! batches into concurrent lanes is SIGKILLed with some lanes of a batch committed. One of two stopped
+//! with SIGTERM exits 0 and leaves the group at once (the broker describes the other as its
+//! only member); the coordinator hands the other every partition and the books are exact
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,20 +35,22 @@ async fn wait_owning(who: &str, members: &[&Proc]) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
-    let db = TestDb::new().await;
-    let setup = Setup::new(&db);
-    // The API serves the embedded registry the processors decode with.
-    let (api, org) = api_with_org(&setup, "Crash Test Society").await;
+/// Events encoded for the ledger: 200 residents, invoices and payments interleaved, with
+/// what the books must say once each is applied once.
+struct Stream {
+    records: Vec<(&'static str, String, Vec<u8>)>,
+    customers: Vec<Uuid>,
+    expected_ar: HashMap<Uuid, Decimal>,
+    expected_total: Decimal,
+}
 
-    // Encode everything first: 200 residents, invoices and payments interleaved.
+async fn interleaved(setup: &Setup, org: Uuid, events: usize) -> Stream {
     let codec = setup.codec();
     let customers: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
     let mut expected_ar: HashMap<Uuid, Decimal> = HashMap::new();
     let mut expected_total = Decimal::ZERO;
-    let mut records = Vec::with_capacity(EVENTS);
-    for i in 0..EVENTS {
+    let mut records = Vec::with_capacity(events);
+    for i in 0..events {
         let customer = customers[i % customers.len()];
         let amount = Decimal::new(10_000 + i as i64, 2);
         let envelope = Envelope::new(org, &format!("crash-{i}"), None);
@@ -73,6 +76,84 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
         }
         expected_total += amount;
     }
+    Stream {
+        records,
+        customers,
+        expected_ar,
+        expected_total,
+    }
+}
+
+/// Every event of `stream` applied once: entries, postings, sums, each customer's balance,
+/// the materialized balances against the postings, nothing dead-lettered.
+async fn assert_books_exact(db: &TestDb, stream: &Stream) {
+    let Stream {
+        records,
+        customers,
+        expected_ar,
+        expected_total,
+    } = stream;
+    let events = records.len();
+    assert_eq!(
+        db.count("select count(*) from applied_events").await as usize,
+        events
+    );
+    assert_eq!(
+        db.count("select count(*) from journal_entries").await as usize,
+        events
+    );
+    assert_eq!(
+        db.count("select count(*) from postings").await as usize,
+        2 * events
+    );
+    let (debits, credits): (Decimal, Decimal) =
+        sqlx::query_as("select sum(debit), sum(credit) from postings")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(debits, *expected_total);
+    assert_eq!(credits, *expected_total);
+    let balances: Vec<(Uuid, Decimal)> = sqlx::query_as(
+        "select party_id, debit_total - credit_total from party_balances where account_code = '1200'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(balances.len(), customers.len());
+    for (customer, balance) in balances {
+        assert_eq!(balance, expected_ar[&customer], "AR of {customer}");
+    }
+    // Materialized balances agree with the postings they summarize.
+    let (from_postings,): (Decimal,) = sqlx::query_as(
+        "select coalesce(sum(debit - credit), 0) from postings where account_code = '1200'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let (from_balances,): (Decimal,) = sqlx::query_as(
+        "select coalesce(sum(debit_total - credit_total), 0) from account_balances where account_code = '1200'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(from_postings, from_balances);
+    assert_eq!(
+        db.count("select count(*) from outbox where raw_value is not null")
+            .await,
+        0,
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    // The API serves the embedded registry the processors decode with.
+    let (api, org) = api_with_org(&setup, "Crash Test Society").await;
+
+    let stream = interleaved(&setup, org, EVENTS).await;
+    let records = &stream.records;
 
     // Small batches so the kill lands mid-stream.
     let spawn_processor =
@@ -130,56 +211,130 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
             p.log.display()
         );
     }
-    assert_eq!(
-        db.count("select count(*) from applied_events").await as usize,
-        EVENTS
-    );
-    assert_eq!(
-        db.count("select count(*) from journal_entries").await as usize,
-        EVENTS
-    );
-    assert_eq!(
-        db.count("select count(*) from postings").await as usize,
-        2 * EVENTS
-    );
-    let (debits, credits): (Decimal, Decimal) =
-        sqlx::query_as("select sum(debit), sum(credit) from postings")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(debits, expected_total);
-    assert_eq!(credits, expected_total);
-    let balances: Vec<(Uuid, Decimal)> = sqlx::query_as(
-        "select party_id, debit_total - credit_total from party_balances where account_code = '1200'",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(balances.len(), customers.len());
-    for (customer, balance) in balances {
-        assert_eq!(balance, expected_ar[&customer], "AR of {customer}");
-    }
-    // Materialized balances agree with the postings they summarize.
-    let (from_postings,): (Decimal,) = sqlx::query_as(
-        "select coalesce(sum(debit - credit), 0) from postings where account_code = '1200'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let (from_balances,): (Decimal,) = sqlx::query_as(
-        "select coalesce(sum(debit_total - credit_total), 0) from account_balances where account_code = '1200'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(from_postings, from_balances);
-    assert_eq!(
-        db.count("select count(*) from outbox where raw_value is not null")
-            .await,
-        0,
-        "nothing dead-lettered"
-    );
+    assert_books_exact(&db, &stream).await;
     drop((a2, b, api));
+    db.drop_db().await;
+}
+
+/// A backlog read in batches of 1,000 split into four lanes (by customer, transactions
+/// committed concurrently, the offsets stored once all have committed). One customer's
+/// balance row is held locked, so that the lane holding that customer waits while the other
+/// lanes commit; the processor is SIGKILLed with the batch half committed, then restarted:
+/// nothing lost (the half not committed is read again), nothing doubled (the committed half
+/// is skipped by its entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_killed_with_some_of_its_lanes_committed_loses_and_doubles_nothing() {
+    const FIRST: usize = 200;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (api, org) = api_with_org(&setup, "Lanes Society").await;
+    let stream = interleaved(&setup, org, EVENTS).await;
+    let produce = |range: std::ops::Range<usize>| {
+        let producer = producer();
+        let records: Vec<_> = stream.records[range]
+            .iter()
+            .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice()))
+            .collect();
+        async move { produce_all(&producer, records).await }
+    };
+    let spawn_processor = || {
+        setup.spawn_with_env(
+            &["process", "ledger"],
+            &[
+                ("DHANMAN_BATCH_SIZE", "1000"),
+                ("DHANMAN_LANES", "4"),
+                (
+                    "RUST_LOG",
+                    "info,rdkafka=warn,sqlx=warn,dhanman_processors::runtime::membership=debug",
+                ),
+            ],
+        )
+    };
+    let processed = "select count(*) from applied_events";
+
+    // One event per customer, so that each has a balance row to lock.
+    let mut first = spawn_processor();
+    produce(0..FIRST).await;
+    db.wait_count(
+        "the first events",
+        processed,
+        FIRST as i64,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(first.stop().await.success(), "{}", first.log_text());
+
+    let mut holder = db.pool.begin().await.unwrap();
+    let (holder_pid,): (i32,) = sqlx::query_as("select pg_backend_pid()")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("select 1 from party_balances where party_id = $1 for update")
+        .bind(stream.customers[0])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // A backlog, read by a processor started after it: full batches, split.
+    let backlog = 2 * EVENTS / 3;
+    produce(FIRST..backlog).await;
+    let mut killed = spawn_processor();
+    // One session of the processor waits on the lock, and no other is inside a
+    // transaction: the other lanes of the batch have committed.
+    eventually(
+        "one lane to wait on the locked balance and the others to commit",
+        Duration::from_secs(90),
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let (waiting, busy): (i64, i64) = sqlx::query_as(
+                    "select count(*) filter (where wait_event_type = 'Lock'),
+                            count(*) filter (where state <> 'idle'
+                                               and wait_event_type is distinct from 'Lock')
+                       from pg_stat_activity
+                      where datname = current_database()
+                        and pid not in ($1, pg_backend_pid())",
+                )
+                .bind(holder_pid)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+                (waiting == 1 && busy == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    killed.kill().await;
+    holder.rollback().await.unwrap();
+    // Events applied past the offsets stored: the lanes of the batch that committed.
+    let applied = db.count(processed).await;
+    let stored = db
+        .count("select coalesce(sum(next_offset), 0)::int8 from consumer_offsets")
+        .await;
+    assert!(
+        applied > stored,
+        "the kill found {applied} events applied, {stored} within the stored offsets: {}",
+        killed.log_text()
+    );
+    assert!(
+        killed
+            .log_text()
+            .lines()
+            .any(|l| l.contains("batch split into lanes") && l.contains("lanes=4")),
+        "{}",
+        killed.log_text()
+    );
+
+    produce(backlog..EVENTS).await;
+    let _restarted = spawn_processor();
+    db.wait_count(
+        "every event to be applied",
+        processed,
+        EVENTS as i64,
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_books_exact(&db, &stream).await;
+    drop(api);
     db.drop_db().await;
 }
 

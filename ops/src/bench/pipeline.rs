@@ -260,8 +260,10 @@ async fn measure(
     let (org, (records, produce_secs)) = fill(common, stage, events).await?;
     let bootstrap = &common.kafka_bootstrap_servers;
     let raw_consume_per_s = raw::consume_per_s(common, stage, records).await?;
-    let raw_copy_per_s =
-        raw::per_s(common, records, || raw_copy(&stage.db.url, org, records)).await?;
+    let raw_copy_per_s = raw::per_s(common, records, || {
+        raw_copy(&stage.db.url, org, records, shape.lanes)
+    })
+    .await?;
 
     status(
         common,
@@ -430,12 +432,15 @@ pub async fn produce(
 const PER_EVENT_TABLES: [&str; 4] = ["journal_entries", "postings", "outbox_pending", "outbox"];
 
 /// `COPY` of the rows the ledger writes for `n` events (an entry, its own gate; two
-/// postings; an announcement) into tables made as [`raw::copy_like`] makes them; returns
-/// the seconds the COPYs and the commit took.
-async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
+/// postings; an announcement) into tables made as [`raw::copy_like`] makes them, in `lanes`
+/// concurrent parts as the ledger's lanes write them; returns the seconds the COPYs and the
+/// commits took.
+async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let (mut entries, mut postings, mut outbox) = (String::new(), String::new(), String::new());
+    let mut parts = vec![<[String; 3]>::default(); lanes.max(1)];
+    let lanes = parts.len();
     for i in 0..n {
+        let [entries, postings, outbox] = &mut parts[i % lanes];
         let event = Uuid::now_v7();
         let customer = Uuid::now_v7();
         let amount = format!("{}.{:02}", 1000 + i % 5000, i % 100);
@@ -463,21 +468,12 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             topics::LEDGER_ENTRIES
         );
     }
-    let copies = [
-        (
-            "journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)",
-            &entries,
-        ),
-        (
-            "postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)",
-            &postings,
-        ),
-        (
-            "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers, payload)",
-            &outbox,
-        ),
+    let targets = [
+        "journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)",
+        "postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)",
+        "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers, payload)",
     ];
-    raw::copy_like(url, &PER_EVENT_TABLES, &copies).await
+    raw::copy_like(url, &PER_EVENT_TABLES, &targets, &parts).await
 }
 
 /// What a processor did over the topics.

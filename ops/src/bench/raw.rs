@@ -79,16 +79,18 @@ async fn consume(
     Ok(secs)
 }
 
-/// `COPY`s each `(table (columns), rows)` of `copies` into a table made `like` the
-/// pipeline's `including all` (keys, unique and check constraints, indexes, defaults) with
-/// its insert triggers, in one transaction, and checks that each took every row; returns
-/// the seconds the COPYs and the commit took. `tables` are made in a schema of their own,
-/// in that order, and the session's search path puts them first, so the triggers check
-/// against them.
-pub async fn copy_like(
+/// `COPY`s rows into tables made `like` the pipeline's `including all` (keys, unique and
+/// check constraints, indexes, defaults) with their insert triggers, and checks that each
+/// took every row; returns the seconds the COPYs and the commits took. `targets` names each
+/// `table (columns)`; each of `parts` holds one text per target, copied in one transaction
+/// on a connection of its own, the parts concurrently (as a processor's lanes write), so a
+/// part holds whole events. `tables` are made in a schema of their own, in that order, and
+/// each session's search path puts them first, so the triggers check against them.
+pub async fn copy_like<const N: usize>(
     url: &str,
     tables: &[&str],
-    copies: &[(&str, &String)],
+    targets: &[&str; N],
+    parts: &[[String; N]],
 ) -> anyhow::Result<f64> {
     let mut conn = sqlx::PgConnection::connect(url).await?;
     conn.execute("drop schema if exists bench_raw cascade; create schema bench_raw")
@@ -114,26 +116,42 @@ pub async fn copy_like(
             conn.execute(sqlx::AssertSqlSafe(def)).await?;
         }
     }
-    conn.execute("set search_path = bench_raw, public").await?;
-    let start = Instant::now();
-    let mut tx = conn.begin().await?;
-    for (target, data) in copies {
-        let mut copy = tx
-            .copy_in_raw(&format!("copy bench_raw.{target} from stdin"))
+    let mut sessions = Vec::with_capacity(parts.len());
+    for _ in parts {
+        let mut session = sqlx::PgConnection::connect(url).await?;
+        session
+            .execute("set search_path = bench_raw, public")
             .await?;
-        copy.send(data.as_bytes()).await?;
-        copy.finish().await?;
+        sessions.push(session);
     }
-    tx.commit().await?;
+    let start = Instant::now();
+    futures_util::future::try_join_all(sessions.iter_mut().zip(parts).map(
+        |(session, part)| async move {
+            let mut tx = session.begin().await?;
+            for (target, data) in targets.iter().zip(part) {
+                let mut copy = tx
+                    .copy_in_raw(&format!("copy bench_raw.{target} from stdin"))
+                    .await?;
+                copy.send(data.as_bytes()).await?;
+                copy.finish().await?;
+            }
+            tx.commit().await?;
+            anyhow::Ok(())
+        },
+    ))
+    .await?;
     let secs = start.elapsed().as_secs_f64();
-    for (target, data) in copies {
+    for session in sessions {
+        session.close().await?;
+    }
+    for (t, target) in targets.iter().enumerate() {
         let table = target.split_whitespace().next().unwrap_or_default();
         let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "select count(*) from bench_raw.{table}"
         )))
         .fetch_one(&mut conn)
         .await?;
-        let lines = data.lines().count();
+        let lines: usize = parts.iter().map(|part| part[t].lines().count()).sum();
         if rows as usize != lines {
             bail!("COPY wrote {rows} rows into {table}, expected {lines}");
         }

@@ -69,8 +69,10 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
     drop(records);
     let bootstrap = &common.kafka_bootstrap_servers;
     let raw_consume_per_s = raw::consume_per_s(common, stage, events).await?;
-    let raw_copy_per_s =
-        raw::per_s(common, events, || raw_copy(&stage.db.url, org, events)).await?;
+    let raw_copy_per_s = raw::per_s(common, events, || {
+        raw_copy(&stage.db.url, org, events, args.lanes)
+    })
+    .await?;
 
     status(
         common,
@@ -210,13 +212,16 @@ async fn check_timers(pool: &PgPool, org: Uuid, events: usize) -> anyhow::Result
     Ok(())
 }
 
-/// `COPY` of the rows the processor writes for `n` events of [`make_records`]' shape;
-/// returns the seconds the COPYs and the commit took.
-async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
+/// `COPY` of the rows the processor writes for `n` events of [`make_records`]' shape, in
+/// `lanes` concurrent parts (an invoice and the payment naming it in the same part); returns
+/// the seconds the COPYs and the commits took.
+async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let (mut gate, mut timers, mut payments) = (String::new(), String::new(), String::new());
+    let mut parts = vec![<[String; 3]>::default(); lanes.max(1)];
+    let lanes = parts.len();
     let mut invoice = None;
     for i in 0..n {
+        let [gate, timers, payments] = &mut parts[(i / 2) % lanes];
         let event = Uuid::now_v7();
         let _ = writeln!(gate, "reminders\t{event}\tbench\t0\t{i}");
         let amount = format!("{}.{:02}", 1000 + i % 5000, i % 100);
@@ -237,20 +242,11 @@ async fn raw_copy(url: &str, org: Uuid, n: usize) -> anyhow::Result<f64> {
             }
         }
     }
-    let copies = [
-        (
-            "processed_events (processor, event_id, topic, partition, \"offset\")",
-            &gate,
-        ),
-        (
-            "payment_reminders (invoice_id, organization_id, customer_id, state, fire_at, \
-             amount, currency, due_date, correlation_id, created_by_event_id)",
-            &timers,
-        ),
-        (
-            "payment_reminder_payments (invoice_id, payment_id, event_id, amount)",
-            &payments,
-        ),
+    let targets = [
+        "processed_events (processor, event_id, topic, partition, \"offset\")",
+        "payment_reminders (invoice_id, organization_id, customer_id, state, fire_at, \
+         amount, currency, due_date, correlation_id, created_by_event_id)",
+        "payment_reminder_payments (invoice_id, payment_id, event_id, amount)",
     ];
-    raw::copy_like(url, &PER_EVENT_TABLES, &copies).await
+    raw::copy_like(url, &PER_EVENT_TABLES, &targets, &parts).await
 }

@@ -1,8 +1,8 @@
 //! Batching: decoding a batch's records (a record that cannot be decoded is poison, never
-//! a crash), splitting a batch by partition into lanes that commit concurrently, and the
+//! a crash), splitting a batch by key into lanes that commit concurrently, and the
 //! next offsets a batch stores.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use dhanman_schemas::Event;
 use rdkafka::consumer::StreamConsumer;
@@ -32,46 +32,15 @@ pub(super) struct Gathered {
     pub(super) decoded: Option<Vec<Decoded>>,
 }
 
+/// The fewest records a lane is given. Below it a second transaction costs more round trips
+/// than it saves: below full load a batch is small and stays whole; a backlog's batches
+/// split.
+const MIN_LANE_RECORDS: usize = 250;
+
 impl<P: Processor> Runtime<P> {
-    /// A batch split by partition into at most `config.lanes` parts, each applied in its own
-    /// transaction, concurrently: a partition's records stay in one part and in order, and
-    /// each part stores the offsets of its own partitions. Postgres then works on more than
-    /// one core. The balance rows the parts share are updated last and in key order, so
-    /// the parts wait on each other only briefly and never deadlock.
-    pub(super) fn lanes(
-        &self,
-        batch: Vec<Incoming>,
-        decoded: Option<Vec<Decoded>>,
-    ) -> Vec<(Vec<Incoming>, Option<Vec<Decoded>>)> {
-        if self.config.lanes <= 1 {
-            return vec![(batch, decoded)];
-        }
-        let partitions: BTreeSet<(&str, i32)> = batch
-            .iter()
-            .map(|r| (r.topic.as_str(), r.partition))
-            .collect();
-        let lane_of: HashMap<(&str, i32), usize> = partitions
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| (p, i % self.config.lanes.max(1)))
-            .collect();
-        let count = lane_of.values().max().map_or(0, |m| m + 1);
-        let mut lanes: Vec<(Vec<Incoming>, Option<Vec<Decoded>>)> = (0..count)
-            .map(|_| (Vec::new(), decoded.as_ref().map(|_| Vec::new())))
-            .collect();
-        let assigned: Vec<usize> = batch
-            .iter()
-            .map(|r| lane_of[&(r.topic.as_str(), r.partition)])
-            .collect();
-        let mut decoded = decoded.map(Vec::into_iter);
-        for (record, lane) in batch.into_iter().zip(assigned) {
-            let lane = &mut lanes[lane];
-            if let (Some(all), Some(mine)) = (decoded.as_mut(), lane.1.as_mut()) {
-                mine.extend(all.next());
-            }
-            lane.0.push(record);
-        }
-        lanes
+    /// The batch split into lanes as configured ([`split`]).
+    pub(super) fn lanes(&self, batch: Vec<Incoming>, decoded: Option<Vec<Decoded>>) -> Vec<Lane> {
+        split(batch, decoded, self.config.lanes)
     }
 
     /// The next batch, decoded ahead of its transaction. A transient failure (registry
@@ -139,9 +108,57 @@ impl<P: Processor> Runtime<P> {
     }
 }
 
+/// A batch's records and, when decoded ahead, their decodings.
+pub(super) type Lane = (Vec<Incoming>, Option<Vec<Decoded>>);
+
+/// A batch split into at most `lanes` parts, each applied in its own transaction,
+/// concurrently, so that Postgres works on more than one core. Records go by key (the
+/// aggregate whose events must stay in order, [`dhanman_schemas::events::Record::key`]), so
+/// one aggregate's records stay in one part and in order, across topics too; a record
+/// without a key goes by its partition. Each part holds about [`MIN_LANE_RECORDS`] or more.
+/// The balance rows the parts share are updated last and in key order, so the parts wait
+/// on each other only briefly and never deadlock.
+pub(super) fn split(
+    batch: Vec<Incoming>,
+    decoded: Option<Vec<Decoded>>,
+    lanes: usize,
+) -> Vec<Lane> {
+    let count = lanes.min(batch.len() / MIN_LANE_RECORDS).max(1);
+    if count == 1 {
+        return vec![(batch, decoded)];
+    }
+    let mut split: Vec<Lane> = (0..count)
+        .map(|_| (Vec::new(), decoded.as_ref().map(|_| Vec::new())))
+        .collect();
+    let mut decoded = decoded.map(Vec::into_iter);
+    for record in batch {
+        let lane = &mut split[lane_of(&record, count)];
+        if let (Some(all), Some(mine)) = (decoded.as_mut(), lane.1.as_mut()) {
+            mine.extend(all.next());
+        }
+        lane.0.push(record);
+    }
+    split.retain(|(records, _)| !records.is_empty());
+    split
+}
+
+/// The lane of `lanes` a record goes to: by its key, or by its partition when it has none.
+fn lane_of(record: &Incoming, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    match &record.key {
+        Some(key) => key.hash(&mut hasher),
+        None => (&record.topic, record.partition).hash(&mut hasher),
+    }
+    (hasher.finish() % lanes as u64) as usize
+}
+
+/// The next offset to read per (topic, partition).
+pub(super) type NextOffsets = BTreeMap<(String, i32), i64>;
+
 /// Next offset per partition: one past the highest offset in the batch.
-pub(super) fn next_offsets(batch: &[Incoming]) -> BTreeMap<(String, i32), i64> {
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+pub(super) fn next_offsets(batch: &[Incoming]) -> NextOffsets {
+    let mut next = NextOffsets::new();
     for r in batch {
         let slot = next.entry((r.topic.clone(), r.partition)).or_insert(0);
         *slot = (*slot).max(r.offset + 1);
@@ -151,14 +168,20 @@ pub(super) fn next_offsets(batch: &[Incoming]) -> BTreeMap<(String, i32), i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn record(topic: &str, partition: i32, offset: i64) -> Incoming {
+        keyed(topic, partition, offset, None)
+    }
+
+    fn keyed(topic: &str, partition: i32, offset: i64, key: Option<&str>) -> Incoming {
         Incoming {
             topic: topic.into(),
             partition,
             offset,
-            key: None,
+            key: key.map(|k| k.as_bytes().to_vec()),
             payload: None,
             headers: vec![],
             defect: None,
@@ -177,5 +200,83 @@ mod tests {
         assert_eq!(next[&("a".to_string(), 0)], 6);
         assert_eq!(next[&("a".to_string(), 1)], 10);
         assert_eq!(next[&("b".to_string(), 0)], 1);
+    }
+
+    /// Each record of `lanes` with the lane it went to.
+    fn placed(lanes: &[Lane]) -> Vec<(usize, &Incoming)> {
+        lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(lane, (records, _))| records.iter().map(move |r| (lane, r)))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_below_two_lanes_worth_stays_whole() {
+        let batch: Vec<Incoming> = (0..2 * MIN_LANE_RECORDS as i64 - 1)
+            .map(|o| keyed("a", 0, o, Some(&format!("k{o}"))))
+            .collect();
+        let lanes = split(batch, None, 4);
+        assert_eq!(lanes.len(), 1);
+        assert_eq!(lanes[0].0.len(), 2 * MIN_LANE_RECORDS - 1);
+        let one = split(vec![record("a", 0, 0)], None, 1);
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn an_aggregate_stays_in_one_lane_in_order_across_topics_and_partitions() {
+        // 200 aggregates, 20 records each, alternating between two topics: what order
+        // they are read in is the order each lane must keep.
+        let mut batch = Vec::new();
+        for i in 0..4000i64 {
+            let key = format!("customer-{}", i % 200);
+            let topic = if i % 2 == 0 { "invoices" } else { "payments" };
+            batch.push(keyed(topic, (i % 3) as i32, i, Some(&key)));
+        }
+        let decoded: Vec<Decoded> = (0..4000)
+            .map(|i| Decoded::Poison {
+                class: "test",
+                reason: i.to_string(),
+            })
+            .collect();
+        let lanes = split(batch, Some(decoded), 4);
+        assert_eq!(lanes.len(), 4, "a large batch uses every lane");
+        let mut lane_of_key: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut last_of_key: HashMap<Vec<u8>, i64> = HashMap::new();
+        for (lane, r) in placed(&lanes) {
+            let key = r.key.clone().expect("keyed");
+            assert_eq!(*lane_of_key.entry(key.clone()).or_insert(lane), lane);
+            let last = last_of_key.insert(key, r.offset).unwrap_or(-1);
+            assert!(last < r.offset, "a key's records keep their order");
+        }
+        for (records, decoded) in &lanes {
+            assert!(records.len() >= MIN_LANE_RECORDS / 2, "{}", records.len());
+            // Each record keeps its own decoding.
+            let decoded = decoded.as_ref().expect("decoded ahead");
+            assert_eq!(decoded.len(), records.len());
+            for (r, d) in records.iter().zip(decoded) {
+                let Decoded::Poison { reason, .. } = d else {
+                    panic!("not the decoding given")
+                };
+                assert_eq!(reason, &r.offset.to_string());
+            }
+        }
+        let total: usize = lanes.iter().map(|(r, _)| r.len()).sum();
+        assert_eq!(total, 4000);
+    }
+
+    #[test]
+    fn records_without_a_key_stay_with_their_partition() {
+        let batch: Vec<Incoming> = (0..2000i64)
+            .map(|o| record("a", (o % 8) as i32, o))
+            .collect();
+        let lanes = split(batch, None, 2);
+        let mut lane_of_partition: HashMap<i32, usize> = HashMap::new();
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        for (lane, r) in placed(&lanes) {
+            assert_eq!(*lane_of_partition.entry(r.partition).or_insert(lane), lane);
+            assert!(last.insert(r.partition, r.offset).unwrap_or(-1) < r.offset);
+        }
+        assert_eq!(lane_of_partition.len(), 8);
     }
 }

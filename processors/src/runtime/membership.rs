@@ -119,11 +119,22 @@ impl<P: Processor> Runtime<P> {
             let offsets = next_offsets(&batch);
             let work = async {
                 let mut lanes = self.lanes(batch, decoded);
+                // One lane stores the offsets in its transaction; lanes store them together
+                // once all have committed.
+                let split = lanes.len() > 1;
+                if split {
+                    let sizes: Vec<usize> =
+                        lanes.iter().map(|(records, _)| records.len()).collect();
+                    tracing::debug!(lanes = sizes.len(), ?sizes, "batch split into lanes");
+                }
                 let reports =
                     futures_util::future::join_all(lanes.iter_mut().map(|(records, decoded)| {
-                        self.process_with_retry(records, decoded.take())
+                        self.process_with_retry(records, decoded.take(), !split)
                     }))
                     .await;
+                if split {
+                    self.store_split_offsets(&offsets).await;
+                }
                 tracing::debug!(?reports, "batch committed");
                 self.commit_to_kafka(&consumer, offsets);
             };

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use dhanman_connectors::retry::Backoff;
 
-use super::batch::Decoded;
+use super::batch::{Decoded, NextOffsets};
 use super::metric;
+use super::transaction::store_offsets;
 use super::{BatchReport, Incoming, Processor, Runtime};
+use crate::Error;
 
 /// The pause after a batch's first failed attempt.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -99,11 +101,13 @@ impl<P: Processor> Runtime<P> {
         Backoff::new(FIRST_RETRY, self.config.max_backoff).with_jitter(0.25)
     }
 
-    /// Processes a batch until it commits, backing off on transient failures.
+    /// Processes a batch until it commits, backing off on transient failures; `offsets` as
+    /// for [`Runtime::process`].
     pub(super) async fn process_with_retry(
         &self,
         batch: &[Incoming],
         mut decoded: Option<Vec<Decoded>>,
+        offsets: bool,
     ) -> BatchReport {
         let attempt = AtomicU32::new(0);
         let started = Instant::now();
@@ -113,7 +117,7 @@ impl<P: Processor> Runtime<P> {
             .retry_forever(
                 || {
                     let this_attempt = attempt.fetch_add(1, Ordering::Relaxed) + 1;
-                    self.process(batch, decoded.take(), this_attempt)
+                    self.process(batch, decoded.take(), this_attempt, offsets)
                 },
                 |e, pause| {
                     metrics::counter!(metric::FAILURES, "processor" => processor.clone(), "class" => "transient")
@@ -127,6 +131,27 @@ impl<P: Processor> Runtime<P> {
         metrics::histogram!(metric::BATCH_DURATION, "processor" => processor)
             .record(started.elapsed().as_secs_f64());
         report
+    }
+
+    /// Stores the next offsets of a batch whose lanes have all committed, in a statement of
+    /// its own, retrying transient failures. Until it is stored, a crash re-reads the batch:
+    /// its events are skipped as applied by their gates, its dead letters kept by their ids.
+    pub(super) async fn store_split_offsets(&self, next: &NextOffsets) {
+        if !self.store_group_offsets {
+            return;
+        }
+        let group = self.group_id();
+        self.backoff()
+            .retry_forever(
+                || async {
+                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+                    store_offsets(&mut conn, &group, next).await
+                },
+                |e: &Error, pause| {
+                    tracing::warn!(error = %e, retry_in = ?pause, "storing a batch's offsets failed, will retry");
+                },
+            )
+            .await;
     }
 }
 

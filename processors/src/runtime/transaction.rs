@@ -12,19 +12,22 @@ use dhanman_schemas::{Event, topics};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::batch::{Decoded, next_offsets};
+use super::batch::{Decoded, NextOffsets, next_offsets};
 use super::dead_letter::{DeadLetter, dead_letter};
 use super::retry::panic_message;
 use super::{ApplyError, BatchReport, Class, Incoming, Processor, Runtime, metric};
 use crate::{Error, Result};
 
 impl<P: Processor> Runtime<P> {
-    /// One attempt at a batch: one transaction, or an error that is transient.
+    /// One attempt at a batch: one transaction, or an error that is transient. `offsets`:
+    /// whether the transaction stores the batch's next offsets too (not for a lane of a
+    /// batch split in several, see [`Runtime::store_split_offsets`]).
     pub(super) async fn process(
         &self,
         batch: &[Incoming],
         decoded: Option<Vec<Decoded>>,
         attempt: u32,
+        offsets: bool,
     ) -> Result<BatchReport> {
         let started = Instant::now();
         let decoded = match decoded {
@@ -134,8 +137,8 @@ impl<P: Processor> Runtime<P> {
         }
         report.dead_lettered = poison.len();
 
-        if self.store_group_offsets {
-            store_offsets(&mut tx, &self.group_id(), batch).await?;
+        if self.store_group_offsets && offsets {
+            store_offsets(&mut tx, &self.group_id(), &next_offsets(batch)).await?;
         }
         if report.applied > 0 {
             // Wakes the API's queries waiting on a consistency token, at the commit.
@@ -158,7 +161,7 @@ impl<P: Processor> Runtime<P> {
 
     /// Applies a batch as the live group would, retrying transient failures.
     pub async fn apply_batch(&self, batch: &[Incoming]) -> BatchReport {
-        self.process_with_retry(batch, None).await
+        self.process_with_retry(batch, None, true).await
     }
 
     pub(super) async fn apply_in_savepoint(
@@ -341,9 +344,8 @@ pub(super) async fn unmark(
 pub(super) async fn store_offsets(
     conn: &mut PgConnection,
     group: &str,
-    batch: &[Incoming],
+    next: &NextOffsets,
 ) -> Result<()> {
-    let next = next_offsets(batch);
     let topics: Vec<&str> = next.keys().map(|(t, _)| t.as_str()).collect();
     let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
     let offsets: Vec<i64> = next.values().copied().collect();
