@@ -2,7 +2,7 @@
 //! a crash), splitting a batch by key into lanes that commit concurrently, and the
 //! next offsets a batch stores.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use dhanman_schemas::Event;
 use rdkafka::consumer::StreamConsumer;
@@ -114,8 +114,10 @@ pub(super) type Lane = (Vec<Incoming>, Option<Vec<Decoded>>);
 /// A batch split into at most `lanes` parts, each applied in its own transaction,
 /// concurrently, so that Postgres works on more than one core. Records go by key (the
 /// aggregate whose events must stay in order, [`dhanman_schemas::events::Record::key`]), so
-/// one aggregate's records stay in one part and in order, across topics too; a record
-/// without a key goes by its partition. Each part holds about [`MIN_LANE_RECORDS`] or more.
+/// one aggregate's records stay in one part and in order, across topics too; records
+/// without a key go by their partition. The parts are made as even as whole aggregates
+/// allow (the largest first, each to the part with the fewest records so far), since a
+/// batch is done when its largest part is; each holds about [`MIN_LANE_RECORDS`] or more.
 /// The balance rows the parts share are updated last and in key order, so the parts wait
 /// on each other only briefly and never deadlock.
 pub(super) fn split(
@@ -127,12 +129,13 @@ pub(super) fn split(
     if count == 1 {
         return vec![(batch, decoded)];
     }
+    let assigned = assign(&batch, count);
     let mut split: Vec<Lane> = (0..count)
         .map(|_| (Vec::new(), decoded.as_ref().map(|_| Vec::new())))
         .collect();
     let mut decoded = decoded.map(Vec::into_iter);
-    for record in batch {
-        let lane = &mut split[lane_of(&record, count)];
+    for (record, lane) in batch.into_iter().zip(assigned) {
+        let lane = &mut split[lane];
         if let (Some(all), Some(mine)) = (decoded.as_mut(), lane.1.as_mut()) {
             mine.extend(all.next());
         }
@@ -142,15 +145,40 @@ pub(super) fn split(
     split
 }
 
-/// The lane of `lanes` a record goes to: by its key, or by its partition when it has none.
-fn lane_of(record: &Incoming, lanes: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
+/// What keeps records together in a lane: their key, or their partition when they have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Aggregate<'a> {
+    Key(&'a [u8]),
+    Partition(&'a str, i32),
+}
+
+fn aggregate(record: &Incoming) -> Aggregate<'_> {
     match &record.key {
-        Some(key) => key.hash(&mut hasher),
-        None => (&record.topic, record.partition).hash(&mut hasher),
+        Some(key) => Aggregate::Key(key),
+        None => Aggregate::Partition(&record.topic, record.partition),
     }
-    (hasher.finish() % lanes as u64) as usize
+}
+
+/// The lane of each record of `batch`, of `lanes`: each aggregate, the largest first (ties
+/// in key order, so the same batch splits the same way), to the lane with the fewest
+/// records so far.
+fn assign(batch: &[Incoming], lanes: usize) -> Vec<usize> {
+    let mut sizes: HashMap<Aggregate<'_>, usize> = HashMap::new();
+    for record in batch {
+        *sizes.entry(aggregate(record)).or_default() += 1;
+    }
+    let mut largest_first: Vec<(Aggregate<'_>, usize)> = sizes.into_iter().collect();
+    largest_first.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut load = vec![0usize; lanes];
+    let lane_of: HashMap<Aggregate<'_>, usize> = largest_first
+        .into_iter()
+        .map(|(aggregate, size)| {
+            let lightest = (0..lanes).min_by_key(|&l| load[l]).unwrap_or(0);
+            load[lightest] += size;
+            (aggregate, lightest)
+        })
+        .collect();
+    batch.iter().map(|r| lane_of[&aggregate(r)]).collect()
 }
 
 /// The next offset to read per (topic, partition).
@@ -168,8 +196,6 @@ pub(super) fn next_offsets(batch: &[Incoming]) -> NextOffsets {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn record(topic: &str, partition: i32, offset: i64) -> Incoming {
@@ -250,7 +276,8 @@ mod tests {
             assert!(last < r.offset, "a key's records keep their order");
         }
         for (records, decoded) in &lanes {
-            assert!(records.len() >= MIN_LANE_RECORDS / 2, "{}", records.len());
+            // 200 aggregates of 20 records in four lanes: 50 in each.
+            assert_eq!(records.len(), 1000);
             // Each record keeps its own decoding.
             let decoded = decoded.as_ref().expect("decoded ahead");
             assert_eq!(decoded.len(), records.len());
@@ -263,6 +290,27 @@ mod tests {
         }
         let total: usize = lanes.iter().map(|(r, _)| r.len()).sum();
         assert_eq!(total, 4000);
+    }
+
+    #[test]
+    fn lanes_are_as_even_as_whole_aggregates_allow() {
+        // One aggregate of 600 records among 700 of two: it fills a lane of its own, the
+        // other three share the rest evenly.
+        let mut batch = Vec::new();
+        for i in 0..2000i64 {
+            let key = if i % 10 < 3 {
+                "big".to_string()
+            } else {
+                format!("small-{}", i / 2)
+            };
+            batch.push(keyed("a", 0, i, Some(&key)));
+        }
+        let lanes = split(batch, None, 4);
+        let mut sizes: Vec<usize> = lanes.iter().map(|(r, _)| r.len()).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes[3], 600, "{sizes:?}");
+        assert!(sizes[2] - sizes[0] <= 2, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 2000);
     }
 
     #[test]
