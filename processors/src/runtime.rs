@@ -3,9 +3,10 @@
 //! For each batch it opens one Postgres transaction holding: the processor's effects
 //! (applied only for events it has never applied: a `processed_events` row is the gate,
 //! or, for the events whose effects gate them, those effects), any
-//! outbox rows (emitted events, dead letters) and the group's next offsets. On assignment
-//! it seeks to the stored offsets. After the commit it commits the same offsets to Kafka,
-//! only so that lag tools see progress.
+//! outbox rows (emitted events, dead letters) and the group's next offsets; a large batch is
+//! split by key into lanes, transactions committed concurrently, and its offsets are stored
+//! once every lane has committed. On assignment it seeks to the stored offsets. After the
+//! commit it commits the same offsets to Kafka, only so that lag tools see progress.
 //!
 //! Failures are classified in one place ([`classify_db`], [`dhanman_schemas::Error::is_transient`]):
 //! transient ones (database or registry down) retry the whole batch with backoff and never
