@@ -57,7 +57,7 @@ pub const DEFAULT_MAX_BATCH: usize = 2000;
 
 /// Concurrent transactions a batch is split into (by key) unless configured. Four: one
 /// transaction keeps one Postgres backend busy and leaves the second core mostly idle; on 2
-/// cores the ledger over a backlog went from 29-32 k to 48-49 k events/s with four lanes (two:
+/// cores the ledger over a backlog went from 29-32 k to 45-49 k events/s with four lanes (two:
 /// 47 k, eight: 43-46 k; BENCHMARKS.md). A batch is split only when each lane gets at least
 /// a few hundred records, so below full load batches stay whole.
 pub const DEFAULT_LANES: usize = 4;
