@@ -44,6 +44,19 @@ struct Stream {
     expected_total: Decimal,
 }
 
+impl Stream {
+    /// Produces the stream's records in `range` to the setup's topics.
+    async fn produce(&self, setup: &Setup, range: std::ops::Range<usize>) {
+        produce_all(
+            &producer(),
+            self.records[range]
+                .iter()
+                .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice())),
+        )
+        .await;
+    }
+}
+
 async fn interleaved(setup: &Setup, org: Uuid, events: usize) -> Stream {
     let codec = setup.codec();
     let customers: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
@@ -153,7 +166,6 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     let (api, org) = api_with_org(&setup, "Crash Test Society").await;
 
     let stream = interleaved(&setup, org, EVENTS).await;
-    let records = &stream.records;
 
     // Small batches so the kill lands mid-stream.
     let spawn_processor =
@@ -162,15 +174,8 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     let b = spawn_processor();
 
     // Produce while both run.
-    let producer = producer();
     let first_half = EVENTS / 2;
-    produce_all(
-        &producer,
-        records[..first_half]
-            .iter()
-            .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice())),
-    )
-    .await;
+    stream.produce(&setup, 0..first_half).await;
 
     // Both members must own partitions before the kill.
     wait_owning("both processors", &[&a, &b]).await;
@@ -187,13 +192,7 @@ async fn sigkill_of_one_of_two_processors_loses_and_doubles_nothing() {
     // work left to share (a fast survivor could otherwise drain everything alone).
     let a2 = spawn_processor();
     wait_owning("the restarted processor", &[&a2]).await;
-    produce_all(
-        &producer,
-        records[first_half..]
-            .iter()
-            .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice())),
-    )
-    .await;
+    stream.produce(&setup, first_half..EVENTS).await;
 
     db.wait_count(
         "every event to be applied",
@@ -229,14 +228,6 @@ async fn a_batch_killed_with_some_of_its_lanes_committed_loses_and_doubles_nothi
     let setup = Setup::new(&db);
     let (api, org) = api_with_org(&setup, "Lanes Society").await;
     let stream = interleaved(&setup, org, EVENTS).await;
-    let produce = |range: std::ops::Range<usize>| {
-        let producer = producer();
-        let records: Vec<_> = stream.records[range]
-            .iter()
-            .map(|(t, k, v)| (setup.topic(t), k.as_str(), v.as_slice()))
-            .collect();
-        async move { produce_all(&producer, records).await }
-    };
     let spawn_processor = || {
         setup.spawn_with_env(
             &["process", "ledger"],
@@ -254,7 +245,7 @@ async fn a_batch_killed_with_some_of_its_lanes_committed_loses_and_doubles_nothi
 
     // One event per customer, so that each has a balance row to lock.
     let mut first = spawn_processor();
-    produce(0..FIRST).await;
+    stream.produce(&setup, 0..FIRST).await;
     db.wait_count(
         "the first events",
         processed,
@@ -276,7 +267,7 @@ async fn a_batch_killed_with_some_of_its_lanes_committed_loses_and_doubles_nothi
         .unwrap();
     // A backlog, read by a processor started after it: full batches, split.
     let backlog = 2 * EVENTS / 3;
-    produce(FIRST..backlog).await;
+    stream.produce(&setup, FIRST..backlog).await;
     let mut killed = spawn_processor();
     // One session of the processor waits on the lock, and no other is inside a
     // transaction: the other lanes of the batch have committed.
@@ -324,7 +315,7 @@ async fn a_batch_killed_with_some_of_its_lanes_committed_loses_and_doubles_nothi
         killed.log_text()
     );
 
-    produce(backlog..EVENTS).await;
+    stream.produce(&setup, backlog..EVENTS).await;
     let _restarted = spawn_processor();
     db.wait_count(
         "every event to be applied",

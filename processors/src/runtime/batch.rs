@@ -38,11 +38,6 @@ pub(super) struct Gathered {
 const MIN_LANE_RECORDS: usize = 250;
 
 impl<P: Processor> Runtime<P> {
-    /// The batch split into lanes as configured ([`split`]).
-    pub(super) fn lanes(&self, batch: Vec<Incoming>, decoded: Option<Vec<Decoded>>) -> Vec<Lane> {
-        split(batch, decoded, self.config.lanes)
-    }
-
     /// The next batch, decoded ahead of its transaction. A transient failure (registry
     /// down) leaves it undecoded; the transaction's retry loop decodes it again.
     pub(super) async fn gather(&self, consumer: &StreamConsumer<StoredOffsets>) -> Gathered {

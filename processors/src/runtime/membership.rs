@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
-use super::batch::{Gathered, next_offsets};
+use super::batch::{Gathered, next_offsets, split};
 use super::consumer::StoredOffsets;
 use super::{AbortOnDrop, Processor, Runtime, metric};
 use crate::stop::Stop;
@@ -118,7 +118,7 @@ impl<P: Processor> Runtime<P> {
             // members: the gate keeps that harmless, as it does for any redelivery.
             let offsets = next_offsets(&batch);
             let work = async {
-                let mut lanes = self.lanes(batch, decoded);
+                let mut lanes = split(batch, decoded, self.config.lanes);
                 // One lane stores the offsets in its transaction; lanes store them together
                 // once all have committed.
                 let split = lanes.len() > 1;
