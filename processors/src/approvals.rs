@@ -9,7 +9,7 @@ use dhanman_schemas::topics;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::{ApplyError, Processor};
+use crate::runtime::{Applied, ApplyError, Processor};
 
 /// Roles that may give each approval an order can need.
 pub fn roles_for_step(step: &str) -> &'static [&'static str] {
@@ -32,13 +32,17 @@ impl Processor for ApprovalRequests {
         vec![topics::PURCHASE_ORDERS.to_string()]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Applied, ApplyError> {
         for event in events {
             if let Event::POSubmitted(po) = event {
                 request_approvals(conn, po).await?;
             }
         }
-        Ok(())
+        Ok(Applied::default())
     }
 }
 

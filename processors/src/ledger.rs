@@ -35,7 +35,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::{ApplyError, Processor};
+use crate::runtime::{Applied, ApplyError, Processor};
 pub use accounts::Accounts;
 
 pub const AR: &str = "1200";
@@ -253,16 +253,23 @@ impl Processor for Ledger {
     /// An event that posts an entry is gated by it: the entry's id is the event's, and the
     /// journal's primary key takes no second (`applied_events` shows the entry as the
     /// event applied). Only the events that post nothing get a `processed_events` row.
+    /// [`post`] leaves out an entry already in the journal; its event counts as applied
+    /// before.
     fn gated_by_effects(&self, event: &Event) -> bool {
         posts_entry(event)
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Applied, ApplyError> {
         let entries: Vec<Entry> = events
             .iter()
             .filter_map(|e| entry_under(&self.accounts, e))
             .collect();
-        for entry in post(conn, &entries).await? {
+        let posted = post(conn, &entries).await?;
+        for entry in &posted {
             tracing::info!(
                 correlation_id = %entry.source.correlation_id,
                 event_id = %entry.source.event_id,
@@ -271,7 +278,9 @@ impl Processor for Ledger {
                 "posted journal entry"
             );
         }
-        Ok(())
+        Ok(Applied {
+            before: entries.len() - posted.len(),
+        })
     }
 }
 
@@ -340,7 +349,7 @@ pub async fn post<'a>(
         entries.iter().collect()
     } else {
         let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-        tracing::info!(
+        tracing::debug!(
             entries = entries.len() - inserted.len(),
             "entries posted before: not posted again"
         );

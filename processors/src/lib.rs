@@ -25,7 +25,7 @@ pub mod runtime;
 pub mod stop;
 pub mod users;
 
-pub use runtime::{ApplyError, Incoming, Processor, Runtime, RuntimeConfig};
+pub use runtime::{Applied, ApplyError, Incoming, Processor, Runtime, RuntimeConfig};
 pub use stop::{Stop, Stopper};
 
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use self::lookups::{Lookups, person, purchase_order};
-use crate::runtime::{ApplyError, Processor};
+use crate::runtime::{Applied, ApplyError, Processor};
 pub use templates::{Template, Templates, format_money};
 
 /// Name of the processor (its consumer group is `dhanman.notifier`).
@@ -98,7 +98,11 @@ impl Processor for Notifier {
         .collect()
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Applied, ApplyError> {
         let mut lookups = Lookups::of_batch(conn, events).await?;
         let mut deliveries = Vec::new();
         for event in events {
@@ -120,7 +124,7 @@ impl Processor for Notifier {
                 .execute(&mut *conn)
                 .await?;
         }
-        Ok(())
+        Ok(Applied::default())
     }
 }
 

@@ -36,7 +36,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::{ApplyError, Processor};
+use crate::runtime::{Applied, ApplyError, Processor};
 
 mod scheduler;
 pub use scheduler::{Fired, Scheduler, SchedulerSettings, TickReport};
@@ -82,7 +82,11 @@ impl Processor for Reminders {
         vec![topics::INVOICES.to_string(), topics::PAYMENTS.to_string()]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Applied, ApplyError> {
         let mut rest = events;
         while !rest.is_empty() {
             // Invoices in a row (each invoice once) are scheduled by one statement, and the
@@ -101,7 +105,7 @@ impl Processor for Reminders {
             settle(conn, &settlements(&rest[..len])).await?;
             rest = &rest[len..];
         }
-        Ok(())
+        Ok(Applied::default())
     }
 }
 

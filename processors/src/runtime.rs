@@ -46,7 +46,7 @@ use sqlx::PgPool;
 pub use batch::BatchReport;
 pub use dead_letter::dlq_headers;
 pub use membership::{LEAVE_TIMEOUT, MEMBER_TIMEOUT};
-pub use processor::{BoxedProcessor, Incoming, Processor};
+pub use processor::{Applied, BoxedProcessor, Incoming, Processor};
 pub use retry::{ApplyError, Class, classify_db};
 pub use survey::{Survey, TypeCounts};
 

@@ -7,7 +7,7 @@ use dhanman_schemas::topics;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::{ApplyError, Processor};
+use crate::runtime::{Applied, ApplyError, Processor};
 
 #[derive(Debug, Default)]
 pub struct UserSync;
@@ -21,7 +21,11 @@ impl Processor for UserSync {
         vec![topics::USERS.to_string()]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Applied, ApplyError> {
         for event in events {
             let Event::UserCreated(user) = event else {
                 continue;
@@ -71,6 +75,6 @@ impl Processor for UserSync {
                 "user synced"
             );
         }
-        Ok(())
+        Ok(Applied::default())
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dhanman_processors::{ApplyError, Processor, Runtime, RuntimeConfig};
+use dhanman_processors::{Applied, ApplyError, Processor, Runtime, RuntimeConfig};
 use dhanman_schemas::events::{Envelope, InvoiceCreated, Record};
 use dhanman_schemas::{Event, topics};
 use rust_decimal::Decimal;
@@ -30,7 +30,11 @@ impl Processor for V1Reader {
         vec![self.topic.clone()]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Applied, ApplyError> {
         for event in events {
             if let Event::InvoiceCreated(invoice) = event {
                 sqlx::query(
@@ -46,7 +50,7 @@ impl Processor for V1Reader {
                 .await?;
             }
         }
-        Ok(())
+        Ok(Applied::default())
     }
 }
 

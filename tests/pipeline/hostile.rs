@@ -367,7 +367,7 @@ impl dhanman_processors::Processor for Fragile {
         &self,
         conn: &mut sqlx::PgConnection,
         events: &[&dhanman_schemas::Event],
-    ) -> Result<(), dhanman_processors::ApplyError> {
+    ) -> Result<dhanman_processors::Applied, dhanman_processors::ApplyError> {
         for event in events {
             if let dhanman_schemas::Event::InvoiceCreated(invoice) = event {
                 match invoice.invoice_number.as_str() {
@@ -385,7 +385,7 @@ impl dhanman_processors::Processor for Fragile {
                     .await?;
             }
         }
-        Ok(())
+        Ok(dhanman_processors::Applied::default())
     }
 }
 

@@ -56,20 +56,32 @@ pub trait Processor: Send + Sync + 'static {
     /// Whether `event`'s own effects are its exactly-once gate: applying it writes a row
     /// whose key is the event's id (a second attempt writes nothing), and the view
     /// `applied_events` shows that row as the event applied. Such an event gets no
-    /// `processed_events` row; the runtime looks it up in the view instead. None by default.
+    /// `processed_events` row and is not looked up first: the runtime hands it to
+    /// [`Processor::apply`] as it is, and `apply` leaves it alone if its row is there and
+    /// counts it in [`Applied::before`]. None by default.
     fn gated_by_effects(&self, event: &Event) -> bool {
         let _ = event;
         false
     }
-    /// Applies events this processor has never applied, in offset order per partition.
-    /// Must write only through `conn`. A [`ApplyError::Transient`] failure retries the
-    /// batch; a [`ApplyError::Poison`] one (and a panic) marks the batch's events for
-    /// one-by-one isolation, and the one that fails alone is dead-lettered.
+    /// Applies events this processor has never applied (or, for those gated by their
+    /// effects, may have), in offset order per partition. Must write only through `conn`.
+    /// A [`ApplyError::Transient`] failure retries the batch; a [`ApplyError::Poison`] one
+    /// (and a panic) marks the batch's events for one-by-one isolation, and the one that
+    /// fails alone is dead-lettered.
     fn apply(
         &self,
         conn: &mut PgConnection,
         events: &[&Event],
-    ) -> impl Future<Output = std::result::Result<(), ApplyError>> + Send;
+    ) -> impl Future<Output = std::result::Result<Applied, ApplyError>> + Send;
+}
+
+/// What [`Processor::apply`] found: how many of the events it was handed it had applied
+/// before, found by their own effects' keys (only events [`Processor::gated_by_effects`]
+/// can be; the runtime's gate rows filter the others). The runtime counts them as
+/// duplicates, not as applied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub before: usize,
 }
 
 /// A processor chosen at run time, by name ([`crate::catalog`]): any [`Processor`] boxed.
@@ -91,7 +103,7 @@ trait DynProcessor: Send + Sync + 'static {
         &'a self,
         conn: &'a mut PgConnection,
         events: &'a [&'a Event],
-    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>>;
+    ) -> BoxFuture<'a, std::result::Result<Applied, ApplyError>>;
 }
 
 impl<P: Processor> DynProcessor for P {
@@ -111,7 +123,7 @@ impl<P: Processor> DynProcessor for P {
         &'a self,
         conn: &'a mut PgConnection,
         events: &'a [&'a Event],
-    ) -> BoxFuture<'a, std::result::Result<(), ApplyError>> {
+    ) -> BoxFuture<'a, std::result::Result<Applied, ApplyError>> {
         Box::pin(Processor::apply(self, conn, events))
     }
 }
@@ -133,7 +145,7 @@ impl Processor for BoxedProcessor {
         &self,
         conn: &mut PgConnection,
         events: &[&Event],
-    ) -> std::result::Result<(), ApplyError> {
+    ) -> std::result::Result<Applied, ApplyError> {
         self.0.apply_boxed(conn, events).await
     }
 }

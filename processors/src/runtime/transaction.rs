@@ -1,5 +1,5 @@
 //! One batch, one Postgres transaction: the exactly-once gate (`processed_events`, or the
-//! processor's own rows for the events they gate, through `applied_events`), the
+//! processor's own rows for the events they gate, which its `apply` finds), the
 //! processor's effects in a savepoint (isolating the poison record when a batch is
 //! refused), dead letters, the group's stored offsets and the wake-up of consistency
 //! waiters, all committed together.
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::batch::{Decoded, NextOffsets, next_offsets};
 use super::dead_letter::{DeadLetter, dead_letter};
 use super::retry::panic_message;
-use super::{ApplyError, BatchReport, Class, Incoming, Processor, Runtime, metric};
+use super::{Applied, ApplyError, BatchReport, Class, Incoming, Processor, Runtime, metric};
 use crate::{Error, Result};
 
 impl<P: Processor> Runtime<P> {
@@ -82,7 +82,10 @@ impl<P: Processor> Runtime<P> {
         let applied =
             trace::in_batch(spans.clone(), self.apply_in_savepoint(&mut tx, &events)).await;
         match applied {
-            Ok(()) => report.applied = fresh.len(),
+            Ok(found) => {
+                report.applied = fresh.len() - found.before;
+                report.duplicates += found.before;
+            }
             Err(e) if e.class() == Class::Transient => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, events = fresh.len(), "batch refused by the database, isolating the poison record");
@@ -97,9 +100,10 @@ impl<P: Processor> Runtime<P> {
                     let applied =
                         trace::in_batch(spans.clone(), self.apply_guarded(&mut sp, &one)).await;
                     match applied {
-                        Ok(()) => {
+                        Ok(found) => {
                             sp.commit().await?;
-                            report.applied += 1;
+                            report.applied += one.len() - found.before;
+                            report.duplicates += found.before;
                         }
                         Err(e) if e.class() == Class::Transient => return Err(e.into()),
                         Err(e) => {
@@ -168,13 +172,14 @@ impl<P: Processor> Runtime<P> {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         events: &[&Event],
-    ) -> std::result::Result<(), ApplyError> {
+    ) -> std::result::Result<Applied, ApplyError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Applied::default());
         }
         let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-        self.apply_guarded(&mut sp, events).await?;
-        Ok(sp.commit().await?)
+        let found = self.apply_guarded(&mut sp, events).await?;
+        sp.commit().await?;
+        Ok(found)
     }
 
     /// The processor's `apply`, with a panic inside it (a defect that some record brings
@@ -184,7 +189,7 @@ impl<P: Processor> Runtime<P> {
         &self,
         conn: &mut PgConnection,
         events: &[&Event],
-    ) -> std::result::Result<(), ApplyError> {
+    ) -> std::result::Result<Applied, ApplyError> {
         use futures_util::FutureExt;
         match std::panic::AssertUnwindSafe(self.processor.apply(conn, events))
             .catch_unwind()
@@ -246,19 +251,16 @@ pub(super) fn record_outcomes(
     }
 }
 
-/// The gate: inserts gate rows for the candidates that need one and looks up those whose
-/// effects are their own gate ([`Processor::gated_by_effects`]) in `applied_events`;
-/// returns, in their order, the candidates this processor had not applied before.
+/// The gate: inserts gate rows for the candidates that need one and returns, in their
+/// order, those this processor had not applied before, with every candidate whose effects
+/// are its own gate ([`Processor::gated_by_effects`]): the processor's `apply` tells those
+/// apart by its rows' keys, in the statement that writes them, and reports what it found.
 pub(super) async fn mark_processed<'e, P: Processor + ?Sized>(
     conn: &mut PgConnection,
     processor: &P,
     batch: &[Incoming],
     candidates: &[(usize, &'e Event)],
 ) -> Result<Vec<(usize, &'e Event)>> {
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
-    let name = processor.name();
     let own: Vec<bool> = candidates
         .iter()
         .map(|(_, e)| processor.gated_by_effects(e))
@@ -280,7 +282,7 @@ pub(super) async fn mark_processed<'e, P: Processor + ?Sized>(
              select $1, * from unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])
              on conflict do nothing returning event_id",
         )
-        .bind(name)
+        .bind(processor.name())
         .bind(&ids)
         .bind(&topics)
         .bind(&partitions)
@@ -290,35 +292,10 @@ pub(super) async fn mark_processed<'e, P: Processor + ?Sized>(
         .map_err(Error::Database)?;
         new.extend(inserted.into_iter().map(|(id,)| id));
     }
-    let mut applied: HashSet<Uuid> = HashSet::new();
-    if rows.len() < candidates.len() {
-        let ids: Vec<Uuid> = candidates
-            .iter()
-            .zip(&own)
-            .filter(|(_, own)| **own)
-            .map(|((_, e), _)| e.envelope().event_id)
-            .collect();
-        let found: Vec<(Uuid,)> = sqlx::query_as(
-            "select event_id from applied_events where processor = $1 and event_id = any($2)",
-        )
-        .bind(name)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(Error::Database)?;
-        applied.extend(found.into_iter().map(|(id,)| id));
-    }
     Ok(candidates
         .iter()
         .zip(&own)
-        .filter(|((_, e), own)| {
-            let id = e.envelope().event_id;
-            if **own {
-                !applied.contains(&id)
-            } else {
-                new.contains(&id)
-            }
-        })
+        .filter(|((_, e), own)| **own || new.contains(&e.envelope().event_id))
         .map(|(c, _)| *c)
         .collect())
 }
