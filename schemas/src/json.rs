@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use crate::{Error, Result};
 
-fn invalid(path: &str, problem: impl std::fmt::Display) -> Error {
+fn invalid(path: impl std::fmt::Display, problem: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{path}: {problem}"))
 }
 
@@ -195,7 +195,12 @@ fn minimal_be_bytes(n: i128) -> Vec<u8> {
     bytes[start..].to_vec()
 }
 
-pub fn decimal_from_avro(d: &apache_avro::Decimal, scale: u32, path: &str) -> Result<Decimal> {
+/// An Avro decimal (big-endian two's complement) at `scale`; `path` names it in errors.
+pub fn decimal_from_avro(
+    d: &apache_avro::Decimal,
+    scale: u32,
+    path: impl std::fmt::Display + Copy,
+) -> Result<Decimal> {
     let bytes = Vec::<u8>::try_from(d).map_err(|e| invalid(path, e))?;
     if bytes.len() > 16 {
         return Err(invalid(path, "decimal wider than 128 bits"));
@@ -211,8 +216,32 @@ pub fn decimal_from_avro(d: &apache_avro::Decimal, scale: u32, path: &str) -> Re
         .map_err(|e| invalid(path, e))
 }
 
-/// Avro value (already resolved to `schema`) → JSON.
+/// Avro value (already resolved to `schema`) → JSON. `path` names the value in error
+/// messages (its fields and items are named below it).
 pub fn from_avro(value: &Value, schema: &Schema, path: &str) -> Result<Json> {
+    from_avro_at(value, schema, Path::Root(path))
+}
+
+/// Where a value sits in the record: built as the conversion descends, written out only
+/// for an error (`root.field/2.field`), so a value that converts costs no formatting.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root(&'a str),
+    Field(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root(root) => f.write_str(root),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Item(parent, i) => write!(f, "{parent}/{i}"),
+        }
+    }
+}
+
+fn from_avro_at(value: &Value, schema: &Schema, path: Path<'_>) -> Result<Json> {
     Ok(match (value, schema) {
         (Value::Null, _) => Json::Null,
         (Value::Boolean(b), _) => Json::Bool(*b),
@@ -240,13 +269,13 @@ pub fn from_avro(value: &Value, schema: &Schema, path: &str) -> Result<Json> {
                 .variants()
                 .get(*i as usize)
                 .ok_or_else(|| invalid(path, "union index out of range"))?;
-            from_avro(inner, variant, path)?
+            from_avro_at(inner, variant, path)?
         }
         (Value::Array(items), Schema::Array(a)) => Json::Array(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| from_avro(item, &a.items, &format!("{path}/{i}")))
+                .map(|(i, item)| from_avro_at(item, &a.items, Path::Item(&path, i)))
                 .collect::<Result<_>>()?,
         ),
         (Value::Record(fields), Schema::Record(r)) => {
@@ -254,7 +283,7 @@ pub fn from_avro(value: &Value, schema: &Schema, path: &str) -> Result<Json> {
             for ((name, v), field) in fields.iter().zip(&r.fields) {
                 object.insert(
                     name.clone(),
-                    from_avro(v, &field.schema, &format!("{path}.{name}"))?,
+                    from_avro_at(v, &field.schema, Path::Field(&path, name))?,
                 );
             }
             Json::Object(object)
