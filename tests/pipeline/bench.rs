@@ -58,8 +58,11 @@ async fn the_pipeline_path_reports_its_rate_beside_raw_consume_and_raw_copy() {
             "seed_pattern_per_s",
             "ratio_to_limit",
             "peak_rss_bytes",
+            "cpu_us_per_event",
         ],
     );
+    let steal = r["steal_share"].as_f64().expect("steal_share");
+    assert!((0.0..=1.0).contains(&steal), "steal_share {steal}: {r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,61 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The whole machine's CPU time so far, from `/proc/stat` (every processor, in clock
+/// ticks): busy (user, nice, system, irq, softirq), stolen (by the hypervisor, from a
+/// virtual machine whose host is shared), and all of it.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    busy: u64,
+    steal: u64,
+    total: u64,
+    cpus: usize,
+}
+
+impl CpuTimes {
+    pub fn now() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut lines = stat.lines();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let ticks: Vec<u64> = lines
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, _idle, _iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        Some(CpuTimes {
+            busy: user + nice + system + irq + softirq,
+            steal,
+            total: ticks.iter().sum(),
+            cpus: lines.filter(|l| l.starts_with("cpu")).count(),
+        })
+    }
+
+    /// The machine's CPU from `earlier` to this reading, `secs` apart.
+    pub fn since(self, earlier: CpuTimes, secs: f64) -> Option<CpuUse> {
+        let total = self.total.checked_sub(earlier.total).filter(|t| *t > 0)? as f64;
+        let share = |now: u64, then: u64| now.saturating_sub(then) as f64 / total;
+        Some(CpuUse {
+            busy_cpu_secs: share(self.busy, earlier.busy) * self.cpus as f64 * secs,
+            steal_share: share(self.steal, earlier.steal),
+        })
+    }
+}
+
+/// The machine's CPU over a measurement: CPU-seconds busy (every process on it: the
+/// broker and Postgres as much as the path measured), and the share of its processors'
+/// time the hypervisor took (a run with much stolen is slower for it, not for the code).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    pub busy_cpu_secs: f64,
+    pub steal_share: f64,
+}
+
 /// The peak resident set (`VmHWM`) of a process, or of this one.
 pub fn peak_rss_bytes(pid: Option<u32>) -> Option<u64> {
     let path = match pid {

@@ -28,7 +28,7 @@ use secrecy::ExposeSecret;
 use sqlx::{Executor, PgPool};
 use uuid::Uuid;
 
-use super::common::{self, Common, Report, Row, ScratchDb};
+use super::common::{self, Common, CpuTimes, CpuUse, Report, Row, ScratchDb};
 use super::raw;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -149,6 +149,8 @@ pub struct Measured {
     pub seed_pattern_per_s: f64,
     /// The ledger processor's (`dhanman process ledger`).
     pub processor_peak_rss_bytes: u64,
+    /// The machine's while the pipeline was timed.
+    pub pipeline_cpu: Option<CpuUse>,
     /// This process's: the producer and the records it made, the raw measurements.
     pub bench_peak_rss_bytes: u64,
 }
@@ -159,6 +161,11 @@ impl Measured {
     }
     pub fn ratio_to_limit(&self) -> f64 {
         self.pipeline_per_s / self.lower_limit()
+    }
+    /// Busy CPU time of the whole machine per event while the pipeline was timed.
+    pub fn cpu_us_per_event(&self) -> Option<f64> {
+        self.pipeline_cpu
+            .map(|c| c.busy_cpu_secs * 1e6 / self.pipeline_events as f64)
     }
 }
 
@@ -206,6 +213,16 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
         Row::new("seed pattern (per event)", m.seed_pattern_per_s, "events/s")
             .against("lower raw limit", lower),
         Row::new(
+            "machine CPU per event (every process)",
+            m.cpu_us_per_event().unwrap_or(f64::NAN),
+            "us",
+        ),
+        Row::new(
+            "CPU stolen by the hypervisor (pipeline)",
+            m.pipeline_cpu.map_or(f64::NAN, |c| c.steal_share * 100.0),
+            "%",
+        ),
+        Row::new(
             "peak RSS (dhanman process ledger)",
             m.processor_peak_rss_bytes as f64 / 1048576.0,
             "MiB",
@@ -236,6 +253,9 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
         "the pipeline runs `dhanman process ledger` as a child process; this process's peak \
          RSS is the producer's and the records it made"
             .into(),
+        "machine CPU and steal: /proc/stat over the pipeline's timed part; on a shared host \
+         the rate moves with the CPU stolen: compare runs with little stolen"
+            .into(),
     ];
     r.field("events", m.events);
     r.field("pipeline_per_s", m.pipeline_per_s);
@@ -245,6 +265,10 @@ fn report(common: &Common, shape: &Shape, m: &Measured) -> Report {
     r.field("ratio_to_limit", m.ratio_to_limit());
     r.field("peak_rss_bytes", m.processor_peak_rss_bytes);
     r.field("bench_peak_rss_bytes", m.bench_peak_rss_bytes);
+    if let (Some(per_event), Some(cpu)) = (m.cpu_us_per_event(), m.pipeline_cpu) {
+        r.field("cpu_us_per_event", per_event);
+        r.field("steal_share", cpu.steal_share);
+    }
     r.field("produce_per_s", m.produce_per_s);
     r
 }
@@ -294,6 +318,7 @@ async fn measure(
         pipeline_events: applied.events,
         pipeline_per_s: applied.events as f64 / applied.secs,
         processor_peak_rss_bytes: applied.peak_rss_bytes,
+        pipeline_cpu: applied.cpu,
         seed_events: sample,
         seed_pattern_per_s: sample as f64 / seed_secs,
         bench_peak_rss_bytes: common::peak_rss_bytes(None).unwrap_or(0),
@@ -483,6 +508,8 @@ pub struct Applied {
     pub secs: f64,
     /// The processor process's peak resident set.
     pub peak_rss_bytes: u64,
+    /// The machine's CPU over the same time.
+    pub cpu: Option<CpuUse>,
 }
 
 /// Runs the ledger processor over the topics ([`run_processor`]).
@@ -540,8 +567,8 @@ pub async fn run_processor(
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting dhanman process {name}"))?;
-    let started = Instant::now();
-    let mut first: Option<(Instant, usize)> = None;
+    let started = (Instant::now(), CpuTimes::now());
+    let mut first: Option<(Instant, Option<CpuTimes>, usize)> = None;
     loop {
         // Progress from the group's stored offsets (a row per partition, committed with each
         // batch): one record per event, so their sum counts the events applied. Counting the
@@ -554,7 +581,7 @@ pub async fn run_processor(
         .await?;
         let done = done as usize;
         if done > 0 && first.is_none() {
-            first = Some((Instant::now(), done));
+            first = Some((Instant::now(), CpuTimes::now(), done));
         }
         if done >= expected {
             break;
@@ -565,12 +592,12 @@ pub async fn run_processor(
                 log.display()
             );
         }
-        if started.elapsed() > Duration::from_secs(1800) {
+        if started.0.elapsed() > Duration::from_secs(1800) {
             bail!("pipeline did not finish in 30 minutes ({done}/{expected})");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let finished = Instant::now();
+    let finished = (Instant::now(), CpuTimes::now());
     let peak_rss_bytes = common::peak_rss_bytes(child.id()).unwrap_or(0);
     // Stopped as an operator stops it (SIGTERM: out of its group, closed), before the
     // topics are deleted, so that it does not fetch topics that are gone.
@@ -593,17 +620,23 @@ pub async fn run_processor(
         }
     }
     let _ = std::fs::remove_file(&log);
-    let (t0, n0) = first.context("no progress observed")?;
-    let (events, secs) = if n0 >= expected {
-        // All in the first batch (a small run): timed from the start, the start included.
-        (expected, (finished - started).as_secs_f64())
+    let (t0, cpu0, n0) = first.context("no progress observed")?;
+    // All in the first batch (a small run): timed from the start, the start included.
+    let (events, from) = if n0 >= expected {
+        (expected, started)
     } else {
-        (expected - n0, (finished - t0).as_secs_f64())
+        (expected - n0, (t0, cpu0))
+    };
+    let secs = (finished.0 - from.0).as_secs_f64();
+    let cpu = match (from.1, finished.1) {
+        (Some(from), Some(to)) => to.since(from, secs),
+        _ => None,
     };
     Ok(Applied {
         events,
         secs,
         peak_rss_bytes,
+        cpu,
     })
 }
 
