@@ -83,8 +83,9 @@ impl<P: Processor> Runtime<P> {
             trace::in_batch(spans.clone(), self.apply_in_savepoint(&mut tx, &events)).await;
         match applied {
             Ok(found) => {
-                report.applied = fresh.len() - found.before;
-                report.duplicates += found.before;
+                let before = found.before.min(fresh.len());
+                report.applied = fresh.len() - before;
+                report.duplicates += before;
             }
             Err(e) if e.class() == Class::Transient => return Err(e.into()),
             Err(e) => {
@@ -102,8 +103,9 @@ impl<P: Processor> Runtime<P> {
                     match applied {
                         Ok(found) => {
                             sp.commit().await?;
-                            report.applied += one.len() - found.before;
-                            report.duplicates += found.before;
+                            let before = found.before.min(one.len());
+                            report.applied += one.len() - before;
+                            report.duplicates += before;
                         }
                         Err(e) if e.class() == Class::Transient => return Err(e.into()),
                         Err(e) => {
