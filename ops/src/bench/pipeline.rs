@@ -527,6 +527,22 @@ pub async fn run_pipeline(
     run_processor(&deployed, stage, bootstrap, expected).await
 }
 
+/// A moment of a run: when, and the machine's CPU time by then.
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    cpu: Option<CpuTimes>,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu: CpuTimes::now(),
+        }
+    }
+}
+
 /// A processor as a run deploys it.
 pub struct Deployed<'a> {
     /// As `dhanman process` names it.
@@ -567,8 +583,8 @@ pub async fn run_processor(
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting dhanman process {name}"))?;
-    let started = (Instant::now(), CpuTimes::now());
-    let mut first: Option<(Instant, Option<CpuTimes>, usize)> = None;
+    let started = Mark::now();
+    let mut first: Option<(Mark, usize)> = None;
     loop {
         // Progress from the group's stored offsets (a row per partition, committed with each
         // batch): one record per event, so their sum counts the events applied. Counting the
@@ -581,7 +597,7 @@ pub async fn run_processor(
         .await?;
         let done = done as usize;
         if done > 0 && first.is_none() {
-            first = Some((Instant::now(), CpuTimes::now(), done));
+            first = Some((Mark::now(), done));
         }
         if done >= expected {
             break;
@@ -592,12 +608,12 @@ pub async fn run_processor(
                 log.display()
             );
         }
-        if started.0.elapsed() > Duration::from_secs(1800) {
+        if started.at.elapsed() > Duration::from_secs(1800) {
             bail!("pipeline did not finish in 30 minutes ({done}/{expected})");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let finished = (Instant::now(), CpuTimes::now());
+    let finished = Mark::now();
     let peak_rss_bytes = common::peak_rss_bytes(child.id()).unwrap_or(0);
     // Stopped as an operator stops it (SIGTERM: out of its group, closed), before the
     // topics are deleted, so that it does not fetch topics that are gone.
@@ -620,18 +636,18 @@ pub async fn run_processor(
         }
     }
     let _ = std::fs::remove_file(&log);
-    let (t0, cpu0, n0) = first.context("no progress observed")?;
+    let (first, n0) = first.context("no progress observed")?;
     // All in the first batch (a small run): timed from the start, the start included.
     let (events, from) = if n0 >= expected {
         (expected, started)
     } else {
-        (expected - n0, (t0, cpu0))
+        (expected - n0, first)
     };
-    let secs = (finished.0 - from.0).as_secs_f64();
-    let cpu = match (from.1, finished.1) {
-        (Some(from), Some(to)) => to.since(from, secs),
-        _ => None,
-    };
+    let secs = (finished.at - from.at).as_secs_f64();
+    let cpu = from
+        .cpu
+        .zip(finished.cpu)
+        .and_then(|(from, to)| to.since(from, secs));
     Ok(Applied {
         events,
         secs,
