@@ -137,11 +137,8 @@ async fn decode(codec: &Codec, records: &[StoredRecord]) -> anyhow::Result<(Vec<
     let mut events = Vec::with_capacity(records.len());
     let mut unreadable = 0;
     for record in records {
-        match codec.decode(&record.value).await {
-            Ok(d) => match Event::from_json(&d.name, d.json) {
-                Ok(e) => events.push(e),
-                Err(_) => unreadable += 1,
-            },
+        match codec.decode_event(&record.value).await {
+            Ok(e) => events.push(e),
             Err(e) if e.is_transient() => return Err(e).context("decoding (the registry)"),
             Err(_) => unreadable += 1,
         }

@@ -75,10 +75,21 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
         key: record.key(),
         name: R::NAME,
         version: R::WRITE_VERSION as i32,
-        payload: serde_json::to_string(record)?,
-        headers: serde_json::to_string(&headers)?,
+        payload: json_text(record, 1024)?,
+        headers: json_text(&headers, 256)?,
         derived_from: None,
     })
+}
+
+/// `value` as JSON text, written into `room` bytes set aside for it: `serde_json::to_string`
+/// starts from 128 and grows by copying, several times for a ledger announcement, on every
+/// row a batch writes.
+fn json_text<T: Serialize + ?Sized>(value: &T, room: usize) -> Result<String> {
+    let mut text = Vec::with_capacity(room);
+    serde_json::to_writer(&mut text, value)?;
+    // serde_json writes UTF-8; the fallback only keeps this free of a panic.
+    Ok(String::from_utf8(text)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Queues rows for the relay in one statement, in their order.

@@ -11,11 +11,12 @@ use std::sync::Mutex;
 
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::avro_common::DecodeResultWithSchema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde_json::Value as Json;
 
-use crate::events::Record;
+use crate::events::{Event, Record};
 use crate::{Catalog, Error, RecordSchema, Result, json};
 
 /// A record read off a topic.
@@ -284,8 +285,54 @@ impl Codec {
     /// schema instead of the newest or pinned one (`None`): what a consumer built against
     /// that version sees.
     pub async fn decode_as(&self, bytes: &[u8], reader_version: Option<u32>) -> Result<Decoded> {
+        let read = self.read(bytes, reader_version).await?;
+        let json = if read.same {
+            // Written with the reader's own schema: resolution would give back what was written.
+            json::from_avro(&read.written.value, &read.reader.schema, "")
+        } else {
+            resolve(
+                &read.written.value,
+                &read.written.schema.parsed,
+                &read.reader.schema,
+            )
+        }
+        .map_err(|e| read.unreadable(e))?;
+        Ok(Decoded {
+            name: read.name,
+            schema_id: read.schema_id,
+            json,
+        })
+    }
+
+    /// A Confluent-framed Avro record as the event it is, resolved to our newest (or pinned)
+    /// schema of its name and validated: what [`Event::from_json`] makes of
+    /// [`Codec::decode`]'s JSON, read without that JSON when the writer's schema is the
+    /// reader's. [`Error::Invalid`] is a record its type refuses; [`Error::Undecodable`]
+    /// one that is not a record we can read.
+    pub async fn decode_event(&self, bytes: &[u8]) -> Result<Event> {
+        let read = self.read(bytes, None).await?;
+        if !read.same {
+            let json = resolve(
+                &read.written.value,
+                &read.written.schema.parsed,
+                &read.reader.schema,
+            )
+            .map_err(|e| read.unreadable(e))?;
+            return Event::from_json(&read.name, json);
+        }
+        Event::from_avro(&read.name, &read.written.value, &read.reader.schema).map_err(
+            |e| match e {
+                Error::Undecodable(message) => read.unreadable(Error::Invalid(message)),
+                other => other,
+            },
+        )
+    }
+
+    /// What every read starts with: the value as written (the writer's schema from the
+    /// registry) and the local schema to read it with.
+    async fn read(&self, bytes: &[u8], reader_version: Option<u32>) -> Result<Read> {
         let schema_id = wire_schema_id(bytes)?;
-        let decoded = self
+        let written = self
             .decoder
             .decode_with_schema(Some(bytes))
             .await
@@ -298,8 +345,9 @@ impl Codec {
                 registry_error(e)
             })?
             .ok_or_else(|| Error::Undecodable("empty payload".into()))?;
-        let name = decoded
+        let name = written
             .name
+            .as_ref()
             .map(|n| n.fullname(None))
             .ok_or_else(|| Error::Undecodable("writer schema is not a named record".into()))?;
         let catalog = Catalog::global();
@@ -313,21 +361,34 @@ impl Codec {
             .lock()
             .expect("schema cache lock")
             .entry((schema_id, reader.version))
-            .or_insert_with(|| identical(&decoded.schema.parsed, &reader.schema));
-        let json = if same {
-            // Written with the reader's own schema: resolution would give back what was written.
-            json::from_avro(&decoded.value, &reader.schema, "")
-        } else {
-            resolve(&decoded.value, &decoded.schema.parsed, &reader.schema)
-        }
-        .map_err(|e| {
-            Error::Undecodable(format!("{name} cannot be read as v{}: {e}", reader.version))
-        })?;
-        Ok(Decoded {
+            .or_insert_with(|| identical(&written.schema.parsed, &reader.schema));
+        Ok(Read {
             name,
             schema_id,
-            json,
+            written,
+            reader,
+            same,
         })
+    }
+}
+
+/// A record's value as its writer wrote it, and our schema to read it with.
+struct Read {
+    name: String,
+    schema_id: u32,
+    written: DecodeResultWithSchema,
+    reader: &'static RecordSchema,
+    /// Whether the writer's schema is the reader's in every attribute.
+    same: bool,
+}
+
+impl Read {
+    /// `error`, converting the value, as the reason the record is undecodable.
+    fn unreadable(&self, error: Error) -> Error {
+        Error::Undecodable(format!(
+            "{} cannot be read as v{}: {error}",
+            self.name, self.reader.version
+        ))
     }
 }
 
@@ -479,7 +540,14 @@ mod tests {
         let value = read_datum(&schema.schema, &framed[5..]);
         let back = json::from_avro(&value, &schema.schema, "").unwrap();
         assert_eq!(back, json, "{}", R::NAME);
-        crate::Event::from_json(R::NAME, back).unwrap()
+        let typed = crate::Event::from_json(R::NAME, back).unwrap();
+        assert_eq!(
+            crate::Event::from_avro(R::NAME, &value, &schema.schema).unwrap(),
+            typed,
+            "{} read from its Avro value as from its JSON",
+            R::NAME
+        );
+        typed
     }
 
     #[test]
@@ -616,6 +684,81 @@ mod tests {
         assert_eq!(
             round_trip(&receipt),
             Event::SendPaymentReceipt(receipt.clone())
+        );
+    }
+
+    #[test]
+    fn sales_salary_and_ledger_records_round_trip_as_typed_events() {
+        use crate::Event;
+        use crate::events::*;
+        use uuid::Uuid;
+        let envelope = || Envelope::new(Uuid::now_v7(), "corr-3", Some("cause".into()));
+        let taxed = InvoiceCreated {
+            tax_amount: Some("-0.01".parse().unwrap()),
+            description: None,
+            ..invoice()
+        };
+        for invoice in [invoice(), taxed] {
+            assert_eq!(round_trip(&invoice), Event::InvoiceCreated(invoice.clone()));
+        }
+        let voided = InvoiceVoided {
+            envelope: envelope(),
+            invoice_id: Uuid::now_v7(),
+            customer_id: Uuid::now_v7(),
+            amount: "99999999999999.99".parse().unwrap(),
+            currency: "INR".into(),
+            reason: "issued twice \u{2014} \"quoted\"".into(),
+        };
+        assert_eq!(round_trip(&voided), Event::InvoiceVoided(voided.clone()));
+        for (invoice_id, reference) in [(None, None), (Some(Uuid::now_v7()), Some("UTR-1".into()))]
+        {
+            let payment = PaymentReceived {
+                envelope: envelope(),
+                payment_id: Uuid::now_v7(),
+                invoice_id,
+                customer_id: Uuid::now_v7(),
+                amount: "0.01".parse().unwrap(),
+                currency: "INR".into(),
+                method: "upi".into(),
+                reference,
+            };
+            assert_eq!(
+                round_trip(&payment),
+                Event::PaymentReceived(payment.clone())
+            );
+        }
+        let salary = SalaryPosted {
+            envelope: Envelope::new(Uuid::now_v7(), "", None),
+            salary_id: Uuid::now_v7(),
+            employee_id: Uuid::now_v7(),
+            period: "2026-11".into(),
+            amount: "25000.00".parse().unwrap(),
+            currency: "INR".into(),
+        };
+        assert_eq!(round_trip(&salary), Event::SalaryPosted(salary.clone()));
+        let line = |party: Option<Uuid>, debit: &str, credit: &str| PostingLine {
+            account_code: if party.is_some() { "1100" } else { "4000" }.into(),
+            party_type: party.map(|_| "customer".into()),
+            party_id: party,
+            debit: debit.parse().unwrap(),
+            credit: credit.parse().unwrap(),
+        };
+        let posted = LedgerEntryPosted {
+            envelope: envelope(),
+            entry_id: Uuid::now_v7(),
+            source_event_id: Uuid::now_v7(),
+            reference_type: "invoice".into(),
+            reference_id: Uuid::now_v7(),
+            description: "Invoice INV-1".into(),
+            currency: "INR".into(),
+            lines: vec![
+                line(Some(Uuid::now_v7()), "1234.50", "0.00"),
+                line(None, "0.00", "1234.50"),
+            ],
+        };
+        assert_eq!(
+            round_trip(&posted),
+            Event::LedgerEntryPosted(posted.clone())
         );
     }
 

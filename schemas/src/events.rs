@@ -424,34 +424,82 @@ pub enum Event {
     },
 }
 
-fn parse<T: serde::de::DeserializeOwned>(json: Json) -> Result<T> {
-    serde_json::from_value(json).map_err(|e| Error::Invalid(e.to_string()))
+/// A record in a form serde can read a Rust type from: its JSON, or its Avro value.
+trait Form {
+    fn parse<T: serde::de::DeserializeOwned>(self) -> Result<T>;
+    /// The JSON form, which a record of a type no processor reads keeps.
+    fn into_json(self) -> Result<Json>;
+}
+
+impl Form for Json {
+    fn parse<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        serde_json::from_value(self).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    fn into_json(self) -> Result<Json> {
+        Ok(self)
+    }
+}
+
+/// An Avro value and the schema it was resolved to.
+struct Avro<'a>(&'a apache_avro::types::Value, &'a apache_avro::Schema);
+
+impl Form for Avro<'_> {
+    fn parse<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        crate::typed::from_avro(self.0, self.1)
+    }
+
+    fn into_json(self) -> Result<Json> {
+        crate::json::from_avro(self.0, self.1, "").map_err(|e| match e {
+            Error::Invalid(message) => Error::Undecodable(message),
+            other => other,
+        })
+    }
 }
 
 impl Event {
     /// Typed view of a record's JSON form, validated.
     pub fn from_json(name: &str, json: Json) -> Result<Event> {
+        Event::from_form(name, json)
+    }
+
+    /// Typed view of a record's Avro value, resolved to `schema`, validated: as
+    /// [`Event::from_json`] of its JSON form ([`crate::json::from_avro`]). A value its
+    /// schema does not describe is [`Error::Undecodable`]; one its type refuses,
+    /// [`Error::Invalid`].
+    pub fn from_avro(
+        name: &str,
+        value: &apache_avro::types::Value,
+        schema: &apache_avro::Schema,
+    ) -> Result<Event> {
+        Event::from_form(name, Avro(value, schema))
+    }
+
+    fn from_form(name: &str, form: impl Form) -> Result<Event> {
         let event = match name {
-            InvoiceCreated::NAME => Event::InvoiceCreated(parse(json)?),
-            InvoiceVoided::NAME => Event::InvoiceVoided(parse(json)?),
-            PaymentReceived::NAME => Event::PaymentReceived(parse(json)?),
-            SalaryPosted::NAME => Event::SalaryPosted(parse(json)?),
-            PaymentFailed::NAME => Event::PaymentFailed(parse(json)?),
-            POSubmitted::NAME => Event::POSubmitted(parse(json)?),
-            POApproved::NAME => Event::POApproved(parse(json)?),
-            PORejected::NAME => Event::PORejected(parse(json)?),
-            BillCreated::NAME => Event::BillCreated(parse(json)?),
-            UserCreated::NAME => Event::UserCreated(parse(json)?),
-            SendApprovalRequest::NAME => Event::SendApprovalRequest(parse(json)?),
-            SendInvoiceEmail::NAME => Event::SendInvoiceEmail(parse(json)?),
-            SendPaymentReceipt::NAME => Event::SendPaymentReceipt(parse(json)?),
-            SendPaymentReminder::NAME => Event::SendPaymentReminder(parse(json)?),
-            LedgerEntryPosted::NAME => Event::LedgerEntryPosted(parse(json)?),
-            _ => Event::Other {
-                name: name.to_string(),
-                envelope: parse(json.clone())?,
-                json,
-            },
+            InvoiceCreated::NAME => Event::InvoiceCreated(form.parse()?),
+            InvoiceVoided::NAME => Event::InvoiceVoided(form.parse()?),
+            PaymentReceived::NAME => Event::PaymentReceived(form.parse()?),
+            SalaryPosted::NAME => Event::SalaryPosted(form.parse()?),
+            PaymentFailed::NAME => Event::PaymentFailed(form.parse()?),
+            POSubmitted::NAME => Event::POSubmitted(form.parse()?),
+            POApproved::NAME => Event::POApproved(form.parse()?),
+            PORejected::NAME => Event::PORejected(form.parse()?),
+            BillCreated::NAME => Event::BillCreated(form.parse()?),
+            UserCreated::NAME => Event::UserCreated(form.parse()?),
+            SendApprovalRequest::NAME => Event::SendApprovalRequest(form.parse()?),
+            SendInvoiceEmail::NAME => Event::SendInvoiceEmail(form.parse()?),
+            SendPaymentReceipt::NAME => Event::SendPaymentReceipt(form.parse()?),
+            SendPaymentReminder::NAME => Event::SendPaymentReminder(form.parse()?),
+            LedgerEntryPosted::NAME => Event::LedgerEntryPosted(form.parse()?),
+            _ => {
+                let json = form.into_json()?;
+                Event::Other {
+                    name: name.to_string(),
+                    envelope: json.clone().parse()?,
+                    json,
+                }
+            }
         };
         event.validate()?;
         Ok(event)

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use crate::{Error, Result};
 
-fn invalid(path: impl std::fmt::Display, problem: impl std::fmt::Display) -> Error {
+pub(crate) fn invalid(path: impl std::fmt::Display, problem: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{path}: {problem}"))
 }
 
@@ -216,6 +216,14 @@ pub fn decimal_from_avro(
         .map_err(|e| invalid(path, e))
 }
 
+/// An Avro date (days from 1970-01-01); `path` names it in errors.
+pub fn date_from_avro(days: i32, path: impl std::fmt::Display) -> Result<NaiveDate> {
+    // Any 32-bit day count is valid Avro; chrono's calendar ends sooner.
+    chrono::Duration::try_days(i64::from(days))
+        .and_then(|d| epoch().checked_add_signed(d))
+        .ok_or_else(|| invalid(path, format!("date {days} days from 1970 is out of range")))
+}
+
 /// Avro value (already resolved to `schema`) → JSON. `path` names the value in error
 /// messages (its fields and items are named below it).
 pub fn from_avro(value: &Value, schema: &Schema, path: &str) -> Result<Json> {
@@ -225,7 +233,7 @@ pub fn from_avro(value: &Value, schema: &Schema, path: &str) -> Result<Json> {
 /// Where a value sits in the record: built as the conversion descends, written out only
 /// for an error (`root.field/2.field`), so a value that converts costs no formatting.
 #[derive(Clone, Copy)]
-enum Path<'a> {
+pub(crate) enum Path<'a> {
     Root(&'a str),
     Field(&'a Path<'a>, &'a str),
     Item(&'a Path<'a>, usize),
@@ -251,15 +259,7 @@ fn from_avro_at(value: &Value, schema: &Schema, path: Path<'_>) -> Result<Json> 
         (Value::Double(n), _) => Json::from(*n),
         (Value::String(s), _) => Json::String(s.clone()),
         (Value::Uuid(u), _) => Json::String(u.to_string()),
-        (Value::Date(days), _) => {
-            // Any 32-bit day count is valid Avro; chrono's calendar ends sooner.
-            let date = chrono::Duration::try_days(i64::from(*days))
-                .and_then(|d| epoch().checked_add_signed(d))
-                .ok_or_else(|| {
-                    invalid(path, format!("date {days} days from 1970 is out of range"))
-                })?;
-            Json::String(date.to_string())
-        }
+        (Value::Date(days), _) => Json::String(date_from_avro(*days, path)?.to_string()),
         (Value::TimestampMillis(ms), _) => Json::from(*ms),
         (Value::Decimal(d), Schema::Decimal(ds)) => {
             Json::String(decimal_from_avro(d, ds.scale as u32, path)?.to_string())

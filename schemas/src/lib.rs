@@ -9,6 +9,7 @@ pub mod codec;
 pub mod events;
 pub mod json;
 pub mod topics;
+pub mod typed;
 
 pub use catalog::{Catalog, RecordSchema};
 pub use codec::{Codec, Decoded};

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dhanman_schemas::{Codec, Event, topics};
+use dhanman_schemas::{Codec, topics};
 use futures_util::FutureExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -168,11 +168,7 @@ async fn publish_batch(
         let Some(payload) = message.payload() else {
             continue;
         };
-        let event = match codec.decode(payload).await {
-            Ok(decoded) => Event::from_json(&decoded.name, decoded.json),
-            Err(e) => Err(e),
-        };
-        let event = match event {
+        let event = match codec.decode_event(payload).await {
             Ok(event) => event,
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use dhanman_processors::ledger::correct::{self, Outcome};
-use dhanman_schemas::Event;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
@@ -91,11 +90,8 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
                 unreadable += 1;
                 continue;
             };
-            match codec.decode(payload).await {
-                Ok(d) => match Event::from_json(&d.name, d.json) {
-                    Ok(event) => events.push(event),
-                    Err(_) => unreadable += 1,
-                },
+            match codec.decode_event(payload).await {
+                Ok(event) => events.push(event),
                 Err(e) if e.is_transient() => {
                     return Err(e).context("the schema registry, decoding the range");
                 }

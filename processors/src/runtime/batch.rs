@@ -83,20 +83,14 @@ impl<P: Processor> Runtime<P> {
                 reason: "record has no value".into(),
             });
         };
-        let decoded = match self.codec.decode(payload).await {
-            Ok(d) => d,
-            Err(e) if e.is_transient() => return Err(e.into()),
-            Err(e) => {
-                return Ok(Decoded::Poison {
-                    class: "undecodable",
-                    reason: e.to_string(),
-                });
-            }
-        };
-        match Event::from_json(&decoded.name, decoded.json) {
+        match self.codec.decode_event(payload).await {
             Ok(event) => Ok(Decoded::Event(Box::new(event))),
+            Err(e) if e.is_transient() => Err(e.into()),
             Err(e) => Ok(Decoded::Poison {
-                class: "invalid",
+                class: match e {
+                    dhanman_schemas::Error::Invalid(_) => "invalid",
+                    _ => "undecodable",
+                },
                 reason: e.to_string(),
             }),
         }
