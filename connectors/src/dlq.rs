@@ -13,6 +13,8 @@ use serde_json::{Map, Value as Json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use dhanman_plumbing::outbox;
+
 use crate::kafka::read_to_end;
 use crate::{Error, Result};
 
@@ -23,10 +25,16 @@ pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
     pub timestamp: Option<DateTime<Utc>>,
+    /// The key and the headers as text to read (bytes that are not UTF-8 shown as U+FFFD);
+    /// a redrive sends the bytes as written (`raw_key`, `raw_headers`).
     pub key: Option<String>,
+    #[serde(skip)]
+    pub raw_key: Option<Vec<u8>>,
     #[serde(skip)]
     pub value: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub raw_headers: Vec<(String, Vec<u8>)>,
     /// When it was redriven, if it was.
     pub redriven_at: Option<DateTime<Utc>>,
 }
@@ -102,9 +110,18 @@ fn read_blocking(bootstrap: &str, topic: &str) -> Result<Vec<DeadLetter>> {
             partition: r.partition,
             offset: r.offset,
             timestamp: r.timestamp,
-            key: r.key,
+            key: r
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            raw_key: r.key,
             value: r.value,
-            headers: r.headers,
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            raw_headers: r.headers,
             redriven_at: None,
         })
         .collect())
@@ -154,12 +171,13 @@ pub async fn redrive(pool: &PgPool, topic_prefix: &str, letters: &[&DeadLetter])
             tx.commit().await?;
             continue;
         }
-        // The original headers go back; the DLQ's own are replaced by where it came from.
+        // The original headers go back, byte for byte; the DLQ's own are replaced by where
+        // it came from.
         let mut headers: Map<String, Json> = letter
-            .headers
+            .raw_headers
             .iter()
             .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX))
-            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .map(|(k, v)| (k.clone(), outbox::header_value(v)))
             .collect();
         headers.insert(
             dlq_headers::REDRIVEN_FROM.to_string(),
@@ -168,16 +186,16 @@ pub async fn redrive(pool: &PgPool, topic_prefix: &str, letters: &[&DeadLetter])
                 letter.dlq_topic, letter.partition, letter.offset
             )),
         );
-        sqlx::query(
-            "insert into outbox (event_id, topic, message_key, raw_value, headers)
-             values ($1, $2, $3, $4, $5)",
+        outbox::enqueue_raw(
+            &mut tx,
+            outbox::RawRecord {
+                id,
+                topic: source.strip_prefix(topic_prefix).unwrap_or(source),
+                key: letter.raw_key.as_deref(),
+                value: &letter.value,
+                headers: Json::Object(headers),
+            },
         )
-        .bind(id)
-        .bind(source.strip_prefix(topic_prefix).unwrap_or(source))
-        .bind(&letter.key)
-        .bind(&letter.value)
-        .bind(Json::Object(headers))
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         sent += 1;

@@ -197,9 +197,10 @@ pub struct StoredRecord {
     pub partition: i32,
     pub offset: i64,
     pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
-    pub key: Option<String>,
+    /// The key's and the headers' bytes as written.
+    pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Every record of `topic` from `from` (per partition; the log start where a partition is
@@ -263,11 +264,7 @@ pub fn read_to_end(
         if m.offset() >= end {
             continue;
         }
-        let headers = dhanman_plumbing::kafka::headers_of(&m)
-            .0
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-            .collect();
+        let (headers, _) = dhanman_plumbing::kafka::headers_of(&m);
         records.push(StoredRecord {
             partition: m.partition(),
             offset: m.offset(),
@@ -275,7 +272,7 @@ pub fn read_to_end(
                 .timestamp()
                 .to_millis()
                 .and_then(chrono::DateTime::from_timestamp_millis),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: m.key().map(<[u8]>::to_vec),
             value: m.payload().unwrap_or_default().to_vec(),
             headers,
         });

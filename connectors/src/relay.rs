@@ -57,7 +57,7 @@ struct Pending {
     id: i64,
     event_id: Uuid,
     topic: String,
-    key: Option<String>,
+    key: Option<Vec<u8>>,
     value: Vec<u8>,
     headers: OwnedHeaders,
     correlation_id: Option<String>,
@@ -67,13 +67,10 @@ fn kafka_headers(headers: &Json) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     if let Some(map) = headers.as_object() {
         for (k, v) in map {
-            let value = match v {
-                Json::String(s) => s.clone(),
-                other => other.to_string(),
-            };
+            let value = dhanman_plumbing::outbox::header_bytes(v);
             out = out.insert(Header {
                 key: k,
-                value: Some(value.as_bytes()),
+                value: Some(value.as_ref()),
             });
         }
     }
@@ -166,8 +163,8 @@ impl Relay {
     /// out of the queue with a warning rather than read again forever.
     pub async fn publish_batch(&self) -> Result<usize> {
         let rows = sqlx::query(
-            "select q.id, o.event_id, o.topic, o.message_key, o.record_name, o.schema_version,
-                    o.payload, o.raw_value, o.headers
+            "select q.id, o.event_id, o.topic, o.message_key, o.raw_key, o.record_name,
+                    o.schema_version, o.payload, o.raw_value, o.headers
                from unnest(array(select id from outbox_pending order by id limit $1)) q (id)
                left join outbox o on o.id = q.id
               order by q.id",
@@ -232,7 +229,13 @@ impl Relay {
                 self.topic_prefix,
                 row.try_get::<String, _>("topic")?
             ),
-            key: row.try_get("message_key")?,
+            // A dead letter's key as it was read, when its text would not give it back.
+            key: match row.try_get::<Option<Vec<u8>>, _>("raw_key")? {
+                Some(bytes) => Some(bytes),
+                None => row
+                    .try_get::<Option<String>, _>("message_key")?
+                    .map(String::into_bytes),
+            },
             value,
             correlation_id: headers
                 .get("correlation_id")

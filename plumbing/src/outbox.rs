@@ -1,6 +1,10 @@
 //! Writes to the outbox table, inside the caller's transaction: the one table this crate
 //! knows. The relay in `connectors` publishes what is written here.
 
+use std::borrow::Cow;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use dhanman_schemas::events::Record;
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -139,11 +143,45 @@ pub fn postgres_text(bytes: &[u8]) -> String {
     }
 }
 
-/// A record forwarded byte for byte (a dead letter), with its own headers.
+/// The field of a header value kept as base64 ([`header_value`]).
+const BASE64: &str = "base64";
+
+/// A Kafka header's value as an outbox row's `headers` keep it: the text itself when the
+/// bytes are text Postgres can hold (UTF-8 without NUL), else `{"base64": "..."}`. The relay
+/// publishes the same bytes either way ([`header_bytes`]).
+pub fn header_value(bytes: &[u8]) -> Json {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => Json::String(text.to_string()),
+        _ => serde_json::json!({ BASE64: STANDARD.encode(bytes) }),
+    }
+}
+
+/// The bytes an outbox row's header value stands for ([`header_value`]); any other JSON
+/// value, its JSON text.
+pub fn header_bytes(value: &Json) -> Cow<'_, [u8]> {
+    match value {
+        Json::String(text) => Cow::Borrowed(text.as_bytes()),
+        Json::Object(object) if object.len() == 1 => {
+            match object
+                .get(BASE64)
+                .and_then(Json::as_str)
+                .map(|b| STANDARD.decode(b))
+            {
+                Some(Ok(bytes)) => Cow::Owned(bytes),
+                _ => Cow::Owned(value.to_string().into_bytes()),
+            }
+        }
+        other => Cow::Owned(other.to_string().into_bytes()),
+    }
+}
+
+/// A record forwarded byte for byte (a dead letter, a redrive), with its own headers
+/// (values as [`header_value`] writes them).
 pub struct RawRecord<'a> {
     pub id: Uuid,
     pub topic: &'a str,
-    /// Kept as text ([`postgres_text`]).
+    /// Its text ([`postgres_text`]) is the row's `message_key`; bytes that text does not
+    /// give back are kept as they are too (`raw_key`), and published.
     pub key: Option<&'a [u8]>,
     pub value: &'a [u8],
     pub headers: Json,
@@ -153,13 +191,18 @@ pub async fn enqueue_raw(
     conn: &mut PgConnection,
     record: RawRecord<'_>,
 ) -> std::result::Result<(), sqlx::Error> {
+    let text = record.key.map(postgres_text);
+    let raw_key = record
+        .key
+        .filter(|key| text.as_deref().map(str::as_bytes) != Some(*key));
     sqlx::query(
-        "insert into outbox (event_id, topic, message_key, raw_value, headers)
-         values ($1, $2, $3, $4, $5)",
+        "insert into outbox (event_id, topic, message_key, raw_key, raw_value, headers)
+         values ($1, $2, $3, $4, $5, $6)",
     )
     .bind(record.id)
     .bind(record.topic)
-    .bind(record.key.map(postgres_text))
+    .bind(text)
+    .bind(raw_key)
     .bind(record.value)
     .bind(record.headers)
     .execute(conn)
@@ -195,6 +238,28 @@ mod tests {
     fn text_for_postgres_has_no_nul_and_no_invalid_utf8() {
         assert_eq!(postgres_text(b"plain"), "plain");
         assert_eq!(postgres_text(b"a\0b\xffc"), "a\u{FFFD}b\u{FFFD}c");
+    }
+
+    #[test]
+    fn header_values_keep_their_bytes_and_text_stays_readable() {
+        for bytes in [&b""[..], b"plain", b"a\0b", b"\xff\xfe", "ünï".as_bytes()] {
+            let kept = header_value(bytes);
+            // What the row holds is JSON Postgres accepts: no NUL anywhere in its text.
+            assert!(!kept.to_string().contains("\\u0000"), "{kept}");
+            assert_eq!(header_bytes(&kept).as_ref(), bytes, "{kept}");
+        }
+        assert_eq!(header_value(b"plain"), Json::String("plain".into()));
+        assert_eq!(
+            header_value(b"a\0b"),
+            serde_json::json!({ "base64": "YQBi" })
+        );
+        // Values only a hand could write are published as their JSON text.
+        for other in [
+            serde_json::json!(7),
+            serde_json::json!({ "base64": "not base64!" }),
+        ] {
+            assert_eq!(header_bytes(&other).as_ref(), other.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Poison records go to `<topic>.dlq` with headers naming the error and their origin;
 //! the records after them are posted; so are hostile records' (NUL bytes in the key and
 //! headers, a header name that is not UTF-8, written through Kafka's protocol itself),
-//! without stalling the partition or taking the process down; a user event naming a user
+//! without stalling the partition or taking the process down, their dead letters published
+//! with the key and header bytes as read; a user event naming a user
 //! of another organization is refused, and the user left as their organization made them.
 
 use std::time::Duration;
@@ -197,7 +198,9 @@ async fn records_with_nul_bytes_or_a_header_name_not_utf8_are_dead_lettered() {
     };
     let (first, second) = (by_offset("0"), by_offset("1"));
     assert_eq!(first.header("dlq.error.class"), Some("undecodable"));
-    assert_eq!(first.header("note"), Some("a\u{FFFD}b"), "{first:?}");
+    // Published as it was read: the key and the header byte for byte, NUL and all.
+    assert_eq!(first.header_bytes("note"), Some(&b"a\0b"[..]), "{first:?}");
+    assert_eq!(first.key.as_deref(), Some(&b"key\0with a NUL"[..]));
     assert_eq!(first.payload, b"\x01not a Confluent record");
     assert_eq!(second.header("dlq.error.class"), Some("undecodable"));
     let reason = second.header("dlq.error").unwrap_or_default();

@@ -2,12 +2,15 @@
 //! exist yet): `dlq list` counts one per class and filters by class and time; `show`
 //! decodes the orphan with its headers, and names a missing offset; after the organization
 //! is created, a dry-run redrive sends nothing, `--execute` sends it once (the second run
-//! sends none), the ledger posts it once and `list` shows it redriven
+//! sends none) with its key and header bytes as first written (not text), the ledger posts
+//! it once and `list` shows it redriven
 
 use std::time::Duration;
 
 use dhanman_schemas::events::{InvoiceCreated, Record};
 use dhanman_schemas::topics;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -48,11 +51,28 @@ async fn dead_letters_are_listed_shown_and_redriven_once_after_a_fix() {
         );
     }
     let source = setup.topic(topics::INVOICES);
+    let orphan_value = values.pop().unwrap();
     produce_all(
         &producer(),
         values.iter().map(|v| (source.clone(), "k", v.as_slice())),
     )
     .await;
+    // The orphan's key and a header of its own are bytes that are not text.
+    let (orphan_key, orphan_note) = (&b"k\xff\0"[..], &b"\0\xfe"[..]);
+    producer()
+        .send(
+            FutureRecord::to(&source)
+                .key(orphan_key)
+                .payload(&orphan_value)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "note",
+                    value: Some(orphan_note),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     read_topic(&setup.topic(&topics::dlq(topics::INVOICES)), 3).await;
 
     // List: three dead letters, one per class; filters by class and time.
@@ -188,6 +208,9 @@ async fn dead_letters_are_listed_shown_and_redriven_once_after_a_fix() {
         .filter(|r| r.header("dlq.redriven.from").is_some())
         .collect();
     assert_eq!(redriven.len(), 1);
+    // Sent back as it was first written: its key and its header byte for byte.
+    assert_eq!(redriven[0].key.as_deref(), Some(orphan_key));
+    assert_eq!(redriven[0].header_bytes("note"), Some(orphan_note));
     assert_eq!(db.count(&entry).await, 1);
     db.drop_db().await;
 }

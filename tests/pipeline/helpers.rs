@@ -727,11 +727,22 @@ pub async fn produce_all<'a>(
 /// A record read back from a topic.
 #[derive(Debug)]
 pub struct Read {
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// As text (bytes that are not UTF-8 read as U+FFFD).
     pub headers: Vec<(String, String)>,
+    /// As written.
+    pub header_bytes: Vec<(String, Vec<u8>)>,
 }
 
 impl Read {
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.header_bytes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -755,22 +766,22 @@ pub async fn read_topic(topic: &str, n: usize) -> Vec<Read> {
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} records arrived on {topic}", out.len()))
             .expect("consume");
-        let headers = m
+        let header_bytes: Vec<(String, Vec<u8>)> = m
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
                     .collect()
             })
             .unwrap_or_default();
         out.push(Read {
+            key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
-            headers,
+            headers: header_bytes
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            header_bytes,
         });
     }
     out

@@ -4,7 +4,7 @@
 //! processor and the attempts. The same source record always yields the same dead letter.
 
 use chrono::Utc;
-use dhanman_plumbing::outbox::postgres_text;
+use dhanman_plumbing::outbox::{header_value, postgres_text};
 use dhanman_schemas::topics;
 use serde_json::{Value as Json, json};
 use sqlx::PgConnection;
@@ -50,13 +50,15 @@ pub(super) async fn dead_letter(
         reason,
         attempts,
     } = letter;
-    // The record's header values and key as text, the error cut to a size: whatever bytes a
-    // hostile record carries, its dead letter can be written (else the batch would fail
-    // again on every attempt and hold its partition).
+    // The record's key and header values kept byte for byte whatever they hold
+    // ([`header_value`], [`dhanman_plumbing::outbox::enqueue_raw`]), the error as text cut to
+    // a size: whatever bytes a hostile record carries, its dead letter can be written (else
+    // the batch would fail again on every attempt and hold its partition), and it is
+    // published as it was read.
     let mut headers = serde_json::Map::new();
     for (k, v) in &record.headers {
         // A name is text already, and holds no NUL: it was read as a C string.
-        headers.insert(k.clone(), Json::String(postgres_text(v)));
+        headers.insert(k.clone(), header_value(v));
     }
     let context = json!({
         ERROR: postgres_text(cut(reason, MAX_REASON).as_bytes()),
