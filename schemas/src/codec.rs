@@ -2,8 +2,9 @@
 //! `schema_registry_converter`: it talks to the registry (registration, schema by id, its
 //! caches) and decodes with the writer's schema; this module adds what it does not do:
 //! several versions of one record written by one process (its encoder caches one schema per
-//! subject), resolution of every writer version to our newest reader schema, and the JSON
-//! bridge to our Rust types.
+//! subject), resolution of every writer version to our newest reader schema, and the way to
+//! our Rust types: straight from the Avro value when the writer's schema is the reader's
+//! ([`crate::typed`]), through the JSON form when the value is resolved from another.
 
 use std::collections::HashMap;
 use std::error::Error as _;
