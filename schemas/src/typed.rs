@@ -99,6 +99,9 @@ impl<'de> de::Deserializer<'de> for Avro<'de, '_> {
             (Value::Boolean(b), _) => visitor.visit_bool(*b),
             (Value::Int(n), _) => visitor.visit_i64(i64::from(*n)),
             (Value::Long(n), _) | (Value::TimestampMillis(n), _) => visitor.visit_i64(*n),
+            // JSON has no NaN or infinity: the JSON form holds null for them.
+            (Value::Float(n), _) if !n.is_finite() => visitor.visit_unit(),
+            (Value::Double(n), _) if !n.is_finite() => visitor.visit_unit(),
             (Value::Float(n), _) => visitor.visit_f64(f64::from(*n)),
             (Value::Double(n), _) => visitor.visit_f64(*n),
             (Value::String(s), _) => visitor.visit_borrowed_str(s),
@@ -130,15 +133,14 @@ impl<'de> de::Deserializer<'de> for Avro<'de, '_> {
 
     /// As the JSON form: null is none, anything else (a union's other branch) is some.
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        match self.value {
-            Value::Null => visitor.visit_none(),
-            Value::Union(..) => match self.variant()? {
-                Avro {
-                    value: Value::Null, ..
-                } => visitor.visit_none(),
-                inner => visitor.visit_some(inner),
-            },
-            _ => visitor.visit_some(self),
+        let value = match self.value {
+            Value::Union(..) => self.variant()?,
+            _ => self,
+        };
+        if value.reads_as_null() {
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(value)
         }
     }
 
@@ -148,9 +150,9 @@ impl<'de> de::Deserializer<'de> for Avro<'de, '_> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
+        // As the JSON form: a string names a unit variant (an Avro enum has no JSON form).
         match self.value {
             Value::String(s) => visitor.visit_enum(s.as_str().into_deserializer()),
-            Value::Enum(_, s) => visitor.visit_enum(s.as_str().into_deserializer()),
             _ => Err(self.mismatch()),
         }
     }
@@ -163,6 +165,16 @@ impl<'de> de::Deserializer<'de> for Avro<'de, '_> {
 }
 
 impl<'de, 'p> Avro<'de, 'p> {
+    /// Whether the JSON form holds null for this value: null, and the numbers JSON has not.
+    fn reads_as_null(&self) -> bool {
+        match self.value {
+            Value::Null => true,
+            Value::Float(n) => !n.is_finite(),
+            Value::Double(n) => !n.is_finite(),
+            _ => false,
+        }
+    }
+
     /// A union's value as its branch.
     fn variant(self) -> Result<Avro<'de, 'p>, DeError> {
         let (Value::Union(i, inner), Schema::Union(u)) = (self.value, self.schema) else {
@@ -342,5 +354,27 @@ mod tests {
         );
         let value = Value::Record(vec![("n".into(), Value::Int(200))]);
         assert_eq!(super::from_avro::<Small>(&value, &schema).unwrap().n, 200);
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_read_as_its_null() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct Measure {
+            x: Option<f64>,
+        }
+        let schema = apache_avro::Schema::parse_str(
+            r#"{"type": "record", "name": "M", "fields": [{"name": "x", "type": "double"}]}"#,
+        )
+        .unwrap();
+        for (x, read) in [(f64::NAN, None), (f64::INFINITY, None), (1.5, Some(1.5))] {
+            let value = Value::Record(vec![("x".into(), Value::Double(x))]);
+            let through_json: Measure =
+                serde_json::from_value(json::from_avro(&value, &schema, "").unwrap()).unwrap();
+            assert_eq!(through_json, Measure { x: read });
+            assert_eq!(
+                super::from_avro::<Measure>(&value, &schema).unwrap(),
+                through_json
+            );
+        }
     }
 }
