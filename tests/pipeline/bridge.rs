@@ -858,12 +858,14 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
 }
 
 /// A message whose `message_id` is not UTF-8 cannot be read by the AMQP client, which drops
-/// the connection before the bridge sees the message; RabbitMQ hands it back first each
-/// time, so it held the bridge's inbound side for ever. The quorum queue counts its
-/// deliveries and moves it to the dead-letter exchange at the limit; meanwhile the bridge
-/// takes one message at a time, so the messages published around it are applied, each
-/// once, and none of them is dead-lettered with it; after a prefetch's worth of messages
-/// (2 here) applied one at a time it takes the full prefetch again.
+/// the connection before the bridge sees the message; RabbitMQ hands it back (first, or
+/// after the message the new connection was given before the old one's were returned), so
+/// it held the bridge's inbound side for ever. The quorum queue counts its deliveries and
+/// moves it to the dead-letter exchange at the limit; meanwhile the bridge takes one
+/// message at a time, so the messages published around it are applied, each once, and none
+/// of them is dead-lettered with it; once a prefetch's worth of messages (2 here) has been
+/// applied one at a time (the two published after the dead letter, if not before) it takes
+/// the full prefetch again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied() {
     let _one = RABBITMQ.lock().await;
@@ -926,17 +928,37 @@ async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied(
         10
     );
     assert!(metric(port, "dhanman_rabbitmq_unreadable_deliveries_total").await >= 1.0);
-    let log = bridge.log_text();
-    let careful = log
-        .find("prefetch=1")
-        .expect("a session one message at a time");
-    assert!(
-        log.rfind("prefetch=2").is_some_and(|full| full > careful),
-        "no full prefetch after the careful session: {log}"
-    );
+    // A prefetch's worth more, with nothing unreadable left to drop the connection.
+    let after: Vec<Value> = (10..12).map(|n| invoice(n, Uuid::new_v4())).collect();
+    assert_eq!(publish(&after).await, 2);
+    db.wait_count(
+        "the two messages after the dead letter applied",
+        &format!("select count(*) from invoices where organization_id = '{org}'"),
+        12,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The full prefetch's session starts once the careful one has closed its channel.
+    eventually(
+        "a session with the full prefetch after the careful one",
+        Duration::from_secs(30),
+        || {
+            let log = bridge.log_text();
+            async move {
+                let careful = log
+                    .find("prefetch=1")
+                    .expect("a session one message at a time");
+                log.rfind("prefetch=2")
+                    .is_some_and(|full| full > careful)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     assert!(
         matches!(bridge.child.try_wait(), Ok(None)),
-        "the bridge exited: {log}"
+        "the bridge exited: {}",
+        bridge.log_text()
     );
     bridge.stop().await;
     db.drop_db().await;
