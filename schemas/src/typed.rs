@@ -94,14 +94,13 @@ impl<'de> de::Deserializer<'de> for Avro<'de, '_> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        if self.reads_as_null() {
+            return visitor.visit_unit();
+        }
         match (self.value, self.schema) {
-            (Value::Null, _) => visitor.visit_unit(),
             (Value::Boolean(b), _) => visitor.visit_bool(*b),
             (Value::Int(n), _) => visitor.visit_i64(i64::from(*n)),
             (Value::Long(n), _) | (Value::TimestampMillis(n), _) => visitor.visit_i64(*n),
-            // JSON has no NaN or infinity: the JSON form holds null for them.
-            (Value::Float(n), _) if !n.is_finite() => visitor.visit_unit(),
-            (Value::Double(n), _) if !n.is_finite() => visitor.visit_unit(),
             (Value::Float(n), _) => visitor.visit_f64(f64::from(*n)),
             (Value::Double(n), _) => visitor.visit_f64(*n),
             (Value::String(s), _) => visitor.visit_borrowed_str(s),
@@ -165,7 +164,8 @@ impl<'de> de::Deserializer<'de> for Avro<'de, '_> {
 }
 
 impl<'de, 'p> Avro<'de, 'p> {
-    /// Whether the JSON form holds null for this value: null, and the numbers JSON has not.
+    /// Whether the JSON form holds null for this value: null, and the numbers JSON has not
+    /// (NaN, the infinities).
     fn reads_as_null(&self) -> bool {
         match self.value {
             Value::Null => true,
