@@ -4,11 +4,12 @@
 //! outbox with a `dlq_redrives` row in the same transaction, so each dead letter is
 //! redriven once however often the command runs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use dhanman_schemas::topics::dlq_headers;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value as Json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -25,23 +26,54 @@ pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
     pub timestamp: Option<DateTime<Utc>>,
-    /// The key and the headers as text to read (bytes that are not UTF-8 shown as U+FFFD);
-    /// a redrive sends the bytes as written (`raw_key`, `raw_headers`).
-    pub key: Option<String>,
-    #[serde(skip)]
-    pub raw_key: Option<Vec<u8>>,
+    /// The key and the headers as written: a redrive sends them back so; shown as text
+    /// (bytes that are not UTF-8 as U+FFFD).
+    #[serde(serialize_with = "key_as_text")]
+    pub key: Option<Vec<u8>>,
     #[serde(skip)]
     pub value: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-    #[serde(skip)]
-    pub raw_headers: Vec<(String, Vec<u8>)>,
+    #[serde(serialize_with = "headers_as_text")]
+    pub headers: Vec<(String, Vec<u8>)>,
     /// When it was redriven, if it was.
     pub redriven_at: Option<DateTime<Utc>>,
 }
 
+/// A key as text to read.
+pub fn key_text(key: Option<&[u8]>) -> Option<Cow<'_, str>> {
+    key.map(String::from_utf8_lossy)
+}
+
+/// Headers as text to read, by name (the last of a name repeated).
+pub fn headers_text(headers: &[(String, Vec<u8>)]) -> BTreeMap<&str, Cow<'_, str>> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v)))
+        .collect()
+}
+
+fn key_as_text<S: Serializer>(
+    key: &Option<Vec<u8>>,
+    to: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    key_text(key.as_deref()).serialize(to)
+}
+
+fn headers_as_text<S: Serializer>(
+    headers: &[(String, Vec<u8>)],
+    to: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    headers_text(headers).serialize(to)
+}
+
 impl DeadLetter {
+    /// A header's value when it is text, as the `dlq.*` headers are (the last of a name
+    /// repeated).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     pub fn class(&self) -> &str {
@@ -110,18 +142,9 @@ fn read_blocking(bootstrap: &str, topic: &str) -> Result<Vec<DeadLetter>> {
             partition: r.partition,
             offset: r.offset,
             timestamp: r.timestamp,
-            key: r
-                .key
-                .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            raw_key: r.key,
+            key: r.key,
             value: r.value,
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                .collect(),
-            raw_headers: r.headers,
+            headers: r.headers,
             redriven_at: None,
         })
         .collect())
@@ -174,7 +197,7 @@ pub async fn redrive(pool: &PgPool, topic_prefix: &str, letters: &[&DeadLetter])
         // The original headers go back, byte for byte; the DLQ's own are replaced by where
         // it came from.
         let mut headers: Map<String, Json> = letter
-            .raw_headers
+            .headers
             .iter()
             .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX))
             .map(|(k, v)| (k.clone(), outbox::header_value(v)))
@@ -191,7 +214,7 @@ pub async fn redrive(pool: &PgPool, topic_prefix: &str, letters: &[&DeadLetter])
             outbox::RawRecord {
                 id,
                 topic: source.strip_prefix(topic_prefix).unwrap_or(source),
-                key: letter.raw_key.as_deref(),
+                key: letter.key.as_deref(),
                 value: &letter.value,
                 headers: Json::Object(headers),
             },

@@ -216,7 +216,8 @@ async fn show(a: ShowArgs) -> anyhow::Result<()> {
     };
     let shown = json!({
         "dlq_topic": letter.dlq_topic, "partition": letter.partition, "offset": letter.offset,
-        "timestamp": letter.timestamp, "key": letter.key, "headers": letter.headers,
+        "timestamp": letter.timestamp, "key": dlq::key_text(letter.key.as_deref()),
+        "headers": dlq::headers_text(&letter.headers),
         "redriven_at": letter.redriven_at, "record": record,
     });
     println!("{}", serde_json::to_string_pretty(&shown)?);
