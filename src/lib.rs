@@ -183,6 +183,10 @@ pub async fn run_monthly_schedule(
 /// API, relay, every processor and the job schedule in one process, until `stop` or until
 /// a part stops on its own (an error). Either way the other parts are asked to stop and
 /// given [`STOP_TIMEOUT`] to finish what they hold.
+///
+/// The API answers on `pool`; the rest shares a second pool of the same size and settings
+/// ([`dhanman_plumbing::postgres::twin`]), so that a backlog keeping every processor's lanes in transactions
+/// cannot make a request wait for a connection.
 pub async fn run_all(
     config: &Config,
     listener: tokio::net::TcpListener,
@@ -194,6 +198,7 @@ pub async fn run_all(
     dhanman_api::prometheus::install();
     let stopper = Stopper::default();
     let mut parts = tokio::task::JoinSet::new();
+    let (api_pool, pool) = (pool.clone(), dhanman_plumbing::postgres::twin(&pool));
     if let Some(schedule) = config.monthly_schedule()? {
         let (pool, due_days, mut stop) = (pool.clone(), config.monthly_due_days, stopper.signal());
         // A run of the job is claims and transactions: stopping anywhere is safe.
@@ -205,8 +210,8 @@ pub async fn run_all(
         });
     }
     {
-        let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());
-        parts.spawn(async move { run_api(&config, listener, pool, stop).await });
+        let (config, stop) = (config.clone(), stopper.signal());
+        parts.spawn(async move { run_api(&config, listener, api_pool, stop).await });
     }
     {
         let (config, pool, stop) = (config.clone(), pool.clone(), stopper.signal());

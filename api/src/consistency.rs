@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use dhanman_processors::applied::{applied_among, has_applied};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use uuid::Uuid;
 
@@ -79,7 +78,7 @@ impl Applied {
     async fn hear(&self, pool: &PgPool) {
         loop {
             let listening = async {
-                let mut listener = PgListener::connect_with(pool).await?;
+                let mut listener = dhanman_plumbing::postgres::listener(pool).await?;
                 listener.listen(CHANNEL).await?;
                 self.shared.listening.store(true, Ordering::Relaxed);
                 loop {

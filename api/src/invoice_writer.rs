@@ -18,7 +18,6 @@ use dhanman_producers::invoice_group::{self, Grouped};
 use dhanman_producers::sales::{CreatedInvoice, PreparedInvoice};
 use dhanman_producers::{Error, Result};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -52,10 +51,8 @@ impl InvoiceWriter {
     pub fn start(pool: &PgPool, writers: usize) -> Self {
         let writers = writers.max(1);
         let options = invoice_group::session((*pool.connect_options()).clone());
-        let pool = PgPoolOptions::new()
-            .max_connections(u32::try_from(writers).unwrap_or(u32::MAX))
-            .acquire_timeout(pool.options().get_acquire_timeout())
-            .connect_lazy_with(options);
+        let size = u32::try_from(writers).unwrap_or(u32::MAX);
+        let pool = dhanman_plumbing::postgres::pool_beside(pool, size, options);
         let (jobs, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..writers {

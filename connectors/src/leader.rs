@@ -1,11 +1,12 @@
 //! One process of a deployment at a time: leadership through a session-level Postgres
 //! advisory lock, held as long as its connection lives and released when that connection
 //! closes or dies. The relay leads publishing with it; the API processes lead sampling.
+//! A lock taken leaves the pool with its session (the pool may open another in its place),
+//! so that leading costs the process none of the connections it works with.
 
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::Result;
 
@@ -15,10 +16,10 @@ pub const RELAY_LOCK: i64 = 0x6468_6d6e_7265_6c61; // "dhmnrela"
 /// samples: one API process records them, so they do not repeat per process.
 pub const SAMPLER_LOCK: i64 = 0x6468_6d6e_7361_6d70; // "dhmnsamp"
 
-/// A held lock; dropping it without [`Leadership::release`] returns its connection to the
-/// pool, which keeps the lock, so release it.
+/// A held lock, on a session of its own: dropping it closes the session, and the lock
+/// goes with it.
 pub struct Leadership {
-    conn: PoolConnection<Postgres>,
+    conn: PgConnection,
 }
 
 impl Leadership {
@@ -29,7 +30,9 @@ impl Leadership {
             .bind(key)
             .fetch_one(&mut *conn)
             .await?;
-        Ok(got.then_some(Leadership { conn }))
+        Ok(got.then(|| Leadership {
+            conn: conn.detach(),
+        }))
     }
 
     /// Waits until lock `key` is this process's, asking every `poll`.
@@ -45,7 +48,7 @@ impl Leadership {
     /// Whether the lock is still held: an error means its connection is gone, and the
     /// lock with it (another process may hold it now).
     pub async fn check(&mut self) -> Result<()> {
-        sqlx::query("select 1").execute(&mut *self.conn).await?;
+        sqlx::query("select 1").execute(&mut self.conn).await?;
         Ok(())
     }
 

@@ -1,13 +1,15 @@
 //! Plumbing shared by the command side (`producers`, `payments`, the API) and the consumer
 //! side (`processors`, the relay and the other `connectors`): the outbox writer
-//! ([`outbox`]), the W3C trace context that travels with the work ([`trace`]), and the
-//! Kafka client configuration every part of the pipeline starts from ([`kafka`]).
+//! ([`outbox`]), the W3C trace context that travels with the work ([`trace`]), the Kafka
+//! client configuration every part of the pipeline starts from ([`kafka`]), and Postgres
+//! sessions kept beside a process's pool ([`postgres`]).
 //!
 //! It knows no command, processor, route or table other than the outbox, and depends on
 //! none of `producers`, `processors`, `connectors` or `api`: they depend on it.
 
 pub mod kafka;
 pub mod outbox;
+pub mod postgres;
 pub mod trace;
 
 /// Failures of an outbox write.

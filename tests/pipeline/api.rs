@@ -1,6 +1,9 @@
 //! Bad input: every refusal is a 4xx with a JSON body naming the field, and nothing is
-//! written (a body too large is refused with `Connection: close`, its rest never read). The
+//! written (a body too large is refused with `Connection: close`, its rest never read). A
+//! request that finds no database connection in time is a 503 to retry, not a 500. The
 //! API runs in-process, served on a real socket.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -218,6 +221,51 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
     assert_eq!(
         db.count("select count(*) from outbox").await,
         created_users + 2
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_finds_no_connection_in_time_is_a_503_to_retry() {
+    let db = TestDb::new().await;
+    let key = org(&db, "Busy Society").await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let base = serve_state(dhanman_api::AppState::new(
+        pool.clone(),
+        Duration::from_millis(300),
+    ))
+    .await;
+    let api = Api::new(&base, &key);
+    let customer = api.customer("Meera").await;
+
+    // The pool's one connection held: neither the balance nor the key (when not cached) can
+    // be read in time.
+    let held = pool.acquire().await.unwrap();
+    let busy = api.get(&format!("/v1/customers/{customer}/balance")).await;
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert_eq!(busy.body["error"], "busy", "{}", busy.body);
+    assert_eq!(busy.headers["retry-after"], "1");
+    let refused = api
+        .post(
+            "/v1/customers",
+            json!({"name": "Kiran", "email": "k@example.org"}),
+        )
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+
+    drop(held);
+    let answered = api.get(&format!("/v1/customers/{customer}/balance")).await;
+    assert_eq!(answered.status, 200, "{}", answered.body);
+    assert_eq!(
+        db.count("select count(*) from customers where name = 'Kiran'")
+            .await,
+        0,
+        "the refused command wrote nothing"
     );
     db.drop_db().await;
 }

@@ -1,11 +1,13 @@
 //! Postgres briefly unavailable under a running processor: nothing dead-lettered,
-//! nothing lost once it returns.
+//! nothing lost once it returns. A ledger stuck inside its transaction under `dhanman up`
+//! holds none of the connections the API answers on.
 
 use std::time::Duration;
 
 use dhanman_schemas::events::Record;
 use dhanman_schemas::topics;
 use rust_decimal::Decimal;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -92,5 +94,71 @@ async fn a_database_outage_delays_but_loses_and_dead_letters_nothing() {
     );
     assert!(!processor.log_text().contains("dead-lettering"));
     drop((processor, api));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_stuck_in_its_transaction_leaves_the_api_its_connections() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    // One connection per pool: before the API had a pool of its own, the ledger's
+    // transaction held the only one and every request waited for it.
+    let up = setup.spawn_with_env(&["up"], &[("DHANMAN_DB_POOL", "1")]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Stuck Ledger Society").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let asha = api.customer("Asha").await;
+
+    // Inserts into the journal wait on the test's lock; reads go on.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("lock table journal_entries in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let invoice = api
+        .post(
+            "/v1/invoices",
+            json!({"customer_id": asha, "amount": "1500.50", "due_date": "2026-12-10"}),
+        )
+        .await;
+    assert_eq!(invoice.status, 201, "{}", invoice.body);
+    let waiting = "select count(*) from pg_locks
+                    where not granted and relation = 'journal_entries'::regclass";
+    db.wait_count(
+        "the ledger to wait for the journal inside its transaction",
+        waiting,
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // A read and a write through the API's pool, while the ledger still waits.
+    let balance = api.get(&format!("/v1/customers/{asha}/balance")).await;
+    assert_eq!(balance.status, 200, "{}", balance.body);
+    assert_eq!(balance.body["balances"], json!([]), "nothing posted yet");
+    let ravi = api
+        .post(
+            "/v1/customers",
+            json!({"name": "Ravi", "email": "ravi@example.org"}),
+        )
+        .await;
+    assert_eq!(ravi.status, 201, "{}", ravi.body);
+    assert!(
+        db.count(waiting).await >= 1,
+        "the ledger must have waited while the API answered"
+    );
+
+    lock.rollback().await.unwrap();
+    let posted = eventually(
+        "the invoice to be posted once the journal is free",
+        Duration::from_secs(60),
+        || async {
+            let r = api.get(&format!("/v1/customers/{asha}/balance")).await;
+            (r.body["balances"][0]["invoiced"] == "1500.50").then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(posted.body["balances"][0]["balance"], "1500.50");
+    drop(up);
     db.drop_db().await;
 }

@@ -228,7 +228,9 @@ impl Sender {
     }
 
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        let mut listener = dhanman_plumbing::postgres::listener(&self.pool)
+            .await
+            .ok()?;
         listener.listen(super::CHANNEL).await.ok()?;
         Some(listener)
     }

@@ -1,0 +1,30 @@
+//! Sessions beside a pool: on the same database, waited for as long, but not counted among
+//! its connections. A part that holds a session for its whole life (a `LISTEN`, a writer's
+//! prepared statement) or must not wait behind another part's work takes them here, so
+//! that `DHANMAN_DB_POOL` stays the connections a process works with.
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+
+/// A pool of `size` sessions (at least one) on `pool`'s database, each opened with
+/// `options` when first needed and waited for as long as `pool`'s.
+pub fn pool_beside(pool: &PgPool, size: u32, options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(size.max(1))
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with(options)
+}
+
+/// A pool as large as `pool`, its sessions opened as `pool`'s are.
+pub fn twin(pool: &PgPool) -> PgPool {
+    let options = (*pool.connect_options()).clone();
+    pool_beside(pool, pool.options().get_max_connections(), options)
+}
+
+/// A listener on `pool`'s database on a session of its own (kept, and opened again after a
+/// failure, for as long as the listener lives): taken from `pool`, it would leave the pool
+/// one connection short for good, and a pool of one with none.
+pub async fn listener(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let own = pool_beside(pool, 1, (*pool.connect_options()).clone());
+    PgListener::connect_with(&own).await
+}
