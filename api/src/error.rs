@@ -22,8 +22,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     NotYetConsistent(String),
-    /// Too much waiting already (the consistency waiters), or no database connection
-    /// within the pool's wait: retry shortly (503, `Retry-After: 1`).
+    /// Too much waiting already (the consistency waiters), or a transient database failure
+    /// ([`dhanman_plumbing::postgres::is_transient`]): retry shortly (503, `Retry-After: 1`).
     #[error("{0}")]
     Busy(String),
     /// The key spent its request rate (see [`crate::rate_limit`]): retry after the given
@@ -65,11 +65,12 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 ApiError::Conflict("the resource already exists".into())
             }
-            // The database out of reach, not the request at fault: a retry with the same
-            // idempotency key cannot do a command twice.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %e, "no database connection for a request");
-                ApiError::Busy("the database is not answering in time; retry shortly".into())
+            // The database's moment, not the request's fault (no connection in time, a
+            // deadlock, a serialization failure, ...): the transaction was rolled back, and a
+            // retry with the same idempotency key cannot do a command twice.
+            _ if dhanman_plumbing::postgres::is_transient(&e) => {
+                tracing::warn!(error = %e, "a request met a transient database failure");
+                ApiError::Busy("the database could not take the request now; retry shortly".into())
             }
             _ => ApiError::internal(format!("database: {e}")),
         }

@@ -28,3 +28,23 @@ pub async fn listener(pool: &PgPool) -> sqlx::Result<PgListener> {
     let own = pool_beside(pool, 1, (*pool.connect_options()).clone());
     PgListener::connect_with(&own).await
 }
+
+/// Whether `e` is the database's state of the moment rather than the statement's fault, so
+/// that the same transaction may succeed later: a connection lost or not had in time, and
+/// the SQLSTATE classes of connection errors (08), serialization failures and deadlocks
+/// (40), resources short (53), an operator's intervention (57) and system errors (58).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref().and_then(|c| c.get(..2)),
+            Some("08" | "40" | "53" | "57" | "58")
+        ),
+        _ => false,
+    }
+}

@@ -1,6 +1,7 @@
 //! Bad input: every refusal is a 4xx with a JSON body naming the field, and nothing is
 //! written (a body too large is refused with `Connection: close`, its rest never read). A
-//! request that finds no database connection in time is a 503 to retry, not a 500. The
+//! request that finds no database connection in time, or meets a deadlock or a
+//! serialization failure, is a 503 to retry and writes nothing, not a 500. The
 //! API runs in-process, served on a real socket.
 
 use std::time::Duration;
@@ -226,7 +227,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_finds_no_connection_in_time_is_a_503_to_retry() {
+async fn a_request_that_meets_a_transient_database_failure_is_a_503_to_retry() {
     let db = TestDb::new().await;
     let key = org(&db, "Busy Society").await;
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -261,11 +262,50 @@ async fn a_request_that_finds_no_connection_in_time_is_a_503_to_retry() {
     drop(held);
     let answered = api.get(&format!("/v1/customers/{customer}/balance")).await;
     assert_eq!(answered.status, 200, "{}", answered.body);
+
+    // A deadlock or a serialization failure, as Postgres reports them, is the database's
+    // moment too: 503, the transaction rolled back.
+    sqlx::raw_sql(
+        "create function fail_transiently() returns trigger language plpgsql as $$
+         begin
+           if new.name = 'Deadlock' then
+             raise exception 'deadlock detected' using errcode = '40P01';
+           elsif new.name = 'Serialization' then
+             raise exception 'could not serialize access' using errcode = '40001';
+           end if;
+           return new;
+         end $$;
+         create trigger fail_transiently before insert on customers
+           for each row execute function fail_transiently();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for name in ["Deadlock", "Serialization"] {
+        let failed = api
+            .post(
+                "/v1/customers",
+                json!({"name": name, "email": "d@example.org"}),
+            )
+            .await;
+        assert_eq!(failed.status, 503, "{name}: {}", failed.body);
+        assert_eq!(failed.body["error"], "busy", "{}", failed.body);
+        assert_eq!(failed.headers["retry-after"], "1");
+    }
+    let after = api
+        .post(
+            "/v1/customers",
+            json!({"name": "Kiran", "email": "k@example.org"}),
+        )
+        .await;
+    assert_eq!(after.status, 201, "{}", after.body);
     assert_eq!(
-        db.count("select count(*) from customers where name = 'Kiran'")
-            .await,
-        0,
-        "the refused command wrote nothing"
+        db.count(
+            "select count(*) from customers where name in ('Kiran', 'Deadlock', 'Serialization')"
+        )
+        .await,
+        1,
+        "the refused commands wrote nothing"
     );
     db.drop_db().await;
 }

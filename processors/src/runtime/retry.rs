@@ -75,22 +75,13 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// The one place that decides whether a database failure is worth retrying.
+/// How the runtime takes a database failure: retried when it is transient
+/// ([`dhanman_plumbing::postgres::is_transient`], as the API answers 503), else poison.
 pub fn classify_db(e: &sqlx::Error) -> Class {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => Class::Transient,
-        sqlx::Error::Database(db) => match db.code().as_deref().map(|c| &c[..2]) {
-            // connection, serialization/deadlock, resources, operator intervention,
-            // system errors: the same transaction may succeed later.
-            Some("08" | "40" | "53" | "57" | "58") => Class::Transient,
-            _ => Class::Poison,
-        },
-        _ => Class::Poison,
+    if dhanman_plumbing::postgres::is_transient(e) {
+        Class::Transient
+    } else {
+        Class::Poison
     }
 }
 
