@@ -8,7 +8,8 @@
 //! once every lane has committed. On assignment it seeks to the stored offsets. After the
 //! commit it commits the same offsets to Kafka, only so that lag tools see progress.
 //!
-//! Failures are classified in one place ([`classify_db`] after [`dhanman_plumbing::postgres::is_transient`], [`dhanman_schemas::Error::is_transient`]):
+//! Failures are classified in one place ([`classify_db`], after
+//! [`dhanman_plumbing::postgres::is_transient`]; [`dhanman_schemas::Error::is_transient`]):
 //! transient ones (database or registry down) retry the whole batch with backoff and never
 //! advance; poison records (undecodable, invalid, refused by a constraint) go to
 //! `<topic>.dlq` through the outbox with headers naming the error and their origin, and
