@@ -185,8 +185,8 @@ pub async fn run_monthly_schedule(
 /// given [`STOP_TIMEOUT`] to finish what they hold.
 ///
 /// The API answers on `pool`; the rest shares a second pool of the same size and settings
-/// ([`dhanman_plumbing::postgres::twin`]), so that a backlog keeping every processor's lanes in transactions
-/// cannot make a request wait for a connection.
+/// ([`dhanman_plumbing::postgres::twin`]), so that a backlog keeping every processor's lanes
+/// in transactions cannot make a request wait for a connection.
 pub async fn run_all(
     config: &Config,
     listener: tokio::net::TcpListener,
