@@ -40,6 +40,11 @@ pub struct PartitionLag {
     pub partition: i32,
     /// Next offset the group will read; the log start when it has read nothing yet.
     pub committed: i64,
+    /// The group's stored offset where it lies outside the log (below its start, or past
+    /// its end: a topic recreated, a broker wiped), which `committed` reads as where the
+    /// group's consumer goes next; absent inside the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_outside_log: Option<i64>,
     pub log_end: i64,
     pub lag: i64,
     /// Age of the oldest unconsumed record, 0 when there is none.
@@ -420,6 +425,7 @@ struct SampleRow {
     consumer_id: Option<String>,
     client_id: Option<String>,
     host: Option<String>,
+    stored_outside_log: Option<i64>,
 }
 
 /// The newest sample of every group (or one), as the sampler of a running API recorded
@@ -428,7 +434,8 @@ pub async fn latest(pool: &PgPool, group: Option<&str>, rules: &Rules) -> Result
     let since = Utc::now() - chrono::Duration::from_std(TREND_WINDOW).unwrap_or_default();
     let rows: Vec<SampleRow> = sqlx::query_as(
         "select s.sampled_at, s.group_id, s.topic, s.partition, s.committed, s.log_end,
-                s.lag_seconds, s.offsets_in, s.state, s.consumer_id, s.client_id, s.host
+                s.lag_seconds, s.offsets_in, s.state, s.consumer_id, s.client_id, s.host,
+                s.stored_outside_log
            from lag_samples s
            join (select group_id, max(sampled_at) as at from lag_samples
                   where sampled_at >= $2 and ($1::text is null or group_id = $1)
@@ -484,6 +491,7 @@ pub async fn latest(pool: &PgPool, group: Option<&str>, rules: &Rules) -> Result
             topic: r.topic,
             partition: r.partition,
             committed: r.committed,
+            stored_outside_log: r.stored_outside_log,
             log_end: r.log_end,
             lag_seconds: r.lag_seconds,
             consumer_id: r.consumer_id,
@@ -536,17 +544,20 @@ fn look_at(
         let count = partition_count(consumer, &topic, timeout)?;
         for partition in 0..count.max(known.keys().max().map_or(0, |p| p + 1)) {
             let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
-            let committed = match known.get(&partition).copied().flatten() {
+            let stored = known.get(&partition).copied().flatten();
+            let committed = match stored {
                 Some(next) if next > high && from_start.contains(&group) => low,
                 Some(next) => next.clamp(low, high.max(low)),
                 None => low,
             };
+            let stored_outside_log = stored.filter(|&next| next < low || next > high);
             let lag = (high - committed).max(0);
             out.push(PartitionLag {
                 group: group.clone(),
                 topic: topic.clone(),
                 partition,
                 committed,
+                stored_outside_log,
                 log_end: high,
                 lag,
                 lag_seconds: 0.0,
@@ -605,8 +616,9 @@ async fn record(
         sqlx::query(
             "insert into lag_samples
                  (sampled_at, group_id, topic, partition, committed, log_end, lag_seconds,
-                  offsets_in, state, consumer_id, client_id, host)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) on conflict do nothing",
+                  offsets_in, state, consumer_id, client_id, host, stored_outside_log)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             on conflict do nothing",
         )
         .bind(at)
         .bind(&p.group)
@@ -620,6 +632,7 @@ async fn record(
         .bind(p.consumer_id.as_deref())
         .bind(p.client_id.as_deref())
         .bind(p.host.as_deref())
+        .bind(p.stored_outside_log)
         .execute(&mut *tx)
         .await?;
     }

@@ -130,6 +130,19 @@ pub fn table(report: &LagReport) -> String {
         }
     }
     out.push('\n');
+    for p in report.groups.iter().flat_map(|g| &g.partitions) {
+        if let Some(stored) = p.stored_outside_log {
+            let (side, edge) = if stored > p.log_end {
+                ("past the log's end", p.log_end)
+            } else {
+                ("below the log's start", p.committed)
+            };
+            out.push_str(&format!(
+                "{} {}[{}]: stored offset {stored} is {side} ({edge}); counted from {}\n",
+                p.group, p.topic, p.partition, p.committed
+            ));
+        }
+    }
     for g in &report.groups {
         out.push_str(&summary(g));
         out.push('\n');

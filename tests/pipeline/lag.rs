@@ -6,7 +6,8 @@
 //! the second), the second says it waits, and it takes over once the first is killed;
 //! `kafka-consumer-groups --describe` and `dhanman lag --json` agree, partition by
 //! partition, on committed offset, log end, lag and the member holding it, for the ledger's
-//! group and for a group that is not ours (its offsets from Kafka); with a window of three
+//! group and for a group that is not ours (its offsets from Kafka), whose offset stored past
+//! the log's end is counted from the end and shown as stored; with a window of three
 //! samples, the ledger's group and another client's (a consumer in the test under a name
 //! without the topic prefix) are both judged OK on a full window, then the ledger stopped
 //! is STOP (group ERR, coordinator state `Empty`) while the other keeps up and stays OK and
@@ -352,6 +353,45 @@ async fn lag_agrees_with_kafka_consumer_groups_for_our_group_and_a_foreign_one()
         .map(|p| p["committed"].as_i64().unwrap())
         .sum();
     assert_eq!(committed, 5, "{g}");
+
+    // An offset stored past the log's end (a topic recreated under the group): counted from
+    // the end, where the group's consumer goes, and shown as stored rather than hidden.
+    let first = &g["partitions"][0];
+    let (partition, log_end) = (
+        i32::try_from(first["partition"].as_i64().unwrap()).unwrap(),
+        first["log_end"].as_i64().unwrap(),
+    );
+    let mut past = rdkafka::TopicPartitionList::new();
+    past.add_partition_offset(&invoices, partition, rdkafka::Offset::Offset(log_end + 100))
+        .unwrap();
+    reader
+        .commit(&past, CommitMode::Sync)
+        .expect("commit an offset past the end");
+    let g = lag_cli(&setup, &foreign).await;
+    let shown = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["partition"] == partition)
+        .cloned()
+        .unwrap();
+    assert_eq!(shown["stored_outside_log"], log_end + 100, "{shown}");
+    assert_eq!(shown["committed"], log_end, "{shown}");
+    assert_eq!(shown["lag"], 0, "{shown}");
+    let inside = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p.get("stored_outside_log").is_some())
+        .count();
+    assert_eq!(inside, 1, "only that partition is outside its log: {g}");
+    let run = dhanman(&setup, &["lag", "--group", &foreign]).await;
+    assert!(run.ok, "{}", run.stderr);
+    let note = format!(
+        "{foreign} {invoices}[{partition}]: stored offset {} is past the log's end ({log_end})",
+        log_end + 100
+    );
+    assert!(run.stdout.contains(&note), "{}", run.stdout);
     drop(reader);
     db.drop_db().await;
 }

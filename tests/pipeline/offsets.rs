@@ -3,7 +3,7 @@
 //! offset past the log's end (a recreated topic, a broker that lost records) starts the
 //! partition from the log's start and is brought back within the log, so that no later
 //! assignment skips the records below it; before that, `dhanman lag` counts such a
-//! partition's whole log as lag, not 0.
+//! partition's whole log as lag, not 0, and shows the offset as stored.
 
 use std::time::Duration;
 
@@ -145,6 +145,7 @@ async fn a_stored_offset_past_the_log_end_reads_from_the_start_and_comes_back() 
         (&0.into(), &end.into(), &end.into()),
         "{lagging}"
     );
+    assert_eq!(lagging["stored_outside_log"], 1000, "{lagging}");
 
     let processor = setup.spawn(&["process", "ledger"]);
     db.wait_count(

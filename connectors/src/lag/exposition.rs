@@ -186,6 +186,7 @@ mod tests {
                 topic: "t".into(),
                 partition: i as i32,
                 committed: 5,
+                stored_outside_log: None,
                 log_end: 8,
                 lag: 3,
                 lag_seconds: 1.5,
