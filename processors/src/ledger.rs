@@ -23,6 +23,7 @@
 pub mod accounts;
 pub mod correct;
 pub mod read;
+mod voids;
 
 use std::collections::BTreeMap;
 
@@ -268,6 +269,7 @@ impl Processor for Ledger {
             .iter()
             .filter_map(|e| entry_under(&self.accounts, e))
             .collect();
+        voids::check(conn, &entries).await?;
         let posted = post(conn, &entries).await?;
         for entry in &posted {
             tracing::info!(

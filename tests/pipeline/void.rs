@@ -1,7 +1,15 @@
 //! Voiding invoices over real sockets against `dhanman up`: the void reverses the
 //! invoice's posting, a paid, partly paid, already void or foreign invoice is refused
 //! with nothing written, and a void and a payment racing for one invoice never both win.
+//! On the topic itself, a void the ledger cannot match to one posted invoice in full (none
+//! posted, another customer, currency or amount, voided before by another event) is
+//! dead-lettered with the reason, and the books keep the invoice's receivable.
 
+use std::time::Duration;
+
+use dhanman_schemas::events::{Envelope, InvoiceVoided};
+use dhanman_schemas::topics;
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -352,5 +360,134 @@ async fn a_void_and_a_payment_racing_for_one_invoice_never_both_succeed() {
     }
 
     drop(up);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_that_reverses_no_posted_invoice_in_full_is_dead_lettered_by_the_ledger() {
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let api_proc = setup.spawn(&["api"]);
+    setup.wait_ready(&api_proc).await;
+    let _relay = setup.spawn(&["relay"]);
+    let _ledger = setup.spawn(&["process", "ledger"]);
+    let (org, _) = create_org(&setup, "Void Check Society").await;
+    let codec = setup.codec();
+    let (asha, ravi) = (Uuid::now_v7(), Uuid::now_v7());
+    let invoice = invoice_created(org, asha, "VC-1", "100.00");
+    let later = invoice_created(org, asha, "VC-2", "30.00");
+    let void = |invoice_id, customer_id, amount: &str, currency: &str| InvoiceVoided {
+        envelope: Envelope::new(org, "void-check", None),
+        invoice_id,
+        customer_id,
+        amount: amount.parse().unwrap(),
+        currency: currency.into(),
+        reason: "test".into(),
+    };
+    let good = void(invoice.invoice_id, asha, "100.00", "INR");
+    let records: Vec<(&str, Vec<u8>)> = vec![
+        ("", codec.encode(&invoice).await.unwrap()),
+        (
+            "has no posted entry to void",
+            codec
+                .encode(&void(Uuid::now_v7(), asha, "100.00", "INR"))
+                .await
+                .unwrap(),
+        ),
+        (
+            "customer_id: the void",
+            codec
+                .encode(&void(invoice.invoice_id, ravi, "100.00", "INR"))
+                .await
+                .unwrap(),
+        ),
+        (
+            "amount: the void",
+            codec
+                .encode(&void(invoice.invoice_id, asha, "50.00", "INR"))
+                .await
+                .unwrap(),
+        ),
+        (
+            "currency: the void",
+            codec
+                .encode(&void(invoice.invoice_id, asha, "100.00", "USD"))
+                .await
+                .unwrap(),
+        ),
+        ("", codec.encode(&good).await.unwrap()),
+        (
+            "was voided before",
+            codec
+                .encode(&void(invoice.invoice_id, asha, "100.00", "INR"))
+                .await
+                .unwrap(),
+        ),
+        // The good void again, as a redelivery: applied once.
+        ("", codec.encode(&good).await.unwrap()),
+        ("", codec.encode(&later).await.unwrap()),
+    ];
+    // One key: one partition, in this order.
+    let topic = setup.topic(topics::INVOICES);
+    let key = asha.to_string();
+    produce_all(
+        &producer(),
+        records
+            .iter()
+            .map(|(_, v)| (topic.clone(), key.as_str(), v.as_slice())),
+    )
+    .await;
+
+    let refused: Vec<&str> = records
+        .iter()
+        .map(|(why, _)| *why)
+        .filter(|why| !why.is_empty())
+        .collect();
+    let dead = read_topic(&setup.topic(&topics::dlq(topics::INVOICES)), refused.len()).await;
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|r| r.header("dlq.error").unwrap_or_default().to_string())
+        .collect();
+    for why in &refused {
+        let at = reasons
+            .iter()
+            .position(|r| r.contains(why))
+            .unwrap_or_else(|| panic!("no dead letter for {why:?} among {reasons:?}"));
+        reasons.remove(at);
+    }
+    db.wait_count(
+        "the invoice after the voids to be posted",
+        &format!(
+            "select count(*) from journal_entries where reference_id = '{}'",
+            later.invoice_id
+        ),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The invoice, its one void and the later invoice; nothing else.
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from journal_entries where organization_id = '{org}'"
+        ))
+        .await,
+        3
+    );
+    let (owed,): (Decimal,) = sqlx::query_as(
+        "select debit_total - credit_total from party_balances
+          where party_id = $1 and account_code = '1200'",
+    )
+    .bind(asha)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(owed, "30.00".parse::<Decimal>().unwrap());
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from party_balances where party_id = '{ravi}'"
+        ))
+        .await,
+        0
+    );
     db.drop_db().await;
 }
