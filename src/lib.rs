@@ -199,6 +199,8 @@ pub async fn run_all(
     let stopper = Stopper::default();
     let mut parts = tokio::task::JoinSet::new();
     let (api_pool, pool) = (pool.clone(), dhanman_plumbing::postgres::twin(&pool));
+    let pools = vec![("api", api_pool.clone()), ("work", pool.clone())];
+    let _pool_gauges = AbortOnDrop(tokio::spawn(telemetry::export_pool_gauges(pools)));
     if let Some(schedule) = config.monthly_schedule()? {
         let (pool, due_days, mut stop) = (pool.clone(), config.monthly_due_days, stopper.signal());
         // A run of the job is claims and transactions: stopping anywhere is safe.

@@ -7,6 +7,7 @@ use dhanman_ops::{
     Config, DatabaseUrl, audit_cli, bench, bridge_cli, campaign, demo, dlq_cli, jobs_cli, lag_cli,
     offsets_cli, outbox_cli, rebuild_cli, registry_cli, replay_cli, schemas_cli,
 };
+use dhanman_processors::runtime::AbortOnDrop;
 
 /// dhanman-stream: the event backbone of a housing-society ERP.
 #[derive(Debug, Parser)]
@@ -212,6 +213,12 @@ fn parse_cli() -> Cli {
     std::process::exit(error.exit_code())
 }
 
+/// The gauges of a process's one pool, exported until the guard is dropped.
+fn pool_gauges(name: &'static str, pool: &sqlx::PgPool) -> AbortOnDrop<()> {
+    let pools = vec![(name, pool.clone())];
+    AbortOnDrop(tokio::spawn(dhanman::telemetry::export_pool_gauges(pools)))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(config) => {
@@ -224,12 +231,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Api(config) => {
             let pool = config.pool().await?;
+            let _gauges = pool_gauges("api", &pool);
             let listener = dhanman_ops::bind_api(&config).await?;
             dhanman::run_api(&config, listener, pool, dhanman_ops::stop_on_signals()?).await
         }
         Command::Relay(config) => {
             let metrics = dhanman_ops::bind_metrics(&config).await?;
             let pool = config.pool().await?;
+            let _gauges = pool_gauges("work", &pool);
             dhanman_ops::ensure_topics(&config).await?;
             let relay = dhanman::run_relay(&config, pool, dhanman_ops::stop_on_signals()?);
             dhanman_ops::with_metrics(metrics, relay).await
@@ -243,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let metrics = dhanman_ops::bind_metrics(&config).await?;
             let pool = config.pool().await?;
+            let _gauges = pool_gauges("work", &pool);
             dhanman_ops::ensure_topics(&config).await?;
             let stop = dhanman_ops::stop_on_signals()?;
             let processor = dhanman::run_processor(&config, &name, pool, stop);

@@ -1,7 +1,8 @@
 //! After an invoice, a payment through `dhanman gateway` and an undecodable record,
 //! `/metrics` of `dhanman up` names every metric of the table in [metrics](docs/metrics.md)
 //! (route templates, not raw paths, as labels; the poison record counted by class and in
-//! `dhanman_dlq_size`); a `traceparent` sent with a command reaches the outbox row, the
+//! `dhanman_dlq_size`; both of its Postgres pools, each as large as `DHANMAN_DB_POOL`); a
+//! `traceparent` sent with a command reaches the outbox row, the
 //! Kafka headers of the event and of the ledger's `LedgerEntryPosted` (same trace, new
 //! span), a malformed one is replaced; `dhanman relay` and `dhanman process ledger` serve
 //! `/healthz` and `/metrics` on `DHANMAN_METRICS_ADDR`; SIGTERM stops `dhanman up` with
@@ -55,6 +56,9 @@ pub const EXPORTED: &[&str] = &[
     "kafka_consumergroup_group_sum_lag",
     "kafka_consumergroup_group_offset",
     "kafka_partition_latest_offset",
+    // src/telemetry.rs
+    "dhanman_db_connections",
+    "dhanman_db_pool_size",
 ];
 
 async fn scrape(url: &str) -> Option<String> {
@@ -111,6 +115,7 @@ async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
     let gateway = Gateway::start(&setup).await;
     let mut env = up_env(&gateway);
     env.push(("DHANMAN_LAG_INTERVAL_MS", "200".into()));
+    env.push(("DHANMAN_DB_POOL", "7".into()));
     let up = spawn_up(&setup, &env);
     setup.wait_ready(&up).await;
     let (_, key) = create_org(&setup, "Metrics Court").await;
@@ -218,6 +223,16 @@ async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
         "a raw path leaked into a label"
     );
     assert!(sum(&text, "dhanman_gateway_requests_total", &["op=\"charge\""]) >= 1.0);
+    // Both of `dhanman up`'s pools, each as large as `DHANMAN_DB_POOL`; the API's has
+    // sessions open after the requests above.
+    for pool in ["api", "work"] {
+        let pool = format!("pool=\"{pool}\"");
+        assert_eq!(sum(&text, "dhanman_db_pool_size", &[&pool]), 7.0, "{text}");
+    }
+    assert!(
+        sum(&text, "dhanman_db_connections", &["pool=\"api\""]) >= 1.0,
+        "{text}"
+    );
 
     // SIGTERM: every processor leaves its group (the coordinator empties it at once, not
     // after the session timeout); exit 0.
@@ -341,10 +356,13 @@ async fn traceparent_flows_from_the_request_to_the_events_a_processor_emits() {
     assert_eq!(answered.len(), 55, "{answered}");
     assert!(!answered.contains(trace_id));
 
-    // The relay and the processor, run alone, serve /healthz and /metrics.
+    // The relay and the processor, run alone, serve /healthz and /metrics, their one pool
+    // named `work`.
     for (addr, series) in [
         (&relay_addr, "dhanman_events_published_total"),
         (&ledger_addr, "dhanman_processor_batch_duration_seconds"),
+        (&relay_addr, "dhanman_db_pool_size{pool=\"work\"}"),
+        (&ledger_addr, "dhanman_db_connections{pool=\"work\""),
     ] {
         let health = scrape(&format!("http://{addr}/healthz")).await;
         assert_eq!(health.as_deref(), Some("ok"));
@@ -354,7 +372,10 @@ async fn traceparent_flows_from_the_request_to_the_events_a_processor_emits() {
             Duration::from_secs(30),
             || {
                 let url = url.clone();
-                async move { names(&scrape(&url).await?).contains(series).then_some(()) }
+                async move {
+                    let text = scrape(&url).await?;
+                    text.lines().any(|l| l.starts_with(series)).then_some(())
+                }
             },
         )
         .await;
