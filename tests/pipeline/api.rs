@@ -226,6 +226,13 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
     db.drop_db().await;
 }
 
+/// A 503 to retry in a second, as the API answers a transient database failure.
+fn assert_busy(reply: &Reply) {
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body["error"], "busy", "{}", reply.body);
+    assert_eq!(reply.headers["retry-after"], "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_meets_a_transient_database_failure_is_a_503_to_retry() {
     let db = TestDb::new().await;
@@ -247,17 +254,9 @@ async fn a_request_that_meets_a_transient_database_failure_is_a_503_to_retry() {
     // The pool's one connection held: neither the balance nor the key (when not cached) can
     // be read in time.
     let held = pool.acquire().await.unwrap();
-    let busy = api.get(&format!("/v1/customers/{customer}/balance")).await;
-    assert_eq!(busy.status, 503, "{}", busy.body);
-    assert_eq!(busy.body["error"], "busy", "{}", busy.body);
-    assert_eq!(busy.headers["retry-after"], "1");
-    let refused = api
-        .post(
-            "/v1/customers",
-            json!({"name": "Kiran", "email": "k@example.org"}),
-        )
-        .await;
-    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_busy(&api.get(&format!("/v1/customers/{customer}/balance")).await);
+    let kiran = json!({"name": "Kiran", "email": "k@example.org"});
+    assert_busy(&api.post("/v1/customers", kiran.clone()).await);
 
     drop(held);
     let answered = api.get(&format!("/v1/customers/{customer}/balance")).await;
@@ -282,22 +281,10 @@ async fn a_request_that_meets_a_transient_database_failure_is_a_503_to_retry() {
     .await
     .unwrap();
     for name in ["Deadlock", "Serialization"] {
-        let failed = api
-            .post(
-                "/v1/customers",
-                json!({"name": name, "email": "d@example.org"}),
-            )
-            .await;
-        assert_eq!(failed.status, 503, "{name}: {}", failed.body);
-        assert_eq!(failed.body["error"], "busy", "{}", failed.body);
-        assert_eq!(failed.headers["retry-after"], "1");
+        let body = json!({"name": name, "email": "d@example.org"});
+        assert_busy(&api.post("/v1/customers", body).await);
     }
-    let after = api
-        .post(
-            "/v1/customers",
-            json!({"name": "Kiran", "email": "k@example.org"}),
-        )
-        .await;
+    let after = api.post("/v1/customers", kiran).await;
     assert_eq!(after.status, 201, "{}", after.body);
     assert_eq!(
         db.count(

@@ -367,11 +367,9 @@ async fn a_void_and_a_payment_racing_for_one_invoice_never_both_succeed() {
 async fn a_void_that_reverses_no_posted_invoice_in_full_is_dead_lettered_by_the_ledger() {
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
-    let api_proc = setup.spawn(&["api"]);
-    setup.wait_ready(&api_proc).await;
+    let (_api, org) = api_with_org(&setup, "Void Check Society").await;
     let _relay = setup.spawn(&["relay"]);
     let _ledger = setup.spawn(&["process", "ledger"]);
-    let (org, _) = create_org(&setup, "Void Check Society").await;
     let codec = setup.codec();
     let (asha, ravi) = (Uuid::now_v7(), Uuid::now_v7());
     let invoice = invoice_created(org, asha, "VC-1", "100.00");
