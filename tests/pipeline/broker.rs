@@ -1,11 +1,12 @@
 //! What the pipeline relies on the broker (Apache Kafka) for, pinned: watermarks,
-//! offsets-for-times inside and past the end of the log, and a consumer group splitting
+//! offsets-for-times inside and past the end of the log, a record's timestamp read through
+//! the probe (which keeps no partition afterwards), and a consumer group splitting
 //! partitions and handing them over when a member leaves. docs/broker.md quotes these.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dhanman_connectors::kafka::{TimeLookup, ensure_topics, offset_for_time};
+use dhanman_connectors::kafka::{TimeLookup, ensure_topics, offset_for_time, record_timestamps};
 use dhanman_plumbing::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
@@ -76,6 +77,15 @@ async fn watermarks_and_offsets_for_times_inside_and_past_the_end_of_the_log() {
         offset_for_time(&b, &topic, 0, t0 + 100_000).await.unwrap(),
         TimeLookup::End
     );
+
+    // The age of a waiting record, as the lag sample reads it, through the shared probe:
+    // the record's own timestamp, and the probe left with nothing assigned (an assigned
+    // probe kept fetching, and every later look-up waited behind its fetches).
+    let probe = dhanman_connectors::kafka::probe(&b).unwrap();
+    let times =
+        record_timestamps(&probe, &[((topic.clone(), 0), 5)], Duration::from_secs(10)).unwrap();
+    assert_eq!(times.get(&(topic.clone(), 0)), Some(&(t0 + 5000)));
+    assert_eq!(probe.assignment().unwrap().count(), 0);
 }
 
 async fn assignment(consumer: &StreamConsumer) -> BTreeSet<i32> {
