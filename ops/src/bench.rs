@@ -3,6 +3,7 @@
 //! object). `dhanman bench` alone is `dhanman bench pipeline`.
 
 mod api;
+mod backlog;
 mod common;
 mod deployed;
 mod e2e;
@@ -38,6 +39,9 @@ enum Path {
     E2e(e2e::Args),
     /// The time from an invoice's 201 until the customer's balance reflects it.
     Freshness(freshness::Args),
+    /// The API's latency under a fixed load while the processors work through a backlog,
+    /// against the same load with nothing behind them.
+    Backlog(backlog::Args),
     /// The reminders processor over invoices and the payments naming them, against raw
     /// consume and raw COPY of the rows it writes.
     Reminders(reminders::Args),
@@ -55,6 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(Path::Api(args)) => api::run(args).await,
         Some(Path::E2e(args)) => e2e::run(args).await,
         Some(Path::Freshness(args)) => freshness::run(args).await,
+        Some(Path::Backlog(args)) => backlog::run(args).await,
         Some(Path::Reminders(args)) => reminders::run(args).await,
         Some(Path::Replay(args)) => replay::run(args).await,
         Some(Path::Scaling(args)) => scaling::run(args).await,

@@ -1,9 +1,9 @@
 //! Every `dhanman bench` path, run once at a tiny size through the real binary with
 //! `--json`: each prints one object with its fields, its rates positive, its raw limits
 //! measured beside them, the books intact (replay changes no balance, the e2e audit is
-//! clean, every invoice the api path counts written by a command of its own, the reminders
-//! path's timers as its events say). No timing is
-//! asserted; this keeps the benchmarks from rotting.
+//! clean, every invoice the api path counts written by a command of its own, the backlog's
+//! events accounted for by the audit, the reminders path's timers as its events say). No
+//! timing is asserted; this keeps the benchmarks from rotting.
 
 use serde_json::Value;
 
@@ -180,6 +180,50 @@ async fn the_freshness_path_times_each_command_until_its_balance_reflects_it() {
                 && s["p50_ms"].as_f64() <= s["max_ms"].as_f64()),
         "{r}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_path_times_the_api_with_and_without_a_backlog_and_audits_the_books() {
+    let r = bench(&[
+        "backlog",
+        "--rate",
+        "20",
+        "--seconds",
+        "2",
+        "--warm-up",
+        "1",
+        "--events",
+        "400",
+        "--connections",
+        "4",
+        "--customers",
+        "10",
+    ])
+    .await;
+    assert_eq!(r["path"], "backlog");
+    assert_eq!(r["events"], 400);
+    positive(
+        &r,
+        &[
+            "idle_p50_ms",
+            "idle_p99_ms",
+            "p50_ms",
+            "p99_ms",
+            "p99_ratio",
+            "worked_off_s",
+            "worked_off_per_s",
+            "peak_rss_bytes",
+        ],
+    );
+    assert!(r["p99_ms"].as_f64() >= r["p50_ms"].as_f64(), "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    // The 400 events were behind at least one group when the second phase began: the
+    // backlog the phase measures was there.
+    assert!(r["max_lag"].as_i64().unwrap() > 0, "{r}");
+    assert!(r["slowest_group"].is_string(), "{r}");
+    assert_eq!(r["drained"], true, "{r}");
+    // The events put behind have their command-side rows: the books account for each.
+    assert_eq!(r["audit_clean"], true, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

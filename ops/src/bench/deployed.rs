@@ -1,7 +1,7 @@
-//! The pipeline as deployed, for `bench e2e` and `bench freshness`: `dhanman up` (this
-//! executable) as a child process on a database and topic prefix of its own, with its
-//! backlog (outbox depth, each processor group's lag) sampled from outside and its peak
-//! memory read from `/proc`.
+//! The pipeline as deployed, for `bench e2e`, `bench freshness` and `bench backlog`:
+//! `dhanman up` (this executable) as a child process on a database and topic prefix of its
+//! own, with its backlog (outbox depth, each processor group's lag) sampled from outside
+//! and its peak memory read from `/proc`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,6 +23,18 @@ pub struct Deployed {
     probe: dhanman_connectors::kafka::Probe,
 }
 
+/// How `dhanman up` is deployed for a path, and the society its commands are for.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Deployment {
+    /// Customers the commands are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub customers: usize,
+    /// `DHANMAN_DB_POOL` of the pipeline.
+    #[arg(long, default_value_t = 10)]
+    pub db_pool: u32,
+}
+
 /// One look at the backlog.
 #[derive(Debug, Clone, Default)]
 pub struct Backlog {
@@ -36,11 +48,20 @@ impl Backlog {
     pub fn max_lag(&self) -> i64 {
         self.lags.iter().map(|(_, l)| *l).max().unwrap_or(0)
     }
+
+    /// The group furthest behind, if any is.
+    pub fn furthest_behind(&self) -> Option<&str> {
+        self.lags
+            .iter()
+            .filter(|(_, l)| *l > 0)
+            .max_by_key(|(_, l)| *l)
+            .map(|(g, _)| g.as_str())
+    }
 }
 
 impl Deployed {
     /// Starts `dhanman up` and waits until its API answers `/readyz`.
-    pub async fn start(common: &Common, db_pool: u32) -> anyhow::Result<Deployed> {
+    pub async fn start(common: &Common, deployment: &Deployment) -> anyhow::Result<Deployed> {
         let db = ScratchDb::create(common.database_url.expose_secret(), 4).await?;
         let prefix = common::topic_prefix();
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -58,7 +79,7 @@ impl Deployed {
             )
             .env("DHANMAN_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("DHANMAN_TOPIC_PREFIX", &prefix)
-            .env("DHANMAN_DB_POOL", db_pool.to_string())
+            .env("DHANMAN_DB_POOL", deployment.db_pool.to_string())
             // The benchmark measures what the pipeline sustains, not what a key is allowed.
             .env("DHANMAN_API_RATE_LIMIT", "0")
             // No mail server: invoice emails wait in the delivery log, retried with backoff.
@@ -136,6 +157,19 @@ impl Deployed {
             bail!("dhanman up exited ({status}); log: {}", self.log.display());
         }
         Ok(())
+    }
+
+    /// Produces `records` (invoices or not, key, value) straight to the pipeline's invoice
+    /// and payment topics, as a backfill would; returns the seconds it took.
+    pub async fn produce(&self, records: &[(bool, String, Vec<u8>)]) -> anyhow::Result<f64> {
+        let topic = |name: &str| format!("{}{name}", self.prefix);
+        super::pipeline::produce(
+            &self.bootstrap,
+            &topic(dhanman_schemas::topics::INVOICES),
+            &topic(dhanman_schemas::topics::PAYMENTS),
+            records,
+        )
+        .await
     }
 
     pub async fn backlog(&self) -> anyhow::Result<Backlog> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::common::{self, Common, Report, Row};
-use super::deployed::{Backlog, Deployed};
+use super::deployed::{Backlog, Deployed, Deployment};
 use super::load::{self, Client, Invoices};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -39,11 +39,8 @@ pub struct Args {
     /// each command answered in about 20 ms with the whole pipeline beside it).
     #[arg(long, default_value_t = 256)]
     pub connections: usize,
-    #[arg(long, default_value_t = 1000)]
-    pub customers: usize,
-    /// `DHANMAN_DB_POOL` of the pipeline.
-    #[arg(long, default_value_t = 10)]
-    pub db_pool: u32,
+    #[command(flatten)]
+    pub deployment: Deployment,
     /// Longest wait for the backlog to drain before the audit.
     #[arg(long, default_value_t = 300)]
     pub drain_seconds: u64,
@@ -70,7 +67,7 @@ struct Step {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut deployed = Deployed::start(&args.common, args.db_pool).await?;
+    let mut deployed = Deployed::start(&args.common, &args.deployment).await?;
     let result = measure(&args, &mut deployed).await;
     deployed.stop().await;
     result?.print(args.common.json);
@@ -163,7 +160,7 @@ fn missed(rate: u32, answered: f64, outcome: &load::Outcome, samples: &[Backlog]
 }
 
 async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report> {
-    let society = deployed.society(args.customers).await?;
+    let society = deployed.society(args.deployment.customers).await?;
     let invoices = Invoices::new(&society.customers);
     let client = Arc::new(Client::new(
         &deployed.base,
@@ -241,7 +238,7 @@ async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report>
         "e2e",
         format!(
             "dhanman up, {} customers, {} connections, each rate held {} s",
-            args.customers,
+            args.deployment.customers,
             args.connections,
             hold.as_secs()
         ),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::common::{self, Common, Report, Row};
-use super::deployed::Deployed;
+use super::deployed::{Deployed, Deployment};
 use super::load::{self, Client, Invoices};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -33,15 +33,12 @@ pub struct Args {
     /// Most commands in flight.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    #[arg(long, default_value_t = 1000)]
-    pub customers: usize,
-    /// `DHANMAN_DB_POOL` of the pipeline.
-    #[arg(long, default_value_t = 10)]
-    pub db_pool: u32,
+    #[command(flatten)]
+    pub deployment: Deployment,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let deployed = Deployed::start(&args.common, args.db_pool).await?;
+    let deployed = Deployed::start(&args.common, &args.deployment).await?;
     let result = measure(&args, &deployed).await;
     deployed.stop().await;
     result?.print(args.common.json);
@@ -79,7 +76,7 @@ async fn reflected(client: &Client, customer: &str, token: &str) -> anyhow::Resu
 }
 
 async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
-    let society = deployed.society(args.customers).await?;
+    let society = deployed.society(args.deployment.customers).await?;
     let invoices = Invoices::new(&society.customers);
     let commands = Arc::new(Client::new(
         &deployed.base,
@@ -200,7 +197,7 @@ async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
             args.rate,
             duration.as_secs(),
             outcome.rate(),
-            args.customers
+            args.deployment.customers
         ),
     );
     r.rows = vec![

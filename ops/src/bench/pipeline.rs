@@ -379,41 +379,67 @@ pub async fn make_records(
     n: usize,
 ) -> anyhow::Result<Vec<(bool, String, Vec<u8>)>> {
     let customers: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
-    let issue = NaiveDate::from_ymd_opt(2026, 12, 1).context("date")?;
-    let due = NaiveDate::from_ymd_opt(2026, 12, 10).context("date")?;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let customer = customers[i % customers.len()];
-        let amount = Decimal::new(100_000 + (i as i64 % 5000), 2);
-        let envelope = Envelope::new(org, &format!("bench-{i}"), None);
-        if i % 2 == 0 {
-            let e = InvoiceCreated {
-                envelope,
-                invoice_id: Uuid::now_v7(),
-                customer_id: customer,
-                invoice_number: format!("B-{i}"),
-                amount,
-                currency: "INR".into(),
-                issue_date: issue,
-                due_date: due,
-                description: None,
-                period: Some("2026-12".into()),
-                tax_amount: None,
-            };
-            out.push((true, e.key(), codec.encode(&e).await?));
-        } else {
-            let e = PaymentReceived {
-                envelope,
-                payment_id: Uuid::now_v7(),
-                invoice_id: None,
-                customer_id: customer,
-                amount,
-                currency: "INR".into(),
-                method: "upi".into(),
-                reference: None,
-            };
-            out.push((false, e.key(), codec.encode(&e).await?));
-        }
+    encode(codec, &Events::of(org, &customers, n)?).await
+}
+
+/// Invoices and payments of a list of customers in turn, alternating (an invoice first).
+pub enum Events {
+    Invoice(InvoiceCreated),
+    Payment(PaymentReceived),
+}
+
+impl Events {
+    pub fn of(org: Uuid, customers: &[Uuid], n: usize) -> anyhow::Result<Vec<Events>> {
+        anyhow::ensure!(!customers.is_empty(), "no customers to make events for");
+        let issue = NaiveDate::from_ymd_opt(2026, 12, 1).context("date")?;
+        let due = NaiveDate::from_ymd_opt(2026, 12, 10).context("date")?;
+        Ok((0..n)
+            .map(|i| {
+                let customer = customers[i % customers.len()];
+                let amount = Decimal::new(100_000 + (i as i64 % 5000), 2);
+                let envelope = Envelope::new(org, &format!("bench-{i}"), None);
+                if i % 2 == 0 {
+                    Events::Invoice(InvoiceCreated {
+                        envelope,
+                        invoice_id: Uuid::now_v7(),
+                        customer_id: customer,
+                        invoice_number: format!("B-{i}"),
+                        amount,
+                        currency: "INR".into(),
+                        issue_date: issue,
+                        due_date: due,
+                        description: None,
+                        period: Some("2026-12".into()),
+                        tax_amount: None,
+                    })
+                } else {
+                    Events::Payment(PaymentReceived {
+                        envelope,
+                        payment_id: Uuid::now_v7(),
+                        invoice_id: None,
+                        customer_id: customer,
+                        amount,
+                        currency: "INR".into(),
+                        method: "upi".into(),
+                        reference: None,
+                    })
+                }
+            })
+            .collect())
+    }
+}
+
+/// [`Events`] as records: (invoice or not, key, value).
+pub async fn encode(
+    codec: &Codec,
+    events: &[Events],
+) -> anyhow::Result<Vec<(bool, String, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        out.push(match event {
+            Events::Invoice(e) => (true, e.key(), codec.encode(e).await?),
+            Events::Payment(e) => (false, e.key(), codec.encode(e).await?),
+        });
     }
     Ok(out)
 }
