@@ -11,9 +11,10 @@ use uuid::Uuid;
 use super::Recipient;
 
 /// What a batch's emails read from the command side (organization names, customers,
-/// invoices), each read once per batch: those of the batch's invoice emails and payment
-/// reminders in one query per table before it is planned ([`Lookups::of_batch`]), any
-/// other on its first use. One that is not there reads as what an email says without it.
+/// invoices), each read once per batch: those of the batch's invoice emails, payment
+/// reminders and receipts in one query per table before it is planned
+/// ([`Lookups::of_batch`]), any other on its first use. One that is not there reads as what
+/// an email says without it.
 #[derive(Default)]
 pub(super) struct Lookups {
     organizations: HashMap<Uuid, String>,
@@ -27,13 +28,16 @@ impl Lookups {
         events: &[&Event],
     ) -> Result<Self, sqlx::Error> {
         let mut lookups = Lookups::default();
-        let parties: Vec<(Uuid, Uuid, Uuid)> = events
+        // A receipt names an invoice only when its payment was for one.
+        let parties: Vec<(Uuid, Uuid, Option<Uuid>)> = events
             .iter()
             .filter_map(|event| {
                 let org = event.envelope().organization_id;
                 match event {
-                    Event::SendInvoiceEmail(c) => Some((org, c.customer_id, c.invoice_id)),
-                    Event::SendPaymentReminder(c) => Some((org, c.customer_id, c.invoice_id)),
+                    Event::SendInvoiceEmail(c) => Some((org, c.customer_id, Some(c.invoice_id))),
+                    Event::SendPaymentReminder(c) => Some((org, c.customer_id, Some(c.invoice_id))),
+                    Event::PaymentReceived(e) => Some((org, e.customer_id, e.invoice_id)),
+                    Event::SendPaymentReceipt(c) => Some((org, c.customer_id, c.invoice_id)),
                     _ => None,
                 }
             })
@@ -43,7 +47,10 @@ impl Lookups {
         }
         let orgs: Vec<Uuid> = parties.iter().map(|p| p.0).collect();
         let customers: Vec<Uuid> = parties.iter().map(|p| p.1).collect();
-        let invoices: Vec<Uuid> = parties.iter().map(|p| p.2).collect();
+        let (invoice_orgs, invoices): (Vec<Uuid>, Vec<Uuid>) = parties
+            .iter()
+            .filter_map(|&(org, _, invoice)| Some((org, invoice?)))
+            .unzip();
         // The customers and invoices are joined to the batch's arrays by a statement planned
         // for each batch (`persistent(false)`): planned once for any batch, Postgres keeps the
         // plan the tables' sizes of that moment called for, and for tables small then that
@@ -75,7 +82,7 @@ impl Lookups {
                from invoices i join unnest($1::uuid[], $2::uuid[]) as k(org, id)
                  on i.organization_id = k.org and i.id = k.id",
         )
-        .bind(&orgs)
+        .bind(&invoice_orgs)
         .bind(&invoices)
         .persistent(false)
         .fetch_all(&mut *conn)
@@ -95,10 +102,12 @@ impl Lookups {
                 .customers
                 .entry((org, customer))
                 .or_insert_with(Customer::absent);
-            lookups
-                .invoices
-                .entry((org, invoice))
-                .or_insert_with(InvoiceFacts::absent);
+            if let Some(invoice) = invoice {
+                lookups
+                    .invoices
+                    .entry((org, invoice))
+                    .or_insert_with(InvoiceFacts::absent);
+            }
         }
         Ok(lookups)
     }
