@@ -53,7 +53,9 @@ def status_of(call):
         call()
         return 200
     except Exception as e:  # SchemaRegistryError carries the HTTP status
-        return getattr(e, "http_status_code", None)
+        status = getattr(e, "http_status_code", None)
+        # Anything else (the connection dropped, say) is named, so a failure says what.
+        return status if status is not None else f"{type(e).__name__}: {e}"
 
 
 def registry(url, subject, schema_file, incompatible_file):
