@@ -195,11 +195,7 @@ fn latency(outcome: &load::Outcome, q: f64) -> f64 {
 async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report> {
     let society = deployed.society(args.deployment.customers).await?;
     let invoices = Invoices::new(&society.customers);
-    let client = Arc::new(Client::new(
-        &deployed.base,
-        &society.api_key,
-        args.connections,
-    )?);
+    let client = deployed.client(&society, args.connections)?;
     let make = super::api::singles(&invoices, "/v1/invoices");
     let codec = dhanman_schemas::Codec::new(&format!("{}/schema-registry", deployed.base))?
         .with_topic_prefix(&deployed.prefix);

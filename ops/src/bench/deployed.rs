@@ -146,6 +146,19 @@ impl Deployed {
         common::society(&self.db.pool, customers).await
     }
 
+    /// A load generator's client of this deployment's API, as `society`'s administrator.
+    pub fn client(
+        &self,
+        society: &Society,
+        connections: usize,
+    ) -> anyhow::Result<std::sync::Arc<super::load::Client>> {
+        Ok(std::sync::Arc::new(super::load::Client::new(
+            &self.base,
+            &society.api_key,
+            connections,
+        )?))
+    }
+
     /// The child's peak resident set so far.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         common::peak_rss_bytes(Some(self.child.id()?))

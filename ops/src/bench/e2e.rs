@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::common::{self, Common, Report, Row};
 use super::deployed::{Backlog, Deployed, Deployment};
-use super::load::{self, Client, Invoices};
+use super::load::{self, Invoices};
 
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
@@ -162,11 +162,7 @@ fn missed(rate: u32, answered: f64, outcome: &load::Outcome, samples: &[Backlog]
 async fn measure(args: &Args, deployed: &mut Deployed) -> anyhow::Result<Report> {
     let society = deployed.society(args.deployment.customers).await?;
     let invoices = Invoices::new(&society.customers);
-    let client = Arc::new(Client::new(
-        &deployed.base,
-        &society.api_key,
-        args.connections,
-    )?);
+    let client = deployed.client(&society, args.connections)?;
     let make = super::api::singles(&invoices, "/v1/invoices");
     let hold = Duration::from_secs(args.hold_seconds.max(3));
     let mut steps = Vec::new();

@@ -78,12 +78,8 @@ async fn reflected(client: &Client, customer: &str, token: &str) -> anyhow::Resu
 async fn measure(args: &Args, deployed: &Deployed) -> anyhow::Result<Report> {
     let society = deployed.society(args.deployment.customers).await?;
     let invoices = Invoices::new(&society.customers);
-    let commands = Arc::new(Client::new(
-        &deployed.base,
-        &society.api_key,
-        args.connections,
-    )?);
-    let readers = Arc::new(Client::new(&deployed.base, &society.api_key, 256)?);
+    let commands = deployed.client(&society, args.connections)?;
+    let readers = deployed.client(&society, 256)?;
     let make = super::api::singles(&invoices, "/v1/invoices");
     let duration = Duration::from_secs(args.seconds.max(1));
     super::pipeline::status(
