@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use sqlx::PgPool;
 
 use crate::Result;
@@ -64,7 +63,7 @@ pub async fn topic_sizes(probe: &Probe, topics: Vec<String>) -> Result<Vec<(Stri
             }
             let mut size = 0;
             for p in 0..count {
-                let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
+                let (low, high) = crate::kafka::watermarks(&consumer, &topic, p, timeout)?;
                 size += (high - low).max(0);
             }
             sizes.push((topic, size));

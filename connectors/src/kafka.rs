@@ -104,6 +104,61 @@ pub fn partition_count(
         .map_or(0, |t| t.partitions().len() as i32))
 }
 
+/// Broker answers that say a partition's leadership is moving or not yet settled on the
+/// broker asked (after a restart, a topic's creation, a reassignment). The protocol marks
+/// them retriable, and Kafka's own clients retry them; anything else is an answer.
+fn leadership_moving(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+                | RDKafkaErrorCode::OffsetNotAvailable
+        )
+    )
+}
+
+/// Runs a blocking look-up, given the time left, again while the broker answers that
+/// leadership is moving, until `timeout` has passed; then that answer is the error.
+pub fn through_leader_changes<T>(
+    timeout: Duration,
+    mut look: impl FnMut(Duration) -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pauses =
+        crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(1)).delays();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match look(left.max(Duration::from_millis(1))) {
+            Err(e) if leadership_moving(&e) => {
+                let pause = pauses.next_delay();
+                if std::time::Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, ?pause, "leadership moving; looking again");
+                std::thread::sleep(pause);
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// A partition's low and high watermarks, through leadership changes (see
+/// [`through_leader_changes`]). Blocking.
+pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
+    use rdkafka::consumer::Consumer;
+    Ok(through_leader_changes(timeout, |left| {
+        consumer.fetch_watermarks(topic, partition, left)
+    })?)
+}
+
 /// Where a time falls in a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeLookup {
@@ -181,18 +236,24 @@ pub async fn offset_for_time(
             .create()?;
         let mut query = rdkafka::TopicPartitionList::new();
         query.add_partition_offset(&topic, partition, Offset::Offset(timestamp_ms))?;
-        let answer = consumer.offsets_for_times(query, Duration::from_secs(10))?;
-        let element = answer.find_partition(&topic, partition).ok_or_else(|| {
+        // A partition's own error is the broker's answer for it; `None` when it sent none.
+        let offset = through_leader_changes(Duration::from_secs(10), |left| {
+            let answer = consumer.offsets_for_times(query.clone(), left)?;
+            let Some(element) = answer.find_partition(&topic, partition) else {
+                return Ok(None);
+            };
+            element.error()?;
+            Ok(Some(element.offset()))
+        })
+        .map_err(|e| {
+            crate::Error::Broker(format!("offsets-for-times on {topic}/{partition}: {e}"))
+        })?
+        .ok_or_else(|| {
             crate::Error::Broker(format!(
                 "no offsets-for-times answer for {topic}/{partition}"
             ))
         })?;
-        if let Some(code) = element.error().err() {
-            return Err(crate::Error::Broker(format!(
-                "offsets-for-times on {topic}/{partition}: {code}"
-            )));
-        }
-        Ok(match element.offset() {
+        Ok(match offset {
             Offset::Offset(o) if o >= 0 => TimeLookup::Offset(o),
             _ => TimeLookup::End,
         })
@@ -240,7 +301,7 @@ pub fn read_to_end(
     let mut open = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for partition in 0..count {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let (low, high) = watermarks(&consumer, topic, partition, timeout)?;
         let start = from.get(&partition).copied().unwrap_or(low).max(low);
         ends.insert(partition, high);
         if high > start {
@@ -289,4 +350,69 @@ pub fn read_to_end(
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok((records, ends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+
+    fn fails_then_answers(
+        failures: usize,
+        code: RDKafkaErrorCode,
+    ) -> (
+        impl FnMut(Duration) -> rdkafka::error::KafkaResult<i64>,
+        std::rc::Rc<std::cell::Cell<usize>>,
+    ) {
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let seen = calls.clone();
+        let look = move |_left: Duration| {
+            seen.set(seen.get() + 1);
+            if seen.get() <= failures {
+                Err(KafkaError::MetadataFetch(code))
+            } else {
+                Ok(42)
+            }
+        };
+        (look, calls)
+    }
+
+    #[test]
+    fn a_moving_leader_is_looked_up_again_until_it_answers() {
+        let (look, calls) = fails_then_answers(3, RDKafkaErrorCode::NotLeaderForPartition);
+        assert_eq!(
+            through_leader_changes(Duration::from_secs(10), look).unwrap(),
+            42
+        );
+        assert_eq!(calls.get(), 4);
+    }
+
+    #[test]
+    fn any_other_answer_is_returned_at_once() {
+        let (look, calls) = fails_then_answers(3, RDKafkaErrorCode::UnknownTopicOrPartition);
+        let error = through_leader_changes(Duration::from_secs(10), look).unwrap_err();
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+        );
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn a_leader_that_never_settles_fails_once_the_time_is_up() {
+        let (look, calls) = fails_then_answers(usize::MAX, RDKafkaErrorCode::LeaderNotAvailable);
+        let started = std::time::Instant::now();
+        let error = through_leader_changes(Duration::from_millis(400), look).unwrap_err();
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::LeaderNotAvailable)
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        // 50 + 100 + 200 ms of pauses fit before the deadline, the next 400 would not.
+        assert_eq!(calls.get(), 4);
+    }
 }

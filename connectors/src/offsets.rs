@@ -215,7 +215,7 @@ fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, 
             None => (0..count).collect(),
         };
         for partition in partitions {
-            let (low, high) = consumer.fetch_watermarks(&spec.topic, partition, timeout)?;
+            let (low, high) = crate::kafka::watermarks(&consumer, &spec.topic, partition, timeout)?;
             out.push((spec.topic.clone(), partition, low, high));
         }
     }

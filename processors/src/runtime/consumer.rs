@@ -88,8 +88,12 @@ impl StoredOffsets {
         partition: i32,
         stored: i64,
     ) -> i64 {
-        let Ok((start, end)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
-        else {
+        let Ok((start, end)) = dhanman_connectors::kafka::watermarks(
+            consumer,
+            topic,
+            partition,
+            Duration::from_secs(5),
+        ) else {
             return stored;
         };
         if stored <= end {
