@@ -163,15 +163,6 @@ impl IntoResponse for ApiError {
         if let Some(field) = field {
             body["field"] = json!(field);
         }
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body is never read, so the connection cannot carry another
-            // request: saying so keeps a client from sending its next one into a closed socket.
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-        }
-        response
+        (status, Json(body)).into_response()
     }
 }

@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(middleware::http_metrics))
         .layer(axum::middleware::from_fn(middleware::correlation))
+        .layer(axum::middleware::from_fn(middleware::close_unread))
 }
 
 /// `router` serving at most `max` requests at once; more are answered 503 `busy` at once,

@@ -2,8 +2,11 @@
 //! and a field of the span every log line of the request runs in. The W3C `traceparent`
 //! likewise: a well-formed one is continued (this request is a child span of it), a
 //! missing or malformed one starts a new trace; outbox rows the request writes carry it.
-//! And the HTTP server's metrics, by route template.
+//! And the HTTP server's metrics, by route template; and a connection closed, saying so, after
+//! a request answered before its body was read.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -118,5 +121,63 @@ pub async fn path_guard(req: Request, next: Next) -> Response {
         Ok(path) if !path.contains('\0') => next.run(req).await,
         _ => crate::ApiError::bad_request("path", "must be UTF-8 text without NUL characters")
             .into_response(),
+    }
+}
+
+/// A request answered before its body was read to the end (refused for its credentials or
+/// its size, shed, timed out) is answered with `Connection: close`. The rest of its body is
+/// still on the connection, so the server closes it after the answer; unless the answer says
+/// so, a client reuses the connection for its next request and sees it dropped unanswered (a
+/// pooled client such as the schema registry clients' then fails a request the server never
+/// saw).
+pub async fn close_unread(req: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| {
+        axum::body::Body::new(Watched {
+            inner,
+            read: read.clone(),
+        })
+    });
+    let mut response = next.run(req).await;
+    if !read.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct Watched {
+    inner: axum::body::Body,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -1,8 +1,9 @@
 //! Hostile input against the running API: what an attacker sends is refused with a 4xx
 //! naming the field, never a 500, never a panic, never a new metric series; the cap on
 //! requests in flight is the process's, not each route's, and the embedded schema registry
-//! has one of its own; and records naming schema ids
-//! the registry never had leave nothing behind in the codec.
+//! has one of its own; a request refused before its body was read says that its connection
+//! closes; and records naming schema ids the registry never had leave nothing behind in the
+//! codec.
 
 use std::collections::BTreeSet;
 
@@ -675,6 +676,95 @@ async fn the_registry_has_a_cap_of_its_own() {
         .post("/v1/customers", serde_json::json!({"name": "Still Served"}))
         .await;
     assert_eq!(created.status, 201, "{}", created.body);
+    db.drop_db().await;
+}
+
+/// One HTTP/1.1 response read from `stream`: its head (lower-cased) and body, or `None`
+/// when the connection ends first.
+async fn response(stream: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+                return Some((head, body));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A request refused before its body is read (wrong credentials, here, for a command and
+/// for a schema) is answered with `Connection: close`, and the connection ends. The rest of
+/// its body is still on the connection, so the server cannot read another request from it;
+/// told nothing, a pooled client sent its next request there and saw the connection drop
+/// unanswered (Confluent's registry client, after an anonymous registration, failed its
+/// next call about one time in twenty). A request whose body was read keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_its_body_is_read_says_its_connection_closes() {
+    use tokio::io::AsyncWriteExt;
+
+    let db = TestDb::new().await;
+    let base = serve_api(&db).await;
+    let key = org_key(&db, "Keep-Alive Society").await;
+    let address = base.trim_start_matches("http://");
+    for (path, authorization) in [
+        ("/v1/customers", "Bearer not-a-key"),
+        (
+            "/schema-registry/subjects/held-value/versions",
+            "Basic bm9ib2R5Om5vdGhpbmc=",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        // The head alone: the body has not come when the answer goes out.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: {authorization}\r\n\
+             Content-Type: application/json\r\nContent-Length: 20\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (head, body) = response(&mut stream).await.expect("an answer");
+        assert!(head.starts_with("http/1.1 401"), "{path}: {head}\n{body}");
+        assert!(head.contains("\r\nconnection: close"), "{path}: {head}");
+        assert_eq!(
+            response(&mut stream).await,
+            None,
+            "{path}: the connection ends"
+        );
+    }
+
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = r#"{"name": "Kept Alive"}"#;
+    let command = format!(
+        "POST /v1/customers HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let (head, body) = response(&mut stream).await.expect("an answer");
+    assert!(head.starts_with("http/1.1 201"), "{head}\n{body}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let read = format!(
+        "GET /v1/trial-balance HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\r\n"
+    );
+    stream.write_all(read.as_bytes()).await.unwrap();
+    let (head, body) = response(&mut stream)
+        .await
+        .expect("the same connection answers again");
+    assert!(head.starts_with("http/1.1 200"), "{head}\n{body}");
     db.drop_db().await;
 }
 
