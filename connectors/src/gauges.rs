@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer;
 use sqlx::PgPool;
 
 use crate::Result;
@@ -63,7 +64,7 @@ pub async fn topic_sizes(probe: &Probe, topics: Vec<String>) -> Result<Vec<(Stri
             }
             let mut size = 0;
             for p in 0..count {
-                let (low, high) = crate::kafka::watermarks(&consumer, &topic, p, timeout)?;
+                let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
                 size += (high - low).max(0);
             }
             sizes.push((topic, size));

@@ -121,20 +121,22 @@ fn leadership_moving(error: &rdkafka::error::KafkaError) -> bool {
 }
 
 /// Runs a blocking look-up, given the time left, again while the broker answers that
-/// leadership is moving, until `timeout` has passed; then that answer is the error.
+/// leadership is moving, until `until`; then that answer is the error. A look-up started at
+/// or after `until` still gets [`LAST_LOOK`]. For tools run once (a rebuild, a replay, an
+/// offsets plan); the samplers and a rebalance fail fast instead and look again at their
+/// next turn, since a look-up waiting here holds up everything behind it.
 pub fn through_leader_changes<T>(
-    timeout: Duration,
+    until: std::time::Instant,
     mut look: impl FnMut(Duration) -> rdkafka::error::KafkaResult<T>,
 ) -> rdkafka::error::KafkaResult<T> {
-    let deadline = std::time::Instant::now() + timeout;
     let mut pauses =
         crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(1)).delays();
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match look(left.max(Duration::from_millis(1))) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match look(left.max(LAST_LOOK)) {
             Err(e) if leadership_moving(&e) => {
                 let pause = pauses.next_delay();
-                if std::time::Instant::now() + pause >= deadline {
+                if std::time::Instant::now() + pause >= until {
                     return Err(e);
                 }
                 tracing::debug!(error = %e, ?pause, "leadership moving; looking again");
@@ -145,16 +147,19 @@ pub fn through_leader_changes<T>(
     }
 }
 
-/// A partition's low and high watermarks, through leadership changes (see
+/// The time a look-up gets when its deadline has passed.
+const LAST_LOOK: Duration = Duration::from_secs(1);
+
+/// A partition's low and high watermarks, through leadership changes until `until` (see
 /// [`through_leader_changes`]). Blocking.
 pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
     topic: &str,
     partition: i32,
-    timeout: Duration,
+    until: std::time::Instant,
 ) -> Result<(i64, i64)> {
     use rdkafka::consumer::Consumer;
-    Ok(through_leader_changes(timeout, |left| {
+    Ok(through_leader_changes(until, |left| {
         consumer.fetch_watermarks(topic, partition, left)
     })?)
 }
@@ -237,7 +242,8 @@ pub async fn offset_for_time(
         let mut query = rdkafka::TopicPartitionList::new();
         query.add_partition_offset(&topic, partition, Offset::Offset(timestamp_ms))?;
         // A partition's own error is the broker's answer for it; `None` when it sent none.
-        let offset = through_leader_changes(Duration::from_secs(10), |left| {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let offset = through_leader_changes(until, |left| {
             let answer = consumer.offsets_for_times(query.clone(), left)?;
             let Some(element) = answer.find_partition(&topic, partition) else {
                 return Ok(None);
@@ -297,11 +303,14 @@ pub fn read_to_end(
         .set("enable.partition.eof", "false")
         .create()?;
     let count = partition_count(&consumer, topic, timeout)?;
+    // One deadline for every partition's look-up: a leader that never settles fails the
+    // read once, not once a partition.
+    let until = std::time::Instant::now() + timeout;
     let mut ends = BTreeMap::new();
     let mut open = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for partition in 0..count {
-        let (low, high) = watermarks(&consumer, topic, partition, timeout)?;
+        let (low, high) = watermarks(&consumer, topic, partition, until)?;
         let start = from.get(&partition).copied().unwrap_or(low).max(low);
         ends.insert(partition, high);
         if high > start {
@@ -381,7 +390,8 @@ mod tests {
     fn a_moving_leader_is_looked_up_again_until_it_answers() {
         let (look, calls) = fails_then_answers(3, RDKafkaErrorCode::NotLeaderForPartition);
         assert_eq!(
-            through_leader_changes(Duration::from_secs(10), look).unwrap(),
+            through_leader_changes(std::time::Instant::now() + Duration::from_secs(10), look)
+                .unwrap(),
             42
         );
         assert_eq!(calls.get(), 4);
@@ -390,7 +400,9 @@ mod tests {
     #[test]
     fn any_other_answer_is_returned_at_once() {
         let (look, calls) = fails_then_answers(3, RDKafkaErrorCode::UnknownTopicOrPartition);
-        let error = through_leader_changes(Duration::from_secs(10), look).unwrap_err();
+        let error =
+            through_leader_changes(std::time::Instant::now() + Duration::from_secs(10), look)
+                .unwrap_err();
         assert_eq!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::UnknownTopicOrPartition)
@@ -402,7 +414,7 @@ mod tests {
     fn a_leader_that_never_settles_fails_once_the_time_is_up() {
         let (look, calls) = fails_then_answers(usize::MAX, RDKafkaErrorCode::LeaderNotAvailable);
         let started = std::time::Instant::now();
-        let error = through_leader_changes(Duration::from_millis(400), look).unwrap_err();
+        let error = through_leader_changes(started + Duration::from_millis(400), look).unwrap_err();
         assert_eq!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::LeaderNotAvailable)

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -543,7 +543,7 @@ fn look_at(
     for ((group, topic), known) in wanted {
         let count = partition_count(consumer, &topic, timeout)?;
         for partition in 0..count.max(known.keys().max().map_or(0, |p| p + 1)) {
-            let (low, high) = crate::kafka::watermarks(consumer, &topic, partition, timeout)?;
+            let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
             let stored = known.get(&partition).copied().flatten();
             let committed = match stored {
                 Some(next) if next > high && from_start.contains(&group) => low,

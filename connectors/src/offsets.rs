@@ -193,6 +193,7 @@ pub async fn log_bounds(
 fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, i64, i64)>> {
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = client_config(bootstrap).create()?;
+    let until = std::time::Instant::now() + timeout;
     let mut out = Vec::new();
     for spec in specs {
         let count = partition_count(&consumer, &spec.topic, timeout)?;
@@ -215,7 +216,7 @@ fn watermarks(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<(String, i32, 
             None => (0..count).collect(),
         };
         for partition in partitions {
-            let (low, high) = crate::kafka::watermarks(&consumer, &spec.topic, partition, timeout)?;
+            let (low, high) = crate::kafka::watermarks(&consumer, &spec.topic, partition, until)?;
             out.push((spec.topic.clone(), partition, low, high));
         }
     }

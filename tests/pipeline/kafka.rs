@@ -128,6 +128,16 @@ impl Drop for PrivateBroker {
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // A failed test keeps the node's logs, as it keeps its processes' logs.
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!(
+                "{}-logs",
+                self.data.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            if std::fs::rename(self.data.join("kafka/logs"), &kept).is_ok() {
+                eprintln!("the private broker's logs: {}", kept.display());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }

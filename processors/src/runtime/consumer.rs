@@ -80,7 +80,10 @@ impl StoredOffsets {
     /// acknowledged). Then from the log's start, each event already applied skipped by its
     /// gate, and the stored offset is brought back to that start: left past the end, it would
     /// only grow again once the log passed it, and a member assigned the partition between
-    /// (after a restart) would skip every record below it.
+    /// (after a restart) would skip every record below it. A watermark the broker does not
+    /// give at once (a leader still moving after a restart) leaves the stored offset as it
+    /// is: this runs inside the rebalance, and asking again per partition held a group's
+    /// assignment back for a minute after a broker restart.
     fn within_log(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -88,12 +91,8 @@ impl StoredOffsets {
         partition: i32,
         stored: i64,
     ) -> i64 {
-        let Ok((start, end)) = dhanman_connectors::kafka::watermarks(
-            consumer,
-            topic,
-            partition,
-            Duration::from_secs(5),
-        ) else {
+        let Ok((start, end)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
+        else {
             return stored;
         };
         if stored <= end {
