@@ -40,11 +40,67 @@ pub(super) struct StoredOffsets {
     group: String,
     runtime: tokio::runtime::Handle,
     assigned: Arc<Mutex<Assignment>>,
+    errors: Mutex<ErrorRun>,
+}
+
+/// The consumer's errors since its last record. While the broker is away librdkafka
+/// reports one for every failed reconnect, dozens a second across a process's groups: the
+/// first of a run is logged, then one line every [`ErrorRun::EVERY`] with how many came
+/// since, and one when records flow again.
+#[derive(Debug, Default)]
+pub(super) struct ErrorRun {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl ErrorRun {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// An error at `now`: `Some(n)` when it is to be logged, with the `n` errors since the
+    /// last line that were not.
+    fn error(&mut self, now: Instant) -> Option<u64> {
+        match self.logged_at {
+            Some(at) if now.duration_since(at) < Self::EVERY => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.logged_at = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+
+    /// A record: `Some(n)` when it ends a run, with the errors not logged.
+    fn record(&mut self) -> Option<u64> {
+        self.logged_at
+            .take()
+            .map(|_| std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl ClientContext for StoredOffsets {}
 
 impl StoredOffsets {
+    /// Logs a consumer error, or counts it ([`ErrorRun`]).
+    fn error(&self, error: &rdkafka::error::KafkaError) {
+        let logged = self
+            .errors
+            .lock()
+            .expect("error run lock")
+            .error(Instant::now());
+        if let Some(unlogged) = logged {
+            tracing::warn!(group = %self.group, %error, unlogged, "consumer error");
+        }
+    }
+
+    /// Ends a run of errors: a record came.
+    fn record(&self) {
+        if let Some(unlogged) = self.errors.lock().expect("error run lock").record() {
+            tracing::info!(group = %self.group, unlogged, "consumer reading again after errors");
+        }
+    }
+
     fn load(
         &self,
         tpl: &TopicPartitionList,
@@ -82,8 +138,8 @@ impl StoredOffsets {
     /// only grow again once the log passed it, and a member assigned the partition between
     /// (after a restart) would skip every record below it. A watermark the broker does not
     /// give at once (a leader still moving after a restart) leaves the stored offset as it
-    /// is: this runs inside the rebalance, and asking again per partition held a group's
-    /// assignment back for a minute after a broker restart.
+    /// is: this runs inside the rebalance, and asking again per partition would hold the
+    /// group's assignment back for as long as the look-ups took.
     fn within_log(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -203,6 +259,7 @@ impl<P: Processor> Runtime<P> {
             group: group.clone(),
             runtime: tokio::runtime::Handle::current(),
             assigned: Arc::default(),
+            errors: Mutex::default(),
         };
         let mut config = client_config(&self.config.bootstrap_servers);
         config
@@ -233,11 +290,12 @@ impl<P: Processor> Runtime<P> {
         match tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
             Ok(Ok(m)) => batch.push(Incoming::from_message(&m)),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error");
+                consumer.context().error(&e);
                 return batch;
             }
             Err(_) => return batch,
         }
+        consumer.context().record();
         let deadline = Instant::now() + self.config.linger;
         while batch.len() < self.config.max_batch {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -246,7 +304,7 @@ impl<P: Processor> Runtime<P> {
             }
             match tokio::time::timeout(remaining, consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(Incoming::from_message(&m)),
-                Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Ok(Err(e)) => consumer.context().error(&e),
                 Err(_) => break,
             }
         }
@@ -276,5 +334,30 @@ impl<P: Processor> Runtime<P> {
             // Postgres holds the truth; Kafka's copy only feeds lag tools.
             tracing::debug!(error = %e, "offset commit to Kafka failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_errors_is_logged_once_every_ten_seconds_with_the_rest_counted() {
+        let mut run = ErrorRun::default();
+        let t0 = Instant::now();
+        assert_eq!(run.record(), None, "no run to end");
+        assert_eq!(run.error(t0), Some(0));
+        for i in 1..=50 {
+            assert_eq!(run.error(t0 + Duration::from_millis(100 * i)), None);
+        }
+        assert_eq!(run.error(t0 + Duration::from_secs(10)), Some(50));
+        assert_eq!(run.error(t0 + Duration::from_secs(11)), None);
+        assert_eq!(run.record(), Some(1), "the record ends the run");
+        assert_eq!(run.record(), None);
+        assert_eq!(
+            run.error(t0 + Duration::from_secs(12)),
+            Some(0),
+            "a new run"
+        );
     }
 }
