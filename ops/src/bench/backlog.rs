@@ -46,11 +46,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut deployed = Deployed::start(&args.common, &args.deployment).await?;
-    let result = measure(&args, &mut deployed).await;
-    deployed.stop().await;
-    result?.print(args.common.json);
-    Ok(())
+    Deployed::measure_and_print(&args.common, &args.deployment, async |deployed| {
+        measure(&args, deployed).await
+    })
+    .await
 }
 
 /// One phase: the load's outcome and the backlog sampled while it ran.

@@ -60,6 +60,20 @@ impl Backlog {
 }
 
 impl Deployed {
+    /// Starts `dhanman up`, runs `measure` against it, stops it (also when measuring
+    /// failed) and prints the report: the run of each deployed path.
+    pub async fn measure_and_print(
+        common: &Common,
+        deployment: &Deployment,
+        measure: impl AsyncFnOnce(&mut Deployed) -> anyhow::Result<common::Report>,
+    ) -> anyhow::Result<()> {
+        let mut deployed = Deployed::start(common, deployment).await?;
+        let result = measure(&mut deployed).await;
+        deployed.stop().await;
+        result?.print(common.json);
+        Ok(())
+    }
+
     /// Starts `dhanman up` and waits until its API answers `/readyz`.
     pub async fn start(common: &Common, deployment: &Deployment) -> anyhow::Result<Deployed> {
         let db = ScratchDb::create(common.database_url.expose_secret(), 4).await?;

@@ -38,11 +38,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let deployed = Deployed::start(&args.common, &args.deployment).await?;
-    let result = measure(&args, &deployed).await;
-    deployed.stop().await;
-    result?.print(args.common.json);
-    Ok(())
+    Deployed::measure_and_print(&args.common, &args.deployment, async |deployed| {
+        measure(&args, deployed).await
+    })
+    .await
 }
 
 /// Polls the balance with the token until it answers 200; the API itself waits up to its
