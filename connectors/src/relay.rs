@@ -63,18 +63,16 @@ struct Pending {
     correlation_id: Option<String>,
 }
 
-fn kafka_headers(headers: &Json) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new();
-    if let Some(map) = headers.as_object() {
-        for (k, v) in map {
-            let value = dhanman_plumbing::outbox::header_bytes(v);
-            out = out.insert(Header {
-                key: k,
+/// A row's headers as the record carries them ([`dhanman_plumbing::outbox::published_headers`]).
+fn kafka_headers(headers: &Json, ids: Option<(Uuid, &str)>) -> OwnedHeaders {
+    dhanman_plumbing::outbox::published_headers(headers, ids)
+        .into_iter()
+        .fold(OwnedHeaders::new(), |out, (key, value)| {
+            out.insert(Header {
+                key,
                 value: Some(value.as_ref()),
-            });
-        }
-    }
-    out
+            })
+        })
 }
 
 impl Relay {
@@ -206,19 +204,24 @@ impl Relay {
         let event_id: Uuid = row.try_get("event_id")?;
         let headers: Json = row.try_get("headers")?;
         let raw: Option<Vec<u8>> = row.try_get("raw_value")?;
-        let value = match raw {
-            Some(bytes) => bytes,
-            None => {
-                let name: String = row.try_get("record_name")?;
+        let name: Option<String> = row.try_get("record_name")?;
+        let (value, ids) = match (raw, name) {
+            (Some(bytes), _) => (bytes, None),
+            (None, None) => {
+                return Err(Error::Outbox(format!("row {event_id} names no record")));
+            }
+            (None, Some(name)) => {
                 let version: i32 = row.try_get("schema_version")?;
                 // Only a row written before its writer stored records (an entry's
                 // announcement of that time, published then) lacks one.
                 let payload: Json = row
                     .try_get::<Option<Json>, _>("payload")?
                     .ok_or_else(|| Error::Outbox(format!("row {event_id} has no record")))?;
-                self.codec
+                let value = self
+                    .codec
                     .encode_json(&name, version as u32, &payload)
-                    .await?
+                    .await?;
+                (value, Some((event_id, name)))
             }
         };
         Ok(Pending {
@@ -241,7 +244,7 @@ impl Relay {
                 .get("correlation_id")
                 .and_then(Json::as_str)
                 .map(str::to_string),
-            headers: kafka_headers(&headers),
+            headers: kafka_headers(&headers, ids.as_ref().map(|(id, n)| (*id, n.as_str()))),
         })
     }
 

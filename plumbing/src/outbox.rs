@@ -53,13 +53,13 @@ impl Row {
 }
 
 /// Headers every published record carries, so that consumers and operators can follow a
-/// piece of work without decoding the payload: its name, its ids and the trace it continues
-/// (`traceparent`). Written as a JSON object, its keys in this order.
+/// piece of work without decoding the payload: its correlation id and the trace it
+/// continues (`traceparent`), written as a JSON object, and its `event_id` and
+/// `record_name`, which the relay adds from the row's own columns ([`published_headers`])
+/// rather than have every row spell them twice.
 #[derive(Serialize)]
 struct Headers<'a> {
     correlation_id: &'a str,
-    event_id: Uuid,
-    record_name: &'static str,
     traceparent: String,
 }
 
@@ -69,8 +69,6 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
     let envelope = record.envelope();
     let headers = Headers {
         correlation_id: &envelope.correlation_id,
-        event_id: envelope.event_id,
-        record_name: R::NAME,
         traceparent: crate::trace::for_outbox(envelope.causation_id.as_deref()).to_string(),
     };
     Ok(Row {
@@ -80,7 +78,7 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
         name: R::NAME,
         version: R::WRITE_VERSION as i32,
         payload: json_text(record, 1024)?,
-        headers: json_text(&headers, 256)?,
+        headers: json_text(&headers, 128)?,
         derived_from: None,
     })
 }
@@ -175,6 +173,35 @@ pub fn header_bytes(value: &Json) -> Cow<'_, [u8]> {
     }
 }
 
+/// The headers a row is published with, in order: for a record row (`ids`: its event id and
+/// record name, from its columns) `correlation_id`, `event_id`, `record_name`, then the rest
+/// of the row's `headers` (a row written before the ids left its `headers` may hold them
+/// too: they are published once, from the columns); for a forwarded record, its `headers`
+/// as they are.
+pub fn published_headers<'h>(
+    headers: &'h Json,
+    ids: Option<(Uuid, &str)>,
+) -> Vec<(&'h str, Cow<'h, [u8]>)> {
+    const CORRELATION: &str = "correlation_id";
+    let map = headers.as_object();
+    let stored = map.into_iter().flatten();
+    let Some((event_id, record_name)) = ids else {
+        return stored.map(|(k, v)| (k.as_str(), header_bytes(v))).collect();
+    };
+    let mut out = Vec::with_capacity(map.map_or(0, |m| m.len()) + 2);
+    if let Some(v) = map.and_then(|m| m.get(CORRELATION)) {
+        out.push((CORRELATION, header_bytes(v)));
+    }
+    out.push(("event_id", Cow::Owned(event_id.to_string().into_bytes())));
+    out.push(("record_name", Cow::Owned(record_name.as_bytes().to_vec())));
+    out.extend(
+        stored
+            .filter(|(k, _)| !matches!(k.as_str(), CORRELATION | "event_id" | "record_name"))
+            .map(|(k, v)| (k.as_str(), header_bytes(v))),
+    );
+    out
+}
+
 /// A record forwarded byte for byte (a dead letter, a redrive), with its own headers
 /// (values as [`header_value`] writes them).
 pub struct RawRecord<'a> {
@@ -263,22 +290,48 @@ mod tests {
     }
 
     #[test]
-    fn a_rows_headers_name_the_record_its_ids_and_a_trace_in_sorted_order() {
+    fn a_rows_headers_hold_its_correlation_and_a_trace_and_are_published_with_its_ids() {
         let probe = Probe {
             envelope: Envelope::new(Uuid::now_v7(), "corr-1", None),
         };
         let row = row(&probe).unwrap();
-        let headers: serde_json::Map<String, Json> = serde_json::from_str(&row.headers).unwrap();
-        assert_eq!(headers.len(), 4, "{}", row.headers);
+        let headers: Json = serde_json::from_str(&row.headers).unwrap();
+        assert_eq!(headers.as_object().map(|m| m.len()), Some(2), "{headers}");
         assert_eq!(headers["correlation_id"], "corr-1");
-        assert_eq!(headers["event_id"], probe.envelope.event_id.to_string());
-        assert_eq!(headers["record_name"], "dhanman.test.Probe");
         let trace = headers[HEADER].as_str().unwrap();
         assert!(TraceParent::parse(trace).is_some(), "{trace}");
-        // The text as rows written before held it: keys sorted.
-        let at = |key: &str| row.headers.find(&format!("\"{key}\":")).unwrap();
-        assert!(at("correlation_id") < at("event_id"));
-        assert!(at("event_id") < at("record_name"));
-        assert!(at("record_name") < at(HEADER));
+
+        let id = probe.envelope.event_id;
+        let text = |published: Vec<(&str, Cow<[u8]>)>| -> Vec<(String, String)> {
+            published
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(&v).into_owned()))
+                .collect()
+        };
+        let published = text(published_headers(&headers, Some((id, row.name))));
+        let expected = vec![
+            ("correlation_id".to_string(), "corr-1".to_string()),
+            ("event_id".to_string(), id.to_string()),
+            ("record_name".to_string(), "dhanman.test.Probe".to_string()),
+            (HEADER.to_string(), trace.to_string()),
+        ];
+        assert_eq!(published, expected);
+        // A row of the earlier form spelled the ids in its headers too: published once.
+        let mut earlier = headers.clone();
+        earlier["event_id"] = Json::String(id.to_string());
+        earlier["record_name"] = Json::String(row.name.to_string());
+        assert_eq!(
+            text(published_headers(&earlier, Some((id, row.name)))),
+            expected
+        );
+        // A forwarded record's headers are its own, as they are.
+        let forwarded = serde_json::json!({"dlq.error": "bad", "record_name": "x"});
+        assert_eq!(
+            text(published_headers(&forwarded, None)),
+            vec![
+                ("dlq.error".to_string(), "bad".to_string()),
+                ("record_name".to_string(), "x".to_string()),
+            ]
+        );
     }
 }

@@ -243,8 +243,8 @@ async fn the_relay_registers_new_subjects_only_as_a_registry_user() {
 }
 
 /// An announcement written before the ledger stored its records (the row named its entry
-/// and carried no record) gets, from the migration, exactly the record and headers the
-/// ledger writes now: the relay publishes both forms the same.
+/// and carried no record) gets, from the migration, exactly the record the ledger writes
+/// now, and headers the relay publishes as it publishes the ledger's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledger_writes() {
     let db = TestDb::new().await;
@@ -284,7 +284,28 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    assert_eq!(migrated, now);
+    // The same records; the migration's headers also spell the ids the rows now leave to
+    // their columns, and the relay publishes them once either way.
+    let records = |rows: &[(Uuid, Value, Value)]| -> Vec<(Uuid, Value)> {
+        rows.iter().map(|(d, p, _)| (*d, p.clone())).collect()
+    };
+    assert_eq!(records(&migrated), records(&now));
+    let published = |rows: &[(Uuid, Value, Value)]| -> Vec<Vec<(String, Vec<u8>)>> {
+        rows.iter()
+            .map(|(_, payload, headers)| {
+                let id: Uuid = payload["event_id"].as_str().unwrap().parse().unwrap();
+                dhanman_plumbing::outbox::published_headers(
+                    headers,
+                    Some((id, "dhanman.ledger.LedgerEntryPosted")),
+                )
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into_owned()))
+                .collect()
+            })
+            .collect()
+    };
+    assert_eq!(published(&migrated), published(&now));
+    assert_eq!(published(&now)[0].len(), 4, "{:?}", now[0].2);
     db.drop_db().await;
 }
 
