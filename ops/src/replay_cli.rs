@@ -120,6 +120,7 @@ struct Summary {
     /// With `--execute`: what the batches did.
     applied: usize,
     skipped_as_applied: usize,
+    ignored: usize,
     dead_lettered: usize,
     seconds: f64,
 }
@@ -176,6 +177,7 @@ impl ProcessorJob for Args {
             survey: Survey::default(),
             applied: 0,
             skipped_as_applied: 0,
+            ignored: 0,
             dead_lettered: 0,
             seconds: 0.0,
         };
@@ -198,11 +200,13 @@ impl ProcessorJob for Args {
                 let BatchReport {
                     applied,
                     duplicates,
+                    ignored,
                     dead_lettered,
                     ..
                 } = runtime.apply_batch(&batch).await;
                 summary.applied += applied;
                 summary.skipped_as_applied += duplicates;
+                summary.ignored += ignored;
                 summary.dead_lettered += dead_lettered;
             }
             bar.inc(batch.len() as u64);
@@ -348,13 +352,13 @@ fn table(s: &Summary) -> String {
         ));
     }
     out.push_str(&format!(
-        "{:<48} {:>9} {:>16} {:>12}\n",
-        "TYPE", "IN RANGE", "ALREADY APPLIED", "WOULD APPLY"
+        "{:<48} {:>9} {:>16} {:>12} {:>8}\n",
+        "TYPE", "IN RANGE", "ALREADY APPLIED", "WOULD APPLY", "IGNORED"
     ));
     for (name, c) in &s.survey.by_type {
         out.push_str(&format!(
-            "{:<48} {:>9} {:>16} {:>12}\n",
-            name, c.in_range, c.already_applied, c.would_apply
+            "{:<48} {:>9} {:>16} {:>12} {:>8}\n",
+            name, c.in_range, c.already_applied, c.would_apply, c.ignored
         ));
     }
     if s.survey.poison > 0 {
@@ -365,8 +369,8 @@ fn table(s: &Summary) -> String {
     }
     if s.executed {
         out.push_str(&format!(
-            "applied {}, skipped as already applied {}, dead-lettered {}\n",
-            s.applied, s.skipped_as_applied, s.dead_lettered
+            "applied {}, skipped as already applied {}, ignored {}, dead-lettered {}\n",
+            s.applied, s.skipped_as_applied, s.ignored, s.dead_lettered
         ));
     } else {
         out.push_str("nothing changed; add --execute to apply what would apply\n");

@@ -32,6 +32,11 @@ impl Processor for ApprovalRequests {
         vec![topics::PURCHASE_ORDERS.to_string()]
     }
 
+    /// Only a submitted order asks for approvals; its reads take no consistency token.
+    fn ignores(&self, event: &Event) -> bool {
+        !matches!(event, Event::POSubmitted(_))
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

@@ -98,6 +98,11 @@ impl Processor for Notifier {
         .collect()
     }
 
+    /// Its reads take no consistency token: an event it sends nothing for needs no gate.
+    fn ignores(&self, event: &Event) -> bool {
+        tells_no_one(event)
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -389,15 +394,10 @@ async fn receipt(
     }])
 }
 
-/// Decides what `event` asks to send, looking up names and addresses.
-async fn plan(
-    conn: &mut PgConnection,
-    lookups: &mut Lookups,
-    event: &Event,
-) -> Result<Vec<Planned>, sqlx::Error> {
-    let envelope = event.envelope();
-    let org = envelope.organization_id;
-    let needs_org = !matches!(
+/// Whether `event` is of a type the notifier sends nothing for (the runtime then writes no
+/// gate row for it: [`Processor::ignores`]).
+fn tells_no_one(event: &Event) -> bool {
+    matches!(
         event,
         Event::POSubmitted(_)
             | Event::InvoiceCreated(_)
@@ -406,8 +406,18 @@ async fn plan(
             | Event::BillCreated(_)
             | Event::LedgerEntryPosted(_)
             | Event::Other { .. }
-    );
-    if !needs_org {
+    )
+}
+
+/// Decides what `event` asks to send, looking up names and addresses.
+async fn plan(
+    conn: &mut PgConnection,
+    lookups: &mut Lookups,
+    event: &Event,
+) -> Result<Vec<Planned>, sqlx::Error> {
+    let envelope = event.envelope();
+    let org = envelope.organization_id;
+    if tells_no_one(event) {
         return Ok(Vec::new());
     }
     let org_name = lookups.organization_name(conn, org).await?;

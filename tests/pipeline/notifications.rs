@@ -12,7 +12,8 @@
 //! each message once after restart; a SIGTERM while it holds DATA waits for the answer,
 //! records the message as sent and exits 0; an outage (refused, then 4xx) delivers
 //! everything once; a 5xx address is dead-lettered at the first attempt (with its DLQ
-//! record) while the others arrive
+//! record) while the others arrive; the events the notifier sends nothing for (an invoice's
+//! own event, a submitted order) leave no gate row
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -510,6 +511,19 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
     // Replay every topic for the notifier: offsets to 0, its gate emptied. The delivery
     // log alone must keep every email from going out again.
     settled(&db, sent + 1).await; // Cedar Heights' administrator was welcomed too.
+    // The events it sends nothing for (an invoice's email is a command of its own) left no
+    // gate row; those it acted on did.
+    let gated = |record: &str| {
+        format!(
+            "select count(*) from processed_events pe join outbox o using (event_id)
+              where pe.processor = 'notifier' and o.record_name = 'dhanman.{record}'"
+        )
+    };
+    assert!(db.count("select count(*) from invoices").await > 0);
+    assert_eq!(db.count(&gated("sales.InvoiceCreated")).await, 0);
+    assert_eq!(db.count(&gated("purchase.POSubmitted")).await, 0);
+    assert!(db.count(&gated("notification.SendInvoiceEmail")).await > 0);
+    assert!(db.count(&gated("sales.PaymentReceived")).await > 0);
     let before = sink.count();
     pipeline.kill().await;
     let group = format!("{}dhanman.notifier", setup.topic_prefix);

@@ -18,6 +18,8 @@ pub struct BatchReport {
     pub records: usize,
     pub applied: usize,
     pub duplicates: usize,
+    /// Events the processor does nothing with ([`super::Processor::ignores`]).
+    pub ignored: usize,
     pub dead_lettered: usize,
 }
 

@@ -3,7 +3,7 @@
 /// Histogram, label `processor`: seconds from a batch (lane) being handed to the
 /// runtime to its commit, retries included.
 pub const BATCH_DURATION: &str = "dhanman_processor_batch_duration_seconds";
-/// Counter, labels `processor` and `outcome` (`applied`, `skipped_duplicate`,
+/// Counter, labels `processor` and `outcome` (`applied`, `skipped_duplicate`, `ignored`,
 /// `dead_lettered`): records of committed batches.
 pub const EVENTS: &str = "dhanman_processor_events_total";
 /// Counter, labels `processor` and `class` (`transient`: a batch attempt failed and is
@@ -17,7 +17,7 @@ pub const DLQ_RECORDS: &str = "dhanman_dlq_records_total";
 
 /// Makes a processor's series visible at zero before anything happens.
 pub(super) fn register(processor: &str) {
-    for outcome in ["applied", "skipped_duplicate", "dead_lettered"] {
+    for outcome in ["applied", "skipped_duplicate", "ignored", "dead_lettered"] {
         metrics::counter!(EVENTS, "processor" => processor.to_string(), "outcome" => outcome)
             .increment(0);
     }

@@ -63,6 +63,16 @@ pub trait Processor: Send + Sync + 'static {
         let _ = event;
         false
     }
+    /// Whether `event` is one this processor does nothing with (a record type on its topics
+    /// that it neither writes nor sends anything for): such an event gets no gate row and is
+    /// not handed to [`Processor::apply`]; reading it again would do nothing either. It is
+    /// counted as `ignored`. A processor whose reads take consistency tokens ignores
+    /// nothing: its gate rows are what end a wait for any event on its topics. None by
+    /// default.
+    fn ignores(&self, event: &Event) -> bool {
+        let _ = event;
+        false
+    }
     /// Applies events this processor has never applied (or, for those gated by their
     /// effects, may have), in offset order per partition. Must write only through `conn`.
     /// A [`ApplyError::Transient`] failure retries the batch; a [`ApplyError::Poison`] one
@@ -99,6 +109,7 @@ trait DynProcessor: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn topics(&self) -> Vec<String>;
     fn gated_by_effects(&self, event: &Event) -> bool;
+    fn ignores(&self, event: &Event) -> bool;
     fn apply_boxed<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -117,6 +128,10 @@ impl<P: Processor> DynProcessor for P {
 
     fn gated_by_effects(&self, event: &Event) -> bool {
         Processor::gated_by_effects(self, event)
+    }
+
+    fn ignores(&self, event: &Event) -> bool {
+        Processor::ignores(self, event)
     }
 
     fn apply_boxed<'a>(
@@ -139,6 +154,10 @@ impl Processor for BoxedProcessor {
 
     fn gated_by_effects(&self, event: &Event) -> bool {
         self.0.gated_by_effects(event)
+    }
+
+    fn ignores(&self, event: &Event) -> bool {
+        self.0.ignores(event)
     }
 
     async fn apply(

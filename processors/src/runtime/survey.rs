@@ -16,6 +16,8 @@ pub struct TypeCounts {
     pub in_range: usize,
     pub already_applied: usize,
     pub would_apply: usize,
+    /// Events of a type the processor does nothing with ([`super::Processor::ignores`]).
+    pub ignored: usize,
 }
 
 /// What a replay finds in a range: per record type, and the records no type reads.
@@ -32,6 +34,7 @@ impl Survey {
             mine.in_range += c.in_range;
             mine.already_applied += c.already_applied;
             mine.would_apply += c.would_apply;
+            mine.ignored += c.ignored;
         }
         self.poison += other.poison;
     }
@@ -47,13 +50,19 @@ impl<P: Processor> Runtime<P> {
     }
 
     /// What applying `batch` would do, per record type, without doing it: each event is
-    /// already applied (`applied_events` has it) or would be.
+    /// already applied (`applied_events` has it), would be, or is one the processor
+    /// ignores.
     pub async fn survey(&self, batch: &[Incoming]) -> Result<Survey> {
         let decoded = self.decode_all(batch).await?;
         let mut survey = Survey::default();
         let mut events = Vec::new();
         for d in &decoded {
             match d {
+                Decoded::Event(e) if self.processor.ignores(e) => {
+                    let counts = survey.by_type.entry(e.name().to_string()).or_default();
+                    counts.in_range += 1;
+                    counts.ignored += 1;
+                }
                 Decoded::Event(e) => events.push(e.as_ref()),
                 Decoded::Poison { .. } => survey.poison += 1,
             }

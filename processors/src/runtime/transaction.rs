@@ -42,14 +42,19 @@ impl<P: Processor> Runtime<P> {
         };
         let name = self.processor.name().to_string();
 
-        // Events in this batch, first occurrence of each id only.
+        // Events in this batch, first occurrence of each id only; those the processor does
+        // nothing with are counted and go no further.
         let mut seen = HashSet::new();
         let mut candidates: Vec<(usize, &Event)> = Vec::new();
         for (i, d) in decoded.iter().enumerate() {
             if let Decoded::Event(event) = d
                 && seen.insert(event.envelope().event_id)
             {
-                candidates.push((i, event));
+                if self.processor.ignores(event) {
+                    report.ignored += 1;
+                } else {
+                    candidates.push((i, event));
+                }
             }
         }
         let mut poison: BTreeMap<usize, (&'static str, String)> = decoded
@@ -62,7 +67,7 @@ impl<P: Processor> Runtime<P> {
             .collect();
 
         let fresh = mark_processed(&mut tx, self.processor.as_ref(), batch, &candidates).await?;
-        report.duplicates = decoded.len() - poison.len() - fresh.len();
+        report.duplicates = decoded.len() - poison.len() - report.ignored - fresh.len();
         let events: Vec<&Event> = fresh.iter().map(|(_, e)| *e).collect();
         // Each event continues the trace its record carries (a new one if it carries none);
         // what `apply` writes to the outbox for it is a child of that span.
@@ -233,6 +238,7 @@ pub(super) fn record_outcomes(
     for (outcome, n) in [
         ("applied", report.applied),
         ("skipped_duplicate", report.duplicates),
+        ("ignored", report.ignored),
         ("dead_lettered", report.dead_lettered),
     ] {
         if n > 0 {
