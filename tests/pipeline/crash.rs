@@ -269,18 +269,21 @@ async fn a_batch_killed_with_some_of_its_lanes_committed_loses_and_doubles_nothi
     let backlog = 2 * EVENTS / 3;
     stream.produce(&setup, FIRST..backlog).await;
     let mut killed = spawn_processor();
-    // One session of the processor waits on the lock, and no other is inside a
-    // transaction: the other lanes of the batch have committed.
+    // One session of the processor waits on the lock, no other is inside a transaction,
+    // and events past the stored offsets are applied: the other lanes of the batch have
+    // committed (a lane that has not yet begun is idle too, so the last look is needed).
     eventually(
         "one lane to wait on the locked balance and the others to commit",
         Duration::from_secs(90),
         || {
             let pool = db.pool.clone();
             async move {
-                let (waiting, busy): (i64, i64) = sqlx::query_as(
+                let (waiting, busy, past): (i64, i64, bool) = sqlx::query_as(
                     "select count(*) filter (where wait_event_type = 'Lock'),
                             count(*) filter (where state <> 'idle'
-                                               and wait_event_type is distinct from 'Lock')
+                                               and wait_event_type is distinct from 'Lock'),
+                            (select count(*) from applied_events)
+                              > (select coalesce(sum(next_offset), 0) from consumer_offsets)
                        from pg_stat_activity
                       where datname = current_database()
                         and pid not in ($1, pg_backend_pid())",
@@ -289,7 +292,7 @@ async fn a_batch_killed_with_some_of_its_lanes_committed_loses_and_doubles_nothi
                 .fetch_one(&pool)
                 .await
                 .ok()?;
-                (waiting == 1 && busy == 0).then_some(())
+                (waiting == 1 && busy == 0 && past).then_some(())
             }
         },
     )
