@@ -162,7 +162,7 @@ impl Relay {
     pub async fn publish_batch(&self) -> Result<usize> {
         let rows = sqlx::query(
             "select q.id, o.event_id, o.topic, o.message_key, o.raw_key, o.record_name,
-                    o.schema_version, o.payload, o.raw_value, o.headers
+                    o.schema_version, o.payload, o.avro, o.raw_value, o.headers
                from unnest(array(select id from outbox_pending order by id limit $1)) q (id)
                left join outbox o on o.id = q.id
               order by q.id",
@@ -198,8 +198,8 @@ impl Relay {
         self.publish(pending).await
     }
 
-    /// The record an outbox row becomes: its stored bytes (dead letters, redrives) or its
-    /// payload encoded under its schema.
+    /// The record an outbox row becomes: its stored bytes (dead letters, redrives), its
+    /// Avro datum framed, or its payload encoded under its schema.
     async fn record(&self, row: &sqlx::postgres::PgRow) -> Result<Pending> {
         let event_id: Uuid = row.try_get("event_id")?;
         let headers: Json = row.try_get("headers")?;
@@ -211,16 +211,21 @@ impl Relay {
                 return Err(Error::Outbox(format!("row {event_id} names no record")));
             }
             (None, Some(name)) => {
-                let version: i32 = row.try_get("schema_version")?;
-                // Only a row written before its writer stored records (an entry's
-                // announcement of that time, published then) lacks one.
-                let payload: Json = row
-                    .try_get::<Option<Json>, _>("payload")?
-                    .ok_or_else(|| Error::Outbox(format!("row {event_id} has no record")))?;
-                let value = self
-                    .codec
-                    .encode_json(&name, version as u32, &payload)
-                    .await?;
+                let version = row.try_get::<i32, _>("schema_version")? as u32;
+                let avro: Option<Vec<u8>> = row.try_get("avro")?;
+                let value = match avro {
+                    // Kept as its datum: framed as it is.
+                    Some(datum) => self.codec.frame(&name, version, &datum).await?,
+                    // Only a row written before its writer stored records (an entry's
+                    // announcement of that time, published then) lacks both forms.
+                    None => {
+                        let payload: Json =
+                            row.try_get::<Option<Json>, _>("payload")?.ok_or_else(|| {
+                                Error::Outbox(format!("row {event_id} has no record"))
+                            })?;
+                        self.codec.encode_json(&name, version, &payload).await?
+                    }
+                };
                 (value, Some((event_id, name)))
             }
         };

@@ -485,9 +485,10 @@ pub async fn post<'a>(
     Ok(fresh)
 }
 
-/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction, written as
-/// every record is ([`outbox::row`]: the record, its headers, the trace of the event it
-/// posts), with the entry it announces as the row's `derived_from`.
+/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction, with its
+/// headers and the trace of the event it posts, the record kept as its Avro datum
+/// ([`outbox::avro_row`]: the largest row of a batch, at about half the bytes of its JSON),
+/// and the entry it announces as the row's `derived_from`.
 async fn announce(
     conn: &mut PgConnection,
     entries: &[&Entry],
@@ -497,7 +498,7 @@ async fn announce(
         let rows = entries
             .iter()
             .map(|entry| {
-                outbox::row(&announcement(entry, posted_at)).map(|r| r.announcing(entry.id))
+                outbox::avro_row(&announcement(entry, posted_at)).map(|r| r.announcing(entry.id))
             })
             .collect::<dhanman_plumbing::Result<Vec<_>>>()?;
         outbox::enqueue_rows(conn, &rows).await

@@ -18,11 +18,45 @@ pub struct RecordSchema {
     /// The `.avsc` text as written in the repository.
     pub text: &'static str,
     pub schema: Schema,
+    /// The same schema as serde_avro_fast reads it, parsed on first use ([`RecordSchema::datum`]).
+    fast: OnceLock<std::result::Result<serde_avro_fast::Schema, String>>,
 }
 
 impl RecordSchema {
     pub fn subject(&self) -> String {
         topics::subject(self.topic, &self.name)
+    }
+
+    /// `value` as its Avro datum under this schema (the bytes a framed record carries after
+    /// its five-byte header), serialized straight from the value: the same bytes as its
+    /// JSON form through [`crate::json::to_avro`] and apache-avro's writer, without the
+    /// JSON tree and the Avro value tree in between (`codec::tests` compare them for every
+    /// record type). A `date` field is refused (its Rust form is text): such a record is kept
+    /// as JSON.
+    pub fn datum<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
+        let schema = self
+            .fast
+            .get_or_init(|| self.text.parse().map_err(|e| format!("{e}")))
+            .as_ref()
+            .map_err(|reason| Error::Schema {
+                name: self.name.clone(),
+                reason: reason.clone(),
+            })?;
+        serde_avro_fast::to_datum_vec(
+            value,
+            &mut serde_avro_fast::ser::SerializerConfig::new(schema),
+        )
+        .map_err(|e| Error::Invalid(format!("{}: {e}", self.name)))
+    }
+
+    /// A datum of this schema ([`RecordSchema::datum`]) in its JSON form.
+    pub fn datum_json(&self, datum: &[u8]) -> Result<serde_json::Value> {
+        let mut bytes = datum;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(&self.schema)
+            .build()
+            .and_then(|reader| reader.read_value(&mut bytes))
+            .map_err(|e| Error::Undecodable(format!("{}: {e}", self.name)))?;
+        crate::json::from_avro(&value, &self.schema, "")
     }
 }
 
@@ -158,6 +192,7 @@ impl Catalog {
                     topic,
                     text,
                     schema,
+                    fast: OnceLock::new(),
                 },
             );
         }

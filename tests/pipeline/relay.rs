@@ -2,7 +2,8 @@
 //! Stopped with SIGTERM, it finishes its batch, releases the lock and exits 0, and the
 //! standby publishes from where it stopped: every event reaches the topic once. An
 //! announcement of the form written before the ledger stored its records is migrated to
-//! exactly the record and headers the ledger writes now, and an outbox of the form that
+//! exactly the record the ledger writes now (its Avro datum read back as JSON) and headers
+//! published the same, and an outbox of the form that
 //! marked rows published keeps exactly its unpublished rows queued; bodies kept as `jsonb`
 //! before are the same JSON after the migration to `json`.
 
@@ -249,18 +250,27 @@ async fn the_relay_registers_new_subjects_only_as_a_registry_user() {
 async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledger_writes() {
     let db = TestDb::new().await;
     organization_with_two_entries(&db, "Migration Court").await;
-    let written = "select derived_from, payload, headers from outbox
-                    where derived_from is not null order by derived_from";
-    // Read unprepared: a pooled session that prepared the query while the bodies were
-    // `json` may not run it once they are `jsonb` ("cached plan must not change result type").
-    let now: Vec<(Uuid, Value, Value)> = sqlx::query_as(written)
-        .persistent(false)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    // The ledger keeps its record as its Avro datum; read here in its JSON form.
+    type Stored = (Uuid, Option<Value>, Option<Vec<u8>>, Value);
+    let stored: Vec<Stored> = sqlx::query_as(
+        "select derived_from, payload, avro, headers from outbox
+          where derived_from is not null order by derived_from",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let now: Vec<(Uuid, Value, Value)> = stored
+        .into_iter()
+        .map(|(entry, payload, avro, headers)| {
+            assert_eq!(payload, None);
+            (entry, announcement_json(&avro.unwrap()), headers)
+        })
+        .collect();
     assert_eq!(now.len(), 2);
     assert_eq!(now[0].1["entry_id"], json!(now[0].0.to_string()));
     assert_eq!(now[0].1["lines"].as_array().map(Vec::len), Some(2));
+    let written = "select derived_from, payload, headers from outbox
+                    where derived_from is not null order by derived_from";
 
     // The earlier form: no record, headers holding only the trace (and the outbox of that
     // time, which marked its rows published in a column of their own and kept its bodies
@@ -271,7 +281,7 @@ async fn an_announcement_of_the_earlier_form_is_migrated_to_the_record_the_ledge
                            alter column headers type jsonb;
          alter table outbox drop constraint outbox_has_value;
          alter table outbox add constraint outbox_has_value check (true);
-         update outbox set payload = null,
+         update outbox set payload = null, avro = null,
                            headers = headers - 'event_id' - 'record_name' - 'correlation_id'
           where derived_from is not null",
     )
@@ -330,6 +340,35 @@ async fn organization_with_two_entries(db: &TestDb, name: &str) -> Uuid {
     ledger::post(&mut tx, &entries).await.unwrap();
     tx.commit().await.unwrap();
     org
+}
+
+/// A `LedgerEntryPosted` datum as the ledger keeps it in the outbox, in its JSON form.
+fn announcement_json(datum: &[u8]) -> Value {
+    use dhanman_schemas::events::{LedgerEntryPosted, Record};
+    dhanman_schemas::Catalog::global()
+        .get(LedgerEntryPosted::NAME, LedgerEntryPosted::WRITE_VERSION)
+        .unwrap()
+        .datum_json(datum)
+        .unwrap()
+}
+
+/// The ledger's announcements of `db` in the form it wrote before it kept them as their
+/// Avro datum: their record as JSON in `payload`.
+async fn announcements_as_json(db: &TestDb) {
+    let kept: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("select id, avro from outbox where avro is not null")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(!kept.is_empty());
+    for (id, datum) in kept {
+        sqlx::query("update outbox set payload = $2::json, avro = null where id = $1")
+            .bind(id)
+            .bind(announcement_json(&datum).to_string())
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
 }
 
 /// Runs one migration's file again, on a database put back in the form before it.
@@ -402,6 +441,7 @@ async fn an_outbox_of_the_earlier_form_keeps_exactly_its_unpublished_rows_queued
 async fn bodies_kept_as_jsonb_are_the_same_json_after_the_migration_to_json() {
     let db = TestDb::new().await;
     let org = organization_with_two_entries(&db, "Body Court").await;
+    announcements_as_json(&db).await;
     sqlx::raw_sql(
         "alter table outbox alter column payload type jsonb,
                             alter column headers type jsonb;

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
-use dhanman_schemas::events::{Envelope, InvoiceCreated, PaymentReceived, Record};
+use dhanman_schemas::events::{
+    Envelope, InvoiceCreated, LedgerEntryPosted, PaymentReceived, PostingLine, Record,
+};
 use dhanman_schemas::{Codec, Event, topics};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -488,6 +490,9 @@ const PER_EVENT_TABLES: [&str; 4] = ["journal_entries", "postings", "outbox_pend
 /// commits took.
 async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Result<f64> {
     use std::fmt::Write;
+    let announcement_schema = dhanman_schemas::Catalog::global()
+        .get(LedgerEntryPosted::NAME, LedgerEntryPosted::WRITE_VERSION)
+        .context("the schema of LedgerEntryPosted")?;
     let mut parts = vec![<[String; 3]>::default(); lanes.max(1)];
     let lanes = parts.len();
     for i in 0..n {
@@ -504,25 +509,56 @@ async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Resul
             "{event}\t{org}\t1200\tcustomer\t{customer}\t{amount}\t0"
         );
         let _ = writeln!(postings, "{event}\t{org}\t4000\t\\N\t\\N\t0\t{amount}");
-        // The announcement as the ledger writes it: the record and its headers.
+        // The announcement as the ledger writes it: its headers and the record's Avro datum.
         let id = Uuid::now_v7();
-        let _ = writeln!(
+        let amount: Decimal = amount.parse()?;
+        let line = |code: &str, party: Option<Uuid>, debit, credit| PostingLine {
+            account_code: code.to_string(),
+            party_type: party.map(|_| "customer".to_string()),
+            party_id: party,
+            debit,
+            credit,
+        };
+        let record = LedgerEntryPosted {
+            envelope: Envelope {
+                event_id: id,
+                occurred_at: chrono::DateTime::from_timestamp_millis(1_796_083_200_000)
+                    .unwrap_or_default(),
+                organization_id: org,
+                correlation_id: format!("bench-{i}"),
+                causation_id: Some(event.to_string()),
+            },
+            entry_id: event,
+            source_event_id: event,
+            reference_type: "invoice".to_string(),
+            reference_id: customer,
+            description: format!("Invoice B-{i}"),
+            currency: "INR".to_string(),
+            lines: vec![
+                line("1200", Some(customer), amount, Decimal::ZERO),
+                line("4000", None, Decimal::ZERO, amount),
+            ],
+        };
+        let datum = announcement_schema.datum(&record)?;
+        let _ = write!(
             outbox,
-            "{id}\t{}\t{org}\tLedgerEntryPosted\t1\t{event}\t\
-             {{\"event_id\":\"{id}\",\"record_name\":\"LedgerEntryPosted\",\"correlation_id\":\"bench-{i}\"}}\t\
-             {{\"event_id\":\"{id}\",\"occurred_at\":1796083200000,\"organization_id\":\"{org}\",\
-             \"correlation_id\":\"bench-{i}\",\"causation_id\":\"{event}\",\"entry_id\":\"{event}\",\
-             \"source_event_id\":\"{event}\",\"reference_type\":\"invoice\",\"reference_id\":\"{customer}\",\
-             \"description\":\"Invoice B-{i}\",\"currency\":\"INR\",\"lines\":[\
-             {{\"account_code\":\"1200\",\"party_type\":\"customer\",\"party_id\":\"{customer}\",\"debit\":\"{amount}\",\"credit\":\"0\"}},\
-             {{\"account_code\":\"4000\",\"party_type\":null,\"party_id\":null,\"debit\":\"0\",\"credit\":\"{amount}\"}}]}}",
-            topics::LEDGER_ENTRIES
+            "{id}\t{}\t{org}\t{}\t{}\t{event}\t\
+             {{\"correlation_id\":\"bench-{i}\",\"traceparent\":\"00-{}-{}-01\"}}\t\\\\x",
+            topics::LEDGER_ENTRIES,
+            LedgerEntryPosted::NAME,
+            LedgerEntryPosted::WRITE_VERSION,
+            id.simple(),
+            &event.simple().to_string()[..16],
         );
+        for byte in datum {
+            let _ = write!(outbox, "{byte:02x}");
+        }
+        let _ = writeln!(outbox);
     }
     let targets = [
         "journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)",
         "postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)",
-        "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers, payload)",
+        "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers, avro)",
     ];
     raw::copy_like(url, &PER_EVENT_TABLES, &targets, &parts).await
 }
