@@ -1,5 +1,6 @@
 //! A dry run over nine applied invoices says 9 in range, 9 applied, 0 to apply; executed
-//! twice, it applies nothing and the trial balance and journal are unchanged; the live
+//! twice, it applies nothing and the trial balance and journal are unchanged; for the
+//! notifier, which sends nothing for them, the nine are ignored, dry or executed; the live
 //! groups' offsets never move; a bounded range on one partition has exactly its records;
 //! the users projection wiped by hand is rebuilt by a replay; a time an hour ago covers
 //! every record, and a time past the end is an empty range; a processor that does not read
@@ -153,6 +154,39 @@ async fn replays_survey_apply_nothing_twice_rebuild_projections_and_leave_the_gr
         group_offsets,
         "the live group's offsets moved"
     );
+
+    // The notifier sends nothing for an invoice's own event (its email is a command of its
+    // own): a dry run counts them as ignored, and executed it changes nothing.
+    for execute in [false, true] {
+        let mut args = vec![
+            "--processor",
+            "notifier",
+            "--topic",
+            &invoices,
+            "--from",
+            "beginning",
+        ];
+        if execute {
+            args.push("--execute");
+        }
+        let run = replay(&setup, &args).await;
+        assert!(run.ok, "{}", run.stderr);
+        let created = &run.summary["survey"]["by_type"]["dhanman.sales.InvoiceCreated"];
+        assert_eq!(
+            (
+                &created["in_range"],
+                &created["would_apply"],
+                &created["ignored"]
+            ),
+            (&json!(9), &json!(0), &json!(9)),
+            "{}",
+            run.summary
+        );
+        if execute {
+            assert_eq!(run.summary["ignored"], 9, "{}", run.summary);
+            assert_eq!(run.summary["applied"], 0, "{}", run.summary);
+        }
+    }
 
     // A bounded range on one partition: only its records.
     let (partition, end): (i32, i64) = sqlx::query_as(
