@@ -17,6 +17,13 @@ fn invoice() -> InvoiceCreated {
     }
 }
 
+/// `InvoiceCreated`'s two local versions.
+fn invoice_versions() -> (&'static RecordSchema, &'static RecordSchema) {
+    let catalog = Catalog::global();
+    let version = |v| catalog.get(InvoiceCreated::NAME, v).unwrap();
+    (version(1), version(2))
+}
+
 fn read_datum(schema: &apache_avro::Schema, mut bytes: &[u8]) -> apache_avro::types::Value {
     apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()
@@ -27,8 +34,7 @@ fn read_datum(schema: &apache_avro::Schema, mut bytes: &[u8]) -> apache_avro::ty
 
 #[test]
 fn frames_start_with_magic_and_id_and_decode_back_through_json() {
-    let catalog = Catalog::global();
-    let v2 = catalog.get(InvoiceCreated::NAME, 2).unwrap();
+    let (_, v2) = invoice_versions();
     let event = invoice();
     let json = serde_json::to_value(&event).unwrap();
     let framed = encode_with_id(v2, 42, &json).unwrap();
@@ -43,9 +49,7 @@ fn frames_start_with_magic_and_id_and_decode_back_through_json() {
 
 #[test]
 fn v1_records_resolve_to_v2_with_defaults() {
-    let catalog = Catalog::global();
-    let v1 = catalog.get(InvoiceCreated::NAME, 1).unwrap();
-    let v2 = catalog.get(InvoiceCreated::NAME, 2).unwrap();
+    let (v1, v2) = invoice_versions();
     let mut event = invoice();
     let json = serde_json::to_value(&event).unwrap();
     let framed = encode_with_id(v1, 7, &json).unwrap();
@@ -61,9 +65,7 @@ fn v1_records_resolve_to_v2_with_defaults() {
 
 #[test]
 fn only_schemas_alike_in_every_attribute_skip_resolution() {
-    let catalog = Catalog::global();
-    let v1 = catalog.get(InvoiceCreated::NAME, 1).unwrap();
-    let v2 = catalog.get(InvoiceCreated::NAME, 2).unwrap();
+    let (v1, v2) = invoice_versions();
     assert!(identical(&v2.schema, &v2.schema));
     assert!(!identical(&v1.schema, &v2.schema));
     // Canonical forms drop defaults (and logical type names); resolution does not.
