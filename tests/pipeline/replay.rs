@@ -1,6 +1,7 @@
 //! A dry run over nine applied invoices says 9 in range, 9 applied, 0 to apply; executed
 //! twice, it applies nothing and the trial balance and journal are unchanged; for the
-//! notifier, which sends nothing for them, the nine are ignored, dry or executed; the live
+//! notifier, which sends nothing for them, the nine are ignored, dry or executed, and the
+//! three payments, whose receipts it logged, count as applied and add no delivery; the live
 //! groups' offsets never move; a bounded range on one partition has exactly its records;
 //! the users projection wiped by hand is rebuilt by a replay; a time an hour ago covers
 //! every record, and a time past the end is an empty range; a processor that does not read
@@ -187,6 +188,50 @@ async fn replays_survey_apply_nothing_twice_rebuild_projections_and_leave_the_gr
             assert_eq!(run.summary["applied"], 0, "{}", run.summary);
         }
     }
+
+    // Its receipts are gated by their deliveries: the three payments count as applied, dry
+    // or executed, and no delivery is added.
+    db.wait_count(
+        "the three receipts logged",
+        "select count(*) from notification_deliveries where template = 'receipt'",
+        3,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let deliveries = "select count(*) from notification_deliveries";
+    let logged = db.count(deliveries).await;
+    let payments = setup.topic("dhanman.sales.payments");
+    for execute in [false, true] {
+        let mut args = vec![
+            "--processor",
+            "notifier",
+            "--topic",
+            &payments,
+            "--from",
+            "beginning",
+        ];
+        if execute {
+            args.push("--execute");
+        }
+        let run = replay(&setup, &args).await;
+        assert!(run.ok, "{}", run.stderr);
+        let paid = &run.summary["survey"]["by_type"]["dhanman.sales.PaymentReceived"];
+        assert_eq!(
+            (
+                &paid["in_range"],
+                &paid["already_applied"],
+                &paid["would_apply"]
+            ),
+            (&json!(3), &json!(3), &json!(0)),
+            "{}",
+            run.summary
+        );
+        if execute {
+            assert_eq!(run.summary["skipped_as_applied"], 3, "{}", run.summary);
+            assert_eq!(run.summary["applied"], 0, "{}", run.summary);
+        }
+    }
+    assert_eq!(db.count(deliveries).await, logged);
 
     // A bounded range on one partition: only its records.
     let (partition, end): (i32, i64) = sqlx::query_as(
