@@ -476,8 +476,10 @@ async fn society(
 /// How long the demo waits for the pipeline to finish what the flows caused.
 const SETTLE_WITHIN: Duration = Duration::from_secs(90);
 
-/// Waits until the outbox is published, every processor's group has read every partition
-/// of its topics to the end (one it has not started on counts from the log's start), and (when `deliveries` is set) no notification of the organization waits
+/// Waits until no reminder of the organization is due to fire (a timer due now makes a
+/// command, then an email), the outbox is published, every processor's group has read
+/// every partition of its topics to the end (one it has not started on counts from the
+/// log's start), and (when `deliveries` is set) no notification of the organization waits
 /// to be sent, twice in a row; returns `None` when that happened within [`SETTLE_WITHIN`],
 /// else what was still busy.
 async fn settle(
@@ -494,15 +496,17 @@ async fn settle(
     while tokio::time::Instant::now() < deadline {
         let (outbox, _) = dhanman_connectors::gauges::outbox_backlog(pool).await?;
         let behind = dhanman_connectors::lag::unread(pool, &probe, &reads).await?;
-        let (waiting,): (i64,) = sqlx::query_as(
-            "select count(*) from notification_deliveries
-              where organization_id = $1 and status in ('pending', 'sending')",
+        let (waiting, due): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from notification_deliveries
+                      where organization_id = $1 and status in ('pending', 'sending')),
+                    (select count(*) from payment_reminders
+                      where organization_id = $1 and state = 'scheduled' and fire_at <= now())",
         )
         .bind(organization_id)
         .fetch_one(pool)
         .await?;
         let waiting = if deliveries { waiting } else { 0 };
-        if outbox == 0 && behind.is_empty() && waiting == 0 {
+        if outbox == 0 && behind.is_empty() && waiting == 0 && due == 0 {
             quiet_checks += 1;
             if quiet_checks == 2 {
                 return Ok(None);
@@ -514,7 +518,8 @@ async fn settle(
                 .map(|p| format!("{} {}[{}] {}", p.group, p.topic, p.partition, p.lag))
                 .collect();
             busy = format!(
-                "outbox {outbox}, notifications waiting {waiting}, records waiting: {}",
+                "outbox {outbox}, notifications waiting {waiting}, reminders due {due}, \
+                 records waiting: {}",
                 if behind.is_empty() {
                     "none".to_string()
                 } else {

@@ -530,10 +530,29 @@ async fn a_month_of_flows_sends_exactly_these_emails_and_a_replay_sends_nothing(
     ] {
         assert_eq!(db.count(&applied_as("processed_events", record)).await, 0);
     }
-    assert_eq!(db.count(&applied_as("applied_events", "sales.InvoiceCreated")).await, 0);
-    assert_eq!(db.count(&applied_as("applied_events", "purchase.POSubmitted")).await, 0);
-    assert!(db.count(&applied_as("applied_events", "notification.SendInvoiceEmail")).await > 0);
-    assert!(db.count(&applied_as("applied_events", "sales.PaymentReceived")).await > 0);
+    assert_eq!(
+        db.count(&applied_as("applied_events", "sales.InvoiceCreated"))
+            .await,
+        0
+    );
+    assert_eq!(
+        db.count(&applied_as("applied_events", "purchase.POSubmitted"))
+            .await,
+        0
+    );
+    assert!(
+        db.count(&applied_as(
+            "applied_events",
+            "notification.SendInvoiceEmail"
+        ))
+        .await
+            > 0
+    );
+    assert!(
+        db.count(&applied_as("applied_events", "sales.PaymentReceived"))
+            .await
+            > 0
+    );
     let before = sink.count();
     pipeline.kill().await;
     let group = format!("{}dhanman.notifier", setup.topic_prefix);
