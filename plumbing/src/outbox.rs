@@ -99,9 +99,7 @@ pub fn row<R: Record>(record: &R) -> Result<Row> {
 pub fn avro_row<R: Record>(record: &R) -> Result<Row> {
     use serde::ser::Error as _;
     let datum = Catalog::global()
-        .get(R::NAME, R::WRITE_VERSION)
-        .ok_or_else(|| format!("no local schema {} v{}", R::NAME, R::WRITE_VERSION))
-        .and_then(|schema| schema.datum(record).map_err(|e| e.to_string()))
+        .datum(record)
         .map_err(serde_json::Error::custom)?;
     row_with(record, Body::Avro(datum))
 }

@@ -203,6 +203,18 @@ impl Catalog {
         self.records.get(&(name.to_string(), version))
     }
 
+    /// One local schema version, or why there is none.
+    pub fn local(&self, name: &str, version: u32) -> Result<&RecordSchema> {
+        self.get(name, version)
+            .ok_or_else(|| Error::Invalid(format!("no local schema {name} v{version}")))
+    }
+
+    /// `record` as its Avro datum under the version it is written with
+    /// ([`RecordSchema::datum`]).
+    pub fn datum<R: crate::events::Record>(&self, record: &R) -> Result<Vec<u8>> {
+        self.local(R::NAME, R::WRITE_VERSION)?.datum(record)
+    }
+
     /// The newest local version: what this binary reads every version of a record as.
     pub fn latest(&self, name: &str) -> Option<&RecordSchema> {
         let version = *self.latest.get(name)?;

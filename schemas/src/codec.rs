@@ -264,7 +264,7 @@ impl Codec {
 
     /// Encodes the JSON form of a record with one local schema version.
     pub async fn encode_json(&self, name: &str, version: u32, value: &Json) -> Result<Vec<u8>> {
-        let record = local(name, version)?;
+        let record = Catalog::global().local(name, version)?;
         encode_with_id(record, self.schema_id(record).await?, value)
     }
 
@@ -272,7 +272,8 @@ impl Codec {
     /// wire format, under the registry's id for that version.
     pub async fn frame(&self, name: &str, version: u32, datum: &[u8]) -> Result<Vec<u8>> {
         Ok(with_header(
-            self.schema_id(local(name, version)?).await?,
+            self.schema_id(Catalog::global().local(name, version)?)
+                .await?,
             datum,
         ))
     }
@@ -421,13 +422,6 @@ fn identical(a: &apache_avro::Schema, b: &apache_avro::Schema) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-/// One local schema version, or why there is none.
-fn local(name: &str, version: u32) -> Result<&'static RecordSchema> {
-    Catalog::global()
-        .get(name, version)
-        .ok_or_else(|| Error::Invalid(format!("no local schema {name} v{version}")))
 }
 
 /// Frames an Avro datum in the Confluent wire format.

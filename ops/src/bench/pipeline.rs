@@ -490,9 +490,6 @@ const PER_EVENT_TABLES: [&str; 4] = ["journal_entries", "postings", "outbox_pend
 /// commits took.
 async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let announcement_schema = dhanman_schemas::Catalog::global()
-        .get(LedgerEntryPosted::NAME, LedgerEntryPosted::WRITE_VERSION)
-        .context("the schema of LedgerEntryPosted")?;
     let mut parts = vec![<[String; 3]>::default(); lanes.max(1)];
     let lanes = parts.len();
     for i in 0..n {
@@ -539,7 +536,7 @@ async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Resul
                 line("4000", None, Decimal::ZERO, amount),
             ],
         };
-        let datum = announcement_schema.datum(&record)?;
+        let datum = dhanman_schemas::Catalog::global().datum(&record)?;
         let _ = write!(
             outbox,
             "{id}\t{}\t{org}\t{}\t{}\t{event}\t\
