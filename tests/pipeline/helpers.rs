@@ -452,7 +452,14 @@ pub async fn api_with_org(setup: &Setup, name: &str) -> (Proc, Uuid) {
     (api, org)
 }
 
-/// An `InvoiceCreated` (v2 fields empty) issued 2026-12-01, due 2026-12-10.
+/// The due date the fixtures give an invoice: 20 days from today, so that no payment
+/// reminder falls due while a test runs unless it asks for one (a
+/// `DHANMAN_REMINDER_DAYS_BEFORE` over 20).
+pub fn due_date() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive() + chrono::Days::new(20)
+}
+
+/// An `InvoiceCreated` (v2 fields empty) issued 2026-12-01, due on [`due_date`].
 pub fn invoice_created(org: Uuid, customer: Uuid, number: &str, amount: &str) -> InvoiceCreated {
     InvoiceCreated {
         envelope: Envelope::new(org, &format!("test-{number}"), None),
@@ -462,7 +469,7 @@ pub fn invoice_created(org: Uuid, customer: Uuid, number: &str, amount: &str) ->
         amount: amount.parse().unwrap(),
         currency: "INR".into(),
         issue_date: "2026-12-01".parse().unwrap(),
-        due_date: "2026-12-10".parse().unwrap(),
+        due_date: due_date(),
         description: None,
         period: None,
         tax_amount: None,
@@ -483,12 +490,13 @@ pub fn payment(org: Uuid, customer: Uuid, cents: i64, correlation_id: &str) -> P
     }
 }
 
-/// Creates an invoice through the API; returns (invoice id, consistency token).
+/// Creates an invoice through the API, due on [`due_date`]; returns (invoice id,
+/// consistency token).
 pub async fn invoice(api: &Api, customer: Uuid, amount: &str) -> (String, String) {
     let r = api
         .post(
             "/v1/invoices",
-            json!({"customer_id": customer, "amount": amount, "due_date": "2026-12-10",
+            json!({"customer_id": customer, "amount": amount, "due_date": due_date(),
                    "issue_date": "2026-12-01"}),
         )
         .await;

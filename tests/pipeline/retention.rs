@@ -27,7 +27,7 @@ async fn pruning_keeps_what_is_needed_and_a_replay_after_it_posts_nothing_twice(
     ledger_applied(&api, &last).await;
     // A retried command within the retry window is replayed, not run again.
     let body = serde_json::json!({"customer_id": customer, "amount": "10.00",
-                                  "due_date": "2026-12-10", "issue_date": "2026-12-01"});
+                                  "due_date": due_date(), "issue_date": "2026-12-01"});
     let keyed = api
         .send(
             api.http
