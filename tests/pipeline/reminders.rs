@@ -294,7 +294,7 @@ async fn two_scheduler_instances_send_one_reminder_per_invoice() {
     let (org, key) = create_org(&setup, "Lakeview Residency").await;
     let api = Api::new(&setup.base_url(), &key);
     let asha = api.customer("Asha").await;
-    // Not due before 2026-12-10: every timer waits until the test makes them all due at
+    // Not due before the fixture's due date: every timer waits until the test makes them all due at
     // once, so that both instances race for them.
     let _first = scheduler(&setup, "0");
     let _second = scheduler(&setup, "0");
@@ -462,7 +462,7 @@ async fn no_reminder_for_an_invoice_paid_before_its_payment_event_is_consumed() 
     let mut relay = setup.spawn(&["relay"]);
     let _processor = scheduler(&setup, "0");
 
-    // Scheduled (due 2026-12-10, reminders on the due date: not yet).
+    // Scheduled (due in 20 days, reminders on the due date: not yet).
     let (first, first_token) = invoice(&api, asha, "900.00").await;
     let first_id: Uuid = first.parse().unwrap();
     let shown = api
