@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::Config;
+use crate::{Config, calendar};
 
 struct Client {
     http: reqwest::Client,
@@ -241,8 +241,9 @@ async fn society(
                 "/v1/invoices",
                 json!({
                     "customer_id": id, "amount": charge, "currency": "INR",
-                    "due_date": "2026-12-10", "issue_date": "2026-12-01",
-                    "period": "2026-12", "description": "Maintenance, December 2026",
+                    "due_date": calendar::due_date(), "issue_date": calendar::issue_date(),
+                    "period": calendar::period(),
+                    "description": format!("Maintenance, {}", calendar::issue_date().format("%B %Y")),
                 }),
             )
             .await?;

@@ -13,6 +13,7 @@
 pub mod audit_cli;
 pub mod bench;
 pub mod bridge_cli;
+pub mod calendar;
 pub mod campaign;
 pub mod demo;
 pub mod dlq_cli;

@@ -21,7 +21,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
     let other = Api::new(&base, &org(&db, "Other Society").await);
     let customer = api.customer("Nisha").await;
     let foreign = other.customer("Someone Else").await;
-    let valid = json!({"customer_id": customer, "amount": "100.00", "due_date": "2026-12-10", "issue_date": "2026-12-01"});
+    let valid = json!({"customer_id": customer, "amount": "100.00", "due_date": due_date(), "issue_date": "2026-12-01"});
     let with = |key: &str, value: Value| {
         let mut body = valid.clone();
         body[key] = value;

@@ -26,7 +26,7 @@ async fn batch(api: &Api, key: Option<&str>, body: &Value) -> Reply {
 
 fn item(customer: Uuid, amount: &str, number: Option<&str>) -> Value {
     let mut v = json!({"customer_id": customer, "amount": amount,
-                       "issue_date": "2026-12-01", "due_date": "2026-12-10"});
+                       "issue_date": "2026-12-01", "due_date": due_date()});
     if let Some(n) = number {
         v["invoice_number"] = json!(n);
     }
@@ -56,7 +56,7 @@ async fn a_batch_judges_each_invoice_alone_and_is_one_command() {
         item(asha, "-5", None),
         item(Uuid::now_v7(), "1.00", None),
         item(bela, "3.00", Some("ELM-1")),
-        {"customer_id": asha, "amount": "1", "due_date": "2026-12-10", "colour": "red"},
+        {"customer_id": asha, "amount": "1", "due_date": due_date(), "colour": "red"},
         "not an invoice",
         item(asha, "7.00", Some("ELM-TAKEN")),
         item(bela, "0.01", None),
@@ -211,8 +211,9 @@ async fn hostile_items_are_each_refused_alone() {
     let asha = api.customer("Asha").await;
     let good = item(asha, "10.00", None).to_string();
     let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+    let due = due_date();
     let body = format!(
-        r#"{{"invoices": [{good}, {deep}, {{"customer_id": "{asha}", "amount": "1", "due_date": "2026-12-10", "description": {deep}}}, {{"customer_id": "{asha}", "customer_id": "{asha}", "amount": "1", "due_date": "2026-12-10"}}, {good}]}}"#
+        r#"{{"invoices": [{good}, {deep}, {{"customer_id": "{asha}", "amount": "1", "due_date": "{due}", "description": {deep}}}, {{"customer_id": "{asha}", "customer_id": "{asha}", "amount": "1", "due_date": "{due}"}}, {good}]}}"#
     );
     let request = api
         .http

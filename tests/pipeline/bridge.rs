@@ -392,7 +392,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
         ev,
         "InvoiceCreatedEvent",
         json!({"InvoiceId": inv1, "CustomerId": asha, "Amount": 3500.00,
-               "DueDate": "2026-12-10T00:00:00", "CreatedAt": "2026-12-01T10:15:00+05:30"}),
+               "DueDate": format!("{}T00:00:00", due_date()), "CreatedAt": "2026-12-01T10:15:00+05:30"}),
     );
     let mut month = vec![
         user(req_id, "acc@cedar.example", "Asha", "Accountant"),
@@ -403,7 +403,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
             ev,
             "InvoiceCreatedEvent",
             json!({"InvoiceId": inv2, "CustomerId": vikram,
-            "Amount": 4200.50, "DueDate": "2026-12-10", "CreatedAt": "2026-12-01T00:00:00Z"}),
+            "Amount": 4200.50, "DueDate": due_date(), "CreatedAt": "2026-12-01T00:00:00Z"}),
         ),
         msg(
             ev,
@@ -457,13 +457,13 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
             ev,
             "InvoiceCreatedEvent",
             json!({"InvoiceId": Uuid::new_v4(), "CustomerId": asha,
-            "Amount": -5.00, "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+            "Amount": -5.00, "DueDate": due_date(), "CreatedAt": "2026-12-01"}),
         ),
         msg(
             ev,
             "InvoiceCreatedEvent",
             json!({"InvoiceId": Uuid::new_v4(), "CustomerId": Uuid::new_v4(),
-            "Amount": 10.00, "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+            "Amount": 10.00, "DueDate": due_date(), "CreatedAt": "2026-12-01"}),
         ),
     ];
     month.extend(poison.iter().cloned());
@@ -685,7 +685,7 @@ async fn rabbitmq_restarted_mid_stream_loses_and_doubles_nothing() {
                 &names.events,
                 "InvoiceCreatedEvent",
                 json!({"InvoiceId": Uuid::new_v4(),
-                "CustomerId": customer, "Amount": 100 + i, "DueDate": "2026-12-10",
+                "CustomerId": customer, "Amount": 100 + i, "DueDate": due_date(),
                 "CreatedAt": "2026-12-01"}),
             )
         })
@@ -837,7 +837,7 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
                 &names.events,
                 "InvoiceCreatedEvent",
                 json!({"InvoiceId": Uuid::new_v4(), "CustomerId": customer, "Amount": 100,
-                       "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+                       "DueDate": due_date(), "CreatedAt": "2026-12-01"}),
             );
             m["message_id"] = json!(id);
             m
@@ -891,7 +891,7 @@ async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied(
             &names.events,
             "InvoiceCreatedEvent",
             json!({"InvoiceId": id, "CustomerId": customer, "Amount": 100 + n,
-                   "DueDate": "2026-12-10", "CreatedAt": "2026-12-01"}),
+                   "DueDate": due_date(), "CreatedAt": "2026-12-01"}),
         )
     };
     let mut messages: Vec<Value> = (0..10).map(|n| invoice(n, Uuid::new_v4())).collect();

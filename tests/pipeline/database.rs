@@ -206,7 +206,7 @@ async fn rounds(
                     recipient: "r@example.org".into(),
                     amount: "900.00".parse().unwrap(),
                     currency: "INR".into(),
-                    due_date: "2026-12-10".parse().unwrap(),
+                    due_date: due_date(),
                     template: None,
                 })
             })

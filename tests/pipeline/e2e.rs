@@ -25,6 +25,8 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
     let asha = api.customer("Asha").await;
     let ravi = api.customer("Ravi").await;
     let correlation = format!("e2e-{}", Uuid::new_v4());
+    // One date for the first request and its retry, even across midnight.
+    let due = due_date();
     let first = api
         .send(
             api.http
@@ -32,7 +34,7 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
                 .header("x-correlation-id", &correlation)
                 .header("idempotency-key", "inv-asha-dec")
                 .json(
-                    &json!({"customer_id": asha, "amount": "1500.50", "due_date": "2026-12-10",
+                    &json!({"customer_id": asha, "amount": "1500.50", "due_date": due,
                               "issue_date": "2026-12-01", "period": "2026-12"}),
                 ),
         )
@@ -48,7 +50,7 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
                 .post(format!("{}/v1/invoices", api.base))
                 .header("idempotency-key", "inv-asha-dec")
                 .json(
-                    &json!({"customer_id": asha, "amount": "1500.50", "due_date": "2026-12-10",
+                    &json!({"customer_id": asha, "amount": "1500.50", "due_date": due,
                               "issue_date": "2026-12-01", "period": "2026-12"}),
                 ),
         )
@@ -61,7 +63,7 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
             api.http
                 .post(format!("{}/v1/invoices", api.base))
                 .header("idempotency-key", "inv-asha-dec")
-                .json(&json!({"customer_id": asha, "amount": "99.00", "due_date": "2026-12-10"})),
+                .json(&json!({"customer_id": asha, "amount": "99.00", "due_date": due_date()})),
         )
         .await;
     assert_eq!(clash.status, 409, "{}", clash.body);
@@ -76,7 +78,7 @@ async fn invoices_and_payments_flow_to_balances_with_v1_and_v2_records_mixed() {
     let second = api
         .post(
             "/v1/invoices",
-            json!({"customer_id": ravi, "amount": "2000", "due_date": "2026-12-10"}),
+            json!({"customer_id": ravi, "amount": "2000", "due_date": due_date()}),
         )
         .await;
     assert_eq!(second.status, 201, "{}", second.body);

@@ -103,7 +103,7 @@ async fn v1_and_v2_writers_and_readers_coexist_on_one_topic() {
             amount: Decimal::new(10_000 + i * 101, 2),
             currency: "INR".into(),
             issue_date: "2026-12-01".parse().unwrap(),
-            due_date: "2026-12-10".parse().unwrap(),
+            due_date: due_date(),
             description: Some(format!("flat {i}")),
             period: Some("2026-12".into()),
             tax_amount: Some(Decimal::new(i * 7, 2)),

@@ -68,7 +68,7 @@ impl Society {
     /// A command for an invoice of `customer`, with `number` and `key` if given.
     fn command(&self, customer: Uuid, number: Option<&str>, key: Option<&str>) -> Grouped {
         let mut body = json!({"customer_id": customer, "amount": "120.50",
-                              "issue_date": "2026-12-01", "due_date": "2026-12-10"});
+                              "issue_date": "2026-12-01", "due_date": due_date()});
         if let Some(n) = number {
             body["invoice_number"] = json!(n);
         }

@@ -452,11 +452,12 @@ pub async fn api_with_org(setup: &Setup, name: &str) -> (Proc, Uuid) {
     (api, org)
 }
 
-/// The due date the fixtures give an invoice: 20 days from today, so that no payment
-/// reminder falls due while a test runs unless it asks for one (a
-/// `DHANMAN_REMINDER_DAYS_BEFORE` over 20).
+/// The due date the fixtures give an invoice: the demo's and the benchmarks'
+/// ([`dhanman_ops::calendar`], 20 days from today), so that no payment reminder falls due
+/// while a test runs unless it asks for one (a `DHANMAN_REMINDER_DAYS_BEFORE` over 20), and
+/// an invoice issued today is never refused for falling due before its issue.
 pub fn due_date() -> chrono::NaiveDate {
-    chrono::Utc::now().date_naive() + chrono::Days::new(20)
+    dhanman_ops::calendar::due_date()
 }
 
 /// An `InvoiceCreated` (v2 fields empty) issued 2026-12-01, due on [`due_date`].

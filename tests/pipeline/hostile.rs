@@ -79,7 +79,7 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
     let api = Api::new(&base, &org_key(&db, "Hostile Society").await);
     let customer = api.customer("Nisha").await;
     let invoice = json!({"customer_id": customer, "amount": "100.00",
-                         "due_date": "2026-12-10", "issue_date": "2026-12-01"});
+                         "due_date": due_date(), "issue_date": "2026-12-01"});
     let with = |body: &serde_json::Value, key: &str, value: serde_json::Value| {
         let mut body = body.clone();
         body[key] = value;

@@ -75,7 +75,7 @@ async fn confluents_python_client_reads_and_writes_our_topics_and_registry() {
     let created = api
         .post(
             "/v1/invoices",
-            json!({"customer_id": meera, "amount": "1234.56", "due_date": "2026-12-10",
+            json!({"customer_id": meera, "amount": "1234.56", "due_date": due_date(),
                    "period": "2026-12", "description": "December maintenance"}),
         )
         .await;
@@ -98,7 +98,7 @@ async fn confluents_python_client_reads_and_writes_our_topics_and_registry() {
     assert_eq!(record["tax_amount"], Value::Null);
     assert_eq!(record["period"], "2026-12");
     assert_eq!(record["description"], "December maintenance");
-    assert_eq!(record["due_date"], "2026-12-10");
+    assert_eq!(record["due_date"], due_date().to_string());
     assert_eq!(record["organization_id"], org.to_string().as_str());
 
     // Confluent's serializer writes an invoice that our ledger posts.

@@ -683,7 +683,7 @@ async fn identical_requests_at_once_take_effect_once() {
     let organization_before = organization_row().await;
 
     // Eight identical requests at once: every one answers the same invoice, one exists.
-    let body = json!({"customer_id": nisha, "amount": "1500", "due_date": "2026-12-10"});
+    let body = json!({"customer_id": nisha, "amount": "1500", "due_date": due_date()});
     let replies = futures_util::future::join_all(
         (0..8).map(|_| post_keyed(&admin, "/v1/invoices", "inv-at-once", body.clone())),
     )
@@ -704,7 +704,7 @@ async fn identical_requests_at_once_take_effect_once() {
 
     // A retry whose command would now fail (its invoice number is taken, by the first)
     // answers the first response.
-    let numbered = json!({"customer_id": nisha, "amount": "80", "due_date": "2026-12-10",
+    let numbered = json!({"customer_id": nisha, "amount": "80", "due_date": due_date(),
                           "invoice_number": "LT-7"});
     let first = post_keyed(&admin, "/v1/invoices", "inv-numbered", numbered.clone()).await;
     assert_eq!(first.status, 201, "{}", first.body);
@@ -714,8 +714,8 @@ async fn identical_requests_at_once_take_effect_once() {
     assert_eq!(retry.text, first.text);
     // Another body under the key is a conflict, whether its command would succeed or not.
     for other in [
-        json!({"customer_id": nisha, "amount": "81", "due_date": "2026-12-10"}),
-        json!({"customer_id": nisha, "amount": "81", "due_date": "2026-12-10",
+        json!({"customer_id": nisha, "amount": "81", "due_date": due_date()}),
+        json!({"customer_id": nisha, "amount": "81", "due_date": due_date(),
                "invoice_number": "LT-7"}),
     ] {
         let r = post_keyed(&admin, "/v1/invoices", "inv-numbered", other).await;

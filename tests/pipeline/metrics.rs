@@ -292,7 +292,7 @@ async fn traceparent_flows_from_the_request_to_the_events_a_processor_emits() {
                 .post(format!("{}/v1/invoices", api.base))
                 .header("traceparent", &incoming)
                 .json(&json!({"customer_id": customer, "amount": "10.00",
-                              "due_date": "2026-12-10", "issue_date": "2026-12-01"})),
+                              "due_date": due_date(), "issue_date": "2026-12-01"})),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);

@@ -118,7 +118,7 @@ async fn a_ledger_stuck_in_its_transaction_leaves_the_api_its_connections() {
     let invoice = api
         .post(
             "/v1/invoices",
-            json!({"customer_id": asha, "amount": "1500.50", "due_date": "2026-12-10"}),
+            json!({"customer_id": asha, "amount": "1500.50", "due_date": due_date()}),
         )
         .await;
     assert_eq!(invoice.status, 201, "{}", invoice.body);

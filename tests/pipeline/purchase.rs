@@ -173,7 +173,7 @@ async fn users_orders_approvals_and_bills_end_to_end() {
         .api
         .post(
             "/v1/invoices",
-            json!({"customer_id": customer, "amount": "100.00", "due_date": "2026-12-10"}),
+            json!({"customer_id": customer, "amount": "100.00", "due_date": due_date()}),
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.body);

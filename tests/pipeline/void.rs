@@ -307,7 +307,7 @@ async fn a_void_reverses_the_invoice_and_paid_void_or_foreign_invoices_are_refus
     let refused = api
         .post(
             "/v1/invoices",
-            json!({"customer_id": ravi, "amount": "10.00", "due_date": "2026-12-10"}),
+            json!({"customer_id": ravi, "amount": "10.00", "due_date": due_date()}),
         )
         .await;
     assert_eq!(refused.status, 422, "{}", refused.body);

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use uuid::Uuid;
+
+use crate::calendar;
 
 /// One POST: where, under which idempotency key, with which body.
 pub struct Command {
@@ -25,6 +28,9 @@ pub struct Command {
 pub struct Invoices {
     customers: Arc<Vec<Uuid>>,
     run: String,
+    issue_date: NaiveDate,
+    due_date: NaiveDate,
+    period: Arc<str>,
 }
 
 impl Invoices {
@@ -32,6 +38,9 @@ impl Invoices {
         Invoices {
             customers: Arc::new(customers.to_vec()),
             run: Uuid::now_v7().simple().to_string(),
+            issue_date: calendar::issue_date(),
+            due_date: calendar::due_date(),
+            period: calendar::period().into(),
         }
     }
 
@@ -43,9 +52,9 @@ impl Invoices {
         json!({
             "customer_id": self.customer(seq),
             "amount": Decimal::new(100_000 + (seq % 5000) as i64, 2),
-            "issue_date": "2026-12-01",
-            "due_date": "2026-12-10",
-            "period": "2026-12",
+            "issue_date": self.issue_date,
+            "due_date": self.due_date,
+            "period": &*self.period,
         })
     }
 

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::NaiveDate;
 use dhanman_schemas::events::{
     Envelope, InvoiceCreated, LedgerEntryPosted, PaymentReceived, PostingLine, Record,
 };
@@ -32,6 +31,7 @@ use uuid::Uuid;
 
 use super::common::{self, Common, CpuTimes, CpuUse, Report, Row, ScratchDb};
 use super::raw;
+use crate::calendar;
 
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
@@ -393,8 +393,11 @@ pub enum Events {
 impl Events {
     pub fn of(org: Uuid, customers: &[Uuid], n: usize) -> anyhow::Result<Vec<Events>> {
         anyhow::ensure!(!customers.is_empty(), "no customers to make events for");
-        let issue = NaiveDate::from_ymd_opt(2026, 12, 1).context("date")?;
-        let due = NaiveDate::from_ymd_opt(2026, 12, 10).context("date")?;
+        let (issue, due, period) = (
+            calendar::issue_date(),
+            calendar::due_date(),
+            calendar::period(),
+        );
         Ok((0..n)
             .map(|i| {
                 let customer = customers[i % customers.len()];
@@ -411,7 +414,7 @@ impl Events {
                         issue_date: issue,
                         due_date: due,
                         description: None,
-                        period: Some("2026-12".into()),
+                        period: Some(period.clone()),
                         tax_amount: None,
                     })
                 } else {

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
+use crate::calendar;
+
 pub struct Target {
     pub apis: Vec<String>,
     pub key: String,
@@ -202,7 +204,8 @@ impl Shared {
                 "invoice",
                 "/v1/invoices".to_string(),
                 json!({"customer_id": customer, "amount": amount.to_string(),
-                       "issue_date": "2026-12-01", "due_date": "2026-12-10"}),
+                       "issue_date": calendar::issue_date(),
+                       "due_date": calendar::due_date()}),
                 None,
             ),
             Command::ManualPayment { pick, share } => {
