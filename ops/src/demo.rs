@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use chrono::Days;
 use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -236,14 +237,26 @@ async fn society(
             )
             .await?;
         let id = customer["id"].as_str().context("customer id")?.to_string();
+        // Three of five pay: two in full through the payment gateway (the saga), one in
+        // part by hand. The two who pay nothing are due within the reminders' lead time, so
+        // their reminders go out at once; the others fall due after the demo.
+        let paid = match i {
+            0 | 2 => Some(charge.to_string()),
+            4 => Some("2000.00".to_string()),
+            _ => None,
+        };
+        let issued = calendar::issue_date();
+        let due = match paid {
+            Some(_) => calendar::due_date(),
+            None => issued + Days::new(config.reminder_days_before.into()),
+        };
         let invoice = client
             .post(
                 "/v1/invoices",
                 json!({
                     "customer_id": id, "amount": charge, "currency": "INR",
-                    "due_date": calendar::due_date(), "issue_date": calendar::issue_date(),
-                    "period": calendar::period(),
-                    "description": format!("Maintenance, {}", calendar::issue_date().format("%B %Y")),
+                    "due_date": due, "issue_date": issued, "period": calendar::period(),
+                    "description": format!("Maintenance, {}", issued.format("%B %Y")),
                 }),
             )
             .await?;
@@ -252,13 +265,6 @@ async fn society(
             .unwrap_or_default()
             .to_string();
         tokens.push(token.clone());
-        // Three of five pay: two in full through the payment gateway (the saga), one in
-        // part by hand.
-        let paid = match i {
-            0 | 2 => Some(charge.to_string()),
-            4 => Some("2000.00".to_string()),
-            _ => None,
-        };
         if let Some(amount) = &paid {
             let payment = if i == 4 {
                 client

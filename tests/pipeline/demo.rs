@@ -1,7 +1,8 @@
 //! `dhanman demo`, as the README's quick start runs it, on the test's database and topics:
 //! it exits 0 with a balanced trial balance, and every notification it lists was sent and
 //! received by its in-process SMTP server (five invoices, three receipts, two approval
-//! requests among them). Run again right after a run that was killed (its members still in
+//! requests, and a reminder for each of the two invoices left unpaid, due within the
+//! reminders' lead time, among them). Run again right after a run that was killed (its members still in
 //! their groups until their sessions time out), it waits for its processors to join before
 //! it reads, and passes. A welcome email an earlier run's society left pending for the same
 //! address, delivered to this run's SMTP server, is not the invitation it redeems.
@@ -23,7 +24,7 @@ async fn the_demo_prints_balanced_books_and_the_mail_it_received() {
         "the pipeline must settle: {out}\n{}",
         run.stderr
     );
-    // "notifications: 14 sent; 14 of them received by the demo's SMTP server:"
+    // "notifications: 16 sent; 16 of them received by the demo's SMTP server:"
     let (head, rest) = out
         .split_once("notifications: ")
         .and_then(|(_, r)| r.split_once('\n'))
@@ -40,6 +41,17 @@ async fn the_demo_prints_balanced_books_and_the_mail_it_received() {
     assert_eq!(count(" Invoice INV-"), 5, "{out}");
     assert_eq!(count(" Payment received: "), 3, "{out}");
     assert_eq!(count(" Approval needed: "), 2, "{out}");
+    // Rahul and Joseph pay nothing; their invoices fall due within the reminders' lead
+    // time, the others' after the demo.
+    assert_eq!(count(" Reminder: invoice "), 2, "{out}");
+    for resident in ["rahul@", "joseph@"] {
+        assert!(
+            listed
+                .iter()
+                .any(|l| l.contains(resident) && l.contains(" Reminder: ")),
+            "{out}"
+        );
+    }
     db.drop_db().await;
 }
 
