@@ -34,4 +34,12 @@ mod tests {
         assert_eq!(period(), format!("{}", issue.format("%Y-%m")));
         assert_eq!(period().len(), 7);
     }
+
+    #[test]
+    fn no_reminder_of_such_an_invoice_falls_due_today_or_tomorrow() {
+        use dhanman_processors::reminders::{DEFAULT_DAYS_BEFORE, fire_at};
+        let tomorrow = issue_date() + Days::new(1);
+        let fires = fire_at(due_date(), DEFAULT_DAYS_BEFORE);
+        assert!(fires.date_naive() > tomorrow, "{fires}");
+    }
 }
