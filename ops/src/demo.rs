@@ -9,7 +9,8 @@ use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::{Config, calendar};
+use crate::Config;
+use crate::calendar::Dates;
 
 struct Client {
     http: reqwest::Client,
@@ -245,18 +246,18 @@ async fn society(
             4 => Some("2000.00".to_string()),
             _ => None,
         };
-        let issued = calendar::issue_date();
+        let dates = Dates::today();
         let due = match paid {
-            Some(_) => calendar::due_date(),
-            None => issued + Days::new(config.reminder_days_before.into()),
+            Some(_) => dates.due,
+            None => dates.issue + Days::new(config.reminder_days_before.into()),
         };
         let invoice = client
             .post(
                 "/v1/invoices",
                 json!({
                     "customer_id": id, "amount": charge, "currency": "INR",
-                    "due_date": due, "issue_date": issued, "period": calendar::period(),
-                    "description": format!("Maintenance, {}", issued.format("%B %Y")),
+                    "due_date": due, "issue_date": dates.issue, "period": dates.period,
+                    "description": format!("Maintenance, {}", dates.issue.format("%B %Y")),
                 }),
             )
             .await?;

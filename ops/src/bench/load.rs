@@ -8,13 +8,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use uuid::Uuid;
 
-use crate::calendar;
+use crate::calendar::Dates;
 
 /// One POST: where, under which idempotency key, with which body.
 pub struct Command {
@@ -28,9 +27,7 @@ pub struct Command {
 pub struct Invoices {
     customers: Arc<Vec<Uuid>>,
     run: String,
-    issue_date: NaiveDate,
-    due_date: NaiveDate,
-    period: Arc<str>,
+    dates: Dates,
 }
 
 impl Invoices {
@@ -38,9 +35,7 @@ impl Invoices {
         Invoices {
             customers: Arc::new(customers.to_vec()),
             run: Uuid::now_v7().simple().to_string(),
-            issue_date: calendar::issue_date(),
-            due_date: calendar::due_date(),
-            period: calendar::period().into(),
+            dates: Dates::today(),
         }
     }
 
@@ -52,9 +47,9 @@ impl Invoices {
         json!({
             "customer_id": self.customer(seq),
             "amount": Decimal::new(100_000 + (seq % 5000) as i64, 2),
-            "issue_date": self.issue_date,
-            "due_date": self.due_date,
-            "period": &*self.period,
+            "issue_date": self.dates.issue,
+            "due_date": self.dates.due,
+            "period": self.dates.period,
         })
     }
 

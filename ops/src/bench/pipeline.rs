@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::common::{self, Common, CpuTimes, CpuUse, Report, Row, ScratchDb};
 use super::raw;
-use crate::calendar;
+use crate::calendar::Dates;
 
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
@@ -393,11 +393,7 @@ pub enum Events {
 impl Events {
     pub fn of(org: Uuid, customers: &[Uuid], n: usize) -> anyhow::Result<Vec<Events>> {
         anyhow::ensure!(!customers.is_empty(), "no customers to make events for");
-        let (issue, due, period) = (
-            calendar::issue_date(),
-            calendar::due_date(),
-            calendar::period(),
-        );
+        let dates = Dates::today();
         Ok((0..n)
             .map(|i| {
                 let customer = customers[i % customers.len()];
@@ -411,10 +407,10 @@ impl Events {
                         invoice_number: format!("B-{i}"),
                         amount,
                         currency: "INR".into(),
-                        issue_date: issue,
-                        due_date: due,
+                        issue_date: dates.issue,
+                        due_date: dates.due,
                         description: None,
-                        period: Some(period.clone()),
+                        period: Some(dates.period.clone()),
                         tax_amount: None,
                     })
                 } else {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
-use crate::calendar;
+use crate::calendar::Dates;
 
 pub struct Target {
     pub apis: Vec<String>,
@@ -200,14 +200,16 @@ impl Shared {
 
     async fn issue(&self, command: Command) {
         let (kind, path, body, target) = match command {
-            Command::Invoice { customer, amount } => (
-                "invoice",
-                "/v1/invoices".to_string(),
-                json!({"customer_id": customer, "amount": amount.to_string(),
-                       "issue_date": calendar::issue_date(),
-                       "due_date": calendar::due_date()}),
-                None,
-            ),
+            Command::Invoice { customer, amount } => {
+                let dates = Dates::today();
+                (
+                    "invoice",
+                    "/v1/invoices".to_string(),
+                    json!({"customer_id": customer, "amount": amount.to_string(),
+                           "issue_date": dates.issue, "due_date": dates.due}),
+                    None,
+                )
+            }
             Command::ManualPayment { pick, share } => {
                 let Some(open) = self.pick_open(pick, false).await else {
                     return;
