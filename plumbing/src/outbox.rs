@@ -73,6 +73,59 @@ impl Row {
             ..self
         }
     }
+
+    /// The row as one line of `COPY outbox (`[`COPY_COLUMNS`]`) from stdin` text: the
+    /// benchmarks copy the rows the pipeline writes to measure what Postgres alone takes
+    /// to store them.
+    pub fn copy_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        let text = |out: &mut String, value: Option<&str>| match value {
+            Some(value) => copy_escape(out, value),
+            None => out.push_str("\\N"),
+        };
+        let _ = write!(out, "{}\t{}\t", self.event_id, self.topic);
+        copy_escape(out, &self.key);
+        let _ = write!(out, "\t{}\t{}\t", self.name, self.version);
+        text(out, self.payload());
+        out.push('\t');
+        copy_escape(out, &self.headers);
+        out.push('\t');
+        match self.derived_from {
+            Some(source) => {
+                let _ = write!(out, "{source}");
+            }
+            None => out.push_str("\\N"),
+        }
+        out.push('\t');
+        match self.avro() {
+            // bytea's hex form, its backslash escaped for COPY.
+            Some(datum) => {
+                out.push_str("\\\\x");
+                for byte in datum {
+                    let _ = write!(out, "{byte:02x}");
+                }
+            }
+            None => out.push_str("\\N"),
+        }
+        out.push('\n');
+    }
+}
+
+/// The columns of [`Row::copy_line`], in its order.
+pub const COPY_COLUMNS: &str = "event_id, topic, message_key, record_name, schema_version, payload, headers, derived_from, avro";
+
+/// `value` as a column of `COPY ... from stdin` text: backslash, tab, newline and carriage
+/// return escaped.
+fn copy_escape(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Headers every published record carries, so that consumers and operators can follow a
@@ -300,6 +353,69 @@ mod tests {
         fn key(&self) -> String {
             "probe".into()
         }
+    }
+
+    /// COPY's text format, read back as Postgres reads it: `\N` is null, and a backslash
+    /// takes the next character as `\\`, `\t`, `\n`, `\r` say.
+    fn copy_fields(line: &str) -> Vec<Option<String>> {
+        let line = line.strip_suffix('\n').expect("one line");
+        line.split('\t')
+            .map(|field| {
+                if field == "\\N" {
+                    return None;
+                }
+                let mut text = String::new();
+                let mut chars = field.chars();
+                while let Some(c) = chars.next() {
+                    text.push(match (c, c == '\\') {
+                        (_, true) => match chars.next() {
+                            Some('t') => '\t',
+                            Some('n') => '\n',
+                            Some('r') => '\r',
+                            Some(other) => other,
+                            None => '\\',
+                        },
+                        (c, false) => c,
+                    });
+                }
+                Some(text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rows_copy_line_holds_its_columns_with_tabs_newlines_and_backslashes_escaped() {
+        let probe = Probe {
+            envelope: Envelope::new(Uuid::now_v7(), "tab\there\nnewline\\slash\r", None),
+        };
+        let json = row(&probe).unwrap();
+        let mut line = String::new();
+        json.copy_line(&mut line);
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        let fields = copy_fields(&line);
+        assert_eq!(fields.len(), COPY_COLUMNS.split(", ").count(), "{line:?}");
+        let id = probe.envelope.event_id.to_string();
+        assert_eq!(fields[0].as_deref(), Some(id.as_str()));
+        assert_eq!(fields[1].as_deref(), Some("dhanman.test"));
+        assert_eq!(fields[2].as_deref(), Some("probe"));
+        assert_eq!(fields[3].as_deref(), Some("dhanman.test.Probe"));
+        assert_eq!(fields[5].as_deref(), json.payload());
+        assert_eq!(fields[6].as_deref(), Some(json.headers.as_str()));
+        assert_eq!((&fields[7], &fields[8]), (&None, &None));
+        // The JSON itself escapes the correlation id's controls, and COPY its backslashes.
+        let payload: Json = serde_json::from_str(fields[5].as_deref().unwrap()).unwrap();
+        assert_eq!(payload["correlation_id"], "tab\there\nnewline\\slash\r");
+
+        let source = Uuid::now_v7();
+        let announcement = row_with(&probe, Body::Avro(vec![0x00, 0x5c, 0xff]))
+            .unwrap()
+            .announcing(source);
+        let mut line = String::new();
+        announcement.copy_line(&mut line);
+        let fields = copy_fields(&line);
+        assert_eq!(fields[5], None);
+        assert_eq!(fields[7], Some(source.to_string()));
+        assert_eq!(fields[8].as_deref(), Some("\\x005cff"));
     }
 
     #[test]

@@ -66,7 +66,7 @@ async fn the_pipeline_path_reports_its_rate_beside_raw_consume_and_raw_copy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_path_reports_commands_latencies_the_bare_baseline_and_batches() {
+async fn the_api_path_reports_commands_latencies_the_bare_baseline_and_batches_beside_their_copy() {
     // Two runs: the second's commands must be its own (a key of the first used again would be
     // answered from its stored response), which the path checks against the invoices written.
     let r = bench(&[
@@ -94,6 +94,8 @@ async fn the_api_path_reports_commands_latencies_the_bare_baseline_and_batches()
             "baseline_per_s",
             "ratio_to_baseline",
             "batch_invoices_per_s",
+            "batch_raw_copy_per_s",
+            "batch_ratio_to_limit",
             "peak_rss_bytes",
         ],
     );

@@ -2,7 +2,9 @@
 //! in this process on a database of its own) by the in-process load generator, as fast as
 //! the API answers, against its raw limit: a bare axum handler doing one INSERT of the same
 //! invoice row in its own transaction, on the same pool, under the same generator. Then
-//! `POST /v1/invoices/batch` under the same load, counted in invoices.
+//! `POST /v1/invoices/batch` under the same load, counted in invoices, against its own raw
+//! limit: a `COPY` of the rows its invoices write (the invoice, its `InvoiceCreated` and its
+//! first email in the outbox, their queue entries) into tables made like the API's.
 //!
 //! The API's per-key rate limit (`DHANMAN_API_RATE_LIMIT`) is off in this process: the
 //! benchmark measures what the API sustains, not what it is allowed to.
@@ -52,7 +54,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let db = ScratchDb::create(args.common.database_url.expose_secret(), args.db_pool).await?;
-    let measured = measure(&args, &db.pool).await;
+    let measured = measure(&args, &db).await;
     db.drop().await;
     measured?.print(args.common.json);
     Ok(())
@@ -119,7 +121,8 @@ async fn serve(router: axum::Router) -> anyhow::Result<(String, tokio::task::Joi
     Ok((base, task))
 }
 
-async fn measure(args: &Args, pool: &PgPool) -> anyhow::Result<Report> {
+async fn measure(args: &Args, db: &ScratchDb) -> anyhow::Result<Report> {
+    let pool = &db.pool;
     common::reset_peak_rss();
     let society = common::society(pool, args.customers).await?;
     let mut state = dhanman_api::AppState::new(pool.clone(), Duration::from_secs(5));
@@ -138,7 +141,95 @@ async fn measure(args: &Args, pool: &PgPool) -> anyhow::Result<Report> {
     let result = loads(args, pool, &society, &api_base, &bare_base).await;
     api.abort();
     bare_task.abort();
-    result
+    let (mut report, batch_invoices_per_s) = result?;
+    // Invoices copied per run: forty batches' worth, in as many parts as the batch load's
+    // connections, each part in one transaction.
+    let size = args.batch_size.clamp(1, 1000);
+    let n = size * 40;
+    let parts = args.batch_connections.max(1);
+    super::pipeline::status(&args.common, format!("raw COPY of {n} invoices' rows ..."));
+    let raw_per_s = super::raw::per_s(&args.common, n, || {
+        batch_raw_copy(&db.url, &society, n, size, parts)
+    })
+    .await?;
+    if let Some(row) = report
+        .rows
+        .iter_mut()
+        .find(|r| r.measure.contains("/batch"))
+    {
+        row.limit = Some(("raw COPY (its rows)".into(), raw_per_s));
+    }
+    report.notes.push(format!(
+        "batch raw limit: COPY of the rows {n} of its invoices write (invoice, two outbox rows, \
+         their queue entries) in {parts} concurrent sessions, a transaction a batch"
+    ));
+    report.field("batch_raw_copy_per_s", raw_per_s);
+    report.field("batch_ratio_to_limit", batch_invoices_per_s / raw_per_s);
+    Ok(report)
+}
+
+/// The tables a batch's invoices write rows into (`outbox_pending` is filled by the
+/// outbox's trigger, so it comes before the outbox).
+const BATCH_TABLES: [&str; 3] = ["invoices", "outbox_pending", "outbox"];
+
+/// `COPY` of the rows `n` invoices of the batch load write (the invoice; its
+/// `InvoiceCreated` and its first email in the outbox, each queued by the outbox's trigger),
+/// made by the API's own functions from the load's bodies, into tables made as
+/// [`super::raw::copy_like`] makes them, in `parts` concurrent parts, a transaction for each
+/// `batch_size` invoices; returns the seconds the COPYs and the commits took. Not in it: the
+/// customers' look-up, the idempotency key's row (one a batch), the foreign key to the
+/// customer (`like` copies no foreign key).
+async fn batch_raw_copy(
+    url: &str,
+    society: &common::Society,
+    n: usize,
+    batch_size: usize,
+    parts: usize,
+) -> anyhow::Result<f64> {
+    use std::fmt::Write;
+
+    use dhanman_plumbing::outbox;
+    use dhanman_producers::invoice_email::first_email;
+    use dhanman_producers::sales::{self, CreatedInvoice, NewInvoice};
+
+    let caller = dhanman_producers::Caller {
+        organization_id: society.organization_id,
+        role: "admin".into(),
+        user_id: None,
+        correlation_id: "bench-raw".into(),
+    };
+    let invoices = Invoices::new(&society.customers);
+    let mut texts = super::raw::Parts::new(parts, batch_size);
+    for i in 0..n {
+        // Batch after batch, the batches dealt to the parts in turn.
+        let [rows, queued] = texts.next_event(i / batch_size);
+        let body: NewInvoice = serde_json::from_value(invoices.item(i as u64))?;
+        let checked = sales::check_invoice(body).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let id = Uuid::now_v7();
+        let number = checked.number(id);
+        let event = sales::invoice_created(&caller, checked, id, number);
+        let email = first_email(&caller, &CreatedInvoice::of(&event), None);
+        let _ = writeln!(
+            rows,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\\N\t{}",
+            event.invoice_id,
+            society.organization_id,
+            event.customer_id,
+            event.invoice_number,
+            event.amount,
+            event.currency,
+            event.issue_date,
+            event.due_date,
+            event.period.as_deref().unwrap_or("\\N"),
+        );
+        outbox::row(&event)?.copy_line(queued);
+        outbox::row(&email)?.copy_line(queued);
+    }
+    let targets = [
+        "invoices (id, organization_id, customer_id, invoice_number, amount, currency, issue_date, due_date, description, period)",
+        &format!("outbox ({})", outbox::COPY_COLUMNS),
+    ];
+    super::raw::copy_like(url, &BATCH_TABLES, &targets, &texts).await
 }
 
 async fn loads(
@@ -147,7 +238,7 @@ async fn loads(
     society: &common::Society,
     api_base: &str,
     bare_base: &str,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, f64)> {
     let duration = Duration::from_secs(args.seconds.max(1));
     let warm_up = Duration::from_secs(1).min(duration);
     let invoices = Invoices::new(&society.customers);
@@ -236,8 +327,7 @@ async fn loads(
             format!("POST /v1/invoices/batch ({})", args.batch_size),
             batch_invoices_per_s,
             "inv/s",
-        )
-        .against("bare INSERT handler", baseline_per_s),
+        ),
         Row::new("peak RSS (this process)", peak as f64 / 1048576.0, "MiB"),
     ];
     r.notes = vec![
@@ -266,7 +356,7 @@ async fn loads(
     r.field("failed", failed);
     r.field("invoices_written", written);
     r.field("peak_rss_bytes", peak);
-    Ok(r)
+    Ok((r, batch_invoices_per_s))
 }
 
 /// Single invoices to `path`, each under a key of its own.

@@ -43,7 +43,8 @@ impl Invoices {
         self.customers[seq as usize % self.customers.len()]
     }
 
-    fn item(&self, seq: u64) -> Value {
+    /// The body of invoice `seq`, as a command or a batch's item carries it.
+    pub fn item(&self, seq: u64) -> Value {
         json!({
             "customer_id": self.customer(seq),
             "amount": Decimal::new(100_000 + (seq % 5000) as i64, 2),

@@ -287,7 +287,7 @@ async fn measure(
     let bootstrap = &common.kafka_bootstrap_servers;
     let raw_consume_per_s = raw::consume_per_s(common, stage, records).await?;
     let raw_copy_per_s = raw::per_s(common, records, || {
-        raw_copy(&stage.db.url, org, records, shape.lanes)
+        raw_copy(&stage.db.url, org, records, shape.batch_size, shape.lanes)
     })
     .await?;
 
@@ -485,14 +485,19 @@ const PER_EVENT_TABLES: [&str; 4] = ["journal_entries", "postings", "outbox_pend
 
 /// `COPY` of the rows the ledger writes for `n` events (an entry, its own gate; two
 /// postings; an announcement) into tables made as [`raw::copy_like`] makes them, in `lanes`
-/// concurrent parts as the ledger's lanes write them; returns the seconds the COPYs and the
-/// commits took.
-async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Result<f64> {
+/// concurrent parts as the ledger's lanes write them, each committing its share of a batch
+/// of `batch_size`; returns the seconds the COPYs and the commits took.
+async fn raw_copy(
+    url: &str,
+    org: Uuid,
+    n: usize,
+    batch_size: usize,
+    lanes: usize,
+) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let mut parts = vec![<[String; 3]>::default(); lanes.max(1)];
-    let lanes = parts.len();
+    let mut parts = raw::Parts::new(lanes, batch_size.div_ceil(lanes.max(1)));
     for i in 0..n {
-        let [entries, postings, outbox] = &mut parts[i % lanes];
+        let [entries, postings, outbox] = parts.next_event(i);
         let event = Uuid::now_v7();
         let customer = Uuid::now_v7();
         let amount = format!("{}.{:02}", 1000 + i % 5000, i % 100);
@@ -535,26 +540,14 @@ async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Resul
                 line("4000", None, Decimal::ZERO, amount),
             ],
         };
-        let datum = dhanman_schemas::Catalog::global().datum(&record)?;
-        let _ = write!(
-            outbox,
-            "{id}\t{}\t{org}\t{}\t{}\t{event}\t\
-             {{\"correlation_id\":\"bench-{i}\",\"traceparent\":\"00-{}-{}-01\"}}\t\\\\x",
-            topics::LEDGER_ENTRIES,
-            LedgerEntryPosted::NAME,
-            LedgerEntryPosted::WRITE_VERSION,
-            id.simple(),
-            &event.simple().to_string()[..16],
-        );
-        for byte in datum {
-            let _ = write!(outbox, "{byte:02x}");
-        }
-        let _ = writeln!(outbox);
+        dhanman_plumbing::outbox::avro_row(&record)?
+            .announcing(event)
+            .copy_line(outbox);
     }
     let targets = [
         "journal_entries (id, organization_id, source_event_id, reference_type, reference_id, description, currency, occurred_at, correlation_id)",
         "postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)",
-        "outbox (event_id, topic, message_key, record_name, schema_version, derived_from, headers, avro)",
+        &format!("outbox ({})", dhanman_plumbing::outbox::COPY_COLUMNS),
     ];
     raw::copy_like(url, &PER_EVENT_TABLES, &targets, &parts).await
 }

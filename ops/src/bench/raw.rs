@@ -79,19 +79,56 @@ async fn consume(
     Ok(secs)
 }
 
+/// The COPY text of a stage's rows, by part and transaction: `lanes` parts written
+/// concurrently (as a processor's lanes write), each a run of transactions of at most
+/// `per_transaction` events (as the processor commits a batch's share of a lane), each
+/// holding one text per target table.
+pub struct Parts<const N: usize> {
+    parts: Vec<Vec<[String; N]>>,
+    per_transaction: usize,
+    /// Events in each part's last transaction.
+    last: Vec<usize>,
+}
+
+impl<const N: usize> Parts<N> {
+    pub fn new(lanes: usize, per_transaction: usize) -> Parts<N> {
+        let lanes = lanes.max(1);
+        Parts {
+            parts: vec![Vec::new(); lanes],
+            per_transaction: per_transaction.max(1),
+            last: vec![0; lanes],
+        }
+    }
+
+    /// The texts the next event of part `lane % lanes` goes into: its last transaction's,
+    /// or a new transaction's once that one holds `per_transaction` events.
+    pub fn next_event(&mut self, lane: usize) -> &mut [String; N] {
+        let lane = lane % self.parts.len();
+        let part = &mut self.parts[lane];
+        if part.is_empty() || self.last[lane] == self.per_transaction {
+            part.push(std::array::from_fn(|_| String::new()));
+            self.last[lane] = 0;
+        }
+        self.last[lane] += 1;
+        let last = part.len() - 1;
+        &mut part[last]
+    }
+}
+
 /// `COPY`s rows into tables made `like` the pipeline's `including all` (keys, unique and
 /// check constraints, indexes, defaults) with their insert triggers, and checks that each
 /// took every row; returns the seconds the COPYs and the commits took. `targets` names each
-/// `table (columns)`; each of `parts` holds one text per target, copied in one transaction
-/// on a connection of its own, the parts concurrently (as a processor's lanes write), so a
-/// part holds whole events. `tables` are made in a schema of their own, in that order, and
-/// each session's search path puts them first, so the triggers check against them.
+/// `table (columns)`; each of `parts`' parts is copied on a connection of its own, its
+/// transactions one after the other, the parts concurrently, so a transaction holds whole
+/// events. `tables` are made in a schema of their own, in that order, and each session's
+/// search path puts them first, so the triggers check against them.
 pub async fn copy_like<const N: usize>(
     url: &str,
     tables: &[&str],
     targets: &[&str; N],
-    parts: &[[String; N]],
+    parts: &Parts<N>,
 ) -> anyhow::Result<f64> {
+    let parts = &parts.parts;
     let mut conn = sqlx::PgConnection::connect(url).await?;
     conn.execute("drop schema if exists bench_raw cascade; create schema bench_raw")
         .await?;
@@ -127,15 +164,17 @@ pub async fn copy_like<const N: usize>(
     let start = Instant::now();
     futures_util::future::try_join_all(sessions.iter_mut().zip(parts).map(
         |(session, part)| async move {
-            let mut tx = session.begin().await?;
-            for (target, data) in targets.iter().zip(part) {
-                let mut copy = tx
-                    .copy_in_raw(&format!("copy bench_raw.{target} from stdin"))
-                    .await?;
-                copy.send(data.as_bytes()).await?;
-                copy.finish().await?;
+            for transaction in part {
+                let mut tx = session.begin().await?;
+                for (target, data) in targets.iter().zip(transaction) {
+                    let mut copy = tx
+                        .copy_in_raw(&format!("copy bench_raw.{target} from stdin"))
+                        .await?;
+                    copy.send(data.as_bytes()).await?;
+                    copy.finish().await?;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
             anyhow::Ok(())
         },
     ))
@@ -151,7 +190,11 @@ pub async fn copy_like<const N: usize>(
         )))
         .fetch_one(&mut conn)
         .await?;
-        let lines: usize = parts.iter().map(|part| part[t].lines().count()).sum();
+        let lines: usize = parts
+            .iter()
+            .flatten()
+            .map(|transaction| transaction[t].lines().count())
+            .sum();
         if rows as usize != lines {
             bail!("COPY wrote {rows} rows into {table}, expected {lines}");
         }

@@ -70,7 +70,7 @@ async fn measure(args: &Args, stage: &Stage) -> anyhow::Result<Report> {
     let bootstrap = &common.kafka_bootstrap_servers;
     let raw_consume_per_s = raw::consume_per_s(common, stage, events).await?;
     let raw_copy_per_s = raw::per_s(common, events, || {
-        raw_copy(&stage.db.url, org, events, args.lanes)
+        raw_copy(&stage.db.url, org, events, args.batch_size, args.lanes)
     })
     .await?;
 
@@ -213,15 +213,22 @@ async fn check_timers(pool: &PgPool, org: Uuid, events: usize) -> anyhow::Result
 }
 
 /// `COPY` of the rows the processor writes for `n` events of [`make_records`]' shape, in
-/// `lanes` concurrent parts (an invoice and the payment naming it in the same part); returns
-/// the seconds the COPYs and the commits took.
-async fn raw_copy(url: &str, org: Uuid, n: usize, lanes: usize) -> anyhow::Result<f64> {
+/// `lanes` concurrent parts (an invoice and the payment naming it in the same part and
+/// transaction), each committing its share of a batch of `batch_size`; returns the seconds
+/// the COPYs and the commits took.
+async fn raw_copy(
+    url: &str,
+    org: Uuid,
+    n: usize,
+    batch_size: usize,
+    lanes: usize,
+) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let mut parts = vec![<[String; 3]>::default(); lanes.max(1)];
-    let lanes = parts.len();
+    // Pairs of events, so a transaction holds whole pairs.
+    let mut parts = raw::Parts::new(lanes, batch_size.div_ceil(lanes.max(1)).div_ceil(2) * 2);
     let mut invoice = None;
     for i in 0..n {
-        let [gate, timers, payments] = &mut parts[(i / 2) % lanes];
+        let [gate, timers, payments] = parts.next_event(i / 2);
         let event = Uuid::now_v7();
         let _ = writeln!(gate, "reminders\t{event}\tbench\t0\t{i}");
         let amount = format!("{}.{:02}", 1000 + i % 5000, i % 100);
