@@ -87,7 +87,8 @@ struct Live<'a> {
 impl ProcessorJob for Live<'_> {
     async fn with<P: dhanman_processors::Processor>(self, processor: P) -> anyhow::Result<()> {
         let codec = self.config.codec()?;
-        Runtime::new(processor, self.pool, codec, self.config.runtime_config())
+        let runtime = self.config.runtime_config_for(processor.name());
+        Runtime::new(processor, self.pool, codec, runtime)
             .run_until(self.stop)
             .await?;
         Ok(())

@@ -314,6 +314,16 @@ impl Config {
         config
     }
 
+    /// The runtime of the live consumer of processor `name`: [`Config::runtime_config`]
+    /// with the processor's own linger ([`catalog::ProcessorSpec::linger`]).
+    pub fn runtime_config_for(&self, name: &str) -> RuntimeConfig {
+        let mut config = self.runtime_config();
+        if let Ok(spec) = catalog::find(name) {
+            config.linger = spec.linger;
+        }
+        config
+    }
+
     /// The monthly-invoices schedule, if one is set; a bad expression is an error naming
     /// the variable.
     pub fn monthly_schedule(&self) -> anyhow::Result<Option<cron::Schedule>> {

@@ -63,6 +63,11 @@ pub const DEFAULT_MAX_BATCH: usize = 2000;
 /// a few hundred records, so below full load batches stay whole.
 pub const DEFAULT_LANES: usize = 4;
 
+/// How long a batch waits for more records once it has its first: 5 ms, within which the
+/// records of one relay batch arrive; 20 ms added its whole wait to every event's way to the
+/// ledger below full load (BENCHMARKS.md).
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(5);
+
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub bootstrap_servers: String,
@@ -71,9 +76,8 @@ pub struct RuntimeConfig {
     pub max_batch: usize,
     /// Concurrent transactions per batch, by partition (see [`Runtime::run`]).
     pub lanes: usize,
-    /// How long to wait for more records once a batch has its first one (5 ms: the records
-    /// of one relay batch arrive within it; 20 ms added its whole wait to every event's way
-    /// to the ledger below full load; BENCHMARKS.md).
+    /// How long to wait for more records once a batch has its first one ([`DEFAULT_LINGER`],
+    /// unless the processor's entry in [`crate::catalog`] says otherwise).
     pub linger: Duration,
     pub max_backoff: Duration,
     /// Physical topics are `<prefix><logical name>`; processors and the outbox speak
@@ -88,7 +92,7 @@ impl RuntimeConfig {
             group_id: None,
             max_batch: DEFAULT_MAX_BATCH,
             lanes: DEFAULT_LANES,
-            linger: Duration::from_millis(5),
+            linger: DEFAULT_LINGER,
             max_backoff: Duration::from_secs(5),
             topic_prefix: String::new(),
         }

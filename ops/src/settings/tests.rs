@@ -247,6 +247,25 @@ fn milliseconds_become_durations() {
 }
 
 #[test]
+fn each_live_consumer_takes_its_processors_linger_and_the_shared_settings() {
+    let config = config(&["--batch-size", "700", "--lanes", "3"]);
+    for spec in catalog::PROCESSORS {
+        let runtime = config.runtime_config_for(spec.name);
+        assert_eq!(runtime.linger, spec.linger, "{}", spec.name);
+        assert_eq!(
+            (runtime.max_batch, runtime.lanes),
+            (700, 3),
+            "{}",
+            spec.name
+        );
+    }
+    assert_ne!(
+        config.runtime_config_for("notifier").linger,
+        config.runtime_config_for("ledger").linger
+    );
+}
+
+#[test]
 fn debug_output_hides_the_secrets() {
     let config = config(&["--smtp-url", "smtp://mailer:s3cret@mail:25"]);
     let shown = format!("{config:?}");
