@@ -79,14 +79,13 @@ impl Row {
     /// to store them.
     pub fn copy_line(&self, out: &mut String) {
         use std::fmt::Write;
-        let text = |out: &mut String, value: Option<&str>| match value {
-            Some(value) => copy_escape(out, value),
-            None => out.push_str("\\N"),
-        };
         let _ = write!(out, "{}\t{}\t", self.event_id, self.topic);
         copy_escape(out, &self.key);
         let _ = write!(out, "\t{}\t{}\t", self.name, self.version);
-        text(out, self.payload());
+        match self.payload() {
+            Some(json) => copy_escape(out, json),
+            None => out.push_str("\\N"),
+        }
         out.push('\t');
         copy_escape(out, &self.headers);
         out.push('\t');

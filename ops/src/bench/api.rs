@@ -142,8 +142,8 @@ async fn measure(args: &Args, db: &ScratchDb) -> anyhow::Result<Report> {
     api.abort();
     bare_task.abort();
     let (mut report, batch_invoices_per_s) = result?;
-    // Invoices copied per run: forty batches' worth, in as many parts as the batch load's
-    // connections, each part in one transaction.
+    // Invoices copied per run: forty batches' worth, dealt to as many sessions as the batch
+    // load has connections, a transaction a batch.
     let size = args.batch_size.clamp(1, 1000);
     let n = size * 40;
     let parts = args.batch_connections.max(1);
