@@ -495,7 +495,7 @@ async fn raw_copy(
     lanes: usize,
 ) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    let mut parts = raw::Parts::new(lanes, batch_size.div_ceil(lanes.max(1)));
+    let mut parts = raw::Parts::lane_shares(lanes, batch_size, 1);
     for i in 0..n {
         let [entries, postings, outbox] = parts.next_event(i);
         let event = Uuid::now_v7();

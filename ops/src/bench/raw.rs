@@ -100,6 +100,15 @@ impl<const N: usize> Parts<N> {
         }
     }
 
+    /// Parts as a processor's `lanes` write a batch of `batch_size` events: each lane's
+    /// transaction holds its share of the batch, rounded up to whole groups of `kept_together`
+    /// events (an invoice and its payment: 2).
+    pub fn lane_shares(lanes: usize, batch_size: usize, kept_together: usize) -> Parts<N> {
+        let together = kept_together.max(1);
+        let share = batch_size.div_ceil(lanes.max(1)).div_ceil(together) * together;
+        Parts::new(lanes, share)
+    }
+
     /// The texts the next event of part `lane % lanes` goes into: its last transaction's,
     /// or a new transaction's once that one holds `per_transaction` events.
     pub fn next_event(&mut self, lane: usize) -> &mut [String; N] {

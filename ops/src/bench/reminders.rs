@@ -224,8 +224,7 @@ async fn raw_copy(
     lanes: usize,
 ) -> anyhow::Result<f64> {
     use std::fmt::Write;
-    // Pairs of events, so a transaction holds whole pairs.
-    let mut parts = raw::Parts::new(lanes, batch_size.div_ceil(lanes.max(1)).div_ceil(2) * 2);
+    let mut parts = raw::Parts::lane_shares(lanes, batch_size, 2);
     let mut invoice = None;
     for i in 0..n {
         let [gate, timers, payments] = parts.next_event(i / 2);
