@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use dhanman_schemas::events::{FieldError, check_address, check_date};
+use dhanman_schemas::events::{Breaks, FieldError, check_address, check_date, check_text};
 
 /// An amount of money as a command carries it: a JSON string holding an exact decimal
 /// (`"3500.00"`). A JSON number is refused, since JSON parsers pass numbers through binary
@@ -133,6 +133,29 @@ pub fn check_email(field: &str, email: &str) -> Result<(), FieldError> {
     email_address::EmailAddress::parse_with_options(email, options)
         .map(|_| ())
         .map_err(|_| FieldError::new(field, "must be an email address"))
+}
+
+/// An optional field of one line (a unit, an invoice number, a reference): absent is
+/// fine, what is there passes [`check_text`] with no line breaks.
+pub fn check_line(field: &str, value: Option<&str>, max: usize) -> Result<(), FieldError> {
+    value.map_or(Ok(()), |v| check_text(field, v, max, Breaks::Refused))
+}
+
+/// An optional field that may run over several lines (a reason, a comment, a description).
+pub fn check_lines(field: &str, value: Option<&str>, max: usize) -> Result<(), FieldError> {
+    value.map_or(Ok(()), |v| check_text(field, v, max, Breaks::Allowed))
+}
+
+/// A field of one line that must be there (a name): trimmed, not blank, [`check_line`].
+pub fn required_line<'a>(
+    field: &str,
+    value: Option<&'a str>,
+    max: usize,
+) -> Result<&'a str, FieldError> {
+    match value.map(str::trim) {
+        Some(v) if !v.is_empty() => check_text(field, v, max, Breaks::Refused).map(|()| v),
+        _ => Err(FieldError::new(field, "is required")),
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use crate::users::{self, NewUser};
 use crate::{Caller, Error, Result};
-use dhanman_schemas::events::FieldError;
 
 #[derive(Debug, Serialize)]
 pub struct CreatedOrganization {
@@ -88,10 +87,7 @@ pub async fn create_organization(
     name: &str,
     admin_email: Option<&str>,
 ) -> Result<CreatedOrganization> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(FieldError::new("name", "must not be empty").into());
-    }
+    let name = crate::input::required_line("name", Some(name), 200)?;
     let mut tx = pool.begin().await?;
     let organization_id = Uuid::now_v7();
     sqlx::query("insert into organizations (id, name) values ($1, $2)")

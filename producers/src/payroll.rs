@@ -65,13 +65,8 @@ pub async fn post_salary_with_id(
     let employee_id = input
         .employee_id
         .ok_or_else(|| FieldError::new("employee_id", "is required"))?;
-    let employee_name = match input.employee_name.as_deref().map(str::trim) {
-        Some(n) if !n.is_empty() => n,
-        _ => return Err(FieldError::new("employee_name", "is required").into()),
-    };
-    if employee_name.chars().count() > 200 {
-        return Err(FieldError::new("employee_name", "must be at most 200 characters").into());
-    }
+    let employee_name =
+        crate::input::required_line("employee_name", input.employee_name.as_deref(), 200)?;
     let period = input
         .period
         .ok_or_else(|| FieldError::new("period", "is required"))?;

@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::input::{Amount, Day};
+use crate::input::{Amount, Day, check_lines, required_line};
 use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 /// Largest number of line items on one order.
@@ -134,17 +134,6 @@ pub struct PurchaseOrderReply {
     pub consistency_token: Option<Uuid>,
 }
 
-fn required_text(field: &str, value: Option<&str>, max: usize) -> Result<String> {
-    match value.map(str::trim) {
-        Some("") => Err(FieldError::new(field, "must not be empty").into()),
-        Some(v) if v.chars().count() > max => {
-            Err(FieldError::new(field, format!("must be at most {max} characters")).into())
-        }
-        Some(v) => Ok(v.to_string()),
-        None => Err(FieldError::new(field, "is required").into()),
-    }
-}
-
 fn check_items(items: Option<Vec<NewItem>>, currency: &str) -> Result<(Vec<PoItem>, Decimal)> {
     let items = items.ok_or_else(|| FieldError::new("items", "is required"))?;
     if items.is_empty() || items.len() > MAX_ITEMS {
@@ -154,7 +143,8 @@ fn check_items(items: Option<Vec<NewItem>>, currency: &str) -> Result<(Vec<PoIte
     let mut checked = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let field = |name: &str| format!("items[{i}].{name}");
-        let description = required_text(&field("description"), item.description.as_deref(), 500)?;
+        let description =
+            required_line(&field("description"), item.description.as_deref(), 500)?.to_string();
         let quantity = item
             .quantity
             .ok_or_else(|| FieldError::new(&field("quantity"), "is required"))?;
@@ -204,7 +194,7 @@ pub async fn submit_order_with_id(
     let vendor_id = input
         .vendor_id
         .ok_or_else(|| FieldError::new("vendor_id", "is required"))?;
-    let vendor_name = required_text("vendor_name", input.vendor_name.as_deref(), 200)?;
+    let vendor_name = required_line("vendor_name", input.vendor_name.as_deref(), 200)?.to_string();
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     let (items, amount) = check_items(input.items, &currency)?;
     let required = policy.required(amount);
@@ -277,13 +267,13 @@ async fn decide(
     let verb = if approve { "approving" } else { "rejecting" };
     caller.require(APPROVER_ROLES, &format!("{verb} a purchase order"))?;
     let user_id = caller.user(&format!("{verb} a purchase order"))?;
-    let comment = match input.comment.as_deref().map(str::trim) {
-        Some(c) if c.chars().count() > 1000 => {
-            return Err(FieldError::new("comment", "must be at most 1000 characters").into());
-        }
-        Some("") | None => None,
-        Some(c) => Some(c.to_string()),
-    };
+    let comment = input
+        .comment
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    check_lines("comment", comment, 1000)?;
+    let comment = comment.map(str::to_string);
     // The lock makes concurrent decisions on one order take turns.
     let order: Option<PurchaseOrder> = sqlx::query_as(
         "select id as po_id, vendor_id, vendor_name, requester_id, amount, currency::text as currency,
@@ -508,7 +498,7 @@ pub async fn create_bill_with_id(
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     check_money("amount", amount, &currency)?;
     let amount = amount.round_dp(2);
-    let description = required_text("description", input.description.as_deref(), 500)?;
+    let description = required_line("description", input.description.as_deref(), 500)?.to_string();
     let due_date = input
         .due_date
         .map(Day::date)

@@ -18,25 +18,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::idempotency;
-use crate::input::{Amount, Day, check_email};
+use crate::input::{Amount, Day, check_email, check_line, check_lines, required_line};
 use crate::{BOOKKEEPERS, Caller, Error, Result};
-
-fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, FieldError> {
-    match value.as_deref().map(str::trim) {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(FieldError::new(field, "is required")),
-    }
-}
-
-fn limited(field: &str, value: Option<&str>, max: usize) -> Result<(), FieldError> {
-    match value {
-        Some(v) if v.chars().count() > max => Err(FieldError::new(
-            field,
-            format!("must be at most {max} characters"),
-        )),
-        _ => Ok(()),
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,9 +49,8 @@ pub async fn create_customer(
     input: NewCustomer,
 ) -> Result<Customer> {
     caller.require(BOOKKEEPERS, "creating a customer")?;
-    let name = required("name", &input.name)?;
-    limited("name", Some(name), 200)?;
-    limited("unit", input.unit.as_deref(), 50)?;
+    let name = required_line("name", input.name.as_deref(), 200)?;
+    check_line("unit", input.unit.as_deref(), 50)?;
     if let Some(email) = input.email.as_deref() {
         check_email("email", email)?;
     }
@@ -288,8 +270,8 @@ pub fn check_invoice(input: NewInvoice) -> Result<CheckedInvoice, FieldError> {
     if due_date < issue_date {
         return Err(FieldError::new("due_date", "must not be before issue_date"));
     }
-    limited("invoice_number", input.invoice_number.as_deref(), 64)?;
-    limited("description", input.description.as_deref(), 500)?;
+    check_line("invoice_number", input.invoice_number.as_deref(), 64)?;
+    check_lines("description", input.description.as_deref(), 500)?;
     if let Some(period) = input.period.as_deref() {
         check_period("period", period)?;
     }
@@ -559,7 +541,7 @@ pub async fn void_invoice(
         .as_deref()
         .map(str::trim)
         .filter(|r| !r.is_empty());
-    limited("reason", reason, 500)?;
+    check_lines("reason", reason, 500)?;
 
     // The same row lock a manual payment takes: of a payment and a void racing for one
     // invoice, the second to get the lock sees what the first did and is refused.

@@ -256,13 +256,7 @@ pub async fn insert_user_with_id(
         .map(str::trim)
         .ok_or_else(|| FieldError::new("email", "is required"))?;
     crate::input::check_email("email", email)?;
-    let name = match input.name.as_deref().map(str::trim) {
-        Some(n) if !n.is_empty() && n.chars().count() <= 200 => n,
-        Some(n) if !n.is_empty() => {
-            return Err(FieldError::new("name", "must be at most 200 characters").into());
-        }
-        _ => return Err(FieldError::new("name", "is required").into()),
-    };
+    let name = crate::input::required_line("name", input.name.as_deref(), 200)?;
     let role = input
         .role
         .as_deref()

@@ -642,10 +642,52 @@ fn check_user(user: &UserCreated) -> Result<(), FieldError> {
         ));
     }
     let name = user.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
+    if name.is_empty() {
         return Err(FieldError::new("name", "must be 1 to 200 characters"));
     }
+    check_text("name", name, 200, Breaks::Refused)?;
     check_address("email", &user.email)
+}
+
+/// Whether a text field may break lines: a name, a unit or a reference is one line (it may
+/// land in a mail header or a table cell); a reason or a comment may run over several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaks {
+    Refused,
+    Allowed,
+}
+
+/// Text a person wrote for people to read: at most `max` characters, and none of those
+/// that would act rather than read: control characters (NUL, BEL, ESC, DEL, C1; CR, LF and
+/// tab too, unless `breaks` allows them), line and paragraph separators on one line, and the
+/// bidirectional marks and overrides that can make `U+202E` text read backwards in a
+/// statement or an email. Zero-width joiners stay, as Indic names need them.
+pub fn check_text(field: &str, value: &str, max: usize, breaks: Breaks) -> Result<(), FieldError> {
+    if value.chars().count() > max {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    let acts = |c: char| match c {
+        '\n' | '\r' | '\t' | '\u{2028}' | '\u{2029}' => breaks == Breaks::Refused,
+        '\u{061C}'
+        | '\u{200E}'
+        | '\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}' => true,
+        c => c.is_control(),
+    };
+    match value.chars().find(|&c| acts(c)) {
+        Some(c) => Err(FieldError::new(
+            field,
+            format!(
+                "must not contain control or bidirectional formatting characters (found U+{:04X})",
+                c as u32
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// An address as the tables hold one (`^[^@[:space:]]+@[^@[:space:]]+$`): at most 254

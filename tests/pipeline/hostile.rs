@@ -68,8 +68,9 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
 /// Input that used to become a 500 or a silently changed value: a NUL byte in any text
 /// field or query parameter, dates outside what a ledger holds, money as a JSON number
 /// (which passes through binary floating point) or with an exponent, an email that is no
-/// address, a period that is no month. Each is a 422 naming the field, and nothing is
-/// written; a path that is no UTF-8 text or holds a NUL is a 400 naming the path.
+/// address, a period that is no month, a name or unit with a control character or a
+/// bidirectional override, a line break in a one-line field. Each is a 422 naming the
+/// field, and nothing is written; a path that is no UTF-8 text or holds a NUL is a 400 naming the path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_values_are_422_naming_the_field_and_write_nothing() {
     use serde_json::json;
@@ -144,6 +145,35 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
             "email",
         ),
         ("/v1/customers", json!({"name": "Asha\u{0}"}), "name"),
+        // Text that acts rather than reads: a header's line break, a bell, an escape, a
+        // bidirectional override that makes a name read backwards.
+        (
+            "/v1/customers",
+            json!({"name": "Asha\r\nBcc: x@y.z"}),
+            "name",
+        ),
+        ("/v1/customers", json!({"name": "Asha\u{7}"}), "name"),
+        ("/v1/customers", json!({"name": "\u{202E}ahsA"}), "name"),
+        (
+            "/v1/customers",
+            json!({"name": "Asha", "unit": "A\t101"}),
+            "unit",
+        ),
+        (
+            "/v1/users",
+            json!({"email": "a@example.org", "name": "A\u{1b}[2J", "role": "admin"}),
+            "name",
+        ),
+        (
+            "/v1/invoices",
+            with(&invoice, "invoice_number", json!("A-1\nB")),
+            "invoice_number",
+        ),
+        (
+            "/v1/invoices",
+            with(&invoice, "description", json!("rent \u{2066}due\u{2069}")),
+            "description",
+        ),
         // Addresses the mail standard allows and the tables' checks do not.
         (
             "/v1/customers",
@@ -216,6 +246,23 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
         .await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     assert_eq!(reply.body["amount"], "99999999999999.99", "{}", reply.body);
+    // Text that only reads is kept as written: a name joined as Malayalam writes it (a
+    // zero-width joiner), a description over two lines.
+    let reply = api
+        .post(
+            "/v1/customers",
+            json!({"name": "കൃഷ്ണന്\u{200D}", "unit": "B-204"}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.body["name"], "കൃഷ്ണന്\u{200D}", "{}", reply.body);
+    let reply = api
+        .post(
+            "/v1/invoices",
+            with(&invoice, "description", json!("Maintenance\r\nDecember")),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
     db.drop_db().await;
 }
 

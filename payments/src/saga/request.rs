@@ -176,16 +176,13 @@ pub(super) fn validate(input: &NewPayment) -> Result<(Uuid, Method, Option<Strin
         Some(m) => Method::parse(m)
             .ok_or_else(|| FieldError::new("method", "must be upi, card or netbanking"))?,
     };
-    let reference = match input.reference.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(r) if r.chars().count() > 200 || r.chars().any(char::is_control) => {
-            return Err(FieldError::new(
-                "reference",
-                "must be at most 200 printable characters",
-            ));
-        }
-        Some(r) => Some(r.to_string()),
-    };
+    let reference = input
+        .reference
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    dhanman_producers::input::check_line("reference", reference, 200)?;
+    let reference = reference.map(str::to_string);
     Ok((invoice_id, method, reference))
 }
 

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{limited, lock_invoice};
-use crate::input::Amount;
+use super::lock_invoice;
+use crate::input::{Amount, check_line};
 use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,8 +59,8 @@ pub async fn record_manual_payment_with_id(
     let currency = input.currency.unwrap_or_else(|| "INR".to_string());
     check_money("amount", amount, &currency)?;
     let method = input.method.unwrap_or_else(|| "manual".to_string());
-    limited("method", Some(&method), 32)?;
-    limited("reference", input.reference.as_deref(), 200)?;
+    check_line("method", Some(&method), 32)?;
+    check_line("reference", input.reference.as_deref(), 200)?;
 
     let (customer_id, invoice_status) = match input.invoice_id {
         Some(invoice_id) => {

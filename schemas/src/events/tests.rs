@@ -67,3 +67,46 @@ fn a_user_has_a_known_role_and_an_address() {
         );
     }
 }
+
+#[test]
+fn text_that_acts_rather_than_reads_is_refused_naming_the_character() {
+    let line = |v: &str| check_text("name", v, 10, Breaks::Refused);
+    let lines = |v: &str| check_text("reason", v, 10, Breaks::Allowed);
+    for kept in ["Asha Rao", "ആശ\u{200D}", "Zoë", "a\u{200C}b", "ten chars!"] {
+        assert_eq!(line(kept), Ok(()), "{kept:?}");
+    }
+    for (acting, found) in [
+        ("a\nb", "U+000A"),
+        ("a\r", "U+000D"),
+        ("a\tb", "U+0009"),
+        ("bell\u{7}", "U+0007"),
+        ("\u{1b}[2J", "U+001B"),
+        ("del\u{7f}", "U+007F"),
+        ("c1\u{85}", "U+0085"),
+        ("\u{202E}ahsA", "U+202E"),
+        ("\u{2067}x\u{2069}", "U+2067"),
+        ("rtl\u{200F}", "U+200F"),
+        ("ls\u{2028}", "U+2028"),
+    ] {
+        let e = line(acting).unwrap_err();
+        assert_eq!(e.field, "name");
+        assert!(e.message.contains(found), "{acting:?}: {}", e.message);
+    }
+    assert_eq!(lines("two\r\nlines"), Ok(()));
+    assert_eq!(lines("a\tb\u{2029}"), Ok(()));
+    assert!(lines("a\u{0}b").is_err());
+    assert!(lines("\u{202D}x").is_err());
+    let long = line("eleven char").unwrap_err();
+    assert!(long.message.contains("at most 10 characters"), "{long}");
+    // Counted in characters, not bytes: ten Devanagari letters fit.
+    assert_eq!(line(&"क".repeat(10)), Ok(()));
+}
+
+#[test]
+fn a_users_name_is_one_line_of_plain_text() {
+    let mut event = user("admin", "asha@example.org");
+    if let Event::UserCreated(u) = &mut event {
+        u.name = "Asha\r\nRao".into();
+    }
+    assert!(refused(&event).contains("name"), "{}", refused(&event));
+}
