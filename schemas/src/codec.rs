@@ -426,12 +426,11 @@ fn identical(a: &apache_avro::Schema, b: &apache_avro::Schema) -> bool {
 
 /// Frames an Avro datum in the Confluent wire format.
 pub fn encode_with_id(record: &RecordSchema, id: u32, value: &Json) -> Result<Vec<u8>> {
-    let avro = json::to_avro(value, &record.schema, "")?;
-    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&record.schema)
-        .build()
-        .and_then(|w| w.write_value_to_vec(avro))
-        .map_err(|e| Error::Invalid(format!("{}: {e}", record.name)))?;
-    Ok(with_header(id, &datum))
+    let mut framed = Vec::with_capacity(256);
+    framed.push(0);
+    framed.extend_from_slice(&id.to_be_bytes());
+    json::write_avro(value, &record.schema, "", &mut framed)?;
+    Ok(framed)
 }
 
 /// `datum` behind the wire format's header: the magic byte 0 and the registry id.

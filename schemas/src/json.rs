@@ -3,7 +3,9 @@
 //! once so that every record type shares the money, id and date rules.
 
 use apache_avro::Schema;
-use apache_avro::schema::{InnerDecimalSchema, RecordSchema};
+use apache_avro::schema::{
+    DecimalSchema, InnerDecimalSchema, RecordField, RecordSchema, UnionSchema,
+};
 use apache_avro::types::Value;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -21,129 +23,256 @@ fn epoch() -> NaiveDate {
 
 /// JSON → Avro value of `schema`. `path` names the field in error messages.
 pub fn to_avro(json: &Json, schema: &Schema, path: &str) -> Result<Value> {
+    value_at(json, schema, Path::Root(path))
+}
+
+fn value_at(json: &Json, schema: &Schema, path: Path<'_>) -> Result<Value> {
     Ok(match schema {
-        Schema::Null => match json {
-            Json::Null => Value::Null,
-            _ => return Err(invalid(path, "expected null")),
-        },
-        Schema::Boolean => Value::Boolean(
-            json.as_bool()
-                .ok_or_else(|| invalid(path, "expected a boolean"))?,
-        ),
-        Schema::Int => {
-            let n = json
-                .as_i64()
-                .ok_or_else(|| invalid(path, "expected an integer"))?;
-            Value::Int(i32::try_from(n).map_err(|_| invalid(path, "integer out of range"))?)
-        }
-        Schema::Long => Value::Long(
-            json.as_i64()
-                .ok_or_else(|| invalid(path, "expected an integer"))?,
-        ),
-        Schema::Double => Value::Double(
-            json.as_f64()
-                .ok_or_else(|| invalid(path, "expected a number"))?,
-        ),
+        Schema::Null => null(json, path).map(|()| Value::Null)?,
+        Schema::Boolean => Value::Boolean(boolean(json, path)?),
+        Schema::Int => Value::Int(int(json, path)?),
+        Schema::Long => Value::Long(long(json, path)?),
+        Schema::Double => Value::Double(double(json, path)?),
         Schema::String => Value::String(as_str(json, path)?.to_string()),
-        Schema::Uuid(_) => Value::Uuid(
-            as_str(json, path)?
-                .parse()
-                .map_err(|_| invalid(path, "expected a UUID"))?,
-        ),
-        Schema::Date => {
-            let date: NaiveDate = as_str(json, path)?
-                .parse()
-                .map_err(|_| invalid(path, "expected a date as YYYY-MM-DD"))?;
-            let days = (date - epoch()).num_days();
-            Value::Date(i32::try_from(days).map_err(|_| invalid(path, "date out of range"))?)
-        }
-        Schema::TimestampMillis => Value::TimestampMillis(match json {
-            Json::Number(n) => n
-                .as_i64()
-                .ok_or_else(|| invalid(path, "expected milliseconds"))?,
-            Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|_| invalid(path, "expected an RFC 3339 timestamp"))?
-                .timestamp_millis(),
-            _ => return Err(invalid(path, "expected a timestamp")),
-        }),
+        Schema::Uuid(_) => Value::Uuid(uuid(json, path)?),
+        Schema::Date => Value::Date(date_days(json, path)?),
+        Schema::TimestampMillis => Value::TimestampMillis(timestamp_millis(json, path)?),
         Schema::Decimal(d) => {
-            if !matches!(d.inner, InnerDecimalSchema::Bytes) {
-                return Err(invalid(path, "only bytes-backed decimals are supported"));
-            }
-            let amount = decimal_from_json(json, path)?;
-            Value::Decimal(decimal_to_avro(amount, d.precision, d.scale, path)?)
+            Value::Decimal(apache_avro::Decimal::from(decimal_bytes(json, d, path)?))
         }
-        Schema::Array(a) => {
-            let items = json
-                .as_array()
-                .ok_or_else(|| invalid(path, "expected an array"))?;
-            Value::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| to_avro(item, &a.items, &format!("{path}/{i}")))
-                    .collect::<Result<_>>()?,
-            )
-        }
+        Schema::Array(a) => Value::Array(
+            array(json, path)?
+                .iter()
+                .enumerate()
+                .map(|(i, item)| value_at(item, &a.items, Path::Item(&path, i)))
+                .collect::<Result<_>>()?,
+        ),
         Schema::Union(u) => {
-            let variants = u.variants();
-            if json.is_null() {
-                let i = variants
-                    .iter()
-                    .position(|v| matches!(v, Schema::Null))
-                    .ok_or_else(|| invalid(path, "must not be null"))?;
-                Value::Union(i as u32, Box::new(Value::Null))
-            } else {
-                // Our unions are `["null", T]`: take the first branch that accepts the value.
-                let mut last = None;
-                for (i, variant) in variants.iter().enumerate() {
-                    if matches!(variant, Schema::Null) {
-                        continue;
-                    }
-                    match to_avro(json, variant, path) {
-                        Ok(v) => return Ok(Value::Union(i as u32, Box::new(v))),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                return Err(
-                    last.unwrap_or_else(|| invalid(path, "no union branch accepts the value"))
-                );
-            }
+            let mut value = None;
+            let i = union_branch(json, u, path, |variant| {
+                value = Some(value_at(json, variant, path)?);
+                Ok(())
+            })?;
+            Value::Union(i as u32, Box::new(value.unwrap_or(Value::Null)))
         }
-        Schema::Record(r) => record_to_avro(json, r, path)?,
-        other => return Err(invalid(path, format!("unsupported schema type {other:?}"))),
+        Schema::Record(r) => {
+            let mut fields = Vec::with_capacity(r.fields.len());
+            record_fields(json, r, path, |field, value, field_path| {
+                fields.push((
+                    field.name.clone(),
+                    value_at(value, &field.schema, field_path)?,
+                ));
+                Ok(())
+            })?;
+            Value::Record(fields)
+        }
+        other => return Err(unsupported(other, path)),
     })
 }
 
-fn record_to_avro(json: &Json, record: &RecordSchema, path: &str) -> Result<Value> {
+/// JSON → the Avro datum of `schema`, appended to `out`: the bytes [`to_avro`]'s value
+/// takes in apache-avro's writer, written as the JSON is walked, with no value tree in
+/// between (the relay encodes every row the API writes this way). On an error `out` may
+/// hold part of the datum.
+pub fn write_avro(json: &Json, schema: &Schema, path: &str, out: &mut Vec<u8>) -> Result<()> {
+    write_at(json, schema, Path::Root(path), out)
+}
+
+fn write_at(json: &Json, schema: &Schema, path: Path<'_>, out: &mut Vec<u8>) -> Result<()> {
+    match schema {
+        Schema::Null => null(json, path)?,
+        Schema::Boolean => out.push(u8::from(boolean(json, path)?)),
+        Schema::Int => varint(i64::from(int(json, path)?), out),
+        Schema::Long => varint(long(json, path)?, out),
+        Schema::Double => out.extend_from_slice(&double(json, path)?.to_le_bytes()),
+        Schema::String => length_delimited(as_str(json, path)?.as_bytes(), out),
+        Schema::Uuid(_) => {
+            let mut text = uuid::Uuid::encode_buffer();
+            length_delimited(
+                uuid(json, path)?
+                    .hyphenated()
+                    .encode_lower(&mut text)
+                    .as_bytes(),
+                out,
+            );
+        }
+        Schema::Date => varint(i64::from(date_days(json, path)?), out),
+        Schema::TimestampMillis => varint(timestamp_millis(json, path)?, out),
+        Schema::Decimal(d) => length_delimited(&decimal_bytes(json, d, path)?, out),
+        Schema::Array(a) => {
+            let items = array(json, path)?;
+            if !items.is_empty() {
+                varint(items.len() as i64, out);
+                for (i, item) in items.iter().enumerate() {
+                    write_at(item, &a.items, Path::Item(&path, i), out)?;
+                }
+            }
+            out.push(0);
+        }
+        Schema::Union(u) => {
+            let mark = out.len();
+            let mut branch = Vec::new();
+            let i = union_branch(json, u, path, |variant| {
+                branch.clear();
+                write_at(json, variant, path, &mut branch)
+            })?;
+            out.truncate(mark);
+            varint(i as i64, out);
+            out.extend_from_slice(&branch);
+        }
+        Schema::Record(r) => record_fields(json, r, path, |field, value, field_path| {
+            write_at(value, &field.schema, field_path, out)
+        })?,
+        other => return Err(unsupported(other, path)),
+    }
+    Ok(())
+}
+
+/// Avro's zig-zag variable-length `long` (an `int` is written the same way).
+fn varint(n: i64, out: &mut Vec<u8>) {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+fn length_delimited(bytes: &[u8], out: &mut Vec<u8>) {
+    varint(bytes.len() as i64, out);
+    out.extend_from_slice(bytes);
+}
+
+fn unsupported(schema: &Schema, path: Path<'_>) -> Error {
+    invalid(path, format!("unsupported schema type {schema:?}"))
+}
+
+fn null(json: &Json, path: Path<'_>) -> Result<()> {
+    match json {
+        Json::Null => Ok(()),
+        _ => Err(invalid(path, "expected null")),
+    }
+}
+
+fn boolean(json: &Json, path: Path<'_>) -> Result<bool> {
+    json.as_bool()
+        .ok_or_else(|| invalid(path, "expected a boolean"))
+}
+
+fn long(json: &Json, path: Path<'_>) -> Result<i64> {
+    json.as_i64()
+        .ok_or_else(|| invalid(path, "expected an integer"))
+}
+
+fn int(json: &Json, path: Path<'_>) -> Result<i32> {
+    i32::try_from(long(json, path)?).map_err(|_| invalid(path, "integer out of range"))
+}
+
+fn double(json: &Json, path: Path<'_>) -> Result<f64> {
+    json.as_f64()
+        .ok_or_else(|| invalid(path, "expected a number"))
+}
+
+fn uuid(json: &Json, path: Path<'_>) -> Result<uuid::Uuid> {
+    as_str(json, path)?
+        .parse()
+        .map_err(|_| invalid(path, "expected a UUID"))
+}
+
+/// A `date`: days from 1970-01-01.
+fn date_days(json: &Json, path: Path<'_>) -> Result<i32> {
+    let date: NaiveDate = as_str(json, path)?
+        .parse()
+        .map_err(|_| invalid(path, "expected a date as YYYY-MM-DD"))?;
+    i32::try_from((date - epoch()).num_days()).map_err(|_| invalid(path, "date out of range"))
+}
+
+fn timestamp_millis(json: &Json, path: Path<'_>) -> Result<i64> {
+    match json {
+        Json::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| invalid(path, "expected milliseconds")),
+        Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| invalid(path, "expected an RFC 3339 timestamp")),
+        _ => Err(invalid(path, "expected a timestamp")),
+    }
+}
+
+/// A bytes-backed decimal's two's complement bytes ([`decimal_to_avro`]).
+fn decimal_bytes(json: &Json, d: &DecimalSchema, path: Path<'_>) -> Result<Vec<u8>> {
+    if !matches!(d.inner, InnerDecimalSchema::Bytes) {
+        return Err(invalid(path, "only bytes-backed decimals are supported"));
+    }
+    let amount = decimal_from_json(json, path)?;
+    scaled_bytes(amount, d.precision, d.scale, path)
+}
+
+fn array<'a>(json: &'a Json, path: Path<'_>) -> Result<&'a Vec<Json>> {
+    json.as_array()
+        .ok_or_else(|| invalid(path, "expected an array"))
+}
+
+/// The branch of a union the value takes, `accept` trying each in turn: the null branch
+/// for null; otherwise (our unions are `["null", T]`) the first other branch `accept`
+/// takes.
+fn union_branch(
+    json: &Json,
+    union: &UnionSchema,
+    path: Path<'_>,
+    mut accept: impl FnMut(&Schema) -> Result<()>,
+) -> Result<usize> {
+    let variants = union.variants();
+    if json.is_null() {
+        return variants
+            .iter()
+            .position(|v| matches!(v, Schema::Null))
+            .ok_or_else(|| invalid(path, "must not be null"));
+    }
+    let mut last = None;
+    for (i, variant) in variants.iter().enumerate() {
+        if matches!(variant, Schema::Null) {
+            continue;
+        }
+        match accept(variant) {
+            Ok(()) => return Ok(i),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| invalid(path, "no union branch accepts the value")))
+}
+
+/// Each field of the record in the schema's order, with its value (its default when the
+/// JSON lacks it) and its path, given to `field`.
+fn record_fields<'j>(
+    json: &'j Json,
+    record: &'j RecordSchema,
+    path: Path<'_>,
+    mut field: impl FnMut(&'j RecordField, &'j Json, Path<'_>) -> Result<()>,
+) -> Result<()> {
     let object = json
         .as_object()
         .ok_or_else(|| invalid(path, "expected an object"))?;
-    let mut fields = Vec::with_capacity(record.fields.len());
-    for field in &record.fields {
-        let field_path = if path.is_empty() {
-            field.name.clone()
-        } else {
-            format!("{path}.{}", field.name)
+    for f in &record.fields {
+        let field_path = Path::Field(&path, &f.name);
+        let value = match object.get(&f.name) {
+            Some(v) => v,
+            None => f
+                .default
+                .as_ref()
+                .ok_or_else(|| invalid(field_path, "is required"))?,
         };
-        let value = match object.get(&field.name) {
-            Some(v) => to_avro(v, &field.schema, &field_path)?,
-            None => match &field.default {
-                Some(default) => to_avro(default, &field.schema, &field_path)?,
-                None => return Err(invalid(&field_path, "is required")),
-            },
-        };
-        fields.push((field.name.clone(), value));
+        field(f, value, field_path)?;
     }
-    Ok(Value::Record(fields))
+    Ok(())
 }
 
-fn as_str<'a>(json: &'a Json, path: &str) -> Result<&'a str> {
+fn as_str<'a>(json: &'a Json, path: Path<'_>) -> Result<&'a str> {
     json.as_str()
         .ok_or_else(|| invalid(path, "expected a string"))
 }
 
-fn decimal_from_json(json: &Json, path: &str) -> Result<Decimal> {
+fn decimal_from_json(json: &Json, path: Path<'_>) -> Result<Decimal> {
     match json {
         Json::String(s) => s
             .parse()
@@ -164,6 +293,16 @@ pub fn decimal_to_avro(
     scale: usize,
     path: &str,
 ) -> Result<apache_avro::Decimal> {
+    scaled_bytes(amount, precision, scale, path).map(apache_avro::Decimal::from)
+}
+
+/// [`decimal_to_avro`]'s bytes: the amount at `scale`, as big-endian two's complement.
+fn scaled_bytes(
+    amount: Decimal,
+    precision: usize,
+    scale: usize,
+    path: impl std::fmt::Display,
+) -> Result<Vec<u8>> {
     let normalized = amount.normalize();
     if normalized.scale() as usize > scale {
         return Err(invalid(
@@ -177,7 +316,7 @@ pub fn decimal_to_avro(
     if mantissa.unsigned_abs() >= 10u128.pow(precision as u32) {
         return Err(invalid(path, format!("exceeds {precision} digits")));
     }
-    Ok(apache_avro::Decimal::from(minimal_be_bytes(mantissa)))
+    Ok(minimal_be_bytes(mantissa))
 }
 
 /// Shortest big-endian two's complement form, as Avro writers produce it.

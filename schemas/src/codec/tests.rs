@@ -1,5 +1,6 @@
 use super::*;
 use crate::events::{Envelope, InvoiceCreated};
+use serde_json::Value as Json;
 
 fn invoice() -> InvoiceCreated {
     InvoiceCreated {
@@ -22,6 +23,118 @@ fn invoice_versions() -> (&'static RecordSchema, &'static RecordSchema) {
     let catalog = Catalog::global();
     let version = |v| catalog.get(InvoiceCreated::NAME, v).unwrap();
     (version(1), version(2))
+}
+
+/// The datum apache-avro's writer makes of the JSON's Avro value ([`json::to_avro`]).
+fn apache_writer(json: &Json, schema: &apache_avro::Schema) -> Result<Vec<u8>> {
+    let value = json::to_avro(json, schema, "")?;
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(value))
+        .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// `json` written by [`json::write_avro`].
+fn written(json: &Json, schema: &apache_avro::Schema) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    json::write_avro(json, schema, "", &mut out).map(|()| out)
+}
+
+#[test]
+fn json_is_written_as_apache_avros_writer_writes_its_value_or_refused_alike() {
+    let schema = apache_avro::Schema::parse_str(
+        r#"{"type": "record", "name": "T", "fields": [
+            {"name": "id", "type": {"type": "string", "logicalType": "uuid"}},
+            {"name": "n", "type": "int"},
+            {"name": "big", "type": "long"},
+            {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+            {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 2}},
+            {"name": "note", "type": ["null", "string"], "default": null},
+            {"name": "ok", "type": "boolean", "default": true},
+            {"name": "lines", "type": {"type": "array", "items": {"type": "record", "name": "L", "fields": [
+                {"name": "code", "type": "string"},
+                {"name": "credit", "type": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 2}]}
+            ]}}}
+        ]}"#,
+    )
+    .unwrap();
+    let base = serde_json::json!({
+        "id": "0190f2a0-5b1e-7c3d-8e4f-a1b2c3d4e5f6", "n": -129, "big": 9_007_199_254_740_993i64,
+        "at": 1_765_000_000_123i64, "day": "1969-12-31", "amount": "-128.00",
+        "note": "é ✓", "lines": [{"code": "1200", "credit": "0.01"}, {"code": "", "credit": null}]
+    });
+    let with = |field: &str, value: Json| {
+        let mut json = base.clone();
+        match value {
+            Json::Null if field.starts_with('-') => {
+                json.as_object_mut().unwrap().remove(&field[1..]);
+            }
+            value => json[field] = value,
+        }
+        json
+    };
+    let accepted = [
+        base.clone(),
+        with("id", "0190F2A0-5B1E-7C3D-8E4F-A1B2C3D4E5F6".into()),
+        with("-note", Json::Null),
+        with("note", Json::Null),
+        with("ok", false.into()),
+        with("lines", serde_json::json!([])),
+        with("amount", "99999999999999.99".into()),
+        with("amount", 12.5.into()),
+        with("at", "2026-12-07T12:00:00.5+05:30".into()),
+        with("n", i32::MIN.into()),
+        with("day", "9999-12-31".into()),
+    ];
+    for json in &accepted {
+        assert_eq!(
+            written(json, &schema).unwrap(),
+            apache_writer(json, &schema).unwrap(),
+            "{json}"
+        );
+    }
+    let refused = [
+        (with("id", "not-a-uuid".into()), "id: expected a UUID"),
+        (
+            with("n", 2_147_483_648i64.into()),
+            "n: integer out of range",
+        ),
+        (
+            with("amount", "0.005".into()),
+            "amount: has more than 2 decimal places",
+        ),
+        (
+            with("amount", serde_json::json!(["1"])),
+            "amount: expected a decimal amount",
+        ),
+        (
+            with("day", "2026-13-01".into()),
+            "day: expected a date as YYYY-MM-DD",
+        ),
+        (with("-big", Json::Null), "big: is required"),
+        (with("note", 5.into()), "note: expected a string"),
+        (
+            with(
+                "lines",
+                serde_json::json!([{"code": "1"}, {"code": 2, "credit": null}]),
+            ),
+            "lines/0.credit: is required",
+        ),
+        (
+            with(
+                "lines",
+                serde_json::json!([{"code": "1", "credit": null}, {"code": 2, "credit": null}]),
+            ),
+            "lines/1.code: expected a string",
+        ),
+        (serde_json::json!([1]), ": expected an object"),
+    ];
+    for (json, reason) in &refused {
+        let error = written(json, &schema).unwrap_err().to_string();
+        assert!(error.ends_with(reason), "{json}: {error}");
+        assert_eq!(error, apache_writer(json, &schema).unwrap_err().to_string());
+    }
 }
 
 fn read_datum(schema: &apache_avro::Schema, mut bytes: &[u8]) -> apache_avro::types::Value {
@@ -91,6 +204,13 @@ fn round_trip<R: crate::events::Record>(record: &R) -> crate::Event {
     let schema = Catalog::global().latest(R::NAME).unwrap();
     let json = serde_json::to_value(record).unwrap();
     let framed = encode_with_id(schema, 1, &json).unwrap();
+    // Written as the JSON is walked: the bytes apache-avro's writer makes of the value.
+    assert_eq!(
+        &framed[5..],
+        apache_writer(&json, &schema.schema).unwrap(),
+        "{}",
+        R::NAME
+    );
     // Serialized straight from the record: the same bytes, or refused (a `date`, whose
     // Rust form is text), never other bytes.
     match schema.datum(record) {
