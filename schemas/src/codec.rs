@@ -43,6 +43,10 @@ pub struct Codec {
     /// Per (writer schema id, reader version): whether the writer's schema is the reader's
     /// exactly, so that reading needs no resolution.
     same_schema: Mutex<HashMap<(u32, u32), bool>>,
+    /// Writer schema ids whose records [`Codec::decode_event`] reads straight from their
+    /// datum: the writer's schema is the reader's and [`crate::typed::readable`]. Only ids
+    /// the registry answered for are kept, so the map is as large as the registry's records.
+    direct: Mutex<HashMap<u32, (String, &'static RecordSchema)>>,
     topic_prefix: String,
     /// Records read with an older local version than the newest (see [`Codec::pin_reader`]).
     pinned: HashMap<String, u32>,
@@ -136,6 +140,7 @@ impl Codec {
             credentials,
             ids: Mutex::new(HashMap::new()),
             same_schema: Mutex::new(HashMap::new()),
+            direct: Mutex::new(HashMap::new()),
             topic_prefix: String::new(),
             pinned: HashMap::new(),
         })
@@ -318,7 +323,27 @@ impl Codec {
     /// reader's. [`Error::Invalid`] is a record its type refuses; [`Error::Undecodable`]
     /// one that is not a record we can read.
     pub async fn decode_event(&self, bytes: &[u8]) -> Result<Event> {
+        let schema_id = wire_schema_id(bytes)?;
+        let direct = self
+            .direct
+            .lock()
+            .expect("direct reads lock")
+            .get(&schema_id)
+            .cloned();
+        if let Some((name, reader)) = direct {
+            return read_direct(&name, reader, bytes);
+        }
         let read = self.read(bytes, None).await?;
+        if read.same && crate::typed::readable(&read.reader.schema) {
+            // Read straight from the datum from the first record of its schema on, so that
+            // every record of a schema is read one way (apache-avro's reads a datum cut
+            // short in a string or before a union as nulls; this refuses it).
+            self.direct
+                .lock()
+                .expect("direct reads lock")
+                .insert(schema_id, (read.name.clone(), read.reader));
+            return read_direct(&read.name, read.reader, bytes);
+        }
         if !read.same {
             let json = resolve(
                 &read.written.value,
@@ -393,11 +418,22 @@ struct Read {
 impl Read {
     /// `error`, converting the value, as the reason the record is undecodable.
     fn unreadable(&self, error: Error) -> Error {
-        Error::Undecodable(format!(
-            "{} cannot be read as v{}: {error}",
-            self.name, self.reader.version
-        ))
+        unreadable(&self.name, self.reader.version, error)
     }
+}
+
+/// A framed record written with `reader`'s own schema, read straight from its datum.
+fn read_direct(name: &str, reader: &RecordSchema, bytes: &[u8]) -> Result<Event> {
+    Event::from_datum(name, &bytes[5..], &reader.schema).map_err(|e| match e {
+        Error::Undecodable(message) => unreadable(name, reader.version, Error::Invalid(message)),
+        other => other,
+    })
+}
+
+/// `error`, converting a record `name` to local version `version`, as the reason the
+/// record is undecodable.
+fn unreadable(name: &str, version: u32, error: Error) -> Error {
+    Error::Undecodable(format!("{name} cannot be read as v{version}: {error}"))
 }
 
 /// Reads a value written with `writer` as the `reader` schema sees it: fields matched by

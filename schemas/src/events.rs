@@ -457,6 +457,24 @@ impl Form for Avro<'_> {
     }
 }
 
+/// An Avro datum and the schema it was written with, which is the one it is read with.
+struct Datum<'a>(&'a [u8], &'a apache_avro::Schema);
+
+impl Form for Datum<'_> {
+    fn parse<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        crate::typed::from_datum(self.0, self.1)
+    }
+
+    fn into_json(self) -> Result<Json> {
+        let mut bytes = self.0;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(self.1)
+            .build()
+            .and_then(|reader| reader.read_value(&mut bytes))
+            .map_err(|e| Error::Undecodable(e.to_string()))?;
+        Avro(&value, self.1).into_json()
+    }
+}
+
 impl Event {
     /// Typed view of a record's JSON form, validated.
     pub fn from_json(name: &str, json: Json) -> Result<Event> {
@@ -473,6 +491,13 @@ impl Event {
         schema: &apache_avro::Schema,
     ) -> Result<Event> {
         Event::from_form(name, Avro(value, schema))
+    }
+
+    /// Typed view of a record's Avro datum, written with `schema` (which
+    /// [`crate::typed::readable`] accepts) and read with it, validated: as
+    /// [`Event::from_avro`] of the value apache-avro decodes from it.
+    pub fn from_datum(name: &str, datum: &[u8], schema: &apache_avro::Schema) -> Result<Event> {
+        Event::from_form(name, Datum(datum, schema))
     }
 
     fn from_form(name: &str, form: impl Form) -> Result<Event> {

@@ -341,6 +341,15 @@ pub fn decimal_from_avro(
     path: impl std::fmt::Display + Copy,
 ) -> Result<Decimal> {
     let bytes = Vec::<u8>::try_from(d).map_err(|e| invalid(path, e))?;
+    decimal_from_be_bytes(&bytes, scale, path)
+}
+
+/// [`decimal_from_avro`] of the decimal's bytes.
+pub fn decimal_from_be_bytes(
+    bytes: &[u8],
+    scale: u32,
+    path: impl std::fmt::Display + Copy,
+) -> Result<Decimal> {
     if bytes.len() > 16 {
         return Err(invalid(path, "decimal wider than 128 bits"));
     }
@@ -350,7 +359,7 @@ pub fn decimal_from_avro(
         0x00
     };
     let mut wide = [fill; 16];
-    wide[16 - bytes.len()..].copy_from_slice(&bytes);
+    wide[16 - bytes.len()..].copy_from_slice(bytes);
     Decimal::try_from_i128_with_scale(i128::from_be_bytes(wide), scale)
         .map_err(|e| invalid(path, e))
 }

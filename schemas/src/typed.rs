@@ -16,6 +16,10 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visit
 use crate::json::{Path, date_from_avro, decimal_from_avro};
 use crate::{Error, Result};
 
+mod datum;
+
+pub use datum::{from_datum, readable};
+
 /// `T` from `value`, an Avro value resolved to `schema`.
 pub fn from_avro<T: DeserializeOwned>(value: &Value, schema: &Schema) -> Result<T> {
     T::deserialize(Avro {

@@ -267,10 +267,10 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
 }
 
 /// Avro that is valid but no ledger can hold (a `date` of 2^31-1 days, past chrono's
-/// calendar), and Avro whose string length claims 256 MiB (under the Avro library's own
-/// 512 MiB default, over the pipeline's 16 MiB cap): each is dead-lettered as undecodable;
-/// `dhanman up` neither panics nor reserves the memory, and the invoice after them on the
-/// same partition is posted.
+/// calendar), and Avro whose string length claims 256 MiB (past the datum's end; under the
+/// Avro library's own 512 MiB default, over the pipeline's 16 MiB cap): each is
+/// dead-lettered as undecodable, its reason naming the length; `dhanman up` neither panics
+/// nor reserves the memory, and the invoice after them on the same partition is posted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_avro_is_dead_lettered_and_the_pipeline_keeps_running() {
     use apache_avro::types::Value;
@@ -384,7 +384,7 @@ async fn crafted_avro_is_dead_lettered_and_the_pipeline_keeps_running() {
     let reasons: Vec<&str> = dead.iter().filter_map(|d| d.header("dlq.error")).collect();
     assert!(reasons[0].contains("out of range"), "{reasons:?}");
     assert!(
-        reasons[1].contains("Unable to allocate 268435456 bytes"),
+        reasons[1].contains("268435456"),
         "{reasons:?}"
     );
     assert!(up.child.try_wait().unwrap().is_none(), "{}", up.log_text());

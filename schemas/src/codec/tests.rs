@@ -233,6 +233,12 @@ fn round_trip<R: crate::events::Record>(record: &R) -> crate::Event {
         "{} read from its Avro value as from its JSON",
         R::NAME
     );
+    assert_eq!(
+        crate::Event::from_datum(R::NAME, &framed[5..], &schema.schema).unwrap(),
+        typed,
+        "{} read straight from its datum as from its JSON",
+        R::NAME
+    );
     typed
 }
 
