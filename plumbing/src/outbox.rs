@@ -51,7 +51,8 @@ enum Body {
 }
 
 impl Row {
-    fn payload(&self) -> Option<&str> {
+    /// The record's JSON text, if the row carries its record as JSON.
+    pub fn payload(&self) -> Option<&str> {
         match &self.record {
             Body::Json(text) => Some(text),
             Body::Avro(_) => None,
