@@ -49,7 +49,7 @@ fn value_at(json: &Json, schema: &Schema, path: Path<'_>) -> Result<Value> {
         ),
         Schema::Union(u) => {
             let mut value = None;
-            let i = union_branch(json, u, path, |variant| {
+            let i = union_branch(json, u, path, |_, variant| {
                 value = Some(value_at(json, variant, path)?);
                 Ok(())
             })?;
@@ -110,15 +110,16 @@ fn write_at(json: &Json, schema: &Schema, path: Path<'_>, out: &mut Vec<u8>) -> 
             out.push(0);
         }
         Schema::Union(u) => {
+            // Each branch tried is written after its index, and taken back if it fails.
             let mark = out.len();
-            let mut branch = Vec::new();
-            let i = union_branch(json, u, path, |variant| {
-                branch.clear();
-                write_at(json, variant, path, &mut branch)
+            let i = union_branch(json, u, path, |i, variant| {
+                out.truncate(mark);
+                varint(i as i64, out);
+                write_at(json, variant, path, out)
             })?;
-            out.truncate(mark);
-            varint(i as i64, out);
-            out.extend_from_slice(&branch);
+            if json.is_null() {
+                varint(i as i64, out);
+            }
         }
         Schema::Record(r) => record_fields(json, r, path, |field, value, field_path| {
             write_at(value, &field.schema, field_path, out)
@@ -213,14 +214,14 @@ fn array<'a>(json: &'a Json, path: Path<'_>) -> Result<&'a Vec<Json>> {
         .ok_or_else(|| invalid(path, "expected an array"))
 }
 
-/// The branch of a union the value takes, `accept` trying each in turn: the null branch
-/// for null; otherwise (our unions are `["null", T]`) the first other branch `accept`
-/// takes.
+/// The branch of a union the value takes, `accept` trying each in turn (with its index):
+/// the null branch for null, not given to `accept`; otherwise (our unions are
+/// `["null", T]`) the first other branch `accept` takes.
 fn union_branch(
     json: &Json,
     union: &UnionSchema,
     path: Path<'_>,
-    mut accept: impl FnMut(&Schema) -> Result<()>,
+    mut accept: impl FnMut(usize, &Schema) -> Result<()>,
 ) -> Result<usize> {
     let variants = union.variants();
     if json.is_null() {
@@ -234,7 +235,7 @@ fn union_branch(
         if matches!(variant, Schema::Null) {
             continue;
         }
-        match accept(variant) {
+        match accept(i, variant) {
             Ok(()) => return Ok(i),
             Err(e) => last = Some(e),
         }

@@ -2,7 +2,9 @@
 //! the schema it is read with (most records: the writer's schema is the reader's): no
 //! value tree between the bytes and the type. Each value is shown to the type as
 //! [`super::Avro`] shows the value apache-avro decodes from the same bytes, so the two
-//! paths read a record alike, errors and their classes included.
+//! paths read a record alike, errors and their classes included, with one difference: a
+//! datum cut short inside a string or before a union's index, which apache-avro reads as
+//! nulls, is undecodable here.
 //!
 //! Hostile bytes cost no more than their own length: a length or an item count is never
 //! allocated ahead, only checked against the bytes that are left.
