@@ -760,8 +760,11 @@ impl Read {
     }
 }
 
-/// Reads `n` records of a topic from the beginning (a throwaway group).
+/// Reads `n` records of a topic from the beginning (a throwaway group), within a minute. A
+/// topic the relay has not yet created is waited for: the consumer reports it unknown until
+/// the first record makes it.
 pub async fn read_topic(topic: &str, n: usize) -> Vec<Read> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let consumer: StreamConsumer = dhanman_plumbing::kafka::client_config(&bootstrap())
         .set("group.id", format!("test-reader-{}", Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
@@ -770,11 +773,15 @@ pub async fn read_topic(topic: &str, n: usize) -> Vec<Read> {
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while out.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} records arrived on {topic}", out.len()))
-            .expect("consume");
+        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => panic!("only {} of {n} records arrived on {topic}", out.len()),
+            Ok(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+            ))) => continue,
+            Ok(m) => m.expect("consume"),
+        };
         let header_bytes: Vec<(String, Vec<u8>)> = m
             .headers()
             .map(|h| {
