@@ -10,7 +10,8 @@ use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use dhanman_schemas::events::{Breaks, FieldError, check_address, check_date, check_text};
+pub use dhanman_schemas::events::Breaks;
+use dhanman_schemas::events::{FieldError, check_address, check_date, check_text};
 
 /// An amount of money as a command carries it: a JSON string holding an exact decimal
 /// (`"3500.00"`). A JSON number is refused, since JSON parsers pass numbers through binary
@@ -144,6 +145,19 @@ pub fn check_line(field: &str, value: Option<&str>, max: usize) -> Result<(), Fi
 /// An optional field that may run over several lines (a reason, a comment, a description).
 pub fn check_lines(field: &str, value: Option<&str>, max: usize) -> Result<(), FieldError> {
     value.map_or(Ok(()), |v| check_text(field, v, max, Breaks::Allowed))
+}
+
+/// An optional text kept trimmed (a reason, a comment, a reference): absent or blank is
+/// none; what is left passes [`check_text`].
+pub fn trimmed<'a>(
+    field: &str,
+    value: Option<&'a str>,
+    max: usize,
+    breaks: Breaks,
+) -> Result<Option<&'a str>, FieldError> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty());
+    value.map_or(Ok(()), |v| check_text(field, v, max, breaks))?;
+    Ok(value)
 }
 
 /// A field of one line that must be there (a name): trimmed, not blank, [`check_line`].

@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::input::{Amount, Day, check_lines, required_line};
+use crate::input::{Amount, Breaks, Day, required_line, trimmed};
 use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 /// Largest number of line items on one order.
@@ -267,13 +267,8 @@ async fn decide(
     let verb = if approve { "approving" } else { "rejecting" };
     caller.require(APPROVER_ROLES, &format!("{verb} a purchase order"))?;
     let user_id = caller.user(&format!("{verb} a purchase order"))?;
-    let comment = input
-        .comment
-        .as_deref()
-        .map(str::trim)
-        .filter(|c| !c.is_empty());
-    check_lines("comment", comment, 1000)?;
-    let comment = comment.map(str::to_string);
+    let comment =
+        trimmed("comment", input.comment.as_deref(), 1000, Breaks::Allowed)?.map(str::to_string);
     // The lock makes concurrent decisions on one order take turns.
     let order: Option<PurchaseOrder> = sqlx::query_as(
         "select id as po_id, vendor_id, vendor_name, requester_id, amount, currency::text as currency,

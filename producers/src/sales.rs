@@ -18,7 +18,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::idempotency;
-use crate::input::{Amount, Day, check_email, check_line, check_lines, required_line};
+use crate::input::{
+    Amount, Breaks, Day, check_email, check_line, check_lines, required_line, trimmed,
+};
 use crate::{BOOKKEEPERS, Caller, Error, Result};
 
 #[derive(Debug, Deserialize)]
@@ -545,12 +547,7 @@ pub async fn void_invoice(
     input: VoidInvoice,
 ) -> Result<VoidedInvoice> {
     caller.require(BOOKKEEPERS, "voiding an invoice")?;
-    let reason = input
-        .reason
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| !r.is_empty());
-    check_lines("reason", reason, 500)?;
+    let reason = trimmed("reason", input.reason.as_deref(), 500, Breaks::Allowed)?;
 
     // The same row lock a manual payment takes: of a payment and a void racing for one
     // invoice, the second to get the lock sees what the first did and is refused.

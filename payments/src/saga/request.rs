@@ -176,13 +176,14 @@ pub(super) fn validate(input: &NewPayment) -> Result<(Uuid, Method, Option<Strin
         Some(m) => Method::parse(m)
             .ok_or_else(|| FieldError::new("method", "must be upi, card or netbanking"))?,
     };
-    let reference = input
-        .reference
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| !r.is_empty());
-    dhanman_producers::input::check_line("reference", reference, 200)?;
-    let reference = reference.map(str::to_string);
+    use dhanman_producers::input::{Breaks, trimmed};
+    let reference = trimmed(
+        "reference",
+        input.reference.as_deref(),
+        200,
+        Breaks::Refused,
+    )?
+    .map(str::to_string);
     Ok((invoice_id, method, reference))
 }
 
