@@ -3,8 +3,8 @@
 //! caches) and decodes with the writer's schema; this module adds what it does not do:
 //! several versions of one record written by one process (its encoder caches one schema per
 //! subject), resolution of every writer version to our newest reader schema, and the way to
-//! our Rust types: straight from the Avro value when the writer's schema is the reader's
-//! ([`crate::typed`]), through the JSON form when the value is resolved from another.
+//! our Rust types: straight from the datum when the writer's schema is the reader's
+//! ([`crate::typed::datum`]), through the JSON form when the value is resolved from another.
 
 use std::collections::HashMap;
 use std::error::Error as _;
@@ -333,17 +333,24 @@ impl Codec {
         if let Some((name, reader)) = direct {
             return read_direct(&name, reader, bytes);
         }
-        let read = self.read(bytes, None).await?;
-        if read.same && crate::typed::readable(&read.reader.schema) {
-            // Read straight from the datum from the first record of its schema on, so that
-            // every record of a schema is read one way (apache-avro's reads a datum cut
-            // short in a string or before a union as nulls; this refuses it).
+        // The writer's schema first, without the datum: when it is the reader's, every
+        // record of it, the first too, is read straight from its datum, one way (apache-avro's
+        // reader takes a datum cut short in a string or before a union's index for nulls;
+        // this refuses it).
+        let writer = self
+            .decoder
+            .get_schema(schema_id)
+            .await
+            .map_err(|e| self.registry_failure(e))?;
+        let (name, reader, same) = self.reading(schema_id, &writer.parsed, None)?;
+        if same && crate::typed::readable(&reader.schema) {
             self.direct
                 .lock()
                 .expect("direct reads lock")
-                .insert(schema_id, (read.name.clone(), read.reader));
-            return read_direct(&read.name, read.reader, bytes);
+                .insert(schema_id, (name.clone(), reader));
+            return read_direct(&name, reader, bytes);
         }
+        let read = self.read(bytes, None).await?;
         if !read.same {
             let json = resolve(
                 &read.written.value,
@@ -361,28 +368,54 @@ impl Codec {
         )
     }
 
-    /// What every read starts with: the value as written (the writer's schema from the
-    /// registry) and the local schema to read it with.
+    /// What every read through apache-avro's value starts with: the value as written (the
+    /// writer's schema from the registry) and the local schema to read it with.
     async fn read(&self, bytes: &[u8], reader_version: Option<u32>) -> Result<Read> {
         let schema_id = wire_schema_id(bytes)?;
         let written = self
             .decoder
             .decode_with_schema(Some(bytes))
             .await
-            .map_err(|e| {
-                // The converter keeps failed lookups, every one, for ever: a registry that
-                // was down must be asked again next time, and records naming ids the
-                // registry never had (any of four billion) must not grow the process. The
-                // price is one lookup per such record; known schemas stay cached.
-                self.decoder.remove_errors_from_cache();
-                registry_error(e)
-            })?
+            .map_err(|e| self.registry_failure(e))?
             .ok_or_else(|| Error::Undecodable("empty payload".into()))?;
-        let name = written
-            .name
-            .as_ref()
-            .map(|n| n.fullname(None))
-            .ok_or_else(|| Error::Undecodable("writer schema is not a named record".into()))?;
+        let (name, reader, same) =
+            self.reading(schema_id, &written.schema.parsed, reader_version)?;
+        Ok(Read {
+            name,
+            schema_id,
+            written,
+            reader,
+            same,
+        })
+    }
+
+    /// A failed look-up or read through the converter, as our error. The converter keeps
+    /// failed look-ups, every one, for ever: a registry that was down must be asked again
+    /// next time, and records naming ids the registry never had (any of four billion) must
+    /// not grow the process. The price is one look-up per such record; known schemas stay
+    /// cached.
+    fn registry_failure(&self, e: SRCError) -> Error {
+        self.decoder.remove_errors_from_cache();
+        registry_error(e)
+    }
+
+    /// For writer schema `schema_id`: the full name of its record, the local schema to read
+    /// it with (`reader_version`, else the pinned one, else the newest), and whether the
+    /// writer's schema is that one exactly.
+    fn reading(
+        &self,
+        schema_id: u32,
+        writer: &apache_avro::Schema,
+        reader_version: Option<u32>,
+    ) -> Result<(String, &'static RecordSchema, bool)> {
+        let name = match writer {
+            apache_avro::Schema::Record(record) => record.name.fullname(None),
+            _ => {
+                return Err(Error::Undecodable(
+                    "writer schema is not a named record".into(),
+                ));
+            }
+        };
         let catalog = Catalog::global();
         let reader = match reader_version.or_else(|| self.pinned.get(&name).copied()) {
             Some(version) => catalog.get(&name, version),
@@ -394,14 +427,8 @@ impl Codec {
             .lock()
             .expect("schema cache lock")
             .entry((schema_id, reader.version))
-            .or_insert_with(|| identical(&written.schema.parsed, &reader.schema));
-        Ok(Read {
-            name,
-            schema_id,
-            written,
-            reader,
-            same,
-        })
+            .or_insert_with(|| identical(writer, &reader.schema));
+        Ok((name, reader, same))
     }
 }
 
