@@ -303,11 +303,6 @@ pub async fn post<'a>(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    // The transaction's `now()`: the entries' `posted_at` (their column's default) and the
-    // time their announcements carry.
-    let posted_at: DateTime<Utc> = sqlx::query_scalar("select now()")
-        .fetch_one(&mut *conn)
-        .await?;
     let mut e_id = Vec::with_capacity(entries.len());
     let mut e_org = Vec::with_capacity(entries.len());
     let mut e_source = Vec::with_capacity(entries.len());
@@ -328,13 +323,15 @@ pub async fn post<'a>(
         e_at.push(entry.source.occurred_at);
         e_corr.push(entry.source.correlation_id.as_str());
     }
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
+    // Each new entry's `posted_at` is the transaction's `now()` (the column's default),
+    // which its announcement carries too.
+    let inserted: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id,
                                       description, currency, occurred_at, correlation_id)
          select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
                               $7::text[], $8::timestamptz[], $9::text[])
          on conflict (id) do nothing
-         returning id",
+         returning id, posted_at",
     )
     .bind(&e_id)
     .bind(&e_org)
@@ -347,10 +344,18 @@ pub async fn post<'a>(
     .bind(&e_corr)
     .fetch_all(&mut *conn)
     .await?;
+    let Some(&(_, posted_at)) = inserted.first() else {
+        tracing::debug!(
+            entries = entries.len(),
+            "entries posted before: not posted again"
+        );
+        return Ok(Vec::new());
+    };
     let fresh: Vec<&Entry> = if inserted.len() == entries.len() {
         entries.iter().collect()
     } else {
-        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+        let inserted: std::collections::HashSet<Uuid> =
+            inserted.into_iter().map(|(id, _)| id).collect();
         tracing::debug!(
             entries = entries.len() - inserted.len(),
             "entries posted before: not posted again"
@@ -360,10 +365,6 @@ pub async fn post<'a>(
             .filter(|e| inserted.contains(&e.id))
             .collect()
     };
-    if fresh.is_empty() {
-        return Ok(fresh);
-    }
-
     let mut p_entry = Vec::new();
     let mut p_org = Vec::new();
     let mut p_account = Vec::new();

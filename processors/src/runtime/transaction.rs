@@ -1,8 +1,13 @@
 //! One batch, one Postgres transaction: the exactly-once gate (`processed_events`, or the
 //! processor's own rows for the events they gate, which its `apply` finds), the
-//! processor's effects in a savepoint (isolating the poison record when a batch is
-//! refused), dead letters, the group's stored offsets and the wake-up of consistency
-//! waiters, all committed together.
+//! processor's effects, dead letters, the group's stored offsets and the wake-up of
+//! consistency waiters, all committed together. A batch the database refuses is begun
+//! again, one event at a time, each in a savepoint, to isolate the poison record.
+//!
+//! A batch costs as few round trips as its statements: under load every round trip waits
+//! for both the process and its Postgres backend to get a core, so the batch's effects run
+//! without a savepoint of their own, and the offsets and the notification go in one
+//! statement.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -84,8 +89,13 @@ impl<P: Processor> Runtime<P> {
                 "applying event"
             );
         }
-        let applied =
-            trace::in_batch(spans.clone(), self.apply_in_savepoint(&mut tx, &events)).await;
+        // No savepoint around the batch's effects (two round trips a batch): a batch the
+        // database refuses is begun again, its events one at a time.
+        let applied = if events.is_empty() {
+            Ok(Applied::default())
+        } else {
+            trace::in_batch(spans.clone(), self.apply_guarded(&mut tx, &events)).await
+        };
         match applied {
             Ok(found) => {
                 let before = found.before.min(fresh.len());
@@ -95,14 +105,23 @@ impl<P: Processor> Runtime<P> {
             Err(e) if e.class() == Class::Transient => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, events = fresh.len(), "batch refused by the database, isolating the poison record");
-                // The savepoint rolled back the effects; the gate rows stay. Undo them and
+                // The refusal aborted the transaction, gate rows and all: begin again, and
                 // go one event at a time, each with its own gate row and savepoint.
-                unmark(&mut tx, &name, &events).await?;
+                tx.rollback().await.map_err(Error::Database)?;
+                tx = self.pool.begin().await.map_err(Error::Database)?;
                 for (i, event) in &fresh {
                     let one = [*event];
                     let single: [(usize, &Event); 1] = [(*i, *event)];
                     let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-                    mark_processed(&mut sp, self.processor.as_ref(), batch, &single).await?;
+                    if mark_processed(&mut sp, self.processor.as_ref(), batch, &single)
+                        .await?
+                        .is_empty()
+                    {
+                        // Applied by another member since the batch began.
+                        sp.rollback().await?;
+                        report.duplicates += 1;
+                        continue;
+                    }
                     let applied =
                         trace::in_batch(spans.clone(), self.apply_guarded(&mut sp, &one)).await;
                     match applied {
@@ -148,17 +167,11 @@ impl<P: Processor> Runtime<P> {
         }
         report.dead_lettered = poison.len();
 
-        if self.store_group_offsets && offsets {
-            store_offsets(&mut tx, &self.group_id(), &next_offsets(batch)).await?;
-        }
-        if report.applied > 0 {
-            // Wakes the API's queries waiting on a consistency token, at the commit.
-            sqlx::query("select pg_notify('dhanman_applied', $1)")
-                .bind(&name)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::Database)?;
-        }
+        // The offsets and the wake-up of consistency waiters (sent at the commit) in one
+        // statement.
+        let stored = (self.store_group_offsets && offsets).then(|| next_offsets(batch));
+        let notify = (report.applied > 0).then_some(name.as_str());
+        store_offsets_and_notify(&mut tx, &self.group_id(), stored.as_ref(), notify).await?;
         tx.commit().await.map_err(Error::Database)?;
         record_outcomes(&name, &report, &dead_lettered);
         tracing::debug!(
@@ -173,20 +186,6 @@ impl<P: Processor> Runtime<P> {
     /// Applies a batch as the live group would, retrying transient failures.
     pub async fn apply_batch(&self, batch: &[Incoming]) -> BatchReport {
         self.process_with_retry(batch, None, true).await
-    }
-
-    pub(super) async fn apply_in_savepoint(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        events: &[&Event],
-    ) -> std::result::Result<Applied, ApplyError> {
-        if events.is_empty() {
-            return Ok(Applied::default());
-        }
-        let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
-        let found = self.apply_guarded(&mut sp, events).await?;
-        sp.commit().await?;
-        Ok(found)
     }
 
     /// The processor's `apply`, with a panic inside it (a defect that some record brings
@@ -308,21 +307,6 @@ pub(super) async fn mark_processed<'e, P: Processor + ?Sized>(
         .collect())
 }
 
-pub(super) async fn unmark(
-    conn: &mut PgConnection,
-    processor: &str,
-    events: &[&Event],
-) -> Result<()> {
-    let ids: Vec<Uuid> = events.iter().map(|e| e.envelope().event_id).collect();
-    sqlx::query("delete from processed_events where processor = $1 and event_id = any($2)")
-        .bind(processor)
-        .bind(&ids)
-        .execute(conn)
-        .await
-        .map_err(Error::Database)?;
-    Ok(())
-}
-
 /// Upserts the group's offsets. They only move forward here, so a member that lost its
 /// partitions mid-batch cannot drag the new owner back (that would only re-read, but
 /// still); rewinding is the offsets tool's job, and it refuses while members are live.
@@ -331,20 +315,40 @@ pub(super) async fn store_offsets(
     group: &str,
     next: &NextOffsets,
 ) -> Result<()> {
-    let topics: Vec<&str> = next.keys().map(|(t, _)| t.as_str()).collect();
-    let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
-    let offsets: Vec<i64> = next.values().copied().collect();
+    store_offsets_and_notify(conn, group, Some(next), None).await
+}
+
+/// [`store_offsets`] (given offsets) and, given a processor's name, the notification that
+/// wakes the API's queries waiting on its consistency tokens (`NOTIFY dhanman_applied`,
+/// delivered at the commit), in one statement: one round trip at the end of a batch.
+pub(super) async fn store_offsets_and_notify(
+    conn: &mut PgConnection,
+    group: &str,
+    next: Option<&NextOffsets>,
+    notify: Option<&str>,
+) -> Result<()> {
+    if next.is_none_or(|n| n.is_empty()) && notify.is_none() {
+        return Ok(());
+    }
+    let next = next.into_iter().flatten();
+    let (keys, offsets): (Vec<_>, Vec<i64>) = next.map(|(k, o)| (k, *o)).unzip();
+    let topics: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+    let partitions: Vec<i32> = keys.iter().map(|(_, p)| *p).collect();
     sqlx::query(
-        "insert into consumer_offsets (group_id, topic, partition, next_offset)
-         select $1, * from unnest($2::text[], $3::int[], $4::bigint[])
-         on conflict (group_id, topic, partition) do update
-            set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset),
-                updated_at = now()",
+        "with stored as (
+             insert into consumer_offsets (group_id, topic, partition, next_offset)
+             select $1, * from unnest($2::text[], $3::int[], $4::bigint[])
+             on conflict (group_id, topic, partition) do update
+                set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset),
+                    updated_at = now()
+         )
+         select pg_notify('dhanman_applied', $5) where $5::text is not null",
     )
     .bind(group)
     .bind(&topics)
     .bind(&partitions)
     .bind(&offsets)
+    .bind(notify)
     .execute(conn)
     .await
     .map_err(Error::Database)?;
