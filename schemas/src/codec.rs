@@ -298,7 +298,7 @@ impl Codec {
     /// schema instead of the newest or pinned one (`None`): what a consumer built against
     /// that version sees.
     pub async fn decode_as(&self, bytes: &[u8], reader_version: Option<u32>) -> Result<Decoded> {
-        let read = self.read(bytes, reader_version).await?;
+        let read = self.read(bytes, reader_version, None).await?;
         let json = if read.same {
             // Written with the reader's own schema: resolution would give back what was written.
             json::from_avro(&read.written.value, &read.reader.schema, "")
@@ -350,7 +350,7 @@ impl Codec {
                 .insert(schema_id, (name.clone(), reader));
             return read_direct(&name, reader, bytes);
         }
-        let read = self.read(bytes, None).await?;
+        let read = self.read(bytes, None, Some((name, reader, same))).await?;
         if !read.same {
             let json = resolve(
                 &read.written.value,
@@ -369,8 +369,14 @@ impl Codec {
     }
 
     /// What every read through apache-avro's value starts with: the value as written (the
-    /// writer's schema from the registry) and the local schema to read it with.
-    async fn read(&self, bytes: &[u8], reader_version: Option<u32>) -> Result<Read> {
+    /// writer's schema from the registry) and the local schema to read it with ([`Codec::reading`],
+    /// unless the caller has it already: `known`).
+    async fn read(
+        &self,
+        bytes: &[u8],
+        reader_version: Option<u32>,
+        known: Option<(String, &'static RecordSchema, bool)>,
+    ) -> Result<Read> {
         let schema_id = wire_schema_id(bytes)?;
         let written = self
             .decoder
@@ -378,8 +384,10 @@ impl Codec {
             .await
             .map_err(|e| self.registry_failure(e))?
             .ok_or_else(|| Error::Undecodable("empty payload".into()))?;
-        let (name, reader, same) =
-            self.reading(schema_id, &written.schema.parsed, reader_version)?;
+        let (name, reader, same) = match known {
+            Some(known) => known,
+            None => self.reading(schema_id, &written.schema.parsed, reader_version)?,
+        };
         Ok(Read {
             name,
             schema_id,
