@@ -400,9 +400,13 @@ async fn crafted_avro_is_dead_lettered_and_the_pipeline_keeps_running() {
 
 /// A processor for the runtime test below: it panics on one invoice (a defect some record
 /// brings out), refuses another with a non-database error (`ApplyError::Poison`), and
-/// records the rest.
+/// records the rest. Seeing the whole batch, it has another member apply invoice `RACED`
+/// meanwhile (its gate row, written on a connection of its own once the batch's
+/// transaction ends), and, going one event at a time, waits for that before `A-2`.
 struct Fragile {
     topic: String,
+    pool: sqlx::PgPool,
+    race: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl dhanman_processors::Processor for Fragile {
@@ -419,6 +423,34 @@ impl dhanman_processors::Processor for Fragile {
         conn: &mut sqlx::PgConnection,
         events: &[&dhanman_schemas::Event],
     ) -> Result<dhanman_processors::Applied, dhanman_processors::ApplyError> {
+        let number = |e: &dhanman_schemas::Event| match e {
+            dhanman_schemas::Event::InvoiceCreated(i) => i.invoice_number.clone(),
+            _ => String::new(),
+        };
+        if let Some(raced) = events.iter().find(|e| number(e) == "RACED")
+            && events.len() > 1
+        {
+            let (pool, id) = (self.pool.clone(), raced.envelope().event_id);
+            let mut race = self.race.lock().unwrap();
+            race.get_or_insert_with(|| {
+                tokio::spawn(async move {
+                    sqlx::query(
+                        "insert into processed_events (processor, event_id, topic, partition, \"offset\")
+                         values ('fragile', $1, 'elsewhere', 0, 0)",
+                    )
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                })
+            });
+        }
+        if events.len() == 1 && number(events[0]) == "A-2" {
+            let race = self.race.lock().unwrap().take();
+            if let Some(race) = race {
+                race.await.unwrap();
+            }
+        }
         for event in events {
             if let dhanman_schemas::Event::InvoiceCreated(invoice) = event {
                 match invoice.invoice_number.as_str() {
@@ -442,7 +474,8 @@ impl dhanman_processors::Processor for Fragile {
 
 /// In the consumer runtime, a panic while applying one record and a non-database refusal
 /// are that record's dead letter (class `rejected`, the reason kept), not a crash and not a
-/// retry forever: the batch is isolated and every other record of it is applied once.
+/// retry forever: the batch is begun again one event at a time, every other record of it
+/// is applied once, and one that another member applied meanwhile is not applied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
     use dhanman_processors::{Runtime, RuntimeConfig, Stopper};
@@ -464,7 +497,7 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
         .await
         .unwrap();
     let mut values = Vec::new();
-    for number in ["A-1", "PANIC", "A-2", "REFUSE", "A-3"] {
+    for number in ["A-1", "PANIC", "A-2", "RACED", "REFUSE", "A-3"] {
         let e = invoice_created(org, customer, number, "10.00");
         values.push(codec.encode(&e).await.unwrap());
     }
@@ -482,6 +515,8 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
         Runtime::new(
             Fragile {
                 topic: topic.clone(),
+                pool: db.pool.clone(),
+                race: std::sync::Mutex::default(),
             },
             db.pool.clone(),
             Arc::new(codec),
