@@ -344,13 +344,7 @@ pub async fn post<'a>(
     .bind(&e_corr)
     .fetch_all(&mut *conn)
     .await?;
-    let Some(&(_, posted_at)) = inserted.first() else {
-        tracing::debug!(
-            entries = entries.len(),
-            "entries posted before: not posted again"
-        );
-        return Ok(Vec::new());
-    };
+    let posted_at = inserted.first().map(|&(_, at)| at);
     let fresh: Vec<&Entry> = if inserted.len() == entries.len() {
         entries.iter().collect()
     } else {
@@ -364,6 +358,10 @@ pub async fn post<'a>(
             .iter()
             .filter(|e| inserted.contains(&e.id))
             .collect()
+    };
+    let Some(posted_at) = posted_at else {
+        // Every entry was posted before: nothing more to write.
+        return Ok(fresh);
     };
     let mut p_entry = Vec::new();
     let mut p_org = Vec::new();
