@@ -3,9 +3,9 @@
 //! causes for every token waiting on that processor (not by a look of its own), with
 //! another processor's batch heard before it; a wait that ends, answered or expired, leaves
 //! no token behind. A customer's balance takes its first look in the same round trip as the
-//! customer (applied already: no wait at all). The API runs in-process on a real socket
-//! against a real Postgres; the batch is a gate row and its `NOTIFY`, committed together as
-//! a processor commits them.
+//! customer (applied already: no wait at all). A look is planned once per connection, not at
+//! every call. The API runs in-process on a real socket against a real Postgres; the batch is
+//! a gate row and its `NOTIFY`, committed together as a processor commits them.
 
 use std::time::Duration;
 
@@ -144,5 +144,72 @@ async fn a_customers_balance_takes_its_first_look_with_the_customer_and_waits_on
         ))
         .await;
     assert_refused(&reply, 422, "consistent_with");
+    db.drop_db().await;
+}
+
+/// A look names its processor in its statement, so each connection plans it for its first
+/// calls only: with the name a parameter, once the gates had grown a plan made for the name
+/// (only that processor's branches of `applied_events`) looked cheaper than the one kept
+/// for any name, and Postgres planned every call anew (the parameterized `any` look: 15
+/// plans in these 20 calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_for_applied_events_is_planned_once_per_connection() {
+    use dhanman_processors::applied::{applied_among, has_applied};
+    let db = TestDb::new().await;
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let (applied, unknown) = (Uuid::now_v7(), Uuid::now_v7());
+    commit_batch(&db, "reminders", applied).await;
+    let looks = async || {
+        for _ in 0..10 {
+            assert!(has_applied(&one, "reminders", applied).await.unwrap());
+            assert!(!has_applied(&one, "ledger", unknown).await.unwrap());
+            let among = applied_among(&one, "reminders", &[unknown, applied])
+                .await
+                .unwrap();
+            assert_eq!(among, vec![applied]);
+        }
+    };
+    // Planned first while the gates are empty, then again once they have grown (a new
+    // plan for each look, made when the statistics change).
+    looks().await;
+    sqlx::query(
+        "insert into processed_events (processor, event_id, topic, partition, \"offset\")
+         select 'reminders', gen_random_uuid(), 'dhanman.invoices', 0, n
+           from generate_series(1, 50000) n",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("analyze processed_events")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    looks().await;
+    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select statement, generic_plans, custom_plans from pg_prepared_statements
+          where statement like '%from applied_events%' and statement not like '%pg_prepared%'
+          order by statement",
+    )
+    .fetch_all(&one)
+    .await
+    .unwrap();
+    // Postgres plans a prepared statement for its first five calls, then keeps one plan
+    // for any call unless a plan for the call's values looks cheaper.
+    for (statement, generic, custom) in &plans {
+        assert!(
+            *custom <= 5 && *generic >= 15,
+            "{statement}: {custom} custom plans and {generic} generic in 20 calls"
+        );
+    }
+    assert_eq!(
+        plans.len(),
+        3,
+        "one statement per look and processor: {plans:?}"
+    );
+    one.close().await;
     db.drop_db().await;
 }

@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::NaiveDate;
+use dhanman_processors::applied::applied_by;
 use dhanman_processors::ledger::{self, read};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -47,14 +48,13 @@ async fn customer_and_first_look(
     customer_id: Uuid,
     event: Option<Uuid>,
 ) -> Result<Option<(String, bool)>, ApiError> {
-    Ok(sqlx::query_as(
-        "select c.name,
-                exists(select 1 from applied_events where processor = $3 and event_id = $4)
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select c.name, exists(select 1 from {} where event_id = $3)
            from customers c where c.id = $1 and c.organization_id = $2",
-    )
+        applied_by(read::LEDGER)
+    )))
     .bind(customer_id)
     .bind(organization_id)
-    .bind(read::LEDGER)
     .bind(event)
     .fetch_optional(pool)
     .await?)

@@ -68,17 +68,12 @@ impl<P: Processor> Runtime<P> {
             }
         }
         let ids: Vec<Uuid> = events.iter().map(|e| e.envelope().event_id).collect();
-        let applied: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
-            "select event_id from applied_events where processor = $1 and event_id = any($2)",
-        )
-        .bind(self.processor.name())
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Error::Database)?
-        .into_iter()
-        .map(|(id,)| id)
-        .collect();
+        let applied: HashSet<Uuid> =
+            crate::applied::applied_among(&self.pool, self.processor.name(), &ids)
+                .await
+                .map_err(Error::Database)?
+                .into_iter()
+                .collect();
         let mut seen = HashSet::new();
         for event in events {
             let counts = survey.by_type.entry(event.name().to_string()).or_default();
