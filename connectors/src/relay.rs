@@ -137,12 +137,12 @@ impl Relay {
                     () = stop.as_mut() => return Ok(()),
                     () = std::future::ready(()) => {}
                 }
+                // Keep the lock connection alive and detect its loss, busy or idle.
+                if checked.elapsed() >= LOCK_CHECK_INTERVAL {
+                    leadership.check().await?;
+                    checked = Instant::now();
+                }
                 if published < self.batch_size as usize {
-                    // Keep the lock connection alive and detect its loss while idle.
-                    if checked.elapsed() >= LOCK_CHECK_INTERVAL {
-                        leadership.check().await?;
-                        checked = Instant::now();
-                    }
                     tokio::select! {
                         () = tokio::time::sleep(self.poll_interval) => {}
                         () = stop.as_mut() => return Ok(()),
