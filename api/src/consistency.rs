@@ -3,11 +3,13 @@
 //! ledger, for most) has applied that event.
 //!
 //! A waiting query holds no database connection: it registers its token, looks once, then
-//! sleeps. When a processor says it committed a batch (`NOTIFY dhanman_applied` with its
-//! name, sent in each batch's transaction; one listening connection per API process), one
-//! look for every token waiting on that processor wakes those it finds applied: a batch
-//! costs one query, not one per waiter. A waiter also looks on its own each second while
-//! nothing wakes it (a notification lost while the listener reconnects). At most
+//! sleeps. When a processor says it committed a batch (`NOTIFY dhanman_applied`, sent in
+//! each batch's transaction; one listening connection per API process), the waiters of the
+//! events the notification names are woken at once; a batch too large to name its events
+//! names only its processor, and one look for every token waiting on that processor wakes
+//! those it finds applied: a batch costs one query at most, not one per waiter
+//! ([`dhanman_processors::applied::notification`]). A waiter also looks on its own each
+//! second while nothing wakes it (a notification lost while the listener reconnects). At most
 //! [`MAX_WAITERS`] queries wait at once per process; more are answered 503 with
 //! `Retry-After` rather than queued, so tokens that will never be applied (a random uuid)
 //! cannot pile up. Whether an event is applied is the processors' to say ([`has_applied`],
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dhanman_processors::applied::{applied_among, has_applied};
+use dhanman_processors::applied::{applied_among, has_applied, heard};
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use uuid::Uuid;
@@ -83,7 +85,11 @@ impl Applied {
                 self.shared.listening.store(true, Ordering::Relaxed);
                 loop {
                     let notification = listener.recv().await?;
-                    let processor = notification.payload();
+                    let (processor, applied) = heard(notification.payload());
+                    if let Some(applied) = applied {
+                        self.woken(processor, &applied);
+                        continue;
+                    }
                     let waited_on = lock(&self.shared.pending).contains_key(processor);
                     if waited_on {
                         let mut heard = lock(&self.shared.heard);
@@ -149,8 +155,9 @@ impl Applied {
         lock(&self.shared.pending).values().map(HashMap::len).sum()
     }
 
-    /// Waits answered since the process started by the look a batch's notification caused
-    /// (the rest were applied at their first look, found by their own look, or expired).
+    /// Waits answered since the process started by a batch's notification: the events it
+    /// named, or the look it caused (the rest were applied at their first look, found by
+    /// their own look, or expired).
     pub fn woken_total(&self) -> u64 {
         self.shared.woken.load(Ordering::Relaxed)
     }

@@ -48,3 +48,62 @@ pub async fn applied_among(
     .fetch_all(pool)
     .await
 }
+
+/// Most event ids a batch's notification names; a batch that applied more names only its
+/// processor. (A notification's payload is under 8,000 bytes; an id takes 33.)
+pub const NAMED_IN_NOTIFICATION: usize = 200;
+
+/// The payload of the notification a batch's transaction sends (`NOTIFY dhanman_applied`,
+/// delivered at its commit): the processor's name and, when they are few enough, the ids
+/// of the events the batch applied, so that the API wakes the queries waiting on them
+/// without looking them up.
+pub fn notification(processor: &str, applied: &[Uuid]) -> String {
+    let mut payload = processor.to_string();
+    if applied.len() <= NAMED_IN_NOTIFICATION {
+        for id in applied {
+            payload.push(' ');
+            payload.push_str(id.simple().encode_lower(&mut Uuid::encode_buffer()));
+        }
+    }
+    payload
+}
+
+/// What a batch's notification says: the processor, and the events it applied, or `None`
+/// when they have to be looked up (the notification names none, or names one that is not
+/// an event id).
+pub fn heard(payload: &str) -> (&str, Option<Vec<Uuid>>) {
+    let mut words = payload.split(' ');
+    let processor = words.next().unwrap_or_default();
+    let ids: Option<Vec<Uuid>> = words.map(|w| Uuid::try_parse(w).ok()).collect();
+    (processor, ids.filter(|ids| !ids.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_names_the_events_of_a_batch_that_fit_and_reads_back_as_sent() {
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let sent = notification("ledger", &ids);
+        assert_eq!(heard(&sent), ("ledger", Some(ids)));
+        assert_eq!(heard("reminders"), ("reminders", None), "the name alone");
+
+        let many: Vec<Uuid> = (0..=NAMED_IN_NOTIFICATION)
+            .map(|_| Uuid::now_v7())
+            .collect();
+        assert_eq!(notification("notifier", &many), "notifier");
+        let most = notification("notifier", &many[..NAMED_IN_NOTIFICATION]);
+        assert!(most.len() < 8000, "{} bytes", most.len());
+        assert_eq!(
+            heard(&most).1.map(|ids| ids.len()),
+            Some(NAMED_IN_NOTIFICATION)
+        );
+
+        // Anything else is looked up.
+        let id = Uuid::now_v7();
+        assert_eq!(heard(&format!("ledger {id} soon")), ("ledger", None));
+        assert_eq!(heard(&format!("ledger {id} ")), ("ledger", None));
+        assert_eq!(heard(""), ("", None));
+    }
+}

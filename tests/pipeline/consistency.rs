@@ -3,8 +3,9 @@
 //! causes for every token waiting on that processor (not by a look of its own), with
 //! another processor's batch heard before it; a wait that ends, answered or expired, leaves
 //! no token behind. A customer's balance takes its first look in the same round trip as the
-//! customer (applied already: no wait at all). A look is planned once per connection, not at
-//! every call. The API runs in-process on a real socket against a real Postgres; the batch is
+//! customer (applied already: no wait at all). A batch's notification naming its events
+//! wakes their waiters without a look. A look is planned once per connection, not at every
+//! call. The API runs in-process on a real socket against a real Postgres; the batch is
 //! a gate row and its `NOTIFY`, committed together as a processor commits them.
 
 use std::time::Duration;
@@ -144,6 +145,56 @@ async fn a_customers_balance_takes_its_first_look_with_the_customer_and_waits_on
         ))
         .await;
     assert_refused(&reply, 422, "consistent_with");
+    db.drop_db().await;
+}
+
+/// A batch's notification that names its events wakes their waiters without a look (here
+/// it names an event no gate row shows, which a look would not find); one naming other
+/// events wakes nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_naming_its_events_wakes_their_waiters_without_a_look() {
+    use dhanman_processors::applied::notification;
+    let db = TestDb::new().await;
+    let mut state = api_state(&db);
+    state.consistency_wait = Duration::from_secs(30);
+    let applied = state.applied.clone();
+    let base = serve_state(state).await;
+    let api = Api::new(&base, &org_key(&db, "Named Society").await);
+    eventually(
+        "the consistency listener",
+        Duration::from_secs(10),
+        || async { applied.is_listening().then_some(()) },
+    )
+    .await;
+    let token = Uuid::now_v7();
+    let read = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.get(&format!("/v1/trial-balance?consistent_with={token}"))
+                .await
+        }
+    });
+    eventually("the query to wait", Duration::from_secs(10), || async {
+        (applied.waiting() == 1).then_some(())
+    })
+    .await;
+    for named in [
+        vec![Uuid::now_v7(), Uuid::now_v7()],
+        vec![Uuid::now_v7(), token],
+    ] {
+        sqlx::query("select pg_notify('dhanman_applied', $1)")
+            .bind(notification("ledger", &named))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let reply = read.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        (applied.woken_total(), applied.waiting()),
+        (1, 0),
+        "woken once, by the notification naming it"
+    );
     db.drop_db().await;
 }
 

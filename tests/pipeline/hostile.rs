@@ -476,6 +476,8 @@ impl dhanman_processors::Processor for Fragile {
 /// are that record's dead letter (class `rejected`, the reason kept), not a crash and not a
 /// retry forever: the batch is begun again one event at a time, every other record of it
 /// is applied once, and one that another member applied meanwhile is not applied again.
+/// The batch's notification to consistency waiters names the events applied, and only
+/// them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
     use dhanman_processors::{Runtime, RuntimeConfig, Stopper};
@@ -497,10 +499,16 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
         .await
         .unwrap();
     let mut values = Vec::new();
+    let mut applied = std::collections::HashSet::new();
     for number in ["A-1", "PANIC", "A-2", "RACED", "REFUSE", "A-3"] {
         let e = invoice_created(org, customer, number, "10.00");
+        if number.starts_with("A-") || number == "RACED" {
+            applied.insert(e.envelope.event_id);
+        }
         values.push(codec.encode(&e).await.unwrap());
     }
+    let mut notifications = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    notifications.listen("dhanman_applied").await.unwrap();
     produce_all(
         &producer(),
         values
@@ -536,6 +544,20 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
         .await
         .unwrap();
     assert_eq!(read, [("A-1".into(),), ("A-2".into(),), ("A-3".into(),)]);
+    let mut named = std::collections::HashSet::new();
+    while !named.is_superset(&applied) {
+        let heard = tokio::time::timeout(Duration::from_secs(30), notifications.recv())
+            .await
+            .expect("notifications naming every event applied")
+            .unwrap();
+        if let ("fragile", ids) = dhanman_processors::applied::heard(heard.payload()) {
+            named.extend(ids.expect("a batch this small names its events"));
+        }
+    }
+    assert_eq!(
+        named, applied,
+        "named: the four invoices applied, not the two dead letters"
+    );
     let reasons: Vec<(String, String)> = sqlx::query_as(
         "select headers->>'dlq.error.class', headers->>'dlq.error' from outbox
           where raw_value is not null order by id",

@@ -96,11 +96,15 @@ impl<P: Processor> Runtime<P> {
         } else {
             trace::in_batch(spans.clone(), self.apply_guarded(&mut tx, &events)).await
         };
+        // The events applied by the end of the batch (before it or by it), for the
+        // notification that wakes their waiters.
+        let mut settled: Vec<Uuid> = Vec::with_capacity(fresh.len());
         match applied {
             Ok(found) => {
                 let before = found.before.min(fresh.len());
                 report.applied = fresh.len() - before;
                 report.duplicates += before;
+                settled.extend(events.iter().map(|e| e.envelope().event_id));
             }
             Err(e) if e.class() == Class::Transient => return Err(e.into()),
             Err(e) => {
@@ -120,6 +124,7 @@ impl<P: Processor> Runtime<P> {
                         // Applied by another member since the batch began.
                         sp.rollback().await?;
                         report.duplicates += 1;
+                        settled.push(event.envelope().event_id);
                         continue;
                     }
                     let applied =
@@ -130,6 +135,7 @@ impl<P: Processor> Runtime<P> {
                             let before = found.before.min(one.len());
                             report.applied += one.len() - before;
                             report.duplicates += before;
+                            settled.push(event.envelope().event_id);
                         }
                         Err(e) if e.class() == Class::Transient => return Err(e.into()),
                         Err(e) => {
@@ -170,8 +176,14 @@ impl<P: Processor> Runtime<P> {
         // The offsets and the wake-up of consistency waiters (sent at the commit) in one
         // statement.
         let stored = (self.store_group_offsets && offsets).then(|| next_offsets(batch));
-        let notify = (report.applied > 0).then_some(name.as_str());
-        store_offsets_and_notify(&mut tx, &self.group_id(), stored.as_ref(), notify).await?;
+        let notify = (report.applied > 0).then(|| crate::applied::notification(&name, &settled));
+        store_offsets_and_notify(
+            &mut tx,
+            &self.group_id(),
+            stored.as_ref(),
+            notify.as_deref(),
+        )
+        .await?;
         tx.commit().await.map_err(Error::Database)?;
         record_outcomes(&name, &report, &dead_lettered);
         tracing::debug!(
@@ -318,9 +330,10 @@ pub(super) async fn store_offsets(
     store_offsets_and_notify(conn, group, Some(next), None).await
 }
 
-/// [`store_offsets`] (given offsets) and, given a processor's name, the notification that
-/// wakes the API's queries waiting on its consistency tokens (`NOTIFY dhanman_applied`,
-/// delivered at the commit), in one statement: one round trip at the end of a batch.
+/// [`store_offsets`] (given offsets) and, given its payload
+/// ([`crate::applied::notification`]), the notification that wakes the API's queries
+/// waiting on a processor's consistency tokens (`NOTIFY dhanman_applied`, delivered at the
+/// commit), in one statement: one round trip at the end of a batch.
 pub(super) async fn store_offsets_and_notify(
     conn: &mut PgConnection,
     group: &str,
