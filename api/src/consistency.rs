@@ -14,11 +14,16 @@
 //! `Retry-After` rather than queued, so tokens that will never be applied (a random uuid)
 //! cannot pile up. Whether an event is applied is the processors' to say ([`has_applied`],
 //! [`applied_among`]); parsing the token and bounding the wait are this module's.
+//!
+//! A wait's first look is taken in [`memory`] instead of the database when it can be: the
+//! events named by the batches heard lately answer for an event made since the listener
+//! began (a command's token read at once, the usual case), so such a read costs the
+//! database no look at all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use dhanman_processors::applied::{applied_among, has_applied, heard};
 use sqlx::PgPool;
@@ -26,6 +31,8 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use uuid::Uuid;
 
 use crate::{ApiError, AppState};
+
+pub mod memory;
 
 /// The channel processors notify on after each committed batch.
 pub const CHANNEL: &str = "dhanman_applied";
@@ -55,6 +62,10 @@ struct Shared {
     listening: AtomicBool,
     /// Waits answered by a batch's look (not by their own).
     woken: AtomicU64,
+    /// The events the batches heard lately applied.
+    memory: Mutex<memory::Memory>,
+    /// Waits whose first look memory answered.
+    remembered: AtomicU64,
 }
 
 impl Default for Shared {
@@ -66,6 +77,8 @@ impl Default for Shared {
             waiters: Semaphore::new(MAX_WAITERS),
             listening: AtomicBool::new(false),
             woken: AtomicU64::new(0),
+            memory: Mutex::default(),
+            remembered: AtomicU64::new(0),
         }
     }
 }
@@ -82,10 +95,26 @@ impl Applied {
             let listening = async {
                 let mut listener = dhanman_plumbing::postgres::listener(pool).await?;
                 listener.listen(CHANNEL).await?;
+                lock(&self.shared.memory).listening(Some(SystemTime::now()));
                 self.shared.listening.store(true, Ordering::Relaxed);
-                loop {
-                    let notification = listener.recv().await?;
+                // Batches committed while no one listened: look for every waiter now.
+                let waited_on: Vec<String> = lock(&self.shared.pending).keys().cloned().collect();
+                if !waited_on.is_empty() {
+                    *lock(&self.shared.heard) = waited_on;
+                    self.shared.wake.notify_one();
+                }
+                // `try_recv`, not `recv`: a connection lost is this loop's to see (`None`),
+                // not reconnected behind it, so that memory is trusted only while every
+                // batch's notification is heard.
+                while let Some(notification) = listener.try_recv().await? {
                     let (processor, applied) = heard(notification.payload());
+                    // Remembered before its waiters are woken: a waiter registered after
+                    // the wake finds the event in memory.
+                    lock(&self.shared.memory).heard(
+                        processor,
+                        applied.as_deref(),
+                        SystemTime::now(),
+                    );
                     if let Some(applied) = applied {
                         self.woken(processor, &applied);
                         continue;
@@ -99,11 +128,14 @@ impl Applied {
                         self.shared.wake.notify_one();
                     }
                 }
+                Ok(())
             };
             let failed: Result<(), sqlx::Error> = listening.await;
             self.shared.listening.store(false, Ordering::Relaxed);
-            if let Err(e) = failed {
-                tracing::debug!(error = %e, "consistency listener lost its connection; reconnecting");
+            lock(&self.shared.memory).listening(None);
+            match failed {
+                Err(e) => tracing::debug!(error = %e, "consistency listener failed; reconnecting"),
+                Ok(()) => tracing::debug!("consistency listener lost its connection; reconnecting"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -160,6 +192,16 @@ impl Applied {
     /// their own look, or expired).
     pub fn woken_total(&self) -> u64 {
         self.shared.woken.load(Ordering::Relaxed)
+    }
+
+    /// Waits whose first look memory answered, since the process started.
+    pub fn remembered_total(&self) -> u64 {
+        self.shared.remembered.load(Ordering::Relaxed)
+    }
+
+    /// Events remembered now.
+    pub fn remembered_now(&self) -> usize {
+        lock(&self.shared.memory).len()
     }
 
     /// Registers a waiter for `event_id` of `processor`, until the registration is dropped.
@@ -226,7 +268,10 @@ pub async fn wait_for(
     let Some(wait) = Wait::begin(state, processor, token)? else {
         return Ok(());
     };
-    let applied = has_applied(&state.pool, processor, wait.event_id).await?;
+    let applied = match wait.remembered() {
+        Some(applied) => applied,
+        None => has_applied(&state.pool, processor, wait.event_id).await?,
+    };
     wait.finish(applied).await
 }
 
@@ -272,6 +317,27 @@ impl<'a> Wait<'a> {
     /// The event waited for.
     pub fn event_id(&self) -> Uuid {
         self.event_id
+    }
+
+    /// The first look, taken in memory, when memory can answer ([`memory`]); `None`: the
+    /// caller looks in the database. (Taken after the registration, so a batch heard
+    /// between the two is either remembered already or wakes the waiter.)
+    pub fn remembered(&self) -> Option<bool> {
+        let made = dhanman_connectors::retention::made_at(self.event_id)?;
+        let made = SystemTime::UNIX_EPOCH
+            + Duration::from_micros(u64::try_from(made.timestamp_micros()).ok()?);
+        let answer = lock(&self.state.applied.shared.memory).answer(
+            self.processor,
+            self.event_id,
+            made,
+            SystemTime::now(),
+        )?;
+        self.state
+            .applied
+            .shared
+            .remembered
+            .fetch_add(1, Ordering::Relaxed);
+        Some(answer)
     }
 
     /// Returns at once when the first look found the event `applied`, else waits (bounded)

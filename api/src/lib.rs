@@ -24,6 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 pub use error::ApiError;
 
@@ -54,6 +55,17 @@ pub struct AppState {
     pub lag_rules: dhanman_connectors::lag::status::Rules,
     /// Where `POST /v1/invoices` hands its invoices, to be written in groups.
     pub invoices: invoice_writer::InvoiceWriter,
+    /// Customers read lately, and their organizations (which never change), so that a
+    /// consistent balance read need not look the customer up before it waits.
+    pub customer_organizations: moka::sync::Cache<Uuid, Uuid>,
+}
+
+/// Customers whose organizations [`AppState::customer_organizations`] keeps at most.
+pub const CUSTOMERS_REMEMBERED: u64 = 65_536;
+
+/// An empty [`AppState::customer_organizations`].
+pub fn customer_organizations() -> moka::sync::Cache<Uuid, Uuid> {
+    moka::sync::Cache::new(CUSTOMERS_REMEMBERED)
 }
 
 /// A line `/readyz` reports without failing on it, computed when asked.
@@ -75,6 +87,7 @@ impl AppState {
             ledger_audit: None,
             lag_rules: Default::default(),
             keys: key_cache::KeyCache::new(key_cache::DEFAULT_TTL),
+            customer_organizations: customer_organizations(),
             rate_limit: rate_limit::KeyRateLimit::new(
                 rate_limit::DEFAULT_PER_SECOND,
                 rate_limit::DEFAULT_BURST,

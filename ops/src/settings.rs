@@ -352,6 +352,7 @@ impl Config {
             ledger_audit: None,
             lag_rules: self.lag.rules(),
             keys: dhanman_api::key_cache::KeyCache::new(self.api_key_cache_ms.get()),
+            customer_organizations: dhanman_api::customer_organizations(),
             rate_limit: dhanman_api::rate_limit::KeyRateLimit::new(
                 self.api_rate_limit,
                 self.api_rate_burst,

@@ -4,7 +4,8 @@
 //! another processor's batch heard before it; a wait that ends, answered or expired, leaves
 //! no token behind. A customer's balance takes its first look in the same round trip as the
 //! customer (applied already: no wait at all). A batch's notification naming its events
-//! wakes their waiters without a look. A look is planned once per connection, not at every
+//! wakes their waiters without a look, and a token made since the listener began takes its
+//! first look in the events heard named (not one made before a lost connection's return). A look is planned once per connection, not at every
 //! call. The API runs in-process on a real socket against a real Postgres; the batch is
 //! a gate row and its `NOTIFY`, committed together as a processor commits them.
 
@@ -194,6 +195,149 @@ async fn a_notification_naming_its_events_wakes_their_waiters_without_a_look() {
         (applied.woken_total(), applied.waiting()),
         (1, 0),
         "woken once, by the notification naming it"
+    );
+    db.drop_db().await;
+}
+
+/// A token stamped `ahead` of now, as one made by a process whose clock is ahead (or, with
+/// a negative offset, made that long ago).
+fn token_stamped(ahead: i64) -> Uuid {
+    let at = chrono::Utc::now() + chrono::Duration::seconds(ahead);
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.timestamp()).unwrap(),
+        at.timestamp_subsec_nanos(),
+    );
+    Uuid::new_v7(ts)
+}
+
+/// A token made since the listener began is looked for first in the events the batches
+/// heard named: named already, the read answers without a look (none would find it here:
+/// no gate row shows it); not yet, the read of a customer it has read before waits with no
+/// statement at all, and the notification naming it wakes it. A token made before the
+/// listener began is looked up in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_takes_its_first_look_in_the_events_heard_named() {
+    use dhanman_processors::applied::notification;
+    let db = TestDb::new().await;
+    let mut state = api_state(&db);
+    state.consistency_wait = Duration::from_secs(2);
+    let applied = state.applied.clone();
+    let base = serve_state(state).await;
+    let api = Api::new(&base, &org_key(&db, "Remembering Society").await);
+    let customer = api.customer("Meera").await;
+    eventually(
+        "the consistency listener",
+        Duration::from_secs(10),
+        || async { applied.is_listening().then_some(()) },
+    )
+    .await;
+    let notify = async |ids: &[Uuid]| {
+        sqlx::query("select pg_notify('dhanman_applied', $1)")
+            .bind(notification("ledger", ids))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    };
+    let balance = |token: Uuid| format!("/v1/customers/{customer}/balance?consistent_with={token}");
+    assert_eq!(
+        api.get(&format!("/v1/customers/{customer}/balance"))
+            .await
+            .status,
+        200
+    );
+
+    // Named already: answered from memory.
+    let named = token_stamped(3);
+    notify(&[named]).await;
+    eventually("the batch to be heard", Duration::from_secs(10), || async {
+        (applied.remembered_now() == 1).then_some(())
+    })
+    .await;
+    let reply = api.get(&balance(named)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["name"], "Meera");
+    assert_eq!((applied.remembered_total(), applied.woken_total()), (1, 0));
+
+    // Not yet: waits, woken by the notification naming it.
+    let later = token_stamped(3);
+    let read = tokio::spawn({
+        let (api, path) = (api.clone(), balance(later));
+        async move { api.get(&path).await }
+    });
+    eventually("the read to wait", Duration::from_secs(10), || async {
+        (applied.waiting() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        applied.remembered_total(),
+        2,
+        "its first look taken in memory"
+    );
+    notify(&[later]).await;
+    let reply = read.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!((applied.waiting(), applied.woken_total()), (0, 1));
+
+    // Made before the listener began: the database's look finds it applied.
+    let old = token_stamped(-60);
+    commit_batch(&db, "ledger", old).await;
+    let reply = api.get(&balance(old)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        (applied.remembered_total(), applied.woken_total()),
+        (2, 1),
+        "answered by its own first look"
+    );
+    db.drop_db().await;
+}
+
+/// A listener that loses its connection sees it (no reconnection behind its back): while it
+/// is gone nothing counts as heard, and once back, a token made before it listened again is
+/// looked up in the database (here applied while it was gone, its notification lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_lost_its_connection_trusts_no_memory_of_the_time_before() {
+    let db = TestDb::new().await;
+    let mut state = api_state(&db);
+    state.consistency_wait = Duration::from_secs(2);
+    let applied = state.applied.clone();
+    let base = serve_state(state).await;
+    let api = Api::new(&base, &org_key(&db, "Reconnecting Society").await);
+    let customer = api.customer("Ravi").await;
+    eventually("the listener", Duration::from_secs(10), || async {
+        applied.is_listening().then_some(())
+    })
+    .await;
+    let token = token_stamped(3);
+    let cut: i64 = sqlx::query_scalar(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity
+          where datname = current_database() and query ilike 'listen%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(cut, 1, "the listener's session");
+    eventually(
+        "the listener to see it",
+        Duration::from_secs(10),
+        || async { (!applied.is_listening()).then_some(()) },
+    )
+    .await;
+    commit_batch(&db, "ledger", token).await;
+    eventually("the listener back", Duration::from_secs(10), || async {
+        applied.is_listening().then_some(())
+    })
+    .await;
+    let reply = api
+        .get(&format!(
+            "/v1/customers/{customer}/balance?consistent_with={token}"
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        (applied.remembered_total(), applied.woken_total()),
+        (0, 0),
+        "answered by the database's first look"
     );
     db.drop_db().await;
 }

@@ -41,12 +41,12 @@ async fn customer_name(
 
 /// The customer's name, if the customer is the organization's, and in the same round trip
 /// a consistent read's first look: whether the ledger has applied `event` (the look of
-/// [`dhanman_processors::applied::has_applied`]; false without an event).
+/// [`dhanman_processors::applied::has_applied`]).
 async fn customer_and_first_look(
     pool: &PgPool,
     organization_id: Uuid,
     customer_id: Uuid,
-    event: Option<Uuid>,
+    event: Uuid,
 ) -> Result<Option<(String, bool)>, ApiError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select c.name, exists(select 1 from {} where event_id = $3)
@@ -60,6 +60,10 @@ async fn customer_and_first_look(
     .await?)
 }
 
+/// A customer's receivable. Its read is one statement when nothing is waited for or memory
+/// knows the event applied; when memory knows it is not yet, and the customer is known to be
+/// the caller's organization's, the read waits first and is then that one statement. Else a
+/// first look (the customer and whether the event is applied, one statement) comes before.
 pub async fn customer_balance(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -67,18 +71,37 @@ pub async fn customer_balance(
     Params(q): Params<Consistent>,
 ) -> Result<Json<Value>, ApiError> {
     let customer_id = path_uuid(&id, "customer")?;
-    let wait = Wait::begin(&state, read::LEDGER, q.consistent_with.as_deref())?;
-    let event = wait.as_ref().map(Wait::event_id);
-    let looked =
-        customer_and_first_look(&state.pool, caller.organization_id, customer_id, event).await?;
-    let Some((name, applied)) = looked else {
-        return Err(ApiError::NotFound("customer".into()));
-    };
-    if let Some(wait) = wait {
+    let organization_id = caller.organization_id;
+    if let Some(wait) = Wait::begin(&state, read::LEDGER, q.consistent_with.as_deref())? {
+        let known = state.customer_organizations.get(&customer_id) == Some(organization_id);
+        let applied = match wait.remembered() {
+            Some(true) => true,
+            Some(false) if known => false,
+            _ => {
+                let looked = customer_and_first_look(
+                    &state.pool,
+                    organization_id,
+                    customer_id,
+                    wait.event_id(),
+                )
+                .await?;
+                let Some((_, applied)) = looked else {
+                    return Err(ApiError::NotFound("customer".into()));
+                };
+                applied
+            }
+        };
         wait.finish(applied).await?;
     }
-    let balances =
-        read::customer_balances(&state.pool, caller.organization_id, customer_id).await?;
+    let Some((name, balances)) =
+        read::customer_with_balances(&state.pool, organization_id, customer_id).await?
+    else {
+        return Err(ApiError::NotFound("customer".into()));
+    };
+    // A customer never moves to another organization.
+    state
+        .customer_organizations
+        .insert(customer_id, organization_id);
     Ok(Json(json!({
         "customer_id": customer_id,
         "name": name,

@@ -1,5 +1,5 @@
 //! The ledger's read side: what the API serves from the books the poster keeps —
-//! balances (the poster materializes them: [`account_balances`], [`customer_balances`]),
+//! balances (the poster materializes them: [`account_balances`], [`customer_with_balances`]),
 //! the [`trial_balance`], a customer's [`statement()`] and the [`entries()`] of a reference.
 //! Every read of the books is scoped to one organization (the chart of accounts,
 //! [`account`], is shared); money comes back with two decimal places, as the API shows it.
@@ -127,32 +127,44 @@ pub async fn account_balances(
         .collect())
 }
 
-/// The customer's receivable, one row per currency, in currency order.
-pub async fn customer_balances(
+/// The customer's name and receivable (one row per currency, in currency order), if the
+/// customer is the organization's: one statement.
+pub async fn customer_with_balances(
     pool: &PgPool,
     organization_id: Uuid,
     customer_id: Uuid,
-) -> sqlx::Result<Vec<ReceivableBalance>> {
-    let rows = sqlx::query!(
-        r#"select currency::text as "currency!", debit_total, credit_total
-             from party_balances
-            where organization_id = $1 and account_code = $3 and party_type = 'customer'
-              and party_id = $2 order by currency"#,
-        organization_id,
-        customer_id,
-        AR
+) -> sqlx::Result<Option<(String, Vec<ReceivableBalance>)>> {
+    type Line = (String, Option<String>, Option<Decimal>, Option<Decimal>);
+    let lines: Vec<Line> = sqlx::query_as(
+        "select c.name, b.currency::text, b.debit_total, b.credit_total
+           from customers c
+           left join party_balances b
+             on b.organization_id = c.organization_id and b.account_code = $3
+            and b.party_type = 'customer' and b.party_id = c.id
+          where c.id = $1 and c.organization_id = $2
+          order by b.currency",
     )
+    .bind(customer_id)
+    .bind(organization_id)
+    .bind(AR)
     .fetch_all(pool)
     .await?;
-    Ok(rows
+    let Some(name) = lines.first().map(|(name, ..)| name.clone()) else {
+        return Ok(None);
+    };
+    let balances = lines
         .into_iter()
-        .map(|r| ReceivableBalance {
-            currency: r.currency,
-            invoiced: money(r.debit_total),
-            settled: money(r.credit_total),
-            balance: money(r.debit_total - r.credit_total),
+        .filter_map(|(_, currency, debit, credit)| {
+            let (debit, credit) = (debit?, credit?);
+            Some(ReceivableBalance {
+                currency: currency?,
+                invoiced: money(debit),
+                settled: money(credit),
+                balance: money(debit - credit),
+            })
         })
-        .collect())
+        .collect();
+    Ok(Some((name, balances)))
 }
 
 /// An account's line of the trial balance: its net on the debit or the credit side.
