@@ -61,7 +61,7 @@ pub struct AppState {
 }
 
 /// Customers whose organizations [`AppState::customer_organizations`] keeps at most.
-pub const CUSTOMERS_REMEMBERED: u64 = 65_536;
+pub const CUSTOMERS_REMEMBERED: u64 = 16_384;
 
 /// An empty [`AppState::customer_organizations`].
 pub fn customer_organizations() -> moka::sync::Cache<Uuid, Uuid> {
