@@ -29,11 +29,17 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(2);
 /// Most events remembered per processor; past it the oldest are forgotten, which is a gap.
 pub const MAX_REMEMBERED: usize = 65_536;
 
+/// Most processors remembered; the batches of any other are a gap for every processor not
+/// remembered (a name is whatever a notification says).
+pub const MAX_PROCESSORS: usize = 32;
+
 #[derive(Default)]
 pub(super) struct Memory {
     /// When the listener last began listening; `None` while it is not.
     since: Option<SystemTime>,
     processors: HashMap<String, Heard>,
+    /// When a batch of a processor past [`MAX_PROCESSORS`] was last heard.
+    unremembered: Option<SystemTime>,
 }
 
 #[derive(Default)]
@@ -53,9 +59,16 @@ impl Memory {
 
     /// A batch of `processor` applied `ids` (`None`: it did not say which), heard at `now`.
     pub(super) fn heard(&mut self, processor: &str, ids: Option<&[Uuid]>, now: SystemTime) {
-        let heard = match self.processors.get_mut(processor) {
-            Some(heard) => heard,
-            None => self.processors.entry(processor.to_string()).or_default(),
+        if !self.processors.contains_key(processor) {
+            if self.processors.len() >= MAX_PROCESSORS {
+                self.unremembered = Some(now);
+                return;
+            }
+            self.processors
+                .insert(processor.to_string(), Heard::default());
+        }
+        let Some(heard) = self.processors.get_mut(processor) else {
+            return;
         };
         let Some(ids) = ids else {
             heard.gap = Some(now);
@@ -100,6 +113,7 @@ impl Memory {
         match self.processors.get(processor) {
             Some(heard) if heard.gap.is_some_and(|gap| gap >= made) => None,
             Some(heard) => Some(heard.ids.contains(&event_id)),
+            None if self.unremembered.is_some_and(|gap| gap >= made) => None,
             None => Some(false),
         }
     }
@@ -169,6 +183,21 @@ mod tests {
         );
         assert_eq!(memory.answer("ledger", a, at(23), at(24)), Some(false));
         assert_eq!(memory.answer("users", a, at(19), at(21)), Some(false));
+    }
+
+    #[test]
+    fn past_its_processors_memory_answers_for_none_it_does_not_remember() {
+        let a = Uuid::now_v7();
+        let mut memory = Memory::default();
+        memory.listening(Some(at(0)));
+        for n in 0..MAX_PROCESSORS {
+            memory.heard(&format!("p{n}"), Some(&[a]), at(10));
+        }
+        memory.heard("stranger", Some(&[a]), at(20));
+        assert_eq!(memory.answer("p0", a, at(19), at(21)), Some(true));
+        assert_eq!(memory.answer("stranger", a, at(19), at(21)), None);
+        assert_eq!(memory.answer("users", a, at(19), at(21)), None);
+        assert_eq!(memory.answer("users", a, at(23), at(24)), Some(false));
     }
 
     #[test]

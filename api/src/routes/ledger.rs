@@ -39,17 +39,17 @@ async fn customer_name(
     .await?)
 }
 
-/// The customer's name, if the customer is the organization's, and in the same round trip
-/// a consistent read's first look: whether the ledger has applied `event` (the look of
-/// [`dhanman_processors::applied::has_applied`]).
+/// A consistent read's first look, if the customer is the organization's: whether the
+/// ledger has applied `event` (the look of [`dhanman_processors::applied::has_applied`]),
+/// in the round trip that finds the customer.
 async fn customer_and_first_look(
     pool: &PgPool,
     organization_id: Uuid,
     customer_id: Uuid,
     event: Uuid,
-) -> Result<Option<(String, bool)>, ApiError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select c.name, exists(select 1 from {} where event_id = $3)
+) -> Result<Option<bool>, ApiError> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select exists(select 1 from {} where event_id = $3)
            from customers c where c.id = $1 and c.organization_id = $2",
         applied_by(read::LEDGER)
     )))
@@ -72,8 +72,8 @@ pub async fn customer_balance(
 ) -> Result<Json<Value>, ApiError> {
     let customer_id = path_uuid(&id, "customer")?;
     let organization_id = caller.organization_id;
+    let known = state.customer_organizations.get(&customer_id) == Some(organization_id);
     if let Some(wait) = Wait::begin(&state, read::LEDGER, q.consistent_with.as_deref())? {
-        let known = state.customer_organizations.get(&customer_id) == Some(organization_id);
         let applied = match wait.remembered() {
             Some(true) => true,
             Some(false) if known => false,
@@ -85,7 +85,7 @@ pub async fn customer_balance(
                     wait.event_id(),
                 )
                 .await?;
-                let Some((_, applied)) = looked else {
+                let Some(applied) = looked else {
                     return Err(ApiError::NotFound("customer".into()));
                 };
                 applied
@@ -98,10 +98,12 @@ pub async fn customer_balance(
     else {
         return Err(ApiError::NotFound("customer".into()));
     };
-    // A customer never moves to another organization.
-    state
-        .customer_organizations
-        .insert(customer_id, organization_id);
+    if !known {
+        // A customer never moves to another organization.
+        state
+            .customer_organizations
+            .insert(customer_id, organization_id);
+    }
     Ok(Json(json!({
         "customer_id": customer_id,
         "name": name,
