@@ -35,33 +35,59 @@ async fn commit_batch(db: &TestDb, processor: &str, event_id: Uuid) {
     tx.commit().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_query_is_answered_by_the_look_its_processors_batch_causes() {
-    let db = TestDb::new().await;
-    let mut state = api_state(&db);
-    state.consistency_wait = Duration::from_secs(30);
+/// An API on `db` with consistency waits of up to `wait`, its listener listening, and the
+/// key of a new organization, `society`.
+async fn listening_api(
+    db: &TestDb,
+    society: &str,
+    wait: Duration,
+) -> (dhanman_api::consistency::Applied, Api) {
+    let mut state = api_state(db);
+    state.consistency_wait = wait;
     let applied = state.applied.clone();
-    let base = serve_state(state).await;
-    let api = Api::new(&base, &org_key(&db, "Waiting Society").await);
+    let api = Api::new(&serve_state(state).await, &org_key(db, society).await);
     eventually(
         "the consistency listener",
         Duration::from_secs(10),
         || async { applied.is_listening().then_some(()) },
     )
     .await;
+    (applied, api)
+}
 
-    let token = Uuid::now_v7();
+/// A read of `path` under way, once its wait is registered.
+async fn waiting_read(
+    api: &Api,
+    applied: &dhanman_api::consistency::Applied,
+    path: String,
+) -> tokio::task::JoinHandle<Reply> {
     let read = tokio::spawn({
         let api = api.clone();
-        async move {
-            api.get(&format!("/v1/trial-balance?consistent_with={token}"))
-                .await
-        }
+        async move { api.get(&path).await }
     });
-    eventually("the query to wait", Duration::from_secs(10), || async {
+    eventually("the read to wait", Duration::from_secs(10), || async {
         (applied.waiting() == 1).then_some(())
     })
     .await;
+    read
+}
+
+/// A trial balance read waiting for a new token, under way.
+async fn trial_balance_waiting(
+    api: &Api,
+    applied: &dhanman_api::consistency::Applied,
+) -> (Uuid, tokio::task::JoinHandle<Reply>) {
+    let token = Uuid::now_v7();
+    let path = format!("/v1/trial-balance?consistent_with={token}");
+    (token, waiting_read(api, applied, path).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_query_is_answered_by_the_look_its_processors_batch_causes() {
+    let db = TestDb::new().await;
+    let (applied, api) = listening_api(&db, "Waiting Society", Duration::from_secs(30)).await;
+
+    let (token, read) = trial_balance_waiting(&api, &applied).await;
     // Another processor's batch is heard first; the query waits on the ledger's.
     commit_batch(&db, "reminders", token).await;
     commit_batch(&db, "ledger", token).await;
@@ -93,18 +119,8 @@ async fn a_waiting_query_is_answered_by_the_look_its_processors_batch_causes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customers_balance_takes_its_first_look_with_the_customer_and_waits_only_when_it_must() {
     let db = TestDb::new().await;
-    let mut state = api_state(&db);
-    state.consistency_wait = Duration::from_secs(30);
-    let applied = state.applied.clone();
-    let base = serve_state(state).await;
-    let api = Api::new(&base, &org_key(&db, "Balance Society").await);
+    let (applied, api) = listening_api(&db, "Balance Society", Duration::from_secs(30)).await;
     let customer = api.customer("Asha").await;
-    eventually(
-        "the consistency listener",
-        Duration::from_secs(10),
-        || async { applied.is_listening().then_some(()) },
-    )
-    .await;
     let balance = |token: Uuid| format!("/v1/customers/{customer}/balance?consistent_with={token}");
 
     // Applied already: answered by the read's own first look, nothing waits.
@@ -117,14 +133,7 @@ async fn a_customers_balance_takes_its_first_look_with_the_customer_and_waits_on
 
     // Not yet: the read waits for the ledger's batch and is woken by its look.
     let token = Uuid::now_v7();
-    let read = tokio::spawn({
-        let (api, path) = (api.clone(), balance(token));
-        async move { api.get(&path).await }
-    });
-    eventually("the read to wait", Duration::from_secs(10), || async {
-        (applied.waiting() == 1).then_some(())
-    })
-    .await;
+    let read = waiting_read(&api, &applied, balance(token)).await;
     commit_batch(&db, "ledger", token).await;
     let reply = read.await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -156,29 +165,8 @@ async fn a_customers_balance_takes_its_first_look_with_the_customer_and_waits_on
 async fn a_notification_naming_its_events_wakes_their_waiters_without_a_look() {
     use dhanman_processors::applied::notification;
     let db = TestDb::new().await;
-    let mut state = api_state(&db);
-    state.consistency_wait = Duration::from_secs(30);
-    let applied = state.applied.clone();
-    let base = serve_state(state).await;
-    let api = Api::new(&base, &org_key(&db, "Named Society").await);
-    eventually(
-        "the consistency listener",
-        Duration::from_secs(10),
-        || async { applied.is_listening().then_some(()) },
-    )
-    .await;
-    let token = Uuid::now_v7();
-    let read = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.get(&format!("/v1/trial-balance?consistent_with={token}"))
-                .await
-        }
-    });
-    eventually("the query to wait", Duration::from_secs(10), || async {
-        (applied.waiting() == 1).then_some(())
-    })
-    .await;
+    let (applied, api) = listening_api(&db, "Named Society", Duration::from_secs(30)).await;
+    let (token, read) = trial_balance_waiting(&api, &applied).await;
     for named in [
         vec![Uuid::now_v7(), Uuid::now_v7()],
         vec![Uuid::now_v7(), token],
@@ -220,18 +208,8 @@ fn token_stamped(ahead: i64) -> Uuid {
 async fn a_fresh_token_takes_its_first_look_in_the_events_heard_named() {
     use dhanman_processors::applied::notification;
     let db = TestDb::new().await;
-    let mut state = api_state(&db);
-    state.consistency_wait = Duration::from_secs(2);
-    let applied = state.applied.clone();
-    let base = serve_state(state).await;
-    let api = Api::new(&base, &org_key(&db, "Remembering Society").await);
+    let (applied, api) = listening_api(&db, "Remembering Society", Duration::from_secs(2)).await;
     let customer = api.customer("Meera").await;
-    eventually(
-        "the consistency listener",
-        Duration::from_secs(10),
-        || async { applied.is_listening().then_some(()) },
-    )
-    .await;
     let notify = async |ids: &[Uuid]| {
         sqlx::query("select pg_notify('dhanman_applied', $1)")
             .bind(notification("ledger", ids))
@@ -261,14 +239,7 @@ async fn a_fresh_token_takes_its_first_look_in_the_events_heard_named() {
 
     // Not yet: waits, woken by the notification naming it.
     let later = token_stamped(3);
-    let read = tokio::spawn({
-        let (api, path) = (api.clone(), balance(later));
-        async move { api.get(&path).await }
-    });
-    eventually("the read to wait", Duration::from_secs(10), || async {
-        (applied.waiting() == 1).then_some(())
-    })
-    .await;
+    let read = waiting_read(&api, &applied, balance(later)).await;
     assert_eq!(
         applied.remembered_total(),
         2,
@@ -298,16 +269,8 @@ async fn a_fresh_token_takes_its_first_look_in_the_events_heard_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_lost_its_connection_trusts_no_memory_of_the_time_before() {
     let db = TestDb::new().await;
-    let mut state = api_state(&db);
-    state.consistency_wait = Duration::from_secs(2);
-    let applied = state.applied.clone();
-    let base = serve_state(state).await;
-    let api = Api::new(&base, &org_key(&db, "Reconnecting Society").await);
+    let (applied, api) = listening_api(&db, "Reconnecting Society", Duration::from_secs(2)).await;
     let customer = api.customer("Ravi").await;
-    eventually("the listener", Duration::from_secs(10), || async {
-        applied.is_listening().then_some(())
-    })
-    .await;
     let token = token_stamped(3);
     let cut: i64 = sqlx::query_scalar(
         "select count(pg_terminate_backend(pid)) from pg_stat_activity
