@@ -323,9 +323,7 @@ impl<'a> Wait<'a> {
     /// caller looks in the database. (Taken after the registration, so a batch heard
     /// between the two is either remembered already or wakes the waiter.)
     pub fn remembered(&self) -> Option<bool> {
-        let made = dhanman_connectors::retention::made_at(self.event_id)?;
-        let made = SystemTime::UNIX_EPOCH
-            + Duration::from_micros(u64::try_from(made.timestamp_micros()).ok()?);
+        let made = SystemTime::from(dhanman_connectors::retention::made_at(self.event_id)?);
         let answer = lock(&self.state.applied.shared.memory).answer(
             self.processor,
             self.event_id,
