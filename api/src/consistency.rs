@@ -42,6 +42,26 @@ pub const CHANNEL: &str = "dhanman_applied";
 /// A wait costs no connection and no query of its own per batch, only its registration.
 pub const MAX_WAITERS: usize = crate::MAX_IN_FLIGHT / 4 * 3;
 
+/// Waits for a token, by processor and by how each ended (a counter): `applied` (its first
+/// look found the event applied), `woken` (a batch's notification or look), `looked` (its
+/// own look), `expired` (answered 409), `refused` (answered 503: [`MAX_WAITERS`] waiting),
+/// `failed` (a look's query failed).
+pub const WAITS: &str = "dhanman_consistency_waits_total";
+
+/// A wait from its token's registration to its end, by processor (a histogram).
+pub const WAIT_DURATION: &str = "dhanman_consistency_wait_duration_seconds";
+
+/// First looks by processor and by where they were taken (a counter): `memory` (the events
+/// heard lately, no query) or `database`.
+pub const FIRST_LOOKS: &str = "dhanman_consistency_first_looks_total";
+
+/// Queries waiting now past their first look (a gauge, at most [`MAX_WAITERS`]).
+pub const WAITING: &str = "dhanman_consistency_waiting";
+
+/// 1 while the listener hears the processors' batches, else 0 (a gauge): at 0 a wait is
+/// answered by its own look, within a second.
+pub const LISTENING: &str = "dhanman_consistency_listening";
+
 /// Tokens waited on: per processor, per event, the senders that wake its waiters.
 type Pending = HashMap<String, HashMap<Uuid, Vec<oneshot::Sender<()>>>>;
 
@@ -87,6 +107,8 @@ impl Applied {
     /// Listens on [`CHANNEL`] until the task is dropped, reconnecting after a failure, and
     /// looks up the tokens waiting on each processor heard from.
     pub async fn listen(self, pool: PgPool) {
+        metrics::gauge!(LISTENING).set(0.0);
+        metrics::gauge!(WAITING).set(0.0);
         tokio::join!(self.hear(&pool), self.look(&pool));
     }
 
@@ -97,6 +119,7 @@ impl Applied {
                 listener.listen(CHANNEL).await?;
                 lock(&self.shared.memory).listening(Some(SystemTime::now()));
                 self.shared.listening.store(true, Ordering::Relaxed);
+                metrics::gauge!(LISTENING).set(1.0);
                 // Batches committed while no one listened: look for every waiter now.
                 let waited_on: Vec<String> = lock(&self.shared.pending).keys().cloned().collect();
                 if !waited_on.is_empty() {
@@ -132,6 +155,7 @@ impl Applied {
             };
             let failed: Result<(), sqlx::Error> = listening.await;
             self.shared.listening.store(false, Ordering::Relaxed);
+            metrics::gauge!(LISTENING).set(0.0);
             lock(&self.shared.memory).listening(None);
             match failed {
                 Err(e) => tracing::debug!(error = %e, "consistency listener failed; reconnecting"),
@@ -283,6 +307,7 @@ pub struct Wait<'a> {
     processor: &'a str,
     event_id: Uuid,
     registration: Registration<'a>,
+    begun: Instant,
 }
 
 impl<'a> Wait<'a> {
@@ -311,6 +336,7 @@ impl<'a> Wait<'a> {
             processor,
             event_id,
             registration: state.applied.register(processor, event_id),
+            begun: Instant::now(),
         }))
     }
 
@@ -323,6 +349,18 @@ impl<'a> Wait<'a> {
     /// caller looks in the database. (Taken after the registration, so a batch heard
     /// between the two is either remembered already or wakes the waiter.)
     pub fn remembered(&self) -> Option<bool> {
+        let answer = self.look_in_memory();
+        let source = if answer.is_some() {
+            "memory"
+        } else {
+            "database"
+        };
+        metrics::counter!(FIRST_LOOKS, "processor" => self.processor.to_owned(), "source" => source)
+            .increment(1);
+        answer
+    }
+
+    fn look_in_memory(&self) -> Option<bool> {
         let made = SystemTime::from(dhanman_connectors::retention::made_at(self.event_id)?);
         let answer = lock(&self.state.applied.shared.memory).answer(
             self.processor,
@@ -339,45 +377,84 @@ impl<'a> Wait<'a> {
     }
 
     /// Returns at once when the first look found the event `applied`, else waits (bounded)
-    /// for a batch's look, or its own each second, to find it.
+    /// for a batch's look, or its own each second, to find it. Counted in [`WAITS`] and
+    /// [`WAIT_DURATION`].
     pub async fn finish(self, applied: bool) -> Result<(), ApiError> {
+        let (processor, begun) = (self.processor.to_owned(), self.begun);
+        let (outcome, answer) = self.end(applied).await;
+        metrics::counter!(WAITS, "processor" => processor.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(WAIT_DURATION, "processor" => processor)
+            .record(begun.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// How the wait ended ([`WAITS`]'s `outcome`) and its answer.
+    async fn end(self, applied: bool) -> (&'static str, Result<(), ApiError>) {
         let Wait {
             state,
             processor,
             event_id,
             mut registration,
+            ..
         } = self;
         if applied {
-            return Ok(());
+            return ("applied", Ok(()));
         }
-        let _permit = state.applied.shared.waiters.try_acquire().map_err(|_| {
-            ApiError::Busy(format!(
-                "{MAX_WAITERS} queries are already waiting for the pipeline; retry shortly"
-            ))
-        })?;
+        let Ok(_permit) = state.applied.shared.waiters.try_acquire() else {
+            return (
+                "refused",
+                Err(ApiError::Busy(format!(
+                    "{MAX_WAITERS} queries are already waiting for the pipeline; retry shortly"
+                ))),
+            );
+        };
+        let _waiting = Waiting::counted();
         let deadline = Instant::now() + state.consistency_wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ApiError::NotYetConsistent(format!(
-                    "the {processor} processor has not applied event {event_id} within {} ms; retry later",
-                    state.consistency_wait.as_millis()
-                )));
+                return (
+                    "expired",
+                    Err(ApiError::NotYetConsistent(format!(
+                        "the {processor} processor has not applied event {event_id} within {} ms; retry later",
+                        state.consistency_wait.as_millis()
+                    ))),
+                );
             }
             match tokio::time::timeout(left.min(Duration::from_secs(1)), &mut registration.woken)
                 .await
             {
                 Ok(Ok(())) => {
                     state.applied.shared.woken.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return ("woken", Ok(()));
                 }
                 // Forgotten without an answer (cannot happen while this waits); look on its own.
                 Ok(Err(_)) => tokio::time::sleep(left.min(Duration::from_millis(250))).await,
                 Err(_) => {}
             }
-            if has_applied(&state.pool, processor, event_id).await? {
-                return Ok(());
+            match has_applied(&state.pool, processor, event_id).await {
+                Ok(true) => return ("looked", Ok(())),
+                Ok(false) => {}
+                Err(e) => return ("failed", Err(e.into())),
             }
         }
+    }
+}
+
+/// A query counted in [`WAITING`] while this lives (a wait given up, its request gone, is
+/// uncounted too).
+struct Waiting;
+
+impl Waiting {
+    fn counted() -> Self {
+        metrics::gauge!(WAITING).increment(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!(WAITING).decrement(1.0);
     }
 }

@@ -56,6 +56,12 @@ pub const EXPORTED: &[&str] = &[
     "kafka_consumergroup_group_sum_lag",
     "kafka_consumergroup_group_offset",
     "kafka_partition_latest_offset",
+    // api/src/consistency.rs
+    "dhanman_consistency_waits_total",
+    "dhanman_consistency_wait_duration_seconds",
+    "dhanman_consistency_first_looks_total",
+    "dhanman_consistency_waiting",
+    "dhanman_consistency_listening",
     // src/telemetry.rs
     "dhanman_db_connections",
     "dhanman_db_pool_size",
@@ -223,6 +229,30 @@ async fn metrics_of_up_name_every_exported_metric_after_a_little_traffic() {
         "a raw path leaked into a label"
     );
     assert!(sum(&text, "dhanman_gateway_requests_total", &["op=\"charge\""]) >= 1.0);
+    // The trial balance read with a token: one wait of the ledger's, answered, its first
+    // look counted once, wherever it was taken; no query waits now; the listener hears.
+    let answered = ["applied", "woken", "looked"].map(|o| {
+        sum(
+            &text,
+            "dhanman_consistency_waits_total",
+            &[ledger, &format!("outcome=\"{o}\"")],
+        )
+    });
+    assert_eq!(answered.iter().sum::<f64>(), 1.0, "{text}");
+    assert_eq!(
+        sum(&text, "dhanman_consistency_first_looks_total", &[ledger]),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "dhanman_consistency_wait_duration_seconds_count",
+            &[ledger]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&text, "dhanman_consistency_waiting", &[]), 0.0);
+    assert_eq!(sum(&text, "dhanman_consistency_listening", &[]), 1.0);
     // Both of `dhanman up`'s pools, each as large as `DHANMAN_DB_POOL`; the API's has
     // sessions open after the requests above.
     for pool in ["api", "work"] {
