@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{PgConnection, Postgres};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres};
 use uuid::Uuid;
 
 use crate::Result;
@@ -188,21 +188,36 @@ fn json_text<T: Serialize + ?Sized>(value: &T, room: usize) -> Result<String> {
 
 /// Queues rows for the relay in one statement, in their order.
 pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
-    let query = sqlx::query(
+    let query = sqlx::query(AssertSqlSafe(insert_rows(1, "true")));
+    bind_all(query, rows).execute(conn).await?;
+    Ok(())
+}
+
+/// The statement (or the data-modifying `WITH` part) that queues rows bound by [`bind_all`]
+/// as its parameters `$first` to `$first + 8`, those with `condition` on `u.d` (the row's
+/// `derived_from`) and the others of `u`, in their order.
+pub fn insert_rows(first: usize, condition: &str) -> String {
+    let [id, t, k, r, v, p, h, d, a] = std::array::from_fn(|i| first + i);
+    format!(
         "insert into outbox (event_id, topic, message_key, record_name, schema_version, payload, headers,
                              derived_from, avro)
          select id, t, k, r, v, p, h, d, a
-           from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::json[],
-                       $7::json[], $8::uuid[], $9::bytea[]) with ordinality
+           from unnest(${id}::uuid[], ${t}::text[], ${k}::text[], ${r}::text[], ${v}::int[],
+                       ${p}::json[], ${h}::json[], ${d}::uuid[], ${a}::bytea[]) with ordinality
                 as u(id, t, k, r, v, p, h, d, a, n)
-          order by n",
-    );
+          where {condition}
+          order by n"
+    )
+}
+
+/// Binds `rows` as the next nine parameters of [`insert_rows`].
+pub fn bind_all<'q, 'r: 'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    rows: &'r [Row],
+) -> Query<'q, Postgres, PgArguments> {
     bind_rows(query, rows.iter())
         .bind(rows.iter().map(|r| r.derived_from).collect::<Vec<_>>())
         .bind(rows.iter().map(Row::avro).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// Binds `rows` as the next seven parameters, arrays of: event ids (`uuid[]`), topics,

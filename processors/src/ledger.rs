@@ -286,16 +286,16 @@ impl Processor for Ledger {
     }
 }
 
-/// (organization, account, party type, party id, currency)
-type PartyKey = (Uuid, String, String, Uuid, String);
-
-/// Writes entries, their postings, the balances and the announcements, in bulk: one
-/// statement per table whatever the number of entries. Returns the entries it posted.
+/// Writes entries, their postings, the parties' balances and the announcements in one
+/// statement, and the accounts' balances in a second ([`add_to_accounts`]), whatever the
+/// number of entries. Returns the entries it posted.
 ///
 /// An entry's id is its event's (or derived from the entry it corrects), so the journal's
 /// primary key is the last word on what was posted: an entry posted before (its event's
 /// gate row pruned by the retention, then the event read again by a replay) is left out,
-/// with its postings, balances and announcement, and is not posted twice.
+/// with its postings, balances and announcement, and is not posted twice. The parties'
+/// balances are summed from the postings the statement wrote, the accounts' from the
+/// entries it returns as posted, so only those count.
 pub async fn post<'a>(
     conn: &mut PgConnection,
     entries: &'a [Entry],
@@ -303,6 +303,10 @@ pub async fn post<'a>(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
+    // The entries' `posted_at`, which their announcements carry too (in microseconds, as
+    // the column keeps it).
+    let now = Utc::now();
+    let posted_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
     let mut e_id = Vec::with_capacity(entries.len());
     let mut e_org = Vec::with_capacity(entries.len());
     let mut e_source = Vec::with_capacity(entries.len());
@@ -312,6 +316,14 @@ pub async fn post<'a>(
     let mut e_cur = Vec::with_capacity(entries.len());
     let mut e_at = Vec::with_capacity(entries.len());
     let mut e_corr = Vec::with_capacity(entries.len());
+    let mut p_entry = Vec::new();
+    let mut p_org = Vec::new();
+    let mut p_account = Vec::new();
+    let mut p_ptype = Vec::new();
+    let mut p_pid = Vec::new();
+    let mut p_debit = Vec::new();
+    let mut p_credit = Vec::new();
+    let mut announcements = Vec::with_capacity(entries.len());
     for entry in entries {
         e_id.push(entry.id);
         e_org.push(entry.source.organization_id);
@@ -322,34 +334,89 @@ pub async fn post<'a>(
         e_cur.push(entry.currency.as_str());
         e_at.push(entry.source.occurred_at);
         e_corr.push(entry.source.correlation_id.as_str());
+        for l in &entry.lines {
+            p_entry.push(entry.id);
+            p_org.push(entry.source.organization_id);
+            p_account.push(l.account_code.as_str());
+            p_ptype.push(l.party_type.as_deref());
+            p_pid.push(l.party_id);
+            p_debit.push(l.debit);
+            p_credit.push(l.credit);
+        }
+        announcements.push(
+            outbox::avro_row(&announcement(entry, posted_at))
+                .map(|r| r.announcing(entry.id))
+                .map_err(|e| sqlx::Error::Encode(e.into()))?,
+        );
     }
-    // Each new entry's `posted_at` is the transaction's `now()` (the column's default),
-    // which its announcement carries too.
-    let inserted: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "insert into journal_entries (id, organization_id, source_event_id, reference_type, reference_id,
-                                      description, currency, occurred_at, correlation_id)
-         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
-                              $7::text[], $8::timestamptz[], $9::text[])
-         on conflict (id) do nothing
-         returning id, posted_at",
-    )
-    .bind(&e_id)
-    .bind(&e_org)
-    .bind(&e_source)
-    .bind(&e_rtype)
-    .bind(&e_rid)
-    .bind(&e_desc)
-    .bind(&e_cur)
-    .bind(&e_at)
-    .bind(&e_corr)
-    .fetch_all(&mut *conn)
-    .await?;
-    let posted_at = inserted.first().map(|&(_, at)| at);
+    // The postings' balance check runs after the whole statement.
+    let statement = format!(
+        "with entry as (
+             insert into journal_entries (id, organization_id, source_event_id, reference_type,
+                                          reference_id, description, currency, occurred_at,
+                                          correlation_id, posted_at)
+             select *, $10::timestamptz
+               from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
+                           $7::text[], $8::timestamptz[], $9::text[])
+             on conflict (id) do nothing
+             returning id, currency),
+         posting as (
+             insert into postings (entry_id, organization_id, account_code, party_type, party_id,
+                                   debit, credit)
+             select e, o, a, t, p, d, c
+               from unnest($11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::uuid[],
+                           $16::numeric[], $17::numeric[]) with ordinality
+                    as l(e, o, a, t, p, d, c, n)
+              where e in (select id from entry)
+              order by n
+             returning entry_id, organization_id, account_code, party_type, party_id, debit, credit),
+         summed as (
+             select p.organization_id, p.account_code, p.party_type, p.party_id, e.currency,
+                    sum(p.debit) as debit, sum(p.credit) as credit
+               from posting p join entry e on e.id = p.entry_id
+              group by 1, 2, 3, 4, 5),
+         party as (
+             insert into party_balances (organization_id, account_code, party_type, party_id,
+                                         currency, debit_total, credit_total)
+             select organization_id, account_code, party_type, party_id, currency, debit, credit
+               from summed
+              where party_type is not null and party_id is not null
+              order by 1, 2, 3, 4, 5
+             on conflict (organization_id, account_code, party_type, party_id, currency) do update
+                set debit_total = party_balances.debit_total + excluded.debit_total,
+                    credit_total = party_balances.credit_total + excluded.credit_total,
+                    updated_at = now()
+             returning 1),
+         announced as ({} returning 1)
+         select id from entry",
+        outbox::insert_rows(18, "u.d in (select id from entry)")
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(&e_id)
+        .bind(&e_org)
+        .bind(&e_source)
+        .bind(&e_rtype)
+        .bind(&e_rid)
+        .bind(&e_desc)
+        .bind(&e_cur)
+        .bind(&e_at)
+        .bind(&e_corr)
+        .bind(posted_at)
+        .bind(&p_entry)
+        .bind(&p_org)
+        .bind(&p_account)
+        .bind(&p_ptype)
+        .bind(&p_pid)
+        .bind(&p_debit)
+        .bind(&p_credit);
+    let inserted: Vec<Uuid> = outbox::bind_all(query, &announcements)
+        .try_map(|row: sqlx::postgres::PgRow| sqlx::Row::try_get(&row, 0))
+        .fetch_all(&mut *conn)
+        .await?;
     let fresh: Vec<&Entry> = if inserted.len() == entries.len() {
         entries.iter().collect()
     } else {
-        let inserted: std::collections::HashSet<Uuid> =
-            inserted.into_iter().map(|(id, _)| id).collect();
+        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
         tracing::debug!(
             entries = entries.len() - inserted.len(),
             "entries posted before: not posted again"
@@ -359,113 +426,40 @@ pub async fn post<'a>(
             .filter(|e| inserted.contains(&e.id))
             .collect()
     };
-    let Some(posted_at) = posted_at else {
-        // Every entry was posted before: nothing more to write.
-        return Ok(fresh);
-    };
-    let mut p_entry = Vec::new();
-    let mut p_org = Vec::new();
-    let mut p_account = Vec::new();
-    let mut p_ptype: Vec<Option<String>> = Vec::new();
-    let mut p_pid: Vec<Option<Uuid>> = Vec::new();
-    let mut p_debit = Vec::new();
-    let mut p_credit = Vec::new();
-    let mut accounts: BTreeMap<(Uuid, String, String), (Decimal, Decimal)> = BTreeMap::new();
-    let mut parties: BTreeMap<PartyKey, (Decimal, Decimal)> = BTreeMap::new();
-    for entry in &fresh {
-        let org = entry.source.organization_id;
+    add_to_accounts(conn, &fresh).await?;
+    Ok(fresh)
+}
+
+/// Adds `entries`' lines to their accounts' balances: a statement of its own, after the
+/// entries' (and their checks), because the organization's account rows are the only
+/// ones concurrent batches share: their row locks are held for the shortest time (and
+/// taken in key order).
+async fn add_to_accounts(conn: &mut PgConnection, entries: &[&Entry]) -> Result<(), sqlx::Error> {
+    let mut accounts: BTreeMap<(Uuid, &str, &str), (Decimal, Decimal)> = BTreeMap::new();
+    for entry in entries {
         for l in &entry.lines {
-            p_entry.push(entry.id);
-            p_org.push(org);
-            p_account.push(l.account_code.as_str());
-            p_ptype.push(l.party_type.clone());
-            p_pid.push(l.party_id);
-            p_debit.push(l.debit);
-            p_credit.push(l.credit);
             let a = accounts
-                .entry((org, l.account_code.clone(), entry.currency.clone()))
+                .entry((
+                    entry.source.organization_id,
+                    l.account_code.as_str(),
+                    entry.currency.as_str(),
+                ))
                 .or_default();
             a.0 += l.debit;
             a.1 += l.credit;
-            if let (Some(ptype), Some(pid)) = (&l.party_type, l.party_id) {
-                let p = parties
-                    .entry((
-                        org,
-                        l.account_code.clone(),
-                        ptype.clone(),
-                        pid,
-                        entry.currency.clone(),
-                    ))
-                    .or_default();
-                p.0 += l.debit;
-                p.1 += l.credit;
-            }
         }
     }
-
-    // One statement for all postings: the balance trigger checks each entry after it.
-    sqlx::query(
-        "insert into postings (entry_id, organization_id, account_code, party_type, party_id, debit, credit)
-         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
-                              $6::numeric[], $7::numeric[])",
-    )
-    .bind(&p_entry)
-    .bind(&p_org)
-    .bind(&p_account)
-    .bind(&p_ptype)
-    .bind(&p_pid)
-    .bind(&p_debit)
-    .bind(&p_credit)
-    .execute(&mut *conn)
-    .await?;
-
-    if !parties.is_empty() {
-        let mut q_org = Vec::new();
-        let mut q_acc = Vec::new();
-        let mut q_type = Vec::new();
-        let mut q_id = Vec::new();
-        let mut q_cur = Vec::new();
-        let mut q_d = Vec::new();
-        let mut q_c = Vec::new();
-        for ((o, a, t, i, c), (d, cr)) in parties {
-            q_org.push(o);
-            q_acc.push(a);
-            q_type.push(t);
-            q_id.push(i);
-            q_cur.push(c);
-            q_d.push(d);
-            q_c.push(cr);
-        }
-        sqlx::query(
-            "insert into party_balances (organization_id, account_code, party_type, party_id, currency,
-                                         debit_total, credit_total)
-             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[],
-                                  $6::numeric[], $7::numeric[])
-             on conflict (organization_id, account_code, party_type, party_id, currency) do update
-                set debit_total = party_balances.debit_total + excluded.debit_total,
-                    credit_total = party_balances.credit_total + excluded.credit_total,
-                    updated_at = now()",
-        )
-        .bind(&q_org)
-        .bind(&q_acc)
-        .bind(&q_type)
-        .bind(&q_id)
-        .bind(&q_cur)
-        .bind(&q_d)
-        .bind(&q_c)
-        .execute(&mut *conn)
-        .await?;
+    if accounts.is_empty() {
+        return Ok(());
     }
-
-    announce(conn, &fresh, posted_at).await?;
-
-    // Last: the organization's account rows are the only ones concurrent batches share,
-    // so their row locks are held for the shortest time (and taken in key order).
-    let (a_org, a_acc, a_cur, a_d, a_c) = unzip5(
-        accounts
-            .into_iter()
-            .map(|((o, a, c), (d, cr))| (o, a, c, d, cr)),
-    );
+    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((organization, account, currency), (debit, credit)) in accounts {
+        columns.0.push(organization);
+        columns.1.push(account);
+        columns.2.push(currency);
+        columns.3.push(debit);
+        columns.4.push(credit);
+    }
     sqlx::query(
         "insert into account_balances (organization_id, account_code, currency, debit_total, credit_total)
          select * from unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
@@ -474,38 +468,14 @@ pub async fn post<'a>(
                 credit_total = account_balances.credit_total + excluded.credit_total,
                 updated_at = now()",
     )
-    .bind(&a_org)
-    .bind(&a_acc)
-    .bind(&a_cur)
-    .bind(&a_d)
-    .bind(&a_c)
+    .bind(&columns.0)
+    .bind(&columns.1)
+    .bind(&columns.2)
+    .bind(&columns.3)
+    .bind(&columns.4)
     .execute(&mut *conn)
     .await?;
-    Ok(fresh)
-}
-
-/// `LedgerEntryPosted` for each entry, into the outbox of the same transaction, with its
-/// headers and the trace of the event it posts, the record kept as its Avro datum
-/// ([`outbox::avro_row`]: the largest row of a batch, at about half the bytes of its JSON),
-/// and the entry it announces as the row's `derived_from`.
-async fn announce(
-    conn: &mut PgConnection,
-    entries: &[&Entry],
-    posted_at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let written = async {
-        let rows = entries
-            .iter()
-            .map(|entry| {
-                outbox::avro_row(&announcement(entry, posted_at)).map(|r| r.announcing(entry.id))
-            })
-            .collect::<dhanman_plumbing::Result<Vec<_>>>()?;
-        outbox::enqueue_rows(conn, &rows).await
-    };
-    written.await.map_err(|e| match e {
-        dhanman_plumbing::Error::Database(db) => db,
-        other => sqlx::Error::Encode(other.into()),
-    })
+    Ok(())
 }
 
 /// The record announcing `entry`, posted at `posted_at` (the wire carries milliseconds).
@@ -551,21 +521,6 @@ pub fn announcement_id(entry_id: Uuid) -> Uuid {
     let mut bytes = *hashed.as_bytes();
     bytes[..6].copy_from_slice(&entry_id.as_bytes()[..6]);
     Uuid::new_v8(bytes)
-}
-
-type Columns5<A, B, C, D, E> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>);
-
-fn unzip5<A, B, C, D, E>(rows: impl Iterator<Item = (A, B, C, D, E)>) -> Columns5<A, B, C, D, E> {
-    let mut out: Columns5<A, B, C, D, E> =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (a, b, c, d, e) in rows {
-        out.0.push(a);
-        out.1.push(b);
-        out.2.push(c);
-        out.3.push(d);
-        out.4.push(e);
-    }
-    out
 }
 
 #[cfg(test)]
