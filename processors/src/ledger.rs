@@ -286,6 +286,53 @@ impl Processor for Ledger {
     }
 }
 
+/// [`post`]'s first statement: the entries (`$1` to `$9`, posted at `$10`), the postings of
+/// those it inserted (`$11` to `$17`), the parties' balances summed from them, and the
+/// announcements of those entries ([`outbox::insert_rows`] from `$18`); the ids of the
+/// entries it inserted. The postings' balance check runs after the whole statement.
+static POST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with entry as (
+         insert into journal_entries (id, organization_id, source_event_id, reference_type,
+                                      reference_id, description, currency, occurred_at,
+                                      correlation_id, posted_at)
+         select *, $10::timestamptz
+           from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
+                       $7::text[], $8::timestamptz[], $9::text[])
+         on conflict (id) do nothing
+         returning id, currency),
+     posting as (
+         insert into postings (entry_id, organization_id, account_code, party_type, party_id,
+                               debit, credit)
+         select e, o, a, t, p, d, c
+           from unnest($11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::uuid[],
+                       $16::numeric[], $17::numeric[]) with ordinality
+                as l(e, o, a, t, p, d, c, n)
+          where e in (select id from entry)
+          order by n
+         returning entry_id, organization_id, account_code, party_type, party_id, debit, credit),
+     summed as (
+         select p.organization_id, p.account_code, p.party_type, p.party_id, e.currency,
+                sum(p.debit) as debit, sum(p.credit) as credit
+           from posting p join entry e on e.id = p.entry_id
+          group by 1, 2, 3, 4, 5),
+     party as (
+         insert into party_balances (organization_id, account_code, party_type, party_id,
+                                     currency, debit_total, credit_total)
+         select organization_id, account_code, party_type, party_id, currency, debit, credit
+           from summed
+          where party_type is not null and party_id is not null
+          order by 1, 2, 3, 4, 5
+         on conflict (organization_id, account_code, party_type, party_id, currency) do update
+            set debit_total = party_balances.debit_total + excluded.debit_total,
+                credit_total = party_balances.credit_total + excluded.credit_total,
+                updated_at = now()),
+     announced as ({})
+     select id from entry",
+        outbox::insert_rows(18, "u.d in (select id from entry)")
+    )
+});
+
 /// Writes entries, their postings, the parties' balances and the announcements in one
 /// statement, and the accounts' balances in a second ([`add_to_accounts`]), whatever the
 /// number of entries. Returns the entries it posted.
@@ -349,49 +396,7 @@ pub async fn post<'a>(
                 .map_err(|e| sqlx::Error::Encode(e.into()))?,
         );
     }
-    // The postings' balance check runs after the whole statement.
-    let statement = format!(
-        "with entry as (
-             insert into journal_entries (id, organization_id, source_event_id, reference_type,
-                                          reference_id, description, currency, occurred_at,
-                                          correlation_id, posted_at)
-             select *, $10::timestamptz
-               from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
-                           $7::text[], $8::timestamptz[], $9::text[])
-             on conflict (id) do nothing
-             returning id, currency),
-         posting as (
-             insert into postings (entry_id, organization_id, account_code, party_type, party_id,
-                                   debit, credit)
-             select e, o, a, t, p, d, c
-               from unnest($11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::uuid[],
-                           $16::numeric[], $17::numeric[]) with ordinality
-                    as l(e, o, a, t, p, d, c, n)
-              where e in (select id from entry)
-              order by n
-             returning entry_id, organization_id, account_code, party_type, party_id, debit, credit),
-         summed as (
-             select p.organization_id, p.account_code, p.party_type, p.party_id, e.currency,
-                    sum(p.debit) as debit, sum(p.credit) as credit
-               from posting p join entry e on e.id = p.entry_id
-              group by 1, 2, 3, 4, 5),
-         party as (
-             insert into party_balances (organization_id, account_code, party_type, party_id,
-                                         currency, debit_total, credit_total)
-             select organization_id, account_code, party_type, party_id, currency, debit, credit
-               from summed
-              where party_type is not null and party_id is not null
-              order by 1, 2, 3, 4, 5
-             on conflict (organization_id, account_code, party_type, party_id, currency) do update
-                set debit_total = party_balances.debit_total + excluded.debit_total,
-                    credit_total = party_balances.credit_total + excluded.credit_total,
-                    updated_at = now()
-             returning 1),
-         announced as ({} returning 1)
-         select id from entry",
-        outbox::insert_rows(18, "u.d in (select id from entry)")
-    );
-    let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+    let query = sqlx::query(sqlx::AssertSqlSafe(POST.as_str()))
         .bind(&e_id)
         .bind(&e_org)
         .bind(&e_source)
