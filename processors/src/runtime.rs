@@ -10,8 +10,8 @@
 //!
 //! Failures are classified in one place ([`classify_db`], after
 //! [`dhanman_plumbing::postgres::is_transient`]; [`dhanman_schemas::Error::is_transient`]):
-//! transient ones (database or registry down) retry the whole batch with backoff and never
-//! advance; poison records (undecodable, invalid, refused by a constraint) go to
+//! transient ones (database or registry down, or a statement the schema cannot run:
+//! [`is_defect`]) retry the whole batch with backoff and never advance; poison records (undecodable, invalid, refused by a constraint) go to
 //! `<topic>.dlq` through the outbox with headers naming the error and their origin, and
 //! the partition keeps flowing.
 //!
@@ -48,7 +48,7 @@ pub use batch::BatchReport;
 pub use dead_letter::dlq_headers;
 pub use membership::{LEAVE_TIMEOUT, MEMBER_TIMEOUT};
 pub use processor::{Applied, BoxedProcessor, Incoming, Processor};
-pub use retry::{ApplyError, Class, classify_db};
+pub use retry::{ApplyError, Class, classify_db, is_defect};
 pub use survey::{Survey, TypeCounts};
 
 /// Records per transaction unless configured: large enough that per-transaction costs

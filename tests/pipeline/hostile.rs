@@ -2,8 +2,9 @@
 //! naming the field, never a 500, never a panic, never a new metric series; the cap on
 //! requests in flight is the process's, not each route's, and the embedded schema registry
 //! has one of its own; a request refused before its body was read says that its connection
-//! closes; and records naming schema ids the registry never had leave nothing behind in the
-//! codec.
+//! closes; records naming schema ids the registry never had leave nothing behind in the
+//! codec; and a processor's statement the schema cannot run is retried, not taken for
+//! poison records.
 
 use std::collections::BTreeSet;
 
@@ -580,6 +581,125 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
         reasons[1].1.contains("this invoice can never be applied"),
         "{reasons:?}"
     );
+    stopper.stop();
+    tokio::time::timeout(Duration::from_secs(30), runtime)
+        .await
+        .expect("the runtime stops")
+        .unwrap()
+        .unwrap();
+    drop(api);
+    db.drop_db().await;
+}
+
+/// A processor whose statement the schema cannot run (its table not created yet): every
+/// record would fail alike, so the batch is retried whole, nothing dead-lettered and no
+/// offset moved, until the table exists; then every record is applied once.
+struct Unmigrated {
+    topic: String,
+    /// `apply` calls with the whole batch (3 records), not one record isolated.
+    whole_batches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl dhanman_processors::Processor for Unmigrated {
+    fn name(&self) -> &str {
+        "unmigrated"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![self.topic.clone()]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[&dhanman_schemas::Event],
+    ) -> Result<dhanman_processors::Applied, dhanman_processors::ApplyError> {
+        if events.len() == 3 {
+            self.whole_batches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        for event in events {
+            sqlx::query("insert into unmigrated_reads (event_id) values ($1)")
+                .bind(event.envelope().event_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(dhanman_processors::Applied::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_the_schema_cannot_run_is_retried_not_dead_lettered() {
+    use dhanman_processors::{Runtime, RuntimeConfig, Stopper};
+    use dhanman_schemas::topics;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (api, org) = api_with_org(&setup, "Unmigrated Society").await;
+    let codec = setup.codec();
+    let topic = setup.topic(topics::INVOICES);
+    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 1)
+        .await
+        .unwrap();
+    let customer = uuid::Uuid::now_v7();
+    let mut values = Vec::new();
+    for number in ["U-1", "U-2", "U-3"] {
+        values.push(
+            codec
+                .encode(&invoice_created(org, customer, number, "10.00"))
+                .await
+                .unwrap(),
+        );
+    }
+    produce_all(
+        &producer(),
+        values
+            .iter()
+            .map(|v| (topic.clone(), "one-customer", v.as_slice())),
+    )
+    .await;
+    let whole_batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let processor = Unmigrated {
+        topic: topic.clone(),
+        whole_batches: whole_batches.clone(),
+    };
+    let mut config = RuntimeConfig::new(&bootstrap());
+    config.group_id = Some(format!("{}unmigrated", setup.topic_prefix));
+    let stopper = Stopper::default();
+    let runtime = tokio::spawn(
+        Runtime::new(processor, db.pool.clone(), Arc::new(codec), config)
+            .run_until(stopper.signal()),
+    );
+    // Before, the first refusal isolated the records one by one and dead-lettered each:
+    // the whole batch was tried once.
+    eventually(
+        "the whole batch tried three times",
+        Duration::from_secs(60),
+        || {
+            let tried = whole_batches.load(Ordering::SeqCst);
+            async move { (tried >= 3).then_some(()) }
+        },
+    )
+    .await;
+    let dead_letters = "select count(*) from outbox where raw_value is not null";
+    assert_eq!(db.count(dead_letters).await, 0);
+    assert_eq!(db.count("select count(*) from consumer_offsets").await, 0);
+
+    sqlx::query("create table unmigrated_reads (event_id uuid primary key)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db.wait_count(
+        "the three records applied",
+        "select count(*) from unmigrated_reads",
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(db.count(dead_letters).await, 0);
     stopper.stop();
     tokio::time::timeout(Duration::from_secs(30), runtime)
         .await

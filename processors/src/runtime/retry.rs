@@ -76,12 +76,28 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// How the runtime takes a database failure: retried when it is transient
-/// ([`dhanman_plumbing::postgres::is_transient`], as the API answers 503), else poison.
+/// ([`dhanman_plumbing::postgres::is_transient`], as the API answers 503) or when the
+/// statement itself cannot run ([`is_defect`]), else poison.
 pub fn classify_db(e: &sqlx::Error) -> Class {
-    if dhanman_plumbing::postgres::is_transient(e) {
+    if dhanman_plumbing::postgres::is_transient(e) || is_defect(e) {
         Class::Transient
     } else {
         Class::Poison
+    }
+}
+
+/// Whether `e` says the statement or the schema is wrong, not the records: SQLSTATE class
+/// 42 (a relation, column or function missing, a privilege revoked, a syntax error) or 0A
+/// (a feature not supported). Every record would fail the same way, so none is
+/// dead-lettered for it: the batch is retried (and logged) until the schema or the build is
+/// put right, its offsets unmoved.
+pub fn is_defect(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref().and_then(|c| c.get(..2)),
+            Some("42" | "0A")
+        ),
+        _ => false,
     }
 }
 
