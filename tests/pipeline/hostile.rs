@@ -399,6 +399,74 @@ async fn crafted_avro_is_dead_lettered_and_the_pipeline_keeps_running() {
     db.drop_db().await;
 }
 
+/// Invoices numbered `numbers`, for one customer of `org`, produced under one key to the
+/// invoices topic (made with `partitions`): the topic and the events, in order.
+async fn invoices_produced(
+    setup: &Setup,
+    org: uuid::Uuid,
+    numbers: &[&str],
+    partitions: i32,
+) -> (String, Vec<dhanman_schemas::events::InvoiceCreated>) {
+    let codec = setup.codec();
+    let topic = setup.topic(dhanman_schemas::topics::INVOICES);
+    dhanman_connectors::kafka::ensure_topics(
+        &bootstrap(),
+        std::slice::from_ref(&topic),
+        partitions,
+    )
+    .await
+    .unwrap();
+    let customer = uuid::Uuid::now_v7();
+    let events: Vec<_> = numbers
+        .iter()
+        .map(|number| invoice_created(org, customer, number, "10.00"))
+        .collect();
+    let mut values = Vec::new();
+    for e in &events {
+        values.push(codec.encode(e).await.unwrap());
+    }
+    produce_all(
+        &producer(),
+        values
+            .iter()
+            .map(|v| (topic.clone(), "one-customer", v.as_slice())),
+    )
+    .await;
+    (topic, events)
+}
+
+/// A processor run by the consumer runtime of this process, in a group of its own.
+struct Running {
+    stopper: dhanman_processors::Stopper,
+    task: tokio::task::JoinHandle<dhanman_processors::Result<()>>,
+}
+
+impl Running {
+    fn start(setup: &Setup, db: &TestDb, processor: impl dhanman_processors::Processor) -> Self {
+        let mut config = dhanman_processors::RuntimeConfig::new(&bootstrap());
+        config.group_id = Some(format!("{}{}", setup.topic_prefix, processor.name()));
+        let stopper = dhanman_processors::Stopper::default();
+        let runtime = dhanman_processors::Runtime::new(
+            processor,
+            db.pool.clone(),
+            std::sync::Arc::new(setup.codec()),
+            config,
+        );
+        let task = tokio::spawn(runtime.run_until(stopper.signal()));
+        Running { stopper, task }
+    }
+
+    /// Stops the runtime and waits for it to end, cleanly.
+    async fn stop(self) {
+        self.stopper.stop();
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.task)
+            .await
+            .expect("the runtime stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// A processor for the runtime test below: it panics on one invoice (a defect some record
 /// brings out), refuses another with a non-database error (`ApplyError::Poison`), and
 /// records the rest. Seeing the whole batch, it has another member apply invoice `RACED`
@@ -481,9 +549,6 @@ impl dhanman_processors::Processor for Fragile {
 /// them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
-    use dhanman_processors::{Runtime, RuntimeConfig, Stopper};
-    use dhanman_schemas::topics;
-    use std::sync::Arc;
     use std::time::Duration;
 
     let db = TestDb::new().await;
@@ -493,45 +558,23 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let codec = setup.codec();
-    let customer = uuid::Uuid::now_v7();
-    let topic = setup.topic(topics::INVOICES);
-    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 4)
-        .await
-        .unwrap();
-    let mut values = Vec::new();
-    let mut applied = std::collections::HashSet::new();
-    for number in ["A-1", "PANIC", "A-2", "RACED", "REFUSE", "A-3"] {
-        let e = invoice_created(org, customer, number, "10.00");
-        if number.starts_with("A-") || number == "RACED" {
-            applied.insert(e.envelope.event_id);
-        }
-        values.push(codec.encode(&e).await.unwrap());
-    }
     let mut notifications = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
     notifications.listen("dhanman_applied").await.unwrap();
-    produce_all(
-        &producer(),
-        values
-            .iter()
-            .map(|v| (topic.clone(), "one-customer", v.as_slice())),
-    )
-    .await;
-    let mut config = RuntimeConfig::new(&bootstrap());
-    config.group_id = Some(format!("{}fragile", setup.topic_prefix));
-    let stopper = Stopper::default();
-    let runtime = tokio::spawn(
-        Runtime::new(
-            Fragile {
-                topic: topic.clone(),
-                pool: db.pool.clone(),
-                race: std::sync::Mutex::default(),
-            },
-            db.pool.clone(),
-            Arc::new(codec),
-            config,
-        )
-        .run_until(stopper.signal()),
+    let numbers = ["A-1", "PANIC", "A-2", "RACED", "REFUSE", "A-3"];
+    let (topic, events) = invoices_produced(&setup, org, &numbers, 4).await;
+    let applied: std::collections::HashSet<_> = events
+        .iter()
+        .filter(|e| e.invoice_number.starts_with("A-") || e.invoice_number == "RACED")
+        .map(|e| e.envelope.event_id)
+        .collect();
+    let runtime = Running::start(
+        &setup,
+        &db,
+        Fragile {
+            topic,
+            pool: db.pool.clone(),
+            race: std::sync::Mutex::default(),
+        },
     );
     db.wait_count(
         "the two dead letters",
@@ -581,12 +624,7 @@ async fn a_panic_or_refusal_in_a_processor_dead_letters_that_record_alone() {
         reasons[1].1.contains("this invoice can never be applied"),
         "{reasons:?}"
     );
-    stopper.stop();
-    tokio::time::timeout(Duration::from_secs(30), runtime)
-        .await
-        .expect("the runtime stops")
-        .unwrap()
-        .unwrap();
+    runtime.stop().await;
     drop(api);
     db.drop_db().await;
 }
@@ -630,48 +668,21 @@ impl dhanman_processors::Processor for Unmigrated {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_the_schema_cannot_run_is_retried_not_dead_lettered() {
-    use dhanman_processors::{Runtime, RuntimeConfig, Stopper};
-    use dhanman_schemas::topics;
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     let db = TestDb::new().await;
     let setup = Setup::new(&db);
     let (api, org) = api_with_org(&setup, "Unmigrated Society").await;
-    let codec = setup.codec();
-    let topic = setup.topic(topics::INVOICES);
-    dhanman_connectors::kafka::ensure_topics(&bootstrap(), std::slice::from_ref(&topic), 1)
-        .await
-        .unwrap();
-    let customer = uuid::Uuid::now_v7();
-    let mut values = Vec::new();
-    for number in ["U-1", "U-2", "U-3"] {
-        values.push(
-            codec
-                .encode(&invoice_created(org, customer, number, "10.00"))
-                .await
-                .unwrap(),
-        );
-    }
-    produce_all(
-        &producer(),
-        values
-            .iter()
-            .map(|v| (topic.clone(), "one-customer", v.as_slice())),
-    )
-    .await;
-    let whole_batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let processor = Unmigrated {
-        topic: topic.clone(),
-        whole_batches: whole_batches.clone(),
-    };
-    let mut config = RuntimeConfig::new(&bootstrap());
-    config.group_id = Some(format!("{}unmigrated", setup.topic_prefix));
-    let stopper = Stopper::default();
-    let runtime = tokio::spawn(
-        Runtime::new(processor, db.pool.clone(), Arc::new(codec), config)
-            .run_until(stopper.signal()),
+    let (topic, _) = invoices_produced(&setup, org, &["U-1", "U-2", "U-3"], 1).await;
+    let whole_batches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runtime = Running::start(
+        &setup,
+        &db,
+        Unmigrated {
+            topic,
+            whole_batches: whole_batches.clone(),
+        },
     );
     // Before, the first refusal isolated the records one by one and dead-lettered each:
     // the whole batch was tried once.
@@ -700,12 +711,7 @@ async fn a_statement_the_schema_cannot_run_is_retried_not_dead_lettered() {
     )
     .await;
     assert_eq!(db.count(dead_letters).await, 0);
-    stopper.stop();
-    tokio::time::timeout(Duration::from_secs(30), runtime)
-        .await
-        .expect("the runtime stops")
-        .unwrap()
-        .unwrap();
+    runtime.stop().await;
     drop(api);
     db.drop_db().await;
 }
