@@ -188,7 +188,9 @@ fn json_text<T: Serialize + ?Sized>(value: &T, room: usize) -> Result<String> {
 
 /// Queues rows for the relay in one statement, in their order.
 pub async fn enqueue_rows(conn: &mut PgConnection, rows: &[Row]) -> Result<()> {
-    let query = sqlx::query(AssertSqlSafe(insert_rows(1, "true")));
+    static ENQUEUE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| insert_rows(1, "true"));
+    let query = sqlx::query(AssertSqlSafe(ENQUEUE.as_str()));
     bind_all(query, rows).execute(conn).await?;
     Ok(())
 }

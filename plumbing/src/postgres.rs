@@ -41,10 +41,18 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref().and_then(|c| c.get(..2)),
-            Some("08" | "40" | "53" | "57" | "58")
-        ),
+        _ => in_classes(e, &["08", "40", "53", "57", "58"]),
+    }
+}
+
+/// Whether `e` is a database error whose SQLSTATE is of one of `classes` (its first two
+/// characters).
+pub fn in_classes(e: &sqlx::Error, classes: &[&str]) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.get(..2).map(|class| classes.contains(&class)))
+            .unwrap_or(false),
         _ => false,
     }
 }

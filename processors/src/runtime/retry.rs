@@ -92,13 +92,7 @@ pub fn classify_db(e: &sqlx::Error) -> Class {
 /// dead-lettered for it: the batch is retried (and logged) until the schema or the build is
 /// put right, its offsets unmoved.
 pub fn is_defect(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref().and_then(|c| c.get(..2)),
-            Some("42" | "0A")
-        ),
-        _ => false,
-    }
+    dhanman_plumbing::postgres::in_classes(e, &["42", "0A"])
 }
 
 impl<P: Processor> Runtime<P> {
