@@ -1,7 +1,7 @@
 //! The Kafka consumer and its partitions: its configuration, the rebalance callback that
 //! seeks to the offsets stored in Postgres on assignment, gathering a batch from the
-//! partitions this member holds, and committing offsets to Kafka afterwards (only for
-//! lag tools: Postgres holds the truth).
+//! partitions this member holds, and copying offsets to Kafka's committed offsets now and
+//! then (only for lag tools: Postgres holds the truth).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -236,6 +236,42 @@ impl ConsumerContext for StoredOffsets {
     }
 }
 
+/// The most often a member copies its offsets to Kafka's committed offsets. Postgres holds
+/// the offsets that count, stored with each batch; Kafka's copy feeds lag tools only, and a
+/// commit per batch (dozens a second per group under load) was broker work for nothing they
+/// can see.
+pub(super) const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Offsets applied but not yet copied to Kafka: the latest of each partition since the last
+/// copy, which goes out once [`KAFKA_COMMIT_INTERVAL`] has passed since the one before (at
+/// once after a quiet spell), when the member finds nothing to read, and when it stops.
+#[derive(Debug, Default)]
+pub(super) struct ToKafka {
+    pending: BTreeMap<(String, i32), i64>,
+    last: Option<Instant>,
+}
+
+impl ToKafka {
+    /// Adds a batch's next offsets: later than any pending for the same partition.
+    pub(super) fn add(&mut self, offsets: BTreeMap<(String, i32), i64>) {
+        self.pending.extend(offsets);
+    }
+
+    /// The pending offsets if they are due at `now`.
+    pub(super) fn due(&mut self, now: Instant) -> Option<BTreeMap<(String, i32), i64>> {
+        let waited = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= KAFKA_COMMIT_INTERVAL);
+        (waited && !self.pending.is_empty()).then(|| self.take(now))
+    }
+
+    /// Every pending offset, due or not (stopping, or nothing left to read).
+    pub(super) fn take(&mut self, now: Instant) -> BTreeMap<(String, i32), i64> {
+        self.last = Some(now);
+        std::mem::take(&mut self.pending)
+    }
+}
+
 /// Batches of records librdkafka keeps fetched ahead per partition: enough that the next
 /// batch is there when one commits (with [`FETCH_QUEUE_BACKOFF_MS`]), against its default
 /// of 100,000 records a partition.
@@ -319,16 +355,27 @@ impl<P: Processor> Runtime<P> {
         batch
     }
 
+    /// Copies `offsets` to Kafka's committed offsets, those of the partitions this member
+    /// still holds: a partition revoked meanwhile is its new owner's to commit, and an
+    /// older offset sent after the new owner's would move Kafka's copy back.
     pub(super) fn commit_to_kafka(
         &self,
         consumer: &StreamConsumer<StoredOffsets>,
         offsets: BTreeMap<(String, i32), i64>,
     ) {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in offsets {
+        let assigned = consumer.context().assigned.lock().expect("assignment lock");
+        let held = offsets
+            .into_iter()
+            .filter(|(at, _)| assigned.partitions.contains(at));
+        for ((topic, partition), next) in held {
             if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(next)) {
                 tracing::warn!(error = %e, "building commit");
             }
+        }
+        drop(assigned);
+        if tpl.count() == 0 {
+            return;
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             // Postgres holds the truth; Kafka's copy only feeds lag tools.
@@ -340,6 +387,40 @@ impl<P: Processor> Runtime<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_go_to_kafka_at_most_once_an_interval_the_latest_of_each_partition() {
+        let batch = |offsets: &[(i32, i64)]| -> BTreeMap<(String, i32), i64> {
+            offsets
+                .iter()
+                .map(|&(p, next)| (("invoices".to_string(), p), next))
+                .collect()
+        };
+        let mut to_kafka = ToKafka::default();
+        let t0 = Instant::now();
+        assert_eq!(to_kafka.due(t0), None, "nothing pending");
+        to_kafka.add(batch(&[(0, 10), (1, 5)]));
+        assert_eq!(
+            to_kafka.due(t0),
+            Some(batch(&[(0, 10), (1, 5)])),
+            "the first at once"
+        );
+        to_kafka.add(batch(&[(0, 20)]));
+        to_kafka.add(batch(&[(0, 30), (2, 7)]));
+        let soon = t0 + KAFKA_COMMIT_INTERVAL / 2;
+        assert_eq!(to_kafka.due(soon), None, "within the interval");
+        let later = t0 + KAFKA_COMMIT_INTERVAL;
+        assert_eq!(to_kafka.due(later), Some(batch(&[(0, 30), (2, 7)])));
+        assert_eq!(
+            to_kafka.due(later + KAFKA_COMMIT_INTERVAL),
+            None,
+            "all sent"
+        );
+        // Stopping, or nothing to read: whatever is pending, due or not.
+        to_kafka.add(batch(&[(1, 9)]));
+        assert_eq!(to_kafka.take(later), batch(&[(1, 9)]));
+        assert!(to_kafka.take(later).is_empty());
+    }
 
     #[test]
     fn a_run_of_errors_is_logged_once_every_ten_seconds_with_the_rest_counted() {

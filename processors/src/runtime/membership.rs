@@ -3,12 +3,12 @@
 //! the group so its partitions move on at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use super::batch::{Gathered, next_offsets, split};
-use super::consumer::StoredOffsets;
+use super::consumer::{StoredOffsets, ToKafka};
 use super::{AbortOnDrop, Processor, Runtime, metric};
 use crate::stop::Stop;
 use crate::{Error, Result};
@@ -101,12 +101,16 @@ impl<P: Processor> Runtime<P> {
             gathered = self.gather(&consumer) => gathered,
             () = stop.requested() => return Ok(()),
         };
+        let mut to_kafka = ToKafka::default();
         loop {
             if stop.is_requested() {
+                self.commit_to_kafka(&consumer, to_kafka.take(Instant::now()));
                 return Ok(());
             }
             let Gathered { batch, decoded } = gathered;
             if batch.is_empty() {
+                // Nothing to read: Kafka's copy catches up with what was applied.
+                self.commit_to_kafka(&consumer, to_kafka.take(Instant::now()));
                 gathered = tokio::select! {
                     gathered = self.gather(&consumer) => gathered,
                     () = stop.requested() => return Ok(()),
@@ -136,7 +140,10 @@ impl<P: Processor> Runtime<P> {
                     self.store_split_offsets(&offsets).await;
                 }
                 tracing::debug!(?reports, "batch committed");
-                self.commit_to_kafka(&consumer, offsets);
+                to_kafka.add(offsets);
+                if let Some(due) = to_kafka.due(Instant::now()) {
+                    self.commit_to_kafka(&consumer, due);
+                }
             };
             let mut ahead = read_ahead(&self);
             let ((), next) = tokio::join!(work, &mut ahead.0);
