@@ -6,7 +6,8 @@
 //! or oversized batch is refused whole, naming `invoices` (422) or the body (413); a large
 //! batch's stored response is compressed with lz4. Hostile items (nested 20,000 deep, a
 //! deep value in a known field, a field given twice) are each a 422 of their own, beside
-//! good items created.
+//! good items created. The largest amount an invoice takes, 150 times for one customer, is
+//! posted in full: the balances' totals hold sums past 10^18.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -241,5 +242,64 @@ async fn hostile_items_are_each_refused_alone() {
         r.body
     );
     assert_eq!(db.count("select count(*) from invoices").await, 2);
+    db.drop_db().await;
+}
+
+/// 150 invoices of the largest amount an invoice takes, for one customer: every one is
+/// posted, and the customer's balance, the receivable's and the trial balance are exact.
+/// The balances' totals once stopped at 10^18: the ledger dead-lettered the postings past
+/// it, and the invoices stood without their entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_amounts_post_in_full_past_ten_to_the_eighteenth() {
+    const LARGEST: &str = "9999999999999999.99";
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let up = setup.spawn(&["up"]);
+    setup.wait_ready(&up).await;
+    let (_, key) = create_org(&setup, "Vast Residency").await;
+    let api = Api::new(&setup.base_url(), &key);
+    let asha = api.customer("Asha").await;
+    let body = json!({"invoices": vec![item(asha, LARGEST, None); 150]});
+    let r = batch(&api, Some("vast-batch"), &body).await;
+    assert_eq!(
+        (r.status, &r.body["created"]),
+        (200, &json!(150)),
+        "{}",
+        r.body
+    );
+    let token = r.body["results"][149]["invoice"]["consistency_token"]
+        .as_str()
+        .unwrap();
+    let trial = ledger_applied(&api, token).await;
+
+    let total = (LARGEST.parse::<rust_decimal::Decimal>().unwrap()
+        * rust_decimal::Decimal::from(150))
+    .to_string();
+    assert_eq!(total, "1499999999999999998.50");
+    let inr = &trial["currencies"][0];
+    assert_eq!(
+        (&inr["balanced"], &inr["total_debit"]),
+        (&json!(true), &json!(total)),
+        "{trial}"
+    );
+    let balance = api.get(&format!("/v1/customers/{asha}/balance")).await;
+    assert_eq!(
+        balance.body["balances"][0]["balance"], total,
+        "{}",
+        balance.body
+    );
+    let receivable = api.get("/v1/accounts/1200/balance").await;
+    assert_eq!(
+        receivable.body["balances"][0]["balance"], total,
+        "{}",
+        receivable.body
+    );
+    assert_eq!(
+        db.count("select count(*) from journal_entries where reference_type = 'invoice'")
+            .await,
+        150,
+        "every invoice has its entry"
+    );
+    drop(up);
     db.drop_db().await;
 }

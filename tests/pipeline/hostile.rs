@@ -141,6 +141,11 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
             "period",
         ),
         (
+            "/v1/invoices",
+            with(&invoice, "period", json!("0000-01")),
+            "period",
+        ),
+        (
             "/v1/customers",
             json!({"name": "Asha", "email": "@"}),
             "email",

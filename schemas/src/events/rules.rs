@@ -176,7 +176,8 @@ pub fn check_date(field: &str, date: NaiveDate) -> Result<(), FieldError> {
     }
 }
 
-/// A pay or billing period: a month written as YYYY-MM.
+/// A pay or billing period: a month written as YYYY-MM, in the years a date of the books
+/// may fall in ([`check_date`]).
 pub fn check_period(field: &str, period: &str) -> Result<(), FieldError> {
     // chrono alone would take `2026-1` or `+2026-01`; the shape is checked first.
     let shaped = period.len() == 7
@@ -187,10 +188,9 @@ pub fn check_period(field: &str, period: &str) -> Result<(), FieldError> {
                 b.is_ascii_digit()
             }
         });
-    if shaped && NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_ok() {
-        Ok(())
-    } else {
-        Err(FieldError::new(field, "must be a month as YYYY-MM"))
+    match NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d") {
+        Ok(first) if shaped => check_date(field, first),
+        _ => Err(FieldError::new(field, "must be a month as YYYY-MM")),
     }
 }
 
