@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Query, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use dhanman_producers::Caller;
 use dhanman_schemas::events::FieldError;
@@ -72,6 +72,9 @@ impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S>
         if !is_json(&req) {
             return Err(ApiError::UnsupportedMediaType);
         }
+        if declared_too_large(&req, LIMIT) {
+            return Err(ApiError::TooLarge(LIMIT));
+        }
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|_| ApiError::TooLarge(LIMIT))?;
@@ -80,11 +83,35 @@ impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S>
     }
 }
 
+/// Whether the body is declared JSON: the media type `application/json` (in any case), with
+/// no parameter but a UTF-8 `charset` (JSON has no other).
 fn is_json(req: &Request) -> bool {
     req.headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+        .is_some_and(json_media_type)
+}
+
+fn json_media_type(value: &str) -> bool {
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|parameter| {
+            let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+            let value = value.trim().trim_matches('"');
+            name.trim().eq_ignore_ascii_case("charset")
+                && (value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8"))
+        })
+}
+
+/// A body its `Content-Length` declares larger than `limit` is refused before any of it is
+/// read (and before a client that asked `Expect: 100-continue` is told to send it).
+fn declared_too_large(req: &Request, limit: usize) -> bool {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit as u64)
 }
 
 /// The body of a command whose fields are all optional: no body at all (or only
@@ -96,6 +123,9 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json_type = is_json(&req);
+        if declared_too_large(&req, MAX_BODY_BYTES) {
+            return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+        }
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
@@ -147,21 +177,30 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::bad_request("body", format!("malformed JSON: {message}"));
         }
-        // serde names unknown fields in the message, not in the path.
+        // serde names unknown fields in the message; the path ends at the field or, in a
+        // nested object, may end at the object holding it.
         let field = match message.split('`').nth(1) {
-            Some(name) if message.starts_with("unknown field") => name.to_string(),
+            Some(name) if message.starts_with("unknown field") => match path.as_str() {
+                "." | "" => name.to_string(),
+                at if at == name || at.ends_with(&format!(".{name}")) => at.to_string(),
+                at => format!("{at}.{name}"),
+            },
             _ if path == "." => "body".to_string(),
             _ => path,
         };
         ApiError::validation(&field, message)
-    })
+    })?;
+    // One value, then nothing but whitespace: `{"name":"a"}{"name":"b"}` is not a body.
+    de.end()
+        .map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 fn contains_nul_escape(bytes: &[u8]) -> bool {
@@ -245,4 +284,74 @@ fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> 
 pub fn path_uuid(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::NotFound(what.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Item {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Order {
+        items: Vec<Item>,
+    }
+
+    /// The status and the field `parse_json` refuses `body` with.
+    fn refusal(body: &str) -> (u16, String) {
+        match parse_json::<Order>(body.as_bytes()).unwrap_err() {
+            ApiError::Validation { field, .. } => (422, field),
+            ApiError::BadRequest { field, .. } => (400, field),
+            other => panic!("{body}: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_body_is_one_json_object_and_its_wrong_fields_are_named_where_they_are() {
+        let order = parse_json::<Order>(b" {\"items\": [{\"name\": \"a\"}]}\r\n ").unwrap();
+        assert_eq!(order.items.len(), 1);
+        for (body, status, field) in [
+            (r#"{"items": [{"name": "a", "x": 1}]}"#, 422, "items[0].x"),
+            (
+                r#"{"items": [{"name": "a"}, {"name": 7}]}"#,
+                422,
+                "items[1].name",
+            ),
+            (r#"{"items": [], "y": 1}"#, 422, "y"),
+            (r#"{"items": []}{"items": []}"#, 400, "body"),
+            (r#"{"items": []} x"#, 400, "body"),
+            (r#"{"items": []"#, 400, "body"),
+            (r#"[]"#, 422, "body"),
+        ] {
+            assert_eq!(refusal(body), (status, field.to_string()), "{body}");
+        }
+    }
+
+    #[test]
+    fn json_is_application_json_in_any_case_in_utf_8_only() {
+        for value in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(json_media_type(value), "{value}");
+        }
+        for value in [
+            "application/jsonx",
+            "application/json-patch+json",
+            "text/json",
+            "application/json; charset=utf-16",
+            "application/json; boundary=x",
+            "",
+        ] {
+            assert!(!json_media_type(value), "{value}");
+        }
+    }
 }

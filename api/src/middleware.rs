@@ -2,8 +2,9 @@
 //! and a field of the span every log line of the request runs in. The W3C `traceparent`
 //! likewise: a well-formed one is continued (this request is a child span of it), a
 //! missing or malformed one starts a new trace; outbox rows the request writes carry it.
-//! And the HTTP server's metrics, by route template; and a connection closed, saying so, after
-//! a request answered before its body was read.
+//! And the HTTP server's metrics, by route template; a connection closed, saying so, after
+//! a request answered before its body was read; and a JSON body for the errors the layers
+//! beneath the routes answer without one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dhanman_plumbing::trace::{self, TraceParent};
+use serde_json::json;
 use tracing::Instrument;
 
 pub const HEADER: &str = "x-correlation-id";
@@ -179,5 +181,156 @@ impl http_body::Body for Watched {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An error answered without a body by the layers beneath the routes (a method the route
+/// does not take, 405, with its `Allow`; the request's time run out, 408) gets the JSON
+/// body every other refusal has: what went wrong, and the part of the request at fault.
+pub async fn explain_bare_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (error, message, field) = match status {
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = response
+                .headers()
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            (
+                "method_not_allowed",
+                format!("{method} is not allowed here; allowed: {allowed}"),
+                Some("method"),
+            )
+        }
+        axum::http::StatusCode::REQUEST_TIMEOUT => (
+            "request_timeout",
+            format!(
+                "the request took longer than {} s (its body, or a wait for consistency)",
+                crate::REQUEST_TIMEOUT.as_secs()
+            ),
+            None,
+        ),
+        other => {
+            let reason = other.canonical_reason().unwrap_or("error");
+            let code: String = reason
+                .chars()
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' => c.to_ascii_lowercase(),
+                    _ => '_',
+                })
+                .collect();
+            return bare(response, json!({"error": code, "message": reason}));
+        }
+    };
+    let mut body = json!({"error": error, "message": message});
+    if let Some(field) = field {
+        body["field"] = json!(field);
+    }
+    bare(response, body)
+}
+
+/// `response` with `body` (JSON) in place of its empty one, its status and headers kept.
+fn bare(response: Response, body: serde_json::Value) -> Response {
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    /// What `explain_bare_errors` answers for a route that answers `status` with `headers`
+    /// and `body` as given.
+    async fn explained(
+        status: StatusCode,
+        content_type: Option<&'static str>,
+        body: &'static str,
+    ) -> (StatusCode, Option<String>, String) {
+        let router = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(move || async move {
+                    let mut response = (status, body).into_response();
+                    match content_type {
+                        Some(t) => {
+                            response.headers_mut().insert(
+                                axum::http::header::CONTENT_TYPE,
+                                HeaderValue::from_static(t),
+                            );
+                        }
+                        None => {
+                            response
+                                .headers_mut()
+                                .remove(axum::http::header::CONTENT_TYPE);
+                        }
+                    }
+                    response
+                        .headers_mut()
+                        .insert("x-kept", HeaderValue::from_static("yes"));
+                    response
+                }),
+            )
+            .layer(axum::middleware::from_fn(explain_bare_errors));
+        let request = Request::builder()
+            .uri("/")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["x-kept"], "yes", "headers kept");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_error_without_a_body_gets_one_in_json_and_nothing_else_changes() {
+        let (status, content_type, body) = explained(StatusCode::REQUEST_TIMEOUT, None, "").await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "request_timeout");
+        assert!(body["message"].as_str().unwrap().contains("30 s"), "{body}");
+
+        let (_, _, body) = explained(StatusCode::IM_A_TEAPOT, None, "").await;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (&body["error"], &body["message"]),
+            (&json!("i_m_a_teapot"), &json!("I'm a teapot"))
+        );
+
+        // An answer that has its body, or is no error, passes as it is.
+        let json = explained(StatusCode::CONFLICT, Some("application/json"), "{\"a\":1}").await;
+        assert_eq!(json.2, "{\"a\":1}");
+        let fine = explained(StatusCode::OK, None, "").await;
+        assert_eq!(
+            (fine.0, fine.1, fine.2.as_str()),
+            (StatusCode::OK, None, "")
+        );
     }
 }

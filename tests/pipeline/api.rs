@@ -1,8 +1,10 @@
 //! Bad input: every refusal is a 4xx with a JSON body naming the field, and nothing is
 //! written (a body too large is refused with `Connection: close`, its rest never read). A
 //! request that finds no database connection in time, or meets a deadlock or a
-//! serialization failure, is a 503 to retry and writes nothing, not a 500. The
-//! API runs in-process, served on a real socket.
+//! serialization failure, is a 503 to retry and writes nothing, not a 500. The edges of
+//! HTTP (text after the JSON, a media type that is not JSON, a body declared too large, a
+//! method the route does not take) are refused in JSON too. The API runs in-process,
+//! served on a real socket.
 
 use std::time::Duration;
 
@@ -223,6 +225,77 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
         db.count("select count(*) from outbox").await,
         created_users + 2
     );
+    db.drop_db().await;
+}
+
+/// The edges of HTTP: a body is one JSON value and nothing after it (400 `body`); JSON is
+/// `application/json` in any case, in UTF-8 only (else 415 `Content-Type`); a body declared
+/// larger than the limit is refused at once, before a client asking `Expect:
+/// 100-continue` is told to send it (413 `body`); a method the route does not take is a
+/// 405 naming `method`, with `Allow`. Every one of them a JSON body, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edges_of_http_are_refused_in_json_naming_their_part() {
+    let db = TestDb::new().await;
+    let base = serve(&db).await;
+    let key = org(&db, "Edge Society").await;
+    let api = Api::new(&base, &key);
+    let customers = "select count(*) from customers";
+    let before = db.count(customers).await;
+    let post = |content_type: &'static str, body: &'static str| {
+        api.http
+            .post(format!("{base}/v1/customers"))
+            .header("content-type", content_type)
+            .body(body)
+    };
+    for body in [r#"{"name": "One"}{"name": "Two"}"#, r#"{"name": "One"} x"#] {
+        assert_refused(&api.send(post("application/json", body)).await, 400, "body");
+    }
+    for content_type in ["application/jsonx", "application/json; charset=utf-16"] {
+        let reply = api.send(post(content_type, r#"{"name": "One"}"#)).await;
+        assert_refused(&reply, 415, "Content-Type");
+    }
+    assert_eq!(db.count(customers).await, before, "nothing written");
+    let upper = api
+        .send(post(
+            "APPLICATION/JSON; Charset=\"UTF-8\"",
+            r#"{"name": "Upper"}"#,
+        ))
+        .await;
+    assert_eq!(upper.status, 201, "{}", upper.body);
+
+    let put = api.send(api.http.put(format!("{base}/v1/invoices"))).await;
+    assert_refused(&put, 405, "method");
+    assert_eq!(
+        put.headers.get("allow").map(|v| v.to_str().unwrap()),
+        Some("POST")
+    );
+
+    // Only the headers, declaring 11 MB and asking to be told to send them: the answer is
+    // the refusal, not `100 Continue`.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/customers HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 11000000\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Until the head and the whole JSON body are in.
+    while !String::from_utf8_lossy(&answer).trim_end().ends_with('}') {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("an answer before the request's time runs out")
+            .unwrap();
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""field":"body""#), "{answer}");
+    assert_eq!(db.count(customers).await, before + 1);
     db.drop_db().await;
 }
 

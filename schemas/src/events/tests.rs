@@ -116,7 +116,9 @@ fn a_period_is_a_month_in_the_years_of_the_books() {
     for period in ["1900-01", "2026-12", "9999-12"] {
         assert!(check_period("period", period).is_ok(), "{period}");
     }
-    for period in ["0000-01", "1899-12", "2026-13", "2026-1", "+202-01", "10000-01"] {
+    for period in [
+        "0000-01", "1899-12", "2026-13", "2026-1", "+202-01", "10000-01",
+    ] {
         let refused = check_period("period", period).unwrap_err().to_string();
         assert!(refused.starts_with("period: must"), "{period}: {refused}");
     }
