@@ -82,6 +82,12 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
             "currency",
         ),
         (
+            "no currency",
+            with("currency", json!("XXX")),
+            422,
+            "currency",
+        ),
+        (
             "bad date",
             with("due_date", json!("10/12/2026")),
             422,

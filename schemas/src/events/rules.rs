@@ -194,12 +194,15 @@ pub fn check_period(field: &str, period: &str) -> Result<(), FieldError> {
     }
 }
 
+/// A currency: an ISO 4217 code (`INR`), of money rather than of one of the standard's
+/// special units (gold, the SDR, `XTS` for testing, `XXX` for none). A currency superseded
+/// since (`HRK`) still names the money of the books kept in it.
 pub fn check_currency(currency: &str) -> Result<(), FieldError> {
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(FieldError::new(
+    match iso_currency::Currency::from_code(currency) {
+        Some(code) if !code.is_special() => Ok(()),
+        _ => Err(FieldError::new(
             "currency",
-            "must be a three-letter ISO 4217 code",
-        ));
+            "must be an ISO 4217 currency code such as INR",
+        )),
     }
-    Ok(())
 }

@@ -129,3 +129,14 @@ fn a_period_is_a_month_in_the_years_of_the_books() {
             .contains("1900 through 9999")
     );
 }
+
+#[test]
+fn a_currency_is_money_by_its_iso_4217_code() {
+    for code in ["INR", "USD", "EUR", "JPY", "HRK"] {
+        assert!(check_currency(code).is_ok(), "{code}");
+    }
+    for code in ["ABC", "XXX", "XTS", "XAU", "inr", "INRS", "IN", ""] {
+        let refused = check_currency(code).unwrap_err().to_string();
+        assert!(refused.starts_with("currency: must be an ISO 4217"), "{code}: {refused}");
+    }
+}
