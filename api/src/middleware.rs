@@ -228,18 +228,18 @@ pub async fn explain_bare_errors(req: Request, next: Next) -> Response {
                     _ => '_',
                 })
                 .collect();
-            return bare(response, json!({"error": code, "message": reason}));
+            return with_json_body(response, json!({"error": code, "message": reason}));
         }
     };
     let mut body = json!({"error": error, "message": message});
     if let Some(field) = field {
         body["field"] = json!(field);
     }
-    bare(response, body)
+    with_json_body(response, body)
 }
 
 /// `response` with `body` (JSON) in place of its empty one, its status and headers kept.
-fn bare(response: Response, body: serde_json::Value) -> Response {
+fn with_json_body(response: Response, body: serde_json::Value) -> Response {
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -255,8 +255,8 @@ mod tests {
     use axum::http::StatusCode;
     use tower::ServiceExt;
 
-    /// What `explain_bare_errors` answers for a route that answers `status` with `headers`
-    /// and `body` as given.
+    /// What `explain_bare_errors` answers for a route that answers `status`, with
+    /// `content_type` (or none) and `body`, and a header of its own that must be kept.
     async fn explained(
         status: StatusCode,
         content_type: Option<&'static str>,

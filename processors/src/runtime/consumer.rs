@@ -189,6 +189,11 @@ impl ConsumerContext for StoredOffsets {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Where this member starts, which Kafka's copy is set to as well: the offsets
+                // the partitions' last owner stored but had not yet copied (a second's worth
+                // at most, [`KAFKA_COMMIT_INTERVAL`]) must not look unread to lag tools until
+                // the next record comes.
+                let mut starts = TopicPartitionList::new();
                 match self.load(tpl) {
                     Ok(stored) => {
                         for ((topic, partition), offset) in &stored {
@@ -198,6 +203,11 @@ impl ConsumerContext for StoredOffsets {
                             {
                                 tracing::error!(%topic, partition, error = %e, "setting stored offset");
                             }
+                            let _ = starts.add_partition_offset(
+                                topic,
+                                *partition,
+                                Offset::Offset(from),
+                            );
                         }
                         tracing::info!(group = %self.group, partitions = tpl.count(), from_postgres = stored.len(), "partitions assigned");
                     }
@@ -218,6 +228,10 @@ impl ConsumerContext for StoredOffsets {
                     .set(partitions);
                 if let Err(e) = base_consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
+                } else if starts.count() > 0
+                    && let Err(e) = base_consumer.commit(&starts, CommitMode::Async)
+                {
+                    tracing::debug!(error = %e, "offset commit to Kafka failed");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
