@@ -15,7 +15,7 @@ use rules::check_user;
 pub use rules::{
     APPROVAL_STEPS, Breaks, FIRST_YEAR, FieldError, LAST_YEAR, USER_ROLES, check_address,
     check_approval_steps, check_currency, check_date, check_invoice_template, check_money,
-    check_period, check_text,
+    check_period, check_text, minor_units,
 };
 
 /// Fields every record carries.

@@ -146,6 +146,20 @@ async fn bad_values_are_422_naming_the_field_and_write_nothing() {
             "period",
         ),
         (
+            "/v1/invoices",
+            with(
+                &with(&invoice, "currency", json!("JPY")),
+                "amount",
+                json!("100.50"),
+            ),
+            "amount",
+        ),
+        (
+            "/v1/invoices",
+            with(&invoice, "currency", json!("XTS")),
+            "currency",
+        ),
+        (
             "/v1/customers",
             json!({"name": "Asha", "email": "@"}),
             "email",

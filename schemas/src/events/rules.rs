@@ -142,19 +142,37 @@ impl From<FieldError> for Error {
     }
 }
 
-/// The shared rule for every amount: positive, at most two decimal places, at most 18
-/// digits, with a three-letter currency code.
+/// The shared rule for every amount: positive, at most two decimal places (fewer where its
+/// currency has fewer minor units: none for the yen), at most 18 digits, in an ISO 4217
+/// currency ([`check_currency`]).
 pub fn check_money(field: &str, amount: Decimal, currency: &str) -> Result<(), FieldError> {
     if amount <= Decimal::ZERO {
         return Err(FieldError::new(field, "must be greater than zero"));
     }
-    if amount.normalize().scale() > 2 {
+    let places = amount.normalize().scale();
+    if places > 2 {
         return Err(FieldError::new(field, "must have at most 2 decimal places"));
     }
     if amount >= Decimal::from(10_000_000_000_000_000i64) {
         return Err(FieldError::new(field, "must have at most 18 digits"));
     }
-    check_currency(currency)
+    check_currency(currency)?;
+    let allowed = minor_units(currency);
+    if places > allowed {
+        return Err(FieldError::new(
+            field,
+            format!("must have at most {allowed} decimal places in {currency}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The decimal places an amount in `currency` may have: its ISO 4217 minor units, at most
+/// the two every amount is kept to (the Kuwaiti dinar's third is not kept).
+pub fn minor_units(currency: &str) -> u32 {
+    iso_currency::Currency::from_code(currency)
+        .and_then(iso_currency::Currency::exponent)
+        .map_or(2, |places| u32::from(places).min(2))
 }
 
 /// The first and last years a date of the books may fall in: wide enough for any

@@ -137,6 +137,30 @@ fn a_currency_is_money_by_its_iso_4217_code() {
     }
     for code in ["ABC", "XXX", "XTS", "XAU", "inr", "INRS", "IN", ""] {
         let refused = check_currency(code).unwrap_err().to_string();
-        assert!(refused.starts_with("currency: must be an ISO 4217"), "{code}: {refused}");
+        assert!(
+            refused.starts_with("currency: must be an ISO 4217"),
+            "{code}: {refused}"
+        );
     }
+}
+
+#[test]
+fn an_amount_has_no_more_places_than_its_currency() {
+    let amount = |a: &str| a.parse::<Decimal>().unwrap();
+    assert!(check_money("amount", amount("1500.50"), "INR").is_ok());
+    assert!(check_money("amount", amount("1500"), "JPY").is_ok());
+    assert!(
+        check_money("amount", amount("1500.00"), "JPY").is_ok(),
+        "zeros are no places"
+    );
+    assert!(check_money("amount", amount("1.25"), "KWD").is_ok());
+    let refused = check_money("amount", amount("1500.5"), "JPY").unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "amount: must have at most 0 decimal places in JPY"
+    );
+    assert_eq!(
+        (minor_units("JPY"), minor_units("INR"), minor_units("KWD")),
+        (0, 2, 2)
+    );
 }
