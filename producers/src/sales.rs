@@ -459,7 +459,7 @@ pub async fn write_prepared(
     match insert_invoice_with_rows(conn, organization_id, event, &invoice.rows, key).await {
         Ok(true) => {}
         Ok(false) => return Err(customer_refusal(conn, organization_id, event.customer_id).await),
-        Err(e) => return Err(write_failure(e, &event.invoice_number)),
+        Err(e) => return Err(write_failure(e, event)),
     }
     invoice.created.log();
     Ok(())
@@ -467,13 +467,18 @@ pub async fn write_prepared(
 
 /// What a failed write of an invoice answers: a key taken meanwhile, a number taken, or
 /// the database's error.
-fn write_failure(e: sqlx::Error, invoice_number: &str) -> Error {
+fn write_failure(e: sqlx::Error, event: &InvoiceCreated) -> Error {
     match e {
         sqlx::Error::Database(db) if db.constraint() == Some(idempotency::PRIMARY_KEY) => {
             idempotency::taken()
         }
+        // An id given by the caller (the bridge passes the .NET service's on) and taken.
+        sqlx::Error::Database(db) if db.constraint() == Some("invoices_pkey") => {
+            Error::Conflict(format!("invoice_id {} already exists", event.invoice_id))
+        }
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict(format!(
-            "invoice_number {invoice_number} already exists in this organization"
+            "invoice_number {} already exists in this organization",
+            event.invoice_number
         )),
         e => e.into(),
     }

@@ -7,7 +7,8 @@ confirms (`ConfirmSelect` + `WaitForConfirmsOrDie`).
         each line: {"exchange": ..., "routing_key": ..., "type": ..., "message_id": ...,
                     "correlation_id": ..., "body": "<the JSON text, as the serializer wrote it>"}
         (a line may leave out type, message_id or correlation_id: that property is not set;
-        "message_id_hex" instead of "message_id" sets the id to those bytes, UTF-8 or not)
+        "message_id_hex" instead of "message_id" sets the id to those bytes, UTF-8 or not;
+        "expiration" and "user_id" set those properties, "transient": true delivery mode 1)
     python dotnet_publisher.py URL --invoices N --exchange X --customer C
         N InvoiceCreatedEvent messages for customer C, each with its own ids; prints the rate
         at which RabbitMQ confirmed them.
@@ -30,13 +31,16 @@ def connect(url):
     return connection, channel
 
 
-def publish(channel, exchange, routing_key, body, type_name=None, message_id=None, correlation_id=None):
+def publish(channel, exchange, routing_key, body, type_name=None, message_id=None, correlation_id=None,
+            expiration=None, user_id=None, transient=False):
     properties = pika.BasicProperties(
         content_type="application/json",
-        delivery_mode=pika.DeliveryMode.Persistent,
+        delivery_mode=pika.DeliveryMode.Transient if transient else pika.DeliveryMode.Persistent,
         type=type_name,
         message_id=message_id,
         correlation_id=correlation_id,
+        expiration=expiration,
+        user_id=user_id,
     )
     # With confirms on, basic_publish returns once the broker confirmed (raises if nacked).
     channel.basic_publish(exchange=exchange, routing_key=routing_key, body=body.encode(), properties=properties)
@@ -72,7 +76,8 @@ def main(argv):
                 if "message_id_hex" in m:
                     message_id = bytes.fromhex(m["message_id_hex"])
                 publish(channel, m["exchange"], m.get("routing_key", ""), m["body"], m.get("type"),
-                        message_id, m.get("correlation_id"))
+                        message_id, m.get("correlation_id"), m.get("expiration"), m.get("user_id"),
+                        m.get("transient", False))
                 count += 1
     connection.close()
     print(count)

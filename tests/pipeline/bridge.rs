@@ -8,7 +8,10 @@
 //! .NET reads, with the event id as `message_id`, and nothing that came from RabbitMQ goes
 //! back; RabbitMQ restarted mid-stream loses and doubles nothing; a correlation id longer
 //! than an AMQP property holds goes out cut, and the bridge goes on; message ids alike only
-//! once cut to what the table kept are still two messages; a message the AMQP client cannot
+//! once cut to what the table kept are still two messages, and so are ids that differ in
+//! their spaces or look like the ids the bridge makes; a body that once panicked the bridge
+//! is dead-lettered and the message behind it applied; a dead letter keeps no `expiration`
+//! or `user_id` of its message and is persistent; a message the AMQP client cannot
 //! read is dead-lettered by RabbitMQ at the queues' delivery limit while the messages around
 //! it are applied, once.
 
@@ -857,6 +860,110 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
         ))
         .await,
         4
+    );
+    db.drop_db().await;
+}
+
+/// Properties and bodies a .NET publisher may send, each taken as itself: a due date with a
+/// multi-byte character where its date would end (it panicked the bridge, which then came
+/// back to the same message at every start) is dead-lettered naming `DueDate`, and the
+/// invoice published after it applied; the dead letter of a message sent with an
+/// `expiration`, a `user_id` and transient delivery stays in its queue: persistent, without
+/// the expiration or the user id (RabbitMQ refuses another user's id from the bridge's
+/// connection), which travel in `dlq.original.*` headers; ids that differ only in
+/// surrounding spaces, and an id shaped like the ones the bridge makes for ids it cannot
+/// keep, are messages of their own; an invoice id used again is dead-lettered naming
+/// `invoice_id`, not the number it was sent with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_properties_bodies_and_ids_are_each_taken_as_themselves() {
+    let _one = RABBITMQ.lock().await;
+    let db = TestDb::new().await;
+    let setup = Setup::new(&db);
+    let (org, customer) = society_with_resident(&setup, &db, "Birch Court", "Asha Rao").await;
+    let names = Names::new();
+    let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
+    let bridge = names.spawn_bridge(&setup, org, free_port(), &inbound);
+    wait_declared(&names).await;
+    let (_dl_conn, mut dead) = consume(&format!("{}.dead-letters", names.queues), None).await;
+
+    let invoice = |id: Uuid, number: &str, due: &str| {
+        msg(
+            &names.events,
+            "InvoiceCreatedEvent",
+            json!({"InvoiceId": id, "CustomerId": customer, "Amount": 100, "InvoiceNumber": number,
+                   "DueDate": due, "CreatedAt": "2026-12-01"}),
+        )
+    };
+    let due = due_date().to_string();
+    let reused = Uuid::new_v4();
+    let mut euro = invoice(Uuid::new_v4(), "B-EURO", "2026-12-0\u{20ac}");
+    euro["expiration"] = json!("3000");
+    euro["user_id"] = json!("guest");
+    euro["transient"] = json!(true);
+    let mut spaced = invoice(Uuid::new_v4(), "B-SPACED", &due);
+    spaced["message_id"] = json!("birch-1  ");
+    let mut plain = invoice(Uuid::new_v4(), "B-PLAIN", &due);
+    plain["message_id"] = json!("birch-1");
+    let mut shaped = invoice(Uuid::new_v4(), "B-SHAPED", &due);
+    shaped["message_id"] = json!(format!("id-sha256:{}", "0".repeat(64)));
+    let messages = [
+        euro,
+        invoice(Uuid::new_v4(), "B-AFTER", &due),
+        plain,
+        spaced,
+        shaped,
+        invoice(reused, "B-FIRST", &due),
+        invoice(reused, "B-AGAIN", &due),
+    ];
+    assert_eq!(publish(&messages).await, messages.len());
+
+    let applied = format!("select count(*) from invoices where organization_id = '{org}'");
+    db.wait_count(
+        "the five good invoices",
+        &applied,
+        5,
+        Duration::from_secs(60),
+    )
+    .await;
+    let numbers: Vec<String> = sqlx::query_scalar(
+        "select invoice_number from invoices where organization_id = $1 order by 1",
+    )
+    .bind(org)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        numbers,
+        ["B-AFTER", "B-FIRST", "B-PLAIN", "B-SHAPED", "B-SPACED"]
+    );
+
+    let first = next_message(&mut dead).await;
+    assert!(
+        text_header(&first, "dlq.error").is_some_and(|e| e.contains("DueDate")),
+        "{:?}",
+        first.properties
+    );
+    assert_eq!(first.properties.expiration(), &None);
+    assert_eq!(first.properties.user_id(), &None);
+    assert_eq!(first.properties.delivery_mode(), &Some(2));
+    assert_eq!(
+        text_header(&first, "dlq.original.expiration").as_deref(),
+        Some("3000")
+    );
+    assert_eq!(
+        text_header(&first, "dlq.original.user_id").as_deref(),
+        Some("guest")
+    );
+    let second = next_message(&mut dead).await;
+    let error = text_header(&second, "dlq.error").unwrap_or_default();
+    assert!(
+        error.contains(&format!("invoice_id {reused} already exists")),
+        "{error}"
+    );
+    assert!(
+        !bridge.log_text().contains("panicked"),
+        "{}",
+        bridge.log_text()
     );
     db.drop_db().await;
 }

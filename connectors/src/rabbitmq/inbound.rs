@@ -20,6 +20,7 @@ use dhanman_producers::{Caller, Error as CommandError, purchase, sales, users};
 use dhanman_schemas::events::FieldError;
 use dhanman_schemas::topics::dlq_headers;
 use futures_util::{FutureExt, StreamExt};
+use lapin::BasicProperties;
 use lapin::Channel;
 use lapin::Confirmation;
 use lapin::message::Delivery;
@@ -199,7 +200,7 @@ async fn handle(
     batch: Vec<Delivery>,
     stop: &mut StopSignal,
 ) -> Result<(), Error> {
-    let mut plans: Vec<Plan> = batch.iter().map(plan).collect();
+    let mut plans: Vec<Plan> = batch.iter().map(plan_caught).collect();
     let mut backoff = Duration::from_millis(100);
     let outcomes = loop {
         match apply(pool, settings, &plans).await {
@@ -256,6 +257,11 @@ async fn handle(
     Ok(())
 }
 
+/// The claim of a message whose id is not kept as it is: the digest of the id.
+const HASHED_ID: &str = "id-sha256:";
+/// The claim of a message without an id: the digest of its type and body.
+const CONTENT_ID: &str = "sha256:";
+
 fn message_of(plan: &Plan) -> &str {
     match plan {
         Plan::Apply(m) => &m.message_id,
@@ -283,6 +289,22 @@ fn printable(value: &str, max: usize) -> String {
         .filter(|c| c.is_ascii_graphic() || *c == ' ')
         .take(max)
         .collect()
+}
+
+/// [`plan`], with a panic reading the message taken as that message's fault: it is
+/// dead-lettered with the panic's message, and the messages around it go on (a panic that
+/// ended the bridge came back with the message at every start, until RabbitMQ's delivery
+/// limit dead-lettered it and the batch around it unread).
+fn plan_caught(delivery: &Delivery) -> Plan {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan(delivery))).unwrap_or_else(
+        |payload| Plan::Dead {
+            class: "malformed",
+            reason: format!(
+                "reading the message failed: {}",
+                dhanman_plumbing::panic_message(&*payload)
+            ),
+        },
+    )
 }
 
 fn plan(delivery: &Delivery) -> Plan {
@@ -327,15 +349,24 @@ fn plan(delivery: &Delivery) -> Plan {
             };
         }
     };
-    let message_id = match properties.message_id().as_ref().map(|m| m.as_str().trim()) {
-        Some(id) if !id.is_empty() && printable(id, 200) == id => id.to_string(),
-        // An id with characters the table does not keep as they are, or longer than it
-        // keeps: its digest, so that two ids never become one (the second message would be
-        // taken for the first's redelivery and dropped).
-        Some(id) if !id.is_empty() => format!("id-sha256:{}", sha256_hex(&[id.as_bytes()])),
+    let message_id = match properties.message_id().as_ref().map(|m| m.as_str()) {
+        Some(id)
+            if !id.trim().is_empty()
+                && printable(id, 200) == id
+                && !id.starts_with(HASHED_ID)
+                && !id.starts_with(CONTENT_ID) =>
+        {
+            id.to_string()
+        }
+        // An id with characters the table does not keep as they are, longer than it keeps,
+        // or in the form of the ids made here: its digest, so that two ids never become one
+        // (the second message would be taken for the first's redelivery and dropped).
+        Some(id) if !id.trim().is_empty() => {
+            format!("{HASHED_ID}{}", sha256_hex(&[id.as_bytes()]))
+        }
         // A publisher that sets no id: the content is the identity (its event's own ids).
         _ => format!(
-            "sha256:{}",
+            "{CONTENT_ID}{}",
             sha256_hex(&[type_name.as_bytes(), &[0], &delivery.data])
         ),
     };
@@ -602,12 +633,21 @@ async fn dead_letter(
     ] {
         headers.insert(ShortString::from(name), text(&value));
     }
-    let properties = delivery.properties.clone().with_headers(headers);
-    let properties = if properties.delivery_mode().is_none() {
-        properties.with_delivery_mode(2)
-    } else {
-        properties
-    };
+    // Kept as the message had them, but for three: an `expiration` would take the dead
+    // letter out of its queue (the message itself is acknowledged and gone), a `user_id`
+    // names the publisher's RabbitMQ user, which RabbitMQ refuses from the bridge's (and the
+    // whole batch waited behind the refusal), and a dead letter is persistent. The first
+    // two go in headers of their own.
+    let original = &delivery.properties;
+    for (name, value) in [
+        ("dlq.original.expiration", original.expiration()),
+        ("dlq.original.user_id", original.user_id()),
+    ] {
+        if let Some(value) = value {
+            headers.insert(ShortString::from(name), text(value.as_str()));
+        }
+    }
+    let properties = dead_letter_properties(original).with_headers(headers);
     let confirmation = channel
         .basic_publish(
             settings.dead_letter_exchange.as_str().into(),
@@ -625,4 +665,40 @@ async fn dead_letter(
         }
         other => Err(Error::Unconfirmed(format!("dead letter: {other:?}"))),
     }
+}
+
+/// `original`'s properties but its headers, `expiration` and `user_id`, persistent.
+fn dead_letter_properties(original: &BasicProperties) -> BasicProperties {
+    let mut kept = BasicProperties::default().with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        kept = kept.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        kept = kept.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        kept = kept.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        kept = kept.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        kept = kept.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        kept = kept.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        kept = kept.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        kept = kept.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        kept = kept.with_app_id(v.clone());
+    }
+    if let Some(v) = original.cluster_id() {
+        kept = kept.with_cluster_id(v.clone());
+    }
+    kept
 }

@@ -356,7 +356,11 @@ fn cs_date(raw: &str) -> Result<NaiveDate, String> {
     if raw.len() > 40 {
         return Err(SHAPE.into());
     }
-    let (date, time) = raw.split_at(raw.len().min(10));
+    // The first ten bytes are the date only when they are ten characters: a multi-byte
+    // character there is no date (and no place to split).
+    let Some((date, time)) = raw.split_at_checked(raw.len().min(10)) else {
+        return Err(SHAPE.into());
+    };
     let day = strict_date(date)?;
     if time.is_empty() {
         return Ok(day);

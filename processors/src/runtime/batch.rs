@@ -8,9 +8,9 @@ use dhanman_schemas::Event;
 use rdkafka::consumer::StreamConsumer;
 
 use super::consumer::StoredOffsets;
-use super::retry::panic_message;
 use super::{Incoming, Processor, Runtime};
 use crate::Result;
+use dhanman_plumbing::panic_message;
 
 /// Outcome of one batch, for logs, tests and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

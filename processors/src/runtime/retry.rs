@@ -66,15 +66,6 @@ impl From<dhanman_plumbing::Error> for ApplyError {
     }
 }
 
-/// What a panic carried, for the dead letter's reason.
-pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
-}
-
 /// How the runtime takes a database failure: retried when it is transient
 /// ([`dhanman_plumbing::postgres::is_transient`], as the API answers 503) or when the
 /// statement itself cannot run ([`is_defect`]), else poison.

@@ -19,9 +19,9 @@ use uuid::Uuid;
 
 use super::batch::{Decoded, NextOffsets, next_offsets};
 use super::dead_letter::{DeadLetter, dead_letter};
-use super::retry::panic_message;
 use super::{Applied, ApplyError, BatchReport, Class, Incoming, Processor, Runtime, metric};
 use crate::{Error, Result};
+use dhanman_plumbing::panic_message;
 
 impl<P: Processor> Runtime<P> {
     /// One attempt at a batch: one transaction, or an error that is transient. `offsets`:

@@ -71,6 +71,12 @@ fn hostile_bodies_are_refused_naming_the_property() {
         (invoice_with("DueDate", r#""10/12/2026""#), "DueDate"),
         (invoice_with("DueDate", r#""+20260-01-01""#), "DueDate"),
         (invoice_with("DueDate", r#""2026-12-10Tnoon""#), "DueDate"),
+        // A multi-byte character across the tenth byte, where the date would end.
+        (invoice_with("DueDate", r#""2026-12-0€""#), "DueDate"),
+        (
+            invoice_with("DueDate", r#""2026-12-1€T00:00:00""#),
+            "DueDate",
+        ),
         (
             invoice_with("CreatedAt", r#""0001-01-01T00:00:00""#),
             "CreatedAt",
