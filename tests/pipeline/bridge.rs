@@ -872,7 +872,8 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
 /// the expiration or the user id (RabbitMQ refuses another user's id from the bridge's
 /// connection), which travel in `dlq.original.*` headers; ids that differ only in
 /// surrounding spaces, and an id shaped like the ones the bridge makes for ids it cannot
-/// keep, are messages of their own; an invoice id used again is dead-lettered naming
+/// keep, are messages of their own, and an id used again for another body is dead-lettered
+/// (it was dropped as a redelivery); an invoice id used again is dead-lettered naming
 /// `invoice_id`, not the number it was sent with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_properties_bodies_and_ids_are_each_taken_as_themselves() {
@@ -904,6 +905,8 @@ async fn odd_properties_bodies_and_ids_are_each_taken_as_themselves() {
     spaced["message_id"] = json!("birch-1  ");
     let mut plain = invoice(Uuid::new_v4(), "B-PLAIN", &due);
     plain["message_id"] = json!("birch-1");
+    let mut again_id = invoice(Uuid::new_v4(), "B-SAME-ID", &due);
+    again_id["message_id"] = json!("birch-1");
     let mut shaped = invoice(Uuid::new_v4(), "B-SHAPED", &due);
     shaped["message_id"] = json!(format!("id-sha256:{}", "0".repeat(64)));
     let messages = [
@@ -911,6 +914,7 @@ async fn odd_properties_bodies_and_ids_are_each_taken_as_themselves() {
         invoice(Uuid::new_v4(), "B-AFTER", &due),
         plain,
         spaced,
+        again_id,
         shaped,
         invoice(reused, "B-FIRST", &due),
         invoice(reused, "B-AGAIN", &due),
@@ -956,6 +960,12 @@ async fn odd_properties_bodies_and_ids_are_each_taken_as_themselves() {
     );
     let second = next_message(&mut dead).await;
     let error = text_header(&second, "dlq.error").unwrap_or_default();
+    assert!(
+        error.contains("message_id birch-1 was used before"),
+        "{error}"
+    );
+    let third = next_message(&mut dead).await;
+    let error = text_header(&third, "dlq.error").unwrap_or_default();
     assert!(
         error.contains(&format!("invoice_id {reused} already exists")),
         "{error}"

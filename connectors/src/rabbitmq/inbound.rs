@@ -184,6 +184,8 @@ struct Message {
     type_name: String,
     correlation_id: String,
     inbound: Inbound,
+    /// The SHA-256 of the type and the body, kept with the claim.
+    digest: Vec<u8>,
 }
 
 /// What the transaction did with an applied message.
@@ -374,11 +376,18 @@ fn plan(delivery: &Delivery) -> Plan {
         Some(c) if !printable(c, 128).trim().is_empty() => printable(c, 128),
         _ => message_id.clone(),
     };
+    let digest = Sha256::new()
+        .chain_update(type_name.as_bytes())
+        .chain_update([0])
+        .chain_update(&delivery.data)
+        .finalize()
+        .to_vec();
     Plan::Apply(Box::new(Message {
         message_id,
         type_name,
         correlation_id,
         inbound,
+        digest,
     }))
 }
 
@@ -448,19 +457,36 @@ async fn apply_one(
     message: &Message,
 ) -> Result<Applied, CommandError> {
     let claimed = sqlx::query(
-        "insert into rabbitmq_inbound (message_id, organization_id, message_type, queue, correlation_id)
-         values ($1, $2, $3, $4, $5) on conflict do nothing",
+        "insert into rabbitmq_inbound (message_id, organization_id, message_type, queue,
+                                       correlation_id, body_sha256)
+         values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
     )
     .bind(&message.message_id)
     .bind(settings.organization_id)
     .bind(&message.type_name)
     .bind(&settings.queue_prefix)
     .bind(&message.correlation_id)
+    .bind(&message.digest)
     .execute(&mut *conn)
     .await?
     .rows_affected();
     if claimed == 0 {
-        return Ok(Applied::Duplicate);
+        // A redelivery is the same message; the same id on another one is the publisher's
+        // mistake, which dropping as a redelivery would hide.
+        let before: Option<Vec<u8>> =
+            sqlx::query_scalar("select body_sha256 from rabbitmq_inbound where message_id = $1")
+                .bind(&message.message_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        return Ok(match before {
+            Some(digest) if digest != message.digest => Applied::Refused(format!(
+                "{}: message_id {} was used before by a message of another type or body; \
+                 each message needs an id of its own",
+                message.type_name,
+                printable(&message.message_id, 200)
+            )),
+            _ => Applied::Duplicate,
+        });
     }
     let caller = Caller {
         organization_id: settings.organization_id,
