@@ -44,6 +44,8 @@
 //!   referred to many times).
 
 mod checker;
+
+pub use checker::MAX_COMPARISONS;
 mod graph;
 
 use std::fmt;
@@ -136,6 +138,7 @@ pub fn incompatibilities(
     let first = if transitive { 0 } else { latest };
 
     let candidate = parse(&candidate.text)?;
+    let budget = checker::Budget::default();
     let mut reasons = Vec::new();
     // Newest first: the latest version's reasons are the most telling.
     for (index, text) in previous.iter().enumerate().skip(first).rev() {
@@ -146,14 +149,14 @@ pub fn incompatibilities(
             (_, false) => "an earlier existing schema",
         };
         if backward {
-            for found in checker::check(&candidate, &earlier) {
+            for found in checker::check(&candidate, &earlier, &budget) {
                 reasons.push(format!(
                     "{found} (reader: the new schema, writer: {version})"
                 ));
             }
         }
         if forward {
-            for found in checker::check(&earlier, &candidate) {
+            for found in checker::check(&earlier, &candidate, &budget) {
                 reasons.push(format!(
                     "{found} (reader: {version}, writer: the new schema)"
                 ));
@@ -185,7 +188,8 @@ impl fmt::Display for Incompatibility {
 /// the verdict of Java's `SchemaCompatibility.checkReaderWriterCompatibility`: an empty list
 /// means compatible. Fails when either schema does not parse ([`Error::InvalidSchema`]).
 pub fn reader_writer_incompatibilities(reader: &str, writer: &str) -> Result<Vec<Incompatibility>> {
-    Ok(checker::check(&parse(reader)?, &parse(writer)?))
+    let budget = checker::Budget::default();
+    Ok(checker::check(&parse(reader)?, &parse(writer)?, &budget))
 }
 
 /// Valid for apache-avro (what registration requires), then read the way Java reads it.
@@ -317,6 +321,56 @@ mod tests {
                 "/fields/0/type: field 'amount': reader type int cannot read writer type long"
             ),
             "{forward:?}"
+        );
+    }
+
+    /// A record with a union of `named` fixed types in its first field and `more` fields of
+    /// unions naming all of them again: every union against every other compares each
+    /// branch with the ones before it.
+    fn unions_of_many_named_types(named: usize, more: usize) -> String {
+        let defined: Vec<String> = (0..named)
+            .map(|i| format!(r#"{{"type":"fixed","name":"F{i}","size":1}}"#))
+            .collect();
+        let named_again: Vec<String> = (0..named).map(|i| format!(r#""F{i}""#)).collect();
+        let mut fields = vec![format!(r#"{{"name":"f","type":[{}]}}"#, defined.join(","))];
+        for j in 0..more {
+            fields.push(format!(
+                r#"{{"name":"g{j}","type":[{}]}}"#,
+                named_again.join(",")
+            ));
+        }
+        format!(
+            r#"{{"type":"record","name":"Bomb","fields":[{}]}}"#,
+            fields.join(",")
+        )
+    }
+
+    #[test]
+    fn a_judgement_past_its_comparisons_is_incompatible_not_endless() {
+        // Small: judged in full, and the same schema is compatible with itself.
+        let small = unions_of_many_named_types(20, 3);
+        let found = incompatibilities(
+            CompatibilityLevel::FullTransitive,
+            &candidate(&small),
+            std::slice::from_ref(&small),
+        )
+        .unwrap();
+        assert!(found.is_empty(), "{found:?}");
+        // Large: about 600 x 600 / 2 comparisons a union field, past the budget in the
+        // first version already; the later versions cost nothing more.
+        let large = unions_of_many_named_types(600, 6);
+        let previous = vec![large.clone(); 13];
+        let found = incompatibilities(
+            CompatibilityLevel::FullTransitive,
+            &candidate(&large),
+            &previous,
+        )
+        .unwrap();
+        assert!(
+            found
+                .iter()
+                .any(|reason| reason.contains("too large to compare")),
+            "{found:?}"
         );
     }
 

@@ -67,6 +67,8 @@ pub enum Error {
     UnprocessableEntity(String),
     #[error("Unsupported content type: {0}")]
     UnsupportedMediaType(String),
+    #[error("The request body is larger than the registry takes: {0}")]
+    TooLarge(String),
     #[error("HTTP 404 Not Found")]
     RouteNotFound,
     #[error("HTTP 405 Method Not Allowed")]
@@ -102,6 +104,7 @@ impl Error {
             Self::MalformedRequest(_) => (StatusCode::BAD_REQUEST, 400),
             Self::UnprocessableEntity(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 413),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, 404),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, 40101),

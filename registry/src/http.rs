@@ -280,6 +280,28 @@ fn parse_id(raw: &str) -> Result<i32> {
     raw.parse().map_err(|_| Error::RouteNotFound)
 }
 
+/// The longest subject name written, in bytes: a subject is a key of the registry's tables,
+/// whose index entries Postgres keeps under 2,704 bytes (Confluent's subjects are topic
+/// names with a suffix, far shorter).
+const MAX_SUBJECT_BYTES: usize = 1_000;
+
+/// `subject` as a name to write under, or delete: not empty (the empty name is where the
+/// global settings are kept, which deleting its versions reset) and at most
+/// [`MAX_SUBJECT_BYTES`].
+fn named(subject: &str) -> Result<&str> {
+    if subject.is_empty() {
+        return Err(Error::UnprocessableEntity(
+            "the subject name is empty".into(),
+        ));
+    }
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return Err(Error::UnprocessableEntity(format!(
+            "the subject name is longer than {MAX_SUBJECT_BYTES} bytes"
+        )));
+    }
+    Ok(subject)
+}
+
 async fn root() -> Result<Response> {
     ok(&serde_json::json!({}))
 }
@@ -331,7 +353,9 @@ async fn register_schema(
 ) -> Result<Response> {
     let parsed = request.parse()?;
     let options = request.options(params.flag("normalize"))?;
-    let (id, _version) = state.register_schema(&subject, &parsed, options).await?;
+    let (id, _version) = state
+        .register_schema(named(&subject)?, &parsed, options)
+        .await?;
     ok(&IdResponse { id })
 }
 
@@ -395,7 +419,7 @@ async fn delete_subject(
     params: Params,
 ) -> Result<Response> {
     ok(&state
-        .delete_subject(&subject, params.flag("permanent"))
+        .delete_subject(named(&subject)?, params.flag("permanent"))
         .await?)
 }
 
@@ -407,7 +431,7 @@ async fn delete_version(
 ) -> Result<Response> {
     let selector = VersionSelector::parse(&version)?;
     ok(&state
-        .delete_version(&subject, selector, params.flag("permanent"))
+        .delete_version(named(&subject)?, selector, params.flag("permanent"))
         .await?)
 }
 
@@ -515,7 +539,9 @@ async fn put_subject_config(
     SrJson(request): SrJson<ConfigRequest>,
 ) -> Result<Response> {
     let level = request.level()?;
-    state.set_compatibility(Some(&subject), level).await?;
+    state
+        .set_compatibility(Some(named(&subject)?), level)
+        .await?;
     ok(&ConfigUpdateResponse {
         compatibility: level.as_str(),
     })
@@ -527,7 +553,7 @@ async fn delete_subject_config(
     SrPath(subject): SrPath<String>,
 ) -> Result<Response> {
     let removed = state
-        .delete_compatibility(Some(&subject))
+        .delete_compatibility(Some(named(&subject)?))
         .await?
         .ok_or(Error::SubjectNotFound(subject))?;
     ok(&ConfigResponse {
@@ -572,7 +598,7 @@ async fn put_subject_mode(
 ) -> Result<Response> {
     let mode = request.mode()?;
     state
-        .set_mode(Some(&subject), mode, params.flag("force"))
+        .set_mode(Some(named(&subject)?), mode, params.flag("force"))
         .await?;
     ok(&ModeResponse::from(mode))
 }
@@ -584,7 +610,7 @@ async fn delete_subject_mode(
     SrPath(subject): SrPath<String>,
 ) -> Result<Response> {
     let removed = state
-        .delete_mode(&subject)
+        .delete_mode(named(&subject)?)
         .await?
         .ok_or(Error::SubjectNotFound(subject))?;
     ok(&ModeResponse::from(removed))

@@ -43,7 +43,8 @@ mod error {
 
 pub use avro::ParsedSchema;
 pub use compatibility::{
-    CompatibilityLevel, Incompatibility, incompatibilities, reader_writer_incompatibilities,
+    CompatibilityLevel, Incompatibility, MAX_COMPARISONS, incompatibilities,
+    reader_writer_incompatibilities,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "server")]

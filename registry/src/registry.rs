@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 use crate::avro::ParsedSchema;
-use crate::compatibility::incompatibilities;
+use crate::compatibility::{CompatibilityLevel, incompatibilities};
 use crate::error::{Error, Result};
 
 pub use settings::Mode;
@@ -228,7 +228,7 @@ impl Registry {
         if mode != Mode::Import {
             let level = effective_level(&mut tx, subject).await?;
             let previous = live_schemas(&mut *tx, subject).await?;
-            let reasons = incompatibilities(level, schema, &previous)?;
+            let reasons = judged(level, schema, previous).await?;
             if !reasons.is_empty() {
                 return Err(Error::IncompatibleSchema {
                     subject: subject.to_owned(),
@@ -248,7 +248,16 @@ impl Registry {
                 )));
             }
             Some(requested) => requested,
-            None => rows.last().map_or(1, |row| row.version + 1),
+            // An import may have taken the highest version there is.
+            None => match rows.last() {
+                None => 1,
+                Some(row) => row.version.checked_add(1).ok_or_else(|| {
+                    Error::OperationNotPermitted(format!(
+                        "Subject {subject} has its highest version, {}: no version follows it",
+                        i32::MAX
+                    ))
+                })?,
+            },
         };
 
         lock_schemas(&mut tx).await?;
@@ -649,4 +658,28 @@ async fn store_schema_as(
     .execute(&mut **tx)
     .await?;
     Ok(id)
+}
+
+/// [`incompatibilities`] off the async workers, one judgement at a time in the process. The
+/// work of one is bounded ([`crate::compatibility::MAX_COMPARISONS`]), but anyone may ask
+/// for it (`POST /compatibility/...` takes no credentials): on the runtime's workers two at
+/// once held every request of the process until they were done.
+pub(crate) async fn judged(
+    level: CompatibilityLevel,
+    candidate: &ParsedSchema,
+    previous: Vec<String>,
+) -> Result<Vec<String>> {
+    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = ONE_AT_A_TIME
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    let candidate = candidate.clone();
+    tokio::task::spawn_blocking(move || incompatibilities(level, &candidate, &previous))
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::UnprocessableEntity(format!(
+                "the compatibility check failed on this schema: {e}"
+            )))
+        })
 }

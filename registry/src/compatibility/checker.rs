@@ -17,8 +17,39 @@ const MAX_REPORTED: usize = 50;
 /// elsewhere). Java would overflow its stack somewhere further; a registry must not.
 const MAX_DEPTH: usize = 200;
 
-/// Why `reader` cannot read everything `writer` may write; empty when it can.
-pub(super) fn check(reader: &SchemaGraph, writer: &SchemaGraph) -> Vec<Incompatibility> {
+/// How many pairs of types one judgement may compare, its checks of every earlier version
+/// together ([`Budget`]). Memoized pairs cost little, but a union of many named types met
+/// in many fields compares every branch with every other each time: a few kilobytes of
+/// schema held a process's workers for a minute. About a second of work here; past it the
+/// schemas are taken as incompatible, never as compatible.
+pub const MAX_COMPARISONS: u64 = 1_000_000;
+
+/// The comparisons a judgement has left.
+#[derive(Debug)]
+pub struct Budget(std::cell::Cell<u64>);
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget(std::cell::Cell::new(MAX_COMPARISONS))
+    }
+}
+
+impl Budget {
+    /// Takes one comparison; `false` once none are left.
+    fn spend(&self) -> bool {
+        let left = self.0.get();
+        self.0.set(left.saturating_sub(1));
+        left > 0
+    }
+}
+
+/// Why `reader` cannot read everything `writer` may write; empty when it can. Comparisons
+/// are taken from `budget`; when it runs out the answer is an incompatibility saying so.
+pub(super) fn check(
+    reader: &SchemaGraph,
+    writer: &SchemaGraph,
+    budget: &Budget,
+) -> Vec<Incompatibility> {
     let mut checker = Checker {
         reader,
         writer,
@@ -26,6 +57,7 @@ pub(super) fn check(reader: &SchemaGraph, writer: &SchemaGraph) -> Vec<Incompati
         location: Vec::new(),
         fields: Vec::new(),
         depth: 0,
+        budget,
     };
     checker.compatibility(reader.root(), writer.root())
 }
@@ -70,11 +102,21 @@ struct Checker<'a> {
     fields: Vec<String>,
     /// Nesting of `compatibility` calls.
     depth: usize,
+    budget: &'a Budget,
 }
 
 impl Checker<'_> {
     /// Java's `getCompatibility`.
     fn compatibility(&mut self, reader: NodeId, writer: NodeId) -> Vec<Incompatibility> {
+        if !self.budget.spend() {
+            return vec![self.incompatible(
+                None,
+                format!(
+                    "the schemas are too large to compare: more than {MAX_COMPARISONS} \
+                     comparisons of their types"
+                ),
+            )];
+        }
         match self.memo.get(&(reader, writer)) {
             // Compatible unless proven otherwise, which is what ends a recursion.
             Some(Memo::InProgress) => Vec::new(),

@@ -105,9 +105,13 @@ where
                 return Err(Error::UnsupportedMediaType(essence.to_owned()));
             }
         }
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| Error::MalformedRequest(rejection.body_text()))?;
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::TooLarge(rejection.body_text())
+            } else {
+                Error::MalformedRequest(rejection.body_text())
+            }
+        })?;
         let value: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| Error::MalformedRequest(format!("Unexpected request body: {e}")))?;
         serde_json::from_value(value)
@@ -141,6 +145,10 @@ impl FromRequestParts<crate::registry::Registry> for Writer {
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .ok_or(Error::Unauthorized)?;
         let (name, secret) = decoded.split_once(':').ok_or(Error::Unauthorized)?;
+        // No user's name holds a NUL (nor can a Postgres text to look it up by).
+        if name.contains('\0') {
+            return Err(Error::Unauthorized);
+        }
         if crate::users::verify(state.pool(), name, secret).await? {
             tracing::info!(
                 registry_user = name,

@@ -7,7 +7,7 @@ use std::fmt;
 use sqlx::{PgExecutor, Postgres, Transaction};
 
 use crate::avro::ParsedSchema;
-use crate::compatibility::{CompatibilityLevel, incompatibilities};
+use crate::compatibility::CompatibilityLevel;
 use crate::error::{Error, Result};
 
 use super::{GLOBAL, Registry, SubjectVersion, advisory_lock, live_schemas, lock_subject};
@@ -150,11 +150,12 @@ impl Registry {
         schema: &ParsedSchema,
     ) -> Result<Vec<String>> {
         let level = self.compatibility(&chosen.subject).await?;
-        incompatibilities(
+        super::judged(
             against_one_version(level),
             schema,
-            std::slice::from_ref(&chosen.schema),
+            vec![chosen.schema.clone()],
         )
+        .await
     }
 
     /// Why `schema` may not join the subject, exactly as registration would judge it
@@ -169,7 +170,7 @@ impl Registry {
         let level = effective_level(&mut tx, subject).await?;
         let previous = live_schemas(&mut *tx, subject).await?;
         tx.commit().await?;
-        incompatibilities(level, schema, &previous)
+        super::judged(level, schema, previous).await
     }
 
     pub async fn global_compatibility(&self) -> Result<CompatibilityLevel> {

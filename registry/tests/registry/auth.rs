@@ -94,6 +94,8 @@ async fn writes_need_an_active_registry_user_and_reads_do_not(pool: PgPool) {
         Some(wrong.as_str()),
         Some("nobody:x"),
         Some("garbage"),
+        // A name no user can have, nor Postgres's text hold.
+        Some("no\0body:x"),
     ] {
         for (method, uri, body) in writes() {
             let response = app

@@ -446,3 +446,69 @@ async fn a_nul_in_the_path_or_the_query_is_a_400(pool: PgPool) {
         400,
     );
 }
+
+/// What a name or a number cannot hold. An empty subject (the name the global settings are
+/// kept under) or one over 1,000 bytes is a 422 for every write, and the global settings stay
+/// as they were; a version after the highest there is (an import may take it) is a 422, not
+/// an overflow.
+#[sqlx::test(migrations = "../migrations")]
+async fn names_and_numbers_past_their_limits_are_refused(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    assert_eq!(app.put_config("/config", "FULL").await.0, StatusCode::OK);
+    let long = "s".repeat(1001);
+    let schema = json!({ "schema": user_schema() });
+    for (method, path, body) in [
+        (
+            "POST",
+            "/subjects//versions".to_string(),
+            Some(schema.clone()),
+        ),
+        (
+            "POST",
+            format!("/subjects/{long}/versions"),
+            Some(schema.clone()),
+        ),
+        (
+            "PUT",
+            format!("/config/{long}"),
+            Some(json!({"compatibility": "NONE"})),
+        ),
+        (
+            "PUT",
+            format!("/mode/{long}"),
+            Some(json!({"mode": "READONLY"})),
+        ),
+        ("DELETE", "/subjects//versions/latest".to_string(), None),
+    ] {
+        let refused = app.call(method, &path, body).await;
+        let message = assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, 422);
+        assert!(
+            message.starts_with("the subject name is"),
+            "{method} {path}: {message}"
+        );
+    }
+    assert_eq!(app.get("/config").await.1["compatibilityLevel"], "FULL");
+    app.register_ok(&"s".repeat(1000), &user_schema()).await;
+
+    assert_eq!(app.put_mode("/mode/top", "IMPORT").await.0, StatusCode::OK);
+    let imported = app
+        .post(
+            "/subjects/top/versions",
+            json!({"schema": "\"string\"", "id": 1000, "version": i32::MAX}),
+        )
+        .await;
+    assert_eq!(imported.0, StatusCode::OK, "{}", imported.1);
+    assert_eq!(
+        app.put_mode("/mode/top", "READWRITE").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.put_config("/config/top", "NONE").await.0,
+        StatusCode::OK
+    );
+    let after = app
+        .post("/subjects/top/versions", json!({"schema": "\"bytes\""}))
+        .await;
+    let message = assert_error(&after, StatusCode::UNPROCESSABLE_ENTITY, 42205);
+    assert!(message.contains("highest version"), "{message}");
+}
