@@ -275,16 +275,21 @@ fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
     delivery.properties.headers().as_ref()?.inner().get(name)
 }
 
-/// Printable ASCII, at most `max` characters: what a message may put in an id or a log.
-/// The SHA-256 of `parts` one after the other, in lowercase hex.
-fn sha256_hex(parts: &[&[u8]]) -> String {
+/// The SHA-256 of `parts` one after the other.
+fn sha256(parts: &[&[u8]]) -> Vec<u8> {
     let mut hash = Sha256::new();
     for part in parts {
         hash.update(part);
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hash.finalize().to_vec()
 }
 
+/// `bytes` in lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Printable ASCII, at most `max` characters: what a message may put in an id or a log.
 fn printable(value: &str, max: usize) -> String {
     value
         .chars()
@@ -351,6 +356,7 @@ fn plan(delivery: &Delivery) -> Plan {
             };
         }
     };
+    let digest = sha256(&[type_name.as_bytes(), &[0], &delivery.data]);
     let message_id = match properties.message_id().as_ref().map(|m| m.as_str()) {
         Some(id)
             if !id.trim().is_empty()
@@ -364,24 +370,15 @@ fn plan(delivery: &Delivery) -> Plan {
         // or in the form of the ids made here: its digest, so that two ids never become one
         // (the second message would be taken for the first's redelivery and dropped).
         Some(id) if !id.trim().is_empty() => {
-            format!("{HASHED_ID}{}", sha256_hex(&[id.as_bytes()]))
+            format!("{HASHED_ID}{}", hex(&sha256(&[id.as_bytes()])))
         }
         // A publisher that sets no id: the content is the identity (its event's own ids).
-        _ => format!(
-            "{CONTENT_ID}{}",
-            sha256_hex(&[type_name.as_bytes(), &[0], &delivery.data])
-        ),
+        _ => format!("{CONTENT_ID}{}", hex(&digest)),
     };
     let correlation_id = match properties.correlation_id().as_ref().map(|c| c.as_str()) {
         Some(c) if !printable(c, 128).trim().is_empty() => printable(c, 128),
         _ => message_id.clone(),
     };
-    let digest = Sha256::new()
-        .chain_update(type_name.as_bytes())
-        .chain_update([0])
-        .chain_update(&delivery.data)
-        .finalize()
-        .to_vec();
     Plan::Apply(Box::new(Message {
         message_id,
         type_name,
