@@ -71,6 +71,19 @@ impl Names {
         }
     }
 
+    /// The queue the bridge's dead letters go to.
+    fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letters", self.queues)
+    }
+
+    /// The bridge's inbound side alone for `org`, once it has declared its queues.
+    async fn inbound_bridge(&self, setup: &Setup, org: Uuid) -> Proc {
+        let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
+        let bridge = self.spawn_bridge(setup, org, free_port(), &inbound);
+        wait_declared(self).await;
+        bridge
+    }
+
     /// `dhanman bridge rabbitmq` for `org` on these exchanges and queues, serving its
     /// metrics on `metrics_port`, with the settings of `more` besides.
     fn spawn_bridge(
@@ -496,7 +509,7 @@ async fn a_month_through_rabbitmq_keeps_the_same_books_as_through_the_api() {
     )
     .await;
     // The bridge's own dead-letter queue keeps them.
-    let (_dl_conn, mut dead) = consume(&format!("{}.dead-letters", names.queues), None).await;
+    let (_dl_conn, mut dead) = consume(&names.dead_letter_queue(), None).await;
     let mut reasons = Vec::new();
     for _ in 0..poison.len() {
         let letter = next_message(&mut dead).await;
@@ -822,9 +835,7 @@ async fn message_ids_alike_once_cut_are_still_two_messages() {
     let setup = Setup::new(&db);
     let (org, customer) = society_with_resident(&setup, &db, "Cedar Heights", "Asha Rao").await;
     let names = Names::new();
-    let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
-    let _bridge = names.spawn_bridge(&setup, org, free_port(), &inbound);
-    wait_declared(&names).await;
+    let _bridge = names.inbound_bridge(&setup, org).await;
 
     let long = "m".repeat(200);
     let ids = [
@@ -882,10 +893,8 @@ async fn odd_properties_bodies_and_ids_are_each_taken_as_themselves() {
     let setup = Setup::new(&db);
     let (org, customer) = society_with_resident(&setup, &db, "Birch Court", "Asha Rao").await;
     let names = Names::new();
-    let inbound = [("DHANMAN_BRIDGE_DIRECTION", "inbound")];
-    let bridge = names.spawn_bridge(&setup, org, free_port(), &inbound);
-    wait_declared(&names).await;
-    let (_dl_conn, mut dead) = consume(&format!("{}.dead-letters", names.queues), None).await;
+    let bridge = names.inbound_bridge(&setup, org).await;
+    let (_dl_conn, mut dead) = consume(&names.dead_letter_queue(), None).await;
 
     let invoice = |id: Uuid, number: &str, due: &str| {
         msg(
@@ -1026,7 +1035,7 @@ async fn a_message_the_client_cannot_read_is_dead_lettered_and_the_rest_applied(
         Duration::from_secs(120),
     )
     .await;
-    let dead_letters = format!("{}.dead-letters", names.queues);
+    let dead_letters = names.dead_letter_queue();
     eventually(
         "RabbitMQ to dead-letter the unreadable message",
         Duration::from_secs(120),
